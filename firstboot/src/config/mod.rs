@@ -1,0 +1,1 @@
+//! The `cluster.toml` contract (schema version 1): raw serde structs validated into [`ClusterConfig`].

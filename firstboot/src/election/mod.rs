@@ -1,0 +1,1 @@
+//! Bootstrap election core (sans-IO): see SPEC 4.2. Filled in by the election work.

@@ -1,0 +1,7 @@
+//! firstboot: reads `cluster.toml`, finds peers, elects one cluster-init node and brings up K3s.
+//!
+//! The library holds all logic; `main.rs` only parses arguments and dispatches. `imagebuild`
+//! uses [`config`] so that the boot-partition contract has one owner.
+
+pub mod config;
+pub mod election;

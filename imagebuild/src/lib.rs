@@ -1,0 +1,1 @@
+//! imagebuild: customizes an upstream Raspberry Pi OS image into a flashable K3s node image.
