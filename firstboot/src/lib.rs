@@ -5,3 +5,6 @@
 
 pub mod config;
 pub mod election;
+pub mod durable;
+pub mod intake;
+pub mod k3s;

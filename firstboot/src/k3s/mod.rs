@@ -1,0 +1,16 @@
+//! K3s on this node: the secure join token, `config.yaml`, and where K3s keeps its files.
+
+pub mod config_yaml;
+pub mod secure_token;
+
+pub use config_yaml::{render, write_config_yaml, K3sRole, NodeFacts, CONFIG_YAML_PATH};
+pub use secure_token::{CaHash, SecureToken};
+
+/// K3s's data directory, relative to the root prefix.
+pub const DATA_DIR: &str = "var/lib/rancher/k3s";
+/// The server CA bundle that `/cacerts` serves, relative to the data directory.
+pub const SERVER_CA_FILE: &str = "server/tls/server-ca.crt";
+/// The server's secure token file, relative to the data directory.
+pub const SERVER_TOKEN_FILE: &str = "server/token";
+/// The supervisor/API port.
+pub const API_PORT: u16 = 6443;
