@@ -8,3 +8,4 @@ pub mod election;
 pub mod durable;
 pub mod intake;
 pub mod k3s;
+pub mod status;
