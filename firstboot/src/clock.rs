@@ -114,8 +114,7 @@ pub fn image_build_time(root: &Path) -> Result<Option<u64>, ClockError> {
         reason,
     };
     // The manifest belongs to imagebuild and has many fields; only this one matters here.
-    let doc: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| fail(e.to_string()))?;
+    let doc: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| fail(e.to_string()))?;
     match doc.get(BUILD_TIME_FIELD) {
         None => Ok(None),
         Some(v) => v
@@ -172,7 +171,11 @@ impl Timedate {
     }
 
     /// Polls NTPSynchronized every `poll` until synced or `limit` has passed.
-    pub async fn wait_for_ntp(&self, limit: Duration, poll: Duration) -> Result<NtpWait, ClockError> {
+    pub async fn wait_for_ntp(
+        &self,
+        limit: Duration,
+        poll: Duration,
+    ) -> Result<NtpWait, ClockError> {
         let start = tokio::time::Instant::now();
         loop {
             let synced = self.ntp_synchronized().await?;
@@ -206,7 +209,10 @@ impl Timedate {
     pub async fn enforce_floor(&self, build_time_secs: u64) -> Result<Option<i64>, ClockError> {
         let step = floor_step(now_usec(), build_time_secs);
         if let Some(delta) = step {
-            tracing::warn!(delta_s = delta / USEC_PER_SEC, "clock is below the image build time; stepping forward");
+            tracing::warn!(
+                delta_s = delta / USEC_PER_SEC,
+                "clock is below the image build time; stepping forward"
+            );
             self.step_by(delta).await?;
         }
         Ok(step)
@@ -217,11 +223,17 @@ impl Timedate {
         let decision = init_agreement_step(now_usec(), init_usec);
         match decision {
             InitAgreement::StepForward(delta) => {
-                tracing::warn!(delta_ms = delta / 1000, "clock is behind the init node; stepping forward");
+                tracing::warn!(
+                    delta_ms = delta / 1000,
+                    "clock is behind the init node; stepping forward"
+                );
                 self.step_by(delta).await?;
             }
             InitAgreement::Ahead(delta) => {
-                tracing::warn!(delta_ms = delta / 1000, "clock is ahead of the init node; not stepping back");
+                tracing::warn!(
+                    delta_ms = delta / 1000,
+                    "clock is ahead of the init node; not stepping back"
+                );
             }
             InitAgreement::Agrees => {}
         }
@@ -239,9 +251,18 @@ mod tests {
     fn ntp_wait_is_bounded() {
         let limit = Duration::from_secs(90);
         assert_eq!(ntp_wait(true, Duration::ZERO, limit), NtpWait::Synced);
-        assert_eq!(ntp_wait(true, Duration::from_secs(500), limit), NtpWait::Synced);
-        assert_eq!(ntp_wait(false, Duration::from_secs(89), limit), NtpWait::KeepWaiting);
-        assert_eq!(ntp_wait(false, Duration::from_secs(90), limit), NtpWait::GaveUp);
+        assert_eq!(
+            ntp_wait(true, Duration::from_secs(500), limit),
+            NtpWait::Synced
+        );
+        assert_eq!(
+            ntp_wait(false, Duration::from_secs(89), limit),
+            NtpWait::KeepWaiting
+        );
+        assert_eq!(
+            ntp_wait(false, Duration::from_secs(90), limit),
+            NtpWait::GaveUp
+        );
     }
 
     #[test]
@@ -269,7 +290,10 @@ mod tests {
             init_agreement_step(t, t + 2 * S + 1),
             InitAgreement::StepForward(2 * S + 1)
         );
-        assert_eq!(init_agreement_step(t + 10 * S, t), InitAgreement::Ahead(10 * S));
+        assert_eq!(
+            init_agreement_step(t + 10 * S, t),
+            InitAgreement::Ahead(10 * S)
+        );
     }
 
     #[test]
@@ -278,7 +302,11 @@ mod tests {
         assert_eq!(image_build_time(dir.path()).unwrap(), None);
         let p = dir.path().join(IMAGE_MANIFEST_PATH);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, r#"{"build_time": 1780000000, "k3s": {"version": "v1.31.4+k3s1"}}"#).unwrap();
+        std::fs::write(
+            &p,
+            r#"{"build_time": 1780000000, "k3s": {"version": "v1.31.4+k3s1"}}"#,
+        )
+        .unwrap();
         assert_eq!(image_build_time(dir.path()).unwrap(), Some(1_780_000_000));
         std::fs::write(&p, r#"{"build_time": "yesterday"}"#).unwrap();
         assert!(image_build_time(dir.path()).is_err());

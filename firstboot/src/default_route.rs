@@ -2,6 +2,8 @@
 //!
 //! The route goes through a dummy interface with a high metric, so packets to unknown
 //! destinations are dropped locally and a real default route (DHCP, later) always wins.
+//! Kernels without the `dummy` driver get a bridge with no ports instead, which drops
+//! the same way (a switch with no cables).
 
 use std::io;
 use std::process::Command;
@@ -51,11 +53,22 @@ pub fn ensure_default_route() -> io::Result<DefaultRoute> {
         .status
         .success();
     if !exists {
-        ip(&["link", "add", DUMMY_INTERFACE, "type", "dummy"])?;
+        if let Err(dummy) = ip(&["link", "add", DUMMY_INTERFACE, "type", "dummy"]) {
+            tracing::info!(error = %dummy, "no dummy driver; using an empty bridge");
+            ip(&["link", "add", DUMMY_INTERFACE, "type", "bridge"])?;
+        }
     }
     ip(&["link", "set", "dev", DUMMY_INTERFACE, "up"])?;
     let metric = DUMMY_METRIC.to_string();
-    ip(&["route", "replace", "default", "dev", DUMMY_INTERFACE, "metric", &metric])?;
+    ip(&[
+        "route",
+        "replace",
+        "default",
+        "dev",
+        DUMMY_INTERFACE,
+        "metric",
+        &metric,
+    ])?;
     Ok(DefaultRoute::AddedDummy)
 }
 
@@ -76,15 +89,18 @@ fn ip(args: &[&str]) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    const HEADER: &str = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n";
+    const HEADER: &str =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n";
 
     #[test]
     fn finds_the_default_route() {
         let with = format!("{HEADER}eth0\t00000000\t010012C6\t0003\t0\t0\t100\t00000000\t0\t0\t0\neth0\t000012C6\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n");
         assert_eq!(default_route_interface(&with).as_deref(), Some("eth0"));
-        let without = format!("{HEADER}eth0\t000012C6\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n");
+        let without =
+            format!("{HEADER}eth0\t000012C6\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n");
         assert_eq!(default_route_interface(&without), None);
-        let down = format!("{HEADER}eth0\t00000000\t010012C6\t0002\t0\t0\t100\t00000000\t0\t0\t0\n");
+        let down =
+            format!("{HEADER}eth0\t00000000\t010012C6\t0002\t0\t0\t100\t00000000\t0\t0\t0\n");
         assert_eq!(default_route_interface(&down), None);
         assert_eq!(default_route_interface(HEADER), None);
     }

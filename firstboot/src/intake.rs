@@ -135,8 +135,10 @@ pub fn intake(boot_dir: &Path, root: &Path, joined: bool) -> Result<Intake, Inta
             } else {
                 let kept_at = root.join(ROOT_CONFIG_DIR).join(RESTAMP_FILE_NAME);
                 let bytes = boot_text.clone().unwrap_or_default();
-                write_atomic(&kept_at, &bytes, 0o600)
-                    .map_err(io_err(format!("keeping the re-stamped config at {}", kept_at.display())))?;
+                write_atomic(&kept_at, &bytes, 0o600).map_err(io_err(format!(
+                    "keeping the re-stamped config at {}",
+                    kept_at.display()
+                )))?;
                 notes.push(format!(
                     "a new {FILE_NAME} was stamped on the boot partition after this node joined cluster \"{}\": ignored and kept at {}; to move the node, uninstall K3s and clear /etc/firstboot first",
                     current.name,
@@ -167,17 +169,23 @@ fn take(boot: &ClusterConfig, boot_file: &Path, root: &Path) -> Result<(), Intak
             .parent()
             .and_then(|d| token_path.strip_prefix(d).ok())
             .unwrap_or(Path::new("cluster-token"));
-        let bytes = fs::read(token_path)
-            .map_err(io_err(format!("reading the token file {}", token_path.display())))?;
+        let bytes = fs::read(token_path).map_err(io_err(format!(
+            "reading the token file {}",
+            token_path.display()
+        )))?;
         let dest = dir.join(rel);
-        write_atomic(&dest, &bytes, 0o600)
-            .map_err(io_err(format!("copying the token file to {}", dest.display())))?;
+        write_atomic(&dest, &bytes, 0o600).map_err(io_err(format!(
+            "copying the token file to {}",
+            dest.display()
+        )))?;
     }
-    let bytes =
-        fs::read(boot_file).map_err(io_err(format!("reading {}", boot_file.display())))?;
+    let bytes = fs::read(boot_file).map_err(io_err(format!("reading {}", boot_file.display())))?;
     let dest = dir.join(FILE_NAME);
-    write_atomic(&dest, &bytes, 0o600)
-        .map_err(io_err(format!("copying {} to {}", FILE_NAME, dest.display())))?;
+    write_atomic(&dest, &bytes, 0o600).map_err(io_err(format!(
+        "copying {} to {}",
+        FILE_NAME,
+        dest.display()
+    )))?;
     // The directory holds the secret too: keep it root-only.
     set_mode(&dir, 0o700).map_err(io_err(format!("restricting {}", dir.display())))
 }
@@ -188,7 +196,10 @@ fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
 }
 
 /// The token file a refused re-stamp referenced, which must be scrubbed too.
-fn restamp_secret(outcome: &IntakeOutcome, boot_dir: &Path) -> Result<Option<PathBuf>, IntakeError> {
+fn restamp_secret(
+    outcome: &IntakeOutcome,
+    boot_dir: &Path,
+) -> Result<Option<PathBuf>, IntakeError> {
     let IntakeOutcome::RestampRefused { kept_at } = outcome else {
         return Ok(None);
     };
@@ -251,8 +262,10 @@ fn scrub_token_file(path: &Path) -> Result<(), IntakeError> {
         return Ok(());
     }
     let text = format!("{SCRUB_MARKER} (/{ROOT_CONFIG_DIR}, mode 0600).\n");
-    overwrite_in_place(path, text.as_bytes())
-        .map_err(io_err(format!("scrubbing the token file {}", path.display())))
+    overwrite_in_place(path, text.as_bytes()).map_err(io_err(format!(
+        "scrubbing the token file {}",
+        path.display()
+    )))
 }
 
 fn has_token_key(bytes: &[u8]) -> bool {
@@ -418,7 +431,9 @@ mod tests {
         let (_t, boot, root) = dirs();
         fs::write(boot.join(FILE_NAME), CONFIG).unwrap();
         intake(&boot, &root, false).unwrap();
-        let new = CONFIG.replace(SECRET, "second-secret-8Hq2Lp5Wz").replace("lab", "kit-02");
+        let new = CONFIG
+            .replace(SECRET, "second-secret-8Hq2Lp5Wz")
+            .replace("lab", "kit-02");
         fs::write(boot.join(FILE_NAME), &new).unwrap();
         let got = intake(&boot, &root, false).unwrap();
         assert_eq!(got.outcome, IntakeOutcome::Restamped);
@@ -432,7 +447,9 @@ mod tests {
         let (_t, boot, root) = dirs();
         fs::write(boot.join(FILE_NAME), CONFIG).unwrap();
         intake(&boot, &root, false).unwrap();
-        let new = CONFIG.replace(SECRET, "second-secret-8Hq2Lp5Wz").replace("lab", "kit-02");
+        let new = CONFIG
+            .replace(SECRET, "second-secret-8Hq2Lp5Wz")
+            .replace("lab", "kit-02");
         fs::write(boot.join(FILE_NAME), &new).unwrap();
         let got = intake(&boot, &root, true).unwrap();
         let kept = root.join(ROOT_CONFIG_DIR).join(RESTAMP_FILE_NAME);
@@ -460,7 +477,11 @@ mod tests {
     #[test]
     fn an_invalid_first_config_is_reported_without_the_token() {
         let (_t, boot, root) = dirs();
-        fs::write(boot.join(FILE_NAME), CONFIG.replace("servers = 3", "servers = 4")).unwrap();
+        fs::write(
+            boot.join(FILE_NAME),
+            CONFIG.replace("servers = 3", "servers = 4"),
+        )
+        .unwrap();
         let e = intake(&boot, &root, false).unwrap_err();
         assert!(matches!(e, IntakeError::Config(_)));
         assert!(!e.to_string().contains(SECRET));

@@ -121,7 +121,10 @@ mod tests {
     fn parses_systemd_words() {
         assert_eq!(ActiveState::parse("active"), ActiveState::Active);
         assert_eq!(ActiveState::parse("activating"), ActiveState::Activating);
-        assert_eq!(ActiveState::parse("maintenance"), ActiveState::Other("maintenance".into()));
+        assert_eq!(
+            ActiveState::parse("maintenance"),
+            ActiveState::Other("maintenance".into())
+        );
         assert!(ActiveState::Failed.is_settled());
         assert!(!ActiveState::Inactive.is_settled());
     }

@@ -45,7 +45,10 @@ fn check(name: &str, actual: &str) {
 
 #[test]
 fn init_server() {
-    check("init", &render(&config(), &K3sRole::Init, &facts("a1b2c3", "198.18.0.11")));
+    check(
+        "init",
+        &render(&config(), &K3sRole::Init, &facts("a1b2c3", "198.18.0.11")),
+    );
 }
 
 #[test]
@@ -54,7 +57,10 @@ fn join_server() {
         server_url: "https://198.18.0.11:6443".into(),
         ca_hash: ca(),
     };
-    check("join-server", &render(&config(), &role, &facts("d4e5f6", "198.18.0.12")));
+    check(
+        "join-server",
+        &render(&config(), &role, &facts("d4e5f6", "198.18.0.12")),
+    );
 }
 
 #[test]
@@ -63,7 +69,10 @@ fn agent() {
         server_url: "https://198.18.0.11:6443".into(),
         ca_hash: ca(),
     };
-    check("agent", &render(&config(), &role, &facts("0a0b0c", "198.18.0.13")));
+    check(
+        "agent",
+        &render(&config(), &role, &facts("0a0b0c", "198.18.0.13")),
+    );
 }
 
 #[test]
@@ -80,9 +89,15 @@ fn cluster_wide_keys_match_between_servers() {
     let wide = |y: &str| -> Vec<String> {
         y.lines()
             .filter(|l| {
-                !["token:", "cluster-init:", "server:", "node-name:", "node-ip:"]
-                    .iter()
-                    .any(|k| l.starts_with(k))
+                ![
+                    "token:",
+                    "cluster-init:",
+                    "server:",
+                    "node-name:",
+                    "node-ip:",
+                ]
+                .iter()
+                .any(|k| l.starts_with(k))
             })
             .filter(|l| !l.contains("198.18.0.1") && !l.contains(".local"))
             .map(String::from)

@@ -82,12 +82,18 @@ async fn clock_waits_for_ntp_and_steps_forward_to_the_init_node() {
 
     // Not synced: the wait is bounded by time_sync (here zero) and gives up.
     assert_eq!(
-        clock.wait_for_ntp(Duration::ZERO, Duration::from_millis(10)).await.unwrap(),
+        clock
+            .wait_for_ntp(Duration::ZERO, Duration::from_millis(10))
+            .await
+            .unwrap(),
         NtpWait::GaveUp
     );
     log.lock().unwrap().synced = true;
     assert_eq!(
-        clock.wait_for_ntp(Duration::from_secs(60), Duration::from_millis(10)).await.unwrap(),
+        clock
+            .wait_for_ntp(Duration::from_secs(60), Duration::from_millis(10))
+            .await
+            .unwrap(),
         NtpWait::Synced
     );
 
@@ -98,15 +104,16 @@ async fn clock_waits_for_ntp_and_steps_forward_to_the_init_node() {
     let InitAgreement::StepForward(delta) = decision else {
         panic!("expected a forward step, got {decision:?}");
     };
-    let log = log.lock().unwrap();
-    assert_eq!(log.set_time.len(), 1);
-    let (usec, relative) = log.set_time[0];
-    assert!(relative);
-    assert_eq!(usec, delta);
-    assert!((3_598_000_000..=3_600_000_000).contains(&usec), "{usec}");
-    assert_eq!(log.set_ntp, [false, true]);
-    assert!(log.ntp_enabled);
-    drop(log);
+    {
+        let log = log.lock().unwrap();
+        assert_eq!(log.set_time.len(), 1);
+        let (usec, relative) = log.set_time[0];
+        assert!(relative);
+        assert_eq!(usec, delta);
+        assert!((3_598_000_000..=3_600_000_000).contains(&usec), "{usec}");
+        assert_eq!(log.set_ntp, [false, true]);
+        assert!(log.ntp_enabled);
+    }
 
     // Ahead of the init node: never stepped back.
     let before = firstboot::clock::now_usec() - 60_000_000;
@@ -121,7 +128,10 @@ async fn clock_waits_for_ntp_and_steps_forward_to_the_init_node() {
 async fn reads_ntp_state_from_the_real_timedated() {
     let daemon = "/usr/lib/systemd/systemd-timedated";
     if !std::path::Path::new(daemon).exists() {
-        systests::skip("reads_ntp_state_from_the_real_timedated", "systemd-timedated not installed");
+        systests::skip(
+            "reads_ntp_state_from_the_real_timedated",
+            "systemd-timedated not installed",
+        );
         return;
     }
     let bus = PrivateBus::start();
@@ -138,7 +148,10 @@ async fn reads_ntp_state_from_the_real_timedated() {
     let mut tries = 0;
     while !dbus.name_has_owner(name.clone()).await.unwrap() {
         tries += 1;
-        assert!(tries < 200, "systemd-timedated never took its name on the private bus");
+        assert!(
+            tries < 200,
+            "systemd-timedated never took its name on the private bus"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // A container's clock is whatever the host says; the property must simply be readable.
@@ -227,11 +240,17 @@ async fn start_and_follow_reaches_active_or_failed() {
     let poll = Duration::from_millis(5);
     let limit = Duration::from_secs(60);
     assert_eq!(
-        systemd.start_and_follow("k3s.service", limit, poll).await.unwrap(),
+        systemd
+            .start_and_follow("k3s.service", limit, poll)
+            .await
+            .unwrap(),
         ActiveState::Active
     );
     assert_eq!(
-        systemd.start_and_follow("broken.service", limit, poll).await.unwrap(),
+        systemd
+            .start_and_follow("broken.service", limit, poll)
+            .await
+            .unwrap(),
         ActiveState::Failed
     );
     assert!(systemd

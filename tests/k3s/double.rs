@@ -118,7 +118,11 @@ fn get(url: &str, path: &str) -> (u16, Vec<u8>) {
 fn init_join_agent_and_refusals() {
     let cfg = config(SECRET);
     let init_port = free_port();
-    let init = spawn("server", &render(&cfg, &K3sRole::Init, &facts("lab-000001")), init_port);
+    let init = spawn(
+        "server",
+        &render(&cfg, &K3sRole::Init, &facts("lab-000001")),
+        init_port,
+    );
     wait_ready(&init);
     let url = format!("https://127.0.0.1:{init_port}");
 
@@ -127,11 +131,17 @@ fn init_join_agent_and_refusals() {
     let ca_hash = CaHash::of_file(&ca_file).unwrap();
     let token_file = data(&init.root).join(firstboot::k3s::SERVER_TOKEN_FILE);
     let token_text = std::fs::read_to_string(&token_file).unwrap();
-    assert_eq!(std::fs::metadata(&token_file).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().mode() & 0o777,
+        0o600
+    );
     let parsed = SecureToken::parse(&token_text).expect("server/token is a secure token");
     assert_eq!(parsed.ca_hash(), ca_hash);
     assert_eq!(parsed.expose_password(), SECRET);
-    assert_eq!(token_text.trim_end(), format!("K10{ca_hash}::server:{SECRET}"));
+    assert_eq!(
+        token_text.trim_end(),
+        format!("K10{ca_hash}::server:{SECRET}")
+    );
 
     // /ping and /cacerts are unauthenticated; /cacerts is the file, byte for byte.
     assert_eq!(get(&url, "/ping"), (200, b"pong".to_vec()));

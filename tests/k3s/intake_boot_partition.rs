@@ -22,11 +22,15 @@ fn config_text(inline: bool) -> String {
     } else {
         "token_file = \"cluster-token\"".to_string()
     };
-    format!("[cluster]\nname = \"lab\"\n{token}\nservers = 3\nnodes = 3\n\n[status]\nled_gpio = 17\n")
+    format!(
+        "[cluster]\nname = \"lab\"\n{token}\nservers = 3\nnodes = 3\n\n[status]\nled_gpio = 17\n"
+    )
 }
 
 fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
@@ -51,7 +55,11 @@ fn directory_stand_in_holds_no_token_after_intake() {
         for entry in std::fs::read_dir(&boot).unwrap() {
             let p = entry.unwrap().path();
             let bytes = std::fs::read(&p).unwrap();
-            assert!(!contains(&bytes, secret), "{} still holds the token", p.display());
+            assert!(
+                !contains(&bytes, secret),
+                "{} still holds the token",
+                p.display()
+            );
         }
     }
 }
@@ -59,7 +67,10 @@ fn directory_stand_in_holds_no_token_after_intake() {
 #[test]
 fn fat_image_holds_no_token_after_intake() {
     if !systests::is_root() {
-        systests::skip("fat_image_holds_no_token_after_intake", "needs root to loop-mount a FAT image");
+        systests::skip(
+            "fat_image_holds_no_token_after_intake",
+            "needs root to loop-mount a FAT image",
+        );
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -74,7 +85,11 @@ fn fat_image_holds_no_token_after_intake() {
     let tok = t.path().join("cluster-token");
     std::fs::write(&tok, format!("{FILE_SECRET}\n")).unwrap();
     let img_arg = format!("-i{}", img.display());
-    run(Command::new("mcopy").arg(&img_arg).arg(&src).arg(&tok).arg("::/"));
+    run(Command::new("mcopy")
+        .arg(&img_arg)
+        .arg(&src)
+        .arg(&tok)
+        .arg("::/"));
     // The search must be able to see the token before intake, or its "gone" proves nothing.
     assert!(contains(&std::fs::read(&img).unwrap(), FILE_SECRET));
 
@@ -100,7 +115,10 @@ fn fat_image_holds_no_token_after_intake() {
     assert_eq!(got.config.token.expose(), FILE_SECRET);
 
     let raw = std::fs::read(&img).unwrap();
-    assert!(!contains(&raw, FILE_SECRET), "token bytes remain in the FAT image");
+    assert!(
+        !contains(&raw, FILE_SECRET),
+        "token bytes remain in the FAT image"
+    );
     run(Command::new("fsck.vfat").arg("-n").arg(&img));
     let shown = run(Command::new("mtype").arg(&img_arg).arg("::/cluster.toml"));
     let text = String::from_utf8_lossy(&shown.stdout);

@@ -135,7 +135,11 @@ async fn run(mode: &str) -> Result<()> {
     };
     let hash = CaHash::of_bundle(ca.cert_pem.as_bytes());
     let token_text = format!("K10{}::server:{}", hash.to_hex(), config.password);
-    write_mode(&data.join("server/token"), format!("{token_text}\n").as_bytes(), 0o600)?;
+    write_mode(
+        &data.join("server/token"),
+        format!("{token_text}\n").as_bytes(),
+        0o600,
+    )?;
 
     let listen_ip = config.node_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let port: u16 = match std::env::var("K3S_DOUBLE_PORT") {
@@ -155,7 +159,9 @@ async fn run(mode: &str) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(listen_ip, port))
         .await
         .with_context(|| format!("listening on {listen_ip}:{port}"))?;
-    log(&format!("serving https on {listen_ip}:{port}, CA sha256 {hash}"));
+    log(&format!(
+        "serving https on {listen_ip}:{port}, CA sha256 {hash}"
+    ));
     let password = config.password.clone();
     let ca_cert = ca.cert_pem.clone();
     let ca_key = ca.key_pem.clone();
@@ -226,7 +232,11 @@ fn read_config() -> Result<DoubleConfig> {
     let tls_san = doc
         .get("tls-san")
         .and_then(|v| v.as_sequence())
-        .map(|seq| seq.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .map(|seq| {
+            seq.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let cluster_init = doc.get("cluster-init").and_then(|v| v.as_bool()) == Some(true);
     let server = s("server");

@@ -58,16 +58,28 @@ impl ClusterCa {
     /// Writes `server-ca.crt` (0644) and `server-ca.key` (0600) into `tls_dir`.
     pub fn store(&self, tls_dir: &Path) -> Result<()> {
         std::fs::create_dir_all(tls_dir).context("creating server/tls")?;
-        write_mode(&tls_dir.join("server-ca.crt"), self.cert_pem.as_bytes(), 0o644)?;
-        write_mode(&tls_dir.join("server-ca.key"), self.key_pem.as_bytes(), 0o600)
+        write_mode(
+            &tls_dir.join("server-ca.crt"),
+            self.cert_pem.as_bytes(),
+            0o644,
+        )?;
+        write_mode(
+            &tls_dir.join("server-ca.key"),
+            self.key_pem.as_bytes(),
+            0o600,
+        )
     }
 
     /// A serving certificate for this node, signed by the CA; the chain is [leaf, CA] in DER,
     /// the key PKCS#8 DER.
-    pub fn serving_cert(&self, ips: &[IpAddr], names: &[String]) -> Result<(Vec<Vec<u8>>, Vec<u8>)> {
+    pub fn serving_cert(
+        &self,
+        ips: &[IpAddr],
+        names: &[String],
+    ) -> Result<(Vec<Vec<u8>>, Vec<u8>)> {
         let ca_key = KeyPair::from_pem(&self.key_pem).context("parsing the CA key")?;
-        let ca_params =
-            CertificateParams::from_ca_cert_pem(&self.cert_pem).context("parsing the CA certificate")?;
+        let ca_params = CertificateParams::from_ca_cert_pem(&self.cert_pem)
+            .context("parsing the CA certificate")?;
         let issuer: Certificate = ca_params
             .self_signed(&ca_key)
             .context("rebuilding the CA as issuer")?;

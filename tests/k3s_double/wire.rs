@@ -133,7 +133,10 @@ pub async fn get(
     let (host, _) = host_port
         .rsplit_once(':')
         .ok_or_else(|| anyhow!("server URL {server_url} has no port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let config = match trust {
         Trust::Nothing => rustls::ClientConfig::builder()
             .dangerous()

@@ -80,7 +80,10 @@ pub fn render(config: &ClusterConfig, role: &K3sRole, facts: &NodeFacts) -> Stri
     y.scalar("node-ip", &quote(&facts.node_ip.to_string()));
     let is_server = !matches!(role, K3sRole::Agent { .. });
     if is_server {
-        let mut sans = vec![facts.node_ip.to_string(), format!("{}.local", facts.hostname)];
+        let mut sans = vec![
+            facts.node_ip.to_string(),
+            format!("{}.local", facts.hostname),
+        ];
         for s in &config.k3s.tls_san {
             if !sans.contains(s) {
                 sans.push(s.clone());
@@ -261,11 +264,20 @@ mod tests {
             ca_hash: CaHash::of_bundle(b"ca"),
         };
         let y = render(&config(), &role, &facts());
-        for k in ["cluster-init", "tls-san", "disable", "etcd-", "write-kubeconfig"] {
+        for k in [
+            "cluster-init",
+            "tls-san",
+            "disable",
+            "etcd-",
+            "write-kubeconfig",
+        ] {
             assert!(!y.contains(k), "{k} in {y}");
         }
         assert!(y.contains("kubelet-arg:\n  - \"max-pods=60\"\n"), "{y}");
-        assert!(y.contains(&format!("token: \"K10{}::server:unit-secret-abcdefgh\"", CaHash::of_bundle(b"ca"))));
+        assert!(y.contains(&format!(
+            "token: \"K10{}::server:unit-secret-abcdefgh\"",
+            CaHash::of_bundle(b"ca")
+        )));
     }
 
     #[test]

@@ -14,3 +14,17 @@ pub const SERVER_CA_FILE: &str = "server/tls/server-ca.crt";
 pub const SERVER_TOKEN_FILE: &str = "server/token";
 /// The supervisor/API port.
 pub const API_PORT: u16 = 6443;
+
+/// The systemd unit that runs K3s in `role`.
+pub fn unit_for(role: &K3sRole) -> &'static str {
+    match role {
+        K3sRole::Init | K3sRole::JoinServer { .. } => "k3s.service",
+        K3sRole::Agent { .. } => "k3s-agent.service",
+    }
+}
+
+/// The cluster CA hash on a server, from `<root>/var/lib/rancher/k3s/server/tls/server-ca.crt`
+/// (the bytes `/cacerts` serves), without any TLS: what the init node announces.
+pub fn local_ca_hash(root: &std::path::Path) -> std::io::Result<CaHash> {
+    CaHash::of_file(&root.join(DATA_DIR).join(SERVER_CA_FILE))
+}

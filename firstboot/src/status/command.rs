@@ -55,7 +55,9 @@ pub fn table(s: &NodeState, now_unix: u64) -> String {
         ("state", s.phase.as_str().to_string()),
         (
             "role",
-            s.role.map(|r| r.as_str().to_string()).unwrap_or_else(|| "not decided".into()),
+            s.role
+                .map(|r| r.as_str().to_string())
+                .unwrap_or_else(|| "not decided".into()),
         ),
     ];
     if let Some(url) = &s.server_url {
@@ -123,7 +125,8 @@ mod tests {
         s.storage.class = Some("sd".into());
         s.storage.fdatasync_p50_us = Some(1200);
         s.storage.fdatasync_p99_us = Some(8000);
-        s.errors.push("join refused for status-secret-qq88ww".into());
+        s.errors
+            .push("join refused for status-secret-qq88ww".into());
         s.save(dir.path(), Some(&token), 100).unwrap();
         for json in [false, true] {
             let args = StatusArgs {

@@ -33,9 +33,11 @@ impl LedPattern {
     /// The pattern for a lifecycle phase.
     pub fn for_phase(phase: Phase) -> Self {
         match phase {
-            Phase::Intake | Phase::Identity | Phase::Clock | Phase::Storage | Phase::Discovering => {
-                LedPattern::Discovering
-            }
+            Phase::Intake
+            | Phase::Identity
+            | Phase::Clock
+            | Phase::Storage
+            | Phase::Discovering => LedPattern::Discovering,
             Phase::Electing => LedPattern::Electing,
             Phase::Joining | Phase::StartingK3s => LedPattern::Joining,
             Phase::Ready => LedPattern::Ready,
@@ -115,7 +117,10 @@ pub fn open_led(led_gpio: Option<u8>) -> Box<dyn StatusLed + Send> {
         Err(e) => tracing::warn!(error = %e, pin, "no status LED"),
     }
     #[cfg(not(any(target_arch = "aarch64", target_arch = "arm")))]
-    tracing::warn!(pin, "no status LED: GPIO is only driven on Raspberry Pi (ARM) builds");
+    tracing::warn!(
+        pin,
+        "no status LED: GPIO is only driven on Raspberry Pi (ARM) builds"
+    );
     Box::new(NoLed)
 }
 
@@ -202,7 +207,12 @@ mod tests {
     #[test]
     fn recorder_keeps_the_sequence() {
         let mut led = RecordingLed::default();
-        for p in [Phase::Discovering, Phase::Electing, Phase::Joining, Phase::Ready] {
+        for p in [
+            Phase::Discovering,
+            Phase::Electing,
+            Phase::Joining,
+            Phase::Ready,
+        ] {
             led.show(LedPattern::for_phase(p)).unwrap();
         }
         assert_eq!(

@@ -106,10 +106,14 @@ mod tests {
     #[test]
     fn failures_are_reported_but_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
-        let n = Notifier::to_socket(Some(dir.path().join("absent").to_string_lossy().into_owned()));
+        let n = Notifier::to_socket(Some(
+            dir.path().join("absent").to_string_lossy().into_owned(),
+        ));
         assert!(n.try_notify("READY=1").is_err());
         n.ready("still fine"); // logs, does not panic or return an error
-        assert!(Notifier::to_socket(Some("relative".into())).try_notify("X=1").is_err());
+        assert!(Notifier::to_socket(Some("relative".into()))
+            .try_notify("X=1")
+            .is_err());
         assert!(Notifier::to_socket(None).try_notify("READY=1").is_ok());
     }
 }

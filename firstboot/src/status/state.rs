@@ -202,8 +202,11 @@ impl NodeState {
                 })
             }
         };
-        let state: NodeState = serde_json::from_slice(&bytes)
-            .map_err(|source| StateError::Format { path: path.clone(), source })?;
+        let state: NodeState =
+            serde_json::from_slice(&bytes).map_err(|source| StateError::Format {
+                path: path.clone(),
+                source,
+            })?;
         if state.version != STATE_VERSION {
             return Err(StateError::Format {
                 path,
@@ -218,7 +221,12 @@ impl NodeState {
 
     /// Writes the state under `root` atomically (0644: it holds nothing secret), with `token`
     /// redacted from every free-text field and `updated_unix` set to `now_unix`.
-    pub fn save(&mut self, root: &Path, token: Option<&Token>, now_unix: u64) -> Result<(), StateError> {
+    pub fn save(
+        &mut self,
+        root: &Path,
+        token: Option<&Token>,
+        now_unix: u64,
+    ) -> Result<(), StateError> {
         if let Some(t) = token {
             for s in self.errors.iter_mut().chain(self.notes.iter_mut()) {
                 *s = redact(s, t);
@@ -265,7 +273,8 @@ mod tests {
         let mut s = NodeState::new();
         s.phase = Phase::Joining;
         s.role = Some(NodeRole::Server);
-        s.errors.push("k3s said: bad token state-secret-ZZ91kk".into());
+        s.errors
+            .push("k3s said: bad token state-secret-ZZ91kk".into());
         s.save(dir.path(), Some(&token), 1_700_000_000).unwrap();
         let raw = std::fs::read_to_string(NodeState::path(dir.path())).unwrap();
         assert!(!raw.contains("state-secret"), "{raw}");
@@ -284,9 +293,15 @@ mod tests {
         let p = NodeState::path(dir.path());
         let text = std::fs::read_to_string(&p).unwrap();
         std::fs::write(&p, text.replacen('{', "{\"surprise\": 1,", 1)).unwrap();
-        assert!(matches!(NodeState::load(dir.path()), Err(StateError::Format { .. })));
+        assert!(matches!(
+            NodeState::load(dir.path()),
+            Err(StateError::Format { .. })
+        ));
         std::fs::write(&p, text.replace("\"version\": 1", "\"version\": 9")).unwrap();
-        assert!(matches!(NodeState::load(dir.path()), Err(StateError::Format { .. })));
+        assert!(matches!(
+            NodeState::load(dir.path()),
+            Err(StateError::Format { .. })
+        ));
     }
 
     #[test]
