@@ -150,7 +150,7 @@ pub fn intake(boot_dir: &Path, root: &Path, joined: bool) -> Result<Intake, Inta
     };
 
     let config = ClusterConfig::load(&root_file)?;
-    scrub_boot_partition(boot_dir, &boot_file, &config, &mut notes)?;
+    scrub_boot_partition(boot_dir, &boot_file, &root_file, &config, &mut notes)?;
     if let Some(restamp) = restamp_secret(&outcome, boot_dir)? {
         scrub_token_file(&restamp)?;
     }
@@ -222,6 +222,7 @@ fn restamp_secret(
 fn scrub_boot_partition(
     boot_dir: &Path,
     boot_file: &Path,
+    root_file: &Path,
     config: &ClusterConfig,
     notes: &mut Vec<String>,
 ) -> Result<(), IntakeError> {
@@ -229,7 +230,13 @@ fn scrub_boot_partition(
     if let Ok(bytes) = fs::read(boot_file) {
         let holds_secret = contains(&bytes, secret) || has_token_key(&bytes);
         if holds_secret || bytes.contains(&0) {
-            let original = String::from_utf8_lossy(&bytes).replace('\0', "");
+            // An interrupted scrub left zeros: rebuild from the root copy, which holds the
+            // same text, so the result matches an uninterrupted run byte for byte.
+            let original = if bytes.contains(&0) {
+                fs::read_to_string(root_file).unwrap_or_default()
+            } else {
+                String::from_utf8_lossy(&bytes).into_owned()
+            };
             let scrubbed = scrubbed_text(&original, secret);
             overwrite_in_place(boot_file, scrubbed.as_bytes())
                 .map_err(io_err(format!("scrubbing {}", boot_file.display())))?;
@@ -409,6 +416,7 @@ mod tests {
         let text = fs::read_to_string(boot.join(FILE_NAME)).unwrap();
         assert!(text.starts_with(SCRUB_MARKER));
         assert!(!text.contains('\0'));
+        assert_eq!(text, scrubbed_text(CONFIG, SECRET.as_bytes()));
     }
 
     #[test]
