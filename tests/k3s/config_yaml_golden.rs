@@ -105,3 +105,30 @@ fn cluster_wide_keys_match_between_servers() {
     };
     assert_eq!(wide(&init), wide(&join));
 }
+
+#[test]
+fn golden_files_are_yaml_with_the_types_k3s_expects() {
+    for name in ["init", "join-server", "agent"] {
+        let text = std::fs::read_to_string(golden_dir().join(format!("{name}.yaml"))).unwrap();
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let map = doc.as_mapping().expect("a mapping of flag names");
+        assert!(doc["token"].is_string(), "{name}: token");
+        assert!(doc["node-ip"].is_string() && doc["node-name"].is_string());
+        if name == "init" {
+            assert_eq!(doc["cluster-init"].as_bool(), Some(true));
+            assert!(map.get("server").is_none());
+        } else {
+            assert!(doc["server"].as_str().unwrap().starts_with("https://"));
+            assert!(doc["token"].as_str().unwrap().starts_with("K10"));
+        }
+        if name == "agent" {
+            assert!(map.get("tls-san").is_none() && map.get("etcd-arg").is_none());
+        } else {
+            assert!(doc["tls-san"].is_sequence() && doc["disable"].is_sequence());
+            assert!(doc["etcd-arg"].is_sequence());
+            assert_eq!(doc["etcd-snapshot-retention"].as_u64(), Some(12));
+            // A mode must stay a string: unquoted 0640 would be read as a number.
+            assert_eq!(doc["write-kubeconfig-mode"].as_str(), Some("0640"));
+        }
+    }
+}

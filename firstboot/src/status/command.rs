@@ -16,28 +16,24 @@ pub struct StatusArgs {
     pub root: PathBuf,
 }
 
-/// Prints the status to `out`; `now_unix` is used for "updated N s ago".
+/// Prints the status to `out`; `now_unix` is used for "updated N s ago". A reader that goes
+/// away early (`| head`) is not an error.
 pub fn run(args: &StatusArgs, out: &mut dyn Write, now_unix: u64) -> anyhow::Result<()> {
     let state = NodeState::load(&args.root).context("reading the firstboot state file")?;
-    let Some(state) = state else {
-        if args.json {
-            writeln!(out, "null")?;
-        } else {
-            writeln!(
-                out,
-                "firstboot has not started on this node yet (no {})",
-                NodeState::path(&args.root).display()
-            )?;
-        }
-        return Ok(());
+    let text = match (state, args.json) {
+        (None, true) => "null\n".to_string(),
+        (None, false) => format!(
+            "firstboot has not started on this node yet (no {})\n",
+            NodeState::path(&args.root).display()
+        ),
+        // Plain data with string keys: serializing cannot fail.
+        (Some(s), true) => serde_json::to_string_pretty(&s).unwrap_or_default() + "\n",
+        (Some(s), false) => table(&s, now_unix),
     };
-    if args.json {
-        serde_json::to_writer_pretty(&mut *out, &state).context("writing JSON")?;
-        writeln!(out)?;
-        return Ok(());
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing the status"),
     }
-    write!(out, "{}", table(&state, now_unix))?;
-    Ok(())
 }
 
 /// The human-readable view.
