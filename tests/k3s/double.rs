@@ -89,6 +89,15 @@ fn wait_ready(d: &Double) {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("READY=1"));
 }
 
+/// Stops a running double and returns its log (stderr).
+fn stop_and_log(d: Double) -> String {
+    let mut d = d;
+    let _ = d.child.kill();
+    let child = std::mem::replace(&mut d.child, Command::new("true").spawn().unwrap());
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Waits for a double that must fail; returns its stderr.
 fn expect_refusal(d: Double) -> String {
     let mut d = d;
@@ -224,6 +233,13 @@ fn init_join_agent_and_refusals() {
     );
     let err = expect_refusal(wrong);
     assert!(err.contains("rejected the token"), "{err}");
+
+    // Nobody logged the token, not even on success.
+    for (what, d) in [("init", init), ("joiner", joiner), ("agent", agent)] {
+        let log = stop_and_log(d);
+        assert!(log.contains("k3s-double:"), "{what}: {log}");
+        assert!(!log.contains(SECRET), "{what} logged the token: {log}");
+    }
 }
 
 #[test]
