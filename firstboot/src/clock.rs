@@ -79,6 +79,15 @@ pub fn init_agreement_step(local_usec: i64, init_usec: i64) -> InitAgreement {
     }
 }
 
+/// What [`Timedate::settle`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockSettled {
+    /// Whether NTP synced in time.
+    pub ntp: NtpWait,
+    /// The forward step to the build-time floor, if one was needed (µs).
+    pub floor_step_usec: Option<i64>,
+}
+
 /// Why the clock could not be read or set.
 #[derive(Debug, thiserror::Error)]
 pub enum ClockError {
@@ -203,6 +212,25 @@ impl Timedate {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Lifecycle step 3 before the election: wait (bounded) for NTP, then, if it did not sync,
+    /// make sure the clock is not below the image build time.
+    pub async fn settle(
+        &self,
+        build_time_secs: Option<u64>,
+        time_sync: Duration,
+        poll: Duration,
+    ) -> Result<ClockSettled, ClockError> {
+        let ntp = self.wait_for_ntp(time_sync, poll).await?;
+        let floor_step_usec = match (ntp, build_time_secs) {
+            (NtpWait::GaveUp, Some(build)) => self.enforce_floor(build).await?,
+            _ => None,
+        };
+        Ok(ClockSettled {
+            ntp,
+            floor_step_usec,
+        })
     }
 
     /// Steps forward to the build-time floor if the clock is below it; returns the step (µs).

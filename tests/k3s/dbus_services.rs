@@ -262,3 +262,42 @@ async fn start_and_follow_reaches_active_or_failed() {
         ["k3s.service", "broken.service", "missing.service"]
     );
 }
+
+#[tokio::test]
+async fn settle_steps_to_the_build_time_floor_when_ntp_never_syncs() {
+    let bus = PrivateBus::start();
+    let log = Arc::new(Mutex::new(TimedateLog::default()));
+    let _server = zbus::connection::Builder::address(bus.address.as_str())
+        .unwrap()
+        .name("org.freedesktop.timedate1")
+        .unwrap()
+        .serve_at("/org/freedesktop/timedate1", TimedateDouble(log.clone()))
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let conn = bus.connect().await;
+    let clock = Timedate::new(&conn).await.unwrap();
+    // An image "built" a day after this host's clock: the node must not run below that.
+    let build_time = (firstboot::clock::now_usec() / 1_000_000) as u64 + 86_400;
+    let settled = clock
+        .settle(Some(build_time), Duration::ZERO, Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!(settled.ntp, NtpWait::GaveUp);
+    let step = settled
+        .floor_step_usec
+        .expect("a forward step to the floor");
+    assert!((86_398_000_000..=86_400_000_000).contains(&step), "{step}");
+    assert_eq!(log.lock().unwrap().set_time, [(step, true)]);
+
+    // Synced NTP is trusted: no floor step even with a future build time.
+    log.lock().unwrap().synced = true;
+    let settled = clock
+        .settle(Some(build_time), Duration::ZERO, Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!(settled.ntp, NtpWait::Synced);
+    assert_eq!(settled.floor_step_usec, None);
+    assert_eq!(log.lock().unwrap().set_time.len(), 1);
+}

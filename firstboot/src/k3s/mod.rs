@@ -1,8 +1,10 @@
 //! K3s on this node: the secure join token, `config.yaml`, and where K3s keeps its files.
 
+pub mod bring_up;
 pub mod config_yaml;
 pub mod secure_token;
 
+pub use bring_up::{bring_up, BringUpError, BroughtUp};
 pub use config_yaml::{render, write_config_yaml, K3sRole, NodeFacts, CONFIG_YAML_PATH};
 pub use secure_token::{CaHash, SecureToken};
 
