@@ -13,9 +13,10 @@
 //! Later boots resume from the root copy. A boot copy that again holds a valid config with a token
 //! is a **re-stamp** (`imagebuild stamp` on a used card): it is taken only if this node has not
 //! yet joined a cluster; after joining it is moved to `<root>/etc/firstboot/cluster.toml.restamp`
-//! (0600, for a human to inspect) and the boot copy is scrubbed anyway, because a token must never
-//! stay on the boot partition. The caller resets its election/discovery state after
-//! [`IntakeOutcome::Restamped`].
+//! (and its token file to `<name>.restamp`, both 0600, for a human to inspect) and the boot copy
+//! is scrubbed anyway, because a token must never stay on the boot partition. The caller resets
+//! its election/discovery state after [`IntakeOutcome::Restamped`], and passes `joined` from the
+//! state file ([`crate::status::Phase::has_joined`]).
 
 use crate::config::{ClusterConfig, ConfigError, TokenSource, FILE_NAME};
 use crate::durable::{fsync_dir, write_atomic};
@@ -152,6 +153,20 @@ pub fn intake(boot_dir: &Path, root: &Path, joined: bool) -> Result<Intake, Inta
     let config = ClusterConfig::load(&root_file)?;
     scrub_boot_partition(boot_dir, &boot_file, &root_file, &config, &mut notes)?;
     if let Some(restamp) = restamp_secret(&outcome, boot_dir)? {
+        // Keep the refused token beside the refused config (root-only) before scrubbing it;
+        // an already scrubbed file (a repeated run) is not copied over the kept one.
+        let bytes = fs::read(&restamp).map_err(io_err(format!("reading {}", restamp.display())))?;
+        if !bytes.starts_with(SCRUB_MARKER.as_bytes()) {
+            let name = restamp
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "cluster-token".into());
+            let kept = root.join(ROOT_CONFIG_DIR).join(format!("{name}.restamp"));
+            write_atomic(&kept, &bytes, 0o600).map_err(io_err(format!(
+                "keeping the re-stamped token at {}",
+                kept.display()
+            )))?;
+        }
         scrub_token_file(&restamp)?;
     }
     Ok(Intake {
@@ -473,6 +488,31 @@ mod tests {
         assert!(!dir_bytes_contain(&boot, "second-secret-8Hq2Lp5Wz"));
         assert!(got.notes.iter().all(|n| !n.contains("second-secret")));
         assert_eq!(got.notes.len(), 1);
+    }
+
+    #[test]
+    fn restamp_with_a_token_file_after_joining_keeps_both_root_only() {
+        let (_t, boot, root) = dirs();
+        fs::write(boot.join(FILE_NAME), CONFIG).unwrap();
+        intake(&boot, &root, false).unwrap();
+        let new = "[cluster]\nname = \"kit-02\"\ntoken_file = \"new-token\"\n";
+        fs::write(boot.join(FILE_NAME), new).unwrap();
+        fs::write(boot.join("new-token"), "second-secret-8Hq2Lp5Wz\n").unwrap();
+        let got = intake(&boot, &root, true).unwrap();
+        assert!(matches!(got.outcome, IntakeOutcome::RestampRefused { .. }));
+        let kept = root.join(ROOT_CONFIG_DIR).join("new-token.restamp");
+        assert_eq!(
+            fs::read_to_string(&kept).unwrap(),
+            "second-secret-8Hq2Lp5Wz\n"
+        );
+        assert_eq!(fs::metadata(&kept).unwrap().mode() & 0o777, 0o600);
+        assert!(!dir_bytes_contain(&boot, "second-secret-8Hq2Lp5Wz"));
+        // A repeated run keeps what it kept.
+        intake(&boot, &root, true).unwrap();
+        assert_eq!(
+            fs::read_to_string(&kept).unwrap(),
+            "second-secret-8Hq2Lp5Wz\n"
+        );
     }
 
     #[test]
