@@ -1,1 +1,46 @@
-//! Bootstrap election core (sans-IO): see SPEC 4.2. Filled in by the election work.
+//! Bootstrap election core (sans-IO, SPEC 4.2): at most one node ever runs cluster-init.
+//!
+//! Single-decree Paxos per bootstrap epoch over an electorate of `nodes` voters with strict-majority
+//! quorums decides `Init(node)` or `Abandon`; after `Init(x)`, x grants server seats one at a time.
+//! The driver feeds datagrams and timeouts in and polls frames, timers, persist requests and events
+//! out; frames that depend on acceptor state are released only after their state is persisted.
+
+mod auth;
+mod message;
+mod node;
+mod paxos;
+mod rank;
+mod seats;
+
+use serde::{Deserialize, Serialize};
+
+pub use auth::{ClusterId, ProtocolKey, CLUSTER_ID_LEN, MAC_LEN};
+pub use message::{Body, DecodeError, Envelope, Hello, MAX_FRAME, MAX_ROSTER, PROTOCOL_VERSION};
+#[cfg(feature = "sim-flaws")]
+pub use node::Flaw;
+pub use node::{
+    Destination, ElectionConfig, ElectionStatus, Event, Node, PersistRequest, PersistedState,
+    Timing, Transmit,
+};
+pub use paxos::{Acceptor, Ballot, Value};
+pub use rank::{Rank, RolePin};
+pub use seats::Role;
+
+/// A node's identity (from the board serial, MAC or a persisted random id).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+pub struct NodeId(pub u64);
+
+/// A point on the driver's monotonic clock in milliseconds; the core never reads a clock.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    /// This instant plus `ms` milliseconds (saturating).
+    pub fn after(self, ms: u64) -> Millis {
+        Millis(self.0.saturating_add(ms))
+    }
+}
