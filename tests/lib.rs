@@ -22,3 +22,7 @@ pub fn is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+/// The deterministic election simulator (shared by the `election_sim` test and `election-bench`).
+#[path = "election/sim.rs"]
+pub mod election_sim;

@@ -491,7 +491,13 @@ impl Node {
         peer.serving |= hello.serving;
         peer.wants_seat = hello.wants_seat;
         match hello.decided {
-            None => self.note_voter(sender),
+            None => {
+                self.note_voter(sender);
+                if self.state.decided.is_some() {
+                    // A late or restarted node: tell it at once that this epoch is decided.
+                    self.send_hello(Destination::Node(sender));
+                }
+            }
             Some(value) => self.learn(now, value, false),
         }
         if self.state.decided == Some(Value::Init(sender))
