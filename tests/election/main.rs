@@ -34,6 +34,7 @@ fn sweep(
 ) -> (u64, Vec<(u64, Outcome)>) {
     let next = AtomicU64::new(0);
     let ran = AtomicU64::new(0);
+    let slowest = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     std::thread::scope(|scope| {
@@ -46,6 +47,9 @@ fn sweep(
                 }
                 let outcome = run(&make(seed));
                 ran.fetch_add(1, Ordering::Relaxed);
+                if let Some(done) = outcome.done_at {
+                    slowest.fetch_max(done.saturating_sub(outcome.quiet_at), Ordering::Relaxed);
+                }
                 if outcome.violation.is_some() {
                     failures
                         .lock()
@@ -57,6 +61,10 @@ fn sweep(
     });
     let mut failures = failures.into_inner().expect("no panics hold the lock");
     failures.sort_by_key(|(seed, _)| *seed);
+    println!(
+        "slowest convergence after the world turned quiet: {} ms",
+        slowest.into_inner()
+    );
     (ran.into_inner(), failures)
 }
 
@@ -158,7 +166,7 @@ fn decoder_rejects_garbage_and_mutations_without_panicking() {
     })
     .collect();
     let mut rng = Rng::new(0xF022);
-    let mut accepted_mutants = 0;
+    let mut rejected = 0;
     for round in 0..60_000u32 {
         let frame: Vec<u8> = if round % 2 == 0 {
             (0..rng.range(0, MAX_FRAME as u64 + 64))
@@ -178,16 +186,16 @@ fn decoder_rejects_garbage_and_mutations_without_panicking() {
             }
             frame
         };
-        if let Ok(envelope) = Envelope::decode(&frame, &cluster, &key) {
-            // Only an unmodified genuine frame may pass; a mutant passing would be a forgery.
-            assert!(
+        match Envelope::decode(&frame, &cluster, &key) {
+            // Only a genuine frame may pass (a mutation can flip a bit back); anything else is a forgery.
+            Ok(envelope) => assert!(
                 genuine.contains(&frame),
                 "forged frame accepted: {envelope:?}"
-            );
-            accepted_mutants += 1;
+            ),
+            Err(_) => rejected += 1,
         }
     }
-    assert_eq!(accepted_mutants, 0, "no mutant or random frame may verify");
+    assert!(rejected > 59_000, "only {rejected} of 60000 frames were rejected");
     for frame in &genuine {
         assert!(Envelope::decode(frame, &cluster, &key).is_ok());
     }
