@@ -209,13 +209,13 @@ impl Scenario {
         let crashy = rng.chance(0.4);
         let (crash_after_send, crash_after_persist) = if crashy {
             (
-                rng.range(1, 30) as f64 / 1000.0,
-                rng.range(1, 30) as f64 / 1000.0,
+                rng.range(1, 100) as f64 / 1000.0,
+                rng.range(1, 100) as f64 / 1000.0,
             )
         } else {
             (0.0, 0.0)
         };
-        let random_crashes = if crashy { rng.range(1, 8) as u32 } else { 0 };
+        let random_crashes = if crashy { rng.range(1, 20) as u32 } else { 0 };
         let rogue_every_ms = rng.chance(0.3).then(|| (100, rng.range(500, 3_000)));
         let clock_offsets = (0..n + usize::from(late_extras))
             .map(|_| rng.range(0, 1 << 40))
@@ -298,6 +298,8 @@ pub struct Outcome {
     pub done_at: Option<u64>,
     /// Events processed.
     pub steps: u64,
+    /// `Abandon` decisions observed (one per node and epoch).
+    pub abandons: u64,
     /// Frames rejected by decoding.
     pub rejected: u64,
     /// Fingerprint of the whole run (for determinism checks).
@@ -577,6 +579,9 @@ impl World<'_> {
                     }
                 } else {
                     self.ledger.by_epoch.insert(epoch, value);
+                }
+                if value == Value::Abandon {
+                    self.outcome.abandons += 1;
                 }
                 if let Value::Init(x) = value {
                     if !self.index.contains_key(&x) {
