@@ -31,7 +31,11 @@ fn main() {
             for seed in 0..runs {
                 let outcome = run(&Scenario::quiet_lan(seed, nodes, 3, loss));
                 let majority = outcome.majority_at.unwrap_or(0);
-                match (outcome.violation, outcome.first_init_at, outcome.all_init_at) {
+                match (
+                    outcome.violation,
+                    outcome.first_init_at,
+                    outcome.all_init_at,
+                ) {
                     (None, Some(f), Some(a)) => {
                         first.push(f.saturating_sub(majority));
                         all.push(a.saturating_sub(majority));

@@ -90,7 +90,11 @@ fn simulator_upholds_safety_and_liveness() {
             Scenario::generate(*seed),
         );
     }
-    assert!(failures.is_empty(), "{} of {ran} seeds failed", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {ran} seeds failed",
+        failures.len()
+    );
 }
 
 fn assert_flaw_is_caught(flaw: Flaw) {
@@ -103,7 +107,10 @@ fn assert_flaw_is_caught(flaw: Flaw) {
     );
     if exhaustive {
         for (seed, outcome) in &failures {
-            println!("{flaw:?} seed {seed}: {}", outcome.violation.as_deref().unwrap_or_default());
+            println!(
+                "{flaw:?} seed {seed}: {}",
+                outcome.violation.as_deref().unwrap_or_default()
+            );
         }
     }
     let (seed, outcome) = failures
@@ -210,7 +217,10 @@ fn decoder_rejects_garbage_and_mutations_without_panicking() {
             Err(_) => rejected += 1,
         }
     }
-    assert!(rejected > 59_000, "only {rejected} of 60000 frames were rejected");
+    assert!(
+        rejected > 59_000,
+        "only {rejected} of 60000 frames were rejected"
+    );
     for frame in &genuine {
         assert!(Envelope::decode(frame, &cluster, &key).is_ok());
     }

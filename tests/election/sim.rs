@@ -29,7 +29,7 @@ pub struct Rng(u64);
 impl Rng {
     /// A generator for `seed`.
     pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5EED_0F_E1EC_7104)
+        Rng(seed ^ 0x005E_ED0F_E1EC_7104)
     }
 
     /// Next 64 random bits.
@@ -308,12 +308,30 @@ pub struct Outcome {
 
 enum Action {
     Boot(usize),
-    Deliver { to: usize, frame: Rc<[u8]> },
-    Timer { node: usize, life: u32, at: u64 },
-    PersistDone { node: usize, life: u32, seq: u64, state: Box<PersistedState> },
-    PowerLoss { node: usize, down_ms: u64 },
+    Deliver {
+        to: usize,
+        frame: Rc<[u8]>,
+    },
+    Timer {
+        node: usize,
+        life: u32,
+        at: u64,
+    },
+    PersistDone {
+        node: usize,
+        life: u32,
+        seq: u64,
+        state: Box<PersistedState>,
+    },
+    PowerLoss {
+        node: usize,
+        down_ms: u64,
+    },
     Restart(usize),
-    Serving { node: usize, life: u32 },
+    Serving {
+        node: usize,
+        life: u32,
+    },
     Rogue,
 }
 
@@ -428,7 +446,13 @@ impl World<'_> {
             // What a node persisted it had learned counts as learned, even if it lost power before
             // releasing the event.
             if let Some(epoch) = durable.epoch.checked_sub(1) {
-                self.observe(i, Event::Decided { epoch, value: Value::Abandon });
+                self.observe(
+                    i,
+                    Event::Decided {
+                        epoch,
+                        value: Value::Abandon,
+                    },
+                );
             }
             if let Some(value) = durable.decided {
                 let epoch = durable.epoch;
@@ -446,7 +470,8 @@ impl World<'_> {
         self.scenario.partitions.iter().any(|p| {
             p.from_ms <= self.now
                 && self.now < p.until_ms
-                && p.side.get(a).copied().unwrap_or(false) != p.side.get(b).copied().unwrap_or(false)
+                && p.side.get(a).copied().unwrap_or(false)
+                    != p.side.get(b).copied().unwrap_or(false)
         })
     }
 
@@ -461,10 +486,18 @@ impl World<'_> {
         if self.partitioned(from, to) || self.rng.chance(loss) {
             return;
         }
-        let copies = if self.rng.chance(self.scenario.duplicate) { 2 } else { 1 };
+        let copies = if self.rng.chance(self.scenario.duplicate) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let (lo, hi) = self.scenario.delay_ms;
-            let (lo, hi) = if healed { (lo.min(1), hi.min(50)) } else { (lo, hi) };
+            let (lo, hi) = if healed {
+                (lo.min(1), hi.min(50))
+            } else {
+                (lo, hi)
+            };
             let at = self.now + self.rng.range(lo, hi);
             self.schedule(
                 at,
@@ -585,7 +618,9 @@ impl World<'_> {
                 }
                 if let Value::Init(x) = value {
                     if !self.index.contains_key(&x) {
-                        self.fail(format!("Init({x:?}) decided for a node that does not exist"));
+                        self.fail(format!(
+                            "Init({x:?}) decided for a node that does not exist"
+                        ));
                     }
                     match self.ledger.init {
                         Some(y) if y != x => {

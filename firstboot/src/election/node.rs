@@ -314,7 +314,10 @@ impl Node {
             self.enter_epoch(now, epoch);
         }
         if epoch < self.state.epoch {
-            if !matches!(body, Body::Hello(_) | Body::Nack { .. } | Body::Decided { .. }) {
+            if !matches!(
+                body,
+                Body::Hello(_) | Body::Nack { .. } | Body::Decided { .. }
+            ) {
                 // The sender is behind: our announcement moves it to our epoch.
                 self.send_hello(Destination::Node(sender));
             }
@@ -522,7 +525,10 @@ impl Node {
                 }
                 self.yield_to(now, ballot);
                 let accepted = self.state.acceptor.accepted;
-                self.send_after_persist(Destination::Node(from), Body::Promise { ballot, accepted });
+                self.send_after_persist(
+                    Destination::Node(from),
+                    Body::Promise { ballot, accepted },
+                );
             }
             Verdict::Refused { promised } => {
                 self.send_now(Destination::Node(from), Body::Nack { ballot, promised })
@@ -791,7 +797,8 @@ impl Node {
             .map(|p| p.rank);
         let me = self.id();
         let peers = &self.peers;
-        let serving = |holder: NodeId| holder == me || peers.get(&holder).is_some_and(|p| p.serving);
+        let serving =
+            |holder: NodeId| holder == me || peers.get(&holder).is_some_and(|p| p.serving);
         if let Some(node) = seats::next_grant(&self.state.roster, self.servers, serving, candidates)
         {
             self.state.roster.push(node);
@@ -871,5 +878,174 @@ impl Node {
             Output::Transmit(transmit) => self.transmits.push_back(transmit),
             Output::Event(event) => self.events.push_back(event),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &[u8] = b"unit-test-token-0123";
+
+    fn config(node: u64, nodes: u8) -> ElectionConfig {
+        ElectionConfig {
+            rank: Rank {
+                pin: RolePin::Auto,
+                storage: 100,
+                ram_mib: 4096,
+                node: NodeId(node),
+            },
+            nodes,
+            servers: 3,
+            cluster: ClusterId::derive(TOKEN, nodes, 3),
+            key: ProtocolKey::derive(TOKEN),
+            seed: node,
+            timing: Timing::default(),
+        }
+    }
+
+    fn frame(nodes: u8, sender: u64, body: Body) -> Vec<u8> {
+        Envelope {
+            epoch: 0,
+            sender: NodeId(sender),
+            body,
+        }
+        .encode(
+            &ClusterId::derive(TOKEN, nodes, 3),
+            &ProtocolKey::derive(TOKEN),
+        )
+    }
+
+    fn decode(nodes: u8, transmit: &Transmit) -> Envelope {
+        Envelope::decode(
+            &transmit.frame,
+            &ClusterId::derive(TOKEN, nodes, 3),
+            &ProtocolKey::derive(TOKEN),
+        )
+        .expect("the node's own frames decode")
+    }
+
+    fn drain_transmits(node: &mut Node) -> Vec<Transmit> {
+        std::iter::from_fn(|| node.poll_transmit()).collect()
+    }
+
+    fn undecided_hello() -> Body {
+        Body::Hello(Hello {
+            pin: RolePin::Auto,
+            storage: 10,
+            ram_mib: 1024,
+            decided: None,
+            serving: false,
+            wants_seat: false,
+            roster: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_single_node_inits_itself_only_after_persisting() {
+        let mut node = Node::new(config(7, 1), Millis(0), None);
+        node.handle_timeout(Millis(0));
+        assert!(node.poll_timeout().is_some_and(|at| at <= Millis(1500)));
+        node.handle_timeout(Millis(1500));
+        assert_eq!(
+            node.poll_event(),
+            None,
+            "nothing is released before the persist"
+        );
+        let request = node.poll_persist().expect("the decision must be persisted");
+        assert_eq!(request.state.decided, Some(Value::Init(NodeId(7))));
+        assert_eq!(request.state.role, Some(Role::ClusterInit));
+        node.persisted(request.seq);
+        assert_eq!(
+            node.poll_event(),
+            Some(Event::Decided {
+                epoch: 0,
+                value: Value::Init(NodeId(7))
+            })
+        );
+        assert_eq!(node.poll_event(), Some(Event::Role(Role::ClusterInit)));
+    }
+
+    #[test]
+    fn a_promise_leaves_only_after_its_state_is_durable() {
+        let mut node = Node::new(config(2, 3), Millis(0), None);
+        node.handle_timeout(Millis(0));
+        drain_transmits(&mut node);
+        let ballot = Ballot {
+            round: 1,
+            node: NodeId(1),
+        };
+        node.handle_datagram(Millis(10), &frame(3, 1, Body::Prepare { ballot }))
+            .expect("genuine frame");
+        assert!(drain_transmits(&mut node).is_empty());
+        let request = node.poll_persist().expect("the promise must be persisted");
+        assert_eq!(request.state.acceptor.promised, Some(ballot));
+        node.persisted(request.seq);
+        let sent = drain_transmits(&mut node);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].to, Destination::Node(NodeId(1)));
+        assert_eq!(
+            decode(3, &sent[0]).body,
+            Body::Promise {
+                ballot,
+                accepted: None
+            }
+        );
+        // A lower ballot is refused at once.
+        let lower = Ballot {
+            round: 0,
+            node: NodeId(9),
+        };
+        node.handle_datagram(Millis(20), &frame(3, 9, Body::Prepare { ballot: lower }))
+            .expect("genuine frame");
+        let sent = drain_transmits(&mut node);
+        assert_eq!(
+            decode(3, &sent[0]).body,
+            Body::Nack {
+                ballot: lower,
+                promised: ballot
+            }
+        );
+    }
+
+    #[test]
+    fn more_voters_than_nodes_raise_the_quorum_loudly() {
+        let mut node = Node::new(config(1, 3), Millis(0), None);
+        for sender in 2..=4 {
+            node.handle_datagram(Millis(5), &frame(3, sender, undecided_hello()))
+                .expect("genuine frame");
+        }
+        assert_eq!(
+            node.poll_event(),
+            Some(Event::QuorumRaised { seen: 4, quorum: 3 })
+        );
+        let status = node.status(Millis(5));
+        assert!(status.overcrowded);
+        assert_eq!(status.quorum, 3);
+        assert_eq!(status.visible, 4);
+    }
+
+    #[test]
+    fn frames_of_other_clusters_are_rejected() {
+        let mut node = Node::new(config(1, 3), Millis(0), None);
+        assert_eq!(
+            node.handle_datagram(Millis(1), &frame(5, 2, undecided_hello())),
+            Err(DecodeError::ForeignCluster)
+        );
+        assert_eq!(node.status(Millis(1)).visible, 1);
+    }
+
+    #[test]
+    fn a_restarted_node_repeats_its_role() {
+        let state = PersistedState {
+            decided: Some(Value::Init(NodeId(4))),
+            role: Some(Role::Agent { join: NodeId(4) }),
+            ..PersistedState::default()
+        };
+        let mut node = Node::new(config(1, 3), Millis(0), Some(state));
+        assert_eq!(
+            node.poll_event(),
+            Some(Event::Role(Role::Agent { join: NodeId(4) }))
+        );
     }
 }

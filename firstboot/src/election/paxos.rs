@@ -205,7 +205,10 @@ mod tests {
             acceptor.accept(ballot(2, 1), Value::Init(NodeId(1))),
             Verdict::Granted { changed: true }
         );
-        assert_eq!(acceptor.accepted, Some((ballot(2, 1), Value::Init(NodeId(1)))));
+        assert_eq!(
+            acceptor.accepted,
+            Some((ballot(2, 1), Value::Init(NodeId(1))))
+        );
     }
 
     #[test]
@@ -221,7 +224,11 @@ mod tests {
         assert_eq!(chosen, Some(Value::Init(NodeId(2))));
         proposal.begin_accept(Value::Init(NodeId(2)));
         assert_eq!(proposal.on_accepted(NodeId(1), 2), None);
-        assert_eq!(proposal.on_accepted(NodeId(1), 2), None, "duplicates do not count");
+        assert_eq!(
+            proposal.on_accepted(NodeId(1), 2),
+            None,
+            "duplicates do not count"
+        );
         assert_eq!(
             proposal.on_accepted(NodeId(2), 2),
             Some(Value::Init(NodeId(2)))

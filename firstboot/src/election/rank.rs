@@ -60,7 +60,12 @@ pub struct Rank {
 
 impl Rank {
     fn key(&self) -> (u8, u8, u32, Reverse<NodeId>) {
-        (self.pin.weight(), self.storage, self.ram_mib, Reverse(self.node))
+        (
+            self.pin.weight(),
+            self.storage,
+            self.ram_mib,
+            Reverse(self.node),
+        )
     }
 }
 
@@ -98,7 +103,10 @@ mod tests {
         let agent = rank(RolePin::Agent, 255, 16384, 1);
         let mut all = vec![agent, fast, fast_big, pinned_slow, fast_big_low_id];
         all.sort();
-        assert_eq!(all, vec![agent, fast, fast_big, fast_big_low_id, pinned_slow]);
+        assert_eq!(
+            all,
+            vec![agent, fast, fast_big, fast_big_low_id, pinned_slow]
+        );
     }
 
     #[test]

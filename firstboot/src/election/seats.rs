@@ -89,7 +89,12 @@ mod tests {
             Some(NodeId(4))
         );
         assert_eq!(
-            next_grant(&[NodeId(1), NodeId(3), NodeId(4)], 3, all_serving, candidates),
+            next_grant(
+                &[NodeId(1), NodeId(3), NodeId(4)],
+                3,
+                all_serving,
+                candidates
+            ),
             None
         );
     }
