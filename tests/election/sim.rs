@@ -286,6 +286,8 @@ impl Scenario {
 pub struct Outcome {
     /// The first safety or liveness violation, if any.
     pub violation: Option<String>,
+    /// The violation broke safety (not only liveness).
+    pub unsafe_run: bool,
     /// When a strict majority of `nodes` had booted.
     pub majority_at: Option<u64>,
     /// When the first node learned a decided `Init`.
@@ -364,6 +366,7 @@ struct SimNode {
     core: Option<Node>,
     life: u32,
     durable: Option<PersistedState>,
+    durable_seq: u64,
     timer_at: Option<u64>,
     role: Option<Role>,
     serving: bool,
@@ -397,6 +400,7 @@ struct World<'a> {
     quiet_at: u64,
     healed_at: u64,
     extras_booted: bool,
+    verbose: bool,
     outcome: Outcome,
 }
 
@@ -418,7 +422,16 @@ impl World<'_> {
         self.outcome.trace = (self.outcome.trace ^ value).wrapping_mul(0x100_0000_01B3);
     }
 
+    /// Records a safety violation.
     fn fail(&mut self, message: String) {
+        if self.outcome.violation.is_none() {
+            self.outcome.unsafe_run = true;
+            self.outcome.violation = Some(format!("t={}ms: {message}", self.now));
+        }
+    }
+
+    /// Records a liveness violation.
+    fn stall(&mut self, message: String) {
         if self.outcome.violation.is_none() {
             self.outcome.violation = Some(format!("t={}ms: {message}", self.now));
         }
@@ -441,6 +454,10 @@ impl World<'_> {
     }
 
     fn start_node(&mut self, i: usize) {
+        self.log(format_args!(
+            "node {i} {:?} boots from {:?}",
+            self.nodes[i].rank.node, self.nodes[i].durable
+        ));
         let now = self.node_now(i);
         if let Some(durable) = self.nodes[i].durable.clone() {
             // What a node persisted it had learned counts as learned, even if it lost power before
@@ -583,13 +600,21 @@ impl World<'_> {
         }
     }
 
+    fn log(&self, line: std::fmt::Arguments<'_>) {
+        if self.verbose {
+            eprintln!("[{:>9} ms] {line}", self.now);
+        }
+    }
+
     fn power_loss(&mut self, i: usize, down_ms: u64) {
+        self.log(format_args!("node {i} loses power for {down_ms} ms"));
         let node = &mut self.nodes[i];
         if node.core.is_none() {
             return;
         }
         node.core = None;
         node.life += 1;
+        node.durable_seq = 0;
         node.timer_at = None;
         node.role = None;
         node.serving = false;
@@ -601,6 +626,7 @@ impl World<'_> {
 
     fn observe(&mut self, i: usize, event: Event) {
         let me = self.nodes[i].rank.node;
+        self.log(format_args!("node {i} {me:?}: {event:?}"));
         self.trace(i as u64 ^ 0xE0E0);
         match event {
             Event::Decided { epoch, value } => {
@@ -810,7 +836,11 @@ impl World<'_> {
                 if self.nodes[node].life != life {
                     return;
                 }
-                self.nodes[node].durable = Some(*state);
+                // The driver writes requests in order: an older request never overwrites a newer one.
+                if seq > self.nodes[node].durable_seq {
+                    self.nodes[node].durable_seq = seq;
+                    self.nodes[node].durable = Some(*state);
+                }
                 if let Some(core) = self.nodes[node].core.as_mut() {
                     core.persisted(seq);
                 }
@@ -827,6 +857,7 @@ impl World<'_> {
             Action::Restart(i) => self.start_node(i),
             Action::Serving { node, life } => {
                 if self.nodes[node].life == life && self.nodes[node].role.is_some() {
+                    self.log(format_args!("node {node} serves its role"));
                     self.nodes[node].serving = true;
                     let now = self.node_now(node);
                     if let Some(core) = self.nodes[node].core.as_mut() {
@@ -878,6 +909,7 @@ pub fn run(scenario: &Scenario) -> Outcome {
             core: None,
             life: 0,
             durable: None,
+            durable_seq: 0,
             timer_at: None,
             role: None,
             serving: false,
@@ -914,6 +946,7 @@ pub fn run(scenario: &Scenario) -> Outcome {
         recent_frames: Vec::new(),
         quiet_at,
         healed_at: quiet_at,
+        verbose: std::env::var_os("SIM_TRACE").is_some(),
         extras_booted: scenario.late_extras == 0,
         outcome: Outcome::default(),
     };
@@ -965,7 +998,7 @@ pub fn run(scenario: &Scenario) -> Outcome {
                     )
                 })
                 .collect();
-            world.fail(format!(
+            world.stall(format!(
                 "liveness: not every node serves {} ms after the world turned quiet at {} ms; waiting: {}",
                 scenario.liveness_bound_ms(),
                 world.quiet_at,
@@ -974,12 +1007,12 @@ pub fn run(scenario: &Scenario) -> Outcome {
             break;
         }
         if world.outcome.steps > STEP_LIMIT {
-            world.fail("step limit reached".to_string());
+            world.stall("step limit reached".to_string());
             break;
         }
     }
     if world.outcome.violation.is_none() && world.outcome.done_at.is_none() {
-        world.fail("the simulation ran out of events before every node served".to_string());
+        world.stall("the simulation ran out of events before every node served".to_string());
     }
     world.outcome.quiet_at = world.quiet_at;
     world.outcome

@@ -282,11 +282,13 @@ impl Node {
         self.rank.node
     }
 
-    /// Handles one received datagram; frames that are not authentic frames of this cluster are rejected.
-    pub fn handle_datagram(&mut self, now: Millis, frame: &[u8]) -> Result<(), DecodeError> {
+    /// Handles one received datagram and returns its authenticated sender (so the driver can map
+    /// node ids to source addresses); frames that are not authentic frames of this cluster are rejected.
+    pub fn handle_datagram(&mut self, now: Millis, frame: &[u8]) -> Result<NodeId, DecodeError> {
         let envelope = Envelope::decode(frame, &self.cluster, &self.key)?;
+        let sender = envelope.sender;
         self.handle_message(now, envelope);
-        Ok(())
+        Ok(sender)
     }
 
     /// Handles one already authenticated message.
@@ -408,6 +410,9 @@ impl Node {
     }
 
     /// State to persist before the frames and events that depend on it are released.
+    ///
+    /// Write requests in the order polled (each supersedes the previous one), e.g. write a
+    /// temporary file, fsync, rename; then acknowledge with [`Node::persisted`].
     pub fn poll_persist(&mut self) -> Option<PersistRequest> {
         if !self.persist_due {
             return None;
