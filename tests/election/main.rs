@@ -2,7 +2,8 @@
 //! and a brief fuzz of the frame decoder.
 //!
 //! `SIM_SEEDS=N` runs N seeds (default 10,000); `SIM_SEED=S` replays exactly one seed, and with
-//! `SIM_TRACE=1` prints every boot, power loss, decision and role as it happens.
+//! `SIM_TRACE=1` prints every boot, power loss, decision, role and delivered message (hellos too
+//! with `SIM_TRACE_HELLO=1`) as it happens.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;

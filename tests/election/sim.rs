@@ -810,6 +810,15 @@ impl World<'_> {
             }
             Action::Deliver { to, frame } => {
                 let now = self.node_now(to);
+                if self.verbose && self.nodes[to].core.is_some() {
+                    if let Ok(envelope) = Envelope::decode(&frame, &self.cluster, &self.key) {
+                        if !matches!(envelope.body, Body::Hello(_))
+                            || std::env::var_os("SIM_TRACE_HELLO").is_some()
+                        {
+                            self.log(format_args!("node {to} receives {envelope:?}"));
+                        }
+                    }
+                }
                 if let Some(core) = self.nodes[to].core.as_mut() {
                     if core.handle_datagram(now, &frame).is_err() {
                         self.outcome.rejected += 1;
@@ -875,6 +884,22 @@ impl World<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// Every seat is filled when enough nodes may be servers (pinned agents may not, unless init).
+    fn check_seats_filled(&mut self) {
+        let eligible = self
+            .nodes
+            .iter()
+            .filter(|n| n.rank.pin != RolePin::Agent || self.ledger.init == Some(n.rank.node))
+            .count();
+        let want = eligible.min(usize::from(self.scenario.servers));
+        if self.ledger.servers.len() != want {
+            self.stall(format!(
+                "{} servers formed where {want} seats could be filled",
+                self.ledger.servers.len()
+            ));
         }
     }
 
@@ -982,6 +1007,7 @@ pub fn run(scenario: &Scenario) -> Outcome {
         world.track_progress();
         if world.extras_booted && world.all_serving() && world.now >= world.quiet_at {
             world.outcome.done_at = Some(world.now);
+            world.check_seats_filled();
             break;
         }
         let deadline = world.quiet_at + scenario.liveness_bound_ms();

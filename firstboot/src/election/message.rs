@@ -72,6 +72,11 @@ pub enum Body {
         /// The decided value.
         value: Value,
     },
+    /// From the init node to a seat candidate: no seat will be left for you, join as an agent.
+    JoinAsAgent {
+        /// The candidate addressed (frames can be replayed to anyone, so the target is signed).
+        node: NodeId,
+    },
 }
 
 /// Presence announcement, sent periodically and on every change.
@@ -127,6 +132,7 @@ mod kind {
     pub const ACCEPT: u8 = 5;
     pub const ACCEPTED: u8 = 6;
     pub const DECIDED: u8 = 7;
+    pub const JOIN_AS_AGENT: u8 = 8;
 }
 
 const FLAG_SERVING: u8 = 1;
@@ -167,6 +173,7 @@ impl Body {
             Body::Accept { .. } => kind::ACCEPT,
             Body::Accepted { .. } => kind::ACCEPTED,
             Body::Decided { .. } => kind::DECIDED,
+            Body::JoinAsAgent { .. } => kind::JOIN_AS_AGENT,
         }
     }
 
@@ -213,6 +220,7 @@ impl Body {
                 put_value(out, *value);
             }
             Body::Decided { value } => put_value(out, *value),
+            Body::JoinAsAgent { node } => out.extend_from_slice(&node.0.to_be_bytes()),
         }
     }
 }
@@ -337,6 +345,7 @@ impl<'a> Reader<'a> {
             kind::DECIDED => Body::Decided {
                 value: self.value()?,
             },
+            kind::JOIN_AS_AGENT => Body::JoinAsAgent { node: self.node()? },
             _ => return Err(DecodeError::Malformed("unknown message kind")),
         };
         if !self.bytes.is_empty() {
@@ -459,6 +468,7 @@ mod tests {
             Body::Decided {
                 value: Value::Init(NodeId(u64::MAX)),
             },
+            Body::JoinAsAgent { node: NodeId(5) },
         ]
     }
 

@@ -4,6 +4,44 @@
 //! quorums decides `Init(node)` or `Abandon`; after `Init(x)`, x grants server seats one at a time.
 //! The driver feeds datagrams and timeouts in and polls frames, timers, persist requests and events
 //! out; frames that depend on acceptor state are released only after their state is persisted.
+//!
+//! A driver's loop, here for a one-node cluster that elects itself:
+//!
+//! ```
+//! use firstboot::election::*;
+//!
+//! let token = b"a-cluster-token-of-16+-chars";
+//! let config = ElectionConfig {
+//!     rank: Rank { pin: RolePin::Auto, storage: 100, ram_mib: 4096, node: NodeId(0xb0a7d) },
+//!     nodes: 1,
+//!     servers: 1,
+//!     cluster: ClusterId::derive(token, 1, 1),
+//!     key: ProtocolKey::derive(token),
+//!     seed: 42,
+//!     timing: Timing::default(),
+//! };
+//! let mut node = Node::new(config, Millis(0), None);
+//! let mut role = None;
+//! while role.is_none() {
+//!     // Sleep until the next timer (or a datagram: pass it to `node.handle_datagram`).
+//!     let now = node.poll_timeout().expect("the hello timer is always armed");
+//!     node.handle_timeout(now);
+//!     while let Some(request) = node.poll_persist() {
+//!         // Write `request.state` durably (temp file, fsync, rename), then:
+//!         node.persisted(request.seq);
+//!     }
+//!     while let Some(transmit) = node.poll_transmit() {
+//!         // Send `transmit.frame` to `transmit.to` (every peer, or one).
+//!         assert!(transmit.frame.len() <= MAX_FRAME);
+//!     }
+//!     while let Some(event) = node.poll_event() {
+//!         if let Event::Role(r) = event {
+//!             role = Some(r);
+//!         }
+//!     }
+//! }
+//! assert_eq!(role, Some(Role::ClusterInit));
+//! ```
 
 mod auth;
 mod message;

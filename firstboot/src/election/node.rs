@@ -73,6 +73,8 @@ pub struct PersistedState {
     pub decided: Option<Value>,
     /// Seat holders in grant order (kept by the init node only).
     pub roster: Vec<NodeId>,
+    /// Candidates the init node told to join as agents (never granted a seat afterwards).
+    pub agents: Vec<NodeId>,
     /// The role taken, once known.
     pub role: Option<Role>,
     /// The driver reported that the role's K3s service is up.
@@ -347,6 +349,11 @@ impl Node {
                 self.on_accepted(now, sender, ballot, value);
             }
             Body::Decided { value } => self.learn(now, value, false),
+            Body::JoinAsAgent { node } => {
+                if node == self.id() {
+                    self.join_as_agent(now, sender);
+                }
+            }
         }
         self.progress(now);
     }
@@ -507,6 +514,16 @@ impl Node {
                 }
             }
             Some(value) => self.learn(now, value, false),
+        }
+        if hello.wants_seat && self.is_excess_candidate(now, sender) {
+            if !self.state.agents.contains(&sender) {
+                self.state.agents.push(sender);
+                self.persist();
+            }
+            self.send_after_persist(
+                Destination::Node(sender),
+                Body::JoinAsAgent { node: sender },
+            );
         }
         if self.state.decided == Some(Value::Init(sender))
             && hello.roster.len() > self.init_roster.len()
@@ -783,23 +800,56 @@ impl Node {
         }
     }
 
+    /// Ranks of the nodes currently asking the init node for a seat.
+    fn seat_candidates(&self, now: Millis) -> impl Iterator<Item = Rank> + '_ {
+        let ttl = self.timing.view_ttl_ms;
+        self.peers
+            .values()
+            .filter(move |p| {
+                p.wants_seat
+                    && !self.state.roster.contains(&p.rank.node)
+                    && !self.state.agents.contains(&p.rank.node)
+                    && p.epoch == self.state.epoch
+                    && p.decided == self.state.decided
+                    && p.last_heard.after(ttl) > now
+            })
+            .map(|p| p.rank)
+    }
+
+    /// At the serving init node: `node` ranks below the candidates that will fill the free seats,
+    /// so it can join as an agent now instead of waiting for every seat to be filled.
+    fn is_excess_candidate(&self, now: Millis, node: NodeId) -> bool {
+        if self.state.role != Some(Role::ClusterInit) || !self.state.serving {
+            return false;
+        }
+        let free = self.servers.saturating_sub(self.state.roster.len());
+        let mut candidates: Vec<Rank> = self.seat_candidates(now).collect();
+        candidates.sort_unstable_by(|a, b| b.cmp(a));
+        if self.state.agents.contains(&node) {
+            return true;
+        }
+        candidates
+            .iter()
+            .position(|rank| rank.node == node)
+            .is_some_and(|position| position >= free)
+    }
+
+    fn join_as_agent(&mut self, now: Millis, init: NodeId) {
+        if self.state.decided != Some(Value::Init(init)) || self.state.role.is_some() {
+            return;
+        }
+        let role = Role::Agent { join: init };
+        self.state.role = Some(role);
+        self.persist();
+        self.emit_after_persist(Event::Role(role));
+        self.next_hello = now;
+    }
+
     fn grant_seat(&mut self, now: Millis) {
         if self.state.role != Some(Role::ClusterInit) || !self.state.serving {
             return;
         }
-        let ttl = self.timing.view_ttl_ms;
-        let decided = self.state.decided;
-        let epoch = self.state.epoch;
-        let candidates = self
-            .peers
-            .values()
-            .filter(|p| {
-                p.wants_seat
-                    && p.epoch == epoch
-                    && p.decided == decided
-                    && p.last_heard.after(ttl) > now
-            })
-            .map(|p| p.rank);
+        let candidates = self.seat_candidates(now);
         let me = self.id();
         let peers = &self.peers;
         let serving =
