@@ -1090,6 +1090,67 @@ mod tests {
         assert_eq!(node.status(Millis(1)).visible, 1);
     }
 
+    fn persist_all(node: &mut Node) {
+        while let Some(request) = node.poll_persist() {
+            node.persisted(request.seq);
+        }
+    }
+
+    #[test]
+    fn the_init_node_grants_one_seat_and_sends_the_surplus_to_agents() {
+        let mut x = Node::new(config(7, 1), Millis(0), None);
+        x.handle_timeout(Millis(1500));
+        persist_all(&mut x);
+        assert!(std::iter::from_fn(|| x.poll_event()).any(|e| e == Event::Role(Role::ClusterInit)));
+        x.report_serving(Millis(1600));
+        persist_all(&mut x);
+        drain_transmits(&mut x);
+        let candidate = |storage: u8| {
+            Body::Hello(Hello {
+                pin: RolePin::Auto,
+                storage,
+                ram_mib: 1024,
+                decided: Some(Value::Init(NodeId(7))),
+                serving: false,
+                wants_seat: true,
+                roster: Vec::new(),
+            })
+        };
+        // servers = 3: the best candidate gets the next seat at once.
+        x.handle_datagram(Millis(1700), &frame(1, 2, candidate(200)))
+            .expect("genuine frame");
+        x.handle_datagram(Millis(1701), &frame(1, 3, candidate(100)))
+            .expect("genuine frame");
+        x.handle_datagram(Millis(1702), &frame(1, 4, candidate(10)))
+            .expect("genuine frame");
+        let request = x.poll_persist().expect("grants are persisted");
+        assert_eq!(request.state.roster, vec![NodeId(7), NodeId(2)]);
+        assert_eq!(request.state.agents, vec![NodeId(4)]);
+        assert!(
+            drain_transmits(&mut x).is_empty(),
+            "nothing leaves before the persist"
+        );
+        x.persisted(request.seq);
+        // The grant is announced by the next hello, which is due at once.
+        assert!(x.poll_timeout().is_some_and(|at| at <= Millis(1702)));
+        x.handle_timeout(Millis(1702));
+        persist_all(&mut x);
+        let bodies: Vec<(Destination, Body)> = drain_transmits(&mut x)
+            .iter()
+            .map(|t| (t.to, decode(1, t).body))
+            .collect();
+        assert!(bodies.contains(&(
+            Destination::Node(NodeId(4)),
+            Body::JoinAsAgent { node: NodeId(4) }
+        )));
+        assert!(bodies.iter().any(|(to, body)| *to == Destination::All
+            && matches!(body, Body::Hello(h) if h.roster == vec![NodeId(7), NodeId(2)])));
+        // Node 3 waits for the last seat, which is granted only once node 2 serves.
+        assert!(!bodies
+            .iter()
+            .any(|(to, _)| *to == Destination::Node(NodeId(3))));
+    }
+
     #[test]
     fn a_restarted_node_repeats_its_role() {
         let state = PersistedState {
