@@ -70,6 +70,13 @@ pub use seats::Role;
 )]
 pub struct NodeId(pub u64);
 
+impl std::fmt::Display for NodeId {
+    /// Sixteen hex digits, the form of a Raspberry Pi board serial.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
 /// A point on the driver's monotonic clock in milliseconds; the core never reads a clock.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,

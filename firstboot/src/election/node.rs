@@ -144,6 +144,45 @@ pub struct ElectionStatus {
     pub role: Option<Role>,
     /// More voters than `nodes` were seen: the contract's assumption is broken.
     pub overcrowded: bool,
+    /// The configured electorate (`nodes`).
+    pub nodes: usize,
+    /// Distinct voters seen, this node included.
+    pub voters_seen: usize,
+}
+
+impl std::fmt::Display for ElectionStatus {
+    /// One status line, e.g. "waiting for 1 more node: 1/3 visible".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.overcrowded {
+            write!(
+                f,
+                "WARNING: {} voters seen for nodes = {}, quorum raised to {}; ",
+                self.voters_seen, self.nodes, self.quorum
+            )?;
+        }
+        match (self.decided, self.role) {
+            (_, Some(Role::ClusterInit)) => f.write_str("elected: running cluster-init"),
+            (_, Some(Role::Server { join })) => write!(f, "server seat granted: joining {join}"),
+            (_, Some(Role::Agent { join })) => write!(f, "agent: joining {join}"),
+            (Some(Value::Init(init)), None) => {
+                write!(f, "{init} runs cluster-init; waiting for a server seat")
+            }
+            (_, None) if self.visible < self.quorum => {
+                let missing = self.quorum - self.visible;
+                let plural = if missing == 1 { "" } else { "s" };
+                write!(
+                    f,
+                    "waiting for {missing} more node{plural}: {}/{} visible",
+                    self.visible, self.nodes
+                )
+            }
+            (_, None) => write!(
+                f,
+                "electing (epoch {}): {}/{} visible",
+                self.epoch, self.visible, self.nodes
+            ),
+        }
+    }
 }
 
 /// A deliberate safety flaw, so the simulator can prove that it catches one. Test builds only.
@@ -458,6 +497,8 @@ impl Node {
             decided: self.state.decided,
             role: self.state.role,
             overcrowded: self.voters.len() > self.nodes,
+            nodes: self.nodes,
+            voters_seen: self.voters.len(),
         }
     }
 
@@ -1075,9 +1116,33 @@ mod tests {
             Some(Event::QuorumRaised { seen: 4, quorum: 3 })
         );
         let status = node.status(Millis(5));
+        assert_eq!(
+            status.to_string(),
+            "WARNING: 4 voters seen for nodes = 3, quorum raised to 3; electing (epoch 0): 4/3 visible"
+        );
         assert!(status.overcrowded);
         assert_eq!(status.quorum, 3);
         assert_eq!(status.visible, 4);
+    }
+
+    #[test]
+    fn status_says_how_many_nodes_are_missing() {
+        let mut node = Node::new(config(1, 5), Millis(0), None);
+        assert_eq!(
+            node.status(Millis(0)).to_string(),
+            "waiting for 2 more nodes: 1/5 visible"
+        );
+        node.handle_datagram(Millis(5), &frame(5, 2, undecided_hello()))
+            .expect("genuine frame");
+        assert_eq!(
+            node.status(Millis(5)).to_string(),
+            "waiting for 1 more node: 2/5 visible"
+        );
+        assert_eq!(
+            node.status(Millis(60_000)).to_string(),
+            "waiting for 2 more nodes: 1/5 visible",
+            "a silent peer leaves the view"
+        );
     }
 
     #[test]
