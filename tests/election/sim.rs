@@ -118,6 +118,8 @@ pub struct Scenario {
     pub chaos_until_ms: u64,
     /// Per-node clock offsets (nodes never share a clock).
     pub clock_offsets: Vec<u64>,
+    /// Per-node clock rate error in parts per million (timers run fast or slow).
+    pub clock_ppm: Vec<i64>,
     /// Rank of every node (originals then extras).
     pub ranks: Vec<Rank>,
     /// Deliberate flaw built into every node.
@@ -220,6 +222,9 @@ impl Scenario {
         let clock_offsets = (0..n + usize::from(late_extras))
             .map(|_| rng.range(0, 1 << 40))
             .collect();
+        let clock_ppm = (0..n + usize::from(late_extras))
+            .map(|_| rng.range(0, 40_000) as i64 - 20_000)
+            .collect();
         let ranks = random_ranks(&mut rng, n + usize::from(late_extras));
         Scenario {
             seed,
@@ -238,6 +243,7 @@ impl Scenario {
             rogue_every_ms,
             chaos_until_ms: active,
             clock_offsets,
+            clock_ppm,
             ranks,
             flaw: Flaw::None,
         }
@@ -264,6 +270,7 @@ impl Scenario {
             rogue_every_ms: None,
             chaos_until_ms: 0,
             clock_offsets: (0..n).map(|_| rng.range(0, 1 << 40)).collect(),
+            clock_ppm: vec![0; n],
             ranks: random_ranks(&mut rng, n),
             flaw: Flaw::None,
         }
@@ -372,6 +379,7 @@ struct SimNode {
     serving: bool,
     booted: bool,
     offset: u64,
+    ppm: i64,
 }
 
 /// Global record of what has been decided, checked on every event.
@@ -438,7 +446,24 @@ impl World<'_> {
     }
 
     fn node_now(&self, i: usize) -> Millis {
-        Millis(self.now + self.nodes[i].offset)
+        Millis(self.local_time(i, self.now))
+    }
+
+    /// Node `i`'s clock at world time `at`: its own offset and rate.
+    fn local_time(&self, i: usize, at: u64) -> u64 {
+        let drift = (at as i128 * self.nodes[i].ppm as i128 / 1_000_000) as i64;
+        (at as i64 + drift) as u64 + self.nodes[i].offset
+    }
+
+    /// The earliest world time at which node `i`'s clock reads `local` or later.
+    fn world_time(&self, i: usize, local: u64) -> u64 {
+        let since = local.saturating_sub(self.nodes[i].offset) as i128;
+        let mut at = (since * 1_000_000 / (1_000_000 + self.nodes[i].ppm as i128)) as u64;
+        at = at.saturating_sub(2);
+        while self.local_time(i, at) < local {
+            at += 1;
+        }
+        at
     }
 
     fn config(&self, i: usize) -> ElectionConfig {
@@ -592,7 +617,7 @@ impl World<'_> {
             return;
         }
         if let Some(wake) = wake {
-            let at = wake.0.saturating_sub(self.nodes[i].offset).max(self.now);
+            let at = self.world_time(i, wake.0).max(self.now);
             if self.nodes[i].timer_at.is_none_or(|t| at < t) {
                 self.nodes[i].timer_at = Some(at);
                 self.schedule(at, Action::Timer { node: i, life, at });
@@ -940,6 +965,7 @@ pub fn run(scenario: &Scenario) -> Outcome {
             serving: false,
             booted: false,
             offset: scenario.clock_offsets[i],
+            ppm: scenario.clock_ppm[i],
         })
         .collect();
     let index = nodes
