@@ -70,6 +70,8 @@ pub struct Partition {
     pub until_ms: u64,
     /// Side of each node (index) during the split.
     pub side: Vec<bool>,
+    /// Only traffic from the `true` side to the `false` side is lost (a one-way failure).
+    pub one_way: bool,
 }
 
 /// A planned power loss.
@@ -198,6 +200,7 @@ impl Scenario {
                     from_ms,
                     until_ms: from_ms + rng.range(1_000, 60_000),
                     side: (0..n + 2).map(|_| rng.chance(0.5)).collect(),
+                    one_way: rng.chance(0.3),
                 }
             })
             .collect();
@@ -508,12 +511,14 @@ impl World<'_> {
         self.pump(i);
     }
 
-    fn partitioned(&self, a: usize, b: usize) -> bool {
+    fn partitioned(&self, from: usize, to: usize) -> bool {
         self.scenario.partitions.iter().any(|p| {
+            let from_side = p.side.get(from).copied().unwrap_or(false);
+            let to_side = p.side.get(to).copied().unwrap_or(false);
             p.from_ms <= self.now
                 && self.now < p.until_ms
-                && p.side.get(a).copied().unwrap_or(false)
-                    != p.side.get(b).copied().unwrap_or(false)
+                && from_side != to_side
+                && (!p.one_way || from_side)
         })
     }
 
