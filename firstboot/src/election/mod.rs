@@ -5,6 +5,17 @@
 //! The driver feeds datagrams and timeouts in and polls frames, timers, persist requests and events
 //! out; frames that depend on acceptor state are released only after their state is persisted.
 //!
+//! Limits, all chosen so that safety never depends on timing:
+//! - A decided `Init(x)` is final: if x dies for good before initializing, formation waits for it
+//!   (another node initializing could split the brain). `Abandon` is decided only when no
+//!   `Init` was accepted by the prepare quorum, e.g. when the best-ranked node stays silent.
+//! - A granted seat is never revoked, so a seat holder that never joins holds up the next seats.
+//! - A node booting after the cluster exists learns it from any decided peer's hello (decided
+//!   nodes answer an undecided hello at once); it proposes only after `settle_ms`. The driver should
+//!   also pass what discovery already knows (authenticated TXT records, as [`Body::Hello`] through
+//!   [`Node::handle_message`]) before the first timeout, so that a late node that cannot hear the
+//!   cluster in time never forms an undecided quorum of its own.
+//!
 //! A driver's loop, here for a one-node cluster that elects itself:
 //!
 //! ```
