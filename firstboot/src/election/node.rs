@@ -332,7 +332,8 @@ impl Node {
         Ok(sender)
     }
 
-    /// Handles one already authenticated message.
+    /// Handles one message the driver has already authenticated (e.g. a discovery announcement
+    /// turned into a [`Body::Hello`]); never pass it unauthenticated input.
     pub fn handle_message(&mut self, now: Millis, envelope: Envelope) {
         self.last_now = self.last_now.max(now);
         let Envelope {
