@@ -4,4 +4,7 @@
 //! uses [`config`] so that the boot-partition contract has one owner.
 
 pub mod config;
+pub mod discovery;
 pub mod election;
+pub mod identity;
+pub mod paths;

@@ -1,0 +1,248 @@
+//! Browses and resolves `_k3s-firstboot._tcp` instances and classifies each record it finds.
+
+use super::avahi::{
+    ServiceBrowserProxy, ServiceResolverProxy, IF_UNSPEC, LOOKUP_RESULT_LOCAL, PROTO_INET,
+};
+use super::publish::{server, wait_for_daemon};
+use super::record::{classify, ClusterId, Peer, RecordKey};
+use super::SERVICE_TYPE;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use zbus::proxy::CacheProperties;
+
+/// Pause before a failed resolver is tried again while its instance is still listed.
+const RESOLVE_RETRY: Duration = Duration::from_secs(2);
+
+/// What the browser reports, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// An instance resolved, or its record changed.
+    Resolved(Peer),
+    /// An instance left the LAN.
+    Removed {
+        /// Service instance name.
+        service: String,
+    },
+    /// avahi-daemon restarted: forget everything, instances will be reported again.
+    Restarted,
+}
+
+/// A running browse of `_k3s-firstboot._tcp`; dropping it stops browsing.
+pub struct Browser {
+    events: mpsc::Receiver<PeerEvent>,
+    task: JoinHandle<()>,
+}
+
+impl Browser {
+    /// Starts browsing; records are classified against `cluster` and `key`.
+    pub fn spawn(conn: zbus::Connection, cluster: ClusterId, key: RecordKey) -> Self {
+        let (tx, rx) = mpsc::channel(256);
+        let task = tokio::spawn(browse_forever(conn, cluster, key, tx));
+        Self { events: rx, task }
+    }
+
+    /// The next event; `None` only if the browse task stopped.
+    pub async fn next(&mut self) -> Option<PeerEvent> {
+        self.events.recv().await
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What a resolver task needs to classify what it finds.
+#[derive(Clone)]
+struct Classifier {
+    cluster: ClusterId,
+    key: RecordKey,
+    events: mpsc::Sender<PeerEvent>,
+}
+
+async fn browse_forever(
+    conn: zbus::Connection,
+    cluster: ClusterId,
+    key: RecordKey,
+    events: mpsc::Sender<PeerEvent>,
+) {
+    let classifier = Classifier {
+        cluster,
+        key,
+        events,
+    };
+    let mut first = true;
+    loop {
+        wait_for_daemon(&conn).await;
+        if !first && classifier.events.send(PeerEvent::Restarted).await.is_err() {
+            return;
+        }
+        first = false;
+        if let Err(e) = session(&conn, &classifier).await {
+            tracing::warn!("browsing {SERVICE_TYPE}: {e}; retrying");
+        }
+        if classifier.events.is_closed() {
+            return;
+        }
+        tokio::time::sleep(RESOLVE_RETRY / 4).await;
+    }
+}
+
+/// One browse against one avahi-daemon instance; returns when the daemon goes away.
+async fn session(conn: &zbus::Connection, classifier: &Classifier) -> zbus::Result<()> {
+    let server = server(conn).await?;
+    let mut owner = server.inner().receive_owner_changed().await?;
+    let path = server
+        .service_browser_prepare(IF_UNSPEC, PROTO_INET, SERVICE_TYPE, "", 0)
+        .await?;
+    let browser = ServiceBrowserProxy::builder(conn)
+        .path(path)?
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
+    let mut added = browser.receive_item_new().await?;
+    let mut removed = browser.receive_item_remove().await?;
+    let mut failed = browser.receive_failure().await?;
+    browser.start().await?;
+    // One resolver per (interface, instance name); the sender cancels it.
+    let mut resolvers: HashMap<(i32, String), oneshot::Sender<()>> = HashMap::new();
+    let result = loop {
+        tokio::select! {
+            _ = owner.next() => break Ok(()),
+            item = added.next() => {
+                let Some(item) = item else { break Ok(()) };
+                let args = item.args()?;
+                if args.flags & LOOKUP_RESULT_LOCAL != 0 {
+                    continue; // our own host's record
+                }
+                let slot = (args.interface, args.name.clone());
+                if resolvers.contains_key(&slot) {
+                    continue;
+                }
+                let (cancel, cancelled) = oneshot::channel();
+                resolvers.insert(slot, cancel);
+                tokio::spawn(resolve_while_listed(
+                    conn.clone(),
+                    args.interface,
+                    args.name.clone(),
+                    classifier.clone(),
+                    cancelled,
+                ));
+            }
+            item = removed.next() => {
+                let Some(item) = item else { break Ok(()) };
+                let args = item.args()?;
+                if resolvers.remove(&(args.interface, args.name.clone())).is_some() {
+                    let gone = PeerEvent::Removed { service: args.name.clone() };
+                    if classifier.events.send(gone).await.is_err() {
+                        break Ok(());
+                    }
+                }
+            }
+            failure = failed.next() => {
+                let error = match failure {
+                    Some(f) => f.args().map(|a| a.error.clone()).unwrap_or_default(),
+                    None => String::new(),
+                };
+                break Err(zbus::Error::Failure(format!("service browser failed: {error}")));
+            }
+        }
+    };
+    // Dropping the cancel senders stops every resolver task.
+    drop(resolvers);
+    browser.free().await.ok();
+    result
+}
+
+/// Resolves one instance and re-reports on every record change until cancelled.
+async fn resolve_while_listed(
+    conn: zbus::Connection,
+    interface: i32,
+    name: String,
+    classifier: Classifier,
+    mut cancelled: oneshot::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            _ = &mut cancelled => return,
+            outcome = resolve(&conn, interface, &name, &classifier) => {
+                if let Err(e) = outcome {
+                    tracing::debug!(service = %name, "resolving: {e}");
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut cancelled => return,
+            _ = tokio::time::sleep(RESOLVE_RETRY) => {}
+        }
+    }
+}
+
+/// Runs one resolver until it fails; each `Found` becomes a `Resolved` event.
+async fn resolve(
+    conn: &zbus::Connection,
+    interface: i32,
+    name: &str,
+    classifier: &Classifier,
+) -> zbus::Result<()> {
+    let server = server(conn).await?;
+    let path = server
+        .service_resolver_prepare(interface, PROTO_INET, name, SERVICE_TYPE, "local", PROTO_INET, 0)
+        .await?;
+    let resolver = ServiceResolverProxy::builder(conn)
+        .path(path)?
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
+    let mut found = resolver.receive_found().await?;
+    let mut failed = resolver.receive_failure().await?;
+    let freed = ResolverGuard(Some(resolver.clone()));
+    resolver.start().await?;
+    let outcome = loop {
+        tokio::select! {
+            item = found.next() => {
+                let Some(item) = item else { break Ok(()) };
+                let args = item.args()?;
+                let Ok(ip) = args.address.parse::<IpAddr>() else {
+                    continue;
+                };
+                let peer = Peer {
+                    service: args.name.clone(),
+                    addr: SocketAddr::new(ip, args.port),
+                    class: classify(&args.txt, &classifier.cluster, &classifier.key),
+                };
+                if classifier.events.send(PeerEvent::Resolved(peer)).await.is_err() {
+                    break Ok(());
+                }
+            }
+            failure = failed.next() => {
+                let error = match failure {
+                    Some(f) => f.args().map(|a| a.error.clone()).unwrap_or_default(),
+                    None => String::new(),
+                };
+                break Err(zbus::Error::Failure(format!("resolver failed: {error}")));
+            }
+        }
+    };
+    drop(freed);
+    outcome
+}
+
+/// Frees a resolver on the daemon when its task ends or is cancelled.
+struct ResolverGuard(Option<ServiceResolverProxy<'static>>);
+
+impl Drop for ResolverGuard {
+    fn drop(&mut self) {
+        if let Some(resolver) = self.0.take() {
+            // Best effort: if the daemon is gone, so is the resolver.
+            tokio::spawn(async move {
+                resolver.free().await.ok();
+            });
+        }
+    }
+}
