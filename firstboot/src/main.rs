@@ -27,6 +27,13 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let paths = Paths::new(&cli.root, cli.boot_dir.as_deref());
     match &cli.command {
         Command::Peers(args) => peers::run(args, &paths),

@@ -1,7 +1,9 @@
 //! Browses and resolves `_k3s-firstboot._tcp` instances and classifies each record it finds.
 
+use super::avahi::service_resolver::{Failure as ResolveFailure, Found};
 use super::avahi::{
-    ServiceBrowserProxy, ServiceResolverProxy, IF_UNSPEC, LOOKUP_RESULT_LOCAL, PROTO_INET,
+    ServiceBrowserProxy, ServiceResolverProxy, AVAHI_BUS_NAME, IF_UNSPEC, LOOKUP_RESULT_LOCAL,
+    PROTO_INET,
 };
 use super::publish::{server, wait_for_daemon};
 use super::record::{classify, ClusterId, Peer, RecordKey};
@@ -12,7 +14,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use zbus::message::Type as MessageType;
 use zbus::proxy::CacheProperties;
+use zbus::{MatchRule, MessageStream};
 
 /// Pause before a failed resolver is tried again while its instance is still listed.
 const RESOLVE_RETRY: Duration = Duration::from_secs(2);
@@ -120,6 +124,7 @@ async fn session(conn: &zbus::Connection, classifier: &Classifier) -> zbus::Resu
                 if args.flags & LOOKUP_RESULT_LOCAL != 0 {
                     continue; // our own host's record
                 }
+                tracing::debug!(service = %args.name, "instance appeared");
                 let slot = (args.interface, args.name.clone());
                 if resolvers.contains_key(&slot) {
                     continue;
@@ -184,49 +189,58 @@ async fn resolve_while_listed(
 }
 
 /// Runs one resolver until it fails; each `Found` becomes a `Resolved` event.
+///
+/// avahi 0.8 emits `Found` for cached records right after `ServiceResolverPrepare`, before `Start`
+/// and before the caller knows the object path, so the signals are subscribed by interface first
+/// and filtered by path once the path is known.
 async fn resolve(
     conn: &zbus::Connection,
     interface: i32,
     name: &str,
     classifier: &Classifier,
 ) -> zbus::Result<()> {
+    let rule = MatchRule::builder()
+        .msg_type(MessageType::Signal)
+        .sender(AVAHI_BUS_NAME)?
+        .interface("org.freedesktop.Avahi.ServiceResolver")?
+        .build();
+    let mut signals = MessageStream::for_match_rule(rule, conn, Some(64)).await?;
     let server = server(conn).await?;
     let path = server
         .service_resolver_prepare(interface, PROTO_INET, name, SERVICE_TYPE, "local", PROTO_INET, 0)
         .await?;
     let resolver = ServiceResolverProxy::builder(conn)
-        .path(path)?
+        .path(path.clone())?
         .cache_properties(CacheProperties::No)
         .build()
         .await?;
-    let mut found = resolver.receive_found().await?;
-    let mut failed = resolver.receive_failure().await?;
     let freed = ResolverGuard(Some(resolver.clone()));
     resolver.start().await?;
     let outcome = loop {
-        tokio::select! {
-            item = found.next() => {
-                let Some(item) = item else { break Ok(()) };
-                let args = item.args()?;
-                let Ok(ip) = args.address.parse::<IpAddr>() else {
-                    continue;
-                };
-                let peer = Peer {
-                    service: args.name.clone(),
-                    addr: SocketAddr::new(ip, args.port),
-                    class: classify(&args.txt, &classifier.cluster, &classifier.key),
-                };
-                if classifier.events.send(PeerEvent::Resolved(peer)).await.is_err() {
-                    break Ok(());
-                }
+        let Some(message) = signals.next().await else {
+            break Ok(());
+        };
+        let message = message?;
+        if message.header().path().map(|p| p.as_str()) != Some(path.as_str()) {
+            continue; // another resolver's signal
+        }
+        if let Some(found) = Found::from_message(message.clone()) {
+            let args = found.args()?;
+            tracing::debug!(service = %args.name, address = %args.address, "instance resolved");
+            let Ok(ip) = args.address.parse::<IpAddr>() else {
+                continue;
+            };
+            let peer = Peer {
+                service: args.name.clone(),
+                addr: SocketAddr::new(ip, args.port),
+                class: classify(&args.txt, &classifier.cluster, &classifier.key),
+            };
+            if classifier.events.send(PeerEvent::Resolved(peer)).await.is_err() {
+                break Ok(());
             }
-            failure = failed.next() => {
-                let error = match failure {
-                    Some(f) => f.args().map(|a| a.error.clone()).unwrap_or_default(),
-                    None => String::new(),
-                };
-                break Err(zbus::Error::Failure(format!("resolver failed: {error}")));
-            }
+        } else if let Some(failure) = ResolveFailure::from_message(message) {
+            let error = failure.args().map(|a| a.error.clone()).unwrap_or_default();
+            break Err(zbus::Error::Failure(format!("resolver failed: {error}")));
         }
     };
     drop(freed);
