@@ -97,7 +97,10 @@ mod tests {
             Path::new("/tmp/node1/boot/firmware/cluster.toml")
         );
         let paths = Paths::new(Path::new("/"), Some(Path::new("/mnt/boot")));
-        assert_eq!(paths.boot_cluster_toml(), Path::new("/mnt/boot/cluster.toml"));
+        assert_eq!(
+            paths.boot_cluster_toml(),
+            Path::new("/mnt/boot/cluster.toml")
+        );
         assert_eq!(paths.cpuinfo(), Path::new("/proc/cpuinfo"));
     }
 }

@@ -80,7 +80,12 @@ fn others(index: usize, count: usize) -> BTreeSet<String> {
 fn wait_all_verified(lan: &Lan, count: usize) {
     for node in lan.nodes.iter().take(count) {
         let expected = others(node.index, count);
-        eventually(node, "all its peers verified", |_| {}, |r| verified_ids(r) == expected);
+        eventually(
+            node,
+            "all its peers verified",
+            |_| {},
+            |r| verified_ids(r) == expected,
+        );
     }
 }
 
@@ -89,7 +94,12 @@ fn wait_frames(lan: &Lan, count: usize) {
     for node in lan.nodes.iter().take(count) {
         let expected: Vec<String> = (1..=count)
             .filter(|&i| i != node.index)
-            .map(|i| format!("frame from=198.18.0.{i}:7439 text=hello from {}", node_id(i)))
+            .map(|i| {
+                format!(
+                    "frame from=198.18.0.{i}:7439 text=hello from {}",
+                    node_id(i)
+                )
+            })
             .collect();
         let mut log = String::new();
         for _ in 0..ATTEMPTS * 5 {
@@ -100,7 +110,11 @@ fn wait_frames(lan: &Lan, count: usize) {
             std::thread::sleep(std::time::Duration::from_millis(500));
         }
         for line in &expected {
-            assert!(log.contains(line), "node{} missing `{line}`:\n{log}", node.index);
+            assert!(
+                log.contains(line),
+                "node{} missing `{line}`:\n{log}",
+                node.index
+            );
         }
     }
 }
@@ -125,7 +139,9 @@ fn three_nodes_verify_each_other_and_set_their_hostnames() {
         assert_eq!(node.static_hostname(), expected);
         for peer in report["verified"].as_array().into_iter().flatten() {
             assert_eq!(peer["port"], 7439);
-            assert!(peer["addr"].as_str().is_some_and(|a| a.starts_with("198.18.0.")));
+            assert!(peer["addr"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("198.18.0.")));
             assert_eq!(peer["state"], "discovering");
         }
     }
@@ -145,7 +161,10 @@ fn rogue_nodes_are_counted_but_never_verified() {
     }
     // Node 4: another kit (wrong token). Node 5: a forger publishing our cluster id without the token.
     start_lan_node(lan.add_node(&random_token()), &[]);
-    start_lan_node(lan.add_node(&random_token()), &["--claim-cluster", &cluster]);
+    start_lan_node(
+        lan.add_node(&random_token()),
+        &["--claim-cluster", &cluster],
+    );
     let rogues: BTreeSet<String> = [node_id(4), node_id(5)].into();
     for node in lan.nodes.iter().take(3) {
         let expected = others(node.index, 3);
@@ -163,8 +182,16 @@ fn rogue_nodes_are_counted_but_never_verified() {
     // The rogues' frames never reach a verified peer list, so no node greets them.
     for node in lan.nodes.iter().take(3) {
         let log = std::fs::read_to_string(node.dir.join("lan-node.log")).unwrap_or_default();
-        assert!(!log.contains("frame from=198.18.0.4"), "node{} talked to node4", node.index);
-        assert!(!log.contains("frame from=198.18.0.5"), "node{} talked to node5", node.index);
+        assert!(
+            !log.contains("frame from=198.18.0.4"),
+            "node{} talked to node4",
+            node.index
+        );
+        assert!(
+            !log.contains("frame from=198.18.0.5"),
+            "node{} talked to node5",
+            node.index
+        );
     }
 }
 
@@ -181,7 +208,12 @@ fn a_restarted_avahi_daemon_gets_the_record_published_again() {
     wait_all_verified(&lan, 3);
     lan.nodes[1].stop_avahi();
     let without_two: BTreeSet<String> = [node_id(3)].into();
-    eventually(&lan.nodes[0], "node2 leave", |_| {}, |r| verified_ids(r) == without_two);
+    eventually(
+        &lan.nodes[0],
+        "node2 leave",
+        |_| {},
+        |r| verified_ids(r) == without_two,
+    );
     lan.nodes[1].start_avahi();
     // Node 2 re-registers with the new daemon (seen by the others) and browses again (sees them).
     wait_all_verified(&lan, 3);
@@ -239,17 +271,36 @@ fn no_token_bytes_on_the_wire_or_in_any_log() {
     wait_frames(&lan, 3);
     let pcap = lan.stop_capture();
     // The capture really holds the discovery and transport traffic...
-    assert!(contains(&pcap, b"_k3s-firstboot"), "capture has no mDNS records");
-    assert!(contains(&pcap, b"hello from"), "capture has no transport frames");
+    assert!(
+        contains(&pcap, b"_k3s-firstboot"),
+        "capture has no mDNS records"
+    );
+    assert!(
+        contains(&pcap, b"hello from"),
+        "capture has no transport frames"
+    );
     // ...and never the token, raw or hex-encoded.
     let hex_token = hex::encode(token.as_bytes());
     assert!(!contains(&pcap, token.as_bytes()), "token on the wire");
-    assert!(!contains(&pcap, hex_token.as_bytes()), "hex token on the wire");
+    assert!(
+        !contains(&pcap, hex_token.as_bytes()),
+        "hex token on the wire"
+    );
     let logs = lan.all_logs();
-    assert!(logs.iter().any(|(_, text)| contains(text, b"identity node=")));
+    assert!(logs
+        .iter()
+        .any(|(_, text)| contains(text, b"identity node=")));
     for (path, text) in &logs {
-        assert!(!contains(text, token.as_bytes()), "token in {}", path.display());
-        assert!(!contains(text, hex_token.as_bytes()), "hex token in {}", path.display());
+        assert!(
+            !contains(text, token.as_bytes()),
+            "token in {}",
+            path.display()
+        );
+        assert!(
+            !contains(text, hex_token.as_bytes()),
+            "hex token in {}",
+            path.display()
+        );
     }
 }
 
@@ -260,14 +311,22 @@ fn playground() {
     if !can_run("playground") {
         return;
     }
-    let secs: u64 = std::env::var("LAN_PLAYGROUND_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let secs: u64 = std::env::var("LAN_PLAYGROUND_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
     let token = random_token();
     let mut lan = Lan::new();
     for _ in 0..3 {
         start_lan_node(lan.add_node(&token), &[]);
     }
     for node in &lan.nodes {
-        println!("node{} dir {} enter: {:?}", node.index, node.dir.display(), node.command(Path::new("sh")));
+        println!(
+            "node{} dir {} enter: {:?}",
+            node.index,
+            node.dir.display(),
+            node.command(Path::new("sh"))
+        );
     }
     std::thread::sleep(std::time::Duration::from_secs(secs));
 }

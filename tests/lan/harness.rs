@@ -17,7 +17,14 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 /// The tools the harness drives; a missing one skips the test with a reason.
-const TOOLS: &[&str] = &["unshare", "nsenter", "ip", "dbus-daemon", "avahi-daemon", "tcpdump"];
+const TOOLS: &[&str] = &[
+    "unshare",
+    "nsenter",
+    "ip",
+    "dbus-daemon",
+    "avahi-daemon",
+    "tcpdump",
+];
 /// systemd-hostnamed as shipped by Debian.
 const HOSTNAMED: &str = "/lib/systemd/systemd-hostnamed";
 
@@ -320,7 +327,16 @@ impl Lan {
         let bridge = Anchor::spawn(&["--net"]);
         for args in [
             &["ip", "link", "set", "lo", "up"][..],
-            &["ip", "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"],
+            &[
+                "ip",
+                "link",
+                "add",
+                "br0",
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+            ],
             &["ip", "link", "set", "br0", "up"],
         ] {
             let mut cmd = bridge.enter(&["-n"]);
@@ -341,7 +357,13 @@ impl Lan {
         assert!(index < 250, "the LAN is a /24 of 198.18.0.0/15");
         let dir = self.dir.path().join(format!("node{index}"));
         let root = dir.join("root");
-        for sub in ["etc-upper", "etc-work", "services", "root/etc/firstboot", "root/proc/device-tree"] {
+        for sub in [
+            "etc-upper",
+            "etc-work",
+            "services",
+            "root/etc/firstboot",
+            "root/proc/device-tree",
+        ] {
             fs::create_dir_all(dir.join(sub)).expect("creating node dirs");
         }
         let token_path = root.join("etc/firstboot/token");
@@ -356,7 +378,9 @@ impl Lan {
         fs::write(dir.join("bus.conf"), bus_config(&dir)).expect("writing bus config");
         fs::write(
             dir.join("services/org.freedesktop.hostname1.service"),
-            format!("[D-BUS Service]\nName=org.freedesktop.hostname1\nExec={HOSTNAMED}\nUser=root\n"),
+            format!(
+                "[D-BUS Service]\nName=org.freedesktop.hostname1\nExec={HOSTNAMED}\nUser=root\n"
+            ),
         )
         .expect("writing hostnamed activation file");
         fs::write(dir.join("avahi.conf"), avahi_config(index)).expect("writing avahi config");
@@ -371,11 +395,30 @@ impl Lan {
         ));
         check(setup, "setting up the node namespaces");
         let mut veth = self.bridge.enter(&["-n"]);
-        veth.args(["ip", "link", "add", &format!("veth{index}"), "type", "veth", "peer", "name", "eth0", "netns"])
-            .arg(anchor.pid().to_string());
+        veth.args([
+            "ip",
+            "link",
+            "add",
+            &format!("veth{index}"),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+        ])
+        .arg(anchor.pid().to_string());
         check(veth, "creating the veth pair");
         let mut enslave = self.bridge.enter(&["-n"]);
-        enslave.args(["ip", "link", "set", &format!("veth{index}"), "master", "br0", "up"]);
+        enslave.args([
+            "ip",
+            "link",
+            "set",
+            &format!("veth{index}"),
+            "master",
+            "br0",
+            "up",
+        ]);
         check(enslave, "attaching the veth to the bridge");
         let mut addr = anchor.enter(&["-n"]);
         addr.args(["sh", "-e", "-c"]).arg(format!(
@@ -396,7 +439,10 @@ impl Lan {
         let log = fs::File::create(node.dir.join("dbus.log")).expect("creating dbus log");
         let mut cmd = node.command(Path::new("dbus-daemon"));
         let child = die_with_parent(&mut cmd)
-            .arg(format!("--config-file={}", node.dir.join("bus.conf").display()))
+            .arg(format!(
+                "--config-file={}",
+                node.dir.join("bus.conf").display()
+            ))
             .args(["--nofork", "--nopidfile"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("cloning log handle"))
@@ -423,11 +469,13 @@ impl Lan {
     /// Starts tcpdump on the bridge (every frame of the LAN) and waits until it listens.
     pub fn start_capture(&mut self) {
         let mut cmd = self.bridge.enter(&["-n"]);
-        cmd.args(["tcpdump", "-i", "br0", "-U", "-n", "-s", "0", "-Z", "root", "-w"])
-            .arg(self.capture_path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "tcpdump", "-i", "br0", "-U", "-n", "-s", "0", "-Z", "root", "-w",
+        ])
+        .arg(self.capture_path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         let mut child = die_with_parent(&mut cmd).spawn().expect("spawning tcpdump");
         let stderr = child.stderr.take().expect("piped stderr");
         let mut lines = BufReader::new(stderr).lines();

@@ -41,7 +41,10 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = <Args as clap::Parser>::parse();
-    tracing_subscriber::fmt().with_ansi(false).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -82,7 +85,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let publisher = Publisher::spawn(
         conn.clone(),
-        args.service_name.clone().unwrap_or_else(|| hostname.clone()),
+        args.service_name
+            .clone()
+            .unwrap_or_else(|| hostname.clone()),
         advert,
         keys.record.clone(),
     );

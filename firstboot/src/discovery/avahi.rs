@@ -1,6 +1,5 @@
 //! zbus proxies for the parts of Avahi's D-Bus API that discovery uses (avahi 0.8, `Server2`).
 
-
 /// Well-known bus name of avahi-daemon.
 pub const AVAHI_BUS_NAME: &str = "org.freedesktop.Avahi";
 

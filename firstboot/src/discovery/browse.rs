@@ -207,7 +207,15 @@ async fn resolve(
     let mut signals = MessageStream::for_match_rule(rule, conn, Some(64)).await?;
     let server = server(conn).await?;
     let path = server
-        .service_resolver_prepare(interface, PROTO_INET, name, SERVICE_TYPE, "local", PROTO_INET, 0)
+        .service_resolver_prepare(
+            interface,
+            PROTO_INET,
+            name,
+            SERVICE_TYPE,
+            "local",
+            PROTO_INET,
+            0,
+        )
         .await?;
     let resolver = ServiceResolverProxy::builder(conn)
         .path(path.clone())?
@@ -235,7 +243,12 @@ async fn resolve(
                 addr: SocketAddr::new(ip, args.port),
                 class: classify(&args.txt, &classifier.cluster, &classifier.key),
             };
-            if classifier.events.send(PeerEvent::Resolved(peer)).await.is_err() {
+            if classifier
+                .events
+                .send(PeerEvent::Resolved(peer))
+                .await
+                .is_err()
+            {
                 break Ok(());
             }
         } else if let Some(failure) = ResolveFailure::from_message(message) {

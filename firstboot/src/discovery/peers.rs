@@ -29,7 +29,11 @@ pub struct PeersArgs {
 }
 
 /// Browses for `wait` and summarizes what was resolved by the end.
-pub async fn browse_for(conn: &zbus::Connection, keys: &ClusterKeys, wait: Duration) -> PeerSummary {
+pub async fn browse_for(
+    conn: &zbus::Connection,
+    keys: &ClusterKeys,
+    wait: Duration,
+) -> PeerSummary {
     let mut browser = Browser::spawn(conn.clone(), keys.cluster, keys.record.clone());
     let mut table = PeerTable::default();
     let deadline = tokio::time::Instant::now() + wait;
@@ -41,7 +45,8 @@ pub async fn browse_for(conn: &zbus::Connection, keys: &ClusterKeys, wait: Durat
 
 /// Reads the token file, trimming the line end; the bytes stay in this process.
 pub fn read_token(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    let raw = std::fs::read(path).with_context(|| format!("reading token file {}", path.display()))?;
+    let raw =
+        std::fs::read(path).with_context(|| format!("reading token file {}", path.display()))?;
     let end = raw
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())
@@ -74,9 +79,16 @@ pub fn run(args: &PeersArgs, paths: &Paths) -> anyhow::Result<()> {
             "foreign": summary.foreign,
             "unverified": summary.unverified,
         });
-        println!("{}", serde_json::to_string_pretty(&report).context("encoding JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("encoding JSON")?
+        );
     } else {
-        println!("cluster {}: {} verified peer(s)", keys.cluster, summary.verified.len());
+        println!(
+            "cluster {}: {} verified peer(s)",
+            keys.cluster,
+            summary.verified.len()
+        );
         for peer in &summary.verified {
             println!(
                 "  {}  node {}  {}  state {}  role {}  storage {}  ram {} MiB",
@@ -89,7 +101,10 @@ pub fn run(args: &PeersArgs, paths: &Paths) -> anyhow::Result<()> {
                 peer.advert.ram_mib
             );
         }
-        println!("foreign: {}  unverified: {}", summary.foreign, summary.unverified);
+        println!(
+            "foreign: {}  unverified: {}",
+            summary.foreign, summary.unverified
+        );
     }
     Ok(())
 }

@@ -246,7 +246,11 @@ enum Classified {
     Unverified(RecordError),
 }
 
-fn parse_verified(txt: &[Vec<u8>], ours: &ClusterId, key: &RecordKey) -> Result<Advert, Classified> {
+fn parse_verified(
+    txt: &[Vec<u8>],
+    ours: &ClusterId,
+    key: &RecordKey,
+) -> Result<Advert, Classified> {
     let bad = Classified::Unverified;
     let get = |k: &'static str| lookup(txt, k).ok_or(bad(RecordError::Missing(k)));
     let cluster = ClusterId::from_hex(get("c")?).ok_or(bad(RecordError::Malformed("c")))?;
@@ -263,9 +267,15 @@ fn parse_verified(txt: &[Vec<u8>], ours: &ClusterId, key: &RecordKey) -> Result<
         node: get("n")?.to_string(),
         state: get("s")?.to_string(),
         role: RolePin::parse(get("r")?).ok_or(bad(RecordError::Malformed("r")))?,
-        storage: get("st")?.parse().map_err(|_| bad(RecordError::Malformed("st")))?,
-        ram_mib: get("m")?.parse().map_err(|_| bad(RecordError::Malformed("m")))?,
-        port: get("p")?.parse().map_err(|_| bad(RecordError::Malformed("p")))?,
+        storage: get("st")?
+            .parse()
+            .map_err(|_| bad(RecordError::Malformed("st")))?,
+        ram_mib: get("m")?
+            .parse()
+            .map_err(|_| bad(RecordError::Malformed("m")))?,
+        port: get("p")?
+            .parse()
+            .map_err(|_| bad(RecordError::Malformed("p")))?,
     };
     let tag = hex::decode(get("h")?).map_err(|_| bad(RecordError::Malformed("h")))?;
     if !key.verify(&canonical(&advert.fields()), &tag) {

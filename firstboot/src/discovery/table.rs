@@ -50,7 +50,10 @@ impl PeerTable {
 
     /// The verified peer whose record carries `node`, if any.
     pub fn verified_node(&self, node: &str) -> Option<VerifiedPeer> {
-        self.summary().verified.into_iter().find(|p| p.advert.node == node)
+        self.summary()
+            .verified
+            .into_iter()
+            .find(|p| p.advert.node == node)
     }
 
     /// Verified peers and counts of the others.
@@ -112,7 +115,9 @@ mod tests {
         let s = table.summary();
         assert_eq!(s.verified.len(), 2);
         assert_eq!((s.foreign, s.unverified), (1, 1));
-        table.apply(PeerEvent::Removed { service: "a".into() });
+        table.apply(PeerEvent::Removed {
+            service: "a".into(),
+        });
         assert!(table.verified_node("aa").is_none());
         assert!(table.verified_node("bb").is_some());
         table.apply(PeerEvent::Restarted);

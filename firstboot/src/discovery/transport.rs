@@ -202,7 +202,11 @@ mod tests {
         let to = receiver.local_addr().expect("addr");
         assert!(sender.send(to, &[0u8; MAX_FRAME + 1]).await.is_err());
         // Bypass our own send bound to put an oversize datagram on the wire.
-        sender.socket.send_to(&[7u8; 2000], to).await.expect("raw send");
+        sender
+            .socket
+            .send_to(&[7u8; 2000], to)
+            .await
+            .expect("raw send");
         sender.send(to, b"hello").await.expect("send");
         let (from, frame) = receiver.recv().await.expect("recv");
         assert_eq!(frame, b"hello");

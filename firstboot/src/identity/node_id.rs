@@ -151,15 +151,24 @@ mod tests {
             ("sys/class/net/eth0/address", "dc:a6:32:01:02:03\n"),
         ]);
         let (id, source) = node_id(&Paths::new(root.path(), None)).expect("id");
-        assert_eq!((id.as_str(), source), ("10000000abcdef12", IdSource::Serial));
+        assert_eq!(
+            (id.as_str(), source),
+            ("10000000abcdef12", IdSource::Serial)
+        );
         assert_eq!(id.suffix(), "cdef12");
     }
 
     #[test]
     fn cpuinfo_serial_then_default_route_mac() {
-        let root = root_with(&[("proc/cpuinfo", "processor\t: 0\nSerial\t\t: 00000000deadbeef\n")]);
+        let root = root_with(&[(
+            "proc/cpuinfo",
+            "processor\t: 0\nSerial\t\t: 00000000deadbeef\n",
+        )]);
         let (id, source) = node_id(&Paths::new(root.path(), None)).expect("id");
-        assert_eq!((id.as_str(), source), ("00000000deadbeef", IdSource::Serial));
+        assert_eq!(
+            (id.as_str(), source),
+            ("00000000deadbeef", IdSource::Serial)
+        );
 
         let root = root_with(&[
             ("proc/cpuinfo", "processor\t: 0\n"),
