@@ -23,7 +23,10 @@ fn can_run(test: &str) -> bool {
             println!("skipping {test}: {reason}");
             false
         }
-        None => true,
+        None => {
+            harness::build_firstboot();
+            true
+        }
     }
 }
 

@@ -44,13 +44,31 @@ pub fn skip_reason() -> Option<String> {
     if !Path::new(HOSTNAMED).exists() {
         return Some(format!("{HOSTNAMED} is not installed"));
     }
-    if !firstboot_bin().exists() {
-        return Some(format!(
-            "{} is not built: run `cargo build -p firstboot` first",
-            firstboot_bin().display()
-        ));
-    }
     None
+}
+
+/// Builds the `firstboot` binary the tests run (cargo only builds the tested package's own
+/// binaries); a no-op when it is current. Serialized so parallel tests do not race on it.
+pub fn build_firstboot() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "firstboot", "--bin", "firstboot"]);
+        let profile_dir = firstboot_bin().parent().map(Path::to_path_buf).unwrap_or_default();
+        if profile_dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        if let Some(target_dir) = profile_dir.parent() {
+            cmd.env("CARGO_TARGET_DIR", target_dir);
+        }
+        let status = cmd
+            .current_dir(systests::repo_root())
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building firstboot failed");
+    });
+    assert!(firstboot_bin().exists(), "{} missing", firstboot_bin().display());
 }
 
 /// The `firstboot` binary next to this test's profile directory.

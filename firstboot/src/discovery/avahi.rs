@@ -12,8 +12,6 @@ pub const LOOKUP_RESULT_LOCAL: u32 = 8;
 
 /// `AvahiServerState::AVAHI_SERVER_RUNNING`.
 pub const SERVER_RUNNING: i32 = 2;
-/// `AvahiServerState::AVAHI_SERVER_COLLISION`: host name conflict.
-pub const SERVER_COLLISION: i32 = 3;
 
 /// States of an entry group (`AvahiEntryGroupState`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

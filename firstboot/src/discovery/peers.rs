@@ -108,3 +108,18 @@ pub fn run(args: &PeersArgs, paths: &Paths) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_file_line_end_is_trimmed_and_empty_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret token value\r\n").expect("write");
+        assert_eq!(read_token(&path).expect("token"), b"s3cret token value");
+        std::fs::write(&path, "\n").expect("write");
+        assert!(read_token(&path).is_err());
+    }
+}
