@@ -307,6 +307,36 @@ fn no_token_bytes_on_the_wire_or_in_any_log() {
     }
 }
 
+#[test]
+fn the_lan_is_torn_down_when_a_test_panics() {
+    if !can_run("the_lan_is_torn_down_when_a_test_panics") {
+        return;
+    }
+    let mut pids = Vec::new();
+    let mut dir = std::path::PathBuf::new();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut lan = Lan::new();
+        start_lan_node(lan.add_node(&random_token()), &[]);
+        pids = lan.nodes[0].pids();
+        dir = lan.dir.path().to_path_buf();
+        assert_eq!(pids.len(), 4, "anchor, dbus-daemon, avahi-daemon, lan-node");
+        panic!("deliberate panic inside a LAN");
+    }));
+    assert!(outcome.is_err());
+    for pid in pids {
+        // A reaped child has no /proc entry; a zombie would still say so in its status.
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        assert!(
+            status.is_empty() || status.contains("State:\tZ"),
+            "process {pid} survived the panic"
+        );
+    }
+    assert!(
+        !dir.exists() || std::env::var_os("LAN_KEEP").is_some(),
+        "LAN dir left behind"
+    );
+}
+
 /// Not a test: builds a 3-node LAN and keeps it for `LAN_PLAYGROUND_SECS` for manual poking.
 #[test]
 #[ignore]

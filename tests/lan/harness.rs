@@ -55,7 +55,10 @@ pub fn build_firstboot() {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--quiet", "-p", "firstboot", "--bin", "firstboot"]);
-        let profile_dir = firstboot_bin().parent().map(Path::to_path_buf).unwrap_or_default();
+        let profile_dir = firstboot_bin()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         if profile_dir.ends_with("release") {
             cmd.arg("--release");
         }
@@ -68,7 +71,11 @@ pub fn build_firstboot() {
             .expect("running cargo build");
         assert!(status.success(), "building firstboot failed");
     });
-    assert!(firstboot_bin().exists(), "{} missing", firstboot_bin().display());
+    assert!(
+        firstboot_bin().exists(),
+        "{} missing",
+        firstboot_bin().display()
+    );
 }
 
 /// The `firstboot` binary next to this test's profile directory.
@@ -306,6 +313,15 @@ impl Node {
             child,
             label: "avahi-daemon".into(),
         });
+    }
+
+    /// Process ids of everything the harness started for this node (anchor first).
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.anchor.pid()];
+        pids.extend(self.dbus.iter().map(|p| p.child.id()));
+        pids.extend(self.avahi.iter().map(|p| p.child.id()));
+        pids.extend(self.programs.iter().map(|p| p.child.id()));
+        pids
     }
 
     /// Path of the node's view of `path` (through its mount namespace).
