@@ -130,25 +130,49 @@ fn three_nodes_verify_each_other_and_set_their_hostnames() {
     let token = random_token();
     let mut lan = Lan::new();
     for _ in 0..3 {
-        start_lan_node(lan.add_node(&token), &[]);
+        start_lan_node(lan.add_node(&token), &["--expect-peers", "2"]);
     }
     wait_all_verified(&lan, 3);
+    wait_frames(&lan, 3);
     for node in &lan.nodes {
-        let report = node.peers(BROWSE_SECS);
-        assert_eq!(report["foreign"], 0);
-        assert_eq!(report["unverified"], 0);
         let expected = format!("homelab-{}", &node_id(node.index)[10..]);
         assert_eq!(node.kernel_hostname(), expected);
         assert_eq!(node.static_hostname(), expected);
+        // Every node re-publishes with state `greeted` once it verified both others: the
+        // updated, re-signed TXT record must reach fresh browsers as verified.
+        let report = eventually(
+            node,
+            "both peers in state greeted",
+            |r| {
+                assert_eq!(r["foreign"], 0, "{r:#}");
+                assert_eq!(r["unverified"], 0, "{r:#}");
+            },
+            |r| {
+                verified_ids(r) == others(node.index, 3)
+                    && r["verified"]
+                        .as_array()
+                        .is_some_and(|v| v.iter().all(|p| p["state"] == "greeted"))
+            },
+        );
         for peer in report["verified"].as_array().into_iter().flatten() {
             assert_eq!(peer["port"], 7439);
             assert!(peer["addr"]
                 .as_str()
                 .is_some_and(|a| a.starts_with("198.18.0.")));
-            assert_eq!(peer["state"], "discovering");
         }
     }
-    wait_frames(&lan, 3);
+    // ...and reach the long-running browsers, whose resolvers report the changed record.
+    for node in &lan.nodes {
+        let log = std::fs::read_to_string(node.dir.join("lan-node.log")).unwrap_or_default();
+        for other in others(node.index, 3) {
+            let seen = log.lines().any(|l| {
+                l.starts_with("event Resolved")
+                    && l.contains(&format!("node: \"{other}\""))
+                    && l.contains("state: \"greeted\"")
+            });
+            assert!(seen, "node{} never saw {other} greeted:\n{log}", node.index);
+        }
+    }
 }
 
 #[test]
@@ -272,6 +296,16 @@ fn no_token_bytes_on_the_wire_or_in_any_log() {
     }
     wait_all_verified(&lan, 3);
     wait_frames(&lan, 3);
+    // The token never appears in any process's arguments either.
+    for node in &lan.nodes {
+        for pid in node.pids() {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            assert!(
+                !contains(&cmdline, token.as_bytes()),
+                "token in argv of {pid}"
+            );
+        }
+    }
     let pcap = lan.stop_capture();
     // The capture really holds the discovery and transport traffic...
     assert!(

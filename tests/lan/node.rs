@@ -37,6 +37,9 @@ struct Args {
     /// Publish this cluster id instead of ours (a forger who knows the id but not the token).
     #[arg(long)]
     claim_cluster: Option<String>,
+    /// Once this many peers are verified, re-publish with state `greeted` (0: never).
+    #[arg(long, default_value_t = 0)]
+    expect_peers: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -88,9 +91,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.service_name
             .clone()
             .unwrap_or_else(|| hostname.clone()),
-        advert,
+        advert.clone(),
         keys.record.clone(),
     );
+    let mut state_updated = false;
     let mut registered = publisher.registered();
     let mut browser = Browser::spawn(conn.clone(), keys.cluster, keys.record.clone());
     let mut table = PeerTable::default();
@@ -109,11 +113,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 let event = event.context("browser stopped")?;
                 println!("event {event:?}");
                 table.apply(event);
-                for peer in table.summary().verified {
+                let verified = table.summary().verified;
+                for peer in &verified {
                     if greeted.insert(peer.advert.node.clone()) {
                         let hello = format!("hello from {id}");
                         transport.send(peer.addr, hello.as_bytes()).await.context("sending a frame")?;
                     }
+                }
+                if args.expect_peers > 0 && verified.len() >= args.expect_peers && !state_updated {
+                    state_updated = true;
+                    publisher.update(Advert { state: "greeted".into(), ..advert.clone() });
+                    println!("state greeted");
                 }
             }
             frame = transport.recv() => {
