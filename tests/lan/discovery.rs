@@ -342,6 +342,51 @@ fn no_token_bytes_on_the_wire_or_in_any_log() {
 }
 
 #[test]
+fn a_withdrawn_record_leaves_the_lan_while_the_node_stays_connected() {
+    if !can_run("a_withdrawn_record_leaves_the_lan_while_the_node_stays_connected") {
+        return;
+    }
+    let token = random_token();
+    let mut lan = Lan::new();
+    start_lan_node(lan.add_node(&token), &[]);
+    start_lan_node(lan.add_node(&token), &[]);
+    start_lan_node(
+        lan.add_node(&token),
+        &["--expect-peers", "2", "--withdraw-when-greeted"],
+    );
+    let log_path = lan.nodes[2].dir.join("lan-node.log");
+    let mut withdrawn = false;
+    for _ in 0..ATTEMPTS * 5 {
+        if std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("withdrawn")
+        {
+            withdrawn = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(withdrawn, "node3 never withdrew");
+    let only_two: BTreeSet<String> = [node_id(2)].into();
+    eventually(
+        &lan.nodes[0],
+        "node3 leave",
+        |_| {},
+        |r| verified_ids(r) == only_two,
+    );
+    // Node 3's own process (and D-Bus connection) is still up and browsing.
+    let expected = others(3, 3);
+    eventually(
+        &lan.nodes[2],
+        "its peers",
+        |_| {},
+        |r| verified_ids(r) == expected,
+    );
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(!log.contains("Error"), "{log}");
+}
+
+#[test]
 fn the_lan_is_torn_down_when_a_test_panics() {
     if !can_run("the_lan_is_torn_down_when_a_test_panics") {
         return;

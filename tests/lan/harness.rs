@@ -315,6 +315,13 @@ impl Node {
         });
     }
 
+    /// True while the program started under `label` has not exited.
+    pub fn running(&mut self, label: &str) -> bool {
+        self.programs
+            .iter_mut()
+            .any(|p| p.label == label && matches!(p.child.try_wait(), Ok(None)))
+    }
+
     /// Process ids of everything the harness started for this node (anchor first).
     pub fn pids(&self) -> Vec<u32> {
         let mut pids = vec![self.anchor.pid()];

@@ -40,6 +40,9 @@ struct Args {
     /// Once this many peers are verified, re-publish with state `greeted` (0: never).
     #[arg(long, default_value_t = 0)]
     expect_peers: usize,
+    /// Withdraw the record once greeted, but keep running (and browsing).
+    #[arg(long)]
+    withdraw_when_greeted: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -86,22 +89,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ram_mib: 1024,
         port: FRAME_PORT,
     };
-    let publisher = Publisher::spawn(
+    let mut publisher = Some(Publisher::spawn(
         conn.clone(),
         args.service_name
             .clone()
             .unwrap_or_else(|| hostname.clone()),
         advert.clone(),
         keys.record.clone(),
-    );
+    ));
     let mut state_updated = false;
-    let mut registered = publisher.registered();
+    let mut registered = publisher
+        .as_ref()
+        .map(Publisher::registered)
+        .context("publisher just created")?;
     let mut browser = Browser::spawn(conn.clone(), keys.cluster, keys.record.clone());
     let mut table = PeerTable::default();
     let mut greeted = BTreeSet::new();
     loop {
         tokio::select! {
-            changed = registered.changed() => {
+            changed = registered.changed(), if publisher.is_some() => {
                 changed.context("publisher stopped")?;
                 let name = registered.borrow_and_update().clone();
                 match name {
@@ -122,8 +128,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 if args.expect_peers > 0 && verified.len() >= args.expect_peers && !state_updated {
                     state_updated = true;
-                    publisher.update(Advert { state: "greeted".into(), ..advert.clone() });
-                    println!("state greeted");
+                    if let Some(publisher) = &publisher {
+                        publisher.update(Advert { state: "greeted".into(), ..advert.clone() });
+                        println!("state greeted");
+                    }
+                    if args.withdraw_when_greeted {
+                        if let Some(publisher) = publisher.take() {
+                            publisher.withdraw().await;
+                            println!("withdrawn");
+                        }
+                    }
                 }
             }
             frame = transport.recv() => {

@@ -14,10 +14,14 @@ use zbus::proxy::CacheProperties;
 /// How often to look for avahi-daemon while it is away.
 const DAEMON_POLL: Duration = Duration::from_millis(250);
 
-/// A running publication of `_k3s-firstboot._tcp`; dropping it withdraws the record.
+/// A running publication of `_k3s-firstboot._tcp`.
+///
+/// [`Publisher::withdraw`] takes the record off the LAN; merely dropping the publisher stops the
+/// upkeep and leaves the record with avahi until this D-Bus connection closes.
 pub struct Publisher {
     advert: watch::Sender<Advert>,
     registered: watch::Receiver<Option<String>>,
+    stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -26,12 +30,28 @@ impl Publisher {
     pub fn spawn(conn: zbus::Connection, name: String, advert: Advert, key: RecordKey) -> Self {
         let (advert_tx, advert_rx) = watch::channel(advert);
         let (registered_tx, registered_rx) = watch::channel(None);
-        let task = tokio::spawn(publish_forever(conn, name, key, advert_rx, registered_tx));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(publish_forever(
+            conn,
+            name,
+            key,
+            advert_rx,
+            registered_tx,
+            stop_rx,
+        ));
         Self {
             advert: advert_tx,
             registered: registered_rx,
+            stop: stop_tx,
             task,
         }
+    }
+
+    /// Withdraws the record from the LAN (avahi sends goodbyes) and stops.
+    pub async fn withdraw(mut self) {
+        self.stop.send_replace(true);
+        // The task frees its entry group and returns; an error here means it already ended.
+        let _ = (&mut self.task).await;
     }
 
     /// Replaces the published record (new state or rank inputs); re-signed on the way out.
@@ -56,6 +76,8 @@ impl Drop for Publisher {
 enum SessionEnd {
     /// The daemon went away or stopped running: wait for it and register again.
     DaemonLost,
+    /// [`Publisher::withdraw`] was called.
+    Withdrawn,
 }
 
 async fn publish_forever(
@@ -64,10 +86,26 @@ async fn publish_forever(
     key: RecordKey,
     mut advert: watch::Receiver<Advert>,
     registered: watch::Sender<Option<String>>,
+    mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        wait_for_daemon(&conn).await;
-        match session(&conn, &mut name, &key, &mut advert, &registered).await {
+        tokio::select! {
+            _ = wait_for_daemon(&conn) => {}
+            _ = stop_requested(&mut stop) => return,
+        }
+        let mut session = Session {
+            conn: &conn,
+            name: &mut name,
+            key: &key,
+            advert: &mut advert,
+            registered: &registered,
+            stop: &mut stop,
+        };
+        match session.run().await {
+            Ok(SessionEnd::Withdrawn) => {
+                registered.send_replace(None);
+                return;
+            }
             Ok(SessionEnd::DaemonLost) => {
                 tracing::warn!("avahi-daemon went away; will register again when it is back")
             }
@@ -76,6 +114,12 @@ async fn publish_forever(
         registered.send_replace(None);
         tokio::time::sleep(DAEMON_POLL).await;
     }
+}
+
+/// Resolves once a withdrawal is requested (or the publisher is gone).
+async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    // The guard returned by wait_for is not Send: drop it before returning.
+    let _ = stop.wait_for(|s| *s).await.is_ok();
 }
 
 /// Waits until avahi-daemon answers on the bus and its server is running.
@@ -105,86 +149,111 @@ pub(crate) async fn server(conn: &zbus::Connection) -> zbus::Result<ServerProxy<
         .await
 }
 
-async fn session(
-    conn: &zbus::Connection,
-    name: &mut String,
-    key: &RecordKey,
-    advert: &mut watch::Receiver<Advert>,
-    registered: &watch::Sender<Option<String>>,
-) -> zbus::Result<SessionEnd> {
-    let server = server(conn).await?;
-    let mut owner = server.inner().receive_owner_changed().await?;
-    let mut server_state = server.receive_state_changed().await?;
-    let group = EntryGroupProxy::builder(conn)
-        .path(server.entry_group_new().await?)?
-        .cache_properties(CacheProperties::No)
-        .build()
-        .await?;
-    let mut group_state = group.receive_state_changed().await?;
-    // The daemon may have stopped between the state check and now; the owner stream only reports
-    // later changes, so ask once more.
-    if server.get_state().await? != SERVER_RUNNING {
-        return Ok(SessionEnd::DaemonLost);
+/// One registration against one avahi-daemon instance.
+struct Session<'a> {
+    conn: &'a zbus::Connection,
+    name: &'a mut String,
+    key: &'a RecordKey,
+    advert: &'a mut watch::Receiver<Advert>,
+    registered: &'a watch::Sender<Option<String>>,
+    stop: &'a mut watch::Receiver<bool>,
+}
+
+impl Session<'_> {
+    /// Creates an entry group, keeps it published, and frees it however the session ends.
+    async fn run(&mut self) -> zbus::Result<SessionEnd> {
+        let server = server(self.conn).await?;
+        let mut owner = server.inner().receive_owner_changed().await?;
+        let mut server_state = server.receive_state_changed().await?;
+        let group = EntryGroupProxy::builder(self.conn)
+            .path(server.entry_group_new().await?)?
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        let outcome = self
+            .keep_published(&server, &group, &mut owner, &mut server_state)
+            .await;
+        // Without this, an error path would leave our record registered and the next group
+        // would collide with it. If the daemon is gone, so is the group: ignore that error.
+        group.free().await.ok();
+        outcome
     }
-    let current = advert.borrow_and_update().clone();
-    add_and_commit(&group, name, &current, key).await?;
-    loop {
-        tokio::select! {
-            change = owner.next() => {
-                // A new owner is a restarted daemon that knows nothing of our group.
-                let _ = change;
-                return Ok(SessionEnd::DaemonLost);
-            }
-            signal = server_state.next() => {
-                let Some(signal) = signal else { return Ok(SessionEnd::DaemonLost) };
-                let state = signal.args()?.state;
-                if state != SERVER_RUNNING {
-                    // Host name collision or re-probing: avahi wants groups reset and re-added
-                    // once it runs again.
-                    tracing::info!(state, "avahi server left the running state");
-                    group.free().await.ok();
+
+    async fn keep_published(
+        &mut self,
+        server: &ServerProxy<'_>,
+        group: &EntryGroupProxy<'_>,
+        owner: &mut zbus::proxy::OwnerChangedStream<'_>,
+        server_state: &mut super::avahi::server::StateChangedStream,
+    ) -> zbus::Result<SessionEnd> {
+        let mut group_state = group.receive_state_changed().await?;
+        // The daemon may have stopped between the caller's state check and the subscriptions
+        // above; the streams only report later changes, so ask once more.
+        if server.get_state().await? != SERVER_RUNNING {
+            return Ok(SessionEnd::DaemonLost);
+        }
+        // The record as last published; the watch itself is borrowed by `changed()` below.
+        let mut current = self.advert.borrow_and_update().clone();
+        add_and_commit(group, self.name, &current, self.key).await?;
+        loop {
+            tokio::select! {
+                _ = owner.next() => {
+                    // A new owner is a restarted daemon that knows nothing of our group.
                     return Ok(SessionEnd::DaemonLost);
                 }
-            }
-            signal = group_state.next() => {
-                let Some(signal) = signal else { return Ok(SessionEnd::DaemonLost) };
-                let args = signal.args()?;
-                match GroupState::from_raw(args.state) {
-                    GroupState::Established => {
-                        tracing::info!(service = %name, "published {SERVICE_TYPE}");
-                        registered.send_replace(Some(name.clone()));
+                _ = stop_requested(self.stop) => return Ok(SessionEnd::Withdrawn),
+                signal = server_state.next() => {
+                    let Some(signal) = signal else { return Ok(SessionEnd::DaemonLost) };
+                    let state = signal.args()?.state;
+                    if state != SERVER_RUNNING {
+                        // Host name collision or re-probing: avahi wants groups dropped and
+                        // added again once it runs again.
+                        tracing::info!(state, "avahi server left the running state");
+                        return Ok(SessionEnd::DaemonLost);
                     }
-                    GroupState::Collision => {
-                        let next = server.get_alternative_service_name(name).await?;
-                        tracing::warn!(service = %name, next = %next, "service name collision");
-                        *name = next;
-                        registered.send_replace(None);
-                        group.reset().await?;
-                        let current = advert.borrow_and_update().clone();
-                        add_and_commit(&group, name, &current, key).await?;
-                    }
-                    GroupState::Failure => {
-                        group.free().await.ok();
-                        return Err(zbus::Error::Failure(format!("entry group failed: {}", args.error)));
-                    }
-                    GroupState::Uncommitted | GroupState::Registering => {}
                 }
-            }
-            changed = advert.changed() => {
-                if changed.is_err() {
-                    // The Publisher was dropped; its task is being aborted.
-                    return Ok(SessionEnd::DaemonLost);
+                signal = group_state.next() => {
+                    let Some(signal) = signal else { return Ok(SessionEnd::DaemonLost) };
+                    let args = signal.args()?;
+                    match GroupState::from_raw(args.state) {
+                        GroupState::Established => {
+                            tracing::info!(service = %self.name, "published {SERVICE_TYPE}");
+                            self.registered.send_replace(Some(self.name.clone()));
+                        }
+                        GroupState::Collision => {
+                            let next = server.get_alternative_service_name(self.name).await?;
+                            tracing::warn!(service = %self.name, next = %next, "service name collision");
+                            *self.name = next;
+                            self.registered.send_replace(None);
+                            group.reset().await?;
+                            add_and_commit(group, self.name, &current, self.key).await?;
+                        }
+                        GroupState::Failure => {
+                            return Err(zbus::Error::Failure(format!(
+                                "entry group failed: {}",
+                                args.error
+                            )));
+                        }
+                        GroupState::Uncommitted | GroupState::Registering => {}
+                    }
                 }
-                let current = advert.borrow_and_update().clone();
-                let txt = current.to_txt(key);
-                group
-                    .update_service_txt(IF_UNSPEC, PROTO_INET, 0, name, SERVICE_TYPE, "", txt)
-                    .await?;
+                changed = self.advert.changed() => {
+                    if changed.is_err() {
+                        // The Publisher is gone; its task is being aborted.
+                        return Ok(SessionEnd::Withdrawn);
+                    }
+                    current = self.advert.borrow_and_update().clone();
+                    let txt = current.to_txt(self.key);
+                    group
+                        .update_service_txt(IF_UNSPEC, PROTO_INET, 0, self.name, SERVICE_TYPE, "", txt)
+                        .await?;
+                }
             }
         }
     }
 }
 
+/// Adds the service with `advert` signed under `key` and commits the group.
 async fn add_and_commit(
     group: &EntryGroupProxy<'_>,
     name: &str,
