@@ -92,6 +92,19 @@ fn wait_all_verified(lan: &Lan, count: usize) {
     }
 }
 
+/// Reads a node's lan-node log until `done` holds for it (or attempts run out); returns the log.
+fn wait_log(node: &Node, done: impl Fn(&str) -> bool) -> String {
+    let mut log = String::new();
+    for _ in 0..ATTEMPTS * 5 {
+        log = std::fs::read_to_string(node.dir.join("lan-node.log")).unwrap_or_default();
+        if done(&log) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    log
+}
+
 /// Waits until every node's lan-node log shows a transport frame from each of the others.
 fn wait_frames(lan: &Lan, count: usize) {
     for node in lan.nodes.iter().take(count) {
@@ -104,14 +117,7 @@ fn wait_frames(lan: &Lan, count: usize) {
                 )
             })
             .collect();
-        let mut log = String::new();
-        for _ in 0..ATTEMPTS * 5 {
-            log = std::fs::read_to_string(node.dir.join("lan-node.log")).unwrap_or_default();
-            if expected.iter().all(|line| log.contains(line)) {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(500));
-        }
+        let log = wait_log(node, |log| expected.iter().all(|line| log.contains(line)));
         for line in &expected {
             assert!(
                 log.contains(line),
@@ -244,7 +250,22 @@ fn a_restarted_avahi_daemon_gets_the_record_published_again() {
     lan.nodes[1].start_avahi();
     // Node 2 re-registers with the new daemon (seen by the others) and browses again (sees them).
     wait_all_verified(&lan, 3);
-    let log = std::fs::read_to_string(lan.nodes[1].dir.join("lan-node.log")).unwrap_or_default();
+    // Its long-running browser started over with the new daemon and found both peers again.
+    let found_again = |log: &str| {
+        let after_restart = log.split("event Restarted").nth(1).unwrap_or_default();
+        others(2, 3).iter().all(|other| {
+            after_restart.lines().any(|l| {
+                l.starts_with("event Resolved")
+                    && l.contains("Verified(")
+                    && l.contains(&format!("node: \"{other}\""))
+            })
+        })
+    };
+    let log = wait_log(&lan.nodes[1], found_again);
+    assert!(
+        found_again(&log),
+        "node2's browser did not find its peers again:\n{log}"
+    );
     assert_eq!(log.matches("published service=").count(), 2, "{log}");
     assert!(log.contains("unpublished"), "{log}");
 }
@@ -354,19 +375,8 @@ fn a_withdrawn_record_leaves_the_lan_while_the_node_stays_connected() {
         lan.add_node(&token),
         &["--expect-peers", "2", "--withdraw-when-greeted"],
     );
-    let log_path = lan.nodes[2].dir.join("lan-node.log");
-    let mut withdrawn = false;
-    for _ in 0..ATTEMPTS * 5 {
-        if std::fs::read_to_string(&log_path)
-            .unwrap_or_default()
-            .contains("withdrawn")
-        {
-            withdrawn = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
-    assert!(withdrawn, "node3 never withdrew");
+    let log = wait_log(&lan.nodes[2], |log| log.contains("withdrawn"));
+    assert!(log.contains("withdrawn"), "node3 never withdrew:\n{log}");
     let only_two: BTreeSet<String> = [node_id(2)].into();
     eventually(
         &lan.nodes[0],
@@ -382,7 +392,7 @@ fn a_withdrawn_record_leaves_the_lan_while_the_node_stays_connected() {
         |_| {},
         |r| verified_ids(r) == expected,
     );
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let log = std::fs::read_to_string(lan.nodes[2].dir.join("lan-node.log")).unwrap_or_default();
     assert!(!log.contains("Error"), "{log}");
 }
 
