@@ -229,6 +229,56 @@ fn rogue_nodes_are_counted_but_never_verified() {
 }
 
 #[test]
+fn three_kits_on_one_lan_each_verify_only_their_own() {
+    if !can_run("three_kits_on_one_lan_each_verify_only_their_own") {
+        return;
+    }
+    // Nodes 1-3 are kit A, 4-6 kit B, 7-9 kit C: same service type, same names, other tokens.
+    let tokens = [random_token(), random_token(), random_token()];
+    let mut lan = Lan::new();
+    for token in &tokens {
+        for _ in 0..3 {
+            start_lan_node(lan.add_node(token), &[]);
+        }
+    }
+    let kit_of = |index: usize| (index - 1) / 3;
+    for node in &lan.nodes {
+        let mates: BTreeSet<String> = (1..=9)
+            .filter(|&i| i != node.index && kit_of(i) == kit_of(node.index))
+            .map(node_id)
+            .collect();
+        eventually(
+            node,
+            "its two kit mates verified and the six others foreign",
+            |r| {
+                let verified = verified_ids(r);
+                assert!(
+                    verified.is_subset(&mates),
+                    "node{} verified a stranger: {r:#}",
+                    node.index
+                );
+            },
+            |r| verified_ids(r) == mates && r["foreign"] == 6 && r["unverified"] == 0,
+        );
+    }
+    // Frames only ever went between kit mates.
+    for node in &lan.nodes {
+        let log = std::fs::read_to_string(node.dir.join("lan-node.log")).unwrap_or_default();
+        for line in log
+            .lines()
+            .filter(|l| l.starts_with("frame from=198.18.0."))
+        {
+            let from: usize = line["frame from=198.18.0.".len()..]
+                .split(':')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .expect("frame line names its source");
+            assert_eq!(kit_of(from), kit_of(node.index), "cross-kit frame: {line}");
+        }
+    }
+}
+
+#[test]
 fn a_restarted_avahi_daemon_gets_the_record_published_again() {
     if !can_run("a_restarted_avahi_daemon_gets_the_record_published_again") {
         return;
