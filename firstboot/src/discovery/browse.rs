@@ -1,5 +1,8 @@
 //! Browses and resolves `_k3s-firstboot._tcp` instances and classifies each record it finds.
 
+use super::avahi::service_browser::{
+    FailureStream as BrowseFailureStream, ItemNewStream, ItemRemoveStream,
+};
 use super::avahi::service_resolver::{Failure as ResolveFailure, Found};
 use super::avahi::{
     ServiceBrowserProxy, ServiceResolverProxy, AVAHI_BUS_NAME, IF_UNSPEC, LOOKUP_RESULT_LOCAL,
@@ -24,6 +27,11 @@ const RESOLVE_RETRY: Duration = Duration::from_secs(2);
 /// What the browser reports, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerEvent {
+    /// An instance was listed on the LAN; a `Resolved` follows once its records are in.
+    Appeared {
+        /// Service instance name.
+        service: String,
+    },
     /// An instance resolved, or its record changed.
     Resolved(Peer),
     /// An instance left the LAN.
@@ -115,7 +123,34 @@ async fn session(conn: &zbus::Connection, classifier: &Classifier) -> zbus::Resu
     browser.start().await?;
     // One resolver per (interface, instance name); the sender cancels it.
     let mut resolvers: HashMap<(i32, String), oneshot::Sender<()>> = HashMap::new();
-    let result = loop {
+    let result = follow(
+        conn,
+        classifier,
+        &mut owner,
+        &mut added,
+        &mut removed,
+        &mut failed,
+        &mut resolvers,
+    )
+    .await;
+    // Dropping the cancel senders stops every resolver task.
+    drop(resolvers);
+    // However the session ended; if the daemon is gone, so is the browser.
+    browser.free().await.ok();
+    result
+}
+
+/// Follows the browser's signals, starting and cancelling resolvers, until the daemon goes away.
+async fn follow(
+    conn: &zbus::Connection,
+    classifier: &Classifier,
+    owner: &mut zbus::proxy::OwnerChangedStream<'_>,
+    added: &mut ItemNewStream,
+    removed: &mut ItemRemoveStream,
+    failed: &mut BrowseFailureStream,
+    resolvers: &mut HashMap<(i32, String), oneshot::Sender<()>>,
+) -> zbus::Result<()> {
+    loop {
         tokio::select! {
             _ = owner.next() => break Ok(()),
             item = added.next() => {
@@ -131,6 +166,10 @@ async fn session(conn: &zbus::Connection, classifier: &Classifier) -> zbus::Resu
                 }
                 let (cancel, cancelled) = oneshot::channel();
                 resolvers.insert(slot, cancel);
+                let appeared = PeerEvent::Appeared { service: args.name.clone() };
+                if classifier.events.send(appeared).await.is_err() {
+                    break Ok(());
+                }
                 tokio::spawn(resolve_while_listed(
                     conn.clone(),
                     args.interface,
@@ -157,11 +196,7 @@ async fn session(conn: &zbus::Connection, classifier: &Classifier) -> zbus::Resu
                 break Err(zbus::Error::Failure(format!("service browser failed: {error}")));
             }
         }
-    };
-    // Dropping the cancel senders stops every resolver task.
-    drop(resolvers);
-    browser.free().await.ok();
-    result
+    }
 }
 
 /// Resolves one instance and re-reports on every record change until cancelled.
@@ -265,9 +300,12 @@ struct ResolverGuard(Option<ServiceResolverProxy<'static>>);
 
 impl Drop for ResolverGuard {
     fn drop(&mut self) {
-        if let Some(resolver) = self.0.take() {
-            // Best effort: if the daemon is gone, so is the resolver.
-            tokio::spawn(async move {
+        // Best effort: if the daemon is gone, so is the resolver; without a runtime (shutdown),
+        // the connection closes and avahi frees it.
+        if let (Some(resolver), Ok(runtime)) =
+            (self.0.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move {
                 resolver.free().await.ok();
             });
         }

@@ -8,6 +8,10 @@ use anyhow::Context;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Extra time given to instances that were listed but have not resolved when `wait` ends
+/// (avahi's own resolver gives up after 5 s).
+const RESOLVE_GRACE: Duration = Duration::from_secs(5);
+
 /// Arguments of `firstboot peers`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PeersArgs {
@@ -36,9 +40,21 @@ pub async fn browse_for(
 ) -> PeerSummary {
     let mut browser = Browser::spawn(conn.clone(), keys.cluster, keys.record.clone());
     let mut table = PeerTable::default();
-    let deadline = tokio::time::Instant::now() + wait;
-    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, browser.next()).await {
-        table.apply(event);
+    let start = tokio::time::Instant::now();
+    let (deadline, last_chance) = (start + wait, start + wait + RESOLVE_GRACE);
+    loop {
+        // Past `wait`, keep going only while listed instances are still resolving.
+        let until = if table.is_resolving() {
+            last_chance
+        } else {
+            deadline
+        };
+        match tokio::time::timeout_at(until, browser.next()).await {
+            Ok(Some(event)) => table.apply(event),
+            Ok(None) => break,
+            Err(_) if table.is_resolving() && tokio::time::Instant::now() < last_chance => {}
+            Err(_) => break,
+        }
     }
     table.summary()
 }
@@ -78,6 +94,7 @@ pub fn run(args: &PeersArgs, paths: &Paths) -> anyhow::Result<()> {
             "verified": summary.verified,
             "foreign": summary.foreign,
             "unverified": summary.unverified,
+            "resolving": summary.resolving,
         });
         println!(
             "{}",
@@ -102,8 +119,8 @@ pub fn run(args: &PeersArgs, paths: &Paths) -> anyhow::Result<()> {
             );
         }
         println!(
-            "foreign: {}  unverified: {}",
-            summary.foreign, summary.unverified
+            "foreign: {}  unverified: {}  still resolving: {}",
+            summary.foreign, summary.unverified, summary.resolving
         );
     }
     Ok(())

@@ -2,13 +2,15 @@
 
 use super::browse::PeerEvent;
 use super::record::{Advert, Peer, PeerClass};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 /// Resolved instances keyed by service name, kept current from [`PeerEvent`]s.
 #[derive(Debug, Default, Clone)]
 pub struct PeerTable {
     peers: BTreeMap<String, Peer>,
+    /// Listed instances whose records have not resolved yet.
+    resolving: BTreeSet<String>,
 }
 
 /// A verified peer of our cluster as shown by `firstboot peers`.
@@ -32,20 +34,37 @@ pub struct PeerSummary {
     pub foreign: usize,
     /// Instances with our cluster id but a bad or missing MAC, or a malformed record.
     pub unverified: usize,
+    /// Instances listed but not resolved yet.
+    pub resolving: usize,
 }
 
 impl PeerTable {
     /// Applies one browser event.
     pub fn apply(&mut self, event: PeerEvent) {
         match event {
+            PeerEvent::Appeared { service } => {
+                if !self.peers.contains_key(&service) {
+                    self.resolving.insert(service);
+                }
+            }
             PeerEvent::Resolved(peer) => {
+                self.resolving.remove(&peer.service);
                 self.peers.insert(peer.service.clone(), peer);
             }
             PeerEvent::Removed { service } => {
+                self.resolving.remove(&service);
                 self.peers.remove(&service);
             }
-            PeerEvent::Restarted => self.peers.clear(),
+            PeerEvent::Restarted => {
+                self.peers.clear();
+                self.resolving.clear();
+            }
         }
+    }
+
+    /// True while some listed instance has not resolved yet.
+    pub fn is_resolving(&self) -> bool {
+        !self.resolving.is_empty()
     }
 
     /// The verified peer whose record carries `node`, if any.
@@ -62,6 +81,7 @@ impl PeerTable {
             verified: Vec::new(),
             foreign: 0,
             unverified: 0,
+            resolving: self.resolving.len(),
         };
         for peer in self.peers.values() {
             match &peer.class {
@@ -106,7 +126,12 @@ mod tests {
     #[test]
     fn summary_counts_each_class_and_follows_removals() {
         let mut table = PeerTable::default();
+        table.apply(PeerEvent::Appeared {
+            service: "a".into(),
+        });
+        assert!(table.is_resolving());
         table.apply(PeerEvent::Resolved(peer("a", verified("aa"))));
+        assert!(!table.is_resolving());
         table.apply(PeerEvent::Resolved(peer("b", verified("bb"))));
         let foreign = ClusterId::derive(b"other-other-other", 3, 3);
         table.apply(PeerEvent::Resolved(peer("c", PeerClass::Foreign(foreign))));
