@@ -82,7 +82,7 @@ fn verified_in_log(log: &std::path::Path) -> usize {
     let ids: BTreeSet<&str> = text
         .lines()
         .filter(|l| l.starts_with("event Resolved") && l.contains("Verified("))
-        .filter_map(|l| l.split("node: \"").nth(1)?.split('"').next())
+        .filter_map(|l| l.split("node: NodeId(").nth(1)?.split(')').next())
         .collect();
     ids.len()
 }

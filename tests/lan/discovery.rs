@@ -173,7 +173,7 @@ fn three_nodes_verify_each_other_and_set_their_hostnames() {
         for other in others(node.index, 3) {
             let seen = log.lines().any(|l| {
                 l.starts_with("event Resolved")
-                    && l.contains(&format!("node: \"{other}\""))
+                    && l.contains(&format!("node: NodeId({other})"))
                     && l.contains("state: \"greeted\"")
             });
             assert!(seen, "node{} never saw {other} greeted:\n{log}", node.index);
@@ -307,7 +307,7 @@ fn a_restarted_avahi_daemon_gets_the_record_published_again() {
             after_restart.lines().any(|l| {
                 l.starts_with("event Resolved")
                     && l.contains("Verified(")
-                    && l.contains(&format!("node: \"{other}\""))
+                    && l.contains(&format!("node: NodeId({other})"))
             })
         })
     };

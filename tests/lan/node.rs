@@ -64,7 +64,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let keys = ClusterKeys::derive(&token, args.nodes, args.servers);
     drop(token);
     let (id, source) = node_id(&paths).context("finding the node id")?;
-    let hostname = hostname_for(&args.name, &id, None);
+    let hostname = hostname_for(&args.name, id, None);
     let conn = zbus::Connection::system()
         .await
         .context("connecting to the system bus")?;
@@ -82,7 +82,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let advert = Advert {
         cluster,
-        node: id.to_string(),
+        node: id,
         state: "discovering".into(),
         role: RolePin::Auto,
         storage: 10,
@@ -121,7 +121,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 table.apply(event);
                 let verified = table.summary().verified;
                 for peer in &verified {
-                    if greeted.insert(peer.advert.node.clone()) {
+                    if greeted.insert(peer.advert.node) {
                         let hello = format!("hello from {id}");
                         transport.send(peer.addr, hello.as_bytes()).await.context("sending a frame")?;
                     }

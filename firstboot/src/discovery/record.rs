@@ -3,6 +3,7 @@
 //! Every key is derived from the raw token bytes with HMAC-SHA256 under a distinct domain label, so
 //! the cluster id shown on the LAN and the record key are unrelated and neither reveals the token.
 
+use crate::identity::NodeId;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::fmt;
@@ -13,10 +14,13 @@ type HmacSha256 = Hmac<Sha256>;
 /// Protocol version carried in every record; peers with another version are not verified.
 pub const PROTOCOL_VERSION: u8 = 1;
 
-/// Domain label for the public cluster id derivation.
-const CLUSTER_ID_LABEL: &[u8] = b"k3s-firstboot/v1/cluster-id";
-/// Domain label for the mDNS record key derivation.
-const RECORD_KEY_LABEL: &[u8] = b"k3s-firstboot/v1/mdns-record-key";
+/// Bytes in a cluster id.
+pub const CLUSTER_ID_LEN: usize = 16;
+/// Domain label for the public cluster id; the same derivation as the election core's `ClusterId`,
+/// so that the two types fold into one at merge without changing any id.
+const CLUSTER_ID_LABEL: &[u8] = b"firstboot/v1/cluster-id";
+/// Domain label for the mDNS record key (distinct from the election's protocol key label).
+const RECORD_KEY_LABEL: &[u8] = b"firstboot/v1/mdns-record-key";
 
 /// HMAC-SHA256 of `parts` (each length-prefixed so concatenations cannot collide) under `key`.
 fn hmac_parts(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
@@ -29,26 +33,30 @@ fn hmac_parts(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-/// Public identifier of a cluster: 8 bytes derived from the token, `nodes` and `servers`.
+/// Public identifier of a cluster: 16 bytes derived from the token, `nodes` and `servers`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ClusterId([u8; 8]);
+pub struct ClusterId([u8; CLUSTER_ID_LEN]);
 
 impl ClusterId {
-    /// Derives the cluster id; two kits share it only with the same token and sizes.
+    /// Derives the cluster id: HMAC-SHA256(token, label || nodes || servers), first 16 bytes.
     pub fn derive(token: &[u8], nodes: u8, servers: u8) -> Self {
-        let full = hmac_parts(token, &[CLUSTER_ID_LABEL, &[nodes], &[servers]]);
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&full[..8]);
+        // HMAC accepts keys of any length, so new_from_slice cannot fail.
+        let mut mac = HmacSha256::new_from_slice(token).expect("hmac takes any key length");
+        mac.update(CLUSTER_ID_LABEL);
+        mac.update(&[nodes, servers]);
+        let full = mac.finalize().into_bytes();
+        let mut id = [0u8; CLUSTER_ID_LEN];
+        id.copy_from_slice(&full[..CLUSTER_ID_LEN]);
         Self(id)
     }
 
-    /// Parses the 16 hex digits of a TXT record.
+    /// Parses the 32 hex digits of a TXT record.
     pub fn from_hex(text: &str) -> Option<Self> {
         let bytes = hex::decode(text).ok()?;
         Some(Self(bytes.try_into().ok()?))
     }
 
-    /// The 16 lowercase hex digits published in the TXT record.
+    /// The 32 lowercase hex digits published in the TXT record.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
@@ -135,8 +143,8 @@ pub struct Advert {
     /// Cluster the node belongs to.
     #[serde(serialize_with = "serialize_cluster")]
     pub cluster: ClusterId,
-    /// Stable node id (hex).
-    pub node: String,
+    /// Stable node id.
+    pub node: NodeId,
     /// Lifecycle state name (free text set by the daemon, e.g. `discovering`, `electing`, `server`).
     pub state: String,
     /// Role pin rank input.
@@ -199,7 +207,7 @@ impl Advert {
         vec![
             ("v", PROTOCOL_VERSION.to_string()),
             ("c", self.cluster.to_hex()),
-            ("n", self.node.clone()),
+            ("n", self.node.to_string()),
             ("s", self.state.clone()),
             ("r", self.role.as_str().to_string()),
             ("st", self.storage.to_string()),
@@ -264,7 +272,7 @@ fn parse_verified(
     }
     let advert = Advert {
         cluster,
-        node: get("n")?.to_string(),
+        node: NodeId::parse(get("n")?).ok_or(bad(RecordError::Malformed("n")))?,
         state: get("s")?.to_string(),
         role: RolePin::parse(get("r")?).ok_or(bad(RecordError::Malformed("r")))?,
         storage: get("st")?
@@ -304,13 +312,23 @@ mod tests {
     fn advert() -> Advert {
         Advert {
             cluster: ClusterId::derive(TOKEN, 3, 3),
-            node: "10000000abcdef12".into(),
+            node: NodeId::parse("10000000abcdef12").expect("hex id"),
             state: "discovering".into(),
             role: RolePin::Auto,
             storage: 42,
             ram_mib: 8064,
             port: 7439,
         }
+    }
+
+    #[test]
+    fn cluster_id_is_hmac_of_label_and_sizes() {
+        // Independent recomputation of the documented derivation (shared with the election core).
+        let mut mac = HmacSha256::new_from_slice(TOKEN).expect("any key length");
+        mac.update(b"firstboot/v1/cluster-id");
+        mac.update(&[5, 3]);
+        let expected = hex::encode(&mac.finalize().into_bytes()[..16]);
+        assert_eq!(ClusterId::derive(TOKEN, 5, 3).to_hex(), expected);
     }
 
     #[test]

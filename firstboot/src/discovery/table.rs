@@ -2,6 +2,7 @@
 
 use super::browse::PeerEvent;
 use super::record::{Advert, Peer, PeerClass};
+use crate::identity::NodeId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
@@ -68,7 +69,7 @@ impl PeerTable {
     }
 
     /// The verified peer whose record carries `node`, if any.
-    pub fn verified_node(&self, node: &str) -> Option<VerifiedPeer> {
+    pub fn verified_node(&self, node: NodeId) -> Option<VerifiedPeer> {
         self.summary()
             .verified
             .into_iter()
@@ -111,10 +112,10 @@ mod tests {
         }
     }
 
-    fn verified(node: &str) -> PeerClass {
+    fn verified(node: u64) -> PeerClass {
         PeerClass::Verified(Advert {
             cluster: ClusterId::derive(b"token-token-token", 3, 3),
-            node: node.into(),
+            node: NodeId::parse(&format!("{node:016x}")).expect("nonzero id"),
             state: "discovering".into(),
             role: RolePin::Auto,
             storage: 1,
@@ -130,9 +131,9 @@ mod tests {
             service: "a".into(),
         });
         assert!(table.is_resolving());
-        table.apply(PeerEvent::Resolved(peer("a", verified("aa"))));
+        table.apply(PeerEvent::Resolved(peer("a", verified(0xaa))));
         assert!(!table.is_resolving());
-        table.apply(PeerEvent::Resolved(peer("b", verified("bb"))));
+        table.apply(PeerEvent::Resolved(peer("b", verified(0xbb))));
         let foreign = ClusterId::derive(b"other-other-other", 3, 3);
         table.apply(PeerEvent::Resolved(peer("c", PeerClass::Foreign(foreign))));
         let bad = PeerClass::Unverified(RecordError::BadMac);
@@ -143,8 +144,9 @@ mod tests {
         table.apply(PeerEvent::Removed {
             service: "a".into(),
         });
-        assert!(table.verified_node("aa").is_none());
-        assert!(table.verified_node("bb").is_some());
+        let id = |v: u64| NodeId::parse(&format!("{v:016x}")).expect("nonzero id");
+        assert!(table.verified_node(id(0xaa)).is_none());
+        assert!(table.verified_node(id(0xbb)).is_some());
         table.apply(PeerEvent::Restarted);
         assert!(table.summary().verified.is_empty());
     }

@@ -5,7 +5,7 @@ use zbus::proxy;
 use zbus::proxy::CacheProperties;
 
 /// The hostname this node should carry; a non-empty `pinned` (cluster.toml `node.hostname`) wins.
-pub fn hostname_for(cluster_name: &str, id: &NodeId, pinned: Option<&str>) -> String {
+pub fn hostname_for(cluster_name: &str, id: NodeId, pinned: Option<&str>) -> String {
     match pinned.map(str::trim).filter(|p| !p.is_empty()) {
         Some(pinned) => pinned.to_ascii_lowercase(),
         None => format!("{}-{}", cluster_name.to_ascii_lowercase(), id.suffix()),
@@ -57,8 +57,8 @@ mod tests {
     #[test]
     fn default_and_pinned_hostnames() {
         let id = NodeId::parse("10000000ABCDEF12").expect("hex id");
-        assert_eq!(hostname_for("homelab", &id, None), "homelab-cdef12");
-        assert_eq!(hostname_for("homelab", &id, Some("")), "homelab-cdef12");
-        assert_eq!(hostname_for("homelab", &id, Some("Gateway")), "gateway");
+        assert_eq!(hostname_for("homelab", id, None), "homelab-cdef12");
+        assert_eq!(hostname_for("homelab", id, Some("")), "homelab-cdef12");
+        assert_eq!(hostname_for("homelab", id, Some("Gateway")), "gateway");
     }
 }

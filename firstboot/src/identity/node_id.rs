@@ -5,9 +5,16 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-/// A node's stable id: lowercase hex, at least 6 digits.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId(String);
+/// A node's stable id: 64 bits, written as 16 lowercase hex digits (the form of a Raspberry Pi
+/// serial, and of the election core's `NodeId(u64)`, so the two convert losslessly).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(u64);
+
+impl std::fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeId({self})")
+    }
+}
 
 /// Where the node id came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -22,31 +29,38 @@ pub enum IdSource {
 }
 
 impl NodeId {
-    /// Accepts lowercase-able hex of at least 6 digits that is not all zeros.
+    /// Parses hex (6 to 16 digits, any case, not all zeros); longer serials keep their last 16.
     pub fn parse(text: &str) -> Option<Self> {
-        let id = text.trim().to_ascii_lowercase();
-        let valid = id.len() >= 6
-            && id.len() <= 32
-            && id.bytes().all(|b| b.is_ascii_hexdigit())
-            && id.bytes().any(|b| b != b'0');
-        valid.then_some(Self(id))
+        let text = text.trim();
+        let valid = text.len() >= 6 && text.bytes().all(|b| b.is_ascii_hexdigit());
+        if !valid {
+            return None;
+        }
+        let tail = &text[text.len().saturating_sub(16)..];
+        let value = u64::from_str_radix(tail, 16).ok()?;
+        (value != 0).then_some(Self(value))
     }
 
-    /// The id as published.
-    pub fn as_str(&self) -> &str {
-        &self.0
+    /// The 64-bit value (the election core's `NodeId`).
+    pub fn value(self) -> u64 {
+        self.0
     }
 
     /// The last 6 hex digits, used in the default hostname.
-    pub fn suffix(&self) -> &str {
-        // parse() guarantees at least 6 ASCII digits.
-        &self.0[self.0.len() - 6..]
+    pub fn suffix(self) -> String {
+        format!("{:06x}", self.0 & 0xff_ffff)
     }
 }
 
 impl std::fmt::Display for NodeId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl serde::Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -117,7 +131,8 @@ fn persisted_id(paths: &Paths) -> io::Result<NodeId> {
     }
     let mut random = [0u8; 8];
     fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
-    let id = NodeId(hex::encode(random));
+    // All-zero is not an id; eight random zero bytes are as good as impossible, but cheap to avoid.
+    let id = NodeId(u64::from_be_bytes(random).max(1));
     let dir = paths.state_dir();
     fs::create_dir_all(&dir)?;
     let tmp = dir.join("node-id.tmp");
@@ -152,7 +167,7 @@ mod tests {
         ]);
         let (id, source) = node_id(&Paths::new(root.path(), None)).expect("id");
         assert_eq!(
-            (id.as_str(), source),
+            (id.to_string().as_str(), source),
             ("10000000abcdef12", IdSource::Serial)
         );
         assert_eq!(id.suffix(), "cdef12");
@@ -166,7 +181,7 @@ mod tests {
         )]);
         let (id, source) = node_id(&Paths::new(root.path(), None)).expect("id");
         assert_eq!(
-            (id.as_str(), source),
+            (id.to_string().as_str(), source),
             ("00000000deadbeef", IdSource::Serial)
         );
 
@@ -181,8 +196,24 @@ mod tests {
             ("sys/class/net/lo/address", "00:00:00:00:00:00\n"),
         ]);
         let (id, source) = node_id(&Paths::new(root.path(), None)).expect("id");
-        assert_eq!((id.as_str(), source), ("dca6320a0b0c", IdSource::Mac));
+        assert_eq!(
+            (id.to_string().as_str(), source),
+            ("0000dca6320a0b0c", IdSource::Mac)
+        );
         assert_eq!(id.suffix(), "0a0b0c");
+    }
+
+    #[test]
+    fn ids_parse_to_sixteen_hex_digits() {
+        assert_eq!(
+            NodeId::parse("ABCDEF").map(|i| i.to_string()),
+            Some("0000000000abcdef".into())
+        );
+        let long = NodeId::parse("ffff00000000000000000001").expect("long serial");
+        assert_eq!((long.value(), long.suffix()), (1, "000001".to_string()));
+        assert!(NodeId::parse("00000000").is_none());
+        assert!(NodeId::parse("12345").is_none());
+        assert!(NodeId::parse("12345g").is_none());
     }
 
     #[test]
@@ -191,7 +222,7 @@ mod tests {
         let paths = Paths::new(root.path(), None);
         let (first, source) = node_id(&paths).expect("id");
         assert_eq!(source, IdSource::Persisted);
-        assert_eq!(first.as_str().len(), 16);
+        assert_eq!(first.to_string().len(), 16);
         let (again, _) = node_id(&paths).expect("id");
         assert_eq!(first, again);
         assert!(paths.persisted_node_id().exists());
