@@ -10,8 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 
-/// UDP port of the frame transport on every node. Not in IANA's or Debian's `/etc/services` list, and
-/// clear of K3s (6443, 6444, 2379-2380, 8472, 10250, 51820-51821, 5001) and of Serf/Swarm (7946).
+/// UDP port of the frame transport on every node. Absent from Debian's `/etc/services` and clear
+/// of K3s (6443, 6444, 2379-2380, 8472, 10250, 51820-51821, 5001) and of Serf/Swarm (7946); the
+/// IANA registry was not checked offline, so confirm before a release.
 pub const FRAME_PORT: u16 = 7439;
 
 /// Largest frame accepted or sent: fits one Ethernet MTU with IP and UDP headers to spare.
