@@ -6,9 +6,12 @@
 pub mod clock;
 pub mod config;
 pub mod default_route;
+pub mod discovery;
 pub mod durable;
 pub mod election;
+pub mod identity;
 pub mod intake;
 pub mod k3s;
+pub mod paths;
 pub mod status;
 pub mod systemd;

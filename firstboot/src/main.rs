@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use firstboot::config::ClusterConfig;
+use firstboot::discovery::peers::{self, PeersArgs};
+use firstboot::paths::Paths;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -22,9 +24,15 @@ use std::process::ExitCode;
     propagate_version = true
 )]
 #[command(
-    after_help = "Examples:\n  firstboot check-config /boot/firmware/cluster.toml\n  firstboot check-config examples/homelab/cluster.toml"
+    after_help = "Examples:\n  firstboot check-config /boot/firmware/cluster.toml\n  firstboot status\n  firstboot peers --json"
 )]
 struct Cli {
+    /// Prefix for every system path (tests run a node without touching the real `/`).
+    #[arg(long, global = true, default_value = "/")]
+    root: PathBuf,
+    /// The boot partition directory [default: <root>/boot/firmware].
+    #[arg(long, global = true)]
+    boot_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,44 +44,58 @@ enum Command {
     /// Exits 0 when the file is valid. Otherwise prints every problem with its file, line,
     /// column and key, what is wrong and what to write instead, and exits 1.
     CheckConfig {
-        /// The file to check.
-        #[arg(default_value = "/boot/firmware/cluster.toml")]
-        path: PathBuf,
+        /// The file to check [default: cluster.toml on the boot partition].
+        path: Option<PathBuf>,
     },
     /// Show what firstboot is doing on this node: state, role, peers, storage, errors.
     ///
     /// Reads the state file firstboot keeps in /var/lib/firstboot; the token is never shown.
     Status(firstboot::status::StatusArgs),
+    /// Show the verified peers of this cluster and counts of foreign and unverified ones.
+    Peers(PeersArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::CheckConfig { path } => match ClusterConfig::load(&path) {
-            Ok(config) => {
-                println!("{}: ok: {}", path.display(), config.summary());
-                for w in config.warnings() {
-                    eprintln!("warning: {w}");
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let paths = Paths::new(&cli.root, cli.boot_dir.as_deref());
+    let result = match cli.command {
+        Command::CheckConfig { path } => {
+            let path = path.unwrap_or_else(|| paths.boot_cluster_toml());
+            match ClusterConfig::load(&path) {
+                Ok(config) => {
+                    println!("{}: ok: {}", path.display(), config.summary());
+                    for w in config.warnings() {
+                        eprintln!("warning: {w}");
+                    }
+                    Ok(())
                 }
-                ExitCode::SUCCESS
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Status(args) => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            match firstboot::status::command::run(&args, &mut std::io::stdout(), now) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            firstboot::status::command::run(&args, paths.root(), &mut std::io::stdout(), now)
+        }
+        Command::Peers(args) => peers::run(&args, &paths),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -3,7 +3,7 @@
 use super::state::NodeState;
 use anyhow::Context;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::Path;
 
 /// Show what firstboot is doing on this node.
 #[derive(Debug, Clone, clap::Args)]
@@ -11,20 +11,22 @@ pub struct StatusArgs {
     /// Print the state file as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Root prefix the state file lives under (for tests and rescue systems).
-    #[arg(long, default_value = "/")]
-    pub root: PathBuf,
 }
 
 /// Prints the status to `out`; `now_unix` is used for "updated N s ago". A reader that goes
 /// away early (`| head`) is not an error.
-pub fn run(args: &StatusArgs, out: &mut dyn Write, now_unix: u64) -> anyhow::Result<()> {
-    let state = NodeState::load(&args.root).context("reading the firstboot state file")?;
+pub fn run(
+    args: &StatusArgs,
+    root: &Path,
+    out: &mut dyn Write,
+    now_unix: u64,
+) -> anyhow::Result<()> {
+    let state = NodeState::load(root).context("reading the firstboot state file")?;
     let text = match (state, args.json) {
         (None, true) => "null\n".to_string(),
         (None, false) => format!(
             "firstboot has not started on this node yet (no {})\n",
-            NodeState::path(&args.root).display()
+            NodeState::path(root).display()
         ),
         // Plain data with string keys: serializing cannot fail.
         (Some(s), true) => serde_json::to_string_pretty(&s).unwrap_or_default() + "\n",
@@ -125,12 +127,9 @@ mod tests {
             .push("join refused for status-secret-qq88ww".into());
         s.save(dir.path(), Some(&token), 100).unwrap();
         for json in [false, true] {
-            let args = StatusArgs {
-                json,
-                root: dir.path().to_path_buf(),
-            };
+            let args = StatusArgs { json };
             let mut out = Vec::new();
-            run(&args, &mut out, 105).unwrap();
+            run(&args, dir.path(), &mut out, 105).unwrap();
             let text = String::from_utf8(out).unwrap();
             assert!(!text.contains("status-secret"), "{text}");
             if json {
@@ -150,11 +149,8 @@ mod tests {
     fn no_state_yet_is_not_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let mut out = Vec::new();
-        let args = StatusArgs {
-            json: false,
-            root: dir.path().to_path_buf(),
-        };
-        run(&args, &mut out, 0).unwrap();
+        let args = StatusArgs { json: false };
+        run(&args, dir.path(), &mut out, 0).unwrap();
         assert!(String::from_utf8(out).unwrap().contains("not started"));
     }
 }

@@ -1,0 +1,313 @@
+//! Browses and resolves `_k3s-firstboot._tcp` instances and classifies each record it finds.
+
+use super::avahi::service_browser::{
+    FailureStream as BrowseFailureStream, ItemNewStream, ItemRemoveStream,
+};
+use super::avahi::service_resolver::{Failure as ResolveFailure, Found};
+use super::avahi::{
+    ServiceBrowserProxy, ServiceResolverProxy, AVAHI_BUS_NAME, IF_UNSPEC, LOOKUP_RESULT_LOCAL,
+    PROTO_INET,
+};
+use super::publish::{server, wait_for_daemon};
+use super::record::{classify, ClusterId, Peer, RecordKey};
+use super::SERVICE_TYPE;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use zbus::message::Type as MessageType;
+use zbus::proxy::CacheProperties;
+use zbus::{MatchRule, MessageStream};
+
+/// Pause before a failed resolver is tried again while its instance is still listed.
+const RESOLVE_RETRY: Duration = Duration::from_secs(2);
+
+/// What the browser reports, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// An instance was listed on the LAN; a `Resolved` follows once its records are in.
+    Appeared {
+        /// Service instance name.
+        service: String,
+    },
+    /// An instance resolved, or its record changed.
+    Resolved(Peer),
+    /// An instance left the LAN.
+    Removed {
+        /// Service instance name.
+        service: String,
+    },
+    /// avahi-daemon restarted: forget everything, instances will be reported again.
+    Restarted,
+}
+
+/// A running browse of `_k3s-firstboot._tcp`; dropping it stops browsing.
+pub struct Browser {
+    events: mpsc::Receiver<PeerEvent>,
+    task: JoinHandle<()>,
+}
+
+impl Browser {
+    /// Starts browsing; records are classified against `cluster` and `key`.
+    pub fn spawn(conn: zbus::Connection, cluster: ClusterId, key: RecordKey) -> Self {
+        let (tx, rx) = mpsc::channel(256);
+        let task = tokio::spawn(browse_forever(conn, cluster, key, tx));
+        Self { events: rx, task }
+    }
+
+    /// The next event; `None` only if the browse task stopped.
+    pub async fn next(&mut self) -> Option<PeerEvent> {
+        self.events.recv().await
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What a resolver task needs to classify what it finds.
+#[derive(Clone)]
+struct Classifier {
+    cluster: ClusterId,
+    key: RecordKey,
+    events: mpsc::Sender<PeerEvent>,
+}
+
+async fn browse_forever(
+    conn: zbus::Connection,
+    cluster: ClusterId,
+    key: RecordKey,
+    events: mpsc::Sender<PeerEvent>,
+) {
+    let classifier = Classifier {
+        cluster,
+        key,
+        events,
+    };
+    let mut first = true;
+    loop {
+        wait_for_daemon(&conn).await;
+        if !first && classifier.events.send(PeerEvent::Restarted).await.is_err() {
+            return;
+        }
+        first = false;
+        if let Err(e) = session(&conn, &classifier).await {
+            tracing::warn!("browsing {SERVICE_TYPE}: {e}; retrying");
+        }
+        if classifier.events.is_closed() {
+            return;
+        }
+        tokio::time::sleep(RESOLVE_RETRY / 4).await;
+    }
+}
+
+/// One browse against one avahi-daemon instance; returns when the daemon goes away.
+async fn session(conn: &zbus::Connection, classifier: &Classifier) -> zbus::Result<()> {
+    let server = server(conn).await?;
+    let mut owner = server.inner().receive_owner_changed().await?;
+    let path = server
+        .service_browser_prepare(IF_UNSPEC, PROTO_INET, SERVICE_TYPE, "", 0)
+        .await?;
+    let browser = ServiceBrowserProxy::builder(conn)
+        .path(path)?
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
+    let mut added = browser.receive_item_new().await?;
+    let mut removed = browser.receive_item_remove().await?;
+    let mut failed = browser.receive_failure().await?;
+    browser.start().await?;
+    // One resolver per (interface, instance name); the sender cancels it.
+    let mut resolvers: HashMap<(i32, String), oneshot::Sender<()>> = HashMap::new();
+    let result = follow(
+        conn,
+        classifier,
+        &mut owner,
+        &mut added,
+        &mut removed,
+        &mut failed,
+        &mut resolvers,
+    )
+    .await;
+    // Dropping the cancel senders stops every resolver task.
+    drop(resolvers);
+    // However the session ended; if the daemon is gone, so is the browser.
+    browser.free().await.ok();
+    result
+}
+
+/// Follows the browser's signals, starting and cancelling resolvers, until the daemon goes away.
+async fn follow(
+    conn: &zbus::Connection,
+    classifier: &Classifier,
+    owner: &mut zbus::proxy::OwnerChangedStream<'_>,
+    added: &mut ItemNewStream,
+    removed: &mut ItemRemoveStream,
+    failed: &mut BrowseFailureStream,
+    resolvers: &mut HashMap<(i32, String), oneshot::Sender<()>>,
+) -> zbus::Result<()> {
+    loop {
+        tokio::select! {
+            _ = owner.next() => break Ok(()),
+            item = added.next() => {
+                let Some(item) = item else { break Ok(()) };
+                let args = item.args()?;
+                if args.flags & LOOKUP_RESULT_LOCAL != 0 {
+                    continue; // our own host's record
+                }
+                tracing::debug!(service = %args.name, "instance appeared");
+                let slot = (args.interface, args.name.clone());
+                if resolvers.contains_key(&slot) {
+                    continue;
+                }
+                let (cancel, cancelled) = oneshot::channel();
+                resolvers.insert(slot, cancel);
+                let appeared = PeerEvent::Appeared { service: args.name.clone() };
+                if classifier.events.send(appeared).await.is_err() {
+                    break Ok(());
+                }
+                tokio::spawn(resolve_while_listed(
+                    conn.clone(),
+                    args.interface,
+                    args.name.clone(),
+                    classifier.clone(),
+                    cancelled,
+                ));
+            }
+            item = removed.next() => {
+                let Some(item) = item else { break Ok(()) };
+                let args = item.args()?;
+                if resolvers.remove(&(args.interface, args.name.clone())).is_some() {
+                    let gone = PeerEvent::Removed { service: args.name.clone() };
+                    if classifier.events.send(gone).await.is_err() {
+                        break Ok(());
+                    }
+                }
+            }
+            failure = failed.next() => {
+                let error = match failure {
+                    Some(f) => f.args().map(|a| a.error.clone()).unwrap_or_default(),
+                    None => String::new(),
+                };
+                break Err(zbus::Error::Failure(format!("service browser failed: {error}")));
+            }
+        }
+    }
+}
+
+/// Resolves one instance and re-reports on every record change until cancelled.
+async fn resolve_while_listed(
+    conn: zbus::Connection,
+    interface: i32,
+    name: String,
+    classifier: Classifier,
+    mut cancelled: oneshot::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            _ = &mut cancelled => return,
+            outcome = resolve(&conn, interface, &name, &classifier) => {
+                if let Err(e) = outcome {
+                    tracing::debug!(service = %name, "resolving: {e}");
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut cancelled => return,
+            _ = tokio::time::sleep(RESOLVE_RETRY) => {}
+        }
+    }
+}
+
+/// Runs one resolver until it fails; each `Found` becomes a `Resolved` event.
+///
+/// avahi 0.8 emits `Found` for cached records right after `ServiceResolverPrepare`, before `Start`
+/// and before the caller knows the object path, so the signals are subscribed by interface first
+/// and filtered by path once the path is known.
+async fn resolve(
+    conn: &zbus::Connection,
+    interface: i32,
+    name: &str,
+    classifier: &Classifier,
+) -> zbus::Result<()> {
+    let rule = MatchRule::builder()
+        .msg_type(MessageType::Signal)
+        .sender(AVAHI_BUS_NAME)?
+        .interface("org.freedesktop.Avahi.ServiceResolver")?
+        .build();
+    let mut signals = MessageStream::for_match_rule(rule, conn, Some(64)).await?;
+    let server = server(conn).await?;
+    let path = server
+        .service_resolver_prepare(
+            interface,
+            PROTO_INET,
+            name,
+            SERVICE_TYPE,
+            "local",
+            PROTO_INET,
+            0,
+        )
+        .await?;
+    let resolver = ServiceResolverProxy::builder(conn)
+        .path(path.clone())?
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
+    let freed = ResolverGuard(Some(resolver.clone()));
+    resolver.start().await?;
+    let outcome = loop {
+        let Some(message) = signals.next().await else {
+            break Ok(());
+        };
+        let message = message?;
+        if message.header().path().map(|p| p.as_str()) != Some(path.as_str()) {
+            continue; // another resolver's signal
+        }
+        if let Some(found) = Found::from_message(message.clone()) {
+            let args = found.args()?;
+            tracing::debug!(service = %args.name, address = %args.address, "instance resolved");
+            let Ok(ip) = args.address.parse::<IpAddr>() else {
+                continue;
+            };
+            let peer = Peer {
+                service: args.name.clone(),
+                addr: SocketAddr::new(ip, args.port),
+                class: classify(&args.txt, &classifier.cluster, &classifier.key),
+            };
+            if classifier
+                .events
+                .send(PeerEvent::Resolved(peer))
+                .await
+                .is_err()
+            {
+                break Ok(());
+            }
+        } else if let Some(failure) = ResolveFailure::from_message(message) {
+            let error = failure.args().map(|a| a.error.clone()).unwrap_or_default();
+            break Err(zbus::Error::Failure(format!("resolver failed: {error}")));
+        }
+    };
+    drop(freed);
+    outcome
+}
+
+/// Frees a resolver on the daemon when its task ends or is cancelled.
+struct ResolverGuard(Option<ServiceResolverProxy<'static>>);
+
+impl Drop for ResolverGuard {
+    fn drop(&mut self) {
+        // Best effort: if the daemon is gone, so is the resolver; without a runtime (shutdown),
+        // the connection closes and avahi frees it.
+        if let (Some(resolver), Ok(runtime)) =
+            (self.0.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move {
+                resolver.free().await.ok();
+            });
+        }
+    }
+}

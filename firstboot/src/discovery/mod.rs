@@ -1,0 +1,18 @@
+//! Discovery on the LAN (SPEC 4.1 step 5): Avahi over D-Bus, signed TXT records, the frame transport.
+
+pub mod avahi;
+pub mod browse;
+pub mod peers;
+pub mod publish;
+pub mod record;
+pub mod table;
+pub mod transport;
+
+/// The DNS-SD service type every firstboot node publishes and browses.
+pub const SERVICE_TYPE: &str = "_k3s-firstboot._tcp";
+
+pub use browse::{Browser, PeerEvent};
+pub use publish::Publisher;
+pub use record::{Advert, ClusterId, Peer, PeerClass, RecordKey, RolePin};
+pub use table::PeerTable;
+pub use transport::{FrameTransport, UdpTransport, FRAME_PORT, MAX_FRAME};
