@@ -55,7 +55,7 @@ pub struct StorageProbe {
 }
 
 /// What a probe measured: fdatasync latency percentiles and what it cost.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeResult {
     /// Number of write+fdatasync pairs.
