@@ -105,6 +105,7 @@ impl StorageProbe {
                 source,
             })?;
         let guard = ProbeFile { path: &path };
+        preallocate(&file, self.max_bytes);
         let measured = self.sync_loop(file, &path);
         let removed = guard.remove();
         let (latencies, bytes) = measured?;
@@ -158,6 +159,15 @@ impl Drop for ProbeFile<'_> {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(self.path);
     }
+}
+
+/// Allocate the byte budget up front as etcd does for its WAL segments (and fio for its file):
+/// each sync then converts an allocated extent instead of growing the file. Filesystems without
+/// fallocate (FAT, some network filesystems) are measured as they are.
+fn preallocate(file: &File, len: u64) {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    use std::os::fd::AsRawFd;
+    let _ = fallocate(file.as_raw_fd(), FallocateFlags::empty(), 0, len as i64);
 }
 
 /// Non-repeating bytes, so that no layer can compress or deduplicate the writes away.

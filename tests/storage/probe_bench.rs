@@ -1,0 +1,140 @@
+//! probe-bench: the storage probe against etcd's fio reference test on the same directory.
+//!
+//! `probe-bench [--dir D] [--rounds N]` alternates probe and fio N times (default 3) in D
+//! (default /var/tmp) and prints both p99s, their ratio, the probe's duration and bytes. As root
+//! it repeats this on ext4 over a tmpfs-backed loop device (a steady device), then runs the probe
+//! inside a cgroup that throttles a loop device to a few write IOPS and prints the class it
+//! chose (it must be slow). `probe-bench probe-once DIR` prints one probe result as JSON (used
+//! inside the throttled cgroup, and by the slow-device test).
+
+#[path = "devices.rs"]
+mod devices;
+
+use anyhow::Context;
+use devices::{fio_fdatasync, LoopDevice, MountedLoop, ThrottledCgroup};
+use firstboot::storage::class::Speed;
+use firstboot::storage::probe::{ProbeResult, StorageProbe};
+use std::path::{Path, PathBuf};
+
+/// Write IOPS allowed on the throttled loop device.
+const SLOW_WRITE_IOPS: u32 = 20;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("probe-once") {
+        let dir = args.get(1).context("usage: probe-bench probe-once DIR")?;
+        let r = StorageProbe::new(dir).run().context("probing")?;
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    let mut dir = PathBuf::from("/var/tmp");
+    let mut rounds = 3usize;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--dir" => dir = it.next().context("--dir needs a value")?.into(),
+            "--rounds" => rounds = it.next().context("--rounds needs a value")?.parse()?,
+            other => anyhow::bail!("unknown argument {other}; usage: probe-bench [--dir D] [--rounds N]"),
+        }
+    }
+    let work = tempfile::Builder::new().prefix("probe-bench.").tempdir_in(&dir)?;
+    compare(&format!("directory {}", dir.display()), work.path(), rounds)?;
+    if !systests::is_root() {
+        println!("\nskipping loop-device and throttled-device runs: they need root");
+        return Ok(());
+    }
+    let scratch = tempfile::tempdir()?;
+    let shm = tempfile::Builder::new().prefix("probe-bench.").tempdir_in("/dev/shm")?;
+    let steady = MountedLoop::ext4(
+        LoopDevice::create(&shm.path().join("disk.img"), 256 << 20)?,
+        &scratch.path().join("steady"),
+    )?;
+    compare("ext4 on a tmpfs-backed loop device", &steady.dir, rounds)?;
+    drop(steady);
+    slowed(scratch.path())?;
+    Ok(())
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+/// Alternate probe and fio `rounds` times in `dir` and print the figures.
+fn compare(title: &str, dir: &Path, rounds: usize) -> anyhow::Result<()> {
+    println!("\n== {title}");
+    println!("round  probe p50   probe p99   fio p50     fio p99     p99 ratio  probe ms  probe bytes  fio ms");
+    let (mut probe_p99, mut fio_p99, mut durations, mut bytes) = (vec![], vec![], vec![], vec![]);
+    for round in 1..=rounds.max(1) {
+        let p = StorageProbe::new(dir).run().context("running the probe")?;
+        let (f99, f50, fio_ms) = fio_fdatasync(dir, None)?;
+        println!(
+            "{round:>5}  {:>8.3} ms {:>8.3} ms {:>8.3} ms {:>8.3} ms {:>9.2}  {:>8}  {:>11}  {:>6}",
+            ms(p.p50_us),
+            ms(p.p99_us),
+            ms(f50),
+            ms(f99),
+            p.p99_us as f64 / f99.max(1) as f64,
+            p.elapsed_ms,
+            p.bytes,
+            fio_ms
+        );
+        probe_p99.push(p.p99_us);
+        fio_p99.push(f99);
+        durations.push(p.elapsed_ms);
+        bytes.push(p.bytes);
+    }
+    let (p, f) = (median(probe_p99), median(fio_p99));
+    println!(
+        "median p99: probe {:.3} ms, fio {:.3} ms, ratio {:.2} (goal 0.75..1.25); probe max {} ms (goal < 3000), max {} bytes (goal < {})",
+        ms(p),
+        ms(f),
+        p as f64 / f.max(1) as f64,
+        durations.iter().max().copied().unwrap_or(0),
+        bytes.iter().max().copied().unwrap_or(0),
+        32u64 << 20
+    );
+    Ok(())
+}
+
+/// Probe a loop device throttled to a few write IOPS through a cgroup; print the class.
+fn slowed(scratch: &Path) -> anyhow::Result<()> {
+    println!("\n== ext4 on a loop device throttled to {SLOW_WRITE_IOPS} write IOPS (cgroup)");
+    let slow = MountedLoop::ext4(
+        LoopDevice::create(&scratch.join("slow.img"), 256 << 20)?,
+        &scratch.join("slow"),
+    )?;
+    let cgroup = ThrottledCgroup::new(
+        &format!("probe-bench-{}", std::process::id()),
+        &slow.device.major_minor()?,
+        SLOW_WRITE_IOPS,
+    )?;
+    let exe = std::env::current_exe()?;
+    let out = cgroup.run(&exe, &["probe-once", &slow.dir.to_string_lossy()])?;
+    let r: ProbeResult = serde_json::from_str(out.trim()).context("parsing probe-once output")?;
+    let speed = Speed::from_p99_us(r.p99_us);
+    println!(
+        "probe: p50 {:.1} ms, p99 {:.1} ms, {} writes, {} bytes in {} ms -> {:?}",
+        ms(r.p50_us),
+        ms(r.p99_us),
+        r.writes,
+        r.bytes,
+        r.elapsed_ms,
+        speed
+    );
+    let fio = cgroup.run(Path::new("sh"), &["-c", &format!(
+        "fio --rw=write --ioengine=sync --fdatasync=1 --size=22m --bs=2300 --directory={} --name=t --runtime=10 --output-format=json && rm -f {}/t.0.0",
+        slow.dir.display(), slow.dir.display()
+    )])?;
+    let v: serde_json::Value = serde_json::from_str(&fio).context("parsing fio JSON")?;
+    let f99 = v["jobs"][0]["sync"]["lat_ns"]["percentile"]["99.000000"].as_u64().unwrap_or(0) / 1000;
+    println!("fio (10 s cap) p99 {:.1} ms; class from the probe: {:?} (must be Slow)", ms(f99), speed);
+    drop(cgroup);
+    drop(slow);
+    anyhow::ensure!(speed == Speed::Slow, "the throttled device was classified {speed:?}");
+    Ok(())
+}
