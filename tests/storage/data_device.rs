@@ -22,7 +22,11 @@ fn root_or_skip(test: &str) -> bool {
 fn test_root(t: &Path) -> std::path::PathBuf {
     let root = t.join("root");
     std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::write(root.join("etc/fstab"), "PARTUUID=1a2b3c4d-02  /  ext4  defaults,noatime  0  1\n").unwrap();
+    std::fs::write(
+        root.join("etc/fstab"),
+        "PARTUUID=1a2b3c4d-02  /  ext4  defaults,noatime  0  1\n",
+    )
+    .unwrap();
     let images = root.join("var/lib/rancher/k3s/agent/images");
     std::fs::create_dir_all(&images).unwrap();
     std::fs::write(images.join("airgap.tar.zst"), b"pretend images").unwrap();
@@ -34,20 +38,31 @@ fn sha256_of(dev: &Path) -> String {
 }
 
 fn blkid(dev: &Path, tag: &str) -> String {
-    let out = run(Command::new("blkid").args(["-s", tag, "-o", "value"]).arg(dev)).unwrap();
+    let out = run(Command::new("blkid")
+        .args(["-s", tag, "-o", "value"])
+        .arg(dev))
+    .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn mount_source(target: &Path) -> Option<String> {
     let mounts = firstboot::storage::sysfs::mounts().unwrap();
-    mounts.into_iter().find(|m| m.mount_point == target).map(|m| m.source)
+    mounts
+        .into_iter()
+        .find(|m| m.mount_point == target)
+        .map(|m| m.source)
 }
 
 /// Unmounts the data directory when a test ends, even on failure.
 struct Unmount(std::path::PathBuf);
 impl Drop for Unmount {
     fn drop(&mut self) {
-        let umount = || Command::new("umount").arg(&self.0).stderr(std::process::Stdio::null()).status();
+        let umount = || {
+            Command::new("umount")
+                .arg(&self.0)
+                .stderr(std::process::Stdio::null())
+                .status()
+        };
         while umount().is_ok_and(|s| s.success()) {}
     }
 }
@@ -65,7 +80,10 @@ fn empty_disk_is_formatted_filled_and_mounted_then_resumed_idempotently() {
 
     let moved = move_data_to(&Host::system(&root).unwrap(), &dev.path, false).unwrap();
     assert!(moved.formatted && moved.mounted);
-    assert_eq!(mount_source(&target).as_deref(), Some(dev.path.to_str().unwrap()));
+    assert_eq!(
+        mount_source(&target).as_deref(),
+        Some(dev.path.to_str().unwrap())
+    );
     assert_eq!(blkid(&dev.path, "LABEL"), LABEL);
     assert_eq!(blkid(&dev.path, "UUID"), moved.uuid);
     assert_eq!(
@@ -75,15 +93,24 @@ fn empty_disk_is_formatted_filled_and_mounted_then_resumed_idempotently() {
     );
     let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
     assert!(fstab.starts_with("PARTUUID=1a2b3c4d-02  /  ext4  defaults,noatime  0  1\n"));
-    assert!(fstab.contains(&format!("UUID={}\t/var/lib/rancher\text4\tdefaults,noatime,nofail\t0\t2\n", moved.uuid)));
-    let dropin = std::fs::read_to_string(root.join("etc/systemd/system/k3s.service.d/60-firstboot-data-device.conf")).unwrap();
+    assert!(fstab.contains(&format!(
+        "UUID={}\t/var/lib/rancher\text4\tdefaults,noatime,nofail\t0\t2\n",
+        moved.uuid
+    )));
+    let dropin = std::fs::read_to_string(
+        root.join("etc/systemd/system/k3s.service.d/60-firstboot-data-device.conf"),
+    )
+    .unwrap();
     assert!(dropin.contains("RequiresMountsFor=/var/lib/rancher"));
 
     // Running again while mounted changes nothing.
     let again = move_data_to(&Host::system(&root).unwrap(), &dev.path, false).unwrap();
     assert!(!again.formatted && !again.mounted);
     assert_eq!(again.uuid, moved.uuid);
-    assert_eq!(std::fs::read_to_string(root.join("etc/fstab")).unwrap(), fstab);
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/fstab")).unwrap(),
+        fstab
+    );
 
     // After an unmount (a power loss before the mount), our own disk is resumed, not refused.
     run(Command::new("umount").arg(&target)).unwrap();
@@ -105,7 +132,10 @@ fn assert_refused_untouched(dev: &Path, expect: impl Fn(&DataDeviceError) -> boo
     assert!(expect(&err), "unexpected error: {err}");
     let msg = err.to_string();
     assert!(msg.contains(needle), "{msg}");
-    assert!(msg.contains("data_device_force"), "the error says how to override: {msg}");
+    assert!(
+        msg.contains("data_device_force"),
+        "the error says how to override: {msg}"
+    );
     assert_eq!(sha256_of(dev), before, "device bytes unchanged");
     assert_eq!(std::fs::read(root.join("etc/fstab")).unwrap(), fstab);
     assert_eq!(mount_source(&root.join("var/lib/rancher")), None);
@@ -118,7 +148,10 @@ fn disk_with_a_filesystem_is_refused_and_not_touched() {
     }
     let t = tempfile::tempdir().unwrap();
     let dev = LoopDevice::create(&t.path().join("used.img"), 64 << 20).unwrap();
-    run(Command::new("mkfs.ext4").args(["-F", "-q", "-L", "precious"]).arg(&dev.path)).unwrap();
+    run(Command::new("mkfs.ext4")
+        .args(["-F", "-q", "-L", "precious"])
+        .arg(&dev.path))
+    .unwrap();
     assert_refused_untouched(
         &dev.path,
         |e| matches!(e, DataDeviceError::NotEmpty { signature: Signature::Ext { label, .. }, .. } if label == "precious"),
@@ -126,7 +159,19 @@ fn disk_with_a_filesystem_is_refused_and_not_touched() {
     );
     let fat = LoopDevice::create(&t.path().join("fat.img"), 64 << 20).unwrap();
     run(Command::new("mkfs.vfat").arg(&fat.path)).unwrap();
-    assert_refused_untouched(&fat.path, |e| matches!(e, DataDeviceError::NotEmpty { signature: Signature::Fat, .. }), "a FAT filesystem");
+    assert_refused_untouched(
+        &fat.path,
+        |e| {
+            matches!(
+                e,
+                DataDeviceError::NotEmpty {
+                    signature: Signature::Fat,
+                    ..
+                }
+            )
+        },
+        "a FAT filesystem",
+    );
 }
 
 #[test]
@@ -138,13 +183,25 @@ fn disk_with_a_partition_table_is_refused_and_not_touched() {
     for (label, sig) in [("dos", Signature::Mbr), ("gpt", Signature::Gpt)] {
         let dev = LoopDevice::create(&t.path().join(format!("{label}.img")), 64 << 20).unwrap();
         let mut sfdisk = Command::new("sfdisk");
-        sfdisk.arg("--quiet").arg(&dev.path).stdin(std::process::Stdio::piped());
+        sfdisk
+            .arg("--quiet")
+            .arg(&dev.path)
+            .stdin(std::process::Stdio::piped());
         let mut child = sfdisk.spawn().unwrap();
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(format!("label: {label}\n,,L\n").as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("label: {label}\n,,L\n").as_bytes())
+            .unwrap();
         assert!(child.wait().unwrap().success());
         let want = sig.clone();
-        assert_refused_untouched(&dev.path, move |e| matches!(e, DataDeviceError::NotEmpty { signature, .. } if *signature == want), "partition table");
+        assert_refused_untouched(
+            &dev.path,
+            move |e| matches!(e, DataDeviceError::NotEmpty { signature, .. } if *signature == want),
+            "partition table",
+        );
     }
 }
 
@@ -155,7 +212,10 @@ fn force_erases_a_used_disk_but_never_a_mounted_one() {
     }
     let t = tempfile::tempdir().unwrap();
     let dev = LoopDevice::create(&t.path().join("used.img"), 64 << 20).unwrap();
-    run(Command::new("mkfs.ext4").args(["-F", "-q", "-L", "old"]).arg(&dev.path)).unwrap();
+    run(Command::new("mkfs.ext4")
+        .args(["-F", "-q", "-L", "old"])
+        .arg(&dev.path))
+    .unwrap();
 
     // Mounted elsewhere: refused even with force, bytes unchanged.
     let elsewhere = t.path().join("elsewhere");

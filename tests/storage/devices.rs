@@ -13,7 +13,10 @@ use std::process::{Command, Output};
 pub fn run(cmd: &mut Command) -> anyhow::Result<Output> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(out)
 }
@@ -37,8 +40,15 @@ impl LoopDevice {
 
     /// `major:minor` of the device.
     pub fn major_minor(&self) -> anyhow::Result<String> {
-        let name = self.path.file_name().context("loop path")?.to_string_lossy().into_owned();
-        Ok(std::fs::read_to_string(format!("/sys/block/{name}/dev"))?.trim().to_string())
+        let name = self
+            .path
+            .file_name()
+            .context("loop path")?
+            .to_string_lossy()
+            .into_owned();
+        Ok(std::fs::read_to_string(format!("/sys/block/{name}/dev"))?
+            .trim()
+            .to_string())
     }
 }
 
@@ -59,10 +69,15 @@ pub struct MountedLoop {
 impl MountedLoop {
     /// Format `device` as ext4 and mount it at `dir`.
     pub fn ext4(device: LoopDevice, dir: &Path) -> anyhow::Result<MountedLoop> {
-        run(Command::new("mkfs.ext4").args(["-F", "-q"]).arg(&device.path))?;
+        run(Command::new("mkfs.ext4")
+            .args(["-F", "-q"])
+            .arg(&device.path))?;
         std::fs::create_dir_all(dir)?;
         run(Command::new("mount").arg(&device.path).arg(dir))?;
-        Ok(MountedLoop { dir: dir.to_path_buf(), device })
+        Ok(MountedLoop {
+            dir: dir.to_path_buf(),
+            device,
+        })
     }
 }
 
@@ -83,14 +98,21 @@ impl ThrottledCgroup {
     /// controller is available, else cgroup v1 `blkio.throttle.write_iops_device`.
     pub fn new(name: &str, major_minor: &str, write_iops: u32) -> anyhow::Result<ThrottledCgroup> {
         let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers");
-        let has_io_v2 = std::fs::read_to_string(v2).is_ok_and(|c| c.split_whitespace().any(|x| x == "io"));
+        let has_io_v2 =
+            std::fs::read_to_string(v2).is_ok_and(|c| c.split_whitespace().any(|x| x == "io"));
         if has_io_v2 {
             let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+io");
             let dir = Path::new("/sys/fs/cgroup").join(name);
             std::fs::create_dir_all(&dir).context("creating cgroup v2")?;
-            std::fs::write(dir.join("io.max"), format!("{major_minor} wiops={write_iops}"))
-                .context("writing io.max")?;
-            return Ok(ThrottledCgroup { procs: dir.join("cgroup.procs"), dir });
+            std::fs::write(
+                dir.join("io.max"),
+                format!("{major_minor} wiops={write_iops}"),
+            )
+            .context("writing io.max")?;
+            return Ok(ThrottledCgroup {
+                procs: dir.join("cgroup.procs"),
+                dir,
+            });
         }
         let v1 = Path::new("/sys/fs/cgroup/blkio");
         if v1.is_dir() {
@@ -101,7 +123,10 @@ impl ThrottledCgroup {
                 format!("{major_minor} {write_iops}"),
             )
             .context("writing blkio.throttle.write_iops_device")?;
-            return Ok(ThrottledCgroup { procs: dir.join("cgroup.procs"), dir });
+            return Ok(ThrottledCgroup {
+                procs: dir.join("cgroup.procs"),
+                dir,
+            });
         }
         bail!("neither the cgroup v2 io controller nor cgroup v1 blkio is available")
     }
@@ -127,9 +152,15 @@ impl Drop for ThrottledCgroup {
 /// fio's reference etcd test in `dir`; returns (p99, p50) of fdatasync latency in microseconds.
 pub fn fio_fdatasync(dir: &Path, runtime_secs: Option<u32>) -> anyhow::Result<(u64, u64, u64)> {
     let mut cmd = Command::new("fio");
-    cmd.args(["--rw=write", "--ioengine=sync", "--fdatasync=1", "--size=22m", "--bs=2300"])
-        .arg(format!("--directory={}", dir.display()))
-        .args(["--name=t", "--output-format=json"]);
+    cmd.args([
+        "--rw=write",
+        "--ioengine=sync",
+        "--fdatasync=1",
+        "--size=22m",
+        "--bs=2300",
+    ])
+    .arg(format!("--directory={}", dir.display()))
+    .args(["--name=t", "--output-format=json"]);
     if let Some(s) = runtime_secs {
         cmd.arg(format!("--runtime={s}"));
     }
@@ -137,7 +168,12 @@ pub fn fio_fdatasync(dir: &Path, runtime_secs: Option<u32>) -> anyhow::Result<(u
     let _ = std::fs::remove_file(dir.join("t.0.0"));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing fio JSON")?;
     let lat = &v["jobs"][0]["sync"]["lat_ns"]["percentile"];
-    let us = |k: &str| lat[k].as_u64().map(|ns| ns / 1000).with_context(|| format!("fio percentile {k}"));
+    let us = |k: &str| {
+        lat[k]
+            .as_u64()
+            .map(|ns| ns / 1000)
+            .with_context(|| format!("fio percentile {k}"))
+    };
     let runtime = v["jobs"][0]["job_runtime"].as_u64().unwrap_or(0);
     Ok((us("99.000000")?, us("50.000000")?, runtime))
 }

@@ -34,17 +34,23 @@ fn main() -> anyhow::Result<()> {
         match a.as_str() {
             "--dir" => dir = it.next().context("--dir needs a value")?.into(),
             "--rounds" => rounds = it.next().context("--rounds needs a value")?.parse()?,
-            other => anyhow::bail!("unknown argument {other}; usage: probe-bench [--dir D] [--rounds N]"),
+            other => {
+                anyhow::bail!("unknown argument {other}; usage: probe-bench [--dir D] [--rounds N]")
+            }
         }
     }
-    let work = tempfile::Builder::new().prefix("probe-bench.").tempdir_in(&dir)?;
+    let work = tempfile::Builder::new()
+        .prefix("probe-bench.")
+        .tempdir_in(&dir)?;
     compare(&format!("directory {}", dir.display()), work.path(), rounds)?;
     if !systests::is_root() {
         println!("\nskipping loop-device and throttled-device runs: they need root");
         return Ok(());
     }
     let scratch = tempfile::tempdir()?;
-    let shm = tempfile::Builder::new().prefix("probe-bench.").tempdir_in("/dev/shm")?;
+    let shm = tempfile::Builder::new()
+        .prefix("probe-bench.")
+        .tempdir_in("/dev/shm")?;
     let steady = MountedLoop::ext4(
         LoopDevice::create(&shm.path().join("disk.img"), 256 << 20)?,
         &scratch.path().join("steady"),
@@ -131,10 +137,20 @@ fn slowed(scratch: &Path) -> anyhow::Result<()> {
         slow.dir.display(), slow.dir.display()
     )])?;
     let v: serde_json::Value = serde_json::from_str(&fio).context("parsing fio JSON")?;
-    let f99 = v["jobs"][0]["sync"]["lat_ns"]["percentile"]["99.000000"].as_u64().unwrap_or(0) / 1000;
-    println!("fio (10 s cap) p99 {:.1} ms; class from the probe: {:?} (must be Slow)", ms(f99), speed);
+    let f99 = v["jobs"][0]["sync"]["lat_ns"]["percentile"]["99.000000"]
+        .as_u64()
+        .unwrap_or(0)
+        / 1000;
+    println!(
+        "fio (10 s cap) p99 {:.1} ms; class from the probe: {:?} (must be Slow)",
+        ms(f99),
+        speed
+    );
     drop(cgroup);
     drop(slow);
-    anyhow::ensure!(speed == Speed::Slow, "the throttled device was classified {speed:?}");
+    anyhow::ensure!(
+        speed == Speed::Slow,
+        "the throttled device was classified {speed:?}"
+    );
     Ok(())
 }

@@ -37,5 +37,12 @@ fn throttled_loop_device_is_classified_slow() {
     println!("throttled probe: {r:?}");
     assert!(r.writes >= 1 && r.bytes < 32 << 20);
     assert_eq!(Speed::from_p99_us(r.p99_us), Speed::Slow, "{r:?}");
-    assert_eq!(std::fs::read_dir(&slow.dir).unwrap().filter(|e| e.as_ref().unwrap().file_name() != "lost+found").count(), 0, "probe file removed");
+    assert_eq!(
+        std::fs::read_dir(&slow.dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name() != "lost+found")
+            .count(),
+        0,
+        "probe file removed"
+    );
 }

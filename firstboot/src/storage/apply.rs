@@ -105,7 +105,12 @@ fn relative(path: &Path) -> PathBuf {
 }
 
 /// Make `root/rel` hold exactly `content`, or not exist when `content` is None.
-fn put(root: &Path, rel: &str, content: Option<&str>, out: &mut AppliedTuning) -> anyhow::Result<()> {
+fn put(
+    root: &Path,
+    rel: &str,
+    content: Option<&str>,
+    out: &mut AppliedTuning,
+) -> anyhow::Result<()> {
     let path = root.join(rel);
     match content {
         Some(c) => {
@@ -133,7 +138,10 @@ pub fn write_if_changed(path: &Path, content: &[u8], mode: u32) -> anyhow::Resul
         .parent()
         .with_context(|| format!("{} has no parent directory", path.display()))?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.firstboot-tmp"));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -166,7 +174,8 @@ fn tune_fstab(
 ) -> anyhow::Result<()> {
     let path = root.join("etc/fstab");
     let Ok(text) = std::fs::read_to_string(&path) else {
-        out.notes.push("no /etc/fstab: mount options left alone".into());
+        out.notes
+            .push("no /etc/fstab: mount options left alone".into());
         return Ok(());
     };
     let (tuned, found) = tune_fstab_text(&text, plan, data_dir);
@@ -220,7 +229,9 @@ pub fn tune_fstab_text(text: &str, plan: &TuningPlan, data_dir: &Path) -> (Strin
         .filter_map(|(i, l)| {
             let f = fields(l);
             let mp = Path::new(&l[f.get(1)?.0..f.get(1)?.1]);
-            data_dir.starts_with(mp).then_some((i, mp.as_os_str().len()))
+            data_dir
+                .starts_with(mp)
+                .then_some((i, mp.as_os_str().len()))
         })
         .max_by_key(|&(_, len)| len)
         .map(|(i, _)| i);
@@ -252,7 +263,9 @@ fn tune_options(options: &str, plan: &TuningPlan, ext4: bool) -> String {
         .split(',')
         .filter(|o| {
             let atime = ["atime", "noatime", "relatime", "strictatime"].contains(o);
-            !(plan.mount.noatime && atime) && !(commit.is_some() && o.starts_with("commit="))
+            let replaced_atime = plan.mount.noatime && atime;
+            let replaced_commit = commit.is_some() && o.starts_with("commit=");
+            !(replaced_atime || replaced_commit)
         })
         .map(str::to_string)
         .collect();
@@ -284,11 +297,18 @@ fn swap_off(root: &Path, out: &mut AppliedTuning) -> anyhow::Result<()> {
     // Trixie: rpi-swap (and Debian's zram-generator) are generators; a /dev/null link in /etc
     // disables a generator of the same name (systemd.generator(7)).
     for generator in SWAP_GENERATORS {
-        let installed = ["usr/lib/systemd/system-generators", "lib/systemd/system-generators"]
-            .iter()
-            .any(|d| root.join(d).join(generator).exists());
+        let installed = [
+            "usr/lib/systemd/system-generators",
+            "lib/systemd/system-generators",
+        ]
+        .iter()
+        .any(|d| root.join(d).join(generator).exists());
         if installed {
-            mask(root, &format!("etc/systemd/system-generators/{generator}"), out)?;
+            mask(
+                root,
+                &format!("etc/systemd/system-generators/{generator}"),
+                out,
+            )?;
         }
     }
     Ok(())
@@ -318,7 +338,14 @@ mod tests {
     use crate::storage::class::{DeviceKind, Speed, StorageClass};
 
     fn sd_plan() -> TuningPlan {
-        TuningPlan::for_class(StorageClass { kind: DeviceKind::Sd, speed: Speed::Slow }, Some("mmcblk0"), &[])
+        TuningPlan::for_class(
+            StorageClass {
+                kind: DeviceKind::Sd,
+                speed: Speed::Slow,
+            },
+            Some("mmcblk0"),
+            &[],
+        )
     }
 
     #[test]
@@ -329,8 +356,12 @@ mod tests {
                     /swap none swap sw 0 0\n";
         let (out, found) = tune_fstab_text(text, &sd_plan(), Path::new("/var/lib/rancher"));
         assert!(found);
-        assert!(out.contains("PARTUUID=abc-02  /               ext4    defaults,noatime,commit=60  0       1\n"));
-        assert!(out.contains("PARTUUID=abc-01  /boot/firmware  vfat    defaults          0       2\n"));
+        assert!(out.contains(
+            "PARTUUID=abc-02  /               ext4    defaults,noatime,commit=60  0       1\n"
+        ));
+        assert!(
+            out.contains("PARTUUID=abc-01  /boot/firmware  vfat    defaults          0       2\n")
+        );
         assert!(out.contains("# firstboot: swap off for this storage class: /swap none swap"));
         let (again, _) = tune_fstab_text(&out, &sd_plan(), Path::new("/var/lib/rancher"));
         assert_eq!(again, out);
@@ -340,6 +371,9 @@ mod tests {
     fn commit_is_only_for_ext4_and_longest_mount_wins() {
         let text = "/dev/root / ext4 defaults 0 1\n/dev/sda1 /var/lib/rancher xfs defaults 0 2\n";
         let (out, _) = tune_fstab_text(text, &sd_plan(), Path::new("/var/lib/rancher"));
-        assert_eq!(out, "/dev/root / ext4 defaults 0 1\n/dev/sda1 /var/lib/rancher xfs defaults,noatime 0 2\n");
+        assert_eq!(
+            out,
+            "/dev/root / ext4 defaults 0 1\n/dev/sda1 /var/lib/rancher xfs defaults,noatime 0 2\n"
+        );
     }
 }

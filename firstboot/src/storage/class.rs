@@ -66,7 +66,10 @@ pub struct StorageClass {
 impl StorageClass {
     /// True for media whose flash translation layer suffers from small synchronous writes.
     pub fn is_sd_like(self) -> bool {
-        matches!(self.kind, DeviceKind::Sd | DeviceKind::Emmc | DeviceKind::UsbFlash)
+        matches!(
+            self.kind,
+            DeviceKind::Sd | DeviceKind::Emmc | DeviceKind::UsbFlash
+        )
     }
 }
 
@@ -216,7 +219,11 @@ pub(crate) mod tests {
         let r = t.path();
         let sd = fake_disk(r, "devices/mmc0/block/mmcblk0", &[("device/type", "SD")]);
         let emmc = fake_disk(r, "devices/mmc1/block/mmcblk1", &[("device/type", "MMC")]);
-        let nvme = fake_disk(r, "devices/pcie/nvme/nvme0/nvme0n1", &[("queue/rotational", "0")]);
+        let nvme = fake_disk(
+            r,
+            "devices/pcie/nvme/nvme0/nvme0n1",
+            &[("queue/rotational", "0")],
+        );
         let stick = fake_disk(
             r,
             "devices/usb2/2-1/2-1:1.0/host0/block/sda",
@@ -232,8 +239,16 @@ pub(crate) mod tests {
             "devices/usb2/2-3/2-3:1.0/host2/block/sdc",
             &[("queue/rotational", "1"), ("size", "1953525168")],
         );
-        let sata = fake_disk(r, "devices/ata1/host3/block/sdd", &[("queue/rotational", "0")]);
-        let lo = fake_disk(r, "devices/virtual/block/loop0", &[("queue/rotational", "0")]);
+        let sata = fake_disk(
+            r,
+            "devices/ata1/host3/block/sdd",
+            &[("queue/rotational", "0")],
+        );
+        let lo = fake_disk(
+            r,
+            "devices/virtual/block/loop0",
+            &[("queue/rotational", "0")],
+        );
         assert_eq!(kind_of_disk(&sd), DeviceKind::Sd);
         assert_eq!(kind_of_disk(&emmc), DeviceKind::Emmc);
         assert_eq!(kind_of_disk(&nvme), DeviceKind::Nvme);
@@ -254,8 +269,11 @@ pub(crate) mod tests {
             &[("queue/rotational", "0"), ("size", "234441648")],
         );
         std::fs::create_dir_all(r.join("drivers/uas")).unwrap();
-        std::os::unix::fs::symlink(r.join("drivers/uas"), r.join("devices/usb2/2-1/2-1:1.0/driver"))
-            .unwrap();
+        std::os::unix::fs::symlink(
+            r.join("drivers/uas"),
+            r.join("devices/usb2/2-1/2-1:1.0/driver"),
+        )
+        .unwrap();
         assert_eq!(kind_of_disk(&d), DeviceKind::UsbSsd);
     }
 
@@ -267,10 +285,16 @@ pub(crate) mod tests {
 
     #[test]
     fn profile_overrides_measurement() {
-        let nvme = StorageClass { kind: DeviceKind::Nvme, speed: Speed::Fast };
+        let nvme = StorageClass {
+            kind: DeviceKind::Nvme,
+            speed: Speed::Fast,
+        };
         assert_eq!(Profile::Auto.resolve(nvme), nvme);
         assert_eq!(Profile::Sd.resolve(nvme).kind, DeviceKind::Sd);
         assert_eq!("ssd".parse::<Profile>().unwrap(), Profile::Ssd);
-        assert!("hdd".parse::<Profile>().unwrap_err().contains("auto, sd or ssd"));
+        assert!("hdd"
+            .parse::<Profile>()
+            .unwrap_err()
+            .contains("auto, sd or ssd"));
     }
 }

@@ -37,7 +37,10 @@ pub fn render(a: &StorageAssessment) -> String {
     let p = &a.probe;
     let mut s = String::new();
     s += &format!("directory:   {}\n", a.dir.display());
-    s += &format!("disk:        {}\n", a.disk.as_deref().unwrap_or("(not a disk)"));
+    s += &format!(
+        "disk:        {}\n",
+        a.disk.as_deref().unwrap_or("(not a disk)")
+    );
     s += &format!("class:       {}  (score {})\n", a.class, a.score);
     s += &format!(
         "fdatasync:   p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (etcd wants p99 < 10 ms)\n",

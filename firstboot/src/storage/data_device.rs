@@ -262,9 +262,15 @@ pub fn signature_in(head: &[u8], tail: &[u8], tail_start: u64, size: u64) -> Opt
         (at(head, 0x10040, b"_BHRfS_M"), Signature::Btrfs),
         (at(head, 3, b"EXFAT   "), Signature::ExFat),
         (at(head, 3, b"NTFS    "), Signature::Ntfs),
-        (at(head, 0x36, b"FAT1") || at(head, 0x52, b"FAT32"), Signature::Fat),
+        (
+            at(head, 0x36, b"FAT1") || at(head, 0x52, b"FAT32"),
+            Signature::Fat,
+        ),
         (at(head, 1024, &[0x10, 0x20, 0xf5, 0xf2]), Signature::F2fs),
-        ((0..4).any(|s| at(head, s * 512, b"LABELONE")), Signature::Lvm),
+        (
+            (0..4).any(|s| at(head, s * 512, b"LABELONE")),
+            Signature::Lvm,
+        ),
         (
             [4096usize, 8192, 16384, 65536]
                 .iter()
@@ -272,7 +278,12 @@ pub fn signature_in(head: &[u8], tail: &[u8], tail_start: u64, size: u64) -> Opt
             Signature::Swap,
         ),
         (at(head, 0, b"LUKS\xba\xbe"), Signature::Luks),
-        (at(head, 0, &MD_MAGIC) || at(head, 4096, &MD_MAGIC) || md_at_end(tail, tail_start, size), Signature::MdRaid),
+        (
+            at(head, 0, &MD_MAGIC)
+                || at(head, 4096, &MD_MAGIC)
+                || md_at_end(tail, tail_start, size),
+            Signature::MdRaid,
+        ),
         (at(head, 32769, b"CD001"), Signature::Iso9660),
         (at(head, 510, &[0x55, 0xaa]), Signature::Mbr),
     ];
@@ -282,9 +293,9 @@ pub fn signature_in(head: &[u8], tail: &[u8], tail_start: u64, size: u64) -> Opt
     if let Some(i) = head.iter().position(|&b| b != 0) {
         return Some(Signature::Data { offset: i as u64 });
     }
-    tail.iter()
-        .position(|&b| b != 0)
-        .map(|i| Signature::Data { offset: tail_start + i as u64 })
+    tail.iter().position(|&b| b != 0).map(|i| Signature::Data {
+        offset: tail_start + i as u64,
+    })
 }
 
 /// md superblocks 0.90 (last 64 KiB-aligned block) and 1.0 (8 KiB from the end, 4 KiB-aligned).
@@ -301,7 +312,14 @@ fn format_uuid(b: &[u8]) -> String {
     if h.len() != 32 {
         return h;
     }
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 fn random_uuid() -> anyhow::Result<String> {
@@ -337,14 +355,19 @@ fn boot_disks(host: &Host) -> Vec<String> {
 }
 
 fn disk_of_source(host: &Host, m: &Mount) -> Option<String> {
-    let rdev = std::fs::metadata(&m.source).ok().filter(|md| md.file_type().is_block_device())?.rdev();
+    let rdev = std::fs::metadata(&m.source)
+        .ok()
+        .filter(|md| md.file_type().is_block_device())?
+        .rdev();
     sysfs::disk_of_dev(&host.sysfs, sysfs::split_dev(rdev)).map(|d| d.name)
 }
 
 /// Refuse mounted and boot disks; only block devices are checked (tests use files for `auto`).
 fn check_not_in_use(host: &Host, device: &Path) -> Result<(), DataDeviceError> {
     let Ok(meta) = std::fs::metadata(device) else {
-        return Err(DataDeviceError::NotABlockDevice { device: device.into() });
+        return Err(DataDeviceError::NotABlockDevice {
+            device: device.into(),
+        });
     };
     if !meta.file_type().is_block_device() {
         return Ok(());
@@ -352,14 +375,20 @@ fn check_not_in_use(host: &Host, device: &Path) -> Result<(), DataDeviceError> {
     let Some(disk) = sysfs::disk_of_dev(&host.sysfs, sysfs::split_dev(meta.rdev())) else {
         return Ok(());
     };
-    if let Some(m) = host.mounts.iter().find(|m| disk_of_source(host, m).as_deref() == Some(&disk.name)) {
+    if let Some(m) = host
+        .mounts
+        .iter()
+        .find(|m| disk_of_source(host, m).as_deref() == Some(&disk.name))
+    {
         return Err(DataDeviceError::Mounted {
             device: device.into(),
             mount_point: m.mount_point.clone(),
         });
     }
     if boot_disks(host).contains(&disk.name) {
-        return Err(DataDeviceError::BootDisk { device: device.into() });
+        return Err(DataDeviceError::BootDisk {
+            device: device.into(),
+        });
     }
     Ok(())
 }
@@ -374,7 +403,9 @@ fn auto_candidates(host: &Host) -> Vec<String> {
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| {
-            !["loop", "ram", "zram", "dm-", "md", "sr", "nbd"].iter().any(|p| n.starts_with(p))
+            !["loop", "ram", "zram", "dm-", "md", "sr", "nbd"]
+                .iter()
+                .any(|p| n.starts_with(p))
                 && !n.contains("boot")
                 && !n.contains("rpmb")
                 && !boot.contains(n)
@@ -401,7 +432,9 @@ pub fn choose(host: &Host, choice: &DataDeviceChoice) -> Result<Option<PathBuf>,
                 match detect_signature(&dev) {
                     Ok(None) => usable.push(dev),
                     // Our own disk after a power loss: it is the one, whatever else exists.
-                    Ok(Some(Signature::Ext { label, uuid })) if label == LABEL && Some(&uuid) == ours.as_ref() => {
+                    Ok(Some(Signature::Ext { label, uuid }))
+                        if label == LABEL && Some(&uuid) == ours.as_ref() =>
+                    {
                         return Ok(Some(dev));
                     }
                     _ => {}
@@ -417,26 +450,40 @@ pub fn choose(host: &Host, choice: &DataDeviceChoice) -> Result<Option<PathBuf>,
 }
 
 /// Move `/var/lib/rancher` (under `host.root`) onto `device`: check, format, fstab, copy, mount.
-pub fn move_data_to(host: &Host, device: &Path, force: bool) -> Result<DataDevice, DataDeviceError> {
+pub fn move_data_to(
+    host: &Host,
+    device: &Path,
+    force: bool,
+) -> Result<DataDevice, DataDeviceError> {
     let meta = std::fs::metadata(device)
         .map_err(|e| failed(format!("inspecting {}", device.display()))(e.into()))?;
     if !meta.file_type().is_block_device() {
-        return Err(DataDeviceError::NotABlockDevice { device: device.into() });
+        return Err(DataDeviceError::NotABlockDevice {
+            device: device.into(),
+        });
     }
     let target = under(&host.root, Path::new(DATA_DIR));
     let signature = detect_signature(device)
         .map_err(|e| failed(format!("reading {}", device.display()))(e.into()))?;
     let ours = fstab_uuid(&host.root);
     let resumed_uuid = match &signature {
-        Some(Signature::Ext { label, uuid }) if label == LABEL && Some(uuid) == ours.as_ref() => Some(uuid.clone()),
+        Some(Signature::Ext { label, uuid }) if label == LABEL && Some(uuid) == ours.as_ref() => {
+            Some(uuid.clone())
+        }
         _ => None,
     };
     if let Some(uuid) = &resumed_uuid {
-        let mounted_here = host.mounts.iter().any(|m| {
-            m.mount_point == target && same_device(&m.source, device)
-        });
+        let mounted_here = host
+            .mounts
+            .iter()
+            .any(|m| m.mount_point == target && same_device(&m.source, device));
         if mounted_here {
-            return Ok(DataDevice { device: device.into(), uuid: uuid.clone(), formatted: false, mounted: false });
+            return Ok(DataDevice {
+                device: device.into(),
+                uuid: uuid.clone(),
+                formatted: false,
+                mounted: false,
+            });
         }
     }
     check_not_in_use(host, device)?;
@@ -444,7 +491,10 @@ pub fn move_data_to(host: &Host, device: &Path, force: bool) -> Result<DataDevic
         Some(uuid) => (uuid, false),
         None => {
             if let (Some(signature), false) = (signature, force) {
-                return Err(DataDeviceError::NotEmpty { device: device.into(), signature });
+                return Err(DataDeviceError::NotEmpty {
+                    device: device.into(),
+                    signature,
+                });
             }
             let uuid = random_uuid().map_err(failed("generating a filesystem UUID"))?;
             format(device, &uuid).map_err(failed(format!("formatting {}", device.display())))?;
@@ -460,8 +510,17 @@ pub fn move_data_to(host: &Host, device: &Path, force: bool) -> Result<DataDevic
         write_if_changed(&host.root.join(dropin), text.as_bytes(), 0o644)
             .map_err(failed(format!("writing {dropin}")))?;
     }
-    copy_and_mount(device, &target).map_err(failed(format!("moving {} onto {}", target.display(), device.display())))?;
-    Ok(DataDevice { device: device.into(), uuid, formatted, mounted: true })
+    copy_and_mount(device, &target).map_err(failed(format!(
+        "moving {} onto {}",
+        target.display(),
+        device.display()
+    )))?;
+    Ok(DataDevice {
+        device: device.into(),
+        uuid,
+        formatted,
+        mounted: true,
+    })
 }
 
 fn same_device(source: &str, device: &Path) -> bool {
@@ -476,7 +535,11 @@ fn format(device: &Path, uuid: &str) -> anyhow::Result<()> {
         .output()
         .map_err(|e| anyhow::anyhow!("running mkfs.ext4: {e}"))?;
     if !out.status.success() {
-        anyhow::bail!("mkfs.ext4 failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        anyhow::bail!(
+            "mkfs.ext4 failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -488,10 +551,14 @@ fn write_fstab(root: &Path, uuid: &str) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&path).unwrap_or_default();
     let mut lines: Vec<String> = text
         .lines()
-        .filter(|l| l.trim_start().starts_with('#') || l.split_whitespace().nth(1) != Some(DATA_DIR))
+        .filter(|l| {
+            l.trim_start().starts_with('#') || l.split_whitespace().nth(1) != Some(DATA_DIR)
+        })
         .map(str::to_string)
         .collect();
-    lines.push(format!("UUID={uuid}\t{DATA_DIR}\text4\tdefaults,noatime,nofail\t0\t2"));
+    lines.push(format!(
+        "UUID={uuid}\t{DATA_DIR}\text4\tdefaults,noatime,nofail\t0\t2"
+    ));
     write_if_changed(&path, (lines.join("\n") + "\n").as_bytes(), 0o644)?;
     Ok(())
 }
@@ -503,8 +570,20 @@ fn copy_and_mount(device: &Path, target: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(target)?;
     let staging = target.with_file_name(".rancher-data-staging");
     std::fs::create_dir_all(&staging)?;
-    mount(Some(device), &staging, Some("ext4"), MsFlags::MS_NOATIME, None::<&str>)
-        .map_err(|e| anyhow::anyhow!("mounting {} on {}: {e}", device.display(), staging.display()))?;
+    mount(
+        Some(device),
+        &staging,
+        Some("ext4"),
+        MsFlags::MS_NOATIME,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "mounting {} on {}: {e}",
+            device.display(),
+            staging.display()
+        )
+    })?;
     let copied = Command::new("cp")
         .arg("-a")
         .arg(format!("{}/.", target.display()))
@@ -515,11 +594,20 @@ fn copy_and_mount(device: &Path, target: &Path) -> anyhow::Result<()> {
     std::fs::remove_dir(&staging)?;
     let copied = copied.map_err(|e| anyhow::anyhow!("running cp: {e}"))?;
     if !copied.status.success() {
-        anyhow::bail!("cp -a failed: {}", String::from_utf8_lossy(&copied.stderr).trim());
+        anyhow::bail!(
+            "cp -a failed: {}",
+            String::from_utf8_lossy(&copied.stderr).trim()
+        );
     }
     synced?;
-    mount(Some(device), target, Some("ext4"), MsFlags::MS_NOATIME, None::<&str>)
-        .map_err(|e| anyhow::anyhow!("mounting {} on {}: {e}", device.display(), target.display()))?;
+    mount(
+        Some(device),
+        target,
+        Some("ext4"),
+        MsFlags::MS_NOATIME,
+        None::<&str>,
+    )
+    .map_err(|e| anyhow::anyhow!("mounting {} on {}: {e}", device.display(), target.display()))?;
     Ok(())
 }
 
@@ -554,8 +642,14 @@ mod tests {
         assert_eq!(sig(&with(512, b"LABELONE")), Some(Signature::Lvm));
         assert_eq!(sig(&with(4086, b"SWAPSPACE2")), Some(Signature::Swap));
         assert_eq!(sig(&with(0, b"LUKS\xba\xbe")), Some(Signature::Luks));
-        assert_eq!(sig(&with(4096, &[0xfc, 0x4e, 0x2b, 0xa9])), Some(Signature::MdRaid));
-        assert!(matches!(sig(&with(1080, &[0x53, 0xef])), Some(Signature::Ext { .. })));
+        assert_eq!(
+            sig(&with(4096, &[0xfc, 0x4e, 0x2b, 0xa9])),
+            Some(Signature::MdRaid)
+        );
+        assert!(matches!(
+            sig(&with(1080, &[0x53, 0xef])),
+            Some(Signature::Ext { .. })
+        ));
         assert_eq!(sig(&with(777, b"x")), Some(Signature::Data { offset: 777 }));
     }
 
@@ -564,19 +658,30 @@ mod tests {
         let head = vec![0u8; MIB as usize];
         let mut tail = vec![0u8; MIB as usize];
         tail[MIB as usize - 512..MIB as usize - 504].copy_from_slice(b"EFI PART");
-        assert_eq!(signature_in(&head, &tail, 7 * MIB, 8 * MIB), Some(Signature::Gpt));
+        assert_eq!(
+            signature_in(&head, &tail, 7 * MIB, 8 * MIB),
+            Some(Signature::Gpt)
+        );
         let mut tail = vec![0u8; MIB as usize];
         tail[5] = 1;
         assert_eq!(
             signature_in(&head, &tail, 7 * MIB, 8 * MIB),
-            Some(Signature::Data { offset: 7 * MIB + 5 })
+            Some(Signature::Data {
+                offset: 7 * MIB + 5
+            })
         );
     }
 
     #[test]
     fn choice_parses_the_config_value() {
-        assert_eq!("".parse::<DataDeviceChoice>().unwrap(), DataDeviceChoice::Keep);
-        assert_eq!("auto".parse::<DataDeviceChoice>().unwrap(), DataDeviceChoice::Auto);
+        assert_eq!(
+            "".parse::<DataDeviceChoice>().unwrap(),
+            DataDeviceChoice::Keep
+        );
+        assert_eq!(
+            "auto".parse::<DataDeviceChoice>().unwrap(),
+            DataDeviceChoice::Auto
+        );
         assert_eq!(
             "/dev/sda".parse::<DataDeviceChoice>().unwrap(),
             DataDeviceChoice::Device("/dev/sda".into())
@@ -597,7 +702,12 @@ mod tests {
             }
             std::fs::write(t.join("dev").join(name), bytes).unwrap();
         }
-        Host { root: t.join("root"), sysfs: t.join("sys"), dev_dir: t.join("dev"), mounts: vec![] }
+        Host {
+            root: t.join("root"),
+            sysfs: t.join("sys"),
+            dev_dir: t.join("dev"),
+            mounts: vec![],
+        }
     }
 
     #[test]
@@ -605,8 +715,19 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let mut gpt = vec![0u8; 520];
         gpt[512..520].copy_from_slice(b"EFI PART");
-        let host = fake_host(t.path(), &[("sda", Some(&gpt)), ("sdb", None), ("loop0", None), ("mmcblk0boot0", None)]);
-        assert_eq!(choose(&host, &DataDeviceChoice::Auto).unwrap(), Some(t.path().join("dev/sdb")));
+        let host = fake_host(
+            t.path(),
+            &[
+                ("sda", Some(&gpt)),
+                ("sdb", None),
+                ("loop0", None),
+                ("mmcblk0boot0", None),
+            ],
+        );
+        assert_eq!(
+            choose(&host, &DataDeviceChoice::Auto).unwrap(),
+            Some(t.path().join("dev/sdb"))
+        );
     }
 
     #[test]
@@ -615,7 +736,9 @@ mod tests {
         let host = fake_host(t.path(), &[("sda", None), ("nvme0n1", None)]);
         let err = choose(&host, &DataDeviceChoice::Auto).unwrap_err();
         assert!(matches!(&err, DataDeviceError::Ambiguous { candidates } if candidates.len() == 2));
-        assert!(err.to_string().contains("name one in [storage] data_device"));
+        assert!(err
+            .to_string()
+            .contains("name one in [storage] data_device"));
         let t2 = tempfile::tempdir().unwrap();
         let host = fake_host(t2.path(), &[("sda", Some(b"\x01"))]);
         assert_eq!(choose(&host, &DataDeviceChoice::Auto).unwrap(), None);

@@ -6,7 +6,7 @@
 //! node picks longer timings when the slowest planned server is slow, and carries the choice in
 //! its announcement so that joiners render exactly the same `etcd-arg` values.
 
-use super::class::{StorageClass, Speed};
+use super::class::{Speed, StorageClass};
 use serde::{Deserialize, Serialize};
 
 /// Heartbeat and election timeout of the cluster's etcd, in milliseconds.
@@ -122,8 +122,14 @@ mod tests {
     fn slowest_server_decides() {
         let fast = c(DeviceKind::Nvme, Speed::Fast);
         let slow = c(DeviceKind::Sd, Speed::Slow);
-        assert_eq!(EtcdTuning::for_servers([fast, fast]), EtcdTuning::K3S_DEFAULT);
-        assert_eq!(EtcdTuning::for_servers([fast, slow]), EtcdTuning::SLOW_STORAGE);
+        assert_eq!(
+            EtcdTuning::for_servers([fast, fast]),
+            EtcdTuning::K3S_DEFAULT
+        );
+        assert_eq!(
+            EtcdTuning::for_servers([fast, slow]),
+            EtcdTuning::SLOW_STORAGE
+        );
         assert_eq!(EtcdTuning::for_servers([]), EtcdTuning::K3S_DEFAULT);
     }
 
@@ -142,8 +148,17 @@ mod tests {
             let json = serde_json::to_string(&t).unwrap();
             assert_eq!(serde_json::from_str::<EtcdTuning>(&json).unwrap(), t);
         }
-        assert!(matches!("1000".parse::<EtcdTuning>(), Err(EtcdTuningError::Malformed(_))));
-        assert!(matches!("1000/1500".parse::<EtcdTuning>(), Err(EtcdTuningError::OutOfRange { .. })));
-        assert!(matches!("10/100".parse::<EtcdTuning>(), Err(EtcdTuningError::OutOfRange { .. })));
+        assert!(matches!(
+            "1000".parse::<EtcdTuning>(),
+            Err(EtcdTuningError::Malformed(_))
+        ));
+        assert!(matches!(
+            "1000/1500".parse::<EtcdTuning>(),
+            Err(EtcdTuningError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            "10/100".parse::<EtcdTuning>(),
+            Err(EtcdTuningError::OutOfRange { .. })
+        ));
     }
 }

@@ -109,7 +109,9 @@ impl TuningPlan {
         let slow = class.speed == Speed::Slow;
         let hdd = class.kind == DeviceKind::Hdd;
         let journal = match (sd_like, slow) {
-            (true, true) => Some(JournalPolicy::Volatile { runtime_max_mib: 32 }),
+            (true, true) => Some(JournalPolicy::Volatile {
+                runtime_max_mib: 32,
+            }),
             (true, false) => Some(JournalPolicy::Limited {
                 system_max_mib: 64,
                 max_file_mib: 8,
@@ -147,7 +149,12 @@ impl TuningPlan {
                     };
                     !cand.is_sd_like() && storage_score(cand) > storage_score(class)
                 })
-                .max_by_key(|c| storage_score(StorageClass { kind: c.kind, speed: Speed::Fast }))
+                .max_by_key(|c| {
+                    storage_score(StorageClass {
+                        kind: c.kind,
+                        speed: Speed::Fast,
+                    })
+                })
                 .map(|c| c.mount_point.join(SNAPSHOT_SUBDIR))
         } else {
             None
@@ -208,8 +215,19 @@ mod tests {
     #[test]
     fn slow_sd_gets_everything() {
         let p = plan(Sd, Slow);
-        assert_eq!(p.mount, MountTuning { noatime: true, commit_secs: Some(60) });
-        assert_eq!(p.journal, Some(JournalPolicy::Volatile { runtime_max_mib: 32 }));
+        assert_eq!(
+            p.mount,
+            MountTuning {
+                noatime: true,
+                commit_secs: Some(60)
+            }
+        );
+        assert_eq!(
+            p.journal,
+            Some(JournalPolicy::Volatile {
+                runtime_max_mib: 32
+            })
+        );
         assert!(p.swap_off && p.k3s_io_priority);
         assert_eq!(p.writeback.unwrap().dirty_bytes, 64 * MIB);
         assert_eq!(p.io_scheduler.unwrap().scheduler, "bfq");
@@ -220,7 +238,10 @@ mod tests {
         let p = plan(Sd, Fast);
         assert_eq!(
             p.journal,
-            Some(JournalPolicy::Limited { system_max_mib: 64, max_file_mib: 8 })
+            Some(JournalPolicy::Limited {
+                system_max_mib: 64,
+                max_file_mib: 8
+            })
         );
         assert!(p.swap_off);
         assert_eq!(p.mount.commit_secs, Some(60));
@@ -231,7 +252,10 @@ mod tests {
         for kind in [Emmc, UsbFlash] {
             let p = plan(kind, Slow);
             assert_eq!(p.mount.commit_secs, Some(60), "{kind}");
-            assert!(matches!(p.journal, Some(JournalPolicy::Volatile { .. })), "{kind}");
+            assert!(
+                matches!(p.journal, Some(JournalPolicy::Volatile { .. })),
+                "{kind}"
+            );
             assert_eq!(p.io_scheduler.unwrap().scheduler, "bfq");
         }
     }
@@ -239,7 +263,13 @@ mod tests {
     #[test]
     fn nvme_gets_only_harmless_settings() {
         let p = plan(Nvme, Fast);
-        assert_eq!(p.mount, MountTuning { noatime: true, commit_secs: None });
+        assert_eq!(
+            p.mount,
+            MountTuning {
+                noatime: true,
+                commit_secs: None
+            }
+        );
         assert_eq!(p.journal, None);
         assert!(!p.swap_off);
         assert_eq!(p.writeback, None);
@@ -275,23 +305,51 @@ mod tests {
     #[test]
     fn unknown_device_gets_no_scheduler_rule() {
         assert_eq!(plan(Other, Fast).io_scheduler, None);
-        let p = TuningPlan::for_class(StorageClass { kind: Sd, speed: Slow }, None, &[]);
+        let p = TuningPlan::for_class(
+            StorageClass {
+                kind: Sd,
+                speed: Slow,
+            },
+            None,
+            &[],
+        );
         assert_eq!(p.io_scheduler, None);
     }
 
     #[test]
     fn snapshots_go_to_the_best_non_sd_disk_only_from_sd() {
         let cands = [
-            SnapshotCandidate { mount_point: "/mnt/stick".into(), kind: UsbFlash },
-            SnapshotCandidate { mount_point: "/mnt/hdd".into(), kind: Hdd },
-            SnapshotCandidate { mount_point: "/mnt/ssd".into(), kind: UsbSsd },
+            SnapshotCandidate {
+                mount_point: "/mnt/stick".into(),
+                kind: UsbFlash,
+            },
+            SnapshotCandidate {
+                mount_point: "/mnt/hdd".into(),
+                kind: Hdd,
+            },
+            SnapshotCandidate {
+                mount_point: "/mnt/ssd".into(),
+                kind: UsbSsd,
+            },
         ];
-        let sd = StorageClass { kind: Sd, speed: Slow };
+        let sd = StorageClass {
+            kind: Sd,
+            speed: Slow,
+        };
         let p = TuningPlan::for_class(sd, Some("mmcblk0"), &cands);
-        assert_eq!(p.snapshot_dir, Some(PathBuf::from("/mnt/ssd/k3s-etcd-snapshots")));
+        assert_eq!(
+            p.snapshot_dir,
+            Some(PathBuf::from("/mnt/ssd/k3s-etcd-snapshots"))
+        );
         let p = TuningPlan::for_class(sd, Some("mmcblk0"), &cands[..1]);
-        assert_eq!(p.snapshot_dir, None, "a USB stick is no better than the SD card");
-        let nvme = StorageClass { kind: Nvme, speed: Fast };
+        assert_eq!(
+            p.snapshot_dir, None,
+            "a USB stick is no better than the SD card"
+        );
+        let nvme = StorageClass {
+            kind: Nvme,
+            speed: Fast,
+        };
         assert_eq!(TuningPlan::for_class(nvme, None, &cands).snapshot_dir, None);
     }
 

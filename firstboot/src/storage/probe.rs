@@ -247,6 +247,8 @@ mod tests {
     #[test]
     fn missing_directory_is_an_error_naming_the_file() {
         let err = StorageProbe::new("/nonexistent/dir").run().unwrap_err();
-        assert!(err.to_string().contains("creating probe file /nonexistent/dir/"));
+        assert!(err
+            .to_string()
+            .contains("creating probe file /nonexistent/dir/"));
     }
 }

@@ -68,7 +68,12 @@ mod tests {
             c(Nvme, Fast),
         ];
         for w in order.windows(2) {
-            assert!(storage_score(w[0]) < storage_score(w[1]), "{} vs {}", w[0], w[1]);
+            assert!(
+                storage_score(w[0]) < storage_score(w[1]),
+                "{} vs {}",
+                w[0],
+                w[1]
+            );
         }
         assert_eq!(storage_score(c(UsbSsd, Fast)), storage_score(c(Ssd, Fast)));
     }

@@ -64,7 +64,9 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let octal = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
         match octal {
             Some(d) if b[i] == b'\\' => {
                 out.push(d.iter().fold(0u8, |v, c| v.wrapping_mul(8) + (c - b'0')));
@@ -188,7 +190,10 @@ mod tests {
             mount_of(&m, Path::new("/mnt/usb disk/x")).map(|m| m.dev),
             Some((8, 1))
         );
-        assert_eq!(mount_of(&m, Path::new("/var")).map(|m| m.dev), Some((179, 2)));
+        assert_eq!(
+            mount_of(&m, Path::new("/var")).map(|m| m.dev),
+            Some((179, 2))
+        );
     }
 
     #[test]
@@ -228,6 +233,8 @@ mod tests {
             .unwrap();
         assert!(is_usb(&disk));
         assert_eq!(usb_driver(&disk).as_deref(), Some("uas"));
-        assert!(!is_usb(Path::new("/sys/devices/platform/emmc2bus/block/mmcblk0")));
+        assert!(!is_usb(Path::new(
+            "/sys/devices/platform/emmc2bus/block/mmcblk0"
+        )));
     }
 }
