@@ -91,6 +91,9 @@ fn empty_disk_is_formatted_filled_and_mounted_then_resumed_idempotently() {
         b"pretend images",
         "existing data is copied onto the new disk"
     );
+    assert!(target
+        .join(firstboot::storage::data_device::COPIED_MARKER)
+        .exists());
     let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
     assert!(fstab.starts_with("PARTUUID=1a2b3c4d-02  /  ext4  defaults,noatime  0  1\n"));
     assert!(fstab.contains(&format!(
@@ -112,11 +115,21 @@ fn empty_disk_is_formatted_filled_and_mounted_then_resumed_idempotently() {
         fstab
     );
 
-    // After an unmount (a power loss before the mount), our own disk is resumed, not refused.
+    // After an unmount (a power loss, or the disk missing at boot), our own disk is resumed, not
+    // refused, and the stale copy on the root filesystem never overwrites newer data on the disk.
+    std::fs::write(
+        target.join("k3s/agent/images/airgap.tar.zst"),
+        b"newer on the disk",
+    )
+    .unwrap();
     run(Command::new("umount").arg(&target)).unwrap();
     let resumed = move_data_to(&Host::system(&root).unwrap(), &dev.path, false).unwrap();
     assert!(!resumed.formatted && resumed.mounted);
     assert_eq!(resumed.uuid, moved.uuid);
+    assert_eq!(
+        std::fs::read(target.join("k3s/agent/images/airgap.tar.zst")).unwrap(),
+        b"newer on the disk"
+    );
     run(Command::new("umount").arg(&target)).unwrap();
     run(Command::new("e2fsck").arg("-fn").arg(&dev.path)).unwrap();
 }

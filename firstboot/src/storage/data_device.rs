@@ -563,6 +563,10 @@ fn write_fstab(root: &Path, uuid: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Written on the new filesystem once the copy is complete; a resumed move never copies again,
+/// so data written on the disk later is never overwritten by the stale copy on the SD card.
+pub const COPIED_MARKER: &str = ".firstboot-data-copied";
+
 /// Copy what is already in the data directory (air-gap images) onto the new filesystem through a
 /// staging mount, then mount it over the directory.
 fn copy_and_mount(device: &Path, target: &Path) -> anyhow::Result<()> {
@@ -584,22 +588,10 @@ fn copy_and_mount(device: &Path, target: &Path) -> anyhow::Result<()> {
             staging.display()
         )
     })?;
-    let copied = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", target.display()))
-        .arg(&staging)
-        .output();
-    let synced = File::open(&staging).and_then(|d| d.sync_all());
+    let copied = copy_once(target, &staging);
     umount(&staging).map_err(|e| anyhow::anyhow!("unmounting {}: {e}", staging.display()))?;
     std::fs::remove_dir(&staging)?;
-    let copied = copied.map_err(|e| anyhow::anyhow!("running cp: {e}"))?;
-    if !copied.status.success() {
-        anyhow::bail!(
-            "cp -a failed: {}",
-            String::from_utf8_lossy(&copied.stderr).trim()
-        );
-    }
-    synced?;
+    copied?;
     mount(
         Some(device),
         target,
@@ -608,6 +600,30 @@ fn copy_and_mount(device: &Path, target: &Path) -> anyhow::Result<()> {
         None::<&str>,
     )
     .map_err(|e| anyhow::anyhow!("mounting {} on {}: {e}", device.display(), target.display()))?;
+    Ok(())
+}
+
+fn copy_once(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let marker = to.join(COPIED_MARKER);
+    if marker.exists() {
+        return Ok(());
+    }
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .output()
+        .map_err(|e| anyhow::anyhow!("running cp: {e}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "cp -a failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    // The data must be durable before the marker says so.
+    let dir = File::open(to)?;
+    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir))?;
+    write_if_changed(&marker, b"copied by firstboot\n", 0o600)?;
     Ok(())
 }
 
