@@ -33,6 +33,8 @@ pub struct AppliedTuning {
     pub changed: Vec<PathBuf>,
     /// Things skipped and why (no fstab entry for the data directory, ...).
     pub notes: Vec<String>,
+    /// The mount point whose fstab options changed (remount it to apply them now).
+    pub remount: Option<PathBuf>,
 }
 
 /// Apply `plan` under `root` for the data directory `data_dir` (absolute, as seen on the node).
@@ -78,6 +80,66 @@ pub fn apply(plan: &TuningPlan, root: &Path, data_dir: &Path) -> anyhow::Result<
         }
     }
     Ok(out)
+}
+
+/// Commands that make what `apply` changed take effect on the running system without a reboot
+/// (only meaningful when the root prefix is `/`). Pure, so the daemon and tests can inspect it.
+pub fn activation_commands(plan: &TuningPlan, applied: &AppliedTuning) -> Vec<Vec<String>> {
+    let changed = |rel: &str| applied.changed.iter().any(|c| c == Path::new(rel));
+    let cmd = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<String>>();
+    let mut cmds = Vec::new();
+    let units_changed = applied.changed.iter().any(|c| {
+        c.starts_with("etc/systemd/system") || c.starts_with("etc/systemd/system-generators")
+    });
+    if units_changed {
+        cmds.push(cmd(&["systemctl", "daemon-reload"]));
+    }
+    if let Some(mp) = &applied.remount {
+        cmds.push(cmd(&["mount", "-o", "remount", &mp.to_string_lossy()]));
+    }
+    if changed(JOURNALD_DROPIN) {
+        cmds.push(cmd(&["systemctl", "restart", "systemd-journald"]));
+    }
+    if plan.swap_off && units_changed {
+        cmds.push(cmd(&["systemctl", "stop", "dphys-swapfile.service"]));
+        cmds.push(cmd(&["swapoff", "-a"]));
+    }
+    if changed(SYSCTL_DROPIN) && plan.writeback.is_some() {
+        cmds.push(cmd(&["sysctl", "-p", &format!("/{SYSCTL_DROPIN}")]));
+    }
+    if let (true, Some(s)) = (changed(UDEV_RULE), &plan.io_scheduler) {
+        cmds.push(cmd(&["udevadm", "control", "--reload"]));
+        cmds.push(cmd(&[
+            "udevadm",
+            "trigger",
+            "--action=change",
+            "--subsystem-match=block",
+            &format!("--sysname-match={}", s.disk),
+        ]));
+    }
+    cmds
+}
+
+/// Run activation commands; failures are returned as warnings for status, never fatal (the
+/// files are in place and take effect at the next boot anyway).
+pub fn activate(commands: &[Vec<String>]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for c in commands {
+        let Some((program, args)) = c.split_first() else {
+            continue;
+        };
+        match std::process::Command::new(program).args(args).output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => warnings.push(format!(
+                "{} failed ({}): {}",
+                c.join(" "),
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => warnings.push(format!("{}: {e}", c.join(" "))),
+        }
+    }
+    warnings
 }
 
 fn render_journald(policy: JournalPolicy) -> String {
@@ -178,8 +240,8 @@ fn tune_fstab(
             .push("no /etc/fstab: mount options left alone".into());
         return Ok(());
     };
-    let (tuned, found) = tune_fstab_text(&text, plan, data_dir);
-    if !found {
+    let (tuned, mount_point) = tune_fstab_text(&text, plan, data_dir);
+    if mount_point.is_none() {
         out.notes.push(format!(
             "no fstab entry holds {}: mount options left alone",
             data_dir.display()
@@ -187,6 +249,7 @@ fn tune_fstab(
     }
     if write_if_changed(&path, tuned.as_bytes(), 0o644)? {
         out.changed.push(PathBuf::from("etc/fstab"));
+        out.remount = mount_point;
     }
     Ok(())
 }
@@ -212,8 +275,13 @@ fn field_spans(line: &str) -> Vec<(usize, usize)> {
 }
 
 /// Retune fstab text: options of the entry holding `data_dir`, and swap lines commented out when
-/// the plan turns swap off. Returns the new text and whether an entry held `data_dir`.
-pub fn tune_fstab_text(text: &str, plan: &TuningPlan, data_dir: &Path) -> (String, bool) {
+/// the plan turns swap off. Returns the new text and the mount point of the entry that holds
+/// `data_dir`, if any.
+pub fn tune_fstab_text(
+    text: &str,
+    plan: &TuningPlan,
+    data_dir: &Path,
+) -> (String, Option<PathBuf>) {
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let fields = |l: &str| -> Vec<(usize, usize)> {
         if l.trim_start().starts_with('#') {
@@ -229,12 +297,11 @@ pub fn tune_fstab_text(text: &str, plan: &TuningPlan, data_dir: &Path) -> (Strin
         .filter_map(|(i, l)| {
             let f = fields(l);
             let mp = Path::new(&l[f.get(1)?.0..f.get(1)?.1]);
-            data_dir
-                .starts_with(mp)
-                .then_some((i, mp.as_os_str().len()))
+            data_dir.starts_with(mp).then_some((i, mp))
         })
-        .max_by_key(|&(_, len)| len)
-        .map(|(i, _)| i);
+        .max_by_key(|&(_, mp)| mp.as_os_str().len());
+    let mount_point = target.map(|(_, mp)| mp.to_path_buf());
+    let target = target.map(|(i, _)| i);
     let mut out = String::with_capacity(text.len() + 64);
     for (i, line) in lines.iter().enumerate() {
         let f = fields(line);
@@ -254,7 +321,7 @@ pub fn tune_fstab_text(text: &str, plan: &TuningPlan, data_dir: &Path) -> (Strin
             _ => out.push_str(line),
         }
     }
-    (out, target.is_some())
+    (out, mount_point)
 }
 
 fn tune_options(options: &str, plan: &TuningPlan, ext4: bool) -> String {
@@ -354,8 +421,8 @@ mod tests {
                     PARTUUID=abc-01  /boot/firmware  vfat    defaults          0       2\n\
                     PARTUUID=abc-02  /               ext4    defaults,relatime,commit=5  0       1\n\
                     /swap none swap sw 0 0\n";
-        let (out, found) = tune_fstab_text(text, &sd_plan(), Path::new("/var/lib/rancher"));
-        assert!(found);
+        let (out, mp) = tune_fstab_text(text, &sd_plan(), Path::new("/var/lib/rancher"));
+        assert_eq!(mp, Some(PathBuf::from("/")));
         assert!(out.contains(
             "PARTUUID=abc-02  /               ext4    defaults,noatime,commit=60  0       1\n"
         ));
@@ -365,6 +432,47 @@ mod tests {
         assert!(out.contains("# firstboot: swap off for this storage class: /swap none swap"));
         let (again, _) = tune_fstab_text(&out, &sd_plan(), Path::new("/var/lib/rancher"));
         assert_eq!(again, out);
+    }
+
+    #[test]
+    fn activation_follows_what_changed() {
+        let plan = sd_plan();
+        let applied = AppliedTuning {
+            changed: vec![
+                "etc/fstab".into(),
+                JOURNALD_DROPIN.into(),
+                SYSCTL_DROPIN.into(),
+                UDEV_RULE.into(),
+                K3S_DROPINS[0].into(),
+            ],
+            notes: vec![],
+            remount: Some("/".into()),
+        };
+        let cmds: Vec<String> = activation_commands(&plan, &applied)
+            .iter()
+            .map(|c| c.join(" "))
+            .collect();
+        assert_eq!(
+            cmds,
+            [
+                "systemctl daemon-reload",
+                "mount -o remount /",
+                "systemctl restart systemd-journald",
+                "systemctl stop dphys-swapfile.service",
+                "swapoff -a",
+                "sysctl -p /etc/sysctl.d/60-firstboot-writeback.conf",
+                "udevadm control --reload",
+                "udevadm trigger --action=change --subsystem-match=block --sysname-match=mmcblk0",
+            ]
+        );
+        assert!(activation_commands(&plan, &AppliedTuning::default()).is_empty());
+    }
+
+    #[test]
+    fn activation_failures_are_warnings() {
+        let w = activate(&[vec!["false".into()], vec!["/nonexistent/cmd".into()]]);
+        assert_eq!(w.len(), 2);
+        assert!(activate(&[vec!["true".into()]]).is_empty());
     }
 
     #[test]
