@@ -58,7 +58,7 @@ pub fn render(a: &StorageAssessment) -> String {
         "plan:        noatime={} commit={} journal={} swap_off={} writeback={} scheduler={} k3s_ionice={} snapshots={}\n",
         plan.mount.noatime,
         plan.mount.commit_secs.map_or("default".into(), |c| c.to_string()),
-        plan.journal.map_or("unchanged".into(), |j| format!("{j:?}")),
+        plan.journal.map_or("unchanged".into(), |j| j.to_string()),
         plan.swap_off,
         plan.writeback.map_or("default".into(), |w| format!("{}/{} bytes", w.background_bytes, w.dirty_bytes)),
         plan.io_scheduler.as_ref().map_or("unchanged".into(), |s| format!("{}={}", s.disk, s.scheduler)),

@@ -63,6 +63,23 @@ pub enum JournalPolicy {
     },
 }
 
+impl std::fmt::Display for JournalPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JournalPolicy::Volatile { runtime_max_mib } => {
+                write!(f, "volatile (max {runtime_max_mib} MiB)")
+            }
+            JournalPolicy::Limited {
+                system_max_mib,
+                max_file_mib,
+            } => write!(
+                f,
+                "persistent (max {system_max_mib} MiB, files {max_file_mib} MiB)"
+            ),
+        }
+    }
+}
+
 /// `vm.dirty_*` sysctls: small, bounded writeback so an fdatasync never queues behind a flood.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
