@@ -78,7 +78,8 @@ fn empty_disk_is_formatted_filled_and_mounted_then_resumed_idempotently() {
     let dev = LoopDevice::create(&t.path().join("empty.img"), 64 << 20).unwrap();
     let _unmount = Unmount(target.clone());
 
-    let moved = move_data_to(&Host::system(&root).unwrap(), &dev.path, false).unwrap();
+    let moved = move_data_to(&Host::system(&root).unwrap(), &dev.path, false)
+        .unwrap_or_else(|e| panic!("moving onto empty {}: {e}", dev.path.display()));
     assert!(moved.formatted && moved.mounted);
     assert_eq!(
         mount_source(&target).as_deref(),
