@@ -1,6 +1,6 @@
 //! StorageAssessment: probe, classify, score and plan for one data directory, in one call.
 
-use super::class::{detect_kind, DeviceKind, Profile, Speed, StorageClass};
+use super::class::{detect_kind, Profile, Speed, StorageClass};
 use super::etcd::EtcdTuning;
 use super::plan::{find_snapshot_candidates, TuningPlan};
 use super::probe::{ProbeResult, StorageProbe};
@@ -79,10 +79,10 @@ pub fn assess(
 impl StorageAssessment {
     /// One status line, e.g. `storage: sd (slow) on mmcblk0, fdatasync p50 3.1 ms p99 48.0 ms`.
     pub fn status_line(&self) -> String {
-        let on = match (&self.disk, self.class.kind) {
-            (Some(d), _) => format!(" on {d}"),
-            (None, DeviceKind::Other) | (None, _) => String::new(),
-        };
+        let on = self
+            .disk
+            .as_ref()
+            .map_or(String::new(), |d| format!(" on {d}"));
         format!(
             "storage: {}{on}, fdatasync p50 {:.1} ms p99 {:.1} ms",
             self.class,
@@ -111,7 +111,7 @@ mod tests {
         };
         let a = assess(&probe, Path::new("/sys"), Profile::Sd).unwrap();
         assert_eq!(a.probe.writes, 100);
-        assert_eq!(a.class.kind, DeviceKind::Sd);
+        assert_eq!(a.class.kind, crate::storage::class::DeviceKind::Sd);
         assert_eq!(a.score, storage_score(a.class));
         assert!(a.status_line().starts_with("storage: sd (slow)"));
     }

@@ -67,3 +67,50 @@ pub fn render(a: &StorageAssessment) -> String {
     );
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::class::{DeviceKind, Speed, StorageClass};
+    use crate::storage::etcd::EtcdTuning;
+    use crate::storage::plan::TuningPlan;
+    use crate::storage::probe::ProbeResult;
+
+    #[test]
+    fn report_names_class_latencies_and_etcd_args() {
+        let class = StorageClass {
+            kind: DeviceKind::Sd,
+            speed: Speed::Slow,
+        };
+        let a = StorageAssessment {
+            dir: "/var/lib".into(),
+            disk: Some("mmcblk0".into()),
+            measured: class,
+            class,
+            probe: ProbeResult {
+                writes: 40,
+                bytes: 92000,
+                elapsed_ms: 2010,
+                p50_us: 21_500,
+                p99_us: 48_000,
+                max_us: 60_000,
+            },
+            score: 10,
+            etcd: EtcdTuning::SLOW_STORAGE,
+            plan: TuningPlan::for_class(class, Some("mmcblk0"), &[]),
+        };
+        let text = render(&a);
+        assert!(text.contains("class:       sd (slow)  (score 10)\n"));
+        assert!(text.contains("p50 21.50 ms  p99 48.00 ms  max 60.00 ms"));
+        assert!(text.contains("etcd:        heartbeat-interval=1000 election-timeout=10000\n"));
+        assert!(text.contains("journal=volatile (max 32 MiB)"));
+        assert!(text.contains("scheduler=mmcblk0=bfq"));
+        assert_eq!(
+            a.status_line(),
+            "storage: sd (slow) on mmcblk0, fdatasync p50 21.5 ms p99 48.0 ms"
+        );
+        let json: serde_json::Value = serde_json::to_value(&a).unwrap();
+        assert_eq!(json["probe"]["p99_us"], 48_000);
+        assert_eq!(json["class"]["kind"], "sd");
+    }
+}
