@@ -6,6 +6,11 @@
 //! inside a cgroup that throttles a loop device to a few write IOPS and prints the class it
 //! chose (it must be slow). `probe-bench probe-once DIR` prints one probe result as JSON (used
 //! inside the throttled cgroup, and by the slow-device test).
+//!
+//! The probe issues the same system calls as fio (fallocate the file, then write 2300 bytes and
+//! fdatasync, repeated), so differences between the two p99s come from the device and the host
+//! varying over time; on a busy host run it under `chrt -f 10` to keep CPU scheduling out of the
+//! tail, and use more rounds.
 
 #[path = "devices.rs"]
 mod devices;
@@ -75,6 +80,7 @@ fn compare(title: &str, dir: &Path, rounds: usize) -> anyhow::Result<()> {
     println!("\n== {title}");
     println!("round  probe p50   probe p99   fio p50     fio p99     p99 ratio  probe ms  probe bytes  fio ms");
     let (mut probe_p99, mut fio_p99, mut durations, mut bytes) = (vec![], vec![], vec![], vec![]);
+    let mut ratios = vec![];
     for round in 1..=rounds.max(1) {
         let p = StorageProbe::new(dir).run().context("running the probe")?;
         let (f99, f50, fio_ms) = fio_fdatasync(dir, None)?;
@@ -89,6 +95,7 @@ fn compare(title: &str, dir: &Path, rounds: usize) -> anyhow::Result<()> {
             p.bytes,
             fio_ms
         );
+        ratios.push(p.p99_us as f64 / f99.max(1) as f64);
         probe_p99.push(p.p99_us);
         fio_p99.push(f99);
         durations.push(p.elapsed_ms);
@@ -103,6 +110,13 @@ fn compare(title: &str, dir: &Path, rounds: usize) -> anyhow::Result<()> {
         durations.iter().max().copied().unwrap_or(0),
         bytes.iter().max().copied().unwrap_or(0),
         32u64 << 20
+    );
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "per-round p99 ratios: median {:.2}, min {:.2}, max {:.2}",
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1]
     );
     Ok(())
 }
