@@ -247,3 +247,31 @@ fn force_erases_a_used_disk_but_never_a_mounted_one() {
     assert!(moved.formatted);
     assert_eq!(blkid(&dev.path, "LABEL"), LABEL);
 }
+
+#[test]
+fn a_mounted_disk_other_than_the_data_disk_is_a_snapshot_candidate() {
+    use firstboot::storage::class::DeviceKind;
+    use firstboot::storage::plan::find_snapshot_candidates;
+    if !root_or_skip("a_mounted_disk_other_than_the_data_disk_is_a_snapshot_candidate") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dev = LoopDevice::create(&t.path().join("snap.img"), 32 << 20).unwrap();
+    let mnt = t.path().join("mnt");
+    let mounted = devices::MountedLoop::ext4(dev, &mnt).unwrap();
+    let mounts = firstboot::storage::sysfs::mounts().unwrap();
+    let name = mounted
+        .device
+        .path
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let found = find_snapshot_candidates(Path::new("/sys"), &mounts, Some("mmcblk0"));
+    let ours = found.iter().find(|c| c.mount_point == mnt);
+    assert_eq!(ours.map(|c| c.kind), Some(DeviceKind::Other), "{found:?}");
+    // The data disk itself is never a candidate.
+    let found = find_snapshot_candidates(Path::new("/sys"), &mounts, Some(&name));
+    assert!(found.iter().all(|c| c.mount_point != mnt), "{found:?}");
+}
