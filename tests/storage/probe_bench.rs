@@ -1,11 +1,12 @@
 //! probe-bench: the storage probe against etcd's fio reference test on the same directory.
 //!
-//! `probe-bench [--dir D] [--rounds N] [--throttled-only]` alternates probe and fio N times (default 3) in D
-//! (default /var/tmp) and prints both p99s, their ratio, the probe's duration and bytes. As root
-//! it repeats this on ext4 over a tmpfs-backed loop device, then inside cgroups that throttle a
-//! loop device to 400 write IOPS (a moderate device; blk-throttle works in time slices, so its tail is bursty) and to
-//! 20 (a slow SD stand-in: the probe must classify it slow). `probe-bench probe-once DIR` prints one probe result as JSON (used
-//! inside the throttled cgroup, and by the slow-device test).
+//! `probe-bench [--dir D] [--rounds N] [--throttled-only]` alternates probe and fio N times
+//! (default 3) in D (default /var/tmp) and prints both p99s, their ratio, the probe's duration
+//! and bytes. As root it repeats this on ext4 over a tmpfs-backed loop device, then inside
+//! cgroups that throttle a loop device to 400 write IOPS (moderate; blk-throttle works in time
+//! slices, so its tail is bursty) and to 20 (a slow SD stand-in: the probe must classify it
+//! slow). `probe-bench probe-once DIR` prints one probe result as JSON (used inside the
+//! throttled cgroup, and by the slow-device test).
 //!
 //! The probe issues the same system calls as fio (fallocate the file, then write 2300 bytes and
 //! fdatasync, repeated), so differences between the two p99s come from the device and the host
