@@ -570,7 +570,7 @@ pub const COPIED_MARKER: &str = ".firstboot-data-copied";
 /// Copy what is already in the data directory (air-gap images) onto the new filesystem through a
 /// staging mount, then mount it over the directory.
 fn copy_and_mount(device: &Path, target: &Path) -> anyhow::Result<()> {
-    use nix::mount::{mount, umount, MsFlags};
+    use nix::mount::{mount, MsFlags};
     std::fs::create_dir_all(target)?;
     let staging = target.with_file_name(".rancher-data-staging");
     std::fs::create_dir_all(&staging)?;
@@ -589,7 +589,7 @@ fn copy_and_mount(device: &Path, target: &Path) -> anyhow::Result<()> {
         )
     })?;
     let copied = copy_once(target, &staging);
-    umount(&staging).map_err(|e| anyhow::anyhow!("unmounting {}: {e}", staging.display()))?;
+    unmount_staging(&staging)?;
     std::fs::remove_dir(&staging)?;
     copied?;
     mount(
@@ -601,6 +601,24 @@ fn copy_and_mount(device: &Path, target: &Path) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("mounting {} on {}: {e}", device.display(), target.display()))?;
     Ok(())
+}
+
+/// Unmount the staging mount. A child forked by another thread can hold one of our
+/// (close-on-exec) descriptors for an instant and make umount fail with EBUSY, so retry briefly;
+/// the copy is already synced, so a lazy detach is a safe last resort.
+fn unmount_staging(staging: &Path) -> anyhow::Result<()> {
+    use nix::mount::{umount, umount2, MntFlags};
+    for _ in 0..20 {
+        match umount(staging) {
+            Ok(()) => return Ok(()),
+            Err(nix::errno::Errno::EBUSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Err(e) => anyhow::bail!("unmounting {}: {e}", staging.display()),
+        }
+    }
+    umount2(staging, MntFlags::MNT_DETACH)
+        .map_err(|e| anyhow::anyhow!("detaching {}: {e}", staging.display()))
 }
 
 fn copy_once(from: &Path, to: &Path) -> anyhow::Result<()> {
