@@ -1,9 +1,11 @@
 //! Storage for etcd on a Pi: measure fdatasync latency, classify the device, tune the OS for it.
 //!
-//! The pipeline reads like the module list: [`probe`] measures, [`assessment`] ties the steps together, [`class`] names the device and
-//! its speed, [`plan`] turns both into a [`plan::TuningPlan`] (pure data), [`apply`] writes that
-//! plan under a `--root` prefix idempotently, [`etcd`] holds the cluster-wide etcd timing, and
-//! [`data_device`] moves `/var/lib/rancher` to an empty disk. [`score`] feeds the election rank.
+//! The module list reads like the pipeline: [`data_device`] moves `/var/lib/rancher` to an empty
+//! disk, [`probe`] measures, [`sysfs`] and [`class`] name the device and its speed, [`plan`]
+//! turns the class into a [`plan::TuningPlan`] (pure data), [`apply`] writes it under a `--root`
+//! prefix idempotently, [`etcd`] holds the cluster-wide etcd timing and [`score`] the election
+//! rank input. [`assessment`] ties probe, class and plan together, [`setup`] is the daemon's one
+//! call for the whole step, and [`cli`] is `firstboot probe-storage`.
 
 pub mod apply;
 pub mod assessment;
@@ -14,4 +16,5 @@ pub mod etcd;
 pub mod plan;
 pub mod probe;
 pub mod score;
+pub mod setup;
 pub mod sysfs;
