@@ -92,9 +92,10 @@ impl StorageProbe {
             });
         }
         let started = Instant::now();
+        remove_stale_probe_files(&self.dir);
         let path = self
             .dir
-            .join(format!(".firstboot-storage-probe.{}", std::process::id()));
+            .join(format!("{PROBE_FILE_PREFIX}{}", std::process::id()));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -135,6 +136,31 @@ impl StorageProbe {
             bytes += buf.len() as u64;
         }
         Ok((latencies, bytes))
+    }
+}
+
+/// Probe files are named this plus the probing process's id.
+const PROBE_FILE_PREFIX: &str = ".firstboot-storage-probe.";
+
+/// Remove probe files left by a power loss mid-probe: those whose process no longer exists
+/// (after a reboot that includes our own id, which a new boot may reuse).
+fn remove_stale_probe_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PROBE_FILE_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -242,6 +268,25 @@ mod tests {
         };
         // A zero budget still takes one sample, so a result always has a p99.
         assert_eq!(probe.run().unwrap().writes, 1);
+    }
+
+    #[test]
+    fn stale_probe_files_from_a_power_loss_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = dir
+            .path()
+            .join(format!("{PROBE_FILE_PREFIX}{}", std::process::id()));
+        let dead = dir.path().join(format!("{PROBE_FILE_PREFIX}{}", u32::MAX));
+        let other = dir.path().join("keep.me");
+        for f in [&own, &dead, &other] {
+            std::fs::write(f, b"x").unwrap();
+        }
+        let probe = StorageProbe {
+            max_bytes: 10 * WRITE_SIZE as u64,
+            ..StorageProbe::new(dir.path())
+        };
+        assert_eq!(probe.run().unwrap().writes, 10);
+        assert!(!own.exists() && !dead.exists() && other.exists());
     }
 
     #[test]
