@@ -1,8 +1,8 @@
 //! probe-bench: the storage probe against etcd's fio reference test on the same directory.
 //!
-//! `probe-bench [--dir D] [--rounds N] [--throttled-only]` alternates probe and fio N times
-//! (default 3) in D (default /var/tmp) and prints both p99s, their ratio, the probe's duration
-//! and bytes. As root it repeats this on ext4 over a tmpfs-backed loop device, then inside
+//! `probe-bench [--dir D] [--rounds N] [--throttled-only]` runs N rounds (default 3) of fio,
+//! probe, fio in D (default /var/tmp) and prints the p99s, the probe/fio ratio, the fio/fio
+//! ratio as the host's noise floor, and the probe's duration and bytes. As root it repeats this on ext4 over a tmpfs-backed loop device, then inside
 //! cgroups that throttle a loop device to 400 write IOPS (moderate; blk-throttle works in time
 //! slices, so its tail is bursty) and to 20 (a slow SD stand-in: the probe must classify it
 //! slow). `probe-bench probe-once DIR` prints one probe result as JSON (used inside the
@@ -76,11 +76,6 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn median(mut v: Vec<u64>) -> u64 {
-    v.sort_unstable();
-    v[v.len() / 2]
-}
-
 fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
@@ -88,45 +83,55 @@ fn ms(us: u64) -> f64 {
 /// Alternate probe and fio `rounds` times in `dir` and print the figures.
 fn compare(title: &str, dir: &Path, rounds: usize) -> anyhow::Result<()> {
     println!("\n== {title}");
-    println!("round  probe p50   probe p99   fio p50     fio p99     p99 ratio  probe ms  probe bytes  fio ms");
-    let (mut probe_p99, mut fio_p99, mut durations, mut bytes) = (vec![], vec![], vec![], vec![]);
-    let mut ratios = vec![];
+    println!(
+        "Each round runs fio, the probe, then fio again: the probe is compared with the first"
+    );
+    println!("fio run, and the two fio runs with each other (the host's own noise floor).");
+    println!(
+        "round  probe p50   probe p99   fio p50     fio p99     fio2 p99    probe/fio  fio2/fio  probe ms  probe bytes  fio ms"
+    );
+    let (mut durations, mut bytes) = (vec![], vec![]);
+    let (mut ratios, mut controls) = (vec![], vec![]);
     for round in 1..=rounds.max(1) {
-        let p = StorageProbe::new(dir).run().context("running the probe")?;
         let (f99, f50, fio_ms) = fio_fdatasync(dir, None)?;
+        let p = StorageProbe::new(dir).run().context("running the probe")?;
+        let (g99, _, _) = fio_fdatasync(dir, None)?;
+        let ratio = p.p99_us as f64 / f99.max(1) as f64;
+        let control = g99 as f64 / f99.max(1) as f64;
         println!(
-            "{round:>5}  {:>8.3} ms {:>8.3} ms {:>8.3} ms {:>8.3} ms {:>9.2}  {:>8}  {:>11}  {:>6}",
+            "{round:>5}  {:>8.3} ms {:>8.3} ms {:>8.3} ms {:>8.3} ms {:>8.3} ms {:>9.2} {:>9.2}  {:>8}  {:>11}  {:>6}",
             ms(p.p50_us),
             ms(p.p99_us),
             ms(f50),
             ms(f99),
-            p.p99_us as f64 / f99.max(1) as f64,
+            ms(g99),
+            ratio,
+            control,
             p.elapsed_ms,
             p.bytes,
             fio_ms
         );
-        ratios.push(p.p99_us as f64 / f99.max(1) as f64);
-        probe_p99.push(p.p99_us);
-        fio_p99.push(f99);
+        ratios.push(ratio);
+        controls.push(control);
         durations.push(p.elapsed_ms);
         bytes.push(p.bytes);
     }
-    let (p, f) = (median(probe_p99), median(fio_p99));
+    let spread = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        format!(
+            "median {:.2}, min {:.2}, max {:.2}",
+            v[v.len() / 2],
+            v[0],
+            v[v.len() - 1]
+        )
+    };
+    println!("probe/fio p99: {} (goal 0.75..1.25)", spread(ratios));
+    println!("fio2/fio p99:  {} (noise floor)", spread(controls));
     println!(
-        "median p99: probe {:.3} ms, fio {:.3} ms, ratio {:.2} (goal 0.75..1.25); probe max {} ms (goal < 3000), max {} bytes (goal < {})",
-        ms(p),
-        ms(f),
-        p as f64 / f.max(1) as f64,
+        "probe: max {} ms (goal < 3000), max {} bytes (goal < {})",
         durations.iter().max().copied().unwrap_or(0),
         bytes.iter().max().copied().unwrap_or(0),
         32u64 << 20
-    );
-    ratios.sort_by(f64::total_cmp);
-    println!(
-        "per-round p99 ratios: median {:.2}, min {:.2}, max {:.2}",
-        ratios[ratios.len() / 2],
-        ratios[0],
-        ratios[ratios.len() - 1]
     );
     Ok(())
 }
