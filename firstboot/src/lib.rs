@@ -14,4 +14,5 @@ pub mod intake;
 pub mod k3s;
 pub mod paths;
 pub mod status;
+pub mod storage;
 pub mod systemd;

@@ -53,6 +53,8 @@ enum Command {
     Status(firstboot::status::StatusArgs),
     /// Show the verified peers of this cluster and counts of foreign and unverified ones.
     Peers(PeersArgs),
+    /// Measure fdatasync latency of the data directory's device and show the tuning plan.
+    ProbeStorage(firstboot::storage::cli::ProbeStorageArgs),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +92,7 @@ fn main() -> ExitCode {
             firstboot::status::command::run(&args, paths.root(), &mut std::io::stdout(), now)
         }
         Command::Peers(args) => peers::run(&args, &paths),
+        Command::ProbeStorage(args) => firstboot::storage::cli::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
