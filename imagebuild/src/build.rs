@@ -157,13 +157,20 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     let base_layout = layout::recognize(&raw.path, raw.catalog.as_ref())?;
     check_room(&raw.path, &out_dir, payload.size_estimate() + options.payload.size_estimate())?;
 
-    // Output under a temporary name: removed on any error or interrupt.
+    // Output under a temporary name: removed on any error or interrupt. The root filesystem is
+    // edited in a file of its own first: resize2fs on `image?offset=N` truncates the image file
+    // to the filesystem's size (e2fsprogs 1.47), so growing in place would destroy the image.
     let mut pending = PendingOutputs::new();
     let tmp = pending.add(&output_path);
-    let reflinked = output::copy_image(&raw.path, &tmp)?;
+    let root_tmp = pending.scratch(&output_path, "rootfs");
+    let base_file = File::open(&raw.path).with_context(|| format!("opening {}", raw.path.display()))?;
+    let root = base_layout.root.clone();
+    let root_file = File::create(&root_tmp).with_context(|| format!("creating {}", root_tmp.display()))?;
+    let mut reflinked = output::copy_range(&base_file, root.start, root.size, &root_file, 0, "copying the root filesystem")?;
+    drop(root_file);
     interrupt::check()?;
 
-    let rootfs = Rootfs::new(&tmp, base_layout.root.start, epoch);
+    let rootfs = Rootfs::new(&root_tmp, 0, epoch);
     let passwd = rootfs.read_file("/etc/passwd")?.unwrap_or_default();
     let account = user::find_account(&String::from_utf8_lossy(&passwd), &recipe.os.user);
     payload.extend(user::entries(&recipe.os, account.as_ref())?);
@@ -171,12 +178,50 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     let manifest = image_manifest(recipe, &raw.source_sha256, epoch, &payload)?;
     payload.bytes(IMAGE_MANIFEST, manifest, 0o644);
 
-    // Disk: grow partition 2 and the filesystem so payload plus free_space fit.
+    // Grow the filesystem so payload plus free_space fit, then write the payload.
     let free_space = recipe.image.free_space.0;
-    let mut disk = base_layout.disk.clone();
     let before = base_layout.root_super.size();
-    grow(&tmp, &mut disk, &rootfs, payload.size_estimate() + free_space)?;
+    grow(&rootfs, root.start, root.size, payload.size_estimate() + free_space)?;
     interrupt::check()?;
+    let staging = tempfile::Builder::new()
+        .prefix(".imagebuild-staging-")
+        .tempdir_in(&out_dir)
+        .or_else(|_| tempfile::tempdir())
+        .context("creating a staging directory")?;
+    rootfs.apply(&payload, staging.path())?;
+    interrupt::check()?;
+    // The estimate is conservative, but never trust it: top up until free_space really is free.
+    for _ in 0..3 {
+        let sb = rootfs.superblock()?;
+        if sb.free_bytes() >= free_space {
+            break;
+        }
+        let short = free_space - sb.free_bytes();
+        say(&format!("rootfs: {short} bytes short of free_space, growing further"));
+        grow(&rootfs, root.start, sb.size(), free_space + short / 8 + (16 << 20))?;
+    }
+    let after = rootfs.superblock()?;
+    if after.free_bytes() < free_space {
+        bail!("the root filesystem cannot grow enough: {} bytes free, {} wanted", after.free_bytes(), free_space);
+    }
+
+    // Disk: the base's head (partition table, boot partition), then partition 2 grown to fit.
+    let mut disk = base_layout.disk.clone();
+    let mut out = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    reflinked &= output::copy_range(&base_file, 0, root.start, &out, 0, "copying the boot partition")?;
+    let root_len = std::fs::metadata(&root_tmp)?.len().max(after.size());
+    let new_end = root.start + root_len;
+    if new_end > root.end() {
+        disk.grow_last_partition(&mut out, new_end)?;
+    }
+    out.set_len(new_end.max(root.end())).context("sizing the output image")?;
+    drop(out);
 
     // Boot partition.
     let mut words: Vec<String> = boot::CGROUP_FLAGS.iter().map(|s| s.to_string()).collect();
@@ -200,29 +245,15 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     )?;
     interrupt::check()?;
 
-    // Root filesystem.
-    let staging = tempfile::Builder::new()
-        .prefix(".imagebuild-staging-")
-        .tempdir_in(&out_dir)
-        .or_else(|_| tempfile::tempdir())
-        .context("creating a staging directory")?;
-    rootfs.apply(&payload, staging.path())?;
+    // The edited root filesystem goes into partition 2.
+    {
+        let out = OpenOptions::new().write(true).open(&tmp)?;
+        let root_file = File::open(&root_tmp)?;
+        reflinked &= output::copy_range(&root_file, 0, root_len, &out, root.start, "writing the root filesystem")?;
+        out.sync_all().context("flushing the image")?;
+    }
+    std::fs::remove_file(&root_tmp).context("removing the scratch root filesystem")?;
     interrupt::check()?;
-    // The estimate is conservative, but never trust it: top up until free_space really is free.
-    for _ in 0..3 {
-        let sb = rootfs.superblock()?;
-        if sb.free_bytes() >= free_space {
-            break;
-        }
-        let short = free_space - sb.free_bytes();
-        say(&format!("rootfs: {short} bytes short of free_space, growing further"));
-        grow(&tmp, &mut disk, &rootfs, free_space + short + short / 8 + (16 << 20))?;
-    }
-    let after = rootfs.superblock()?;
-    if after.free_bytes() < free_space {
-        bail!("the root filesystem cannot grow enough: {} bytes free, {} wanted", after.free_bytes(), free_space);
-    }
-    File::open(&tmp)?.sync_all().context("flushing the image")?;
 
     // Outputs: checksum, optional compressed copy, manifest; all renamed at the end.
     let sha = output::sha256_of(&tmp)?;
@@ -295,33 +326,24 @@ fn check_room(raw: &Path, out_dir: &Path, payload: u64) -> Result<()> {
     Ok(())
 }
 
-/// Grow partition 2 and its filesystem so that `need` more bytes are free (no-op if they are).
-fn grow(image: &Path, disk: &mut DiskLayout, rootfs: &Rootfs, need: u64) -> Result<()> {
+/// Grow the filesystem (in its own file) so that `need` more bytes are free; no-op if they are.
+/// The new size keeps the partition's end on the 8 MiB grid.
+fn grow(rootfs: &Rootfs, part_start: u64, part_size: u64, need: u64) -> Result<()> {
     let sb = rootfs.superblock()?;
     let free = sb.free_bytes();
     if free >= need {
         return Ok(());
     }
-    // New block groups spend about 2% on inode tables and bitmaps: ask for a bit more.
+    // New block groups spend a few percent on inode tables and bitmaps: ask for a bit more.
     let missing = need - free;
     let extra = missing + missing / 20 + (8 << 20);
-    let root = disk.partition(2).context("the image has no partition 2")?.clone();
-    let new_end = round_up(root.start + sb.size() + extra, ALIGN);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(image)
-        .with_context(|| format!("opening {}", image.display()))?;
-    disk.grow_last_partition(&mut file, new_end)?;
-    file.sync_all().context("flushing the partition table")?;
-    drop(file);
-    let root = disk.partition(2).context("the image has no partition 2")?;
+    let new_size = round_up(part_start + sb.size().max(part_size) + extra, ALIGN) - part_start;
     say(&format!(
         "rootfs: growing from {} to {}",
         crate::size::ByteSize(sb.size()),
-        crate::size::ByteSize(root.size)
+        crate::size::ByteSize(new_size)
     ));
-    rootfs.resize(root.size)
+    rootfs.resize(new_size)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// Files being written under temporary names next to their final paths; removed unless committed.
 #[derive(Debug)]
 pub struct PendingOutputs {
-    pending: Vec<(PathBuf, PathBuf)>,
+    pending: Vec<(PathBuf, Option<PathBuf>)>,
     committed: bool,
 }
 
@@ -31,7 +31,14 @@ impl PendingOutputs {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "output".into());
         let tmp = final_path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-        self.pending.push((tmp.clone(), final_path.to_path_buf()));
+        self.pending.push((tmp.clone(), Some(final_path.to_path_buf())));
+        tmp
+    }
+
+    /// A scratch file next to `near` that is always removed, never renamed.
+    pub fn scratch(&mut self, near: &Path, what: &str) -> PathBuf {
+        let tmp = near.with_file_name(format!(".imagebuild-{what}.partial-{}", std::process::id()));
+        self.pending.push((tmp.clone(), None));
         tmp
     }
 
@@ -40,6 +47,10 @@ impl PendingOutputs {
         crate::interrupt::check()?;
         let mut done: Vec<PathBuf> = Vec::new();
         for (tmp, fin) in self.pending.iter().rev() {
+            let Some(fin) = fin else {
+                let _ = std::fs::remove_file(tmp);
+                continue;
+            };
             if let Err(e) = std::fs::rename(tmp, fin) {
                 for d in &done {
                     let _ = std::fs::remove_file(d);
@@ -69,57 +80,67 @@ impl Drop for PendingOutputs {
     }
 }
 
-/// Copy `src` to a new file `dst`: a reflink when the filesystem offers one, else a sparse copy
-/// that leaves holes as holes. Returns true when it was a reflink.
-pub fn copy_image(src: &Path, dst: &Path) -> Result<bool> {
-    let input = File::open(src).with_context(|| format!("opening {}", src.display()))?;
-    let len = input.metadata()?.len();
-    let output = File::create(dst).with_context(|| format!("creating {}", dst.display()))?;
-    // FICLONE: share the blocks copy-on-write (btrfs, xfs). The ioctl number is _IOW(0x94, 9, int).
-    const FICLONE: libc::c_ulong = 0x4004_9409;
-    // SAFETY: both descriptors are open for the duration of the call; FICLONE takes an fd value.
-    let rc = unsafe { libc::ioctl(output.as_raw_fd(), FICLONE as _, input.as_raw_fd()) };
+/// Copy `len` bytes at `src_off` of `src` to `dst_off` of `dst`, sparse-aware: holes stay holes.
+/// Tries a reflink (FICLONERANGE) first. Returns true when it was a reflink.
+pub fn copy_range(src: &File, src_off: u64, len: u64, dst: &File, dst_off: u64, label: &str) -> Result<bool> {
+    if dst.metadata()?.len() < dst_off + len {
+        dst.set_len(dst_off + len).context("sizing the output file")?;
+    }
+    #[repr(C)]
+    struct FileCloneRange {
+        src_fd: i64,
+        src_offset: u64,
+        src_length: u64,
+        dest_offset: u64,
+    }
+    // FICLONERANGE = _IOW(0x94, 13, struct file_clone_range): shares blocks copy-on-write on
+    // btrfs and xfs. It needs block-aligned ranges; anything else falls back to copying.
+    const FICLONERANGE: libc::c_ulong = 0x4020_940d;
+    let arg = FileCloneRange {
+        src_fd: src.as_raw_fd() as i64,
+        src_offset: src_off,
+        src_length: len,
+        dest_offset: dst_off,
+    };
+    // SAFETY: `arg` is a valid file_clone_range for the duration of the call; fds are open.
+    let rc = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONERANGE as _, &arg) };
     if rc == 0 {
         return Ok(true);
     }
-    let mut meter = Meter::new("copying the base image", Some(len));
-    let in_fd = input.as_raw_fd();
-    let out_fd = output.as_raw_fd();
-    let mut pos: i64 = 0;
-    let end = len as i64;
+    let mut meter = Meter::new(label, Some(len));
+    let in_fd = src.as_raw_fd();
+    let out_fd = dst.as_raw_fd();
+    let end = (src_off + len) as i64;
+    let mut pos = src_off as i64;
     while pos < end {
         crate::interrupt::check()?;
         // SAFETY: lseek on an open descriptor has no memory-safety preconditions.
         let data = unsafe { libc::lseek(in_fd, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            break; // no more data: the rest is a hole
+        if data < 0 || data >= end {
+            break; // the rest of the range is a hole
         }
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(in_fd, data, libc::SEEK_HOLE) };
         let hole = if hole < 0 { end } else { hole.min(end) };
         let mut off_in = data as libc::loff_t;
-        let mut off_out = data as libc::loff_t;
+        let mut off_out = (data - src_off as i64 + dst_off as i64) as libc::loff_t;
         let mut left = (hole - data) as usize;
         while left > 0 {
             crate::interrupt::check()?;
             let chunk = left.min(64 << 20);
-            // SAFETY: offsets point to valid loff_t values; descriptors are open.
-            let n = unsafe {
-                libc::copy_file_range(in_fd, &mut off_in, out_fd, &mut off_out, chunk, 0)
-            };
+            // SAFETY: the offsets point to live loff_t values; descriptors are open.
+            let n = unsafe { libc::copy_file_range(in_fd, &mut off_in, out_fd, &mut off_out, chunk, 0) };
             if n < 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("copying {} to {}", src.display(), dst.display()));
+                return Err(std::io::Error::last_os_error()).context("copying image data");
             }
             if n == 0 {
-                bail!("{} changed size while being copied", src.display());
+                bail!("the source image ended early while copying");
             }
             left -= n as usize;
             meter.add(n as u64);
         }
         pos = hole;
     }
-    output.set_len(len).context("sizing the output image")?;
     meter.finish();
     Ok(false)
 }

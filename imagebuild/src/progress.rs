@@ -94,10 +94,8 @@ impl<'a, R: Read> MeteredReader<'a, R> {
 impl<R: Read> Read for MeteredReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if crate::interrupt::requested() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Interrupted,
-                "interrupted by a signal",
-            ));
+            // Not ErrorKind::Interrupted: std::io::copy would silently retry that.
+            return Err(std::io::Error::other("interrupted by a signal"));
         }
         let n = self.inner.read(buf)?;
         self.meter.add(n as u64);

@@ -187,6 +187,15 @@ pub fn obtain(source: &BaseSource, cache: &Cache, offline: bool) -> Result<RawBa
                     catalog,
                 });
             }
+            if detect_packing(path)? == Packing::Raw {
+                // A local raw image needs no decompression: read it in place, never copy it.
+                return Ok(RawBase {
+                    path: path.clone(),
+                    source_sha256: actual,
+                    from_cache: false,
+                    catalog,
+                });
+            }
             (path.clone(), actual)
         }
         BaseSource::Catalog(BaseImage { url, sha256, .. })
@@ -370,7 +379,7 @@ pub fn copy_sparse(reader: &mut dyn Read, mut out: &File) -> std::io::Result<u64
             match reader.read(&mut buf[filled..]) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted && !crate::interrupt::requested() => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
         }
