@@ -129,9 +129,18 @@ pub fn copy_range(src: &File, src_off: u64, len: u64, dst: &File, dst_off: u64, 
             crate::interrupt::check()?;
             let chunk = left.min(64 << 20);
             // SAFETY: the offsets point to live loff_t values; descriptors are open.
-            let n = unsafe { libc::copy_file_range(in_fd, &mut off_in, out_fd, &mut off_out, chunk, 0) };
+            let mut n = unsafe { libc::copy_file_range(in_fd, &mut off_in, out_fd, &mut off_out, chunk, 0) };
             if n < 0 {
-                return Err(std::io::Error::last_os_error()).context("copying image data");
+                let err = std::io::Error::last_os_error();
+                match err.raw_os_error() {
+                    // Across filesystems (older kernels) or where unsupported: copy by hand.
+                    Some(libc::EXDEV) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => {
+                        n = copy_by_hand(src, off_in as u64, dst, off_out as u64, chunk)? as isize;
+                        off_in += n as libc::loff_t;
+                        off_out += n as libc::loff_t;
+                    }
+                    _ => return Err(err).context("copying image data"),
+                }
             }
             if n == 0 {
                 bail!("the source image ended early while copying");
@@ -143,6 +152,14 @@ pub fn copy_range(src: &File, src_off: u64, len: u64, dst: &File, dst_off: u64, 
     }
     meter.finish();
     Ok(false)
+}
+
+fn copy_by_hand(src: &File, at: u64, dst: &File, to: u64, len: usize) -> Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len.min(4 << 20)];
+    let n = src.read_at(&mut buf, at).context("reading image data")?;
+    dst.write_all_at(&buf[..n], to).context("writing image data")?;
+    Ok(n)
 }
 
 /// sha256 of a file as hex.

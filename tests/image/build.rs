@@ -307,7 +307,7 @@ fn no_room_for_the_output_fails_cleanly() {
     let b = base(dir.path(), Flavor::Bookworm);
     let r = recipe(dir.path(), &b.display().to_string(), "rpi4", "");
     let small = dir.path().join("out");
-    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=24m,mode=0777", "tmpfs"]).arg(&small).status().unwrap();
+    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=8m,mode=0777", "tmpfs"]).arg(&small).status().unwrap();
     assert!(st.success(), "mounting tmpfs");
     let out = build(dir.path(), &r, &[]);
     let left = names(&small);
