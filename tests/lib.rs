@@ -1,4 +1,4 @@
-//! Shared helpers for the workspace-level tests: paths to built binaries and the repository.
+//! Shared helpers for the workspace-level tests: where the repository and the built binaries are.
 
 use std::path::PathBuf;
 
@@ -10,9 +10,27 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// Path of a workspace binary (`firstboot`, `imagebuild`, ...) built for the host in the same
+/// profile as the running test. The test command builds them first
+/// (`cargo build --workspace --bins`); a missing one is a setup error with the fix in the message.
+pub fn bin_path(name: &str) -> PathBuf {
+    // Test executables live in <target>/<profile>/deps/; binaries one level up.
+    let exe = std::env::current_exe().expect("the running test knows its own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable sits in <target>/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace --bins` first (tests/run-all does)",
+        path.display()
+    );
+    path
+}
+
 /// True when running as root; root-only tests print why they skip otherwise.
 pub fn is_root() -> bool {
-    // SAFETY-free: geteuid has no preconditions; read through /proc to avoid a libc dependency.
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -21,4 +39,9 @@ pub fn is_root() -> bool {
                 .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
         })
         .unwrap_or(false)
+}
+
+/// Prints why a test is skipped, in a form that stands out in CI logs.
+pub fn skip(test: &str, why: &str) {
+    eprintln!("SKIPPED {test}: {why}");
 }

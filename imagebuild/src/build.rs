@@ -241,7 +241,7 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
         &config_lines,
         &format!("board {}, media {:?}", board.name, recipe.image.media).to_lowercase(),
         recipe,
-        cluster_file.as_ref().map(|c| c.text.as_str()),
+        cluster_file.as_ref(),
     )?;
     interrupt::check()?;
 
@@ -355,7 +355,7 @@ fn edit_boot(
     config_lines: &[String],
     why: &str,
     recipe: &Recipe,
-    cluster_toml: Option<&str>,
+    cluster: Option<&cluster::ClusterFile>,
 ) -> Result<String> {
     let mut file = OpenOptions::new()
         .read(true)
@@ -383,8 +383,11 @@ fn edit_boot(
         }
         fat.write("userconf.txt", format!("{}:{hash}\n", recipe.os.user).as_bytes())?;
     }
-    if let Some(text) = cluster_toml {
-        fat.write("cluster.toml", text.as_bytes())?;
+    if let Some(c) = cluster {
+        fat.write("cluster.toml", c.text.as_bytes())?;
+        if let Some((name, bytes)) = &c.token_file {
+            fat.write(name, bytes)?;
+        }
     }
     fat.close()?;
     file.sync_all().context("flushing the boot partition")?;

@@ -346,3 +346,15 @@ fn sigint_mid_build_leaves_nothing() {
     fails_cleanly(dir.path(), out, &["interrupted"]);
     assert!(names(&downloads).is_empty(), "partial download left: {:?}", names(&downloads));
 }
+
+#[test]
+fn invalid_cluster_is_never_written() {
+    let dir = scratch();
+    let b = base(dir.path(), Flavor::Trixie);
+    let r = recipe(dir.path(), &b.display().to_string(), "rpi4", "");
+    let text = std::fs::read_to_string(&r).unwrap().replace("servers = 3", "servers = 4");
+    std::fs::write(&r, text).unwrap();
+    let out = build(dir.path(), &r, &[]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("fixture-token-0123456789"), "token leaked");
+    fails_cleanly(dir.path(), out, &["servers"]);
+}

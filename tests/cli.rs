@@ -1,1 +1,0 @@
-//! Command-line tests of both binaries.
