@@ -303,10 +303,18 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     Ok(report)
 }
 
+fn sha256_quiet(path: &Path) -> Result<String> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex::encode(h.finalize()))
+}
+
 fn check_room(raw: &Path, out_dir: &Path, payload: u64) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let allocated = std::fs::metadata(raw)?.blocks() * 512;
-    let need = allocated + payload;
+    // The root filesystem exists twice for a moment (scratch file and image), payload included.
+    let need = 2 * (allocated + payload);
     let c = std::ffi::CString::new(out_dir.as_os_str().as_encoded_bytes())
         .context("output directory name contains a NUL byte")?;
     // SAFETY: statvfs writes into the zeroed struct we own; the path is a valid C string.
@@ -334,9 +342,9 @@ fn grow(rootfs: &Rootfs, part_start: u64, part_size: u64, need: u64) -> Result<(
     if free >= need {
         return Ok(());
     }
-    // New block groups spend a few percent on inode tables and bitmaps: ask for a bit more.
     let missing = need - free;
-    let extra = missing + missing / 20 + (8 << 20);
+    // New block groups bring inode tables, bitmaps and 5% root-reserved blocks with them.
+    let extra = missing + missing / 8 + (16 << 20);
     let new_size = round_up(part_start + sb.size().max(part_size) + extra, ALIGN) - part_start;
     say(&format!(
         "rootfs: growing from {} to {}",
@@ -403,7 +411,7 @@ fn image_manifest(recipe: &Recipe, base_sha: &str, epoch: i64, payload: &Payload
             files.remove(&e.dest);
         }
         let sha = match &e.kind {
-            EntryKind::File(p) => Some(output::sha256_of(p)?),
+            EntryKind::File(p) => Some(sha256_quiet(p)?),
             EntryKind::Bytes(b) => Some(hex::encode(Sha256::digest(b))),
             _ => None,
         };

@@ -358,3 +358,58 @@ fn invalid_cluster_is_never_written() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("fixture-token-0123456789"), "token leaked");
     fails_cleanly(dir.path(), out, &["servers"]);
 }
+
+#[test]
+fn payload_entries_are_written_as_declared() {
+    use imagebuild::rootfs::payload::Payload;
+    let dir = scratch();
+    let b = base(dir.path(), Flavor::Bookworm);
+    let r = recipe(dir.path(), &b.display().to_string(), "rpi4", "");
+    let bin = dir.path().join("k3s");
+    std::fs::write(&bin, vec![0x7f; 3 << 20]).unwrap();
+    let mut p = Payload::new();
+    p.file(&bin, "/usr/local/bin/k3s", 0o755);
+    p.symlink("/usr/local/bin/kubectl", "k3s");
+    p.dir("/var/lib/rancher/k3s/agent/images", 0o750).owner(0, 27);
+    p.bytes("/etc/rancher/k3s/k3s.env", "K3S_X=1\n", 0o600).mtime(1_234_567_890);
+    p.bytes("/etc/motd", "payload wins\n", 0o644);
+    std::env::set_var("SOURCE_DATE_EPOCH", EPOCH);
+    let options = imagebuild::build::BuildOptions {
+        cache_dir: Some(dir.path().join("cache")),
+        data_dir: Some(systests::repo_root()),
+        payload: p,
+        ..Default::default()
+    };
+    let report = imagebuild::build::run(&r, options).expect("build with payload");
+    let img = &report.output;
+    let off = report.layout.partitions[1].start;
+    let check = |path: &str, mode: &str, uid: u32, gid: u32, kind: &str| {
+        let (m, u, g, k) = debugfs_stat(img, off, path);
+        assert_eq!((m.as_str(), u, g, k.as_str()), (mode, uid, gid, kind), "{path}");
+    };
+    check("/usr/local/bin/k3s", "0755", 0, 0, "regular");
+    check("/usr/local/bin/kubectl", "0777", 0, 0, "symlink");
+    check("/var/lib/rancher/k3s/agent/images", "0750", 0, 27, "directory");
+    check("/etc/rancher/k3s/k3s.env", "0600", 0, 0, "regular");
+    let stat = Command::new("debugfs")
+        .arg("-R")
+        .arg("stat /etc/rancher/k3s/k3s.env")
+        .arg(format!("{}?offset={off}", img.display()))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&stat.stdout).contains("mtime: 0x499602d2"), "declared mtime not set");
+    let link = Command::new("debugfs")
+        .arg("-R")
+        .arg("stat /usr/local/bin/kubectl")
+        .arg(format!("{}?offset={off}", img.display()))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&link.stdout).contains("Fast link dest: \"k3s\""));
+    // The payload's /etc/motd replaces the overlay's; the manifest lists the payload's hash.
+    assert_eq!(debugfs_cat(img, off, "/etc/motd"), b"payload wins\n");
+    assert_eq!(debugfs_cat(img, off, "/usr/local/bin/k3s").len(), 3 << 20);
+    e2fsck_clean(img, off);
+    let out = run(imagebuild(dir.path()).arg("verify").arg(img));
+    assert!(out.status.success(), "verify after payload");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("payload files match"));
+}
