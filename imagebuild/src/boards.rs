@@ -208,17 +208,15 @@ impl Catalog {
                 continue;
             }
             let text = read(&path)?;
-            let mut board: Board = toml::from_str(&text).map_err(|e| {
-                CatalogError::Invalid(toml_error(&path, &text, &e, &board_keys()))
-            })?;
+            let mut board: Board = toml::from_str(&text)
+                .map_err(|e| CatalogError::Invalid(toml_error(&path, &text, &e, &board_keys())))?;
             board.name = stem.to_string();
             boards.insert(board.name.clone(), board);
         }
         let bases_path = dir.join("bases.toml");
         let text = read(&bases_path)?;
-        let raw: BTreeMap<String, BaseImage> = toml::from_str(&text).map_err(|e| {
-            CatalogError::Invalid(toml_error(&bases_path, &text, &e, &base_keys()))
-        })?;
+        let raw: BTreeMap<String, BaseImage> = toml::from_str(&text)
+            .map_err(|e| CatalogError::Invalid(toml_error(&bases_path, &text, &e, &base_keys())))?;
         let mut bases = BTreeMap::new();
         for (name, mut base) in raw {
             if base.sha256.len() != 64 || !base.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -247,11 +245,13 @@ impl Catalog {
 
     /// The base called `name`, or an error listing the catalog with a suggestion.
     pub fn base(&self, name: &str) -> Result<&BaseImage, CatalogError> {
-        self.bases.get(name).ok_or_else(|| CatalogError::UnknownBase {
-            name: name.into(),
-            hint: did_you_mean(name, self.bases.keys().map(String::as_str)),
-            known: self.bases.keys().cloned().collect::<Vec<_>>().join(", "),
-        })
+        self.bases
+            .get(name)
+            .ok_or_else(|| CatalogError::UnknownBase {
+                name: name.into(),
+                hint: did_you_mean(name, self.bases.keys().map(String::as_str)),
+                known: self.bases.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
     }
 
     /// A plain-text table of boards and bases for `imagebuild boards`.

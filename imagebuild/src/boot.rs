@@ -96,7 +96,9 @@ impl<'a> BootPartition<'a> {
         let mut f = match self.fs.root_dir().open_file(name) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("opening {name} on the boot partition")),
+            Err(e) => {
+                return Err(e).with_context(|| format!("opening {name} on the boot partition"))
+            }
         };
         let mut out = Vec::new();
         f.read_to_end(&mut out)
@@ -154,10 +156,7 @@ pub fn edit_cmdline(cmdline: &str, words: &[String]) -> String {
 /// config.txt with `lines` appended under an `[all]` section, skipping lines already present.
 pub fn edit_config(config: &str, lines: &[String], why: &str) -> String {
     let have: Vec<&str> = config.lines().map(str::trim).collect();
-    let missing: Vec<&String> = lines
-        .iter()
-        .filter(|l| !have.contains(&l.trim()))
-        .collect();
+    let missing: Vec<&String> = lines.iter().filter(|l| !have.contains(&l.trim())).collect();
     if missing.is_empty() {
         return config.to_string();
     }

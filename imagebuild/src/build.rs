@@ -119,17 +119,30 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
         .clone()
         .unwrap_or_else(|| recipe.resolve(&recipe.image.output));
     if output_path.is_dir() {
-        bail!("output {} is a directory; give a file name such as homelab.img", output_path.display());
+        bail!(
+            "output {} is a directory; give a file name such as homelab.img",
+            output_path.display()
+        );
     }
     let out_dir = match output_path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     if !out_dir.is_dir() {
-        bail!("output directory {} does not exist; create it first", out_dir.display());
+        bail!(
+            "output directory {} does not exist; create it first",
+            out_dir.display()
+        );
     }
-    let base_text = options.base.clone().unwrap_or_else(|| recipe.image.base.clone());
-    let base_sha = if options.base.is_some() { String::new() } else { recipe.image.base_sha256.clone() };
+    let base_text = options
+        .base
+        .clone()
+        .unwrap_or_else(|| recipe.image.base.clone());
+    let base_sha = if options.base.is_some() {
+        String::new()
+    } else {
+        recipe.image.base_sha256.clone()
+    };
     let source = BaseSource::resolve(&base_text, &base_sha, &catalog, &recipe.dir())?;
 
     // Everything the root filesystem gets, in order: built-in overlays, recipe overlays, user.
@@ -142,10 +155,15 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     for o in &recipe.overlays {
         let here = recipe.resolve(o);
         let builtin = data.root.join(o);
-        overlays.push(if here.is_dir() || !builtin.is_dir() { here } else { builtin });
+        overlays.push(if here.is_dir() || !builtin.is_dir() {
+            here
+        } else {
+            builtin
+        });
     }
     for o in &overlays {
-        payload.extend(overlay::load(o).with_context(|| format!("reading overlay {}", o.display()))?);
+        payload
+            .extend(overlay::load(o).with_context(|| format!("reading overlay {}", o.display()))?);
     }
     payload.check()?;
     options.payload.check()?;
@@ -155,7 +173,11 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     let raw = source::obtain(&source, &cache, options.offline)?;
     interrupt::check()?;
     let base_layout = layout::recognize(&raw.path, raw.catalog.as_ref())?;
-    check_room(&raw.path, &out_dir, payload.size_estimate() + options.payload.size_estimate())?;
+    check_room(
+        &raw.path,
+        &out_dir,
+        payload.size_estimate() + options.payload.size_estimate(),
+    )?;
 
     // Output under a temporary name: removed on any error or interrupt. The root filesystem is
     // edited in a file of its own first: resize2fs on `image?offset=N` truncates the image file
@@ -163,10 +185,19 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     let mut pending = PendingOutputs::new();
     let tmp = pending.add(&output_path);
     let root_tmp = pending.scratch(&output_path, "rootfs");
-    let base_file = File::open(&raw.path).with_context(|| format!("opening {}", raw.path.display()))?;
+    let base_file =
+        File::open(&raw.path).with_context(|| format!("opening {}", raw.path.display()))?;
     let root = base_layout.root.clone();
-    let root_file = File::create(&root_tmp).with_context(|| format!("creating {}", root_tmp.display()))?;
-    let mut reflinked = output::copy_range(&base_file, root.start, root.size, &root_file, 0, "copying the root filesystem")?;
+    let root_file =
+        File::create(&root_tmp).with_context(|| format!("creating {}", root_tmp.display()))?;
+    let mut reflinked = output::copy_range(
+        &base_file,
+        root.start,
+        root.size,
+        &root_file,
+        0,
+        "copying the root filesystem",
+    )?;
     drop(root_file);
     interrupt::check()?;
 
@@ -181,7 +212,12 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     // Grow the filesystem so payload plus free_space fit, then write the payload.
     let free_space = recipe.image.free_space.0;
     let before = base_layout.root_super.size();
-    grow(&rootfs, root.start, root.size, payload.size_estimate() + free_space)?;
+    grow(
+        &rootfs,
+        root.start,
+        root.size,
+        payload.size_estimate() + free_space,
+    )?;
     interrupt::check()?;
     let staging = tempfile::Builder::new()
         .prefix(".imagebuild-staging-")
@@ -197,12 +233,23 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
             break;
         }
         let short = free_space - sb.free_bytes();
-        say(&format!("rootfs: {short} bytes short of free_space, growing further"));
-        grow(&rootfs, root.start, sb.size(), free_space + short / 8 + (16 << 20))?;
+        say(&format!(
+            "rootfs: {short} bytes short of free_space, growing further"
+        ));
+        grow(
+            &rootfs,
+            root.start,
+            sb.size(),
+            free_space + short / 8 + (16 << 20),
+        )?;
     }
     let after = rootfs.superblock()?;
     if after.free_bytes() < free_space {
-        bail!("the root filesystem cannot grow enough: {} bytes free, {} wanted", after.free_bytes(), free_space);
+        bail!(
+            "the root filesystem cannot grow enough: {} bytes free, {} wanted",
+            after.free_bytes(),
+            free_space
+        );
     }
 
     // Disk: the base's head (partition table, boot partition), then partition 2 grown to fit.
@@ -214,13 +261,21 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
         .truncate(true)
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
-    reflinked &= output::copy_range(&base_file, 0, root.start, &out, 0, "copying the boot partition")?;
+    reflinked &= output::copy_range(
+        &base_file,
+        0,
+        root.start,
+        &out,
+        0,
+        "copying the boot partition",
+    )?;
     let root_len = std::fs::metadata(&root_tmp)?.len().max(after.size());
     let new_end = root.start + root_len;
     if new_end > root.end() {
         disk.grow_last_partition(&mut out, new_end)?;
     }
-    out.set_len(new_end.max(root.end())).context("sizing the output image")?;
+    out.set_len(new_end.max(root.end()))
+        .context("sizing the output image")?;
     drop(out);
 
     // Boot partition.
@@ -249,7 +304,14 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     {
         let out = OpenOptions::new().write(true).open(&tmp)?;
         let root_file = File::open(&root_tmp)?;
-        reflinked &= output::copy_range(&root_file, 0, root_len, &out, root.start, "writing the root filesystem")?;
+        reflinked &= output::copy_range(
+            &root_file,
+            0,
+            root_len,
+            &out,
+            root.start,
+            "writing the root filesystem",
+        )?;
         out.sync_all().context("flushing the image")?;
     }
     std::fs::remove_file(&root_tmp).context("removing the scratch root filesystem")?;
@@ -264,7 +326,11 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     let compressed = match recipe.image.compress {
         Compression::None => None,
         how => {
-            let ext = if how == Compression::Zstd { ".zst" } else { ".xz" };
+            let ext = if how == Compression::Zstd {
+                ".zst"
+            } else {
+                ".xz"
+            };
             let path = output::with_suffix(&output_path, ext);
             let ctmp = pending.add(&path);
             output::compress(&tmp, &ctmp, how)?;
@@ -299,7 +365,11 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     let json_tmp = pending.add(&json_path);
     output::write_synced(&json_tmp, serde_json::to_string_pretty(&report)?.as_bytes())?;
     pending.commit()?;
-    say(&format!("wrote {} ({})", output_path.display(), report.sha256));
+    say(&format!(
+        "wrote {} ({})",
+        output_path.display(),
+        report.sha256
+    ));
     Ok(report)
 }
 
@@ -371,7 +441,9 @@ fn edit_boot(
         .open(image)
         .with_context(|| format!("opening {}", image.display()))?;
     let fat = BootPartition::open(&mut file, &layout.boot, epoch)?;
-    let old = fat.read("cmdline.txt")?.context("the boot partition has no cmdline.txt")?;
+    let old = fat
+        .read("cmdline.txt")?
+        .context("the boot partition has no cmdline.txt")?;
     let cmdline = boot::edit_cmdline(&String::from_utf8_lossy(&old), words);
     fat.write("cmdline.txt", cmdline.as_bytes())?;
     let config = fat.read("config.txt")?.unwrap_or_default();
@@ -385,11 +457,18 @@ fn edit_boot(
     if layout.family != OsFamily::Ubuntu {
         // An empty hash means key-only login: `*` matches no password and, unlike `!`, does not
         // make sshd treat the account as locked.
-        let hash = if recipe.os.password_hash.is_empty() { "*" } else { recipe.os.password_hash.as_str() };
+        let hash = if recipe.os.password_hash.is_empty() {
+            "*"
+        } else {
+            recipe.os.password_hash.as_str()
+        };
         if hash.contains([':', '\n']) {
             bail!("[os] password_hash must be a crypt(3) hash on one line without ':' (make one with `openssl passwd -6`)");
         }
-        fat.write("userconf.txt", format!("{}:{hash}\n", recipe.os.user).as_bytes())?;
+        fat.write(
+            "userconf.txt",
+            format!("{}:{hash}\n", recipe.os.user).as_bytes(),
+        )?;
     }
     if let Some(c) = cluster {
         fat.write("cluster.toml", c.text.as_bytes())?;
@@ -403,7 +482,12 @@ fn edit_boot(
 }
 
 /// The image manifest: build time (the clock floor for first boot) and every file's sha256.
-fn image_manifest(recipe: &Recipe, base_sha: &str, epoch: i64, payload: &Payload) -> Result<Vec<u8>> {
+fn image_manifest(
+    recipe: &Recipe,
+    base_sha: &str,
+    epoch: i64,
+    payload: &Payload,
+) -> Result<Vec<u8>> {
     // A later entry for the same path replaces an earlier one, as in the image itself.
     let mut files = std::collections::BTreeMap::new();
     for e in &payload.entries {
@@ -417,7 +501,9 @@ fn image_manifest(recipe: &Recipe, base_sha: &str, epoch: i64, payload: &Payload
         };
         if let Some(sha) = sha {
             // The Wi-Fi keyfile holds the passphrase: its hash would let anyone test guesses.
-            let secret = e.dest.starts_with("/etc/NetworkManager/system-connections/");
+            let secret = e
+                .dest
+                .starts_with("/etc/NetworkManager/system-connections/");
             files.insert(e.dest.clone(), serde_json::json!({
                 "path": e.dest,
                 "sha256": if secret { serde_json::Value::Null } else { serde_json::Value::String(sha) },

@@ -53,8 +53,9 @@ pub fn from_recipe(recipe: &Recipe) -> Result<Option<ClusterFile>> {
         None => None,
         Some(name) => {
             let dir = file.origin.parent().unwrap_or(Path::new("."));
-            let bytes = std::fs::read(dir.join(&name))
-                .with_context(|| format!("reading token_file {name} beside {}", file.origin.display()))?;
+            let bytes = std::fs::read(dir.join(&name)).with_context(|| {
+                format!("reading token_file {name} beside {}", file.origin.display())
+            })?;
             Some((name, bytes))
         }
     };
@@ -93,7 +94,9 @@ mod tests {
 
     #[test]
     fn invalid_cluster_is_refused() {
-        let r = recipe("[cluster.cluster]\nname = \"lab\"\ntoken = \"0123456789abcdef-xyz\"\nservers = 2\n");
+        let r = recipe(
+            "[cluster.cluster]\nname = \"lab\"\ntoken = \"0123456789abcdef-xyz\"\nservers = 2\n",
+        );
         let err = format!("{:#}", from_recipe(&r).unwrap_err());
         assert!(err.contains("servers"), "{err}");
         assert!(!err.contains("0123456789abcdef-xyz"), "token leaked: {err}");

@@ -43,9 +43,15 @@ impl Partition {
 
     /// Whether the type says FAT (MBR 0x0b/0x0c/0x0e/0x06 or the GPT basic-data/ESP types).
     pub fn is_fat_type(&self) -> bool {
-        matches!(self.type_id.as_str(), "0x0b" | "0x0c" | "0x0e" | "0x06" | "0xef")
-            || self.type_id.eq_ignore_ascii_case("EBD0A0A2-B9E5-4433-87C0-68B6B72699C7")
-            || self.type_id.eq_ignore_ascii_case("C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
+        matches!(
+            self.type_id.as_str(),
+            "0x0b" | "0x0c" | "0x0e" | "0x06" | "0xef"
+        ) || self
+            .type_id
+            .eq_ignore_ascii_case("EBD0A0A2-B9E5-4433-87C0-68B6B72699C7")
+            || self
+                .type_id
+                .eq_ignore_ascii_case("C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
     }
 }
 

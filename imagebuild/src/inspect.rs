@@ -49,7 +49,9 @@ pub fn inspect(image: &Path) -> Result<Inspection> {
     let (cmdline, config, ssh, userconf, cluster, boot_free, serial) = {
         let fat = BootPartition::open(&mut file, &layout.boot, 315_532_800)?;
         let text = |n: &str| -> Result<Option<String>> {
-            Ok(fat.read(n)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+            Ok(fat
+                .read(n)?
+                .map(|b| String::from_utf8_lossy(&b).into_owned()))
         };
         (
             text("cmdline.txt")?.unwrap_or_default(),
@@ -82,17 +84,22 @@ pub fn inspect(image: &Path) -> Result<Inspection> {
     let mut warnings = Vec::new();
     for (f, n) in &cgroup_flags {
         if *n != 1 {
-            warnings.push(format!("cmdline.txt has {f} {n} times (K3s needs it exactly once)"));
+            warnings.push(format!(
+                "cmdline.txt has {f} {n} times (K3s needs it exactly once)"
+            ));
         }
     }
     if cmdline.trim_end().lines().count() > 1 {
-        warnings.push("cmdline.txt has more than one line; the firmware reads only the first".into());
+        warnings
+            .push("cmdline.txt has more than one line; the firmware reads only the first".into());
     }
     if image_manifest.is_none() {
         warnings.push(format!("no {IMAGE_MANIFEST}: not built by imagebuild"));
     }
     if !cluster {
-        warnings.push("no cluster.toml on the boot partition: stamp one with `imagebuild stamp`".into());
+        warnings.push(
+            "no cluster.toml on the boot partition: stamp one with `imagebuild stamp`".into(),
+        );
     }
     let rootfs_free = layout.root_super.free_bytes();
     Ok(Inspection {
@@ -145,15 +152,24 @@ impl Inspection {
             ByteSize(self.rootfs_free)
         ));
         s.push_str(&format!("cmdline.txt: {}\n", self.cmdline));
-        s.push_str(&format!("first-boot hooks: {}\n", self.first_boot_hooks.join(" ")));
-        s.push_str(&format!("config.txt additions: {}\n", self.config_lines.join(", ")));
+        s.push_str(&format!(
+            "first-boot hooks: {}\n",
+            self.first_boot_hooks.join(" ")
+        ));
+        s.push_str(&format!(
+            "config.txt additions: {}\n",
+            self.config_lines.join(", ")
+        ));
         s.push_str(&format!(
             "ssh: {}  userconf user: {}  cluster.toml: {}\n",
             self.ssh_enabled,
             self.userconf_user.as_deref().unwrap_or("-"),
             self.cluster_toml
         ));
-        s.push_str(&format!("machine-id: {:?}\n", self.machine_id.as_deref().unwrap_or("<missing>")));
+        s.push_str(&format!(
+            "machine-id: {:?}\n",
+            self.machine_id.as_deref().unwrap_or("<missing>")
+        ));
         if let Some(m) = &self.image_manifest {
             s.push_str(&format!(
                 "built: {} board {} k3s {}\n",

@@ -50,23 +50,38 @@ pub fn recognize(image: &Path, catalog: Option<&BaseImage>) -> Result<PiLayout> 
         .cloned()
         .ok_or_else(|| not_pi(image, "it has no partition 2"))?;
     if !boot.is_fat_type() {
-        return Err(not_pi(image, &format!("partition 1 has type {}, not FAT", boot.type_id)));
+        return Err(not_pi(
+            image,
+            &format!("partition 1 has type {}, not FAT", boot.type_id),
+        ));
     }
     if boot.end() > disk.image_size || root.end() > disk.image_size {
-        return Err(not_pi(image, "a partition extends past the end of the file (truncated image?)"));
+        return Err(not_pi(
+            image,
+            "a partition extends past the end of the file (truncated image?)",
+        ));
     }
     let (boot_label, cmdline) = {
         let fat = BootPartition::open(&mut file, &boot, 315_532_800)
             .map_err(|e| not_pi(image, &format!("{e:#}")))?;
-        let names: Vec<String> = fat.root_names().iter().map(|n| n.to_ascii_lowercase()).collect();
+        let names: Vec<String> = fat
+            .root_names()
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
         if !names.iter().any(|n| n == "cmdline.txt") || !names.iter().any(|n| n == "config.txt") {
-            return Err(not_pi(image, "partition 1 has no cmdline.txt and config.txt"));
+            return Err(not_pi(
+                image,
+                "partition 1 has no cmdline.txt and config.txt",
+            ));
         }
-        let cmdline = String::from_utf8_lossy(&fat.read("cmdline.txt")?.unwrap_or_default()).into_owned();
+        let cmdline =
+            String::from_utf8_lossy(&fat.read("cmdline.txt")?.unwrap_or_default()).into_owned();
         // Read-only use: dropping without unmount writes nothing we need.
         (fat.label(), cmdline)
     };
-    let root_super = Superblock::read(image, root.start).map_err(|e| not_pi(image, &format!("{e:#}")))?;
+    let root_super =
+        Superblock::read(image, root.start).map_err(|e| not_pi(image, &format!("{e:#}")))?;
     let root_label = root_super.label.clone();
     let family = match catalog {
         Some(c) => {
@@ -94,7 +109,12 @@ pub fn recognize(image: &Path, catalog: Option<&BaseImage>) -> Result<PiLayout> 
     })
 }
 
-fn detect_family(image: &Path, root_offset: u64, boot_label: &str, cmdline: &str) -> Result<OsFamily> {
+fn detect_family(
+    image: &Path,
+    root_offset: u64,
+    boot_label: &str,
+    cmdline: &str,
+) -> Result<OsFamily> {
     if boot_label.eq_ignore_ascii_case("system-boot") {
         return Ok(OsFamily::Ubuntu);
     }

@@ -31,7 +31,8 @@ impl PendingOutputs {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "output".into());
         let tmp = final_path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-        self.pending.push((tmp.clone(), Some(final_path.to_path_buf())));
+        self.pending
+            .push((tmp.clone(), Some(final_path.to_path_buf())));
         tmp
     }
 
@@ -55,7 +56,8 @@ impl PendingOutputs {
                 for d in &done {
                     let _ = std::fs::remove_file(d);
                 }
-                return Err(e).with_context(|| format!("renaming {} to {}", tmp.display(), fin.display()));
+                return Err(e)
+                    .with_context(|| format!("renaming {} to {}", tmp.display(), fin.display()));
             }
             done.push(fin.clone());
         }
@@ -82,9 +84,17 @@ impl Drop for PendingOutputs {
 
 /// Copy `len` bytes at `src_off` of `src` to `dst_off` of `dst`, sparse-aware: holes stay holes.
 /// Tries a reflink (FICLONERANGE) first. Returns true when it was a reflink.
-pub fn copy_range(src: &File, src_off: u64, len: u64, dst: &File, dst_off: u64, label: &str) -> Result<bool> {
+pub fn copy_range(
+    src: &File,
+    src_off: u64,
+    len: u64,
+    dst: &File,
+    dst_off: u64,
+    label: &str,
+) -> Result<bool> {
     if dst.metadata()?.len() < dst_off + len {
-        dst.set_len(dst_off + len).context("sizing the output file")?;
+        dst.set_len(dst_off + len)
+            .context("sizing the output file")?;
     }
     #[repr(C)]
     struct FileCloneRange {
@@ -129,12 +139,17 @@ pub fn copy_range(src: &File, src_off: u64, len: u64, dst: &File, dst_off: u64, 
             crate::interrupt::check()?;
             let chunk = left.min(64 << 20);
             // SAFETY: the offsets point to live loff_t values; descriptors are open.
-            let mut n = unsafe { libc::copy_file_range(in_fd, &mut off_in, out_fd, &mut off_out, chunk, 0) };
+            let mut n = unsafe {
+                libc::copy_file_range(in_fd, &mut off_in, out_fd, &mut off_out, chunk, 0)
+            };
             if n < 0 {
                 let err = std::io::Error::last_os_error();
                 match err.raw_os_error() {
                     // Across filesystems (older kernels) or where unsupported: copy by hand.
-                    Some(libc::EXDEV) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => {
+                    Some(libc::EXDEV)
+                    | Some(libc::ENOSYS)
+                    | Some(libc::EOPNOTSUPP)
+                    | Some(libc::EINVAL) => {
                         n = copy_by_hand(src, off_in as u64, dst, off_out as u64, chunk)? as isize;
                         off_in += n as libc::loff_t;
                         off_out += n as libc::loff_t;
@@ -158,7 +173,8 @@ fn copy_by_hand(src: &File, at: u64, dst: &File, to: u64, len: usize) -> Result<
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; len.min(4 << 20)];
     let n = src.read_at(&mut buf, at).context("reading image data")?;
-    dst.write_all_at(&buf[..n], to).context("writing image data")?;
+    dst.write_all_at(&buf[..n], to)
+        .context("writing image data")?;
     Ok(n)
 }
 
@@ -171,7 +187,8 @@ pub fn sha256_of(path: &Path) -> Result<String> {
 pub fn compress(src: &Path, dst: &Path, how: Compression) -> Result<()> {
     let input = File::open(src).with_context(|| format!("opening {}", src.display()))?;
     let len = input.metadata()?.len();
-    let out = BufWriter::new(File::create(dst).with_context(|| format!("creating {}", dst.display()))?);
+    let out =
+        BufWriter::new(File::create(dst).with_context(|| format!("creating {}", dst.display()))?);
     let mut meter = Meter::new(&format!("compressing ({how:?})"), Some(len));
     let mut reader = BufReader::with_capacity(1 << 20, MeteredReader::new(input, &mut meter));
     match how {
@@ -179,7 +196,9 @@ pub fn compress(src: &Path, dst: &Path, how: Compression) -> Result<()> {
         Compression::Zstd => {
             let mut enc = zstd::stream::write::Encoder::new(out, 10).context("starting zstd")?;
             // Worker count does not change zstd's output bytes, so the result stays reproducible.
-            let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as u32;
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1) as u32;
             enc.multithread(threads).context("starting zstd workers")?;
             enc.include_checksum(true)?;
             std::io::copy(&mut reader, &mut enc).context("compressing with zstd")?;

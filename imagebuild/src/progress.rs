@@ -70,9 +70,8 @@ impl Meter {
 
     /// Finish the meter with a closing line.
     pub fn finish(self) {
-        match &self.bar {
-            Some(b) => b.finish_and_clear(),
-            None => {}
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
         }
         eprintln!("{}: done ({} MiB)", self.label, self.done >> 20);
     }

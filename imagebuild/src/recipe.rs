@@ -321,7 +321,10 @@ pub fn toml_error(path: &Path, text: &str, err: &toml::de::Error, keys: &[&str])
             expected
         };
         let hint = did_you_mean(key, pool.iter().copied());
-        out = format!("{place}: unknown key `{key}`.{hint} Allowed here: {}.", pool.join(", "));
+        out = format!(
+            "{place}: unknown key `{key}`.{hint} Allowed here: {}.",
+            pool.join(", ")
+        );
     }
     out
 }

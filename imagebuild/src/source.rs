@@ -105,13 +105,16 @@ impl Cache {
                 Some(x) => PathBuf::from(x).join("imagebuild"),
                 None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
                     Some(h) => PathBuf::from(h).join(".cache/imagebuild"),
-                    None => bail!("no cache directory: set XDG_CACHE_HOME or HOME, or pass --cache-dir"),
+                    None => {
+                        bail!("no cache directory: set XDG_CACHE_HOME or HOME, or pass --cache-dir")
+                    }
                 },
             },
         };
         for sub in ["downloads", "raw"] {
-            std::fs::create_dir_all(root.join(sub))
-                .with_context(|| format!("creating cache directory {}", root.join(sub).display()))?;
+            std::fs::create_dir_all(root.join(sub)).with_context(|| {
+                format!("creating cache directory {}", root.join(sub).display())
+            })?;
         }
         Ok(Cache { root })
     }
@@ -198,8 +201,7 @@ pub fn obtain(source: &BaseSource, cache: &Cache, offline: bool) -> Result<RawBa
             }
             (path.clone(), actual)
         }
-        BaseSource::Catalog(BaseImage { url, sha256, .. })
-        | BaseSource::Url { url, sha256 } => {
+        BaseSource::Catalog(BaseImage { url, sha256, .. }) | BaseSource::Url { url, sha256 } => {
             let dl = cache.download_path(sha256);
             if !dl.is_file() {
                 if offline {
@@ -244,7 +246,11 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         crate::interrupt::check()?;
         // SAFETY: lseek on an open descriptor has no memory-safety preconditions.
         let data = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_DATA) };
-        let data = if data < 0 { len } else { (data as u64).min(len) };
+        let data = if data < 0 {
+            len
+        } else {
+            (data as u64).min(len)
+        };
         let mut z = data - pos;
         while z > 0 {
             let n = z.min(zeros.len() as u64) as usize;
@@ -258,7 +264,11 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_HOLE) };
-        let hole = if hole < 0 { len } else { (hole as u64).min(len) };
+        let hole = if hole < 0 {
+            len
+        } else {
+            (hole as u64).min(len)
+        };
         while pos < hole {
             let want = ((hole - pos) as usize).min(buf.len());
             let n = f
@@ -318,9 +328,12 @@ fn download(url: &str, sha256: &str, dest: &Path, cache: &Cache) -> Result<()> {
         .and_then(|r| r.error_for_status())
         .with_context(|| format!("downloading {url}"))?;
     let partial = PartialFile(cache.partial("downloads"));
-    let file = File::create(&partial.0)
-        .with_context(|| format!("creating {}", partial.0.display()))?;
-    let mut meter = Meter::new(&format!("downloading {}", url.rsplit('/').next().unwrap_or(url)), resp.content_length());
+    let file =
+        File::create(&partial.0).with_context(|| format!("creating {}", partial.0.display()))?;
+    let mut meter = Meter::new(
+        &format!("downloading {}", url.rsplit('/').next().unwrap_or(url)),
+        resp.content_length(),
+    );
     let mut reader = MeteredReader::new(resp, &mut meter);
     let mut w = HashingWriter {
         inner: std::io::BufWriter::with_capacity(1 << 20, file),
@@ -383,8 +396,8 @@ fn decompress_into(src: &Path, raw: &Path, cache: &Cache) -> Result<()> {
         Packing::Raw => Box::new(input),
     };
     let partial = PartialFile(cache.partial("raw"));
-    let out = File::create(&partial.0)
-        .with_context(|| format!("creating {}", partial.0.display()))?;
+    let out =
+        File::create(&partial.0).with_context(|| format!("creating {}", partial.0.display()))?;
     let total = copy_sparse(&mut reader, &out).map_err(|e| {
         if crate::interrupt::requested() {
             anyhow!("interrupted: the build was stopped by a signal; nothing was written to the output path")
@@ -397,7 +410,10 @@ fn decompress_into(src: &Path, raw: &Path, cache: &Cache) -> Result<()> {
     drop(reader);
     meter.finish();
     if total == 0 {
-        bail!("{} is empty after decompression; it is not a disk image", src.display());
+        bail!(
+            "{} is empty after decompression; it is not a disk image",
+            src.display()
+        );
     }
     out.sync_all().context("flushing the raw image")?;
     std::fs::rename(&partial.0, raw).context("storing the raw image in the cache")?;

@@ -21,12 +21,14 @@ pub struct Verification {
 /// root, then every file listed in the image manifest is hashed and compared.
 pub fn verify(image: &Path) -> Result<Verification> {
     let l = layout::recognize(image, None)?;
-    let tmp = tempfile::NamedTempFile::new().context("creating a scratch file for the boot partition")?;
+    let tmp =
+        tempfile::NamedTempFile::new().context("creating a scratch file for the boot partition")?;
     {
         let mut src = File::open(image)?;
         src.seek(SeekFrom::Start(l.boot.start))?;
         let mut dst = tmp.reopen()?;
-        std::io::copy(&mut Read::by_ref(&mut src).take(l.boot.size), &mut dst).context("copying the boot partition out")?;
+        std::io::copy(&mut Read::by_ref(&mut src).take(l.boot.size), &mut dst)
+            .context("copying the boot partition out")?;
         dst.flush()?;
     }
     let out = Command::new("fsck.vfat")
@@ -45,7 +47,8 @@ pub fn verify(image: &Path) -> Result<Verification> {
     let Some(manifest) = rootfs.read_file(IMAGE_MANIFEST)? else {
         bail!("{IMAGE_MANIFEST} is missing: this image was not built by imagebuild, so there is no payload to check");
     };
-    let doc: serde_json::Value = serde_json::from_slice(&manifest).context("parsing the image manifest")?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&manifest).context("parsing the image manifest")?;
     let mut checked = 0;
     for f in doc["files"].as_array().into_iter().flatten() {
         let (Some(path), Some(want)) = (f["path"].as_str(), f["sha256"].as_str()) else {
@@ -60,5 +63,7 @@ pub fn verify(image: &Path) -> Result<Verification> {
         }
         checked += 1;
     }
-    Ok(Verification { files_checked: checked })
+    Ok(Verification {
+        files_checked: checked,
+    })
 }

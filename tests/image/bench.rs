@@ -8,6 +8,7 @@
 //!      raw cache as on any rebuild): copy, grow, edit FAT and ext4, sha256 of the output;
 //!   2. the baseline from the same raw file: cp --sparse, sfdisk grow, losetup, e2fsck -f,
 //!      resize2fs, mount, copy + chown/chmod, umount, boot edits (mtools), sync, sha256sum,
+//!
 //! and prints both times and the ratio.
 
 #[path = "fixture.rs"]
@@ -69,12 +70,19 @@ fn prepare(work: &Path) -> Result<Inputs> {
     }
     let overlay = work.join("overlay");
     std::fs::create_dir_all(overlay.join("etc/rancher/k3s"))?;
-    std::fs::write(overlay.join("etc/rancher/k3s/registries.yaml"), "mirrors: {}\n")?;
+    std::fs::write(
+        overlay.join("etc/rancher/k3s/registries.yaml"),
+        "mirrors: {}\n",
+    )?;
     // The base sits in imagebuild's raw cache, as after the first build from the catalog: the
     // timed build neither downloads, decompresses nor re-hashes it (the baseline starts from the
     // same raw file). The URL is never contacted (--offline and a cache hit).
     let sha = sh(Command::new("sha256sum").arg(&base))?;
-    let sha = sha.split_whitespace().next().context("sha256sum output")?.to_string();
+    let sha = sha
+        .split_whitespace()
+        .next()
+        .context("sha256sum output")?
+        .to_string();
     let raw_dir = work.join("cache/raw");
     std::fs::create_dir_all(work.join("cache/downloads"))?;
     std::fs::create_dir_all(&raw_dir)?;
@@ -82,7 +90,10 @@ fn prepare(work: &Path) -> Result<Inputs> {
     if !cached.exists() {
         std::fs::hard_link(&base, &cached)?;
     }
-    sh(Command::new("chmod").arg("-R").arg("a+rwX").arg(work.join("cache")))?;
+    sh(Command::new("chmod")
+        .arg("-R")
+        .arg("a+rwX")
+        .arg(work.join("cache")))?;
     let recipe = work.join("image.toml");
     std::fs::write(
         &recipe,
@@ -96,7 +107,10 @@ fn prepare(work: &Path) -> Result<Inputs> {
     }
     sh(Command::new("chmod").arg("-R").arg("a+rX").arg(&overlay))?;
     std::fs::create_dir_all(work.join("out"))?;
-    sh(Command::new("chmod").arg("777").arg(work.join("out")).arg(work))?;
+    sh(Command::new("chmod")
+        .arg("777")
+        .arg(work.join("out"))
+        .arg(work))?;
     Ok(Inputs {
         base,
         k3s,
@@ -144,11 +158,17 @@ fn child(work: &Path) -> Result<()> {
 fn baseline(i: &Inputs, work: &Path) -> Result<()> {
     let out = work.join("out/baseline.img");
     let _ = std::fs::remove_file(&out);
-    sh(Command::new("cp").arg("--sparse=always").arg(&i.base).arg(&out))?;
+    sh(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&i.base)
+        .arg(&out))?;
     // Grow by the same amount imagebuild needed: payload + 1 GiB free, rounded generously.
     let grow = 1500u64 << 20;
     let len = std::fs::metadata(&out)?.len();
-    std::fs::OpenOptions::new().write(true).open(&out)?.set_len(len + grow)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&out)?
+        .set_len(len + grow)?;
     let mut child = Command::new("sfdisk")
         .args(["--no-reread", "--no-tell-kernel", "-q", "-N", "2"])
         .arg(&out)
@@ -172,19 +192,43 @@ fn baseline(i: &Inputs, work: &Path) -> Result<()> {
         sh(Command::new("mount").arg(&loopdev).arg(&mnt))?;
         let copy = (|| -> Result<()> {
             let m = |p: &str| mnt.join(p.trim_start_matches('/'));
-            sh(Command::new("install").args(["-D", "-m", "0755"]).arg(&i.k3s).arg(m("/usr/local/bin/k3s")))?;
+            sh(Command::new("install")
+                .args(["-D", "-m", "0755"])
+                .arg(&i.k3s)
+                .arg(m("/usr/local/bin/k3s")))?;
             for l in ["kubectl", "crictl", "ctr"] {
                 std::os::unix::fs::symlink("k3s", m(&format!("/usr/local/bin/{l}")))?;
             }
-            sh(Command::new("install").args(["-D", "-m", "0644"]).arg(&i.airgap).arg(m("/var/lib/rancher/k3s/agent/images/k3s-airgap-images-arm64.tar.zst")))?;
-            for o in [systests::repo_root().join("overlays/common"), systests::repo_root().join("overlays/sd-tuning"), i.overlay.clone()] {
-                sh(Command::new("cp").arg("-r").arg("--no-preserve=ownership").arg(format!("{}/.", o.display())).arg(&mnt))?;
+            sh(Command::new("install")
+                .args(["-D", "-m", "0644"])
+                .arg(&i.airgap)
+                .arg(m(
+                    "/var/lib/rancher/k3s/agent/images/k3s-airgap-images-arm64.tar.zst",
+                )))?;
+            for o in [
+                systests::repo_root().join("overlays/common"),
+                systests::repo_root().join("overlays/sd-tuning"),
+                i.overlay.clone(),
+            ] {
+                sh(Command::new("cp")
+                    .arg("-r")
+                    .arg("--no-preserve=ownership")
+                    .arg(format!("{}/.", o.display()))
+                    .arg(&mnt))?;
             }
             std::fs::create_dir_all(m("/home/pi/.ssh"))?;
-            std::fs::write(m("/home/pi/.ssh/authorized_keys"), "ssh-ed25519 AAAAbench bench@example\n")?;
-            sh(Command::new("chown").arg("-R").arg("1000:1000").arg(m("/home/pi/.ssh")))?;
+            std::fs::write(
+                m("/home/pi/.ssh/authorized_keys"),
+                "ssh-ed25519 AAAAbench bench@example\n",
+            )?;
+            sh(Command::new("chown")
+                .arg("-R")
+                .arg("1000:1000")
+                .arg(m("/home/pi/.ssh")))?;
             sh(Command::new("chmod").arg("0700").arg(m("/home/pi/.ssh")))?;
-            sh(Command::new("chmod").arg("0600").arg(m("/home/pi/.ssh/authorized_keys")))?;
+            sh(Command::new("chmod")
+                .arg("0600")
+                .arg(m("/home/pi/.ssh/authorized_keys")))?;
             std::fs::write(m("/etc/timezone"), "Etc/UTC\n")?;
             Ok(())
         })();
@@ -195,12 +239,29 @@ fn baseline(i: &Inputs, work: &Path) -> Result<()> {
     result?;
     // Boot partition edits with mtools (vfat may not be mountable here; mtools is cheaper anyway).
     let img = format!("{}@@{}", out.display(), 8u64 << 20);
-    let cmdline = sh(Command::new("mtype").env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(&img).arg("::cmdline.txt"))?;
+    let cmdline = sh(Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(&img)
+        .arg("::cmdline.txt"))?;
     let tmp = work.join("cmdline.txt");
-    std::fs::write(&tmp, format!("{cmdline} cgroup_memory=1 cgroup_enable=memory\n"))?;
-    sh(Command::new("mcopy").env("MTOOLS_SKIP_CHECK", "1").args(["-o", "-i"]).arg(&img).arg(&tmp).arg("::cmdline.txt"))?;
+    std::fs::write(
+        &tmp,
+        format!("{cmdline} cgroup_memory=1 cgroup_enable=memory\n"),
+    )?;
+    sh(Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-o", "-i"])
+        .arg(&img)
+        .arg(&tmp)
+        .arg("::cmdline.txt"))?;
     std::fs::write(work.join("ssh"), "")?;
-    sh(Command::new("mcopy").env("MTOOLS_SKIP_CHECK", "1").args(["-o", "-i"]).arg(&img).arg(work.join("ssh")).arg("::ssh"))?;
+    sh(Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-o", "-i"])
+        .arg(&img)
+        .arg(work.join("ssh"))
+        .arg("::ssh"))?;
     sh(&mut Command::new("sync"))?;
     sh(Command::new("sha256sum").arg(&out))?;
     Ok(())
@@ -214,7 +275,11 @@ fn main() -> Result<()> {
     if !systests::is_root() {
         bail!("run as root: the loop-mount baseline needs losetup and mount (imagebuild itself runs as nobody)");
     }
-    let work = PathBuf::from(args.get(1).cloned().unwrap_or_else(|| "/var/tmp/image-build-bench".into()));
+    let work = PathBuf::from(
+        args.get(1)
+            .cloned()
+            .unwrap_or_else(|| "/var/tmp/image-build-bench".into()),
+    );
     std::fs::create_dir_all(&work)?;
     let inputs = prepare(&work)?;
     let base_len = std::fs::metadata(&inputs.base)?.len();
@@ -239,7 +304,10 @@ fn main() -> Result<()> {
     let t = Instant::now();
     baseline(&inputs, &work)?;
     let theirs = t.elapsed().as_secs_f64();
-    println!("base image: {:.2} GiB", base_len as f64 / (1u64 << 30) as f64);
+    println!(
+        "base image: {:.2} GiB",
+        base_len as f64 / (1u64 << 30) as f64
+    );
     println!("imagebuild (rootless, as nobody): {ours:.2} s");
     println!("loop-mount-and-copy (root):       {theirs:.2} s");
     println!("ratio imagebuild / loop-mount:    {:.2}", ours / theirs);

@@ -222,7 +222,11 @@ pub fn make(spec: &Spec, out: &Path) -> Result<()> {
         .arg(out)
         .arg((boot_size / 1024).to_string()))?;
     let boot_dir = work.path().join("boot");
-    put(&boot_dir, "cmdline.txt", cmdline(flavor, disk_id).as_bytes())?;
+    put(
+        &boot_dir,
+        "cmdline.txt",
+        cmdline(flavor, disk_id).as_bytes(),
+    )?;
     put(&boot_dir, "config.txt", CONFIG_TXT.as_bytes())?;
     put(&boot_dir, "start4.elf", &vec![0x5a; 64 << 10])?;
     put(&boot_dir, "kernel8.img", &vec![0xa5; 256 << 10])?;
@@ -248,13 +252,21 @@ pub fn make(spec: &Spec, out: &Path) -> Result<()> {
     let hook = b"#!/bin/sh\n# stands in for raspberrypi-sys-mods' first-boot script\nexit 0\n";
     put(&root, "etc/passwd", b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\nsystemd-network:x:998:998:systemd Network Management:/:/usr/sbin/nologin\npi:x:1000:1000:,,,:/home/pi:/bin/bash\n")?;
     put(&root, "etc/group", b"root:x:0:\nsudo:x:27:pi\npi:x:1000:\n")?;
-    put(&root, "etc/shadow", b"root:*:19000:0:99999:7:::\npi:*:19000:0:99999:7:::\n")?;
+    put(
+        &root,
+        "etc/shadow",
+        b"root:*:19000:0:99999:7:::\npi:*:19000:0:99999:7:::\n",
+    )?;
     put(&root, "etc/machine-id", flavor.machine_id())?;
     put(&root, "etc/hostname", b"raspberrypi\n")?;
     put(&root, "etc/timezone", b"Etc/UTC\n")?;
     let os_release = match flavor {
-        Flavor::Bookworm => "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\nID=debian\n",
-        Flavor::Trixie => "PRETTY_NAME=\"Debian GNU/Linux 13 (trixie)\"\nVERSION_CODENAME=trixie\nID=debian\n",
+        Flavor::Bookworm => {
+            "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\nID=debian\n"
+        }
+        Flavor::Trixie => {
+            "PRETTY_NAME=\"Debian GNU/Linux 13 (trixie)\"\nVERSION_CODENAME=trixie\nID=debian\n"
+        }
         Flavor::Ubuntu => "PRETTY_NAME=\"Ubuntu 24.04.3 LTS\"\nVERSION_CODENAME=noble\nID=ubuntu\n",
     };
     put(&root, "etc/os-release", os_release.as_bytes())?;
@@ -267,7 +279,11 @@ pub fn make(spec: &Spec, out: &Path) -> Result<()> {
     )?;
     put(&root, "usr/lib/raspberrypi-sys-mods/firstboot", hook)?;
     put(&root, "usr/share/zoneinfo/Etc/UTC", b"TZif2 fixture\n")?;
-    put(&root, "usr/share/zoneinfo/Europe/Berlin", b"TZif2 fixture\n")?;
+    put(
+        &root,
+        "usr/share/zoneinfo/Europe/Berlin",
+        b"TZif2 fixture\n",
+    )?;
     put(&root, "home/pi/.bashrc", b"# ~/.bashrc\n")?;
     std::fs::create_dir_all(root.join("etc/NetworkManager/system-connections"))?;
     std::fs::create_dir_all(root.join("etc/ssh"))?;
@@ -282,7 +298,9 @@ pub fn make(spec: &Spec, out: &Path) -> Result<()> {
         .args(["-q", "-F", "-t", "ext4", "-L", root_label])
         .args(["-U", "5f1c2c4e-7d7e-4a53-9a39-2f1d8e0b6a11"])
         .arg("-E")
-        .arg(format!("offset={root_start},hash_seed=0b6f3e9e-5b1e-4c0e-8d61-1c9a4c7e2f10"))
+        .arg(format!(
+            "offset={root_start},hash_seed=0b6f3e9e-5b1e-4c0e-8d61-1c9a4c7e2f10"
+        ))
         .arg("-d")
         .arg(&root)
         .arg(out)
@@ -292,7 +310,15 @@ pub fn make(spec: &Spec, out: &Path) -> Result<()> {
     for p in ["/home/pi", "/home/pi/.bashrc"] {
         script.push_str(&format!("sif {p} uid 1000\nsif {p} gid 1000\n"));
     }
-    for p in ["/", "/etc", "/etc/passwd", "/etc/machine-id", "/usr", "/home", "/usr/lib/raspberrypi-sys-mods/firstboot"] {
+    for p in [
+        "/",
+        "/etc",
+        "/etc/passwd",
+        "/etc/machine-id",
+        "/usr",
+        "/home",
+        "/usr/lib/raspberrypi-sys-mods/firstboot",
+    ] {
         script.push_str(&format!("sif {p} uid 0\nsif {p} gid 0\n"));
     }
     script.push_str("sif /home/pi mode 040750\nsif /etc/shadow mode 0100640\nsif /usr/lib/raspberrypi-sys-mods/firstboot mode 0100755\n");

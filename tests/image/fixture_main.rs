@@ -10,7 +10,8 @@ fn main() -> Result<()> {
     if args.len() < 2 {
         bail!("usage: image-fixture bookworm|trixie|ubuntu OUT.img [ROOT_MIB [FILLER_MIB]]");
     }
-    let flavor = fixture::Flavor::parse(&args[0]).context("flavor must be bookworm, trixie or ubuntu")?;
+    let flavor =
+        fixture::Flavor::parse(&args[0]).context("flavor must be bookworm, trixie or ubuntu")?;
     let mut spec = fixture::Spec::small(flavor);
     if let Some(m) = args.get(2) {
         spec.root_mib = m.parse().context("ROOT_MIB must be a number")?;

@@ -64,7 +64,8 @@ impl FileServer {
                             }
                         }
                         Err(_) => {
-                            let _ = stream.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                            let _ = stream
+                                .write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
                         }
                     }
                 });

@@ -13,7 +13,11 @@ pub fn imagebuild_bin() -> PathBuf {
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().expect("test exe path");
         // target/<profile>/deps/<test> -> target/<profile>
-        let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir").to_path_buf();
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("profile dir")
+            .to_path_buf();
         let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
@@ -71,7 +75,11 @@ pub fn share(path: &Path) {
 
 /// (start, size) in sectors of partition `n` from `sfdisk --dump`.
 pub fn sfdisk_partition(image: &Path, n: u32) -> (u64, u64) {
-    let out = Command::new("sfdisk").arg("--dump").arg(image).output().expect("sfdisk");
+    let out = Command::new("sfdisk")
+        .arg("--dump")
+        .arg(image)
+        .output()
+        .expect("sfdisk");
     assert!(out.status.success(), "sfdisk --dump failed");
     let text = String::from_utf8_lossy(&out.stdout);
     let name = format!("{}{n} ", image.display());
@@ -81,7 +89,11 @@ pub fn sfdisk_partition(image: &Path, n: u32) -> (u64, u64) {
         .unwrap_or_else(|| panic!("no partition {n} in sfdisk dump:\n{text}"));
     let field = |key: &str| -> u64 {
         line.split(',')
-            .find_map(|f| f.split_once('=').filter(|(k, _)| k.trim().ends_with(key)).map(|(_, v)| v.trim().parse().unwrap()))
+            .find_map(|f| {
+                f.split_once('=')
+                    .filter(|(k, _)| k.trim().ends_with(key))
+                    .map(|(_, v)| v.trim().parse().unwrap())
+            })
             .unwrap()
     };
     (field("start"), field("size"))
@@ -115,7 +127,11 @@ pub fn fsck_vfat_clean(image: &Path, start: u64, size: u64) {
         .status()
         .expect("dd");
     assert!(status.success());
-    let out = Command::new("fsck.vfat").arg("-n").arg(&part).output().expect("fsck.vfat");
+    let out = Command::new("fsck.vfat")
+        .arg("-n")
+        .arg(&part)
+        .output()
+        .expect("fsck.vfat");
     assert!(
         out.status.success(),
         "fsck.vfat -n not clean:\n{}",
@@ -136,7 +152,12 @@ pub fn debugfs_stat(image: &Path, offset: u64, path: &str) -> (String, u32, u32,
         text.split_whitespace()
             .skip_while(|w| *w != key)
             .nth(1)
-            .unwrap_or_else(|| panic!("no {key} in debugfs stat of {path}:\n{text}{}", String::from_utf8_lossy(&out.stderr)))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {key} in debugfs stat of {path}:\n{text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
             .to_string()
     };
     (
@@ -173,7 +194,11 @@ pub fn fat_read(image: &Path, offset: u64, name: &str) -> Option<Vec<u8>> {
 /// Names in a directory, including hidden ones.
 pub fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v

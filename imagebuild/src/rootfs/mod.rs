@@ -78,7 +78,10 @@ impl Rootfs {
             .stdin(Stdio::null())
             .output()
             .context("running debugfs (is e2fsprogs installed?)")?;
-        Ok((out.stdout, String::from_utf8_lossy(&out.stderr).into_owned()))
+        Ok((
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     /// The contents of a regular file, or None when it does not exist.
@@ -96,7 +99,10 @@ impl Rootfs {
     }
 
     /// Listings of several directories in one debugfs run; missing directories are left out.
-    pub fn list_dirs(&self, dirs: &BTreeSet<String>) -> Result<HashMap<String, HashMap<String, Listed>>> {
+    pub fn list_dirs(
+        &self,
+        dirs: &BTreeSet<String>,
+    ) -> Result<HashMap<String, HashMap<String, Listed>>> {
         let mut script = String::new();
         for d in dirs {
             script.push_str(&format!("ls -p \"{d}\"\n"));
@@ -255,7 +261,9 @@ impl Rootfs {
                     // An implicit parent directory: create it only when missing.
                     match found {
                         Some(l) if l.is_dir() => {}
-                        Some(_) => bail!("cannot create directory {path}: the base image has a file there"),
+                        Some(_) => {
+                            bail!("cannot create directory {path}: the base image has a file there")
+                        }
                         None => {
                             script.push_str(&format!("mkdir \"{path}\"\n"));
                             self.set_inode(&mut script, path, 0o040755, 0, 0, self.epoch);
@@ -265,30 +273,38 @@ impl Rootfs {
                 Some(e) => {
                     let mtime = e.mtime.unwrap_or(self.epoch);
                     match &e.kind {
-                        EntryKind::Dir => {
-                            match found {
-                                Some(l) if l.is_dir() => {}
-                                Some(_) => bail!("cannot create directory {path}: the base image has a file there"),
-                                None => script.push_str(&format!("mkdir \"{path}\"\n")),
-                            }
-                        }
+                        EntryKind::Dir => match found {
+                            Some(l) if l.is_dir() => {}
+                            Some(_) => bail!(
+                                "cannot create directory {path}: the base image has a file there"
+                            ),
+                            None => script.push_str(&format!("mkdir \"{path}\"\n")),
+                        },
                         kind => {
                             if let Some(l) = found {
                                 if l.is_dir() {
-                                    bail!("cannot write {path}: the base image has a directory there");
+                                    bail!(
+                                        "cannot write {path}: the base image has a directory there"
+                                    );
                                 }
                                 script.push_str(&format!("rm \"{path}\"\n"));
                             }
                             match kind {
                                 EntryKind::File(src) => {
-                                    script.push_str(&format!("write \"{}\" \"{path}\"\n", src.display()));
+                                    script.push_str(&format!(
+                                        "write \"{}\" \"{path}\"\n",
+                                        src.display()
+                                    ));
                                 }
                                 EntryKind::Bytes(b) => {
                                     let src = staging.join(format!("entry-{staged}"));
                                     staged += 1;
                                     std::fs::write(&src, b)
                                         .with_context(|| format!("staging {path}"))?;
-                                    script.push_str(&format!("write \"{}\" \"{path}\"\n", src.display()));
+                                    script.push_str(&format!(
+                                        "write \"{}\" \"{path}\"\n",
+                                        src.display()
+                                    ));
                                 }
                                 EntryKind::Symlink(target) => {
                                     script.push_str(&format!("symlink \"{path}\" \"{target}\"\n"));
@@ -304,7 +320,15 @@ impl Rootfs {
         self.run_batch(&script)
     }
 
-    fn set_inode(&self, script: &mut String, path: &str, mode: u32, uid: u32, gid: u32, mtime: i64) {
+    fn set_inode(
+        &self,
+        script: &mut String,
+        path: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        mtime: i64,
+    ) {
         script.push_str(&format!("sif \"{path}\" mode 0{mode:o}\n"));
         script.push_str(&format!("sif \"{path}\" uid {uid}\n"));
         script.push_str(&format!("sif \"{path}\" gid {gid}\n"));

@@ -45,7 +45,10 @@ fn walk(dir: &Path, prefix: &str, payload: &mut Payload) -> Result<()> {
             };
             payload.file(&path, &dest, mode);
         } else {
-            bail!("overlay entry {} is neither file, directory nor symlink", path.display());
+            bail!(
+                "overlay entry {} is neither file, directory nor symlink",
+                path.display()
+            );
         }
     }
     Ok(())

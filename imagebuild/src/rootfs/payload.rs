@@ -131,10 +131,17 @@ impl Payload {
             check_dest(&e.dest)?;
             if let EntryKind::File(p) = &e.kind {
                 if !p.is_file() {
-                    bail!("payload source {} (for {}) is not a readable file", p.display(), e.dest);
+                    bail!(
+                        "payload source {} (for {}) is not a readable file",
+                        p.display(),
+                        e.dest
+                    );
                 }
                 if p.to_string_lossy().contains(['"', '\n']) {
-                    bail!("payload source path {} contains a quote or newline", p.display());
+                    bail!(
+                        "payload source path {} contains a quote or newline",
+                        p.display()
+                    );
                 }
             }
             if let EntryKind::Symlink(t) = &e.kind {
@@ -158,8 +165,13 @@ pub fn check_dest(dest: &str) -> Result<()> {
     if dest.split('/').any(|c| c == ".." || c == ".") {
         bail!("payload destination {dest:?} contains . or ..");
     }
-    if dest.chars().any(|c| c.is_whitespace() || c == '"' || c.is_control()) {
-        bail!("payload destination {dest:?} contains whitespace or quotes, which debugfs cannot take");
+    if dest
+        .chars()
+        .any(|c| c.is_whitespace() || c == '"' || c.is_control())
+    {
+        bail!(
+            "payload destination {dest:?} contains whitespace or quotes, which debugfs cannot take"
+        );
     }
     Ok(())
 }

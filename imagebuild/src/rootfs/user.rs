@@ -52,7 +52,9 @@ pub fn entries(os: &OsSection, account: Option<&Account>) -> Result<Payload> {
         for k in &os.ssh_authorized_keys {
             let k = k.trim();
             if k.contains('\n') {
-                bail!("an ssh_authorized_keys entry spans several lines; give one key per list item");
+                bail!(
+                    "an ssh_authorized_keys entry spans several lines; give one key per list item"
+                );
             }
             keys.push_str(k);
             keys.push('\n');
@@ -76,7 +78,9 @@ pub fn entries(os: &OsSection, account: Option<&Account>) -> Result<Payload> {
     if tz.is_empty()
         || tz.starts_with('/')
         || tz.contains("..")
-        || !tz.chars().all(|c| c.is_ascii_alphanumeric() || "/_-+".contains(c))
+        || !tz
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/_-+".contains(c))
     {
         bail!("timezone {tz:?} is not an IANA name like \"Europe/Berlin\" or \"Etc/UTC\"");
     }
@@ -88,7 +92,13 @@ pub fn entries(os: &OsSection, account: Option<&Account>) -> Result<Payload> {
 fn file_stem(ssid: &str) -> String {
     let s: String = ssid
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("wifi-{s}")
 }
@@ -101,7 +111,14 @@ pub fn nm_keyfile(ssid: &str, psk: &str) -> String {
     u[6] = (u[6] & 0x0f) | 0x50; // name-based UUID (version 5 layout)
     u[8] = (u[8] & 0x3f) | 0x80;
     let x = hex::encode(u);
-    let uuid = format!("{}-{}-{}-{}-{}", &x[0..8], &x[8..12], &x[12..16], &x[16..20], &x[20..32]);
+    let uuid = format!(
+        "{}-{}-{}-{}-{}",
+        &x[0..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..32]
+    );
     let security = if psk.is_empty() {
         String::new()
     } else {
