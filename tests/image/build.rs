@@ -609,3 +609,51 @@ fn payload_entries_are_written_as_declared() {
     assert!(out.status.success(), "verify after payload");
     assert!(String::from_utf8_lossy(&out.stdout).contains("payload files match"));
 }
+
+#[test]
+fn boards_and_help_teach() {
+    let dir = scratch();
+    let out = run(imagebuild(dir.path()).arg("boards"));
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for b in ["rpi3", "rpi4", "rpi5", "cm4", "cm5", "zero2w", "raspios-lite-arm64-bookworm", "raspios-lite-arm64-trixie", "ubuntu-server-24.04-raspi"] {
+        assert!(text.contains(b), "{b} missing from `imagebuild boards`:\n{text}");
+    }
+    assert!(text.contains("agent only"));
+    let out = run(imagebuild(dir.path()).arg("--help"));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("image.toml") && help.contains("SOURCE_DATE_EPOCH"), "{help}");
+}
+
+#[test]
+fn gpt_layouts_are_read() {
+    let dir = scratch();
+    let img = dir.path().join("gpt.img");
+    std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+    let mut child = Command::new("sfdisk")
+        .args(["--no-reread", "--no-tell-kernel", "-q"])
+        .arg(&img)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: gpt\nstart=2048, size=32768, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7\nstart=34816, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let mut f = std::fs::File::open(&img).unwrap();
+    let layout = imagebuild::disk::DiskLayout::read(&mut f).unwrap();
+    assert_eq!(layout.table, imagebuild::disk::TableKind::Gpt);
+    assert_eq!(layout.partitions.len(), 2);
+    assert_eq!(layout.partitions[0].start, 2048 * 512);
+    assert!(layout.partitions[0].is_fat_type());
+    assert_eq!(layout.partitions[1].start, 34816 * 512);
+    // Growing GPT is refused with a clear message rather than corrupting the backup header.
+    let mut w = std::fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
+    let mut l = layout.clone();
+    let err = l.grow_last_partition(&mut w, 128 << 20).unwrap_err().to_string();
+    assert!(err.contains("GPT"), "{err}");
+}
