@@ -204,7 +204,13 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     let rootfs = Rootfs::new(&root_tmp, 0, epoch);
     let passwd = rootfs.read_file("/etc/passwd")?.unwrap_or_default();
     let account = user::find_account(&String::from_utf8_lossy(&passwd), &recipe.os.user);
-    payload.extend(user::entries(&recipe.os, account.as_ref())?);
+    // Ubuntu creates its first user at first boot (cloud-init user-data, written to the boot
+    // partition below); only an account the image already has gets keys in the root filesystem.
+    let mut os = recipe.os.clone();
+    if base_layout.family == OsFamily::Ubuntu && account.is_none() {
+        os.ssh_authorized_keys.clear();
+    }
+    payload.extend(user::entries(&os, account.as_ref())?);
     payload.extend(options.payload.clone());
     let manifest = image_manifest(recipe, &raw.source_sha256, epoch, &payload)?;
     payload.bytes(IMAGE_MANIFEST, manifest, 0o644);
@@ -468,6 +474,12 @@ fn edit_boot(
         fat.write(
             "userconf.txt",
             format!("{}:{hash}\n", recipe.os.user).as_bytes(),
+        )?;
+    }
+    if layout.family == OsFamily::Ubuntu {
+        fat.write(
+            "user-data",
+            user::cloud_init_user_data(&recipe.os).as_bytes(),
         )?;
     }
     if let Some(c) = cluster {

@@ -142,7 +142,12 @@ fn check_built_image(flavor: Flavor, dir: &Path, base: &Path) {
         String::from_utf8(fat_read(&img, p1_start * 512, "cluster.toml").unwrap()).unwrap();
     assert!(cluster.contains("name = \"homelab\""), "{cluster}");
     match flavor {
-        Flavor::Ubuntu => assert!(fat_read(&img, p1_start * 512, "userconf.txt").is_none()),
+        Flavor::Ubuntu => {
+            assert!(fat_read(&img, p1_start * 512, "userconf.txt").is_none());
+            let ud =
+                String::from_utf8(fat_read(&img, p1_start * 512, "user-data").unwrap()).unwrap();
+            assert!(ud.starts_with("#cloud-config") && ud.contains(KEY), "{ud}");
+        }
         _ => assert_eq!(
             fat_read(&img, p1_start * 512, "userconf.txt").unwrap(),
             b"pi:*\n"
@@ -616,20 +621,39 @@ fn boards_and_help_teach() {
     let out = run(imagebuild(dir.path()).arg("boards"));
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for b in ["rpi3", "rpi4", "rpi5", "cm4", "cm5", "zero2w", "raspios-lite-arm64-bookworm", "raspios-lite-arm64-trixie", "ubuntu-server-24.04-raspi"] {
-        assert!(text.contains(b), "{b} missing from `imagebuild boards`:\n{text}");
+    for b in [
+        "rpi3",
+        "rpi4",
+        "rpi5",
+        "cm4",
+        "cm5",
+        "zero2w",
+        "raspios-lite-arm64-bookworm",
+        "raspios-lite-arm64-trixie",
+        "ubuntu-server-24.04-raspi",
+    ] {
+        assert!(
+            text.contains(b),
+            "{b} missing from `imagebuild boards`:\n{text}"
+        );
     }
     assert!(text.contains("agent only"));
     let out = run(imagebuild(dir.path()).arg("--help"));
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("image.toml") && help.contains("SOURCE_DATE_EPOCH"), "{help}");
+    assert!(
+        help.contains("image.toml") && help.contains("SOURCE_DATE_EPOCH"),
+        "{help}"
+    );
 }
 
 #[test]
 fn gpt_layouts_are_read() {
     let dir = scratch();
     let img = dir.path().join("gpt.img");
-    std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
     let mut child = Command::new("sfdisk")
         .args(["--no-reread", "--no-tell-kernel", "-q"])
         .arg(&img)
@@ -652,8 +676,15 @@ fn gpt_layouts_are_read() {
     assert!(layout.partitions[0].is_fat_type());
     assert_eq!(layout.partitions[1].start, 34816 * 512);
     // Growing GPT is refused with a clear message rather than corrupting the backup header.
-    let mut w = std::fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
+    let mut w = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
     let mut l = layout.clone();
-    let err = l.grow_last_partition(&mut w, 128 << 20).unwrap_err().to_string();
+    let err = l
+        .grow_last_partition(&mut w, 128 << 20)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("GPT"), "{err}");
 }

@@ -89,6 +89,33 @@ pub fn entries(os: &OsSection, account: Option<&Account>) -> Result<Payload> {
     Ok(p)
 }
 
+/// cloud-init `user-data` for Ubuntu: the first user with its keys, sudo, and the timezone.
+pub fn cloud_init_user_data(os: &OsSection) -> String {
+    let mut s = String::from("#cloud-config\n# Written by imagebuild from image.toml [os].\n");
+    s.push_str(&format!(
+        "timezone: {}\nssh_pwauth: false\nusers:\n  - name: {}\n",
+        os.timezone, os.user
+    ));
+    s.push_str(
+        "    groups: [adm, sudo]\n    shell: /bin/bash\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n",
+    );
+    if os.password_hash.is_empty() {
+        s.push_str("    lock_passwd: true\n");
+    } else {
+        s.push_str(&format!(
+            "    lock_passwd: false\n    passwd: \"{}\"\n",
+            os.password_hash
+        ));
+    }
+    if !os.ssh_authorized_keys.is_empty() {
+        s.push_str("    ssh_authorized_keys:\n");
+        for k in &os.ssh_authorized_keys {
+            s.push_str(&format!("      - \"{}\"\n", k.trim().replace('"', "")));
+        }
+    }
+    s
+}
+
 fn file_stem(ssid: &str) -> String {
     let s: String = ssid
         .chars()
@@ -141,6 +168,20 @@ mod tests {
         let renamed = find_account(PASSWD, "alice").unwrap();
         assert_eq!((renamed.uid, renamed.name.as_str()), (1000, "pi"));
         assert!(find_account("root:x:0:0::/root:/bin/sh\n", "alice").is_none());
+    }
+
+    #[test]
+    fn ubuntu_user_data_carries_user_and_keys() {
+        let os = OsSection {
+            user: "ada".into(),
+            ssh_authorized_keys: vec!["ssh-ed25519 AAAA me".into()],
+            ..OsSection::default()
+        };
+        let u = cloud_init_user_data(&os);
+        assert!(u.starts_with("#cloud-config\n"));
+        assert!(u.contains("  - name: ada\n"));
+        assert!(u.contains("      - \"ssh-ed25519 AAAA me\"\n"));
+        assert!(u.contains("lock_passwd: true"));
     }
 
     #[test]
