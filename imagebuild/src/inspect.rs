@@ -38,8 +38,81 @@ pub struct Inspection {
     pub machine_id: Option<String>,
     /// /etc/firstboot/image.json, when present.
     pub image_manifest: Option<serde_json::Value>,
+    /// Every file the image manifest declares, with its owner and mode as found in the image.
+    pub declared_files: Vec<DeclaredFile>,
     /// Things that look wrong.
     pub warnings: Vec<String>,
+}
+
+/// A file from the image manifest and what the root filesystem really holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeclaredFile {
+    /// Path in the image.
+    pub path: String,
+    /// Declared permission bits, octal text ("0600").
+    pub mode: String,
+    /// Declared uid.
+    pub uid: u32,
+    /// Declared gid.
+    pub gid: u32,
+    /// Found permission bits, octal text; None when the file is missing.
+    pub found_mode: Option<String>,
+    /// Found uid.
+    pub found_uid: Option<u32>,
+    /// Found gid.
+    pub found_gid: Option<u32>,
+    /// True when it exists with the declared owner and mode.
+    pub matches: bool,
+}
+
+fn declared_files(rootfs: &Rootfs, manifest: &serde_json::Value) -> Result<Vec<DeclaredFile>> {
+    let entries: Vec<(String, String, u32, u32)> = manifest["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| {
+            Some((
+                f["path"].as_str()?.to_string(),
+                f["mode"].as_str()?.to_string(),
+                f["uid"].as_u64()? as u32,
+                f["gid"].as_u64()? as u32,
+            ))
+        })
+        .collect();
+    let dirs: std::collections::BTreeSet<String> = entries
+        .iter()
+        .filter_map(|(p, ..)| {
+            p.rsplit_once('/').map(|(d, _)| {
+                if d.is_empty() {
+                    "/".to_string()
+                } else {
+                    d.to_string()
+                }
+            })
+        })
+        .collect();
+    let listings = rootfs.list_dirs(&dirs)?;
+    Ok(entries
+        .into_iter()
+        .map(|(path, mode, uid, gid)| {
+            let (dir, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
+            let dir = if dir.is_empty() { "/" } else { dir };
+            let found = listings.get(dir).and_then(|l| l.get(name)).copied();
+            let found_mode = found.map(|f| format!("{:04o}", f.mode & 0o7777));
+            let matches = found.is_some_and(|f| f.uid == uid && f.gid == gid)
+                && found_mode.as_deref() == Some(mode.as_str());
+            DeclaredFile {
+                found_uid: found.map(|f| f.uid),
+                found_gid: found.map(|f| f.gid),
+                found_mode,
+                matches,
+                path,
+                mode,
+                uid,
+                gid,
+            }
+        })
+        .collect())
 }
 
 /// Look at an image file.
@@ -71,6 +144,10 @@ pub fn inspect(image: &Path) -> Result<Inspection> {
         Some(b) => serde_json::from_slice(&b).ok(),
         None => None,
     };
+    let declared = match &image_manifest {
+        Some(m) => declared_files(&rootfs, m)?,
+        None => Vec::new(),
+    };
     let words: Vec<&str> = cmdline.split_whitespace().collect();
     let cgroup_flags: Vec<(String, usize)> = boot::CGROUP_FLAGS
         .iter()
@@ -92,6 +169,18 @@ pub fn inspect(image: &Path) -> Result<Inspection> {
     if cmdline.trim_end().lines().count() > 1 {
         warnings
             .push("cmdline.txt has more than one line; the firmware reads only the first".into());
+    }
+    for d in declared.iter().filter(|d| !d.matches) {
+        warnings.push(format!(
+            "{} should be {} {}:{} but is {} {}:{}",
+            d.path,
+            d.mode,
+            d.uid,
+            d.gid,
+            d.found_mode.as_deref().unwrap_or("missing"),
+            d.found_uid.map_or("-".into(), |u| u.to_string()),
+            d.found_gid.map_or("-".into(), |g| g.to_string())
+        ));
     }
     if image_manifest.is_none() {
         warnings.push(format!("no {IMAGE_MANIFEST}: not built by imagebuild"));
@@ -116,6 +205,7 @@ pub fn inspect(image: &Path) -> Result<Inspection> {
         cluster_toml: cluster,
         machine_id,
         image_manifest,
+        declared_files: declared,
         warnings,
     })
 }
@@ -178,6 +268,11 @@ impl Inspection {
                 m["k3s_version"].as_str().unwrap_or("-")
             ));
         }
+        let ok = self.declared_files.iter().filter(|d| d.matches).count();
+        s.push_str(&format!(
+            "declared files: {ok}/{} with the declared owner and mode\n",
+            self.declared_files.len()
+        ));
         for w in &self.warnings {
             s.push_str(&format!("warning: {w}\n"));
         }

@@ -222,6 +222,19 @@ fn check_built_image(flavor: Flavor, dir: &Path, base: &Path) {
         "free_space not honoured"
     );
     assert_eq!(j["config_lines"][0], "dtparam=pciex1");
+    let declared = j["declared_files"].as_array().unwrap();
+    let keys = declared
+        .iter()
+        .find(|d| d["path"] == "/home/pi/.ssh/authorized_keys")
+        .expect("keys declared");
+    assert_eq!(
+        (keys["found_mode"].as_str(), keys["found_uid"].as_u64()),
+        (Some("0600"), Some(1000))
+    );
+    assert!(
+        declared.iter().all(|d| d["matches"] == true),
+        "{declared:?}"
+    );
 
     // verify agrees, and the checksum file matches the image.
     let out = run(imagebuild(dir).arg("verify").arg(&img));
