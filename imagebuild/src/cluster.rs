@@ -37,7 +37,16 @@ pub fn from_recipe(recipe: &Recipe) -> Result<Option<ClusterFile>> {
         }
         Some(ClusterSource::Inline(table)) => ClusterFile {
             text: toml::to_string(table).context("writing the inline [cluster] as cluster.toml")?,
-            origin: recipe.path.clone(),
+            // Error positions count lines of the [cluster] table written out as cluster.toml;
+            // the name says so, and keeps token_file resolving beside the recipe.
+            origin: recipe.dir().join(format!(
+                "{} [cluster] as cluster.toml",
+                recipe
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "image.toml".into())
+            )),
             token_file: None,
         },
     };

@@ -284,7 +284,16 @@ fn same_epoch_gives_the_same_image() {
             .success());
         let line = std::fs::read_to_string(dir.path().join(format!("out/{name}.sha256"))).unwrap();
         sums.push(line.split_whitespace().next().unwrap().to_string());
-        assert!(dir.path().join(format!("out/{name}.zst")).is_file());
+        let unpacked = Command::new("sh")
+            .arg("-c")
+            .arg(format!("zstd -dc out/{name}.zst | sha256sum"))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&unpacked.stdout).starts_with(sums.last().unwrap().as_str()),
+            "the .zst does not hold the image"
+        );
         assert!(dir.path().join(format!("out/{name}.json")).is_file());
     }
     assert_eq!(
