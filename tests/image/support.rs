@@ -44,9 +44,44 @@ pub fn scratch() -> tempfile::TempDir {
     d
 }
 
+/// The binary and its data (boards/, overlays/) where `nobody` can reach them: a checkout under
+/// /root is closed to other users, so root-run tests copy both to a world-readable directory.
+fn unprivileged_kit() -> (PathBuf, PathBuf) {
+    static KIT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    KIT.get_or_init(|| {
+        let bin = imagebuild_bin();
+        if !systests::is_root() {
+            return (bin, systests::repo_root());
+        }
+        // One fixed place, refreshed by every run of this (single) test binary.
+        let kit = std::env::temp_dir().join("imagebuild-test-kit");
+        let _ = std::fs::remove_dir_all(&kit);
+        std::fs::create_dir_all(&kit).expect("kit dir");
+        std::fs::copy(&bin, kit.join("imagebuild")).expect("copying imagebuild");
+        for d in ["boards", "overlays"] {
+            let st = Command::new("cp")
+                .arg("-r")
+                .arg(systests::repo_root().join(d))
+                .arg(&kit)
+                .status()
+                .expect("cp");
+            assert!(st.success(), "copying {d}");
+        }
+        let st = Command::new("chmod")
+            .arg("-R")
+            .arg("a+rX")
+            .arg(&kit)
+            .status()
+            .expect("chmod");
+        assert!(st.success());
+        (kit.join("imagebuild"), kit)
+    })
+    .clone()
+}
+
 /// An imagebuild command that runs unprivileged: as `nobody` when the test runs as root.
 pub fn imagebuild(home: &Path) -> Command {
-    let bin = imagebuild_bin();
+    let (bin, data) = unprivileged_kit();
     let mut cmd = if systests::is_root() {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
@@ -57,7 +92,7 @@ pub fn imagebuild(home: &Path) -> Command {
     };
     cmd.env("HOME", home)
         .env_remove("XDG_CACHE_HOME")
-        .env("IMAGEBUILD_DATA_DIR", systests::repo_root());
+        .env("IMAGEBUILD_DATA_DIR", data);
     cmd
 }
 
