@@ -82,7 +82,7 @@ pub struct BuildReport {
     pub entries: usize,
     /// Compressed copy, if any.
     pub compressed: Option<PathBuf>,
-    /// Whether the base was copied by reflink.
+    /// Whether the base's partitions were copied by reflink (copy-on-write filesystems).
     pub reflinked: bool,
 }
 
@@ -306,25 +306,24 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     )?;
     interrupt::check()?;
 
-    // The edited root filesystem goes into partition 2.
-    {
-        let out = OpenOptions::new().write(true).open(&tmp)?;
+    // The edited root filesystem goes into partition 2, checksummed on the way.
+    let sha = {
+        let out = OpenOptions::new().read(true).write(true).open(&tmp)?;
         let root_file = File::open(&root_tmp)?;
-        reflinked &= output::copy_range(
-            &root_file,
-            0,
-            root_len,
+        let sha = output::append_and_hash(
             &out,
             root.start,
+            &root_file,
+            root_len,
             "writing the root filesystem",
         )?;
         out.sync_all().context("flushing the image")?;
-    }
+        sha
+    };
     std::fs::remove_file(&root_tmp).context("removing the scratch root filesystem")?;
     interrupt::check()?;
 
     // Outputs: checksum, optional compressed copy, manifest; all renamed at the end.
-    let sha = output::sha256_of(&tmp)?;
     let size = std::fs::metadata(&tmp)?.len();
     let sha_path = output::with_suffix(&output_path, ".sha256");
     let sha_tmp = pending.add(&sha_path);
