@@ -283,7 +283,6 @@ pub fn append_and_hash(out: &File, at: u64, src: &File, len: u64, label: &str) -
     };
     let result = pump(out, stretches(out, 0, at), None)
         .and_then(|_| pump(src, stretches(src, 0, len), Some(at)));
-    drop(pump);
     drop(tx);
     let hash = hasher
         .join()
