@@ -710,3 +710,44 @@ fn gpt_layouts_are_read() {
         .to_string();
     assert!(err.contains("GPT"), "{err}");
 }
+
+#[test]
+fn sigint_while_writing_the_image_leaves_nothing() {
+    let dir = scratch();
+    // Big enough that copying and writing the root filesystem take a noticeable moment.
+    let b = dir.path().join("big.img");
+    let spec = Spec {
+        flavor: Flavor::Trixie,
+        root_mib: 900,
+        filler_bytes: 500 << 20,
+    };
+    fixture::make(&spec, &b).expect("making fixture");
+    share(&b);
+    let r = recipe(dir.path(), &b.display().to_string(), "rpi4", "");
+    let child = imagebuild(dir.path())
+        .arg("build")
+        .arg(&r)
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out_dir = dir.path().join("out");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !names(&out_dir).iter().any(|n| n.contains(".partial-")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build never started writing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let st = Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    fails_cleanly(dir.path(), out, &["interrupted"]);
+}
