@@ -45,3 +45,7 @@ pub fn is_root() -> bool {
 pub fn skip(test: &str, why: &str) {
     eprintln!("SKIPPED {test}: {why}");
 }
+
+/// The deterministic election simulator (shared by the `election_sim` test and `election-bench`).
+#[path = "election/sim.rs"]
+pub mod election_sim;

@@ -3,5 +3,12 @@
 //! The library holds all logic; `main.rs` only parses arguments and dispatches. `imagebuild`
 //! uses [`config`] so that the boot-partition contract has one owner.
 
+pub mod clock;
 pub mod config;
+pub mod default_route;
+pub mod durable;
 pub mod election;
+pub mod intake;
+pub mod k3s;
+pub mod status;
+pub mod systemd;

@@ -40,6 +40,10 @@ enum Command {
         #[arg(default_value = "/boot/firmware/cluster.toml")]
         path: PathBuf,
     },
+    /// Show what firstboot is doing on this node: state, role, peers, storage, errors.
+    ///
+    /// Reads the state file firstboot keeps in /var/lib/firstboot; the token is never shown.
+    Status(firstboot::status::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +62,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Status(args) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            match firstboot::status::command::run(&args, &mut std::io::stdout(), now) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

@@ -1,1 +1,102 @@
-//! Bootstrap election core (sans-IO): see SPEC 4.2. Filled in by the election work.
+//! Bootstrap election core (sans-IO, SPEC 4.2): at most one node ever runs cluster-init.
+//!
+//! Single-decree Paxos per bootstrap epoch over an electorate of `nodes` voters with strict-majority
+//! quorums decides `Init(node)` or `Abandon`; after `Init(x)`, x grants server seats one at a time.
+//! The driver feeds datagrams and timeouts in and polls frames, timers, persist requests and events
+//! out; frames that depend on acceptor state are released only after their state is persisted.
+//!
+//! Limits, all chosen so that safety never depends on timing:
+//! - A decided `Init(x)` is final: if x dies for good before initializing, formation waits for it
+//!   (another node initializing could split the brain). `Abandon` is decided only when no
+//!   `Init` was accepted by the prepare quorum, e.g. when the best-ranked node stays silent.
+//! - A granted seat is never revoked, so a seat holder that never joins holds up the next seats.
+//! - A node booting after the cluster exists learns it from any decided peer's hello (decided
+//!   nodes answer an undecided hello at once); it proposes only after `settle_ms`. The driver should
+//!   also pass what discovery already knows (authenticated TXT records, as [`Body::Hello`] through
+//!   [`Node::handle_message`]) before the first timeout, so that a late node that cannot hear the
+//!   cluster in time never forms an undecided quorum of its own.
+//!
+//! A driver's loop, here for a one-node cluster that elects itself:
+//!
+//! ```
+//! use firstboot::election::*;
+//!
+//! let token = b"a-cluster-token-of-16+-chars";
+//! let config = ElectionConfig {
+//!     rank: Rank { pin: RolePin::Auto, storage: 100, ram_mib: 4096, node: NodeId(0xb0a7d) },
+//!     nodes: 1,
+//!     servers: 1,
+//!     cluster: ClusterId::derive(token, 1, 1),
+//!     key: ProtocolKey::derive(token),
+//!     seed: 42,
+//!     timing: Timing::default(),
+//! };
+//! let mut node = Node::new(config, Millis(0), None);
+//! let mut role = None;
+//! while role.is_none() {
+//!     // Sleep until the next timer (or a datagram: pass it to `node.handle_datagram`).
+//!     let now = node.poll_timeout().expect("the hello timer is always armed");
+//!     node.handle_timeout(now);
+//!     while let Some(request) = node.poll_persist() {
+//!         // Write `request.state` durably (temp file, fsync, rename), then:
+//!         node.persisted(request.seq);
+//!     }
+//!     while let Some(transmit) = node.poll_transmit() {
+//!         // Send `transmit.frame` to `transmit.to` (every peer, or one).
+//!         assert!(transmit.frame.len() <= MAX_FRAME);
+//!     }
+//!     while let Some(event) = node.poll_event() {
+//!         if let Event::Role(r) = event {
+//!             role = Some(r);
+//!         }
+//!     }
+//! }
+//! assert_eq!(role, Some(Role::ClusterInit));
+//! ```
+
+mod auth;
+mod message;
+mod node;
+mod paxos;
+mod rank;
+mod seats;
+
+use serde::{Deserialize, Serialize};
+
+pub use auth::{ClusterId, ProtocolKey, CLUSTER_ID_LEN, MAC_LEN};
+pub use message::{Body, DecodeError, Envelope, Hello, MAX_FRAME, MAX_ROSTER, PROTOCOL_VERSION};
+#[cfg(feature = "sim-flaws")]
+pub use node::Flaw;
+pub use node::{
+    Destination, ElectionConfig, ElectionStatus, Event, Node, PersistRequest, PersistedState,
+    Timing, Transmit,
+};
+pub use paxos::{Acceptor, Ballot, Value};
+pub use rank::{Rank, RolePin};
+pub use seats::Role;
+
+/// A node's identity (from the board serial, MAC or a persisted random id).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+pub struct NodeId(pub u64);
+
+impl std::fmt::Display for NodeId {
+    /// Sixteen hex digits, the form of a Raspberry Pi board serial.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// A point on the driver's monotonic clock in milliseconds; the core never reads a clock.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    /// This instant plus `ms` milliseconds (saturating).
+    pub fn after(self, ms: u64) -> Millis {
+        Millis(self.0.saturating_add(ms))
+    }
+}

@@ -1,0 +1,1233 @@
+//! The election state machine of one node: inputs in, polled outputs out; no sockets, clock or entropy.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::auth::{ClusterId, ProtocolKey};
+use super::message::{Body, DecodeError, Envelope, Hello, MAX_ROSTER};
+use super::paxos::{Acceptor, Ballot, Phase, Proposal, Value, Verdict};
+use super::rank::{Rank, RolePin};
+use super::seats::{self, Role};
+use super::{Millis, NodeId};
+
+/// Timer settings in milliseconds; the defaults suit a LAN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// Interval between presence announcements (jittered by up to a fifth).
+    pub hello_ms: u64,
+    /// How long a peer stays in view after its last announcement.
+    pub view_ttl_ms: u64,
+    /// Time after start to collect announcements before proposing.
+    pub settle_ms: u64,
+    /// Resend interval of an unanswered prepare or accept (plus up to as much jitter).
+    pub resend_ms: u64,
+    /// Upper bound of the random back-off after a refused ballot.
+    pub backoff_ms: u64,
+    /// Quiet time (plus up to half as much jitter) after which a node that is not the best
+    /// candidate proposes `Abandon` (which still carries forward any accepted value).
+    pub abandon_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            hello_ms: 1000,
+            view_ttl_ms: 3500,
+            settle_ms: 1500,
+            resend_ms: 700,
+            backoff_ms: 1000,
+            abandon_ms: 6000,
+        }
+    }
+}
+
+/// Everything a node needs to take part in one cluster's election.
+#[derive(Clone, Debug)]
+pub struct ElectionConfig {
+    /// This node's rank inputs (and its id).
+    pub rank: Rank,
+    /// The bootstrap electorate (`cluster.nodes`).
+    pub nodes: u8,
+    /// Desired K3s servers (`cluster.servers`).
+    pub servers: u8,
+    /// This cluster's id.
+    pub cluster: ClusterId,
+    /// Key authenticating frames.
+    pub key: ProtocolKey,
+    /// Seed for timer jitter (any value; differs per node and per boot in practice).
+    pub seed: u64,
+    /// Timer settings.
+    pub timing: Timing,
+}
+
+/// Durable state: persist it (write, fsync) when polled, and rebuild a restarted node from it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistedState {
+    /// Current bootstrap epoch (every earlier epoch decided `Abandon`).
+    pub epoch: u32,
+    /// Acceptor promises for the current epoch.
+    pub acceptor: Acceptor,
+    /// The current epoch's decided value, once learned.
+    pub decided: Option<Value>,
+    /// Seat holders in grant order (kept by the init node only).
+    pub roster: Vec<NodeId>,
+    /// Candidates the init node told to join as agents (never granted a seat afterwards).
+    pub agents: Vec<NodeId>,
+    /// The role taken, once known.
+    pub role: Option<Role>,
+    /// The driver reported that the role's K3s service is up.
+    pub serving: bool,
+}
+
+/// A request to persist `state` durably, then call [`Node::persisted`] with `seq`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PersistRequest {
+    /// Sequence number to acknowledge.
+    pub seq: u64,
+    /// The state to write.
+    pub state: PersistedState,
+}
+
+/// Where a frame goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// Every peer of the cluster (multicast or one datagram per discovered peer).
+    All,
+    /// One peer.
+    Node(NodeId),
+}
+
+/// A frame to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Recipient.
+    pub to: Destination,
+    /// The encoded, authenticated frame.
+    pub frame: Vec<u8>,
+}
+
+/// Something the driver acts on or reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// An epoch's value became known (released only once persisted).
+    Decided {
+        /// The epoch.
+        epoch: u32,
+        /// Its value.
+        value: Value,
+    },
+    /// This node's role: act on it (released once persisted; repeated after a restart).
+    Role(Role),
+    /// More distinct voters than `nodes` were seen: the quorum was raised. Report it loudly.
+    QuorumRaised {
+        /// Distinct voters seen, this node included.
+        seen: usize,
+        /// The quorum now required.
+        quorum: usize,
+    },
+}
+
+/// A snapshot for status output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ElectionStatus {
+    /// Current epoch.
+    pub epoch: u32,
+    /// Undecided voters in view, this node included.
+    pub visible: usize,
+    /// Votes needed to decide.
+    pub quorum: usize,
+    /// Decided value of the current epoch.
+    pub decided: Option<Value>,
+    /// This node's role.
+    pub role: Option<Role>,
+    /// More voters than `nodes` were seen: the contract's assumption is broken.
+    pub overcrowded: bool,
+    /// The configured electorate (`nodes`).
+    pub nodes: usize,
+    /// Distinct voters seen, this node included.
+    pub voters_seen: usize,
+}
+
+impl std::fmt::Display for ElectionStatus {
+    /// One status line, e.g. "waiting for 1 more node: 1/3 visible".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.overcrowded {
+            write!(
+                f,
+                "WARNING: {} voters seen for nodes = {}, quorum raised to {}; ",
+                self.voters_seen, self.nodes, self.quorum
+            )?;
+        }
+        match (self.decided, self.role) {
+            (_, Some(Role::ClusterInit)) => f.write_str("elected: running cluster-init"),
+            (_, Some(Role::Server { join })) => write!(f, "server seat granted: joining {join}"),
+            (_, Some(Role::Agent { join })) => write!(f, "agent: joining {join}"),
+            (Some(Value::Init(init)), None) => {
+                write!(f, "{init} runs cluster-init; waiting for a server seat")
+            }
+            (_, None) if self.visible < self.quorum => {
+                let missing = self.quorum - self.visible;
+                let plural = if missing == 1 { "" } else { "s" };
+                write!(
+                    f,
+                    "waiting for {missing} more node{plural}: {}/{} visible",
+                    self.visible, self.nodes
+                )
+            }
+            (_, None) => write!(
+                f,
+                "electing (epoch {}): {}/{} visible",
+                self.epoch, self.visible, self.nodes
+            ),
+        }
+    }
+}
+
+/// A deliberate safety flaw, so the simulator can prove that it catches one. Test builds only.
+#[cfg(feature = "sim-flaws")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Flaw {
+    /// No flaw.
+    #[default]
+    None,
+    /// Quorum of half the electorate instead of a strict majority.
+    HalfQuorum,
+    /// Release frames and events before the state they depend on is persisted.
+    ReplyBeforePersist,
+}
+
+#[derive(Clone, Debug)]
+struct Peer {
+    rank: Rank,
+    last_heard: Millis,
+    epoch: u32,
+    decided: Option<Value>,
+    serving: bool,
+    wants_seat: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Output {
+    Transmit(Transmit),
+    Event(Event),
+}
+
+/// Deterministic jitter source (splitmix64): all randomness comes from the configured seed.
+#[derive(Clone, Debug)]
+struct Jitter(u64);
+
+impl Jitter {
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        if bound == 0 {
+            0
+        } else {
+            z % bound
+        }
+    }
+}
+
+/// One node's election: feed it frames and timeouts, poll it for what to do.
+#[derive(Debug)]
+pub struct Node {
+    rank: Rank,
+    nodes: usize,
+    servers: usize,
+    cluster: ClusterId,
+    key: ProtocolKey,
+    timing: Timing,
+    jitter: Jitter,
+    state: PersistedState,
+    wanted_seq: u64,
+    durable_seq: u64,
+    persist_due: bool,
+    held: VecDeque<(u64, Output)>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    peers: BTreeMap<NodeId, Peer>,
+    voters: BTreeSet<NodeId>,
+    raised_for: usize,
+    proposal: Option<Proposal>,
+    resend_at: Millis,
+    retry_at: Millis,
+    max_round: u32,
+    started: Millis,
+    last_now: Millis,
+    next_hello: Millis,
+    abandon_at: Option<Millis>,
+    init_roster: Vec<NodeId>,
+    #[cfg(feature = "sim-flaws")]
+    flaw: Flaw,
+}
+
+impl Node {
+    /// Starts a node at `now`, fresh or rebuilt from the state it last persisted.
+    pub fn new(config: ElectionConfig, now: Millis, restored: Option<PersistedState>) -> Node {
+        let state = restored.unwrap_or_default();
+        let me = config.rank.node;
+        let mut events = VecDeque::new();
+        if let Some(role) = state.role {
+            events.push_back(Event::Role(role));
+        }
+        let init_roster = if state.role == Some(Role::ClusterInit) {
+            state.roster.clone()
+        } else {
+            Vec::new()
+        };
+        Node {
+            rank: config.rank,
+            nodes: usize::from(config.nodes.max(1)),
+            servers: usize::from(config.servers).clamp(1, MAX_ROSTER),
+            cluster: config.cluster,
+            key: config.key,
+            timing: config.timing,
+            jitter: Jitter(config.seed),
+            state,
+            wanted_seq: 0,
+            durable_seq: 0,
+            persist_due: false,
+            held: VecDeque::new(),
+            transmits: VecDeque::new(),
+            events,
+            peers: BTreeMap::new(),
+            voters: BTreeSet::from([me]),
+            raised_for: 0,
+            proposal: None,
+            resend_at: now,
+            retry_at: now,
+            max_round: 0,
+            started: now,
+            last_now: now,
+            next_hello: now,
+            abandon_at: None,
+            init_roster,
+            #[cfg(feature = "sim-flaws")]
+            flaw: Flaw::None,
+        }
+    }
+
+    /// Builds the core with a deliberate flaw (simulator self-test only).
+    #[cfg(feature = "sim-flaws")]
+    pub fn set_flaw(&mut self, flaw: Flaw) {
+        self.flaw = flaw;
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.rank.node
+    }
+
+    /// Handles one received datagram and returns its authenticated sender (so the driver can map
+    /// node ids to source addresses); frames that are not authentic frames of this cluster are rejected.
+    pub fn handle_datagram(&mut self, now: Millis, frame: &[u8]) -> Result<NodeId, DecodeError> {
+        let envelope = Envelope::decode(frame, &self.cluster, &self.key)?;
+        let sender = envelope.sender;
+        self.handle_message(now, envelope);
+        Ok(sender)
+    }
+
+    /// Handles one message the driver has already authenticated (e.g. a discovery announcement
+    /// turned into a [`Body::Hello`]); never pass it unauthenticated input.
+    pub fn handle_message(&mut self, now: Millis, envelope: Envelope) {
+        self.last_now = self.last_now.max(now);
+        let Envelope {
+            epoch,
+            sender,
+            body,
+        } = envelope;
+        if sender == self.id() {
+            return;
+        }
+        if epoch > self.state.epoch {
+            if matches!(self.state.decided, Some(Value::Init(_))) {
+                // An epoch that decided Init is final; a later epoch cannot exist under the contract.
+                return;
+            }
+            // Nodes only ever enter an epoch after every earlier one decided Abandon.
+            let old = self.state.epoch;
+            self.emit_after_persist(Event::Decided {
+                epoch: old,
+                value: Value::Abandon,
+            });
+            self.enter_epoch(now, epoch);
+        }
+        if epoch < self.state.epoch {
+            if !matches!(
+                body,
+                Body::Hello(_) | Body::Nack { .. } | Body::Decided { .. }
+            ) {
+                // The sender is behind: our announcement moves it to our epoch.
+                self.send_hello(Destination::Node(sender));
+            }
+            return;
+        }
+        match body {
+            Body::Hello(hello) => self.on_hello(now, sender, hello),
+            Body::Prepare { ballot } => {
+                self.note_voter(sender);
+                self.abandon_at = None;
+                self.on_prepare(now, sender, ballot);
+            }
+            Body::Promise { ballot, accepted } => {
+                self.note_voter(sender);
+                self.on_promise(now, sender, ballot, accepted);
+            }
+            Body::Nack { ballot, promised } => self.on_nack(now, ballot, promised),
+            Body::Accept { ballot, value } => {
+                self.note_voter(sender);
+                self.abandon_at = None;
+                self.on_accept(now, sender, ballot, value);
+            }
+            Body::Accepted { ballot, value } => {
+                self.note_voter(sender);
+                self.on_accepted(now, sender, ballot, value);
+            }
+            Body::Decided { value } => self.learn(now, value, false),
+            Body::JoinAsAgent { node } => {
+                if node == self.id() {
+                    self.join_as_agent(now, sender);
+                }
+            }
+        }
+        self.progress(now);
+    }
+
+    /// Handles timers that are due at `now`.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        self.last_now = self.last_now.max(now);
+        if now >= self.next_hello {
+            self.send_hello(Destination::All);
+            let hello = self.timing.hello_ms;
+            self.next_hello = now.after(hello + self.jitter.below(hello / 5 + 1));
+        }
+        if now >= self.resend_at {
+            if let Some(proposal) = &self.proposal {
+                let ballot = proposal.ballot;
+                let body = match &proposal.phase {
+                    Phase::Preparing { .. } => Body::Prepare { ballot },
+                    Phase::Accepting { value, .. } => Body::Accept {
+                        ballot,
+                        value: *value,
+                    },
+                };
+                self.send_after_persist(Destination::All, body);
+                self.arm_resend(now);
+            }
+        }
+        self.progress(now);
+    }
+
+    /// The driver's K3s role is up (server unit active, or agent running).
+    pub fn report_serving(&mut self, now: Millis) {
+        self.last_now = self.last_now.max(now);
+        if self.state.role.is_some() && !self.state.serving {
+            self.state.serving = true;
+            self.persist();
+            self.next_hello = now;
+            self.progress(now);
+        }
+    }
+
+    /// Next frame to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        let mut wake = vec![self.next_hello];
+        if self.proposal.is_some() {
+            wake.push(self.resend_at);
+        }
+        if self.state.decided.is_none() && self.proposal.is_none() {
+            wake.push(self.retry_at);
+            wake.push(self.started.after(self.timing.settle_ms));
+            wake.extend(self.abandon_at);
+        }
+        // Wake-ups already handled are not repeated; the hello timer always lies ahead.
+        wake.into_iter()
+            .filter(|at| *at > self.last_now || *at == self.next_hello)
+            .min()
+    }
+
+    /// State to persist before the frames and events that depend on it are released.
+    ///
+    /// Write requests in the order polled (each supersedes the previous one), e.g. write a
+    /// temporary file, fsync, rename; then acknowledge with [`Node::persisted`].
+    pub fn poll_persist(&mut self) -> Option<PersistRequest> {
+        if !self.persist_due {
+            return None;
+        }
+        self.persist_due = false;
+        Some(PersistRequest {
+            seq: self.wanted_seq,
+            state: self.state.clone(),
+        })
+    }
+
+    /// The state of persist request `seq` is durable (written and fsync'd).
+    pub fn persisted(&mut self, seq: u64) {
+        self.durable_seq = self.durable_seq.max(seq);
+        let held = std::mem::take(&mut self.held);
+        for (needs, output) in held {
+            if needs <= self.durable_seq {
+                self.release(output);
+            } else {
+                self.held.push_back((needs, output));
+            }
+        }
+    }
+
+    /// Next event for the driver.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Status for `firstboot status`, sd_notify and the LED.
+    pub fn status(&self, now: Millis) -> ElectionStatus {
+        ElectionStatus {
+            epoch: self.state.epoch,
+            visible: self.view(now).len(),
+            quorum: self.quorum(),
+            decided: self.state.decided,
+            role: self.state.role,
+            overcrowded: self.voters.len() > self.nodes,
+            nodes: self.nodes,
+            voters_seen: self.voters.len(),
+        }
+    }
+
+    fn quorum(&self) -> usize {
+        let electorate = self.nodes.max(self.voters.len());
+        #[cfg(feature = "sim-flaws")]
+        if self.flaw == Flaw::HalfQuorum {
+            return (electorate / 2).max(1);
+        }
+        electorate / 2 + 1
+    }
+
+    fn note_voter(&mut self, sender: NodeId) {
+        if self.state.decided.is_some() || !self.voters.insert(sender) {
+            return;
+        }
+        let seen = self.voters.len();
+        if seen > self.nodes && seen > self.raised_for {
+            self.raised_for = seen;
+            let quorum = self.quorum();
+            self.events.push_back(Event::QuorumRaised { seen, quorum });
+        }
+    }
+
+    fn on_hello(&mut self, now: Millis, sender: NodeId, hello: Hello) {
+        let rank = Rank {
+            pin: hello.pin,
+            storage: hello.storage,
+            ram_mib: hello.ram_mib,
+            node: sender,
+        };
+        let epoch = self.state.epoch;
+        let peer = self.peers.entry(sender).or_insert(Peer {
+            rank,
+            last_heard: now,
+            epoch,
+            decided: None,
+            serving: false,
+            wants_seat: false,
+        });
+        peer.rank = rank;
+        peer.last_heard = peer.last_heard.max(now);
+        peer.epoch = epoch;
+        peer.decided = hello.decided;
+        // Serving only ever turns on, so a replayed old announcement cannot undo it.
+        peer.serving |= hello.serving;
+        peer.wants_seat = hello.wants_seat;
+        match hello.decided {
+            None => {
+                self.note_voter(sender);
+                if self.state.decided.is_some() {
+                    // A late or restarted node: tell it at once that this epoch is decided.
+                    self.send_hello(Destination::Node(sender));
+                }
+            }
+            Some(value) => self.learn(now, value, false),
+        }
+        if hello.wants_seat && self.is_excess_candidate(now, sender) {
+            if !self.state.agents.contains(&sender) {
+                self.state.agents.push(sender);
+                self.persist();
+            }
+            self.send_after_persist(
+                Destination::Node(sender),
+                Body::JoinAsAgent { node: sender },
+            );
+        }
+        if self.state.decided == Some(Value::Init(sender))
+            && hello.roster.len() > self.init_roster.len()
+        {
+            // The roster only grows; an older (shorter) one is stale.
+            self.init_roster = hello.roster;
+            self.init_roster.truncate(self.servers);
+        }
+    }
+
+    fn on_prepare(&mut self, now: Millis, from: NodeId, ballot: Ballot) {
+        if let Some(value) = self.state.decided {
+            self.send_after_persist(Destination::Node(from), Body::Decided { value });
+            return;
+        }
+        self.max_round = self.max_round.max(ballot.round);
+        match self.state.acceptor.prepare(ballot) {
+            Verdict::Granted { changed } => {
+                if changed {
+                    self.persist();
+                }
+                self.yield_to(now, ballot);
+                let accepted = self.state.acceptor.accepted;
+                self.send_after_persist(
+                    Destination::Node(from),
+                    Body::Promise { ballot, accepted },
+                );
+            }
+            Verdict::Refused { promised } => {
+                self.send_now(Destination::Node(from), Body::Nack { ballot, promised })
+            }
+        }
+    }
+
+    fn on_accept(&mut self, now: Millis, from: NodeId, ballot: Ballot, value: Value) {
+        if let Some(decided) = self.state.decided {
+            self.send_after_persist(Destination::Node(from), Body::Decided { value: decided });
+            return;
+        }
+        self.max_round = self.max_round.max(ballot.round);
+        match self.state.acceptor.accept(ballot, value) {
+            Verdict::Granted { changed } => {
+                if changed {
+                    self.persist();
+                }
+                self.yield_to(now, ballot);
+                self.send_after_persist(Destination::Node(from), Body::Accepted { ballot, value });
+            }
+            Verdict::Refused { promised } => {
+                self.send_now(Destination::Node(from), Body::Nack { ballot, promised })
+            }
+        }
+    }
+
+    /// Drops our own attempt when we granted a higher ballot: it cannot win at our acceptor anyway.
+    fn yield_to(&mut self, now: Millis, ballot: Ballot) {
+        if self.proposal.as_ref().is_some_and(|p| p.ballot < ballot) {
+            self.proposal = None;
+            self.back_off(now);
+        }
+    }
+
+    fn on_promise(
+        &mut self,
+        now: Millis,
+        from: NodeId,
+        ballot: Ballot,
+        accepted: Option<(Ballot, Value)>,
+    ) {
+        let quorum = self.quorum();
+        let Some(proposal) = self.proposal.as_mut().filter(|p| p.ballot == ballot) else {
+            return;
+        };
+        if let Some(value) = proposal.on_promise(from, accepted, quorum) {
+            self.begin_accept(now, value);
+        }
+    }
+
+    fn on_accepted(&mut self, now: Millis, from: NodeId, ballot: Ballot, value: Value) {
+        let quorum = self.quorum();
+        let Some(proposal) = self.proposal.as_mut().filter(|p| p.ballot == ballot) else {
+            return;
+        };
+        if let Some(decided) = proposal.on_accepted(from, quorum) {
+            debug_assert_eq!(decided, value);
+            self.learn(now, decided, true);
+        }
+    }
+
+    fn on_nack(&mut self, now: Millis, ballot: Ballot, promised: Ballot) {
+        self.max_round = self.max_round.max(promised.round);
+        if self.proposal.as_ref().is_some_and(|p| p.ballot == ballot) {
+            self.proposal = None;
+            self.back_off(now);
+        }
+    }
+
+    fn back_off(&mut self, now: Millis) {
+        let backoff = self.timing.backoff_ms;
+        self.retry_at = now.after(backoff / 10 + self.jitter.below(backoff));
+    }
+
+    fn arm_resend(&mut self, now: Millis) {
+        let resend = self.timing.resend_ms;
+        self.resend_at = now.after(resend + self.jitter.below(resend + 1));
+    }
+
+    /// Undecided voters of our epoch heard recently, this node first.
+    fn view(&self, now: Millis) -> Vec<Rank> {
+        let ttl = self.timing.view_ttl_ms;
+        let mut view = vec![self.rank];
+        view.extend(
+            self.peers
+                .values()
+                .filter(|p| {
+                    p.epoch == self.state.epoch
+                        && p.decided.is_none()
+                        && p.last_heard.after(ttl) > now
+                })
+                .map(|p| p.rank),
+        );
+        view
+    }
+
+    fn progress(&mut self, now: Millis) {
+        self.update_role(now);
+        self.grant_seat(now);
+        self.maybe_propose(now);
+    }
+
+    fn maybe_propose(&mut self, now: Millis) {
+        if self.state.decided.is_some()
+            || self.proposal.is_some()
+            || now < self.retry_at
+            || now < self.started.after(self.timing.settle_ms)
+        {
+            return;
+        }
+        let view = self.view(now);
+        if view.len() < self.quorum() {
+            self.abandon_at = None;
+            return;
+        }
+        let best = view.iter().max().map(|rank| rank.node);
+        if best == Some(self.id()) {
+            self.start(now, Value::Init(self.id()));
+            return;
+        }
+        match self.abandon_at {
+            None => {
+                let abandon = self.timing.abandon_ms;
+                self.abandon_at = Some(now.after(abandon + self.jitter.below(abandon / 2 + 1)));
+            }
+            Some(at) if now >= at => self.start(now, Value::Abandon),
+            Some(_) => {}
+        }
+    }
+
+    fn start(&mut self, now: Millis, intent: Value) {
+        self.abandon_at = None;
+        let promised = self.state.acceptor.promised.map_or(0, |b| b.round);
+        let round = self.max_round.max(promised).saturating_add(1);
+        self.max_round = round;
+        let ballot = Ballot {
+            round,
+            node: self.id(),
+        };
+        // Our own promise is persisted before the prepare leaves, so a restart never reuses a ballot.
+        if let Verdict::Refused { .. } = self.state.acceptor.prepare(ballot) {
+            return;
+        }
+        self.persist();
+        let own = self.state.acceptor.accepted;
+        let quorum = self.quorum();
+        let mut proposal = Proposal::new(ballot, intent);
+        let ready = proposal.on_promise(self.id(), own, quorum);
+        self.proposal = Some(proposal);
+        self.send_after_persist(Destination::All, Body::Prepare { ballot });
+        self.arm_resend(now);
+        if let Some(value) = ready {
+            self.begin_accept(now, value);
+        }
+    }
+
+    fn begin_accept(&mut self, now: Millis, value: Value) {
+        let Some(ballot) = self.proposal.as_ref().map(|p| p.ballot) else {
+            return;
+        };
+        match self.state.acceptor.accept(ballot, value) {
+            Verdict::Granted { changed } => {
+                if changed {
+                    self.persist();
+                }
+            }
+            Verdict::Refused { promised } => {
+                self.max_round = self.max_round.max(promised.round);
+                self.proposal = None;
+                self.back_off(now);
+                return;
+            }
+        }
+        let quorum = self.quorum();
+        let me = self.id();
+        let decided = self.proposal.as_mut().and_then(|proposal| {
+            proposal.begin_accept(value);
+            proposal.on_accepted(me, quorum)
+        });
+        self.send_after_persist(Destination::All, Body::Accept { ballot, value });
+        self.arm_resend(now);
+        if let Some(decided) = decided {
+            self.learn(now, decided, true);
+        }
+    }
+
+    /// Records the current epoch's decided value (from our quorum or from an authenticated peer).
+    fn learn(&mut self, now: Millis, value: Value, announce: bool) {
+        if self.state.decided.is_some() {
+            // Paxos makes a second, different value impossible; the simulator checks exactly that.
+            return;
+        }
+        let epoch = self.state.epoch;
+        self.state.decided = Some(value);
+        self.proposal = None;
+        self.abandon_at = None;
+        self.persist();
+        self.emit_after_persist(Event::Decided { epoch, value });
+        if announce {
+            self.send_after_persist(Destination::All, Body::Decided { value });
+        }
+        self.next_hello = now;
+        match value {
+            Value::Abandon => self.enter_epoch(now, epoch.saturating_add(1)),
+            Value::Init(_) => self.update_role(now),
+        }
+    }
+
+    fn enter_epoch(&mut self, now: Millis, epoch: u32) {
+        self.state.epoch = epoch;
+        self.state.acceptor = Acceptor::default();
+        self.state.decided = None;
+        self.proposal = None;
+        self.abandon_at = None;
+        self.max_round = 0;
+        self.init_roster.clear();
+        self.persist();
+        self.next_hello = now;
+    }
+
+    fn update_role(&mut self, now: Millis) {
+        let Some(Value::Init(init)) = self.state.decided else {
+            return;
+        };
+        if self.state.role.is_some() {
+            return;
+        }
+        let role = if init == self.id() {
+            self.state.roster = vec![init];
+            self.init_roster = vec![init];
+            Some(Role::ClusterInit)
+        } else {
+            seats::role_for(
+                self.rank.pin,
+                self.id(),
+                init,
+                &self.init_roster,
+                self.servers,
+            )
+        };
+        if let Some(role) = role {
+            self.state.role = Some(role);
+            self.persist();
+            self.emit_after_persist(Event::Role(role));
+            self.next_hello = now;
+        }
+    }
+
+    /// Ranks of the nodes currently asking the init node for a seat.
+    fn seat_candidates(&self, now: Millis) -> impl Iterator<Item = Rank> + '_ {
+        let ttl = self.timing.view_ttl_ms;
+        self.peers
+            .values()
+            .filter(move |p| {
+                p.wants_seat
+                    && !self.state.roster.contains(&p.rank.node)
+                    && !self.state.agents.contains(&p.rank.node)
+                    && p.epoch == self.state.epoch
+                    && p.decided == self.state.decided
+                    && p.last_heard.after(ttl) > now
+            })
+            .map(|p| p.rank)
+    }
+
+    /// At the serving init node: `node` ranks below the candidates that will fill the free seats,
+    /// so it can join as an agent now instead of waiting for every seat to be filled.
+    fn is_excess_candidate(&self, now: Millis, node: NodeId) -> bool {
+        if self.state.role != Some(Role::ClusterInit) || !self.state.serving {
+            return false;
+        }
+        let free = self.servers.saturating_sub(self.state.roster.len());
+        let mut candidates: Vec<Rank> = self.seat_candidates(now).collect();
+        candidates.sort_unstable_by(|a, b| b.cmp(a));
+        if self.state.agents.contains(&node) {
+            return true;
+        }
+        candidates
+            .iter()
+            .position(|rank| rank.node == node)
+            .is_some_and(|position| position >= free)
+    }
+
+    fn join_as_agent(&mut self, now: Millis, init: NodeId) {
+        if self.state.decided != Some(Value::Init(init)) || self.state.role.is_some() {
+            return;
+        }
+        let role = Role::Agent { join: init };
+        self.state.role = Some(role);
+        self.persist();
+        self.emit_after_persist(Event::Role(role));
+        self.next_hello = now;
+    }
+
+    fn grant_seat(&mut self, now: Millis) {
+        if self.state.role != Some(Role::ClusterInit) || !self.state.serving {
+            return;
+        }
+        let candidates = self.seat_candidates(now);
+        let me = self.id();
+        let peers = &self.peers;
+        let serving =
+            |holder: NodeId| holder == me || peers.get(&holder).is_some_and(|p| p.serving);
+        if let Some(node) = seats::next_grant(&self.state.roster, self.servers, serving, candidates)
+        {
+            self.state.roster.push(node);
+            self.init_roster = self.state.roster.clone();
+            self.persist();
+            self.next_hello = now;
+        }
+    }
+
+    fn wants_seat(&self) -> bool {
+        matches!(self.state.decided, Some(Value::Init(init)) if init != self.id())
+            && self.state.role.is_none()
+            && self.rank.pin != RolePin::Agent
+    }
+
+    fn send_hello(&mut self, to: Destination) {
+        let roster = if self.state.role == Some(Role::ClusterInit) {
+            self.state.roster.clone()
+        } else {
+            Vec::new()
+        };
+        let hello = Hello {
+            pin: self.rank.pin,
+            storage: self.rank.storage,
+            ram_mib: self.rank.ram_mib,
+            decided: self.state.decided,
+            serving: self.state.serving,
+            wants_seat: self.wants_seat(),
+            roster,
+        };
+        self.send_after_persist(to, Body::Hello(hello));
+    }
+
+    fn persist(&mut self) {
+        self.wanted_seq += 1;
+        self.persist_due = true;
+    }
+
+    fn frame(&self, body: Body) -> Vec<u8> {
+        Envelope {
+            epoch: self.state.epoch,
+            sender: self.id(),
+            body,
+        }
+        .encode(&self.cluster, &self.key)
+    }
+
+    fn send_now(&mut self, to: Destination, body: Body) {
+        let frame = self.frame(body);
+        self.transmits.push_back(Transmit { to, frame });
+    }
+
+    fn send_after_persist(&mut self, to: Destination, body: Body) {
+        let frame = self.frame(body);
+        self.release_or_hold(Output::Transmit(Transmit { to, frame }));
+    }
+
+    fn emit_after_persist(&mut self, event: Event) {
+        self.release_or_hold(Output::Event(event));
+    }
+
+    fn release_or_hold(&mut self, output: Output) {
+        #[cfg(feature = "sim-flaws")]
+        if self.flaw == Flaw::ReplyBeforePersist {
+            self.release(output);
+            return;
+        }
+        if self.durable_seq >= self.wanted_seq {
+            self.release(output);
+        } else {
+            self.held.push_back((self.wanted_seq, output));
+        }
+    }
+
+    fn release(&mut self, output: Output) {
+        match output {
+            Output::Transmit(transmit) => self.transmits.push_back(transmit),
+            Output::Event(event) => self.events.push_back(event),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &[u8] = b"unit-test-token-0123";
+
+    fn config(node: u64, nodes: u8) -> ElectionConfig {
+        ElectionConfig {
+            rank: Rank {
+                pin: RolePin::Auto,
+                storage: 100,
+                ram_mib: 4096,
+                node: NodeId(node),
+            },
+            nodes,
+            servers: 3,
+            cluster: ClusterId::derive(TOKEN, nodes, 3),
+            key: ProtocolKey::derive(TOKEN),
+            seed: node,
+            timing: Timing::default(),
+        }
+    }
+
+    fn frame(nodes: u8, sender: u64, body: Body) -> Vec<u8> {
+        Envelope {
+            epoch: 0,
+            sender: NodeId(sender),
+            body,
+        }
+        .encode(
+            &ClusterId::derive(TOKEN, nodes, 3),
+            &ProtocolKey::derive(TOKEN),
+        )
+    }
+
+    fn decode(nodes: u8, transmit: &Transmit) -> Envelope {
+        Envelope::decode(
+            &transmit.frame,
+            &ClusterId::derive(TOKEN, nodes, 3),
+            &ProtocolKey::derive(TOKEN),
+        )
+        .expect("the node's own frames decode")
+    }
+
+    fn drain_transmits(node: &mut Node) -> Vec<Transmit> {
+        std::iter::from_fn(|| node.poll_transmit()).collect()
+    }
+
+    fn undecided_hello() -> Body {
+        Body::Hello(Hello {
+            pin: RolePin::Auto,
+            storage: 10,
+            ram_mib: 1024,
+            decided: None,
+            serving: false,
+            wants_seat: false,
+            roster: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_single_node_inits_itself_only_after_persisting() {
+        let mut node = Node::new(config(7, 1), Millis(0), None);
+        node.handle_timeout(Millis(0));
+        assert!(node.poll_timeout().is_some_and(|at| at <= Millis(1500)));
+        node.handle_timeout(Millis(1500));
+        assert_eq!(
+            node.poll_event(),
+            None,
+            "nothing is released before the persist"
+        );
+        let request = node.poll_persist().expect("the decision must be persisted");
+        assert_eq!(request.state.decided, Some(Value::Init(NodeId(7))));
+        assert_eq!(request.state.role, Some(Role::ClusterInit));
+        node.persisted(request.seq);
+        assert_eq!(
+            node.poll_event(),
+            Some(Event::Decided {
+                epoch: 0,
+                value: Value::Init(NodeId(7))
+            })
+        );
+        assert_eq!(node.poll_event(), Some(Event::Role(Role::ClusterInit)));
+    }
+
+    #[test]
+    fn a_promise_leaves_only_after_its_state_is_durable() {
+        let mut node = Node::new(config(2, 3), Millis(0), None);
+        node.handle_timeout(Millis(0));
+        drain_transmits(&mut node);
+        let ballot = Ballot {
+            round: 1,
+            node: NodeId(1),
+        };
+        node.handle_datagram(Millis(10), &frame(3, 1, Body::Prepare { ballot }))
+            .expect("genuine frame");
+        assert!(drain_transmits(&mut node).is_empty());
+        let request = node.poll_persist().expect("the promise must be persisted");
+        assert_eq!(request.state.acceptor.promised, Some(ballot));
+        node.persisted(request.seq);
+        let sent = drain_transmits(&mut node);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].to, Destination::Node(NodeId(1)));
+        assert_eq!(
+            decode(3, &sent[0]).body,
+            Body::Promise {
+                ballot,
+                accepted: None
+            }
+        );
+        // A lower ballot is refused at once.
+        let lower = Ballot {
+            round: 0,
+            node: NodeId(9),
+        };
+        node.handle_datagram(Millis(20), &frame(3, 9, Body::Prepare { ballot: lower }))
+            .expect("genuine frame");
+        let sent = drain_transmits(&mut node);
+        assert_eq!(
+            decode(3, &sent[0]).body,
+            Body::Nack {
+                ballot: lower,
+                promised: ballot
+            }
+        );
+    }
+
+    #[test]
+    fn more_voters_than_nodes_raise_the_quorum_loudly() {
+        let mut node = Node::new(config(1, 3), Millis(0), None);
+        for sender in 2..=4 {
+            node.handle_datagram(Millis(5), &frame(3, sender, undecided_hello()))
+                .expect("genuine frame");
+        }
+        assert_eq!(
+            node.poll_event(),
+            Some(Event::QuorumRaised { seen: 4, quorum: 3 })
+        );
+        let status = node.status(Millis(5));
+        assert_eq!(
+            status.to_string(),
+            "WARNING: 4 voters seen for nodes = 3, quorum raised to 3; electing (epoch 0): 4/3 visible"
+        );
+        assert!(status.overcrowded);
+        assert_eq!(status.quorum, 3);
+        assert_eq!(status.visible, 4);
+    }
+
+    #[test]
+    fn status_says_how_many_nodes_are_missing() {
+        let mut node = Node::new(config(1, 5), Millis(0), None);
+        assert_eq!(
+            node.status(Millis(0)).to_string(),
+            "waiting for 2 more nodes: 1/5 visible"
+        );
+        node.handle_datagram(Millis(5), &frame(5, 2, undecided_hello()))
+            .expect("genuine frame");
+        assert_eq!(
+            node.status(Millis(5)).to_string(),
+            "waiting for 1 more node: 2/5 visible"
+        );
+        assert_eq!(
+            node.status(Millis(60_000)).to_string(),
+            "waiting for 2 more nodes: 1/5 visible",
+            "a silent peer leaves the view"
+        );
+    }
+
+    #[test]
+    fn frames_of_other_clusters_are_rejected() {
+        let mut node = Node::new(config(1, 3), Millis(0), None);
+        assert_eq!(
+            node.handle_datagram(Millis(1), &frame(5, 2, undecided_hello())),
+            Err(DecodeError::ForeignCluster)
+        );
+        assert_eq!(node.status(Millis(1)).visible, 1);
+    }
+
+    fn persist_all(node: &mut Node) {
+        while let Some(request) = node.poll_persist() {
+            node.persisted(request.seq);
+        }
+    }
+
+    #[test]
+    fn the_init_node_grants_one_seat_and_sends_the_surplus_to_agents() {
+        let mut x = Node::new(config(7, 1), Millis(0), None);
+        x.handle_timeout(Millis(1500));
+        persist_all(&mut x);
+        assert!(std::iter::from_fn(|| x.poll_event()).any(|e| e == Event::Role(Role::ClusterInit)));
+        x.report_serving(Millis(1600));
+        persist_all(&mut x);
+        drain_transmits(&mut x);
+        let candidate = |storage: u8| {
+            Body::Hello(Hello {
+                pin: RolePin::Auto,
+                storage,
+                ram_mib: 1024,
+                decided: Some(Value::Init(NodeId(7))),
+                serving: false,
+                wants_seat: true,
+                roster: Vec::new(),
+            })
+        };
+        // servers = 3: the best candidate gets the next seat at once.
+        x.handle_datagram(Millis(1700), &frame(1, 2, candidate(200)))
+            .expect("genuine frame");
+        x.handle_datagram(Millis(1701), &frame(1, 3, candidate(100)))
+            .expect("genuine frame");
+        x.handle_datagram(Millis(1702), &frame(1, 4, candidate(10)))
+            .expect("genuine frame");
+        let request = x.poll_persist().expect("grants are persisted");
+        assert_eq!(request.state.roster, vec![NodeId(7), NodeId(2)]);
+        assert_eq!(request.state.agents, vec![NodeId(4)]);
+        assert!(
+            drain_transmits(&mut x).is_empty(),
+            "nothing leaves before the persist"
+        );
+        x.persisted(request.seq);
+        // The grant is announced by the next hello, which is due at once.
+        assert!(x.poll_timeout().is_some_and(|at| at <= Millis(1702)));
+        x.handle_timeout(Millis(1702));
+        persist_all(&mut x);
+        let bodies: Vec<(Destination, Body)> = drain_transmits(&mut x)
+            .iter()
+            .map(|t| (t.to, decode(1, t).body))
+            .collect();
+        assert!(bodies.contains(&(
+            Destination::Node(NodeId(4)),
+            Body::JoinAsAgent { node: NodeId(4) }
+        )));
+        assert!(bodies.iter().any(|(to, body)| *to == Destination::All
+            && matches!(body, Body::Hello(h) if h.roster == vec![NodeId(7), NodeId(2)])));
+        // Node 3 waits for the last seat, which is granted only once node 2 serves.
+        assert!(!bodies
+            .iter()
+            .any(|(to, _)| *to == Destination::Node(NodeId(3))));
+    }
+
+    #[test]
+    fn a_restarted_node_repeats_its_role() {
+        let state = PersistedState {
+            decided: Some(Value::Init(NodeId(4))),
+            role: Some(Role::Agent { join: NodeId(4) }),
+            ..PersistedState::default()
+        };
+        let mut node = Node::new(config(1, 3), Millis(0), Some(state));
+        assert_eq!(
+            node.poll_event(),
+            Some(Event::Role(Role::Agent { join: NodeId(4) }))
+        );
+    }
+}

@@ -1,0 +1,77 @@
+//! Lifecycle step 7: write config.yaml, make sure there is a default route, start K3s and follow it.
+
+use super::config_yaml::{render, write_config_yaml, CONFIG_YAML_PATH};
+use super::{local_ca_hash, unit_for, CaHash, K3sRole, NodeFacts};
+use crate::config::ClusterConfig;
+use crate::default_route::{ensure_default_route, DefaultRoute};
+use crate::systemd::{ActiveState, Systemd};
+use std::path::Path;
+use std::time::Duration;
+
+/// What bringing K3s up ended with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BroughtUp {
+    /// The unit's state when following stopped.
+    pub state: ActiveState,
+    /// What was done about the default route (`None`: not managed, e.g. under a test root).
+    pub route: Option<DefaultRoute>,
+    /// On the init node once active: the CA hash to announce to joiners.
+    pub ca_hash: Option<CaHash>,
+}
+
+/// Why K3s could not be brought up.
+#[derive(Debug, thiserror::Error)]
+pub enum BringUpError {
+    /// Writing config.yaml failed.
+    #[error("writing {CONFIG_YAML_PATH}: {0}")]
+    Config(std::io::Error),
+    /// Adding the dummy default route failed.
+    #[error("adding a default route: {0}")]
+    Route(std::io::Error),
+    /// systemd refused or could not be reached.
+    #[error("starting K3s through systemd: {0}")]
+    Systemd(#[from] zbus::Error),
+    /// K3s is active but its CA file is unreadable.
+    #[error("reading the cluster CA: {0}")]
+    Ca(std::io::Error),
+}
+
+/// Brings K3s up for `role`; safe to repeat after a crash at any point: config.yaml is
+/// rewritten only when it differs, the route only added when missing, and starting an active
+/// unit is a no-op. `manage_route` is false when `root` is not the live system.
+pub async fn bring_up(
+    root: &Path,
+    config: &ClusterConfig,
+    role: &K3sRole,
+    facts: &NodeFacts,
+    systemd: &Systemd,
+    manage_route: bool,
+    limit: Duration,
+) -> Result<BroughtUp, BringUpError> {
+    let yaml = render(config, role, facts);
+    let current = std::fs::read_to_string(root.join(CONFIG_YAML_PATH)).ok();
+    if current.as_deref() != Some(yaml.as_str()) {
+        write_config_yaml(root, &yaml).map_err(BringUpError::Config)?;
+    }
+    let route = if manage_route {
+        Some(ensure_default_route().map_err(BringUpError::Route)?)
+    } else {
+        None
+    };
+    let unit = unit_for(role);
+    tracing::info!(unit, "starting K3s");
+    let state = systemd
+        .start_and_follow(unit, limit, Duration::from_secs(1))
+        .await?;
+    let ca_hash = match (role, &state) {
+        (K3sRole::Init, ActiveState::Active) => {
+            Some(local_ca_hash(root).map_err(BringUpError::Ca)?)
+        }
+        _ => None,
+    };
+    Ok(BroughtUp {
+        state,
+        route,
+        ca_hash,
+    })
+}

@@ -1,0 +1,160 @@
+//! `firstboot status [--json]`: the persisted state for humans (or scripts); never the token.
+
+use super::state::NodeState;
+use anyhow::Context;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Show what firstboot is doing on this node.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Print the state file as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Root prefix the state file lives under (for tests and rescue systems).
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+}
+
+/// Prints the status to `out`; `now_unix` is used for "updated N s ago". A reader that goes
+/// away early (`| head`) is not an error.
+pub fn run(args: &StatusArgs, out: &mut dyn Write, now_unix: u64) -> anyhow::Result<()> {
+    let state = NodeState::load(&args.root).context("reading the firstboot state file")?;
+    let text = match (state, args.json) {
+        (None, true) => "null\n".to_string(),
+        (None, false) => format!(
+            "firstboot has not started on this node yet (no {})\n",
+            NodeState::path(&args.root).display()
+        ),
+        // Plain data with string keys: serializing cannot fail.
+        (Some(s), true) => serde_json::to_string_pretty(&s).unwrap_or_default() + "\n",
+        (Some(s), false) => table(&s, now_unix),
+    };
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing the status"),
+    }
+}
+
+/// The human-readable view.
+pub fn table(s: &NodeState, now_unix: u64) -> String {
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let mut rows: Vec<(&str, String)> = vec![
+        ("cluster", or_dash(&s.cluster)),
+        (
+            "node",
+            match (&s.node_name, &s.node_ip) {
+                (Some(n), Some(ip)) => format!("{n} ({ip})"),
+                (n, _) => or_dash(n),
+            },
+        ),
+        ("state", s.phase.as_str().to_string()),
+        (
+            "role",
+            s.role
+                .map(|r| r.as_str().to_string())
+                .unwrap_or_else(|| "not decided".into()),
+        ),
+    ];
+    if let Some(url) = &s.server_url {
+        rows.push(("server", url.clone()));
+    }
+    if let Some(ca) = &s.ca_hash {
+        rows.push(("ca sha256", ca.clone()));
+    }
+    rows.push((
+        "peers",
+        format!(
+            "{} visible of {} expected (this node included)",
+            s.peers_visible + 1,
+            s.peers_expected
+        ),
+    ));
+    let st = &s.storage;
+    let mut storage = st.class.clone().unwrap_or_else(|| "not probed yet".into());
+    if let (Some(p50), Some(p99)) = (st.fdatasync_p50_us, st.fdatasync_p99_us) {
+        storage.push_str(&format!(
+            ", fdatasync p50 {:.1} ms p99 {:.1} ms",
+            p50 as f64 / 1000.0,
+            p99 as f64 / 1000.0
+        ));
+    }
+    if let Some(d) = &st.data_dir {
+        storage.push_str(&format!(", data in {d}"));
+    }
+    rows.push(("storage", storage));
+    for a in &st.applied {
+        rows.push(("", format!("tuned: {a}")));
+    }
+    if s.errors.is_empty() {
+        rows.push(("errors", "none".into()));
+    }
+    for e in &s.errors {
+        rows.push(("error", e.clone()));
+    }
+    for n in &s.notes {
+        rows.push(("note", n.clone()));
+    }
+    rows.push((
+        "updated",
+        format!("{} s ago", now_unix.saturating_sub(s.updated_unix)),
+    ));
+    rows.iter().map(|(k, v)| format!("{k:<10} {v}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Token;
+    use crate::status::state::{NodeRole, Phase};
+
+    #[test]
+    fn shows_state_and_never_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = Token::new("status-secret-qq88ww".into()).unwrap();
+        let mut s = NodeState::new();
+        s.cluster = Some("lab".into());
+        s.phase = Phase::Electing;
+        s.role = Some(NodeRole::Agent);
+        s.peers_visible = 1;
+        s.peers_expected = 3;
+        s.storage.class = Some("sd".into());
+        s.storage.fdatasync_p50_us = Some(1200);
+        s.storage.fdatasync_p99_us = Some(8000);
+        s.errors
+            .push("join refused for status-secret-qq88ww".into());
+        s.save(dir.path(), Some(&token), 100).unwrap();
+        for json in [false, true] {
+            let args = StatusArgs {
+                json,
+                root: dir.path().to_path_buf(),
+            };
+            let mut out = Vec::new();
+            run(&args, &mut out, 105).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            assert!(!text.contains("status-secret"), "{text}");
+            if json {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(v["phase"], "electing");
+                assert_eq!(v["peers_expected"], 3);
+            } else {
+                assert!(text.contains("state      electing\n"), "{text}");
+                assert!(text.contains("2 visible of 3 expected"), "{text}");
+                assert!(text.contains("p99 8.0 ms"), "{text}");
+                assert!(text.contains("updated    5 s ago"), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn no_state_yet_is_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = Vec::new();
+        let args = StatusArgs {
+            json: false,
+            root: dir.path().to_path_buf(),
+        };
+        run(&args, &mut out, 0).unwrap();
+        assert!(String::from_utf8(out).unwrap().contains("not started"));
+    }
+}

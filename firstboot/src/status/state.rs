@@ -1,0 +1,312 @@
+//! The persisted node state (`/var/lib/firstboot/state.json`): where the lifecycle is, for resuming and for `firstboot status`.
+//!
+//! Written atomically (temp, fsync, rename, fsync dir) and read with `deny_unknown_fields`, so a
+//! file from an incompatible build is an error, not silently misread. It never holds the token:
+//! there is no field for it, and [`NodeState::save`] redacts it from every free-text field.
+
+use crate::config::Token;
+use crate::durable::write_atomic;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// State file location, relative to the root prefix.
+pub const STATE_PATH: &str = "var/lib/firstboot/state.json";
+/// Format version of the state file.
+pub const STATE_VERSION: u32 = 1;
+
+/// Where the node is in its lifecycle (SPEC 4.1), in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Reading and taking in cluster.toml.
+    Intake,
+    /// Setting node id and hostname.
+    Identity,
+    /// Waiting for a trustworthy clock.
+    Clock,
+    /// Probing and tuning storage.
+    Storage,
+    /// Looking for peers.
+    Discovering,
+    /// Bootstrap election running.
+    Electing,
+    /// Role known; writing config.yaml and waiting for a seat or the init node.
+    Joining,
+    /// K3s unit started, waiting for it to become active.
+    StartingK3s,
+    /// K3s active; resident.
+    Ready,
+    /// Waiting for a majority longer than `timeouts.bootstrap`.
+    Blocked,
+    /// Stopped by an error a human must fix (see `errors`).
+    Failed,
+}
+
+impl Phase {
+    /// The word shown to humans.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Intake => "intake",
+            Phase::Identity => "identity",
+            Phase::Clock => "clock",
+            Phase::Storage => "storage",
+            Phase::Discovering => "discovering",
+            Phase::Electing => "electing",
+            Phase::Joining => "joining",
+            Phase::StartingK3s => "starting-k3s",
+            Phase::Ready => "ready",
+            Phase::Blocked => "blocked",
+            Phase::Failed => "failed",
+        }
+    }
+
+    /// True once K3s has been started on this node (intake then refuses re-stamps).
+    pub fn has_joined(self) -> bool {
+        matches!(self, Phase::StartingK3s | Phase::Ready)
+    }
+}
+
+/// The K3s role decided for this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeRole {
+    /// Runs cluster-init.
+    Init,
+    /// Joins as a K3s server (etcd member).
+    Server,
+    /// Joins as a K3s agent.
+    Agent,
+}
+
+impl NodeRole {
+    /// The word shown to humans.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Init => "init (cluster-init server)",
+            NodeRole::Server => "server",
+            NodeRole::Agent => "agent",
+        }
+    }
+}
+
+/// Storage findings, filled in by the storage module; all optional until it has run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSummary {
+    /// Device class: sd, usb, nvme, ssd.
+    pub class: Option<String>,
+    /// fdatasync latency median, microseconds.
+    pub fdatasync_p50_us: Option<u64>,
+    /// fdatasync latency 99th percentile, microseconds.
+    pub fdatasync_p99_us: Option<u64>,
+    /// Where K3s data lives.
+    pub data_dir: Option<String>,
+    /// Tunings applied, one short phrase each.
+    pub applied: Vec<String>,
+}
+
+/// The state file's contents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeState {
+    /// Always [`STATE_VERSION`].
+    pub version: u32,
+    /// Lifecycle phase.
+    pub phase: Phase,
+    /// Cluster name from cluster.toml.
+    pub cluster: Option<String>,
+    /// This node's K3s node name.
+    pub node_name: Option<String>,
+    /// This node's LAN address.
+    pub node_ip: Option<String>,
+    /// Decided role, once known.
+    pub role: Option<NodeRole>,
+    /// URL of the server joined (joiners).
+    pub server_url: Option<String>,
+    /// CA hash of the cluster (hex; public).
+    pub ca_hash: Option<String>,
+    /// Peers currently visible (this node excluded).
+    pub peers_visible: u32,
+    /// Nodes in the bootstrap electorate (`nodes`).
+    pub peers_expected: u32,
+    /// Storage findings.
+    pub storage: StorageSummary,
+    /// Problems a human should act on (token redacted).
+    pub errors: Vec<String>,
+    /// Other things worth knowing (token redacted).
+    pub notes: Vec<String>,
+    /// Last write, unix seconds.
+    pub updated_unix: u64,
+}
+
+/// Why the state file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Reading or writing failed.
+    #[error("{doing} {path}: {source}")]
+    Io {
+        /// What was being done.
+        doing: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not a state file this build understands.
+    #[error("{path} is not a valid state file: {source}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
+}
+
+impl NodeState {
+    /// A fresh state at the start of the lifecycle.
+    pub fn new() -> Self {
+        NodeState {
+            version: STATE_VERSION,
+            phase: Phase::Intake,
+            cluster: None,
+            node_name: None,
+            node_ip: None,
+            role: None,
+            server_url: None,
+            ca_hash: None,
+            peers_visible: 0,
+            peers_expected: 0,
+            storage: StorageSummary::default(),
+            errors: Vec::new(),
+            notes: Vec::new(),
+            updated_unix: 0,
+        }
+    }
+
+    /// The state file under `root`.
+    pub fn path(root: &Path) -> PathBuf {
+        root.join(STATE_PATH)
+    }
+
+    /// Reads the state under `root`; `Ok(None)` when firstboot has not written one yet.
+    pub fn load(root: &Path) -> Result<Option<Self>, StateError> {
+        let path = Self::path(root);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StateError::Io {
+                    doing: "reading",
+                    path,
+                    source,
+                })
+            }
+        };
+        let state: NodeState =
+            serde_json::from_slice(&bytes).map_err(|source| StateError::Format {
+                path: path.clone(),
+                source,
+            })?;
+        if state.version != STATE_VERSION {
+            return Err(StateError::Format {
+                path,
+                source: serde::de::Error::custom(format!(
+                    "version {} (this build reads {STATE_VERSION})",
+                    state.version
+                )),
+            });
+        }
+        Ok(Some(state))
+    }
+
+    /// Writes the state under `root` atomically (0644: it holds nothing secret), with `token`
+    /// redacted from every free-text field and `updated_unix` set to `now_unix`.
+    pub fn save(
+        &mut self,
+        root: &Path,
+        token: Option<&Token>,
+        now_unix: u64,
+    ) -> Result<(), StateError> {
+        if let Some(t) = token {
+            for s in self.errors.iter_mut().chain(self.notes.iter_mut()) {
+                *s = redact(s, t);
+            }
+            for s in [&mut self.cluster, &mut self.node_name, &mut self.server_url]
+                .into_iter()
+                .flatten()
+            {
+                *s = redact(s, t);
+            }
+        }
+        self.updated_unix = now_unix;
+        let path = Self::path(root);
+        // Serializing plain data with string keys cannot fail.
+        let mut json = serde_json::to_vec_pretty(self).unwrap_or_default();
+        json.push(b'\n');
+        write_atomic(&path, &json, 0o644).map_err(|source| StateError::Io {
+            doing: "writing",
+            path,
+            source,
+        })
+    }
+}
+
+impl Default for NodeState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `text` with every occurrence of the token replaced by `<redacted>`.
+pub fn redact(text: &str, token: &Token) -> String {
+    text.replace(token.expose(), "<redacted>")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_redacts_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = Token::new("state-secret-ZZ91kk".into()).unwrap();
+        let mut s = NodeState::new();
+        s.phase = Phase::Joining;
+        s.role = Some(NodeRole::Server);
+        s.errors
+            .push("k3s said: bad token state-secret-ZZ91kk".into());
+        s.save(dir.path(), Some(&token), 1_700_000_000).unwrap();
+        let raw = std::fs::read_to_string(NodeState::path(dir.path())).unwrap();
+        assert!(!raw.contains("state-secret"), "{raw}");
+        assert!(raw.contains("\"phase\": \"joining\""), "{raw}");
+        let back = NodeState::load(dir.path()).unwrap().unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.errors[0], "k3s said: bad token <redacted>");
+    }
+
+    #[test]
+    fn unknown_fields_and_versions_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(NodeState::load(dir.path()).unwrap().is_none());
+        let mut s = NodeState::new();
+        s.save(dir.path(), None, 1).unwrap();
+        let p = NodeState::path(dir.path());
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, text.replacen('{', "{\"surprise\": 1,", 1)).unwrap();
+        assert!(matches!(
+            NodeState::load(dir.path()),
+            Err(StateError::Format { .. })
+        ));
+        std::fs::write(&p, text.replace("\"version\": 1", "\"version\": 9")).unwrap();
+        assert!(matches!(
+            NodeState::load(dir.path()),
+            Err(StateError::Format { .. })
+        ));
+    }
+
+    #[test]
+    fn phases_are_ordered_like_the_lifecycle() {
+        assert!(Phase::Intake < Phase::Electing && Phase::Electing < Phase::Ready);
+        assert!(Phase::Ready.has_joined() && !Phase::Joining.has_joined());
+    }
+}
