@@ -1,5 +1,143 @@
 //! The `imagebuild` command line: parse arguments and dispatch into the library.
 
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Build flashable Raspberry Pi images that form a K3s cluster by themselves.
+///
+/// imagebuild takes an upstream Raspberry Pi OS (or Ubuntu for Pi) image, grows it, edits its boot
+/// and root filesystems without root, mounts or loop devices, and writes a reproducible image
+/// (set SOURCE_DATE_EPOCH for byte-identical rebuilds).
+///
+/// Start with `imagebuild boards` to see the boards and base images, then write an image.toml:
+///
+///   [image]
+///   board = "rpi5"
+///   base = "raspios-lite-arm64"
+///   output = "homelab.img"
+///
+/// and run `imagebuild build image.toml`.
+#[derive(Debug, Parser)]
+#[command(name = "imagebuild", version, propagate_version = true)]
+struct Cli {
+    /// Directory holding boards/ and overlays/ (default: $IMAGEBUILD_DATA_DIR, the installed data, or the source tree).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build an image from a recipe (image.toml).
+    ///
+    /// The base is fetched (or taken from the cache), checked against its sha256, copied to a
+    /// temporary file next to the output, grown, customized, and renamed into place only when
+    /// everything succeeded. Next to OUT it writes OUT.sha256, OUT.json (the build report) and,
+    /// when the recipe asks, OUT.zst or OUT.xz.
+    Build {
+        /// The recipe file, e.g. image.toml.
+        recipe: PathBuf,
+        /// Write the image here instead of the recipe's `output`.
+        #[arg(short, long, value_name = "OUT")]
+        output: Option<PathBuf>,
+        /// Use this base image (a local .img/.img.xz/.zst/.gz or a URL) instead of the recipe's.
+        #[arg(long, value_name = "PATH|URL")]
+        base: Option<String>,
+        /// Never download: fail unless the base is local or already cached.
+        #[arg(long)]
+        offline: bool,
+        /// Cache directory for downloads and raw bases (default: $XDG_CACHE_HOME/imagebuild).
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+        /// Print the build report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an image's partitions, labels, free space, boot settings and warnings.
+    Inspect {
+        /// The image file.
+        target: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check an image: fsck both filesystems and compare payload files with the image manifest.
+    Verify {
+        /// The image file.
+        target: PathBuf,
+    },
+    /// List the known boards and base images.
+    Boards,
+}
+
 fn main() {
-    println!("imagebuild {}", env!("CARGO_PKG_VERSION"));
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let data = imagebuild::boards::DataDir::locate(cli.data_dir.as_deref());
+    match cli.command {
+        Cmd::Build {
+            recipe,
+            output,
+            base,
+            offline,
+            cache_dir,
+            json,
+        } => {
+            let options = imagebuild::build::BuildOptions {
+                output,
+                base,
+                offline,
+                cache_dir,
+                data_dir: Some(data.root),
+                payload: Default::default(),
+            };
+            let report = imagebuild::build::run(&recipe, options)
+                .with_context(|| format!("building {}", recipe.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+        }
+        Cmd::Inspect { target, json } => {
+            let report = imagebuild::inspect::inspect(&target)
+                .with_context(|| format!("inspecting {}", target.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+        }
+        Cmd::Verify { target } => {
+            let v = imagebuild::verify::verify(&target)
+                .with_context(|| format!("verifying {}", target.display()))?;
+            println!(
+                "{}: both filesystems clean, {} payload files match the manifest",
+                target.display(),
+                v.files_checked
+            );
+        }
+        Cmd::Boards => {
+            let catalog = imagebuild::boards::Catalog::load(&data).context("loading boards")?;
+            print!("{}", catalog.listing());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -1,0 +1,538 @@
+//! `imagebuild build`: the whole pipeline, source -> disk -> boot -> rootfs -> output.
+
+use crate::boards::{Catalog, DataDir, OsFamily};
+use crate::boot::{self, BootPartition};
+use crate::disk::{round_up, DiskLayout, ALIGN};
+use crate::layout::{self, PiLayout};
+use crate::output::{self, PendingOutputs};
+use crate::progress::say;
+use crate::recipe::{Compression, Recipe};
+use crate::rootfs::payload::{EntryKind, Payload};
+use crate::rootfs::{overlay, user, Rootfs};
+use crate::source::{self, BaseSource, Cache};
+use crate::{cluster, epoch, interrupt};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+/// Where the image manifest lives inside the root filesystem.
+pub const IMAGE_MANIFEST: &str = "/etc/firstboot/image.json";
+
+/// How to run a build: the recipe plus command-line overrides and extra payload.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Output path overriding the recipe's.
+    pub output: Option<PathBuf>,
+    /// Base overriding the recipe's (path or URL).
+    pub base: Option<String>,
+    /// Never download.
+    pub offline: bool,
+    /// Cache directory overriding the XDG default.
+    pub cache_dir: Option<PathBuf>,
+    /// Data directory (boards/, overlays/) overriding the default.
+    pub data_dir: Option<PathBuf>,
+    /// Extra declared files (the K3s and firstboot payload), applied after overlays and user setup.
+    pub payload: Payload,
+}
+
+/// What a build did: printed with --json and written as `OUT.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildReport {
+    /// The image written.
+    pub output: PathBuf,
+    /// Its sha256.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Build time (SOURCE_DATE_EPOCH when set), RFC 3339.
+    pub build_time: String,
+    /// Build time in seconds since 1970.
+    pub build_epoch: i64,
+    /// Board profile.
+    pub board: String,
+    /// Boot media.
+    pub media: crate::recipe::Media,
+    /// Base description (catalog name, path or URL).
+    pub base: String,
+    /// sha256 of the base as published.
+    pub base_sha256: String,
+    /// Whether the raw base came from the cache without download or decompression.
+    pub base_from_cache: bool,
+    /// OS family.
+    pub os_family: OsFamily,
+    /// Partition layout after growth.
+    pub layout: DiskLayout,
+    /// Root filesystem size before and after.
+    pub rootfs_size_before: u64,
+    /// Root filesystem size after growth.
+    pub rootfs_size_after: u64,
+    /// Free bytes in the root filesystem after the payload.
+    pub rootfs_free: u64,
+    /// cmdline.txt as written.
+    pub cmdline: String,
+    /// Lines added to config.txt.
+    pub config_lines: Vec<String>,
+    /// Whether cluster.toml was stamped.
+    pub cluster_stamped: bool,
+    /// Overlays applied in order.
+    pub overlays: Vec<PathBuf>,
+    /// Number of declared root filesystem entries written.
+    pub entries: usize,
+    /// Compressed copy, if any.
+    pub compressed: Option<PathBuf>,
+    /// Whether the base's partitions were copied by reflink (copy-on-write filesystems).
+    pub reflinked: bool,
+}
+
+/// Run a build from a recipe file.
+pub fn run(recipe_path: &Path, options: BuildOptions) -> Result<BuildReport> {
+    interrupt::install().context("installing the interrupt handler")?;
+    let recipe = Recipe::load(recipe_path)?;
+    run_recipe(&recipe, options).map_err(explain_no_space)
+}
+
+fn explain_no_space(e: anyhow::Error) -> anyhow::Error {
+    let enospc = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(|io| io.raw_os_error())
+            == Some(libc::ENOSPC)
+            || c.to_string().contains("No space left on device")
+    });
+    if enospc {
+        e.context("no room to write the output: the disk holding the output path is full; free some space or choose another output directory")
+    } else {
+        e
+    }
+}
+
+/// Run a build from a parsed recipe.
+pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport> {
+    let epoch = epoch::build_epoch()?;
+    let data = DataDir::locate(options.data_dir.as_deref());
+    let catalog = Catalog::load(&data)?;
+    let board = catalog.board(&recipe.image.board)?.clone();
+    let cluster_file = cluster::from_recipe(recipe)?;
+    let output_path = options
+        .output
+        .clone()
+        .unwrap_or_else(|| recipe.resolve(&recipe.image.output));
+    if output_path.is_dir() {
+        bail!(
+            "output {} is a directory; give a file name such as homelab.img",
+            output_path.display()
+        );
+    }
+    let out_dir = match output_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !out_dir.is_dir() {
+        bail!(
+            "output directory {} does not exist; create it first",
+            out_dir.display()
+        );
+    }
+    let base_text = options
+        .base
+        .clone()
+        .unwrap_or_else(|| recipe.image.base.clone());
+    let base_sha = if options.base.is_some() {
+        String::new()
+    } else {
+        recipe.image.base_sha256.clone()
+    };
+    let source = BaseSource::resolve(&base_text, &base_sha, &catalog, &recipe.dir())?;
+
+    // Everything the root filesystem gets, in order: built-in overlays, recipe overlays, user.
+    let mut payload = Payload::new();
+    let mut overlays = Vec::new();
+    let common = data.overlays().join("common");
+    if common.is_dir() {
+        overlays.push(common);
+    }
+    for o in &recipe.overlays {
+        let here = recipe.resolve(o);
+        let builtin = data.root.join(o);
+        overlays.push(if here.is_dir() || !builtin.is_dir() {
+            here
+        } else {
+            builtin
+        });
+    }
+    for o in &overlays {
+        payload
+            .extend(overlay::load(o).with_context(|| format!("reading overlay {}", o.display()))?);
+    }
+    payload.check()?;
+    options.payload.check()?;
+
+    // Source.
+    let cache = Cache::locate(options.cache_dir.as_deref())?;
+    let raw = source::obtain(&source, &cache, options.offline)?;
+    interrupt::check()?;
+    let base_layout = layout::recognize(&raw.path, raw.catalog.as_ref())?;
+    check_room(
+        &raw.path,
+        &out_dir,
+        payload.size_estimate() + options.payload.size_estimate(),
+    )?;
+
+    // Output under a temporary name: removed on any error or interrupt. The root filesystem is
+    // edited in a file of its own first: resize2fs on `image?offset=N` truncates the image file
+    // to the filesystem's size (e2fsprogs 1.47), so growing in place would destroy the image.
+    let mut pending = PendingOutputs::new();
+    let tmp = pending.add(&output_path);
+    let root_tmp = pending.scratch(&output_path, "rootfs");
+    let base_file =
+        File::open(&raw.path).with_context(|| format!("opening {}", raw.path.display()))?;
+    let root = base_layout.root.clone();
+    let root_file =
+        File::create(&root_tmp).with_context(|| format!("creating {}", root_tmp.display()))?;
+    let mut reflinked = output::copy_range(
+        &base_file,
+        root.start,
+        root.size,
+        &root_file,
+        0,
+        "copying the root filesystem",
+    )?;
+    drop(root_file);
+    interrupt::check()?;
+
+    let rootfs = Rootfs::new(&root_tmp, 0, epoch);
+    let passwd = rootfs.read_file("/etc/passwd")?.unwrap_or_default();
+    let account = user::find_account(&String::from_utf8_lossy(&passwd), &recipe.os.user);
+    // Ubuntu creates its first user at first boot (cloud-init user-data, written to the boot
+    // partition below); only an account the image already has gets keys in the root filesystem.
+    let mut os = recipe.os.clone();
+    if base_layout.family == OsFamily::Ubuntu && account.is_none() {
+        os.ssh_authorized_keys.clear();
+    }
+    payload.extend(user::entries(&os, account.as_ref())?);
+    payload.extend(options.payload.clone());
+    let manifest = image_manifest(recipe, &raw.source_sha256, epoch, &payload)?;
+    payload.bytes(IMAGE_MANIFEST, manifest, 0o644);
+
+    // Grow the filesystem so payload plus free_space fit, then write the payload.
+    let free_space = recipe.image.free_space.0;
+    let before = base_layout.root_super.size();
+    grow(
+        &rootfs,
+        root.start,
+        root.size,
+        payload.size_estimate() + free_space,
+    )?;
+    interrupt::check()?;
+    let staging = tempfile::Builder::new()
+        .prefix(".imagebuild-staging-")
+        .tempdir_in(&out_dir)
+        .or_else(|_| tempfile::tempdir())
+        .context("creating a staging directory")?;
+    rootfs.apply(&payload, staging.path())?;
+    interrupt::check()?;
+    // The estimate is conservative, but never trust it: top up until free_space really is free.
+    for _ in 0..3 {
+        let sb = rootfs.superblock()?;
+        if sb.free_bytes() >= free_space {
+            break;
+        }
+        let short = free_space - sb.free_bytes();
+        say(&format!(
+            "rootfs: {short} bytes short of free_space, growing further"
+        ));
+        grow(
+            &rootfs,
+            root.start,
+            sb.size(),
+            free_space + short / 8 + (16 << 20),
+        )?;
+    }
+    let after = rootfs.superblock()?;
+    if after.free_bytes() < free_space {
+        bail!(
+            "the root filesystem cannot grow enough: {} bytes free, {} wanted",
+            after.free_bytes(),
+            free_space
+        );
+    }
+
+    // Disk: the base's head (partition table, boot partition), then partition 2 grown to fit.
+    let mut disk = base_layout.disk.clone();
+    let mut out = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    reflinked &= output::copy_range(
+        &base_file,
+        0,
+        root.start,
+        &out,
+        0,
+        "copying the boot partition",
+    )?;
+    let root_len = std::fs::metadata(&root_tmp)?.len().max(after.size());
+    let new_end = root.start + root_len;
+    if new_end > root.end() {
+        disk.grow_last_partition(&mut out, new_end)?;
+    }
+    out.set_len(new_end.max(root.end()))
+        .context("sizing the output image")?;
+    drop(out);
+
+    // Boot partition.
+    let mut words: Vec<String> = boot::CGROUP_FLAGS.iter().map(|s| s.to_string()).collect();
+    words.extend(board.cmdline.iter().cloned());
+    if !recipe.os.wifi.country.is_empty() && !recipe.os.wifi.ssid.is_empty() {
+        words.push(format!(
+            "cfg80211.ieee80211_regdom={}",
+            recipe.os.wifi.country.to_ascii_uppercase()
+        ));
+    }
+    let config_lines = board.config_lines(recipe.image.media);
+    let cmdline = edit_boot(
+        &tmp,
+        &base_layout,
+        epoch,
+        &words,
+        &config_lines,
+        &format!("board {}, media {:?}", board.name, recipe.image.media).to_lowercase(),
+        recipe,
+        cluster_file.as_ref(),
+    )?;
+    interrupt::check()?;
+
+    // The edited root filesystem goes into partition 2, checksummed on the way.
+    let sha = {
+        let out = OpenOptions::new().read(true).write(true).open(&tmp)?;
+        let root_file = File::open(&root_tmp)?;
+        let sha = output::append_and_hash(
+            &out,
+            root.start,
+            &root_file,
+            root_len,
+            "writing the root filesystem",
+        )?;
+        out.sync_all().context("flushing the image")?;
+        sha
+    };
+    std::fs::remove_file(&root_tmp).context("removing the scratch root filesystem")?;
+    interrupt::check()?;
+
+    // Outputs: checksum, optional compressed copy, manifest; all renamed at the end.
+    let size = std::fs::metadata(&tmp)?.len();
+    let sha_path = output::with_suffix(&output_path, ".sha256");
+    let sha_tmp = pending.add(&sha_path);
+    output::write_synced(&sha_tmp, output::sha256_line(&sha, &output_path).as_bytes())?;
+    let compressed = match recipe.image.compress {
+        Compression::None => None,
+        how => {
+            let ext = if how == Compression::Zstd {
+                ".zst"
+            } else {
+                ".xz"
+            };
+            let path = output::with_suffix(&output_path, ext);
+            let ctmp = pending.add(&path);
+            output::compress(&tmp, &ctmp, how)?;
+            Some(path)
+        }
+    };
+    let report = BuildReport {
+        output: output_path.clone(),
+        sha256: sha,
+        size,
+        build_time: epoch::rfc3339(epoch),
+        build_epoch: epoch,
+        board: board.name.clone(),
+        media: recipe.image.media,
+        base: base_text,
+        base_sha256: raw.source_sha256.clone(),
+        base_from_cache: raw.from_cache,
+        os_family: base_layout.family,
+        layout: disk,
+        rootfs_size_before: before,
+        rootfs_size_after: after.size(),
+        rootfs_free: after.free_bytes(),
+        cmdline,
+        config_lines,
+        cluster_stamped: cluster_file.is_some(),
+        overlays,
+        entries: payload.entries.len(),
+        compressed,
+        reflinked,
+    };
+    let json_path = output::with_suffix(&output_path, ".json");
+    let json_tmp = pending.add(&json_path);
+    output::write_synced(&json_tmp, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    pending.commit()?;
+    say(&format!(
+        "wrote {} ({})",
+        output_path.display(),
+        report.sha256
+    ));
+    Ok(report)
+}
+
+fn sha256_quiet(path: &Path) -> Result<String> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+fn check_room(raw: &Path, out_dir: &Path, payload: u64) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let allocated = std::fs::metadata(raw)?.blocks() * 512;
+    // The root filesystem exists twice for a moment (scratch file and image), payload included.
+    let need = 2 * (allocated + payload);
+    let c = std::ffi::CString::new(out_dir.as_os_str().as_encoded_bytes())
+        .context("output directory name contains a NUL byte")?;
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc == 0 {
+        let avail = st.f_bavail as u64 * st.f_frsize as u64;
+        if avail < need {
+            bail!(
+                "no room to write the output: {} has {} free but the image needs about {}; free some space or choose another output directory",
+                out_dir.display(),
+                crate::size::ByteSize(avail),
+                crate::size::ByteSize(need)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Grow the filesystem (in its own file) so that `need` more bytes are free; no-op if they are.
+/// The new size keeps the partition's end on the 8 MiB grid.
+fn grow(rootfs: &Rootfs, part_start: u64, part_size: u64, need: u64) -> Result<()> {
+    let sb = rootfs.superblock()?;
+    let free = sb.free_bytes();
+    if free >= need {
+        return Ok(());
+    }
+    let missing = need - free;
+    // New block groups bring inode tables, bitmaps and 5% root-reserved blocks with them.
+    let extra = missing + missing / 8 + (16 << 20);
+    let new_size = round_up(part_start + sb.size().max(part_size) + extra, ALIGN) - part_start;
+    say(&format!(
+        "rootfs: growing from {} to {}",
+        crate::size::ByteSize(sb.size()),
+        crate::size::ByteSize(new_size)
+    ));
+    rootfs.resize(new_size)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn edit_boot(
+    image: &Path,
+    layout: &PiLayout,
+    epoch: i64,
+    words: &[String],
+    config_lines: &[String],
+    why: &str,
+    recipe: &Recipe,
+    cluster: Option<&cluster::ClusterFile>,
+) -> Result<String> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .with_context(|| format!("opening {}", image.display()))?;
+    let fat = BootPartition::open(&mut file, &layout.boot, epoch)?;
+    let old = fat
+        .read("cmdline.txt")?
+        .context("the boot partition has no cmdline.txt")?;
+    let cmdline = boot::edit_cmdline(&String::from_utf8_lossy(&old), words);
+    fat.write("cmdline.txt", cmdline.as_bytes())?;
+    let config = fat.read("config.txt")?.unwrap_or_default();
+    let new_config = boot::edit_config(&String::from_utf8_lossy(&config), config_lines, why);
+    if new_config.as_bytes() != config.as_slice() {
+        fat.write("config.txt", new_config.as_bytes())?;
+    }
+    if fat.read("ssh")?.is_none() && fat.read("ssh.txt")?.is_none() {
+        fat.write("ssh", b"")?;
+    }
+    if layout.family != OsFamily::Ubuntu {
+        // An empty hash means key-only login: `*` matches no password and, unlike `!`, does not
+        // make sshd treat the account as locked.
+        let hash = if recipe.os.password_hash.is_empty() {
+            "*"
+        } else {
+            recipe.os.password_hash.as_str()
+        };
+        if hash.contains([':', '\n']) {
+            bail!("[os] password_hash must be a crypt(3) hash on one line without ':' (make one with `openssl passwd -6`)");
+        }
+        fat.write(
+            "userconf.txt",
+            format!("{}:{hash}\n", recipe.os.user).as_bytes(),
+        )?;
+    }
+    if layout.family == OsFamily::Ubuntu {
+        fat.write(
+            "user-data",
+            user::cloud_init_user_data(&recipe.os).as_bytes(),
+        )?;
+    }
+    if let Some(c) = cluster {
+        fat.write("cluster.toml", c.text.as_bytes())?;
+        if let Some((name, bytes)) = &c.token_file {
+            fat.write(name, bytes)?;
+        }
+    }
+    fat.close()?;
+    file.sync_all().context("flushing the boot partition")?;
+    Ok(cmdline.trim_end().to_string())
+}
+
+/// The image manifest: build time (the clock floor for first boot) and every file's sha256.
+fn image_manifest(
+    recipe: &Recipe,
+    base_sha: &str,
+    epoch: i64,
+    payload: &Payload,
+) -> Result<Vec<u8>> {
+    // A later entry for the same path replaces an earlier one, as in the image itself.
+    let mut files = std::collections::BTreeMap::new();
+    for e in &payload.entries {
+        if !matches!(e.kind, EntryKind::File(_) | EntryKind::Bytes(_)) {
+            files.remove(&e.dest);
+        }
+        let sha = match &e.kind {
+            EntryKind::File(p) => Some(sha256_quiet(p)?),
+            EntryKind::Bytes(b) => Some(hex::encode(Sha256::digest(b))),
+            _ => None,
+        };
+        if let Some(sha) = sha {
+            // The Wi-Fi keyfile holds the passphrase: its hash would let anyone test guesses.
+            let secret = e
+                .dest
+                .starts_with("/etc/NetworkManager/system-connections/");
+            files.insert(e.dest.clone(), serde_json::json!({
+                "path": e.dest,
+                "sha256": if secret { serde_json::Value::Null } else { serde_json::Value::String(sha) },
+                "mode": format!("{:04o}", e.mode),
+                "uid": e.uid,
+                "gid": e.gid,
+            }));
+        }
+    }
+    let doc = serde_json::json!({
+        "schema": 1,
+        "build_time": epoch::rfc3339(epoch),
+        "build_epoch": epoch,
+        "board": recipe.image.board,
+        "media": recipe.image.media,
+        "base_sha256": base_sha,
+        "k3s_version": recipe.k3s.version,
+        "files": files.into_values().collect::<Vec<_>>(),
+    });
+    Ok(serde_json::to_vec_pretty(&doc)?)
+}

@@ -1,0 +1,113 @@
+//! The recipe's `[cluster]`: turned into cluster.toml text and validated before it is stamped.
+
+use crate::recipe::{ClusterSource, Recipe};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+/// cluster.toml text ready for the boot partition, with where it came from.
+#[derive(Clone)]
+pub struct ClusterFile {
+    /// The file text (may hold the token: never print it).
+    pub text: String,
+    /// The recipe or file it came from, for error messages.
+    pub origin: PathBuf,
+    /// `token_file` named by it: (file name on the boot partition, contents). Secret.
+    pub token_file: Option<(String, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ClusterFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClusterFile({}, <redacted>)", self.origin.display())
+    }
+}
+
+/// The cluster.toml of a recipe, validated; `None` when the recipe has no `[cluster]`.
+pub fn from_recipe(recipe: &Recipe) -> Result<Option<ClusterFile>> {
+    let file = match &recipe.cluster {
+        None => return Ok(None),
+        Some(ClusterSource::File(p)) => {
+            let path = recipe.resolve(&p.to_string_lossy());
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading cluster file {}", path.display()))?;
+            ClusterFile {
+                text,
+                origin: path,
+                token_file: None,
+            }
+        }
+        Some(ClusterSource::Inline(table)) => ClusterFile {
+            text: toml::to_string(table).context("writing the inline [cluster] as cluster.toml")?,
+            // Error positions count lines of the [cluster] table written out as cluster.toml;
+            // the name says so, and keeps token_file resolving beside the recipe.
+            origin: recipe.dir().join(format!(
+                "{} [cluster] as cluster.toml",
+                recipe
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "image.toml".into())
+            )),
+            token_file: None,
+        },
+    };
+    validate_cluster_toml(&file.text, &file.origin)?;
+    // firstboot reads token_file from the boot partition, beside cluster.toml: stamp it too.
+    let table: toml::Table = file.text.parse().context("re-reading cluster.toml")?;
+    let token_file = table
+        .get("cluster")
+        .and_then(|c| c.get("token_file"))
+        .and_then(|t| t.as_str())
+        .map(String::from);
+    let token_file = match token_file {
+        None => None,
+        Some(name) => {
+            let dir = file.origin.parent().unwrap_or(Path::new("."));
+            let bytes = std::fs::read(dir.join(&name)).with_context(|| {
+                format!("reading token_file {name} beside {}", file.origin.display())
+            })?;
+            Some((name, bytes))
+        }
+    };
+    Ok(Some(ClusterFile { token_file, ..file }))
+}
+
+/// The one place cluster.toml is checked before it is written: the firstboot schema decides.
+pub fn validate_cluster_toml(text: &str, origin: &Path) -> Result<()> {
+    // The consumer owns the format (SPEC 1): the firstboot library parses and validates it, so
+    // an image never carries a cluster.toml that firstboot would reject.
+    firstboot::config::ClusterConfig::from_toml_str(text, origin)
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("checking the cluster settings from {}", origin.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe(cluster: &str) -> Recipe {
+        let text = format!(
+            "[image]\nboard = \"rpi5\"\nbase = \"raspios-lite-arm64\"\noutput = \"o.img\"\n{cluster}"
+        );
+        Recipe::parse(&text, Path::new("/nonexistent/image.toml")).unwrap()
+    }
+
+    #[test]
+    fn inline_cluster_becomes_valid_cluster_toml() {
+        let r = recipe("[cluster.cluster]\nname = \"lab\"\ntoken = \"0123456789abcdef-xyz\"\nservers = 3\nnodes = 5\n");
+        let c = from_recipe(&r).unwrap().unwrap();
+        assert!(c.text.contains("[cluster]"), "{}", c.text);
+        assert!(format!("{c:?}").contains("<redacted>"));
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn invalid_cluster_is_refused() {
+        let r = recipe(
+            "[cluster.cluster]\nname = \"lab\"\ntoken = \"0123456789abcdef-xyz\"\nservers = 2\n",
+        );
+        let err = format!("{:#}", from_recipe(&r).unwrap_err());
+        assert!(err.contains("servers"), "{err}");
+        assert!(!err.contains("0123456789abcdef-xyz"), "token leaked: {err}");
+    }
+}

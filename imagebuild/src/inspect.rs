@@ -1,0 +1,281 @@
+//! `imagebuild inspect`: what an image holds, as text or JSON.
+
+use crate::boot::{self, BootPartition};
+use crate::build::IMAGE_MANIFEST;
+use crate::layout;
+use crate::rootfs::Rootfs;
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::fs::File;
+use std::path::Path;
+
+/// Everything `inspect` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    /// The recognized layout (partitions, labels, family, rootfs superblock).
+    pub layout: layout::PiLayout,
+    /// Free bytes in the root filesystem.
+    pub rootfs_free: u64,
+    /// Free bytes on the boot partition.
+    pub boot_free: u64,
+    /// FAT volume serial as 8 hex digits.
+    pub boot_serial: String,
+    /// cmdline.txt (one line).
+    pub cmdline: String,
+    /// How often each cgroup flag appears on the cmdline (want exactly 1).
+    pub cgroup_flags: Vec<(String, usize)>,
+    /// First-boot hooks present on the cmdline (`init=...`, `resize`).
+    pub first_boot_hooks: Vec<String>,
+    /// Lines imagebuild added to config.txt.
+    pub config_lines: Vec<String>,
+    /// Whether `ssh` (or `ssh.txt`) is on the boot partition.
+    pub ssh_enabled: bool,
+    /// The user named in userconf.txt, if any.
+    pub userconf_user: Option<String>,
+    /// Whether cluster.toml is on the boot partition.
+    pub cluster_toml: bool,
+    /// /etc/machine-id exactly as stored (empty, "uninitialized", or an id).
+    pub machine_id: Option<String>,
+    /// /etc/firstboot/image.json, when present.
+    pub image_manifest: Option<serde_json::Value>,
+    /// Every file the image manifest declares, with its owner and mode as found in the image.
+    pub declared_files: Vec<DeclaredFile>,
+    /// Things that look wrong.
+    pub warnings: Vec<String>,
+}
+
+/// A file from the image manifest and what the root filesystem really holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeclaredFile {
+    /// Path in the image.
+    pub path: String,
+    /// Declared permission bits, octal text ("0600").
+    pub mode: String,
+    /// Declared uid.
+    pub uid: u32,
+    /// Declared gid.
+    pub gid: u32,
+    /// Found permission bits, octal text; None when the file is missing.
+    pub found_mode: Option<String>,
+    /// Found uid.
+    pub found_uid: Option<u32>,
+    /// Found gid.
+    pub found_gid: Option<u32>,
+    /// True when it exists with the declared owner and mode.
+    pub matches: bool,
+}
+
+fn declared_files(rootfs: &Rootfs, manifest: &serde_json::Value) -> Result<Vec<DeclaredFile>> {
+    let entries: Vec<(String, String, u32, u32)> = manifest["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| {
+            Some((
+                f["path"].as_str()?.to_string(),
+                f["mode"].as_str()?.to_string(),
+                f["uid"].as_u64()? as u32,
+                f["gid"].as_u64()? as u32,
+            ))
+        })
+        .collect();
+    let dirs: std::collections::BTreeSet<String> = entries
+        .iter()
+        .filter_map(|(p, ..)| {
+            p.rsplit_once('/').map(|(d, _)| {
+                if d.is_empty() {
+                    "/".to_string()
+                } else {
+                    d.to_string()
+                }
+            })
+        })
+        .collect();
+    let listings = rootfs.list_dirs(&dirs)?;
+    Ok(entries
+        .into_iter()
+        .map(|(path, mode, uid, gid)| {
+            let (dir, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
+            let dir = if dir.is_empty() { "/" } else { dir };
+            let found = listings.get(dir).and_then(|l| l.get(name)).copied();
+            let found_mode = found.map(|f| format!("{:04o}", f.mode & 0o7777));
+            let matches = found.is_some_and(|f| f.uid == uid && f.gid == gid)
+                && found_mode.as_deref() == Some(mode.as_str());
+            DeclaredFile {
+                found_uid: found.map(|f| f.uid),
+                found_gid: found.map(|f| f.gid),
+                found_mode,
+                matches,
+                path,
+                mode,
+                uid,
+                gid,
+            }
+        })
+        .collect())
+}
+
+/// Look at an image file.
+pub fn inspect(image: &Path) -> Result<Inspection> {
+    let layout = layout::recognize(image, None)?;
+    let mut file = File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let (cmdline, config, ssh, userconf, cluster, boot_free, serial) = {
+        let fat = BootPartition::open(&mut file, &layout.boot, 315_532_800)?;
+        let text = |n: &str| -> Result<Option<String>> {
+            Ok(fat
+                .read(n)?
+                .map(|b| String::from_utf8_lossy(&b).into_owned()))
+        };
+        (
+            text("cmdline.txt")?.unwrap_or_default(),
+            text("config.txt")?.unwrap_or_default(),
+            fat.read("ssh")?.is_some() || fat.read("ssh.txt")?.is_some(),
+            text("userconf.txt")?,
+            fat.read("cluster.toml")?.is_some(),
+            fat.free_bytes()?,
+            format!("{:08x}", fat.serial()),
+        )
+    };
+    let rootfs = Rootfs::new(image, layout.root.start, 315_532_800);
+    let machine_id = rootfs
+        .read_file("/etc/machine-id")?
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    let image_manifest = match rootfs.read_file(IMAGE_MANIFEST)? {
+        Some(b) => serde_json::from_slice(&b).ok(),
+        None => None,
+    };
+    let declared = match &image_manifest {
+        Some(m) => declared_files(&rootfs, m)?,
+        None => Vec::new(),
+    };
+    let words: Vec<&str> = cmdline.split_whitespace().collect();
+    let cgroup_flags: Vec<(String, usize)> = boot::CGROUP_FLAGS
+        .iter()
+        .map(|f| (f.to_string(), words.iter().filter(|w| *w == f).count()))
+        .collect();
+    let first_boot_hooks: Vec<String> = words
+        .iter()
+        .filter(|w| w.starts_with("init=") || **w == "resize")
+        .map(|w| w.to_string())
+        .collect();
+    let mut warnings = Vec::new();
+    for (f, n) in &cgroup_flags {
+        if *n != 1 {
+            warnings.push(format!(
+                "cmdline.txt has {f} {n} times (K3s needs it exactly once)"
+            ));
+        }
+    }
+    if cmdline.trim_end().lines().count() > 1 {
+        warnings
+            .push("cmdline.txt has more than one line; the firmware reads only the first".into());
+    }
+    for d in declared.iter().filter(|d| !d.matches) {
+        warnings.push(format!(
+            "{} should be {} {}:{} but is {} {}:{}",
+            d.path,
+            d.mode,
+            d.uid,
+            d.gid,
+            d.found_mode.as_deref().unwrap_or("missing"),
+            d.found_uid.map_or("-".into(), |u| u.to_string()),
+            d.found_gid.map_or("-".into(), |g| g.to_string())
+        ));
+    }
+    if image_manifest.is_none() {
+        warnings.push(format!("no {IMAGE_MANIFEST}: not built by imagebuild"));
+    }
+    if !cluster {
+        warnings.push(
+            "no cluster.toml on the boot partition: stamp one with `imagebuild stamp`".into(),
+        );
+    }
+    let rootfs_free = layout.root_super.free_bytes();
+    Ok(Inspection {
+        layout,
+        rootfs_free,
+        boot_free,
+        boot_serial: serial,
+        cmdline: cmdline.trim_end().to_string(),
+        cgroup_flags,
+        first_boot_hooks,
+        config_lines: boot::added_config_lines(&config),
+        ssh_enabled: ssh,
+        userconf_user: userconf.and_then(|u| u.split(':').next().map(String::from)),
+        cluster_toml: cluster,
+        machine_id,
+        image_manifest,
+        declared_files: declared,
+        warnings,
+    })
+}
+
+impl Inspection {
+    /// A human-readable report.
+    pub fn to_text(&self) -> String {
+        use crate::size::ByteSize;
+        let l = &self.layout;
+        let mut s = format!(
+            "table: {:?}, disk id {}, image {}\n",
+            l.disk.table,
+            l.disk.disk_id,
+            ByteSize(l.disk.image_size)
+        );
+        for p in &l.disk.partitions {
+            s.push_str(&format!(
+                "  partition {}: start {} size {} type {} PARTUUID {}\n",
+                p.number,
+                p.start,
+                ByteSize(p.size),
+                p.type_id,
+                p.partuuid
+            ));
+        }
+        s.push_str(&format!(
+            "os family: {:?}\nboot: label {} serial {} free {}\nroot: label {} size {} free {}\n",
+            l.family,
+            l.boot_label,
+            self.boot_serial,
+            ByteSize(self.boot_free),
+            l.root_label,
+            ByteSize(l.root_super.size()),
+            ByteSize(self.rootfs_free)
+        ));
+        s.push_str(&format!("cmdline.txt: {}\n", self.cmdline));
+        s.push_str(&format!(
+            "first-boot hooks: {}\n",
+            self.first_boot_hooks.join(" ")
+        ));
+        s.push_str(&format!(
+            "config.txt additions: {}\n",
+            self.config_lines.join(", ")
+        ));
+        s.push_str(&format!(
+            "ssh: {}  userconf user: {}  cluster.toml: {}\n",
+            self.ssh_enabled,
+            self.userconf_user.as_deref().unwrap_or("-"),
+            self.cluster_toml
+        ));
+        s.push_str(&format!(
+            "machine-id: {:?}\n",
+            self.machine_id.as_deref().unwrap_or("<missing>")
+        ));
+        if let Some(m) = &self.image_manifest {
+            s.push_str(&format!(
+                "built: {} board {} k3s {}\n",
+                m["build_time"].as_str().unwrap_or("?"),
+                m["board"].as_str().unwrap_or("?"),
+                m["k3s_version"].as_str().unwrap_or("-")
+            ));
+        }
+        let ok = self.declared_files.iter().filter(|d| d.matches).count();
+        s.push_str(&format!(
+            "declared files: {ok}/{} with the declared owner and mode\n",
+            self.declared_files.len()
+        ));
+        for w in &self.warnings {
+            s.push_str(&format!("warning: {w}\n"));
+        }
+        s
+    }
+}

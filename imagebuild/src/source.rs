@@ -1,0 +1,453 @@
+//! Base image sources: catalog name, local path or URL; sha256 checked; a content-addressed cache.
+//!
+//! Cache layout (XDG cache dir, `imagebuild/`): `downloads/<sha256>` holds files as published,
+//! `raw/<sha256>.img` the decompressed, sparse raw image of the source whose sha256 names it. A
+//! rebuild from the same source finds the raw image and neither downloads nor decompresses.
+
+use crate::boards::{BaseImage, Catalog, OsFamily};
+use crate::progress::{say, Meter, MeteredReader};
+use anyhow::{anyhow, bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Where a base image comes from.
+#[derive(Debug, Clone)]
+pub enum BaseSource {
+    /// An entry of boards/bases.toml.
+    Catalog(BaseImage),
+    /// A file on this machine, with an optional expected sha256.
+    Path {
+        /// The file.
+        path: PathBuf,
+        /// Expected sha256, when given.
+        sha256: Option<String>,
+    },
+    /// An http(s) URL with its required sha256.
+    Url {
+        /// The URL.
+        url: String,
+        /// Expected sha256.
+        sha256: String,
+    },
+}
+
+impl BaseSource {
+    /// Decide what `base` in a recipe (or `--base`) means: catalog name, URL, or path.
+    pub fn resolve(
+        base: &str,
+        sha256: &str,
+        catalog: &Catalog,
+        relative_to: &Path,
+    ) -> Result<BaseSource> {
+        let sha = (!sha256.trim().is_empty()).then(|| sha256.trim().to_ascii_lowercase());
+        if let Some(s) = &sha {
+            if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("base_sha256 {s:?} is not a sha256 (64 hex digits)");
+            }
+        }
+        if base.starts_with("http://") || base.starts_with("https://") {
+            if let Some(entry) = catalog.bases.values().find(|b| b.url == base) {
+                return Ok(BaseSource::Catalog(entry.clone()));
+            }
+            let Some(sha256) = sha else {
+                bail!("base {base} is a URL outside the catalog, so base_sha256 is required: add base_sha256 = \"<64 hex digits>\" (the publisher's checksum) to [image]");
+            };
+            return Ok(BaseSource::Url {
+                url: base.into(),
+                sha256,
+            });
+        }
+        if let Some(entry) = catalog.bases.get(base) {
+            let mut entry = entry.clone();
+            if let Some(s) = sha {
+                entry.sha256 = s;
+            }
+            return Ok(BaseSource::Catalog(entry));
+        }
+        let path = if Path::new(base).is_absolute() {
+            PathBuf::from(base)
+        } else {
+            relative_to.join(base)
+        };
+        if path.exists() {
+            return Ok(BaseSource::Path { path, sha256: sha });
+        }
+        Err(catalog.base(base).err().map_or_else(
+            || anyhow!("base {base} not found"),
+            |e| anyhow!("{e} Paths are relative to the recipe's directory."),
+        ))
+    }
+
+    /// The OS family and labels the catalog promises, if any.
+    pub fn catalog_entry(&self) -> Option<&BaseImage> {
+        match self {
+            BaseSource::Catalog(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+/// The content-addressed download and raw-image cache.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    /// The cache root.
+    pub root: PathBuf,
+}
+
+impl Cache {
+    /// `explicit`, else `$XDG_CACHE_HOME/imagebuild`, else `~/.cache/imagebuild`.
+    pub fn locate(explicit: Option<&Path>) -> Result<Cache> {
+        let root = match explicit {
+            Some(p) => p.into(),
+            None => match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+                Some(x) => PathBuf::from(x).join("imagebuild"),
+                None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+                    Some(h) => PathBuf::from(h).join(".cache/imagebuild"),
+                    None => {
+                        bail!("no cache directory: set XDG_CACHE_HOME or HOME, or pass --cache-dir")
+                    }
+                },
+            },
+        };
+        for sub in ["downloads", "raw"] {
+            std::fs::create_dir_all(root.join(sub)).with_context(|| {
+                format!("creating cache directory {}", root.join(sub).display())
+            })?;
+        }
+        Ok(Cache { root })
+    }
+
+    fn download_path(&self, sha: &str) -> PathBuf {
+        self.root.join("downloads").join(sha)
+    }
+
+    fn raw_path(&self, sha: &str) -> PathBuf {
+        self.root.join("raw").join(format!("{sha}.img"))
+    }
+
+    fn partial(&self, sub: &str) -> PathBuf {
+        self.root
+            .join(sub)
+            .join(format!(".partial-{}", std::process::id()))
+    }
+}
+
+/// A decompressed base image ready to copy.
+#[derive(Debug, Clone)]
+pub struct RawBase {
+    /// The raw image in the cache.
+    pub path: PathBuf,
+    /// sha256 of the source as published (compressed or not).
+    pub source_sha256: String,
+    /// True when neither download nor decompression was needed.
+    pub from_cache: bool,
+    /// Catalog entry, when the base came from the catalog.
+    pub catalog: Option<BaseImage>,
+}
+
+impl RawBase {
+    /// The OS family promised by the catalog, if known.
+    pub fn family(&self) -> Option<OsFamily> {
+        self.catalog.as_ref().map(|c| c.os_family)
+    }
+}
+
+/// Make the raw base available in the cache: verify, download and decompress only what is missing.
+pub fn obtain(source: &BaseSource, cache: &Cache, offline: bool) -> Result<RawBase> {
+    let (expected, catalog) = match source {
+        BaseSource::Catalog(b) => (Some(b.sha256.clone()), Some(b.clone())),
+        BaseSource::Url { sha256, .. } => (Some(sha256.clone()), None),
+        BaseSource::Path { sha256, .. } => (sha256.clone(), None),
+    };
+    if let Some(sha) = &expected {
+        let raw = cache.raw_path(sha);
+        if raw.is_file() {
+            say(&format!("base: using cached raw image {}", raw.display()));
+            return Ok(RawBase {
+                path: raw,
+                source_sha256: sha.clone(),
+                from_cache: true,
+                catalog,
+            });
+        }
+    }
+    // Not cached yet: get the published file and check it before anything reads it.
+    let (file, sha) = match source {
+        BaseSource::Path { path, sha256 } => {
+            let actual = sha256_file(path)?;
+            if let Some(want) = sha256 {
+                check_sha(path.display().to_string(), want, &actual)?;
+            }
+            let raw = cache.raw_path(&actual);
+            if raw.is_file() {
+                say(&format!("base: using cached raw image {}", raw.display()));
+                return Ok(RawBase {
+                    path: raw,
+                    source_sha256: actual,
+                    from_cache: true,
+                    catalog,
+                });
+            }
+            if detect_packing(path)? == Packing::Raw {
+                // A local raw image needs no decompression: read it in place, never copy it.
+                return Ok(RawBase {
+                    path: path.clone(),
+                    source_sha256: actual,
+                    from_cache: false,
+                    catalog,
+                });
+            }
+            (path.clone(), actual)
+        }
+        BaseSource::Catalog(BaseImage { url, sha256, .. }) | BaseSource::Url { url, sha256 } => {
+            let dl = cache.download_path(sha256);
+            if !dl.is_file() {
+                if offline {
+                    bail!("base {url} is not in the cache and --offline forbids downloading it; build once online or pass --base PATH");
+                }
+                download(url, sha256, &dl, cache)?;
+            }
+            (dl, sha256.clone())
+        }
+    };
+    crate::interrupt::check()?;
+    let raw = cache.raw_path(&sha);
+    decompress_into(&file, &raw, cache)?;
+    Ok(RawBase {
+        path: raw,
+        source_sha256: sha,
+        from_cache: false,
+        catalog,
+    })
+}
+
+fn check_sha(what: String, want: &str, actual: &str) -> Result<()> {
+    if !want.eq_ignore_ascii_case(actual) {
+        bail!("sha256 mismatch for {what}: expected {want}, got {actual}. The file is corrupt, truncated or a different release: download it again, or fix base_sha256 (catalog entries pin it in boards/bases.toml)");
+    }
+    Ok(())
+}
+
+/// sha256 of a file, streamed with progress. Holes are hashed as zeros without reading them.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::AsRawFd;
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let len = f.metadata()?.len();
+    let mut meter = Meter::new(&format!("checking sha256 of {}", short(path)), Some(len));
+    let mut h = Sha256::new();
+    let zeros = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; 1 << 20];
+    let fd = f.as_raw_fd();
+    let mut pos: u64 = 0;
+    while pos < len {
+        crate::interrupt::check()?;
+        // SAFETY: lseek on an open descriptor has no memory-safety preconditions.
+        let data = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_DATA) };
+        let data = if data < 0 {
+            len
+        } else {
+            (data as u64).min(len)
+        };
+        let mut z = data - pos;
+        while z > 0 {
+            let n = z.min(zeros.len() as u64) as usize;
+            h.update(&zeros[..n]);
+            z -= n as u64;
+            meter.add(n as u64);
+        }
+        pos = data;
+        if pos >= len {
+            break;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_HOLE) };
+        let hole = if hole < 0 {
+            len
+        } else {
+            (hole as u64).min(len)
+        };
+        while pos < hole {
+            let want = ((hole - pos) as usize).min(buf.len());
+            let n = f
+                .read_at(&mut buf[..want], pos)
+                .with_context(|| format!("reading {}", path.display()))?;
+            if n == 0 {
+                bail!("{} shrank while being hashed", path.display());
+            }
+            h.update(&buf[..n]);
+            pos += n as u64;
+            meter.add(n as u64);
+        }
+    }
+    meter.finish();
+    Ok(hex::encode(h.finalize()))
+}
+
+fn short(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.display().to_string())
+}
+
+struct PartialFile(PathBuf);
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+struct HashingWriter<W> {
+    inner: W,
+    hash: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn download(url: &str, sha256: &str, dest: &Path, cache: &Cache) -> Result<()> {
+    let client = reqwest::blocking::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(20))
+        .timeout(None)
+        .build()
+        .context("starting the HTTP client")?;
+    let resp = client
+        .get(url)
+        .send()
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("downloading {url}"))?;
+    let partial = PartialFile(cache.partial("downloads"));
+    let file =
+        File::create(&partial.0).with_context(|| format!("creating {}", partial.0.display()))?;
+    let mut meter = Meter::new(
+        &format!("downloading {}", url.rsplit('/').next().unwrap_or(url)),
+        resp.content_length(),
+    );
+    let mut reader = MeteredReader::new(resp, &mut meter);
+    let mut w = HashingWriter {
+        inner: std::io::BufWriter::with_capacity(1 << 20, file),
+        hash: Sha256::new(),
+    };
+    std::io::copy(&mut reader, &mut w).with_context(|| format!("downloading {url}"))?;
+    crate::interrupt::check()?;
+    w.flush().context("writing the download")?;
+    meter.finish();
+    let actual = hex::encode(w.hash.finalize());
+    check_sha(url.to_string(), sha256, &actual)?;
+    std::fs::rename(&partial.0, dest).context("storing the download in the cache")?;
+    Ok(())
+}
+
+/// The compression of a file, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    /// xz.
+    Xz,
+    /// zstd.
+    Zstd,
+    /// gzip.
+    Gzip,
+    /// Not compressed.
+    Raw,
+}
+
+/// Recognize xz, zstd and gzip by magic number.
+pub fn detect_packing(path: &Path) -> Result<Packing> {
+    let mut magic = [0u8; 6];
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let n = f.read(&mut magic)?;
+    let m = &magic[..n];
+    Ok(if m.starts_with(&[0xFD, b'7', b'z', b'X', b'Z', 0]) {
+        Packing::Xz
+    } else if m.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
+        Packing::Zstd
+    } else if m.starts_with(&[0x1F, 0x8B]) {
+        Packing::Gzip
+    } else {
+        Packing::Raw
+    })
+}
+
+fn decompress_into(src: &Path, raw: &Path, cache: &Cache) -> Result<()> {
+    let packing = detect_packing(src)?;
+    let f = File::open(src).with_context(|| format!("opening {}", src.display()))?;
+    let len = f.metadata().map(|m| m.len()).ok();
+    let label = match packing {
+        Packing::Raw => format!("copying {}", short(src)),
+        p => format!("decompressing {} ({p:?})", short(src)),
+    };
+    let mut meter = Meter::new(&label, len);
+    let input = BufReader::with_capacity(1 << 20, MeteredReader::new(f, &mut meter));
+    let mut reader: Box<dyn Read + '_> = match packing {
+        Packing::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(input)),
+        Packing::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(input)?),
+        Packing::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
+        Packing::Raw => Box::new(input),
+    };
+    let partial = PartialFile(cache.partial("raw"));
+    let out =
+        File::create(&partial.0).with_context(|| format!("creating {}", partial.0.display()))?;
+    let total = copy_sparse(&mut reader, &out).map_err(|e| {
+        if crate::interrupt::requested() {
+            anyhow!("interrupted: the build was stopped by a signal; nothing was written to the output path")
+        } else if packing == Packing::Raw {
+            anyhow!("reading {}: {e}", src.display())
+        } else {
+            anyhow!("the {packing:?} archive {} is truncated or corrupt ({e}); download it again", src.display())
+        }
+    })?;
+    drop(reader);
+    meter.finish();
+    if total == 0 {
+        bail!(
+            "{} is empty after decompression; it is not a disk image",
+            src.display()
+        );
+    }
+    out.sync_all().context("flushing the raw image")?;
+    std::fs::rename(&partial.0, raw).context("storing the raw image in the cache")?;
+    Ok(())
+}
+
+/// Copy a stream into `out`, leaving all-zero 64 KiB blocks as holes. Returns the bytes copied.
+pub fn copy_sparse(reader: &mut dyn Read, mut out: &File) -> std::io::Result<u64> {
+    const BLOCK: usize = 64 << 10;
+    let mut buf = vec![0u8; BLOCK];
+    let mut total: u64 = 0;
+    loop {
+        let mut filled = 0;
+        while filled < BLOCK {
+            match reader.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        if buf[..filled].iter().all(|&b| b == 0) {
+            out.seek(SeekFrom::Current(filled as i64))?;
+        } else {
+            out.write_all(&buf[..filled])?;
+        }
+        total += filled as u64;
+        if filled < BLOCK {
+            break;
+        }
+    }
+    out.set_len(total)?;
+    Ok(total)
+}

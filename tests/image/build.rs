@@ -1,0 +1,753 @@
+//! System tests of `imagebuild build`, `inspect` and `verify` on generated fixture images.
+
+#[path = "fixture.rs"]
+mod fixture;
+#[path = "http.rs"]
+mod http;
+#[path = "support.rs"]
+mod support;
+
+use fixture::{Flavor, Spec};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use support::*;
+
+const EPOCH: &str = "1735689600"; // 2025-01-01T00:00:00Z
+const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFixtureKeyForTestsOnly test@example";
+
+/// A fixture base image in `dir`, readable by everyone.
+fn base(dir: &Path, flavor: Flavor) -> PathBuf {
+    let p = dir.join(format!("{flavor:?}.img").to_lowercase());
+    fixture::make(&Spec::small(flavor), &p).expect("making fixture");
+    share(&p);
+    p
+}
+
+/// A recipe with every disk-side feature turned on.
+fn recipe(dir: &Path, base: &str, board: &str, extra_image: &str) -> PathBuf {
+    let overlay = dir.join("my-overlay");
+    std::fs::create_dir_all(overlay.join("usr/local/sbin")).unwrap();
+    std::fs::write(
+        overlay.join("usr/local/sbin/hello"),
+        "#!/bin/sh\necho hello\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        overlay.join("usr/local/sbin/hello"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::create_dir_all(overlay.join("etc")).unwrap();
+    std::fs::write(overlay.join("etc/motd"), "built by imagebuild\n").unwrap();
+    let text = format!(
+        r#"[image]
+board = "{board}"
+media = "ssd"
+base = "{base}"
+output = "out/node.img"
+free_space = "300MiB"
+{extra_image}
+
+[k3s]
+version = "v1.31.4+k3s1"
+
+[os]
+user = "pi"
+ssh_authorized_keys = ["{KEY}"]
+timezone = "Europe/Berlin"
+wifi = {{ country = "de", ssid = "homelab", psk = "correct horse battery" }}
+overlays = ["overlays/sd-tuning", "my-overlay"]
+
+[cluster.cluster]
+name = "homelab"
+token = "fixture-token-0123456789"
+servers = 3
+nodes = 5
+"#
+    );
+    let p = dir.join("image.toml");
+    std::fs::write(&p, text).unwrap();
+    std::fs::create_dir_all(dir.join("out")).unwrap();
+    std::fs::set_permissions(
+        dir.join("out"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    share(&p);
+    p
+}
+
+fn build(dir: &Path, recipe: &Path, extra: &[&str]) -> std::process::Output {
+    run(imagebuild(dir)
+        .arg("build")
+        .arg(recipe)
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .args(extra)
+        .env("SOURCE_DATE_EPOCH", EPOCH))
+}
+
+fn check_built_image(flavor: Flavor, dir: &Path, base: &Path) {
+    let img = dir.join("out/node.img");
+    assert!(img.is_file(), "no output image");
+    let (b_start, b_size) = sfdisk_partition(base, 2);
+    let (start, size) = sfdisk_partition(&img, 2);
+    assert_eq!(start, b_start, "partition 2 moved");
+    assert!(
+        size > b_size,
+        "partition 2 did not grow: {b_size} -> {size} sectors"
+    );
+    assert_eq!(
+        (start * 512) % (8 << 20),
+        if flavor == Flavor::Ubuntu {
+            (513 << 20) % (8 << 20)
+        } else {
+            0
+        }
+    );
+    let (p1_start, p1_size) = sfdisk_partition(&img, 1);
+    let root_off = start * 512;
+    e2fsck_clean(&img, root_off);
+    fsck_vfat_clean(&img, p1_start * 512, p1_size * 512);
+
+    // Boot partition.
+    let cmdline =
+        String::from_utf8(fat_read(&img, p1_start * 512, "cmdline.txt").unwrap()).unwrap();
+    assert_eq!(
+        cmdline.lines().count(),
+        1,
+        "cmdline.txt must stay one line: {cmdline:?}"
+    );
+    for flag in [
+        "cgroup_memory=1",
+        "cgroup_enable=memory",
+        "cfg80211.ieee80211_regdom=DE",
+    ] {
+        assert_eq!(
+            cmdline.split_whitespace().filter(|w| *w == flag).count(),
+            1,
+            "{flag} in {cmdline}"
+        );
+    }
+    if let Some(hook) = flavor.hook() {
+        assert!(
+            cmdline.split_whitespace().any(|w| w == hook),
+            "hook {hook} lost: {cmdline}"
+        );
+    }
+    let config = String::from_utf8(fat_read(&img, p1_start * 512, "config.txt").unwrap()).unwrap();
+    assert!(config.contains("[all]\ndtparam=pciex1\n"), "{config}");
+    assert!(fat_read(&img, p1_start * 512, "ssh").is_some());
+    let cluster =
+        String::from_utf8(fat_read(&img, p1_start * 512, "cluster.toml").unwrap()).unwrap();
+    assert!(cluster.contains("name = \"homelab\""), "{cluster}");
+    match flavor {
+        Flavor::Ubuntu => {
+            assert!(fat_read(&img, p1_start * 512, "userconf.txt").is_none());
+            let ud =
+                String::from_utf8(fat_read(&img, p1_start * 512, "user-data").unwrap()).unwrap();
+            assert!(ud.starts_with("#cloud-config") && ud.contains(KEY), "{ud}");
+        }
+        _ => assert_eq!(
+            fat_read(&img, p1_start * 512, "userconf.txt").unwrap(),
+            b"pi:*\n"
+        ),
+    }
+
+    // Root filesystem: owners and modes exactly as declared.
+    let expect = [
+        ("/home/pi/.ssh", "0700", 1000, 1000),
+        ("/home/pi/.ssh/authorized_keys", "0600", 1000, 1000),
+        (
+            "/etc/NetworkManager/system-connections/wifi-homelab.nmconnection",
+            "0600",
+            0,
+            0,
+        ),
+        ("/usr/local/sbin/hello", "0755", 0, 0),
+        ("/etc/motd", "0644", 0, 0),
+        (
+            "/etc/systemd/journald.conf.d/50-sd-tuning.conf",
+            "0644",
+            0,
+            0,
+        ),
+        ("/etc/sysctl.d/90-k3s.conf", "0644", 0, 0),
+        ("/etc/firstboot/image.json", "0644", 0, 0),
+        ("/etc/timezone", "0644", 0, 0),
+    ];
+    for (path, mode, uid, gid) in expect {
+        let (m, u, g, _) = debugfs_stat(&img, root_off, path);
+        assert_eq!((m.as_str(), u, g), (mode, uid, gid), "{path}");
+    }
+    let (_, _, _, kind) = debugfs_stat(&img, root_off, "/etc/localtime");
+    assert_eq!(kind, "symlink");
+    assert_eq!(
+        debugfs_cat(&img, root_off, "/home/pi/.ssh/authorized_keys"),
+        format!("{KEY}\n").into_bytes()
+    );
+    // The base's first-boot conventions are intact.
+    assert_eq!(
+        debugfs_cat(&img, root_off, "/etc/machine-id"),
+        flavor.machine_id()
+    );
+    assert_eq!(
+        debugfs_cat(&img, root_off, "/etc/timezone"),
+        b"Europe/Berlin\n"
+    );
+
+    // inspect --json reports the same.
+    let out = run(imagebuild(dir).arg("inspect").arg("--json").arg(&img));
+    assert!(out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect json");
+    assert_eq!(
+        j["machine_id"].as_str().unwrap().as_bytes(),
+        flavor.machine_id()
+    );
+    for f in j["cgroup_flags"].as_array().unwrap() {
+        assert_eq!(f[1], 1, "{f}");
+    }
+    if let Some(hook) = flavor.hook() {
+        assert!(j["first_boot_hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h == hook));
+    }
+    assert_eq!(j["cluster_toml"], true);
+    assert_eq!(j["ssh_enabled"], true);
+    assert_eq!(j["layout"]["root"]["size"].as_u64().unwrap(), size * 512);
+    assert!(
+        j["rootfs_free"].as_u64().unwrap() >= 300 << 20,
+        "free_space not honoured"
+    );
+    assert_eq!(j["config_lines"][0], "dtparam=pciex1");
+    let declared = j["declared_files"].as_array().unwrap();
+    let keys = declared
+        .iter()
+        .find(|d| d["path"] == "/home/pi/.ssh/authorized_keys")
+        .expect("keys declared");
+    assert_eq!(
+        (keys["found_mode"].as_str(), keys["found_uid"].as_u64()),
+        (Some("0600"), Some(1000))
+    );
+    assert!(
+        declared.iter().all(|d| d["matches"] == true),
+        "{declared:?}"
+    );
+
+    // verify agrees, and the checksum file matches the image.
+    let out = run(imagebuild(dir).arg("verify").arg(&img));
+    assert!(out.status.success(), "verify failed");
+    let sums = Command::new("sha256sum")
+        .arg("-c")
+        .arg("node.img.sha256")
+        .current_dir(dir.join("out"))
+        .output()
+        .unwrap();
+    assert!(
+        sums.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sums.stdout)
+    );
+}
+
+#[test]
+fn builds_each_layout_rootless_and_clean() {
+    for flavor in Flavor::ALL {
+        let dir = scratch();
+        let b = base(dir.path(), flavor);
+        let r = recipe(dir.path(), &b.display().to_string(), "rpi5", "");
+        let out = build(dir.path(), &r, &["--json"]);
+        assert!(out.status.success(), "{flavor:?} build failed");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(report["rootfs_size_after"].as_u64() > report["rootfs_size_before"].as_u64());
+        check_built_image(flavor, dir.path(), &b);
+    }
+}
+
+#[test]
+fn same_epoch_gives_the_same_image() {
+    let dir = scratch();
+    let b = base(dir.path(), Flavor::Trixie);
+    let r = recipe(
+        dir.path(),
+        &b.display().to_string(),
+        "rpi4",
+        "compress = \"zstd\"",
+    );
+    let mut sums = Vec::new();
+    for name in ["a.img", "b.img"] {
+        let out = dir.path().join("out").join(name);
+        assert!(build(dir.path(), &r, &["-o", out.to_str().unwrap()])
+            .status
+            .success());
+        let line = std::fs::read_to_string(dir.path().join(format!("out/{name}.sha256"))).unwrap();
+        sums.push(line.split_whitespace().next().unwrap().to_string());
+        let unpacked = Command::new("sh")
+            .arg("-c")
+            .arg(format!("zstd -dc out/{name}.zst | sha256sum"))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&unpacked.stdout).starts_with(sums.last().unwrap().as_str()),
+            "the .zst does not hold the image"
+        );
+        assert!(dir.path().join(format!("out/{name}.json")).is_file());
+    }
+    assert_eq!(
+        sums[0], sums[1],
+        "two builds with one SOURCE_DATE_EPOCH differ"
+    );
+}
+
+fn xz(path: &Path) -> PathBuf {
+    let st = Command::new("xz")
+        .args(["-k", "-T0", "-1", "-f"])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let p = PathBuf::from(format!("{}.xz", path.display()));
+    share(&p);
+    p
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn no_output(dir: &Path) {
+    let left = names(&dir.join("out"));
+    assert!(
+        left.is_empty(),
+        "files left in the output directory: {left:?}"
+    );
+}
+
+#[test]
+fn second_build_neither_downloads_nor_decompresses() {
+    let dir = scratch();
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let b = base(&served, Flavor::Bookworm);
+    let packed = xz(&b);
+    std::fs::remove_file(&b).unwrap();
+    let server = http::FileServer::start(served.clone(), None);
+    let url = format!("{}/bookworm.img.xz", server.url);
+    let r = recipe(
+        dir.path(),
+        &url,
+        "rpi3",
+        &format!("base_sha256 = \"{}\"", sha256(&packed)),
+    );
+    let out = build(dir.path(), &r, &["--json"]);
+    assert!(out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["base_from_cache"], false);
+    assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    std::fs::remove_file(dir.path().join("out/node.img")).unwrap();
+
+    // Make the source unreachable and leave nothing to decompress: only the raw cache can help.
+    drop(server);
+    std::fs::remove_dir_all(&served).unwrap();
+    for f in names(&dir.path().join("cache/downloads")) {
+        std::fs::remove_file(dir.path().join("cache/downloads").join(f)).unwrap();
+    }
+    let out = build(dir.path(), &r, &["--json"]);
+    assert!(
+        out.status.success(),
+        "second build needed the network or the archive"
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["base_from_cache"], true);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("using cached raw image"));
+}
+
+fn fails_cleanly(dir: &Path, out: std::process::Output, words: &[&str]) {
+    assert!(!out.status.success(), "build should have failed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for w in words {
+        assert!(err.contains(w), "error lacks {w:?}:\n{err}");
+    }
+    no_output(dir);
+}
+
+#[test]
+fn sha256_mismatch_fails_cleanly() {
+    let dir = scratch();
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let packed = xz(&base(&served, Flavor::Trixie));
+    let server = http::FileServer::start(served, None);
+    let wrong = "0".repeat(64);
+    let r = recipe(
+        dir.path(),
+        &format!("{}/trixie.img.xz", server.url),
+        "rpi4",
+        &format!("base_sha256 = \"{wrong}\""),
+    );
+    fails_cleanly(
+        dir.path(),
+        build(dir.path(), &r, &[]),
+        &["sha256 mismatch", &sha256(&packed), &wrong],
+    );
+    assert!(
+        names(&dir.path().join("cache/downloads")).is_empty(),
+        "a bad download stayed in the cache"
+    );
+}
+
+#[test]
+fn truncated_xz_fails_cleanly() {
+    let dir = scratch();
+    let packed = xz(&base(dir.path(), Flavor::Bookworm));
+    let len = std::fs::metadata(&packed).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&packed)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let r = recipe(dir.path(), &packed.display().to_string(), "rpi4", "");
+    fails_cleanly(
+        dir.path(),
+        build(dir.path(), &r, &[]),
+        &["truncated or corrupt"],
+    );
+    assert!(
+        names(&dir.path().join("cache/raw")).is_empty(),
+        "a partial raw image stayed in the cache"
+    );
+}
+
+#[test]
+fn non_pi_layout_fails_cleanly() {
+    let dir = scratch();
+    let p = dir.path().join("plain.img");
+    fixture::make_not_pi(&p).unwrap();
+    share(&p);
+    let r = recipe(dir.path(), &p.display().to_string(), "rpi4", "");
+    fails_cleanly(
+        dir.path(),
+        build(dir.path(), &r, &[]),
+        &["is not a Raspberry Pi OS layout", "partition 1"],
+    );
+}
+
+#[test]
+fn unknown_board_fails_cleanly() {
+    let dir = scratch();
+    let b = base(dir.path(), Flavor::Trixie);
+    let r = recipe(dir.path(), &b.display().to_string(), "rpi6", "");
+    fails_cleanly(
+        dir.path(),
+        build(dir.path(), &r, &[]),
+        &[
+            "unknown board `rpi6`",
+            "Did you mean",
+            "cm4, cm5, rpi3, rpi4, rpi5, zero2w",
+        ],
+    );
+}
+
+#[test]
+fn recipe_typo_fails_cleanly() {
+    let dir = scratch();
+    let b = base(dir.path(), Flavor::Trixie);
+    let r = recipe(
+        dir.path(),
+        &b.display().to_string(),
+        "rpi4",
+        "compres = \"zstd\"",
+    );
+    fails_cleanly(
+        dir.path(),
+        build(dir.path(), &r, &[]),
+        &[
+            "image.toml:7:1",
+            "unknown key `compres`",
+            "Did you mean `compress`?",
+        ],
+    );
+}
+
+#[test]
+fn no_room_for_the_output_fails_cleanly() {
+    if !systests::is_root() {
+        eprintln!(
+            "skipping no_room_for_the_output_fails_cleanly: mounting a small tmpfs needs root"
+        );
+        return;
+    }
+    let dir = scratch();
+    let b = base(dir.path(), Flavor::Bookworm);
+    let r = recipe(dir.path(), &b.display().to_string(), "rpi4", "");
+    let small = dir.path().join("out");
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m,mode=0777", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting tmpfs");
+    let out = build(dir.path(), &r, &[]);
+    let left = names(&small);
+    let _ = Command::new("umount").arg(&small).status();
+    assert!(left.is_empty(), "files left on the full disk: {left:?}");
+    fails_cleanly(dir.path(), out, &["no room to write the output"]);
+}
+
+#[test]
+fn sigint_mid_build_leaves_nothing() {
+    let dir = scratch();
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let packed = xz(&base(&served, Flavor::Trixie));
+    // A slow server keeps the build busy long enough to interrupt it for sure.
+    let server = http::FileServer::start(served, Some(std::time::Duration::from_millis(40)));
+    let r = recipe(
+        dir.path(),
+        &format!("{}/trixie.img.xz", server.url),
+        "rpi4",
+        &format!("base_sha256 = \"{}\"", sha256(&packed)),
+    );
+    let child = imagebuild(dir.path())
+        .arg("build")
+        .arg(&r)
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let downloads = dir.path().join("cache/downloads");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !names(&downloads).iter().any(|n| n.starts_with(".partial")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let st = Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    fails_cleanly(dir.path(), out, &["interrupted"]);
+    assert!(
+        names(&downloads).is_empty(),
+        "partial download left: {:?}",
+        names(&downloads)
+    );
+}
+
+#[test]
+fn invalid_cluster_is_never_written() {
+    let dir = scratch();
+    let b = base(dir.path(), Flavor::Trixie);
+    let r = recipe(dir.path(), &b.display().to_string(), "rpi4", "");
+    let text = std::fs::read_to_string(&r)
+        .unwrap()
+        .replace("servers = 3", "servers = 4");
+    std::fs::write(&r, text).unwrap();
+    let out = build(dir.path(), &r, &[]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("fixture-token-0123456789"),
+        "token leaked"
+    );
+    fails_cleanly(dir.path(), out, &["servers"]);
+}
+
+#[test]
+fn payload_entries_are_written_as_declared() {
+    use imagebuild::rootfs::payload::Payload;
+    let dir = scratch();
+    let b = base(dir.path(), Flavor::Bookworm);
+    let r = recipe(dir.path(), &b.display().to_string(), "rpi4", "");
+    let bin = dir.path().join("k3s");
+    std::fs::write(&bin, vec![0x7f; 3 << 20]).unwrap();
+    let mut p = Payload::new();
+    p.file(&bin, "/usr/local/bin/k3s", 0o755);
+    p.symlink("/usr/local/bin/kubectl", "k3s");
+    p.dir("/var/lib/rancher/k3s/agent/images", 0o750)
+        .owner(0, 27);
+    p.bytes("/etc/rancher/k3s/k3s.env", "K3S_X=1\n", 0o600)
+        .mtime(1_234_567_890);
+    p.bytes("/etc/motd", "payload wins\n", 0o644);
+    std::env::set_var("SOURCE_DATE_EPOCH", EPOCH);
+    let options = imagebuild::build::BuildOptions {
+        cache_dir: Some(dir.path().join("cache")),
+        data_dir: Some(systests::repo_root()),
+        payload: p,
+        ..Default::default()
+    };
+    let report = imagebuild::build::run(&r, options).expect("build with payload");
+    let img = &report.output;
+    let off = report.layout.partitions[1].start;
+    let check = |path: &str, mode: &str, uid: u32, gid: u32, kind: &str| {
+        let (m, u, g, k) = debugfs_stat(img, off, path);
+        assert_eq!(
+            (m.as_str(), u, g, k.as_str()),
+            (mode, uid, gid, kind),
+            "{path}"
+        );
+    };
+    check("/usr/local/bin/k3s", "0755", 0, 0, "regular");
+    check("/usr/local/bin/kubectl", "0777", 0, 0, "symlink");
+    check(
+        "/var/lib/rancher/k3s/agent/images",
+        "0750",
+        0,
+        27,
+        "directory",
+    );
+    check("/etc/rancher/k3s/k3s.env", "0600", 0, 0, "regular");
+    let stat = Command::new("debugfs")
+        .arg("-R")
+        .arg("stat /etc/rancher/k3s/k3s.env")
+        .arg(format!("{}?offset={off}", img.display()))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&stat.stdout).contains("mtime: 0x499602d2"),
+        "declared mtime not set"
+    );
+    let link = Command::new("debugfs")
+        .arg("-R")
+        .arg("stat /usr/local/bin/kubectl")
+        .arg(format!("{}?offset={off}", img.display()))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&link.stdout).contains("Fast link dest: \"k3s\""));
+    // The payload's /etc/motd replaces the overlay's; the manifest lists the payload's hash.
+    assert_eq!(debugfs_cat(img, off, "/etc/motd"), b"payload wins\n");
+    assert_eq!(debugfs_cat(img, off, "/usr/local/bin/k3s").len(), 3 << 20);
+    e2fsck_clean(img, off);
+    let out = run(imagebuild(dir.path()).arg("verify").arg(img));
+    assert!(out.status.success(), "verify after payload");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("payload files match"));
+}
+
+#[test]
+fn boards_and_help_teach() {
+    let dir = scratch();
+    let out = run(imagebuild(dir.path()).arg("boards"));
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for b in [
+        "rpi3",
+        "rpi4",
+        "rpi5",
+        "cm4",
+        "cm5",
+        "zero2w",
+        "raspios-lite-arm64-bookworm",
+        "raspios-lite-arm64-trixie",
+        "ubuntu-server-24.04-raspi",
+    ] {
+        assert!(
+            text.contains(b),
+            "{b} missing from `imagebuild boards`:\n{text}"
+        );
+    }
+    assert!(text.contains("agent only"));
+    let out = run(imagebuild(dir.path()).arg("--help"));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("image.toml") && help.contains("SOURCE_DATE_EPOCH"),
+        "{help}"
+    );
+}
+
+#[test]
+fn gpt_layouts_are_read() {
+    let dir = scratch();
+    let img = dir.path().join("gpt.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mut child = Command::new("sfdisk")
+        .args(["--no-reread", "--no-tell-kernel", "-q"])
+        .arg(&img)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: gpt\nstart=2048, size=32768, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7\nstart=34816, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let mut f = std::fs::File::open(&img).unwrap();
+    let layout = imagebuild::disk::DiskLayout::read(&mut f).unwrap();
+    assert_eq!(layout.table, imagebuild::disk::TableKind::Gpt);
+    assert_eq!(layout.partitions.len(), 2);
+    assert_eq!(layout.partitions[0].start, 2048 * 512);
+    assert!(layout.partitions[0].is_fat_type());
+    assert_eq!(layout.partitions[1].start, 34816 * 512);
+    // Growing GPT is refused with a clear message rather than corrupting the backup header.
+    let mut w = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    let mut l = layout.clone();
+    let err = l
+        .grow_last_partition(&mut w, 128 << 20)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("GPT"), "{err}");
+}
+
+#[test]
+fn sigint_while_writing_the_image_leaves_nothing() {
+    let dir = scratch();
+    // Big enough that copying and writing the root filesystem take a noticeable moment.
+    let b = dir.path().join("big.img");
+    let spec = Spec {
+        flavor: Flavor::Trixie,
+        root_mib: 900,
+        filler_bytes: 500 << 20,
+    };
+    fixture::make(&spec, &b).expect("making fixture");
+    share(&b);
+    let r = recipe(dir.path(), &b.display().to_string(), "rpi4", "");
+    let child = imagebuild(dir.path())
+        .arg("build")
+        .arg(&r)
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out_dir = dir.path().join("out");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !names(&out_dir).iter().any(|n| n.contains(".partial-")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build never started writing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let st = Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    fails_cleanly(dir.path(), out, &["interrupted"]);
+}
