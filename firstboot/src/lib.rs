@@ -15,4 +15,5 @@ pub mod k3s;
 pub mod paths;
 pub mod status;
 pub mod storage;
+pub mod suggest;
 pub mod systemd;

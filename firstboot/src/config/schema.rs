@@ -116,13 +116,7 @@ pub(crate) fn did_you_mean<'a>(
     typed: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
-    let typed_norm = typed.to_ascii_lowercase().replace('-', "_");
-    candidates
-        .into_iter()
-        .map(|c| (c, strsim::jaro_winkler(&typed_norm, c)))
-        .filter(|(_, score)| *score >= 0.8)
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(c, _)| c)
+    crate::suggest::closest(typed, candidates)
 }
 
 fn section_keys(section: &str) -> Option<&'static [KeySpec]> {
@@ -260,20 +254,5 @@ fn check_kind(
             format!("`{}` must be {}", spec.name, spec.kind.describe()),
             format!("write it like `{}`", spec.example),
         ));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn suggests_close_names_only() {
-        assert_eq!(did_you_mean("sever", ["servers", "nodes"]), Some("servers"));
-        assert_eq!(
-            did_you_mean("token-file", ["token", "token_file"]),
-            Some("token_file")
-        );
-        assert_eq!(did_you_mean("banana", ["servers", "nodes"]), None);
     }
 }
