@@ -64,7 +64,9 @@ mod seats;
 use serde::{Deserialize, Serialize};
 
 pub use auth::{ClusterId, ProtocolKey, CLUSTER_ID_LEN, MAC_LEN};
-pub use message::{Body, DecodeError, Envelope, Hello, MAX_FRAME, MAX_ROSTER, PROTOCOL_VERSION};
+pub use message::{
+    Body, DecodeError, Envelope, Hello, Instance, MAX_FRAME, MAX_ROSTER, PROTOCOL_VERSION,
+};
 #[cfg(feature = "sim-flaws")]
 pub use node::Flaw;
 pub use node::{
