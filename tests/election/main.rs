@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use firstboot::election::{
-    Ballot, Body, ClusterId, Envelope, Flaw, Hello, NodeId, ProtocolKey, RolePin, Value, MAX_FRAME,
+    Ballot, Body, ClusterId, Envelope, Flaw, Hello, Instance, NodeId, ProtocolKey, RolePin, Value,
+    MAX_FRAME,
 };
 use systests::election_sim::{run, Outcome, Rng, Scenario};
 
@@ -169,16 +170,27 @@ fn decoder_rejects_garbage_and_mutations_without_panicking() {
             wants_seat: true,
             roster: vec![NodeId(77), NodeId(78), NodeId(79)],
         }),
-        Body::Prepare { ballot },
+        Body::Prepare {
+            instance: Instance::Leader,
+            ballot,
+        },
         Body::Promise {
+            instance: Instance::Fate,
             ballot,
             accepted: Some((ballot, Value::Abandon)),
         },
         Body::Accept {
+            instance: Instance::Leader,
+            ballot,
+            value: Value::Init(NodeId(1)),
+        },
+        Body::Accept {
+            instance: Instance::Fate,
             ballot,
             value: Value::Init(NodeId(1)),
         },
         Body::Decided {
+            instance: Instance::Fate,
             value: Value::Abandon,
         },
     ]
