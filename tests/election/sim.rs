@@ -259,8 +259,9 @@ impl Scenario {
             KillElected {
                 point,
                 delay_ms: match point {
+                    KillPoint::Elected if rng.chance(0.6) => rng.range(0, 20),
                     KillPoint::Elected => rng.range(0, 4_000),
-                    KillPoint::GoAccepted => rng.range(0, 30),
+                    KillPoint::GoAccepted => rng.range(0, 10),
                     KillPoint::Go => rng.range(0, 3_000),
                 },
                 down_ms: rng.chance(0.5).then(|| rng.range(1_000, 60_000)),
@@ -353,6 +354,8 @@ pub struct Outcome {
     pub abandons: u64,
     /// Frames rejected by decoding.
     pub rejected: u64,
+    /// The elected node was killed (for good or for a while), and when.
+    pub killed_at: Option<u64>,
     /// The elected node was killed for good (per its scenario), and when.
     pub killed_for_good_at: Option<u64>,
     /// A node other than the killed one had accepted its Go: Go may be decided, so the others
@@ -1020,6 +1023,7 @@ impl World<'_> {
                 if self.nodes[node].life != life {
                     return;
                 }
+                self.outcome.killed_at = Some(self.now);
                 match self.scenario.kill_elected.as_ref().and_then(|k| k.down_ms) {
                     Some(down_ms) => self.power_loss(node, down_ms),
                     None => {
