@@ -932,7 +932,10 @@ impl World<'_> {
             return;
         }
         self.ledger.kill_target = Some((i, epoch));
-        self.log(format_args!("node {i} will be killed in {} ms", kill.delay_ms));
+        self.log(format_args!(
+            "node {i} will be killed in {} ms",
+            kill.delay_ms
+        ));
         let life = self.nodes[i].life;
         self.schedule(
             self.now + kill.delay_ms,
@@ -1205,7 +1208,7 @@ pub fn run(scenario: &Scenario) -> Outcome {
             let waiting: Vec<String> = world
                 .nodes
                 .iter()
-                .filter(|n| !n.dead && !(n.core.is_some() && n.role.is_some() && n.serving))
+                .filter(|n| !(n.dead || (n.core.is_some() && n.role.is_some() && n.serving)))
                 .map(|n| {
                     format!(
                         "{:?}: {:?}",

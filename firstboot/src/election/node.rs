@@ -752,7 +752,8 @@ impl Node {
 
     /// Drops our own attempt when we granted a higher ballot: it cannot win at our acceptor anyway.
     fn yield_to(&mut self, now: Millis, instance: Instance, ballot: Ballot) {
-        if instance == self.instance() && self.proposal.as_ref().is_some_and(|p| p.ballot < ballot) {
+        if instance == self.instance() && self.proposal.as_ref().is_some_and(|p| p.ballot < ballot)
+        {
             self.proposal = None;
             self.back_off(now);
         }
@@ -1281,8 +1282,18 @@ mod tests {
             round: 1,
             node: NodeId(1),
         };
-        node.handle_datagram(Millis(10), &frame(3, 1, Body::Prepare { instance: Instance::Leader, ballot }))
-            .expect("genuine frame");
+        node.handle_datagram(
+            Millis(10),
+            &frame(
+                3,
+                1,
+                Body::Prepare {
+                    instance: Instance::Leader,
+                    ballot,
+                },
+            ),
+        )
+        .expect("genuine frame");
         assert!(drain_transmits(&mut node).is_empty());
         let request = node.poll_persist().expect("the promise must be persisted");
         assert_eq!(request.state.acceptor.promised, Some(ballot));
@@ -1303,8 +1314,18 @@ mod tests {
             round: 0,
             node: NodeId(9),
         };
-        node.handle_datagram(Millis(20), &frame(3, 9, Body::Prepare { instance: Instance::Leader, ballot: lower }))
-            .expect("genuine frame");
+        node.handle_datagram(
+            Millis(20),
+            &frame(
+                3,
+                9,
+                Body::Prepare {
+                    instance: Instance::Leader,
+                    ballot: lower,
+                },
+            ),
+        )
+        .expect("genuine frame");
         let sent = drain_transmits(&mut node);
         assert_eq!(
             decode(3, &sent[0]).body,
@@ -1426,6 +1447,172 @@ mod tests {
         assert!(!bodies
             .iter()
             .any(|(to, _)| *to == Destination::Node(NodeId(3))));
+    }
+
+    /// Persists everything asked for, then returns the bodies sent and the events released.
+    fn settle(node: &mut Node, nodes: u8) -> (Vec<Body>, Vec<Event>) {
+        persist_all(node);
+        let bodies = drain_transmits(node)
+            .iter()
+            .map(|t| decode(nodes, t).body)
+            .collect();
+        (bodies, std::iter::from_fn(|| node.poll_event()).collect())
+    }
+
+    fn prepared(bodies: &[Body], want: Instance) -> Ballot {
+        bodies
+            .iter()
+            .find_map(|body| match body {
+                Body::Prepare { instance, ballot } if *instance == want => Some(*ballot),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no {want:?} prepare in {bodies:?}"))
+    }
+
+    #[test]
+    fn the_elected_node_inits_only_once_its_go_is_decided() {
+        let mut x = Node::new(config(9, 3), Millis(0), None);
+        x.handle_datagram(Millis(5), &frame(3, 2, undecided_hello()))
+            .expect("genuine frame");
+        x.handle_timeout(Millis(1500));
+        let (bodies, _) = settle(&mut x, 3);
+        let ballot = prepared(&bodies, Instance::Leader);
+        let promise = Body::Promise {
+            instance: Instance::Leader,
+            ballot,
+            accepted: None,
+        };
+        x.handle_datagram(Millis(1510), &frame(3, 2, promise))
+            .expect("genuine frame");
+        settle(&mut x, 3);
+        let value = Value::Init(NodeId(9));
+        let accepted = Body::Accepted {
+            instance: Instance::Leader,
+            ballot,
+            value,
+        };
+        x.handle_datagram(Millis(1520), &frame(3, 2, accepted))
+            .expect("genuine frame");
+        let (bodies, events) = settle(&mut x, 3);
+        assert!(events.is_empty(), "elected is not final: {events:?}");
+        assert_eq!(
+            x.status(Millis(1520)).to_string(),
+            "0000000000000009 elected (epoch 0); waiting for it to confirm"
+        );
+        let go = prepared(&bodies, Instance::Fate);
+        let promise = Body::Promise {
+            instance: Instance::Fate,
+            ballot: go,
+            accepted: None,
+        };
+        x.handle_datagram(Millis(1530), &frame(3, 2, promise))
+            .expect("genuine frame");
+        let (bodies, events) = settle(&mut x, 3);
+        assert!(events.is_empty());
+        assert!(bodies.contains(&Body::Accept {
+            instance: Instance::Fate,
+            ballot: go,
+            value
+        }));
+        let accepted = Body::Accepted {
+            instance: Instance::Fate,
+            ballot: go,
+            value,
+        };
+        x.handle_datagram(Millis(1540), &frame(3, 2, accepted))
+            .expect("genuine frame");
+        let (_, events) = settle(&mut x, 3);
+        assert_eq!(
+            events,
+            vec![
+                Event::Decided { epoch: 0, value },
+                Event::Role(Role::ClusterInit)
+            ]
+        );
+    }
+
+    /// Node 2 learns that node 1 was elected, then hears nothing more; node 3 answers its fate prepare.
+    fn abandon_a_silent_elected_node(reported: Option<(Ballot, Value)>) -> (Node, Vec<Event>) {
+        let mut node = Node::new(config(2, 3), Millis(0), None);
+        let elected = Body::Decided {
+            instance: Instance::Leader,
+            value: Value::Init(NodeId(1)),
+        };
+        node.handle_datagram(Millis(100), &frame(3, 1, elected))
+            .expect("genuine frame");
+        let (_, events) = settle(&mut node, 3);
+        assert!(events.is_empty());
+        let mut now = Millis(100);
+        let ballot = loop {
+            now = node.poll_timeout().expect("a timer is armed");
+            assert!(now < Millis(20_000), "no fate prepare by {now:?}");
+            node.handle_timeout(now);
+            let (bodies, _) = settle(&mut node, 3);
+            if let Some(ballot) = bodies.iter().find_map(|b| match b {
+                Body::Prepare {
+                    instance: Instance::Fate,
+                    ballot,
+                } => Some(*ballot),
+                _ => None,
+            }) {
+                break ballot;
+            }
+        };
+        assert!(now >= Millis(6_000), "abandoned too early: {now:?}");
+        let promise = Body::Promise {
+            instance: Instance::Fate,
+            ballot,
+            accepted: reported,
+        };
+        node.handle_datagram(now, &frame(3, 3, promise))
+            .expect("genuine frame");
+        let (bodies, _) = settle(&mut node, 3);
+        let value = reported.map_or(Value::Abandon, |(_, v)| v);
+        assert!(bodies.contains(&Body::Accept {
+            instance: Instance::Fate,
+            ballot,
+            value
+        }));
+        let accepted = Body::Accepted {
+            instance: Instance::Fate,
+            ballot,
+            value,
+        };
+        node.handle_datagram(now, &frame(3, 3, accepted))
+            .expect("genuine frame");
+        let (_, events) = settle(&mut node, 3);
+        (node, events)
+    }
+
+    #[test]
+    fn a_silent_elected_node_is_abandoned_and_the_next_epoch_begins() {
+        let (node, events) = abandon_a_silent_elected_node(None);
+        assert_eq!(
+            events,
+            vec![Event::Decided {
+                epoch: 0,
+                value: Value::Abandon
+            }]
+        );
+        assert_eq!(node.status(Millis(0)).epoch, 1);
+    }
+
+    #[test]
+    fn an_accepted_go_is_carried_forward_by_an_abandon_proposal() {
+        let go = Value::Init(NodeId(1));
+        let ballot = Ballot {
+            round: 1,
+            node: NodeId(1),
+        };
+        let (node, events) = abandon_a_silent_elected_node(Some((ballot, go)));
+        assert_eq!(
+            events,
+            vec![Event::Decided {
+                epoch: 0,
+                value: go
+            }]
+        );
+        assert_eq!(node.status(Millis(0)).decided, Some(go));
     }
 
     #[test]
