@@ -340,7 +340,9 @@ pub struct Outcome {
     pub unsafe_run: bool,
     /// When a strict majority of `nodes` had booted.
     pub majority_at: Option<u64>,
-    /// When the first node learned a decided `Init`.
+    /// When the first node durably knew an `Init` decided in the leader instance (fate still open).
+    pub first_elected_at: Option<u64>,
+    /// When the first node learned a final `Init` (its fate decided Go).
     pub first_init_at: Option<u64>,
     /// When every original node had learned the decided `Init`.
     pub all_init_at: Option<u64>,
@@ -946,6 +948,9 @@ impl World<'_> {
     /// Watches what node `i` is about to hold durably: kill points and acceptances of Go.
     fn watch_fate(&mut self, i: usize, state: &PersistedState) {
         let me = self.nodes[i].rank.node;
+        if i < self.original() && matches!(state.decided, Some(Value::Init(_))) {
+            self.outcome.first_elected_at.get_or_insert(self.now);
+        }
         if state.decided == Some(Value::Init(me)) && !state.go {
             self.arm_kill(i, KillPoint::Elected, state.epoch);
             if matches!(state.fate.accepted, Some((_, Value::Init(x))) if x == me) {
