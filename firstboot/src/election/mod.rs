@@ -38,6 +38,21 @@
 //!   [`Node::handle_message`]) before the first timeout, so that a late node that cannot hear the
 //!   cluster in time never forms an undecided quorum of its own.
 //!
+//! Measured with `cargo run --release -p systests --bin election-bench` (simulated ms after a
+//! majority booted, p50/p99 of 2000 quiet-LAN runs per row; "elected" is the leader instance,
+//! "init" the first node learning Go, "formed" every node serving; 3 server seats):
+//!
+//! | nodes | loss | elected     | init        | formed       |
+//! |-------|------|-------------|-------------|--------------|
+//! | 3     | 0%   | 1586 / 2809 | 1670 / 2895 | 5776 / 9402  |
+//! | 3     | 20%  | 1612 / 3979 | 1722 / 4355 | 6354 / 10661 |
+//! | 5     | 0%   | 1280 / 3095 | 1387 / 3188 | 6332 / 9904  |
+//! | 5     | 20%  | 1641 / 3979 | 2033 / 4264 | 7211 / 11005 |
+//! | 7     | 0%   | 964 / 3116  | 1070 / 3217 | 6349 / 9790  |
+//! | 7     | 20%  | 1731 / 3861 | 2199 / 4160 | 7404 / 11082 |
+//!
+//! The fate round costs about 0.1 s at p50 without loss (up to 0.5 s with 20% loss, one resend).
+//!
 //! A driver's loop, here for a one-node cluster that elects itself:
 //!
 //! ```
