@@ -53,7 +53,12 @@ fn main() {
                     outcome.done_at,
                 ) {
                     (None, Some(f), Some(a), Some(d)) => {
-                        elected.push(outcome.first_elected_at.unwrap_or(f).saturating_sub(majority));
+                        elected.push(
+                            outcome
+                                .first_elected_at
+                                .unwrap_or(f)
+                                .saturating_sub(majority),
+                        );
                         first.push(f.saturating_sub(majority));
                         all.push(a.saturating_sub(majority));
                         formed.push(d.saturating_sub(majority));

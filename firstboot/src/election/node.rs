@@ -1542,9 +1542,8 @@ mod tests {
             .expect("genuine frame");
         let (_, events) = settle(&mut node, 3);
         assert!(events.is_empty());
-        let mut now = Millis(100);
-        let ballot = loop {
-            now = node.poll_timeout().expect("a timer is armed");
+        let (now, ballot) = loop {
+            let now = node.poll_timeout().expect("a timer is armed");
             assert!(now < Millis(20_000), "no fate prepare by {now:?}");
             node.handle_timeout(now);
             let (bodies, _) = settle(&mut node, 3);
@@ -1555,7 +1554,7 @@ mod tests {
                 } => Some(*ballot),
                 _ => None,
             }) {
-                break ballot;
+                break (now, ballot);
             }
         };
         assert!(now >= Millis(6_000), "abandoned too early: {now:?}");
