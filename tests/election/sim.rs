@@ -915,7 +915,12 @@ impl World<'_> {
             return false;
         };
         let x = self.nodes[target].rank.node;
-        self.outcome.go_exposed = self.ledger.go_accepted.contains(&(epoch, x));
+        // It may have been elected again in a later epoch before the kill landed.
+        self.outcome.go_exposed = self
+            .ledger
+            .go_accepted
+            .iter()
+            .any(|(e, node)| *e >= epoch && *node == x);
         self.outcome.killed_for_good_at.is_some() && self.outcome.go_exposed
     }
 
