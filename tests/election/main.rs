@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use firstboot::election::{
-    Ballot, Body, ClusterId, Envelope, Flaw, Hello, NodeId, ProtocolKey, RolePin, Value, MAX_FRAME,
+    Ballot, Body, ClusterId, Envelope, Flaw, Hello, Instance, NodeId, ProtocolKey, RolePin, Value,
+    MAX_FRAME,
 };
 use systests::election_sim::{run, Outcome, Rng, Scenario};
 
@@ -38,6 +39,10 @@ fn sweep(
     let ran = AtomicU64::new(0);
     let slowest = AtomicU64::new(0);
     let abandoning = AtomicU64::new(0);
+    let killed = AtomicU64::new(0);
+    let killed_for_good = AtomicU64::new(0);
+    let replaced = AtomicU64::new(0);
+    let excused = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     std::thread::scope(|scope| {
@@ -54,6 +59,18 @@ fn sweep(
                 ran.fetch_add(1, Ordering::Relaxed);
                 if outcome.abandons > 0 {
                     abandoning.fetch_add(1, Ordering::Relaxed);
+                }
+                if outcome.killed_at.is_some() {
+                    killed.fetch_add(1, Ordering::Relaxed);
+                }
+                if outcome.killed_for_good_at.is_some() {
+                    killed_for_good.fetch_add(1, Ordering::Relaxed);
+                    if outcome.done_at.is_some() && outcome.violation.is_none() {
+                        replaced.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if outcome.excused_stall {
+                    excused.fetch_add(1, Ordering::Relaxed);
                 }
                 if let Some(done) = outcome.done_at {
                     slowest.fetch_max(done.saturating_sub(outcome.quiet_at), Ordering::Relaxed);
@@ -73,6 +90,14 @@ fn sweep(
         "slowest convergence after the world turned quiet: {} ms; runs that decided Abandon somewhere: {}",
         slowest.into_inner(),
         abandoning.into_inner()
+    );
+    println!(
+        "elected node killed: {} runs ({} for good: {} formed without it, {} waited for it because \
+         another node had accepted its Go)",
+        killed.into_inner(),
+        killed_for_good.into_inner(),
+        replaced.into_inner(),
+        excused.into_inner()
     );
     (ran.into_inner(), failures)
 }
@@ -140,6 +165,11 @@ fn reply_before_persist_flaw_is_caught() {
 }
 
 #[test]
+fn init_without_go_flaw_is_caught() {
+    assert_flaw_is_caught(Flaw::InitWithoutGo);
+}
+
+#[test]
 fn a_seed_replays_exactly() {
     for seed in [1, 77, 4242] {
         let first = run(&Scenario::generate(seed));
@@ -169,16 +199,27 @@ fn decoder_rejects_garbage_and_mutations_without_panicking() {
             wants_seat: true,
             roster: vec![NodeId(77), NodeId(78), NodeId(79)],
         }),
-        Body::Prepare { ballot },
+        Body::Prepare {
+            instance: Instance::Leader,
+            ballot,
+        },
         Body::Promise {
+            instance: Instance::Fate,
             ballot,
             accepted: Some((ballot, Value::Abandon)),
         },
         Body::Accept {
+            instance: Instance::Leader,
+            ballot,
+            value: Value::Init(NodeId(1)),
+        },
+        Body::Accept {
+            instance: Instance::Fate,
             ballot,
             value: Value::Init(NodeId(1)),
         },
         Body::Decided {
+            instance: Instance::Fate,
             value: Value::Abandon,
         },
     ]

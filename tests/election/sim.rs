@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::rc::Rc;
 
 use firstboot::election::{
-    Body, ClusterId, Destination, ElectionConfig, Envelope, Event, Flaw, Hello, Millis, Node,
-    NodeId, PersistedState, ProtocolKey, Rank, Role, RolePin, Timing, Value,
+    Body, ClusterId, Destination, ElectionConfig, Envelope, Event, Flaw, Hello, Instance, Millis,
+    Node, NodeId, PersistedState, ProtocolKey, Rank, Role, RolePin, Timing, Value,
 };
 
 /// Electorate sizes the simulator draws from.
@@ -85,6 +85,28 @@ pub struct Crash {
     pub down_ms: u64,
 }
 
+/// When the elected node loses power, relative to its own progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KillPoint {
+    /// Once it has persisted that it was elected (its fate still open), after `delay_ms`.
+    Elected,
+    /// Once it has persisted its own acceptance of Go (the Accept requests may not have left).
+    GoAccepted,
+    /// Once it learned Go and took the cluster-init role, after `delay_ms`.
+    Go,
+}
+
+/// The elected node dies before (or just after) it may initialize.
+#[derive(Clone, Debug)]
+pub struct KillElected {
+    /// What the kill waits for.
+    pub point: KillPoint,
+    /// Delay after that point.
+    pub delay_ms: u64,
+    /// Time until it boots again; `None`: it never comes back.
+    pub down_ms: Option<u64>,
+}
+
 /// One simulated world, fully determined by its seed.
 #[derive(Clone, Debug)]
 pub struct Scenario {
@@ -126,6 +148,8 @@ pub struct Scenario {
     pub ranks: Vec<Rank>,
     /// Deliberate flaw built into every node.
     pub flaw: Flaw,
+    /// The first node elected is killed before (or just after) it may run cluster-init.
+    pub kill_elected: Option<KillElected>,
 }
 
 fn random_ranks(rng: &mut Rng, count: usize) -> Vec<Rank> {
@@ -229,6 +253,20 @@ impl Scenario {
             .map(|_| rng.range(0, 40_000) as i64 - 20_000)
             .collect();
         let ranks = random_ranks(&mut rng, n + usize::from(late_extras));
+        // Only where the others still form a strict majority of `nodes` without the elected node.
+        let kill_elected = (nodes >= 3 && rng.chance(0.3)).then(|| {
+            let point = rng.pick(&[KillPoint::Elected, KillPoint::GoAccepted, KillPoint::Go]);
+            KillElected {
+                point,
+                delay_ms: match point {
+                    KillPoint::Elected if rng.chance(0.6) => rng.range(0, 20),
+                    KillPoint::Elected => rng.range(0, 4_000),
+                    KillPoint::GoAccepted => rng.range(0, 10),
+                    KillPoint::Go => rng.range(0, 3_000),
+                },
+                down_ms: rng.chance(0.5).then(|| rng.range(1_000, 60_000)),
+            }
+        });
         Scenario {
             seed,
             nodes,
@@ -249,6 +287,7 @@ impl Scenario {
             clock_ppm,
             ranks,
             flaw: Flaw::None,
+            kill_elected,
         }
     }
 
@@ -276,6 +315,7 @@ impl Scenario {
             clock_ppm: vec![0; n],
             ranks: random_ranks(&mut rng, n),
             flaw: Flaw::None,
+            kill_elected: None,
         }
     }
 
@@ -300,7 +340,9 @@ pub struct Outcome {
     pub unsafe_run: bool,
     /// When a strict majority of `nodes` had booted.
     pub majority_at: Option<u64>,
-    /// When the first node learned a decided `Init`.
+    /// When the first node durably knew an `Init` decided in the leader instance (fate still open).
+    pub first_elected_at: Option<u64>,
+    /// When the first node learned a final `Init` (its fate decided Go).
     pub first_init_at: Option<u64>,
     /// When every original node had learned the decided `Init`.
     pub all_init_at: Option<u64>,
@@ -314,6 +356,15 @@ pub struct Outcome {
     pub abandons: u64,
     /// Frames rejected by decoding.
     pub rejected: u64,
+    /// The elected node was killed (for good or for a while), and when.
+    pub killed_at: Option<u64>,
+    /// The elected node was killed for good (per its scenario), and when.
+    pub killed_for_good_at: Option<u64>,
+    /// A node other than the killed one had accepted its Go: Go may be decided, so the others
+    /// rightly wait for it forever (liveness is not asserted then).
+    pub go_exposed: bool,
+    /// The run ended stuck waiting for a dead elected node whose Go was exposed (not a violation).
+    pub excused_stall: bool,
     /// Fingerprint of the whole run (for determinism checks).
     pub trace: u64,
 }
@@ -338,6 +389,10 @@ enum Action {
     PowerLoss {
         node: usize,
         down_ms: u64,
+    },
+    KillElected {
+        node: usize,
+        life: u32,
     },
     Restart(usize),
     Serving {
@@ -381,6 +436,7 @@ struct SimNode {
     role: Option<Role>,
     serving: bool,
     booted: bool,
+    dead: bool,
     offset: u64,
     ppm: i64,
 }
@@ -393,6 +449,12 @@ struct Ledger {
     servers: BTreeSet<NodeId>,
     roles: BTreeMap<NodeId, Role>,
     learned: BTreeSet<usize>,
+    /// Every node that ever ran cluster-init: more than one is a split brain.
+    initialized: BTreeSet<NodeId>,
+    /// The node the kill is aimed at and its epoch, once chosen.
+    kill_target: Option<(usize, u32)>,
+    /// (epoch, x) for every Go of x that a node other than x accepted.
+    go_accepted: BTreeSet<(u32, NodeId)>,
 }
 
 struct World<'a> {
@@ -499,7 +561,7 @@ impl World<'_> {
                     },
                 );
             }
-            if let Some(value) = durable.decided {
+            if let Some(value) = durable.decided.filter(|_| durable.go) {
                 let epoch = durable.epoch;
                 self.observe(i, Event::Decided { epoch, value });
             }
@@ -684,6 +746,11 @@ impl World<'_> {
                         }
                         _ => self.ledger.init = Some(x),
                     }
+                    if let Some(other) = self.ledger.initialized.iter().find(|n| **n != x) {
+                        self.fail(format!(
+                            "Init({x:?}) is final but {other:?} already ran cluster-init"
+                        ));
+                    }
                     if i < self.original() {
                         self.outcome.first_init_at.get_or_insert(self.now);
                         self.ledger.learned.insert(i);
@@ -693,17 +760,27 @@ impl World<'_> {
             Event::Role(role) => {
                 let join = match role {
                     Role::ClusterInit => {
-                        if self.ledger.init != Some(me) {
+                        self.ledger.initialized.insert(me);
+                        if self.ledger.initialized.len() > 1 {
+                            self.fail(format!(
+                                "two nodes run cluster-init: {:?}",
+                                self.ledger.initialized
+                            ));
+                        }
+                        if self.ledger.init.is_some_and(|init| init != me) {
                             self.fail(format!(
                                 "{me:?} runs cluster-init but the decided Init is {:?}",
                                 self.ledger.init
                             ));
                         }
+                        let epoch = self.nodes[i].durable.as_ref().map_or(0, |d| d.epoch);
+                        self.arm_kill(i, KillPoint::Go, epoch);
                         me
                     }
                     Role::Server { join } | Role::Agent { join } => join,
                 };
-                if self.ledger.init != Some(join) {
+                // Joining needs a final Init; cluster-init is checked above against every other init.
+                if self.ledger.init != Some(join) && role != Role::ClusterInit {
                     self.fail(format!(
                         "{me:?} joins {join:?} but the decided Init is {:?}",
                         self.ledger.init
@@ -753,9 +830,15 @@ impl World<'_> {
         let rogue_id = NodeId(self.rng.next_u64() | 1);
         let body = match self.rng.range(0, 3) {
             0 => Body::Decided {
+                instance: if self.rng.chance(0.5) {
+                    Instance::Leader
+                } else {
+                    Instance::Fate
+                },
                 value: Value::Init(rogue_id),
             },
             1 => Body::Accept {
+                instance: Instance::Fate,
                 ballot: firstboot::election::Ballot {
                     round: u32::MAX,
                     node: rogue_id,
@@ -772,6 +855,7 @@ impl World<'_> {
                 roster: vec![some_node, rogue_id],
             }),
             _ => Body::Prepare {
+                instance: Instance::Leader,
                 ballot: firstboot::election::Ballot {
                     round: u32::MAX,
                     node: rogue_id,
@@ -825,10 +909,64 @@ impl World<'_> {
         );
     }
 
+    /// The elected node died for good after another node accepted its Go: waiting is right.
+    fn stuck_on_dead_go(&mut self) -> bool {
+        let Some((target, epoch)) = self.ledger.kill_target else {
+            return false;
+        };
+        let x = self.nodes[target].rank.node;
+        // It may have been elected again in a later epoch before the kill landed.
+        self.outcome.go_exposed = self
+            .ledger
+            .go_accepted
+            .iter()
+            .any(|(e, node)| *e >= epoch && *node == x);
+        self.outcome.killed_for_good_at.is_some() && self.outcome.go_exposed
+    }
+
     fn all_serving(&self) -> bool {
         self.nodes
             .iter()
-            .all(|n| n.core.is_some() && n.role.is_some() && n.serving)
+            .all(|n| n.dead || (n.core.is_some() && n.role.is_some() && n.serving))
+    }
+
+    /// Arms the scenario's kill once the elected node reaches its kill point.
+    fn arm_kill(&mut self, i: usize, point: KillPoint, epoch: u32) {
+        let Some(kill) = self.scenario.kill_elected.clone() else {
+            return;
+        };
+        if kill.point != point || self.ledger.kill_target.is_some() {
+            return;
+        }
+        self.ledger.kill_target = Some((i, epoch));
+        self.log(format_args!(
+            "node {i} will be killed in {} ms",
+            kill.delay_ms
+        ));
+        let life = self.nodes[i].life;
+        self.schedule(
+            self.now + kill.delay_ms,
+            Action::KillElected { node: i, life },
+        );
+    }
+
+    /// Watches what node `i` is about to hold durably: kill points and acceptances of Go.
+    fn watch_fate(&mut self, i: usize, state: &PersistedState) {
+        let me = self.nodes[i].rank.node;
+        if i < self.original() && matches!(state.decided, Some(Value::Init(_))) {
+            self.outcome.first_elected_at.get_or_insert(self.now);
+        }
+        if state.decided == Some(Value::Init(me)) && !state.go {
+            self.arm_kill(i, KillPoint::Elected, state.epoch);
+            if matches!(state.fate.accepted, Some((_, Value::Init(x))) if x == me) {
+                self.arm_kill(i, KillPoint::GoAccepted, state.epoch);
+            }
+        }
+        if let Some((_, Value::Init(x))) = state.fate.accepted {
+            if x != me {
+                self.ledger.go_accepted.insert((state.epoch, x));
+            }
+        }
     }
 
     fn step(&mut self, action: Action) {
@@ -877,6 +1015,7 @@ impl World<'_> {
                 }
                 // The driver writes requests in order: an older request never overwrites a newer one.
                 if seq > self.nodes[node].durable_seq {
+                    self.watch_fate(node, &state);
                     self.nodes[node].durable_seq = seq;
                     self.nodes[node].durable = Some(*state);
                 }
@@ -893,6 +1032,27 @@ impl World<'_> {
                 self.pump(node);
             }
             Action::PowerLoss { node, down_ms } => self.power_loss(node, down_ms),
+            Action::KillElected { node, life } => {
+                if self.nodes[node].life != life {
+                    return;
+                }
+                self.outcome.killed_at = Some(self.now);
+                match self.scenario.kill_elected.as_ref().and_then(|k| k.down_ms) {
+                    Some(down_ms) => self.power_loss(node, down_ms),
+                    None => {
+                        self.log(format_args!("node {node} dies for good"));
+                        self.outcome.killed_for_good_at = Some(self.now);
+                        self.quiet_at = self.quiet_at.max(self.now);
+                        let sim = &mut self.nodes[node];
+                        sim.core = None;
+                        sim.dead = true;
+                        sim.life += 1;
+                        sim.timer_at = None;
+                        sim.role = None;
+                        sim.serving = false;
+                    }
+                }
+            }
             Action::Restart(i) => self.start_node(i),
             Action::Serving { node, life } => {
                 if self.nodes[node].life == life && self.nodes[node].role.is_some() {
@@ -922,13 +1082,20 @@ impl World<'_> {
         let eligible = self
             .nodes
             .iter()
+            .filter(|n| !n.dead)
             .filter(|n| n.rank.pin != RolePin::Agent || self.ledger.init == Some(n.rank.node))
             .count();
-        let want = eligible.min(usize::from(self.scenario.servers));
-        if self.ledger.servers.len() != want {
+        // A node that died for good keeps the seat it held.
+        let (dead, alive): (Vec<NodeId>, Vec<NodeId>) = self
+            .ledger
+            .servers
+            .iter()
+            .partition(|id| self.index.get(id).is_some_and(|i| self.nodes[*i].dead));
+        let want = eligible.min(usize::from(self.scenario.servers).saturating_sub(dead.len()));
+        if alive.len() != want {
             self.stall(format!(
-                "{} servers formed where {want} seats could be filled",
-                self.ledger.servers.len()
+                "{} live servers formed where {want} seats could be filled",
+                alive.len()
             ));
         }
     }
@@ -942,7 +1109,7 @@ impl World<'_> {
             && self.now >= self.healed_at
             && self.nodes[..original]
                 .iter()
-                .all(|n| n.core.is_some() && n.role.is_some() && n.serving)
+                .all(|n| n.dead || (n.core.is_some() && n.role.is_some() && n.serving))
         {
             self.extras_booted = true;
             for i in original..self.nodes.len() {
@@ -969,6 +1136,7 @@ pub fn run(scenario: &Scenario) -> Outcome {
             role: None,
             serving: false,
             booted: false,
+            dead: false,
             offset: scenario.clock_offsets[i],
             ppm: scenario.clock_ppm[i],
         })
@@ -1042,11 +1210,15 @@ pub fn run(scenario: &Scenario) -> Outcome {
             break;
         }
         let deadline = world.quiet_at + scenario.liveness_bound_ms();
+        if world.now > deadline && world.stuck_on_dead_go() {
+            world.outcome.excused_stall = true;
+            break;
+        }
         if world.now > deadline {
             let waiting: Vec<String> = world
                 .nodes
                 .iter()
-                .filter(|n| !(n.core.is_some() && n.role.is_some() && n.serving))
+                .filter(|n| !(n.dead || (n.core.is_some() && n.role.is_some() && n.serving)))
                 .map(|n| {
                     format!(
                         "{:?}: {:?}",
@@ -1068,7 +1240,16 @@ pub fn run(scenario: &Scenario) -> Outcome {
             break;
         }
     }
-    if world.outcome.violation.is_none() && world.outcome.done_at.is_none() {
+    if world.outcome.violation.is_none()
+        && world.outcome.done_at.is_none()
+        && world.stuck_on_dead_go()
+    {
+        world.outcome.excused_stall = true;
+    }
+    if world.outcome.violation.is_none()
+        && world.outcome.done_at.is_none()
+        && !world.outcome.excused_stall
+    {
         world.stall("the simulation ran out of events before every node served".to_string());
     }
     world.outcome.quiet_at = world.quiet_at;

@@ -1,7 +1,9 @@
 //! Wire format of election frames: versioned, bound to one cluster id, HMAC-authenticated, size-bounded.
 //!
 //! Layout (big-endian): magic `FBEL`, version, cluster id (16), epoch (u32), sender (u64),
-//! kind (u8), body length (u16), body, HMAC-SHA256 over everything before it (32).
+//! kind (u8), body length (u16), body, HMAC-SHA256 over everything before it (32). Paxos bodies
+//! start with their instance (0 = the epoch's leader, 1 = its fate), so no frame of one instance can
+//! be replayed into the other. Version 2 added the instance byte and the fate instance.
 
 use super::auth::{ClusterId, ProtocolKey, CLUSTER_ID_LEN, MAC_LEN};
 use super::paxos::{Ballot, Value};
@@ -9,7 +11,7 @@ use super::rank::RolePin;
 use super::NodeId;
 
 /// Version of this wire format; frames of any other version are rejected.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Largest frame accepted or produced, in bytes.
 pub const MAX_FRAME: usize = 512;
 /// Most seat holders a roster can carry.
@@ -36,11 +38,15 @@ pub enum Body {
     Hello(Hello),
     /// Paxos phase 1a.
     Prepare {
+        /// The consensus instance.
+        instance: Instance,
         /// The proposer's ballot.
         ballot: Ballot,
     },
     /// Paxos phase 1b.
     Promise {
+        /// The consensus instance.
+        instance: Instance,
         /// The ballot promised.
         ballot: Ballot,
         /// The acceptor's highest accepted proposal.
@@ -48,6 +54,8 @@ pub enum Body {
     },
     /// Refusal of a prepare or accept.
     Nack {
+        /// The consensus instance.
+        instance: Instance,
         /// The refused ballot.
         ballot: Ballot,
         /// The higher ballot promised instead.
@@ -55,6 +63,8 @@ pub enum Body {
     },
     /// Paxos phase 2a.
     Accept {
+        /// The consensus instance.
+        instance: Instance,
         /// The proposer's ballot.
         ballot: Ballot,
         /// The proposed value.
@@ -62,13 +72,17 @@ pub enum Body {
     },
     /// Paxos phase 2b.
     Accepted {
+        /// The consensus instance.
+        instance: Instance,
         /// The accepted ballot.
         ballot: Ballot,
         /// The accepted value.
         value: Value,
     },
-    /// The epoch's value is decided.
+    /// An instance's value is decided.
     Decided {
+        /// The consensus instance.
+        instance: Instance,
         /// The decided value.
         value: Value,
     },
@@ -77,6 +91,24 @@ pub enum Body {
         /// The candidate addressed (frames can be replayed to anyone, so the target is signed).
         node: NodeId,
     },
+}
+
+/// Which of an epoch's two consensus instances a Paxos message belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Instance {
+    /// Decides `Init(x)` (x is elected) or `Abandon`.
+    Leader,
+    /// After `Init(x)`: decides `Init(x)` ("Go": x may run cluster-init) or `Abandon`.
+    Fate,
+}
+
+impl Instance {
+    fn to_wire(self) -> u8 {
+        match self {
+            Instance::Leader => 0,
+            Instance::Fate => 1,
+        }
+    }
 }
 
 /// Presence announcement, sent periodically and on every change.
@@ -88,7 +120,7 @@ pub struct Hello {
     pub storage: u8,
     /// RAM in MiB (rank input).
     pub ram_mib: u32,
-    /// The sender's decided value for its epoch, if any.
+    /// The sender's final value for its epoch, if any: `Init(x)` only once x's fate is `Go`.
     pub decided: Option<Value>,
     /// The sender's K3s role is up.
     pub serving: bool,
@@ -199,8 +231,16 @@ impl Body {
                     out.extend_from_slice(&node.0.to_be_bytes());
                 }
             }
-            Body::Prepare { ballot } => put_ballot(out, *ballot),
-            Body::Promise { ballot, accepted } => {
+            Body::Prepare { instance, ballot } => {
+                out.push(instance.to_wire());
+                put_ballot(out, *ballot);
+            }
+            Body::Promise {
+                instance,
+                ballot,
+                accepted,
+            } => {
+                out.push(instance.to_wire());
                 put_ballot(out, *ballot);
                 match accepted {
                     None => out.push(0),
@@ -211,15 +251,33 @@ impl Body {
                     }
                 }
             }
-            Body::Nack { ballot, promised } => {
+            Body::Nack {
+                instance,
+                ballot,
+                promised,
+            } => {
+                out.push(instance.to_wire());
                 put_ballot(out, *ballot);
                 put_ballot(out, *promised);
             }
-            Body::Accept { ballot, value } | Body::Accepted { ballot, value } => {
+            Body::Accept {
+                instance,
+                ballot,
+                value,
+            }
+            | Body::Accepted {
+                instance,
+                ballot,
+                value,
+            } => {
+                out.push(instance.to_wire());
                 put_ballot(out, *ballot);
                 put_value(out, *value);
             }
-            Body::Decided { value } => put_value(out, *value),
+            Body::Decided { instance, value } => {
+                out.push(instance.to_wire());
+                put_value(out, *value);
+            }
             Body::JoinAsAgent { node } => out.extend_from_slice(&node.0.to_be_bytes()),
         }
     }
@@ -277,6 +335,14 @@ impl<'a> Reader<'a> {
         }
     }
 
+    fn instance(&mut self) -> Result<Instance, DecodeError> {
+        match self.u8()? {
+            0 => Ok(Instance::Leader),
+            1 => Ok(Instance::Fate),
+            _ => Err(DecodeError::Malformed("unknown instance")),
+        }
+    }
+
     fn presence(&mut self) -> Result<bool, DecodeError> {
         match self.u8()? {
             0 => Ok(false),
@@ -319,30 +385,40 @@ impl<'a> Reader<'a> {
                 })
             }
             kind::PREPARE => Body::Prepare {
+                instance: self.instance()?,
                 ballot: self.ballot()?,
             },
             kind::PROMISE => {
+                let instance = self.instance()?;
                 let ballot = self.ballot()?;
                 let accepted = if self.presence()? {
                     Some((self.ballot()?, self.value()?))
                 } else {
                     None
                 };
-                Body::Promise { ballot, accepted }
+                Body::Promise {
+                    instance,
+                    ballot,
+                    accepted,
+                }
             }
             kind::NACK => Body::Nack {
+                instance: self.instance()?,
                 ballot: self.ballot()?,
                 promised: self.ballot()?,
             },
             kind::ACCEPT => Body::Accept {
+                instance: self.instance()?,
                 ballot: self.ballot()?,
                 value: self.value()?,
             },
             kind::ACCEPTED => Body::Accepted {
+                instance: self.instance()?,
                 ballot: self.ballot()?,
                 value: self.value()?,
             },
             kind::DECIDED => Body::Decided {
+                instance: self.instance()?,
                 value: self.value()?,
             },
             kind::JOIN_AS_AGENT => Body::JoinAsAgent { node: self.node()? },
@@ -444,28 +520,37 @@ mod tests {
                 wants_seat: false,
                 roster: vec![NodeId(3), NodeId(5)],
             }),
-            Body::Prepare { ballot: b },
+            Body::Prepare {
+                instance: Instance::Leader,
+                ballot: b,
+            },
             Body::Promise {
+                instance: Instance::Fate,
                 ballot: b,
                 accepted: Some((b, Value::Abandon)),
             },
             Body::Promise {
+                instance: Instance::Leader,
                 ballot: b,
                 accepted: None,
             },
             Body::Nack {
+                instance: Instance::Fate,
                 ballot: b,
                 promised: b,
             },
             Body::Accept {
+                instance: Instance::Fate,
                 ballot: b,
                 value: Value::Init(NodeId(1)),
             },
             Body::Accepted {
+                instance: Instance::Leader,
                 ballot: b,
                 value: Value::Abandon,
             },
             Body::Decided {
+                instance: Instance::Fate,
                 value: Value::Init(NodeId(u64::MAX)),
             },
             Body::JoinAsAgent { node: NodeId(5) },
@@ -494,6 +579,7 @@ mod tests {
             epoch: 0,
             sender: NodeId(1),
             body: Body::Decided {
+                instance: Instance::Leader,
                 value: Value::Init(NodeId(1)),
             },
         };

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{ClusterId, ProtocolKey};
-use super::message::{Body, DecodeError, Envelope, Hello, MAX_ROSTER};
+use super::message::{Body, DecodeError, Envelope, Hello, Instance, MAX_ROSTER};
 use super::paxos::{Acceptor, Ballot, Phase, Proposal, Value, Verdict};
 use super::rank::{Rank, RolePin};
 use super::seats::{self, Role};
@@ -25,7 +25,9 @@ pub struct Timing {
     /// Upper bound of the random back-off after a refused ballot.
     pub backoff_ms: u64,
     /// Quiet time (plus up to half as much jitter) after which a node that is not the best
-    /// candidate proposes `Abandon` (which still carries forward any accepted value).
+    /// candidate proposes `Abandon` (which still carries forward any accepted value); also how long
+    /// a node waits after learning `Init(x)` for x's fate to be decided before proposing `Abandon`
+    /// in the fate instance.
     pub abandon_ms: u64,
 }
 
@@ -67,10 +69,16 @@ pub struct ElectionConfig {
 pub struct PersistedState {
     /// Current bootstrap epoch (every earlier epoch decided `Abandon`).
     pub epoch: u32,
-    /// Acceptor promises for the current epoch.
+    /// Acceptor promises of the current epoch's leader instance.
     pub acceptor: Acceptor,
-    /// The current epoch's decided value, once learned.
+    /// The current epoch's leader instance value (`Init(x)`), once learned.
     pub decided: Option<Value>,
+    /// Acceptor promises of the current epoch's fate instance (`Init(x)` = Go, or `Abandon`).
+    #[serde(default)]
+    pub fate: Acceptor,
+    /// The fate instance decided Go: the elected node may run cluster-init, everyone joins it.
+    #[serde(default)]
+    pub go: bool,
     /// Seat holders in grant order (kept by the init node only).
     pub roster: Vec<NodeId>,
     /// Candidates the init node told to join as agents (never granted a seat afterwards).
@@ -111,7 +119,8 @@ pub struct Transmit {
 /// Something the driver acts on or reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// An epoch's value became known (released only once persisted).
+    /// An epoch's final value became known (released only once persisted): `Init(x)` once x was
+    /// elected and its fate decided Go, `Abandon` when either instance decided it.
     Decided {
         /// The epoch.
         epoch: u32,
@@ -138,8 +147,10 @@ pub struct ElectionStatus {
     pub visible: usize,
     /// Votes needed to decide.
     pub quorum: usize,
-    /// Decided value of the current epoch.
+    /// Final value of the current epoch (`Init(x)` only once x's fate is Go).
     pub decided: Option<Value>,
+    /// The node elected in the current epoch while its fate (Go or Abandon) is still open.
+    pub elected: Option<NodeId>,
     /// This node's role.
     pub role: Option<Role>,
     /// More voters than `nodes` were seen: the contract's assumption is broken.
@@ -166,6 +177,14 @@ impl std::fmt::Display for ElectionStatus {
             (_, Some(Role::Agent { join })) => write!(f, "agent: joining {join}"),
             (Some(Value::Init(init)), None) => {
                 write!(f, "{init} runs cluster-init; waiting for a server seat")
+            }
+            (None, None) if self.elected.is_some() => {
+                let elected = self.elected.unwrap_or_default();
+                write!(
+                    f,
+                    "{elected} elected (epoch {}); waiting for it to confirm",
+                    self.epoch
+                )
             }
             (_, None) if self.visible < self.quorum => {
                 let missing = self.quorum - self.visible;
@@ -196,6 +215,8 @@ pub enum Flaw {
     HalfQuorum,
     /// Release frames and events before the state they depend on is persisted.
     ReplyBeforePersist,
+    /// The elected node runs cluster-init as soon as `Init` is decided, without waiting for Go.
+    InitWithoutGo,
 }
 
 #[derive(Clone, Debug)]
@@ -269,7 +290,11 @@ pub struct Node {
 impl Node {
     /// Starts a node at `now`, fresh or rebuilt from the state it last persisted.
     pub fn new(config: ElectionConfig, now: Millis, restored: Option<PersistedState>) -> Node {
-        let state = restored.unwrap_or_default();
+        let mut state = restored.unwrap_or_default();
+        if state.role.is_some() && matches!(state.decided, Some(Value::Init(_))) {
+            // A role is only ever taken after Go (state written before the fate instance existed).
+            state.go = true;
+        }
         let me = config.rank.node;
         let mut events = VecDeque::new();
         if let Some(role) = state.role {
@@ -345,11 +370,12 @@ impl Node {
             return;
         }
         if epoch > self.state.epoch {
-            if matches!(self.state.decided, Some(Value::Init(_))) {
-                // An epoch that decided Init is final; a later epoch cannot exist under the contract.
+            if self.state.go {
+                // An epoch whose fate is Go is final; a later epoch cannot exist under the contract.
                 return;
             }
-            // Nodes only ever enter an epoch after every earlier one decided Abandon.
+            // Nodes only ever enter an epoch after every earlier one decided Abandon (in its leader
+            // or its fate instance), so x's fate cannot be Go any more either.
             let old = self.state.epoch;
             self.emit_after_persist(Event::Decided {
                 epoch: old,
@@ -369,26 +395,46 @@ impl Node {
         }
         match body {
             Body::Hello(hello) => self.on_hello(now, sender, hello),
-            Body::Prepare { ballot } => {
+            Body::Prepare { instance, ballot } => {
                 self.note_voter(sender);
-                self.abandon_at = None;
-                self.on_prepare(now, sender, ballot);
+                if instance == self.instance() {
+                    self.abandon_at = None;
+                }
+                self.on_prepare(now, sender, instance, ballot);
             }
-            Body::Promise { ballot, accepted } => {
+            Body::Promise {
+                instance,
+                ballot,
+                accepted,
+            } => {
                 self.note_voter(sender);
-                self.on_promise(now, sender, ballot, accepted);
+                self.on_promise(now, sender, instance, ballot, accepted);
             }
-            Body::Nack { ballot, promised } => self.on_nack(now, ballot, promised),
-            Body::Accept { ballot, value } => {
+            Body::Nack {
+                instance,
+                ballot,
+                promised,
+            } => self.on_nack(now, instance, ballot, promised),
+            Body::Accept {
+                instance,
+                ballot,
+                value,
+            } => {
                 self.note_voter(sender);
-                self.abandon_at = None;
-                self.on_accept(now, sender, ballot, value);
+                if instance == self.instance() {
+                    self.abandon_at = None;
+                }
+                self.on_accept(now, sender, instance, ballot, value);
             }
-            Body::Accepted { ballot, value } => {
+            Body::Accepted {
+                instance,
+                ballot,
+                value,
+            } => {
                 self.note_voter(sender);
-                self.on_accepted(now, sender, ballot, value);
+                self.on_accepted(now, sender, instance, ballot, value);
             }
-            Body::Decided { value } => self.learn(now, value, false),
+            Body::Decided { instance, value } => self.learn(now, instance, value, false),
             Body::JoinAsAgent { node } => {
                 if node == self.id() {
                     self.join_as_agent(now, sender);
@@ -407,11 +453,13 @@ impl Node {
             self.next_hello = now.after(hello + self.jitter.below(hello / 5 + 1));
         }
         if now >= self.resend_at {
+            let instance = self.instance();
             if let Some(proposal) = &self.proposal {
                 let ballot = proposal.ballot;
                 let body = match &proposal.phase {
-                    Phase::Preparing { .. } => Body::Prepare { ballot },
+                    Phase::Preparing { .. } => Body::Prepare { instance, ballot },
                     Phase::Accepting { value, .. } => Body::Accept {
+                        instance,
                         ballot,
                         value: *value,
                     },
@@ -445,7 +493,7 @@ impl Node {
         if self.proposal.is_some() {
             wake.push(self.resend_at);
         }
-        if self.state.decided.is_none() && self.proposal.is_none() {
+        if !self.state.go && self.proposal.is_none() {
             wake.push(self.retry_at);
             wake.push(self.started.after(self.timing.settle_ms));
             wake.extend(self.abandon_at);
@@ -495,11 +543,36 @@ impl Node {
             epoch: self.state.epoch,
             visible: self.view(now).len(),
             quorum: self.quorum(),
-            decided: self.state.decided,
+            decided: self.final_value(),
+            elected: match self.state.decided {
+                Some(Value::Init(node)) if !self.state.go => Some(node),
+                _ => None,
+            },
             role: self.state.role,
             overcrowded: self.voters.len() > self.nodes,
             nodes: self.nodes,
             voters_seen: self.voters.len(),
+        }
+    }
+
+    /// The instance this node's proposals and timers are about: the leader until `Init` is decided.
+    fn instance(&self) -> Instance {
+        if self.state.decided.is_some() {
+            Instance::Fate
+        } else {
+            Instance::Leader
+        }
+    }
+
+    /// The epoch's final value as far as this node knows.
+    fn final_value(&self) -> Option<Value> {
+        self.state.decided.filter(|_| self.state.go)
+    }
+
+    fn acceptor(&mut self, instance: Instance) -> &mut Acceptor {
+        match instance {
+            Instance::Leader => &mut self.state.acceptor,
+            Instance::Fate => &mut self.state.fate,
         }
     }
 
@@ -550,12 +623,23 @@ impl Node {
         match hello.decided {
             None => {
                 self.note_voter(sender);
-                if self.state.decided.is_some() {
+                if self.state.go {
                     // A late or restarted node: tell it at once that this epoch is decided.
                     self.send_hello(Destination::Node(sender));
+                } else if let Some(value) = self.state.decided {
+                    // It may not know who was elected yet: tell it, so it can weigh in on the fate.
+                    self.send_after_persist(
+                        Destination::Node(sender),
+                        Body::Decided {
+                            instance: Instance::Leader,
+                            value,
+                        },
+                    );
                 }
             }
-            Some(value) => self.learn(now, value, false),
+            // An announced decision is final: Go for `Init` (an `Abandon` moves the sender on).
+            Some(value @ Value::Init(_)) => self.learn(now, Instance::Fate, value, false),
+            Some(Value::Abandon) => {}
         }
         if hello.wants_seat && self.is_excess_candidate(now, sender) {
             if !self.state.agents.contains(&sender) {
@@ -567,7 +651,7 @@ impl Node {
                 Body::JoinAsAgent { node: sender },
             );
         }
-        if self.state.decided == Some(Value::Init(sender))
+        if self.final_value() == Some(Value::Init(sender))
             && hello.roster.len() > self.init_roster.len()
         {
             // The roster only grows; an older (shorter) one is stale.
@@ -576,53 +660,100 @@ impl Node {
         }
     }
 
-    fn on_prepare(&mut self, now: Millis, from: NodeId, ballot: Ballot) {
-        if let Some(value) = self.state.decided {
-            self.send_after_persist(Destination::Node(from), Body::Decided { value });
-            return;
-        }
-        self.max_round = self.max_round.max(ballot.round);
-        match self.state.acceptor.prepare(ballot) {
-            Verdict::Granted { changed } => {
-                if changed {
-                    self.persist();
-                }
-                self.yield_to(now, ballot);
-                let accepted = self.state.acceptor.accepted;
-                self.send_after_persist(
-                    Destination::Node(from),
-                    Body::Promise { ballot, accepted },
-                );
-            }
-            Verdict::Refused { promised } => {
-                self.send_now(Destination::Node(from), Body::Nack { ballot, promised })
-            }
+    /// The instance's value if this node knows it is decided.
+    fn known(&self, instance: Instance) -> Option<Value> {
+        match instance {
+            Instance::Leader => self.state.decided,
+            Instance::Fate => self.final_value(),
         }
     }
 
-    fn on_accept(&mut self, now: Millis, from: NodeId, ballot: Ballot, value: Value) {
-        if let Some(decided) = self.state.decided {
-            self.send_after_persist(Destination::Node(from), Body::Decided { value: decided });
+    fn on_prepare(&mut self, now: Millis, from: NodeId, instance: Instance, ballot: Ballot) {
+        if let Some(value) = self.known(instance) {
+            self.send_after_persist(Destination::Node(from), Body::Decided { instance, value });
             return;
         }
-        self.max_round = self.max_round.max(ballot.round);
-        match self.state.acceptor.accept(ballot, value) {
+        if instance == self.instance() {
+            self.max_round = self.max_round.max(ballot.round);
+        }
+        match self.acceptor(instance).prepare(ballot) {
             Verdict::Granted { changed } => {
                 if changed {
                     self.persist();
                 }
-                self.yield_to(now, ballot);
-                self.send_after_persist(Destination::Node(from), Body::Accepted { ballot, value });
+                self.yield_to(now, instance, ballot);
+                let accepted = self.acceptor(instance).accepted;
+                self.send_after_persist(
+                    Destination::Node(from),
+                    Body::Promise {
+                        instance,
+                        ballot,
+                        accepted,
+                    },
+                );
             }
-            Verdict::Refused { promised } => {
-                self.send_now(Destination::Node(from), Body::Nack { ballot, promised })
+            Verdict::Refused { promised } => self.send_now(
+                Destination::Node(from),
+                Body::Nack {
+                    instance,
+                    ballot,
+                    promised,
+                },
+            ),
+        }
+    }
+
+    fn on_accept(
+        &mut self,
+        now: Millis,
+        from: NodeId,
+        instance: Instance,
+        ballot: Ballot,
+        value: Value,
+    ) {
+        if let Some(decided) = self.known(instance) {
+            self.send_after_persist(
+                Destination::Node(from),
+                Body::Decided {
+                    instance,
+                    value: decided,
+                },
+            );
+            return;
+        }
+        if instance == self.instance() {
+            self.max_round = self.max_round.max(ballot.round);
+        }
+        match self.acceptor(instance).accept(ballot, value) {
+            Verdict::Granted { changed } => {
+                if changed {
+                    self.persist();
+                }
+                self.yield_to(now, instance, ballot);
+                self.send_after_persist(
+                    Destination::Node(from),
+                    Body::Accepted {
+                        instance,
+                        ballot,
+                        value,
+                    },
+                );
             }
+            Verdict::Refused { promised } => self.send_now(
+                Destination::Node(from),
+                Body::Nack {
+                    instance,
+                    ballot,
+                    promised,
+                },
+            ),
         }
     }
 
     /// Drops our own attempt when we granted a higher ballot: it cannot win at our acceptor anyway.
-    fn yield_to(&mut self, now: Millis, ballot: Ballot) {
-        if self.proposal.as_ref().is_some_and(|p| p.ballot < ballot) {
+    fn yield_to(&mut self, now: Millis, instance: Instance, ballot: Ballot) {
+        if instance == self.instance() && self.proposal.as_ref().is_some_and(|p| p.ballot < ballot)
+        {
             self.proposal = None;
             self.back_off(now);
         }
@@ -632,10 +763,14 @@ impl Node {
         &mut self,
         now: Millis,
         from: NodeId,
+        instance: Instance,
         ballot: Ballot,
         accepted: Option<(Ballot, Value)>,
     ) {
         let quorum = self.quorum();
+        if instance != self.instance() {
+            return;
+        }
         let Some(proposal) = self.proposal.as_mut().filter(|p| p.ballot == ballot) else {
             return;
         };
@@ -644,18 +779,31 @@ impl Node {
         }
     }
 
-    fn on_accepted(&mut self, now: Millis, from: NodeId, ballot: Ballot, value: Value) {
+    fn on_accepted(
+        &mut self,
+        now: Millis,
+        from: NodeId,
+        instance: Instance,
+        ballot: Ballot,
+        value: Value,
+    ) {
         let quorum = self.quorum();
+        if instance != self.instance() {
+            return;
+        }
         let Some(proposal) = self.proposal.as_mut().filter(|p| p.ballot == ballot) else {
             return;
         };
         if let Some(decided) = proposal.on_accepted(from, quorum) {
             debug_assert_eq!(decided, value);
-            self.learn(now, decided, true);
+            self.learn(now, instance, decided, true);
         }
     }
 
-    fn on_nack(&mut self, now: Millis, ballot: Ballot, promised: Ballot) {
+    fn on_nack(&mut self, now: Millis, instance: Instance, ballot: Ballot, promised: Ballot) {
+        if instance != self.instance() {
+            return;
+        }
         self.max_round = self.max_round.max(promised.round);
         if self.proposal.as_ref().is_some_and(|p| p.ballot == ballot) {
             self.proposal = None;
@@ -697,11 +845,28 @@ impl Node {
     }
 
     fn maybe_propose(&mut self, now: Millis) {
-        if self.state.decided.is_some()
+        if self.state.go
             || self.proposal.is_some()
             || now < self.retry_at
             || now < self.started.after(self.timing.settle_ms)
         {
+            return;
+        }
+        if let Some(Value::Init(elected)) = self.state.decided {
+            // The fate instance: the elected node asks for Go at once, everyone else waits a while
+            // for the fate to be decided and then proposes Abandon (Paxos still carries Go forward).
+            if elected == self.id() {
+                self.start(now, Value::Init(elected));
+                return;
+            }
+            match self.abandon_at {
+                None => {
+                    let abandon = self.timing.abandon_ms;
+                    self.abandon_at = Some(now.after(abandon + self.jitter.below(abandon / 2 + 1)));
+                }
+                Some(at) if now >= at => self.start(now, Value::Abandon),
+                Some(_) => {}
+            }
             return;
         }
         let view = self.view(now);
@@ -726,7 +891,10 @@ impl Node {
 
     fn start(&mut self, now: Millis, intent: Value) {
         self.abandon_at = None;
-        let promised = self.state.acceptor.promised.map_or(0, |b| b.round);
+        let promised = self
+            .acceptor(self.instance())
+            .promised
+            .map_or(0, |b| b.round);
         let round = self.max_round.max(promised).saturating_add(1);
         self.max_round = round;
         let ballot = Ballot {
@@ -734,16 +902,17 @@ impl Node {
             node: self.id(),
         };
         // Our own promise is persisted before the prepare leaves, so a restart never reuses a ballot.
-        if let Verdict::Refused { .. } = self.state.acceptor.prepare(ballot) {
+        let instance = self.instance();
+        if let Verdict::Refused { .. } = self.acceptor(instance).prepare(ballot) {
             return;
         }
         self.persist();
-        let own = self.state.acceptor.accepted;
+        let own = self.acceptor(instance).accepted;
         let quorum = self.quorum();
         let mut proposal = Proposal::new(ballot, intent);
         let ready = proposal.on_promise(self.id(), own, quorum);
         self.proposal = Some(proposal);
-        self.send_after_persist(Destination::All, Body::Prepare { ballot });
+        self.send_after_persist(Destination::All, Body::Prepare { instance, ballot });
         self.arm_resend(now);
         if let Some(value) = ready {
             self.begin_accept(now, value);
@@ -754,7 +923,8 @@ impl Node {
         let Some(ballot) = self.proposal.as_ref().map(|p| p.ballot) else {
             return;
         };
-        match self.state.acceptor.accept(ballot, value) {
+        let instance = self.instance();
+        match self.acceptor(instance).accept(ballot, value) {
             Verdict::Granted { changed } => {
                 if changed {
                     self.persist();
@@ -773,38 +943,71 @@ impl Node {
             proposal.begin_accept(value);
             proposal.on_accepted(me, quorum)
         });
-        self.send_after_persist(Destination::All, Body::Accept { ballot, value });
+        self.send_after_persist(
+            Destination::All,
+            Body::Accept {
+                instance,
+                ballot,
+                value,
+            },
+        );
         self.arm_resend(now);
         if let Some(decided) = decided {
-            self.learn(now, decided, true);
+            self.learn(now, instance, decided, true);
         }
     }
 
-    /// Records the current epoch's decided value (from our quorum or from an authenticated peer).
-    fn learn(&mut self, now: Millis, value: Value, announce: bool) {
-        if self.state.decided.is_some() {
+    /// Records a decided value of one of the current epoch's instances (from our quorum or from an
+    /// authenticated peer).
+    fn learn(&mut self, now: Millis, instance: Instance, value: Value, announce: bool) {
+        if self.known(instance).is_some() {
             // Paxos makes a second, different value impossible; the simulator checks exactly that.
             return;
         }
         let epoch = self.state.epoch;
-        self.state.decided = Some(value);
-        self.proposal = None;
-        self.abandon_at = None;
-        self.persist();
-        self.emit_after_persist(Event::Decided { epoch, value });
+        match (instance, value) {
+            (Instance::Leader, Value::Init(_)) => {
+                // Elected, not final: the fate instance decides whether x may run cluster-init.
+                self.state.decided = Some(value);
+                self.proposal = None;
+                self.abandon_at = None;
+                self.retry_at = now;
+                self.persist();
+            }
+            (Instance::Fate, Value::Init(_)) => {
+                if self.state.decided.is_some_and(|elected| elected != value) {
+                    // Only the elected node proposes Go for itself; nothing else can be decided.
+                    return;
+                }
+                self.state.decided = Some(value);
+                self.state.go = true;
+                self.proposal = None;
+                self.abandon_at = None;
+                self.persist();
+                self.emit_after_persist(Event::Decided { epoch, value });
+            }
+            (_, Value::Abandon) => {
+                self.persist();
+                self.emit_after_persist(Event::Decided { epoch, value });
+            }
+        }
         if announce {
-            self.send_after_persist(Destination::All, Body::Decided { value });
+            self.send_after_persist(Destination::All, Body::Decided { instance, value });
         }
         self.next_hello = now;
-        match value {
-            Value::Abandon => self.enter_epoch(now, epoch.saturating_add(1)),
-            Value::Init(_) => self.update_role(now),
+        match (instance, value) {
+            (_, Value::Abandon) => self.enter_epoch(now, epoch.saturating_add(1)),
+            // The elected node asks for Go at once (its first attempt may have just decided Init).
+            (Instance::Leader, Value::Init(_)) => self.maybe_propose(now),
+            (Instance::Fate, Value::Init(_)) => self.update_role(now),
         }
     }
 
     fn enter_epoch(&mut self, now: Millis, epoch: u32) {
         self.state.epoch = epoch;
         self.state.acceptor = Acceptor::default();
+        self.state.fate = Acceptor::default();
+        self.state.go = false;
         self.state.decided = None;
         self.proposal = None;
         self.abandon_at = None;
@@ -819,6 +1022,13 @@ impl Node {
             return;
         };
         if self.state.role.is_some() {
+            return;
+        }
+        #[cfg(feature = "sim-flaws")]
+        let premature = self.flaw == Flaw::InitWithoutGo && init == self.id();
+        #[cfg(not(feature = "sim-flaws"))]
+        let premature = false;
+        if !self.state.go && !premature {
             return;
         }
         let role = if init == self.id() {
@@ -852,7 +1062,7 @@ impl Node {
                     && !self.state.roster.contains(&p.rank.node)
                     && !self.state.agents.contains(&p.rank.node)
                     && p.epoch == self.state.epoch
-                    && p.decided == self.state.decided
+                    && p.decided == self.final_value()
                     && p.last_heard.after(ttl) > now
             })
             .map(|p| p.rank)
@@ -877,7 +1087,7 @@ impl Node {
     }
 
     fn join_as_agent(&mut self, now: Millis, init: NodeId) {
-        if self.state.decided != Some(Value::Init(init)) || self.state.role.is_some() {
+        if self.final_value() != Some(Value::Init(init)) || self.state.role.is_some() {
             return;
         }
         let role = Role::Agent { join: init };
@@ -906,7 +1116,7 @@ impl Node {
     }
 
     fn wants_seat(&self) -> bool {
-        matches!(self.state.decided, Some(Value::Init(init)) if init != self.id())
+        matches!(self.final_value(), Some(Value::Init(init)) if init != self.id())
             && self.state.role.is_none()
             && self.rank.pin != RolePin::Agent
     }
@@ -921,7 +1131,7 @@ impl Node {
             pin: self.rank.pin,
             storage: self.rank.storage,
             ram_mib: self.rank.ram_mib,
-            decided: self.state.decided,
+            decided: self.final_value(),
             serving: self.state.serving,
             wants_seat: self.wants_seat(),
             roster,
@@ -1072,8 +1282,18 @@ mod tests {
             round: 1,
             node: NodeId(1),
         };
-        node.handle_datagram(Millis(10), &frame(3, 1, Body::Prepare { ballot }))
-            .expect("genuine frame");
+        node.handle_datagram(
+            Millis(10),
+            &frame(
+                3,
+                1,
+                Body::Prepare {
+                    instance: Instance::Leader,
+                    ballot,
+                },
+            ),
+        )
+        .expect("genuine frame");
         assert!(drain_transmits(&mut node).is_empty());
         let request = node.poll_persist().expect("the promise must be persisted");
         assert_eq!(request.state.acceptor.promised, Some(ballot));
@@ -1084,6 +1304,7 @@ mod tests {
         assert_eq!(
             decode(3, &sent[0]).body,
             Body::Promise {
+                instance: Instance::Leader,
                 ballot,
                 accepted: None
             }
@@ -1093,12 +1314,23 @@ mod tests {
             round: 0,
             node: NodeId(9),
         };
-        node.handle_datagram(Millis(20), &frame(3, 9, Body::Prepare { ballot: lower }))
-            .expect("genuine frame");
+        node.handle_datagram(
+            Millis(20),
+            &frame(
+                3,
+                9,
+                Body::Prepare {
+                    instance: Instance::Leader,
+                    ballot: lower,
+                },
+            ),
+        )
+        .expect("genuine frame");
         let sent = drain_transmits(&mut node);
         assert_eq!(
             decode(3, &sent[0]).body,
             Body::Nack {
+                instance: Instance::Leader,
                 ballot: lower,
                 promised: ballot
             }
@@ -1215,6 +1447,171 @@ mod tests {
         assert!(!bodies
             .iter()
             .any(|(to, _)| *to == Destination::Node(NodeId(3))));
+    }
+
+    /// Persists everything asked for, then returns the bodies sent and the events released.
+    fn settle(node: &mut Node, nodes: u8) -> (Vec<Body>, Vec<Event>) {
+        persist_all(node);
+        let bodies = drain_transmits(node)
+            .iter()
+            .map(|t| decode(nodes, t).body)
+            .collect();
+        (bodies, std::iter::from_fn(|| node.poll_event()).collect())
+    }
+
+    fn prepared(bodies: &[Body], want: Instance) -> Ballot {
+        bodies
+            .iter()
+            .find_map(|body| match body {
+                Body::Prepare { instance, ballot } if *instance == want => Some(*ballot),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no {want:?} prepare in {bodies:?}"))
+    }
+
+    #[test]
+    fn the_elected_node_inits_only_once_its_go_is_decided() {
+        let mut x = Node::new(config(9, 3), Millis(0), None);
+        x.handle_datagram(Millis(5), &frame(3, 2, undecided_hello()))
+            .expect("genuine frame");
+        x.handle_timeout(Millis(1500));
+        let (bodies, _) = settle(&mut x, 3);
+        let ballot = prepared(&bodies, Instance::Leader);
+        let promise = Body::Promise {
+            instance: Instance::Leader,
+            ballot,
+            accepted: None,
+        };
+        x.handle_datagram(Millis(1510), &frame(3, 2, promise))
+            .expect("genuine frame");
+        settle(&mut x, 3);
+        let value = Value::Init(NodeId(9));
+        let accepted = Body::Accepted {
+            instance: Instance::Leader,
+            ballot,
+            value,
+        };
+        x.handle_datagram(Millis(1520), &frame(3, 2, accepted))
+            .expect("genuine frame");
+        let (bodies, events) = settle(&mut x, 3);
+        assert!(events.is_empty(), "elected is not final: {events:?}");
+        assert_eq!(
+            x.status(Millis(1520)).to_string(),
+            "0000000000000009 elected (epoch 0); waiting for it to confirm"
+        );
+        let go = prepared(&bodies, Instance::Fate);
+        let promise = Body::Promise {
+            instance: Instance::Fate,
+            ballot: go,
+            accepted: None,
+        };
+        x.handle_datagram(Millis(1530), &frame(3, 2, promise))
+            .expect("genuine frame");
+        let (bodies, events) = settle(&mut x, 3);
+        assert!(events.is_empty());
+        assert!(bodies.contains(&Body::Accept {
+            instance: Instance::Fate,
+            ballot: go,
+            value
+        }));
+        let accepted = Body::Accepted {
+            instance: Instance::Fate,
+            ballot: go,
+            value,
+        };
+        x.handle_datagram(Millis(1540), &frame(3, 2, accepted))
+            .expect("genuine frame");
+        let (_, events) = settle(&mut x, 3);
+        assert_eq!(
+            events,
+            vec![
+                Event::Decided { epoch: 0, value },
+                Event::Role(Role::ClusterInit)
+            ]
+        );
+    }
+
+    /// Node 2 learns that node 1 was elected, then hears nothing more; node 3 answers its fate prepare.
+    fn abandon_a_silent_elected_node(reported: Option<(Ballot, Value)>) -> (Node, Vec<Event>) {
+        let mut node = Node::new(config(2, 3), Millis(0), None);
+        let elected = Body::Decided {
+            instance: Instance::Leader,
+            value: Value::Init(NodeId(1)),
+        };
+        node.handle_datagram(Millis(100), &frame(3, 1, elected))
+            .expect("genuine frame");
+        let (_, events) = settle(&mut node, 3);
+        assert!(events.is_empty());
+        let (now, ballot) = loop {
+            let now = node.poll_timeout().expect("a timer is armed");
+            assert!(now < Millis(20_000), "no fate prepare by {now:?}");
+            node.handle_timeout(now);
+            let (bodies, _) = settle(&mut node, 3);
+            if let Some(ballot) = bodies.iter().find_map(|b| match b {
+                Body::Prepare {
+                    instance: Instance::Fate,
+                    ballot,
+                } => Some(*ballot),
+                _ => None,
+            }) {
+                break (now, ballot);
+            }
+        };
+        assert!(now >= Millis(6_000), "abandoned too early: {now:?}");
+        let promise = Body::Promise {
+            instance: Instance::Fate,
+            ballot,
+            accepted: reported,
+        };
+        node.handle_datagram(now, &frame(3, 3, promise))
+            .expect("genuine frame");
+        let (bodies, _) = settle(&mut node, 3);
+        let value = reported.map_or(Value::Abandon, |(_, v)| v);
+        assert!(bodies.contains(&Body::Accept {
+            instance: Instance::Fate,
+            ballot,
+            value
+        }));
+        let accepted = Body::Accepted {
+            instance: Instance::Fate,
+            ballot,
+            value,
+        };
+        node.handle_datagram(now, &frame(3, 3, accepted))
+            .expect("genuine frame");
+        let (_, events) = settle(&mut node, 3);
+        (node, events)
+    }
+
+    #[test]
+    fn a_silent_elected_node_is_abandoned_and_the_next_epoch_begins() {
+        let (node, events) = abandon_a_silent_elected_node(None);
+        assert_eq!(
+            events,
+            vec![Event::Decided {
+                epoch: 0,
+                value: Value::Abandon
+            }]
+        );
+        assert_eq!(node.status(Millis(0)).epoch, 1);
+    }
+
+    #[test]
+    fn an_accepted_go_is_carried_forward_by_an_abandon_proposal() {
+        let go = Value::Init(NodeId(1));
+        let ballot = Ballot {
+            round: 1,
+            node: NodeId(1),
+        };
+        let (node, events) = abandon_a_silent_elected_node(Some((ballot, go)));
+        assert_eq!(
+            events,
+            vec![Event::Decided {
+                epoch: 0,
+                value: go
+            }]
+        );
+        assert_eq!(node.status(Millis(0)).decided, Some(go));
     }
 
     #[test]
