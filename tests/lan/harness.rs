@@ -234,8 +234,20 @@ impl Node {
 
     /// Starts a long-running program in the node, logging to `<dir>/<label>.log`.
     pub fn spawn(&mut self, label: &str, program: &Path, args: &[&str]) {
+        self.spawn_with_env(label, program, args, &[]);
+    }
+
+    /// Like [`Node::spawn`], with extra environment variables (e.g. `RUST_LOG`).
+    pub fn spawn_with_env(
+        &mut self,
+        label: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) {
         let log = fs::File::create(self.dir.join(format!("{label}.log"))).expect("creating log");
         let mut cmd = self.command(program);
+        cmd.envs(env.iter().copied());
         let child = die_with_parent(&mut cmd)
             .args(args)
             .stdin(Stdio::null())
