@@ -83,7 +83,11 @@ fn classroom_three_kits_form_three_clusters() {
             .iter()
             .map(|r| r["node"].as_str().unwrap_or_default().to_string())
             .collect();
-        assert!(ids.contains(&init), "{}: init {init} not a member", kit.name);
+        assert!(
+            ids.contains(&init),
+            "{}: init {init} not a member",
+            kit.name
+        );
         for r in &kit_roles {
             assert!(
                 r["hostname"]
@@ -125,8 +129,8 @@ fn late_node_joins_the_formed_cluster() {
     assert_eq!(late[0]["role"], "agent", "all seats are taken: {}", late[0]);
     assert_eq!(late[0]["join"].as_str(), Some(init.as_str()), "{}", late[0]);
     // The early nodes kept their roles (one line each, never a second decision).
-    for i in 0..3 {
-        assert_eq!(role_of(&lan.nodes[i]), Some(first[i].clone()));
+    for (node, role) in lan.nodes.iter().zip(&first) {
+        assert_eq!(role_of(node).as_ref(), Some(role));
     }
 }
 
@@ -237,6 +241,9 @@ fn capture_of_a_formation_holds_no_token() {
             .expect("state file written");
         assert!(!contains(&state, spec.token.as_bytes()), "token in state");
         let boot = std::fs::read(node.dir.join("boot/cluster.toml")).expect("boot copy");
-        assert!(!contains(&boot, spec.token.as_bytes()), "token left on boot");
+        assert!(
+            !contains(&boot, spec.token.as_bytes()),
+            "token left on boot"
+        );
     }
 }

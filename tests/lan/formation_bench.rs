@@ -7,7 +7,9 @@
 mod formation_support;
 mod harness;
 
-use formation_support::{check_roles, firstboot_path, role_of, start_node, write_config, ClusterSpec};
+use formation_support::{
+    check_roles, firstboot_path, role_of, start_node, write_config, ClusterSpec,
+};
 use harness::{skip_reason, Lan};
 use std::time::{Duration, Instant};
 

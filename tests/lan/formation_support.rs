@@ -138,10 +138,13 @@ pub fn wait_roles(lan: &Lan, which: &[usize]) -> Vec<Value> {
         if start.elapsed() > ROLE_WAIT {
             for (&i, role) in which.iter().zip(&roles) {
                 let node = &lan.nodes[i];
-                let log = std::fs::read_to_string(node.dir.join("firstboot.log"))
-                    .unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(node.dir.join("firstboot.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                eprintln!("--- node{} role {role:?}; log tail (newest first):", node.index);
+                eprintln!(
+                    "--- node{} role {role:?}; log tail (newest first):",
+                    node.index
+                );
                 for line in tail {
                     eprintln!("  {line}");
                 }
@@ -171,9 +174,16 @@ pub fn check_roles(roles: &[Value], servers: usize, agents: usize) -> String {
         .expect("the init line names its node")
         .to_string();
     for r in roles.iter().filter(|r| r["role"] != "cluster-init") {
-        assert_eq!(r["join"].as_str(), Some(init.as_str()), "joins the init: {r}");
+        assert_eq!(
+            r["join"].as_str(),
+            Some(init.as_str()),
+            "joins the init: {r}"
+        );
     }
-    let hostnames: BTreeSet<&str> = roles.iter().filter_map(|r| r["hostname"].as_str()).collect();
+    let hostnames: BTreeSet<&str> = roles
+        .iter()
+        .filter_map(|r| r["hostname"].as_str())
+        .collect();
     assert_eq!(hostnames.len(), roles.len(), "unique hostnames: {roles:#?}");
     init
 }

@@ -108,7 +108,10 @@ async fn steps(
     report: &mut Report,
 ) -> anyhow::Result<()> {
     // Step 2: identity.
-    report.phase(Phase::Identity, "finding the node id and setting the hostname");
+    report.phase(
+        Phase::Identity,
+        "finding the node id and setting the hostname",
+    );
     let (id, source) = node_id(paths).context("finding the node id")?;
     let hostname = hostname_for(&config.name, id, config.node.hostname.as_deref());
     let conn = zbus::Connection::system()

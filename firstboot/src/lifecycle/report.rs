@@ -2,7 +2,7 @@
 
 use crate::config::Token;
 use crate::discovery::table::PeerSummary;
-use crate::election::{ElectionStatus, Role};
+use crate::election::{ElectionStatus, Role, Value};
 use crate::status::led::{LedPattern, NoLed, StatusLed};
 use crate::status::state::{NodeRole, NodeState, Phase};
 use crate::status::Notifier;
@@ -101,10 +101,15 @@ impl Report {
     /// Election progress: peers seen and what the node waits for (written only on change).
     pub fn election(&mut self, status: &ElectionStatus, peers: &PeerSummary) {
         if status.role.is_some() {
-            self.peer_counts(status);
+            self.peer_counts(status, peers);
             return;
         }
-        let line = if status.visible < status.quorum {
+        let line = if let Some(value) = status.decided {
+            match value {
+                Value::Init(init) => format!("{init} initializes; waiting for a server seat"),
+                Value::Abandon => format!("epoch {} abandoned; electing again", status.epoch),
+            }
+        } else if status.visible < status.quorum {
             let missing = status.quorum - status.visible;
             format!(
                 "waiting for {missing} more node{}: {}/{} visible",
@@ -134,8 +139,9 @@ impl Report {
         }
     }
 
-    fn peer_counts(&mut self, status: &ElectionStatus) {
-        let (visible, expected) = (status.visible as u32, status.nodes as u32);
+    /// After the decision the core's view holds undecided nodes only: count verified peers.
+    fn peer_counts(&mut self, status: &ElectionStatus, peers: &PeerSummary) {
+        let (visible, expected) = (peers.verified.len() as u32 + 1, status.nodes as u32);
         if (self.state.peers_visible, self.state.peers_expected) != (visible, expected) {
             self.state.peers_visible = visible;
             self.state.peers_expected = expected;
@@ -151,7 +157,7 @@ impl Report {
             Role::Agent { .. } => NodeRole::Agent,
         });
         self.state.phase = Phase::Joining;
-        self.state.peers_visible = status.visible as u32;
+        self.state.peers_expected = status.nodes as u32;
         let line = match role {
             Role::ClusterInit => format!("{hostname} is the cluster-init node"),
             Role::Server { join } => format!("{hostname} joins {join} as a server"),
@@ -159,6 +165,8 @@ impl Report {
         };
         self.say(&line);
         self.save();
+        // Resident from here on: tell systemd the service is up (Type=notify).
+        self.notifier.ready(&self.last_line);
     }
 
     /// More voters than `nodes` were seen: said loudly, kept in status.
