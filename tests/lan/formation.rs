@@ -7,8 +7,8 @@ mod formation_support;
 mod harness;
 
 use formation_support::{
-    assert_one_cluster, can_run, formation_lock, role_of, start_node, wait_roles, write_config,
-    ClusterSpec,
+    assert_one_cluster, can_run, formation_lock, role_in, role_of, start_node, start_node_as,
+    wait_roles, write_config, ClusterSpec,
 };
 use harness::{contains, random_token, Lan};
 use std::thread::sleep;
@@ -245,5 +245,66 @@ fn capture_of_a_formation_holds_no_token() {
             !contains(&boot, spec.token.as_bytes()),
             "token left on boot"
         );
+    }
+}
+
+#[test]
+fn killed_and_restarted_nodes_keep_their_roles() {
+    if !can_run("killed_and_restarted_nodes_keep_their_roles") {
+        return;
+    }
+    let _serial = formation_lock();
+    let mut lan = Lan::new();
+    let spec = ClusterSpec::new("homelab", 3, 3);
+    for _ in 0..3 {
+        let node = lan.add_node(&spec.token);
+        write_config(node, &spec);
+    }
+    for node in lan.nodes.iter_mut() {
+        start_node(node);
+    }
+    let roles = wait_roles(&lan, &[0, 1, 2]);
+    assert_one_cluster(&lan, &roles, 3, 0);
+    let decided: Vec<String> = lan
+        .nodes
+        .iter()
+        .map(|n| {
+            let path = n.root.join("var/lib/firstboot/election.json");
+            std::fs::read_to_string(path).expect("election state persisted")
+        })
+        .collect();
+    // A power cut on every node at once, then every node boots again.
+    for node in lan.nodes.iter_mut() {
+        node.kill("firstboot");
+    }
+    for node in lan.nodes.iter_mut() {
+        start_node_as(node, "firstboot-again");
+    }
+    let start = std::time::Instant::now();
+    let again: Vec<_> = loop {
+        let again: Vec<_> = lan
+            .nodes
+            .iter()
+            .filter_map(|n| role_in(n, "firstboot-again"))
+            .collect();
+        if again.len() == 3 {
+            break again;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "restarted nodes did not report their roles: {again:?}"
+        );
+        sleep(Duration::from_millis(100));
+    };
+    assert_eq!(again, roles, "a restart changed a role");
+    for (node, before) in lan.nodes.iter().zip(&decided) {
+        let after = std::fs::read_to_string(node.root.join("var/lib/firstboot/election.json"))
+            .expect("election state");
+        let decided = |text: &str| {
+            serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .map(|v| v["decided"].clone())
+        };
+        assert_eq!(decided(&after), decided(before), "node{}", node.index);
     }
 }

@@ -88,12 +88,17 @@ pub fn write_config(node: &Node, spec: &ClusterSpec) {
 }
 
 /// Starts `firstboot run --until role` in the node (no clock or storage step: the test LAN has
-/// no timedated and its nodes share one disk).
+/// no timedated and its nodes share one disk), logging to `firstboot.log`.
 pub fn start_node(node: &mut Node) {
+    start_node_as(node, "firstboot");
+}
+
+/// [`start_node`] under another label (its log is `<label>.log`), e.g. for a restart.
+pub fn start_node_as(node: &mut Node, label: &str) {
     let root = node.root.display().to_string();
     let boot = boot_dir(node).display().to_string();
     node.spawn_with_env(
-        "firstboot",
+        label,
         &firstboot_path(),
         &[
             "--root",
@@ -112,7 +117,12 @@ pub fn start_node(node: &mut Node) {
 
 /// The role line the node's daemon printed, if any (panics if it printed two).
 pub fn role_of(node: &Node) -> Option<Value> {
-    let log = std::fs::read_to_string(node.dir.join("firstboot.log")).unwrap_or_default();
+    role_in(node, "firstboot")
+}
+
+/// The role line in the log of the program started under `label`.
+pub fn role_in(node: &Node, label: &str) -> Option<Value> {
+    let log = std::fs::read_to_string(node.dir.join(format!("{label}.log"))).unwrap_or_default();
     let lines: Vec<Value> = log
         .lines()
         .filter(|l| l.starts_with("{\""))

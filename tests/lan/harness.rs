@@ -327,6 +327,14 @@ impl Node {
         });
     }
 
+    /// Kills (SIGKILL, as a power cut would) every program started under `label` and reaps it.
+    pub fn kill(&mut self, label: &str) {
+        for process in self.programs.iter_mut().filter(|p| p.label == label) {
+            let _ = process.child.kill();
+            let _ = process.child.wait();
+        }
+    }
+
     /// True while the program started under `label` has not exited.
     pub fn running(&mut self, label: &str) -> bool {
         self.programs

@@ -28,6 +28,8 @@ pub struct ElectionDriver {
     addrs: BTreeMap<NodeId, SocketAddr>,
     started: Instant,
     store: ElectionStore,
+    /// Events released while starting, until taken.
+    startup: Vec<Event>,
 }
 
 /// The election's rank role pin for a discovery record's pin (the two enums say the same thing).
@@ -62,9 +64,15 @@ impl ElectionDriver {
             addrs: BTreeMap::new(),
             started: Instant::now(),
             store,
+            startup: Vec::new(),
         };
-        driver.drain().await?;
+        driver.startup = driver.drain().await?;
         Ok(driver)
+    }
+
+    /// Events the core released at start (a restored node repeats its role): take them once.
+    pub fn take_startup_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.startup)
     }
 
     /// Milliseconds on the driver's monotonic clock.

@@ -203,7 +203,7 @@ async fn steps(
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let mut role: Option<Role> = None;
-    let mut pending = Vec::new();
+    let mut pending = driver.take_startup_events();
     loop {
         for event in pending.drain(..) {
             match event {
