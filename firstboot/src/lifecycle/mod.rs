@@ -204,6 +204,9 @@ async fn steps(
         .context("installing the SIGTERM handler")?;
     let mut role: Option<Role> = None;
     let mut pending = driver.take_startup_events();
+    // Past `timeouts.bootstrap` without a role the node says it is blocked, and keeps trying.
+    let blocked_at = tokio::time::Instant::now() + config.timeouts.bootstrap;
+    let mut blocked = false;
     loop {
         for event in pending.drain(..) {
             match event {
@@ -239,8 +242,13 @@ async fn steps(
             continue;
         }
         report.election(&driver.status(), &driver.peers());
+        let overdue = role.is_none() && !blocked;
         tokio::select! {
             events = driver.step() => pending.extend(events?),
+            () = tokio::time::sleep_until(blocked_at), if overdue => {
+                blocked = true;
+                report.blocked(config.timeouts.bootstrap, &driver.status());
+            }
             _ = terminate.recv() => {
                 tracing::info!("SIGTERM: withdrawing the record and stopping");
                 publisher.withdraw().await;

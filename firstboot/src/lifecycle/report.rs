@@ -169,6 +169,22 @@ impl Report {
         self.notifier.ready(&self.last_line);
     }
 
+    /// No role after `timeouts.bootstrap`: phase blocked, with what is missing, until it forms.
+    pub fn blocked(&mut self, waited: std::time::Duration, status: &ElectionStatus) {
+        let line = format!(
+            "blocked: no role after {} s; {}/{} nodes visible, a majority of {} is needed; \
+             check that the other nodes are powered, on this LAN and carry this cluster's token",
+            waited.as_secs(),
+            status.visible,
+            status.nodes,
+            status.quorum
+        );
+        tracing::warn!("{line}");
+        self.state.phase = Phase::Blocked;
+        self.say(&line);
+        self.save();
+    }
+
     /// More voters than `nodes` were seen: said loudly, kept in status.
     pub fn quorum_raised(&mut self, seen: usize, quorum: usize) {
         let line = format!(
@@ -222,5 +238,62 @@ impl Report {
         if let Err(e) = self.state.save(&self.root, self.token.as_ref(), now) {
             tracing::warn!(error = %e, "writing the state file");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::election::NodeId;
+
+    fn status(visible: usize, decided: Option<Value>) -> ElectionStatus {
+        ElectionStatus {
+            epoch: 0,
+            visible,
+            quorum: 2,
+            decided,
+            role: None,
+            overcrowded: false,
+            nodes: 3,
+            voters_seen: visible,
+        }
+    }
+
+    fn no_peers() -> PeerSummary {
+        PeerSummary {
+            verified: Vec::new(),
+            foreign: 1,
+            unverified: 0,
+            resolving: 0,
+        }
+    }
+
+    #[test]
+    fn status_lines_follow_the_election_and_never_hold_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = "a-secret-token-of-many-chars";
+        let mut report = Report::new(
+            dir.path().to_path_buf(),
+            NodeState::new(),
+            Notifier::to_socket(None),
+        );
+        report.set_token(Token::new(secret.into()).unwrap());
+        report.phase(Phase::Electing, "electing");
+        report.election(&status(1, None), &no_peers());
+        assert_eq!(
+            report.last_line,
+            "waiting for 1 more node: 1/3 visible; ignoring 1 foreign and 0 unverified"
+        );
+        report.election(&status(2, Some(Value::Init(NodeId(9)))), &no_peers());
+        assert!(report.last_line.starts_with("0000000000000009 initializes"));
+        report.blocked(std::time::Duration::from_secs(600), &status(1, None));
+        assert_eq!(report.state().phase, Phase::Blocked);
+        report.fail(&anyhow::anyhow!("something mentioned {secret}"));
+        let saved = NodeState::load(dir.path()).unwrap().unwrap();
+        assert_eq!(saved.phase, Phase::Failed);
+        assert_eq!(saved.errors, ["something mentioned <redacted>"]);
+        let raw = std::fs::read_to_string(NodeState::path(dir.path())).unwrap();
+        assert!(!raw.contains(secret));
+        assert!(!report.last_line.contains(secret));
     }
 }
