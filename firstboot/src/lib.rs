@@ -3,6 +3,7 @@
 //! The library holds all logic; `main.rs` only parses arguments and dispatches. `imagebuild`
 //! uses [`config`] so that the boot-partition contract has one owner.
 
+pub mod bootstrap;
 pub mod clock;
 pub mod config;
 pub mod default_route;
@@ -12,6 +13,7 @@ pub mod election;
 pub mod identity;
 pub mod intake;
 pub mod k3s;
+pub mod lifecycle;
 pub mod paths;
 pub mod status;
 pub mod storage;

@@ -47,6 +47,11 @@ enum Command {
         /// The file to check [default: cluster.toml on the boot partition].
         path: Option<PathBuf>,
     },
+    /// Run the node's lifecycle: intake, identity, clock, storage, discovery, election, role.
+    ///
+    /// This is what firstboot.service runs. It reports progress through sd_notify, the state
+    /// file (see `firstboot status`) and the LED, and resumes where it stopped after a restart.
+    Run(firstboot::lifecycle::RunArgs),
     /// Show what firstboot is doing on this node: state, role, peers, storage, errors.
     ///
     /// Reads the state file firstboot keeps in /var/lib/firstboot; the token is never shown.
@@ -65,6 +70,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a human at a terminal, never into the journal or a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let paths = Paths::new(&cli.root, cli.boot_dir.as_deref());
     let result = match cli.command {
@@ -91,6 +98,7 @@ fn main() -> ExitCode {
                 .unwrap_or(0);
             firstboot::status::command::run(&args, paths.root(), &mut std::io::stdout(), now)
         }
+        Command::Run(args) => firstboot::lifecycle::run(&args, &paths),
         Command::Peers(args) => peers::run(&args, &paths),
         Command::ProbeStorage(args) => firstboot::storage::cli::run(&args),
     };

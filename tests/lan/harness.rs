@@ -234,8 +234,20 @@ impl Node {
 
     /// Starts a long-running program in the node, logging to `<dir>/<label>.log`.
     pub fn spawn(&mut self, label: &str, program: &Path, args: &[&str]) {
+        self.spawn_with_env(label, program, args, &[]);
+    }
+
+    /// Like [`Node::spawn`], with extra environment variables (e.g. `RUST_LOG`).
+    pub fn spawn_with_env(
+        &mut self,
+        label: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) {
         let log = fs::File::create(self.dir.join(format!("{label}.log"))).expect("creating log");
         let mut cmd = self.command(program);
+        cmd.envs(env.iter().copied());
         let child = die_with_parent(&mut cmd)
             .args(args)
             .stdin(Stdio::null())
@@ -313,6 +325,14 @@ impl Node {
             child,
             label: "avahi-daemon".into(),
         });
+    }
+
+    /// Kills (SIGKILL, as a power cut would) every program started under `label` and reaps it.
+    pub fn kill(&mut self, label: &str) {
+        for process in self.programs.iter_mut().filter(|p| p.label == label) {
+            let _ = process.child.kill();
+            let _ = process.child.wait();
+        }
     }
 
     /// True while the program started under `label` has not exited.

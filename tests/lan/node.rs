@@ -6,10 +6,9 @@
 
 use anyhow::Context;
 use firstboot::discovery::peers::read_token;
-use firstboot::discovery::record::ClusterKeys;
+use firstboot::discovery::record::{cluster_id_from_hex, ClusterKeys};
 use firstboot::discovery::{
-    Advert, Browser, ClusterId, FrameTransport, PeerTable, Publisher, RolePin, UdpTransport,
-    FRAME_PORT,
+    Advert, Browser, FrameTransport, PeerTable, Publisher, RolePin, UdpTransport, FRAME_PORT,
 };
 use firstboot::identity::{hostname_for, node_id, set_hostname};
 use firstboot::paths::Paths;
@@ -77,7 +76,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("binding the frame transport")?;
     let cluster = match &args.claim_cluster {
-        Some(hex) => ClusterId::from_hex(hex).context("parsing --claim-cluster")?,
+        Some(hex) => cluster_id_from_hex(hex).context("parsing --claim-cluster")?,
         None => keys.cluster,
     };
     let advert = Advert {

@@ -14,11 +14,10 @@ type HmacSha256 = Hmac<Sha256>;
 /// Protocol version carried in every record; peers with another version are not verified.
 pub const PROTOCOL_VERSION: u8 = 1;
 
-/// Bytes in a cluster id.
-pub const CLUSTER_ID_LEN: usize = 16;
-/// Domain label for the public cluster id; the same derivation as the election core's `ClusterId`,
-/// so that the two types fold into one at merge without changing any id.
-const CLUSTER_ID_LABEL: &[u8] = b"firstboot/v1/cluster-id";
+/// The public cluster id: one type, shared with the election core (same token derivation).
+pub use crate::election::ClusterId;
+/// Bytes in a cluster id (one definition, the election core's).
+pub use crate::election::CLUSTER_ID_LEN;
 /// Domain label for the mDNS record key (distinct from the election's protocol key label).
 const RECORD_KEY_LABEL: &[u8] = b"firstboot/v1/mdns-record-key";
 
@@ -33,45 +32,10 @@ fn hmac_parts(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-/// Public identifier of a cluster: 16 bytes derived from the token, `nodes` and `servers`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ClusterId([u8; CLUSTER_ID_LEN]);
-
-impl ClusterId {
-    /// Derives the cluster id: HMAC-SHA256(token, label || nodes || servers), first 16 bytes.
-    pub fn derive(token: &[u8], nodes: u8, servers: u8) -> Self {
-        // HMAC accepts keys of any length, so new_from_slice cannot fail.
-        let mut mac = HmacSha256::new_from_slice(token).expect("hmac takes any key length");
-        mac.update(CLUSTER_ID_LABEL);
-        mac.update(&[nodes, servers]);
-        let full = mac.finalize().into_bytes();
-        let mut id = [0u8; CLUSTER_ID_LEN];
-        id.copy_from_slice(&full[..CLUSTER_ID_LEN]);
-        Self(id)
-    }
-
-    /// Parses the 32 hex digits of a TXT record.
-    pub fn from_hex(text: &str) -> Option<Self> {
-        let bytes = hex::decode(text).ok()?;
-        Some(Self(bytes.try_into().ok()?))
-    }
-
-    /// The 32 lowercase hex digits published in the TXT record.
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl fmt::Display for ClusterId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl fmt::Debug for ClusterId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ClusterId({})", self.to_hex())
-    }
+/// Parses the 32 hex digits of a TXT record's `c=` value into a cluster id.
+pub fn cluster_id_from_hex(text: &str) -> Option<ClusterId> {
+    let bytes = hex::decode(text).ok()?;
+    Some(ClusterId(bytes.try_into().ok()?))
 }
 
 /// Secret key that signs and verifies TXT records; derived from the token, never printed.
@@ -261,7 +225,7 @@ fn parse_verified(
 ) -> Result<Advert, Classified> {
     let bad = Classified::Unverified;
     let get = |k: &'static str| lookup(txt, k).ok_or(bad(RecordError::Missing(k)));
-    let cluster = ClusterId::from_hex(get("c")?).ok_or(bad(RecordError::Malformed("c")))?;
+    let cluster = cluster_id_from_hex(get("c")?).ok_or(bad(RecordError::Malformed("c")))?;
     if cluster != *ours {
         // Another kit's record: we cannot check its MAC and have no business doing so.
         return Err(Classified::Foreign(cluster));
@@ -338,7 +302,7 @@ mod tests {
         assert_ne!(base, ClusterId::derive(TOKEN, 3, 3));
         assert_ne!(base, ClusterId::derive(TOKEN, 5, 1));
         assert_ne!(base, ClusterId::derive(b"another-token-entirely", 5, 3));
-        assert_eq!(ClusterId::from_hex(&base.to_hex()), Some(base));
+        assert_eq!(cluster_id_from_hex(&base.to_hex()), Some(base));
     }
 
     #[test]

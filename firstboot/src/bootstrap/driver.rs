@@ -1,0 +1,208 @@
+//! The thin async adapter around the sans-IO election core: UDP frames, discovery events, timers, fsync.
+//!
+//! One [`ElectionDriver::step`] waits for whichever comes first (a datagram, a browser event, the
+//! core's next timer), feeds it to the core, then drains the core's outputs in the order safety
+//! needs: persist requests are written durably and acknowledged first, so frames and events that
+//! depend on acceptor state are only released (and sent) after that state is on disk.
+
+use super::store::ElectionStore;
+use crate::discovery::record::PeerClass;
+use crate::discovery::table::PeerSummary;
+use crate::discovery::{self, Browser, FrameTransport, PeerEvent, PeerTable, UdpTransport};
+use crate::election::{
+    Body, Destination, ElectionConfig, ElectionStatus, Envelope, Event, Hello, Millis, Node,
+    NodeId, RolePin,
+};
+use anyhow::Context;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use tokio::time::Instant;
+
+/// The election of one node on a real LAN.
+pub struct ElectionDriver {
+    node: Node,
+    transport: UdpTransport,
+    browser: Browser,
+    table: PeerTable,
+    /// Where each authenticated peer was last heard or is advertised.
+    addrs: BTreeMap<NodeId, SocketAddr>,
+    started: Instant,
+    store: ElectionStore,
+    /// Events released while starting, until taken.
+    startup: Vec<Event>,
+}
+
+/// The election's rank role pin for a discovery record's pin (the two enums say the same thing).
+pub fn election_pin(pin: discovery::RolePin) -> RolePin {
+    match pin {
+        discovery::RolePin::Auto => RolePin::Auto,
+        discovery::RolePin::Server => RolePin::Server,
+        discovery::RolePin::Agent => RolePin::Agent,
+    }
+}
+
+impl ElectionDriver {
+    /// Starts the core (restored from `store` when an earlier run left state) and releases
+    /// whatever a restored node must say at once.
+    pub async fn start(
+        config: ElectionConfig,
+        store: ElectionStore,
+        transport: UdpTransport,
+        browser: Browser,
+    ) -> anyhow::Result<Self> {
+        let restored = store.load().context("restoring the election state")?;
+        if let Some(state) = &restored {
+            tracing::info!(epoch = state.epoch, decided = ?state.decided, role = ?state.role,
+                "restored the election state");
+        }
+        let node = Node::new(config, Millis(0), restored);
+        let mut driver = ElectionDriver {
+            node,
+            transport,
+            browser,
+            table: PeerTable::default(),
+            addrs: BTreeMap::new(),
+            started: Instant::now(),
+            store,
+            startup: Vec::new(),
+        };
+        driver.startup = driver.drain().await?;
+        Ok(driver)
+    }
+
+    /// Events the core released at start (a restored node repeats its role): take them once.
+    pub fn take_startup_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.startup)
+    }
+
+    /// Milliseconds on the driver's monotonic clock.
+    fn now(&self) -> Millis {
+        Millis(self.started.elapsed().as_millis() as u64)
+    }
+
+    /// The core's status now.
+    pub fn status(&self) -> ElectionStatus {
+        self.node.status(self.now())
+    }
+
+    /// What discovery sees: verified peers, foreign and unverified counts.
+    pub fn peers(&self) -> PeerSummary {
+        self.table.summary()
+    }
+
+    /// Tells the core this node's role is up (K3s active, or the stand-in of `--until role`).
+    pub async fn report_serving(&mut self) -> anyhow::Result<Vec<Event>> {
+        let now = self.now();
+        self.node.report_serving(now);
+        self.drain().await
+    }
+
+    /// Waits for one input, feeds it to the core, sends and persists what follows; returns the
+    /// core's events (released only after their state is durable).
+    pub async fn step(&mut self) -> anyhow::Result<Vec<Event>> {
+        let wake = self
+            .node
+            .poll_timeout()
+            .map(|at| self.started + std::time::Duration::from_millis(at.0));
+        let sleep = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            received = self.transport.recv() => {
+                let (from, frame) = received.context("receiving a frame")?;
+                let now = self.now();
+                match self.node.handle_datagram(now, &frame) {
+                    Ok(sender) => {
+                        self.addrs.insert(sender, from);
+                    }
+                    // Foreign kits, forgers and garbage: dropped, never answered.
+                    Err(e) => tracing::debug!(%from, error = %e, "dropped a frame"),
+                }
+            }
+            event = self.browser.next() => {
+                let event = event.context("the browser stopped")?;
+                self.on_peer_event(event);
+            }
+            () = sleep => {
+                let now = self.now();
+                self.node.handle_timeout(now);
+            }
+        }
+        self.drain().await
+    }
+
+    /// A browser event: learn verified peers' addresses and pass their signed rank inputs on as
+    /// a hello, so that a node hears about the cluster before its first timer fires.
+    fn on_peer_event(&mut self, event: PeerEvent) {
+        if let PeerEvent::Resolved(peer) = &event {
+            if let PeerClass::Verified(advert) = &peer.class {
+                let id = NodeId(advert.node.value());
+                if id != self.node.id() {
+                    let addr = SocketAddr::new(peer.addr.ip(), advert.port);
+                    self.addrs.insert(id, addr);
+                    let now = self.now();
+                    let epoch = self.node.status(now).epoch;
+                    // The record's MAC was verified under the token-derived record key.
+                    self.node.handle_message(
+                        now,
+                        Envelope {
+                            epoch,
+                            sender: id,
+                            body: Body::Hello(Hello {
+                                pin: election_pin(advert.role),
+                                storage: advert.storage,
+                                ram_mib: advert.ram_mib,
+                                decided: None,
+                                serving: false,
+                                wants_seat: false,
+                                roster: Vec::new(),
+                            }),
+                        },
+                    );
+                }
+            }
+        }
+        self.table.apply(event);
+    }
+
+    /// Persists, then sends, then collects events, until the core has nothing more to say.
+    async fn drain(&mut self) -> anyhow::Result<Vec<Event>> {
+        let mut events = Vec::new();
+        loop {
+            let mut progressed = false;
+            while let Some(request) = self.node.poll_persist() {
+                // Each request supersedes the previous one; fsync before the acknowledgement.
+                self.store
+                    .save(&request.state)
+                    .context("persisting the election state")?;
+                self.node.persisted(request.seq);
+                progressed = true;
+            }
+            while let Some(transmit) = self.node.poll_transmit() {
+                progressed = true;
+                let targets: Vec<SocketAddr> = match transmit.to {
+                    Destination::All => self.addrs.values().copied().collect(),
+                    Destination::Node(id) => self.addrs.get(&id).copied().into_iter().collect(),
+                };
+                // With no address known yet the frame goes nowhere: the core repeats hellos and
+                // resends proposals on its own timers.
+                for to in targets {
+                    // A lost datagram is what the protocol is built for; log and carry on.
+                    if let Err(e) = self.transport.send(to, &transmit.frame).await {
+                        tracing::debug!(%to, error = %e, "sending a frame failed");
+                    }
+                }
+            }
+            while let Some(event) = self.node.poll_event() {
+                progressed = true;
+                events.push(event);
+            }
+            if !progressed {
+                return Ok(events);
+            }
+        }
+    }
+}

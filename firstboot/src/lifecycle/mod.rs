@@ -1,0 +1,333 @@
+//! `firstboot run`: the daemon's lifecycle (SPEC 4.1), intake to role, each step idempotent.
+//!
+//! Steps: intake -> identity -> clock -> storage -> discovery + election -> role. Progress goes to
+//! the state file (`firstboot status`), sd_notify STATUS lines, the journal and the LED. Every
+//! step can run again after a power loss: intake resumes from the root copy, the node id and
+//! hostname are stable, storage tuning is idempotent, and the election restores its fsync'd state.
+
+mod report;
+
+use crate::bootstrap::{ElectionDriver, ElectionStore};
+use crate::clock::{image_build_time, Timedate};
+use crate::config::{ClusterConfig, RolePreference};
+use crate::discovery::record::ClusterKeys;
+use crate::discovery::{self, Advert, Browser, Publisher, UdpTransport, FRAME_PORT};
+use crate::election::{self, ElectionConfig, Event, ProtocolKey, Rank, Role, Timing};
+use crate::identity::{hostname_for, node_id, set_hostname};
+use crate::paths::Paths;
+use crate::status::led::open_led;
+use crate::status::state::{NodeState, Phase};
+use crate::status::Notifier;
+use crate::storage::class::Profile;
+use crate::storage::data_device::DataDeviceChoice;
+use crate::storage::setup::StorageSetup;
+use anyhow::Context;
+use report::Report;
+use std::time::Duration;
+
+/// How often the clock step polls timedated while waiting for NTP.
+const NTP_POLL: Duration = Duration::from_secs(1);
+/// The storage score a node ranks with when `--no-storage` skips the probe: the "other device"
+/// tier of `storage::score`, so such nodes neither win nor lose on storage against each other.
+const UNMEASURED_STORAGE_SCORE: u8 = 30;
+
+/// Where `firstboot run` stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Until {
+    /// Once the role is known: print it as one JSON line on stdout, then stay resident (announce,
+    /// answer late joiners, grant seats) as if K3s were up, until SIGTERM.
+    Role,
+}
+
+/// Options of `firstboot run`; the switches exist for test environments that lack a piece.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    /// Stop the lifecycle at a step instead of bringing up K3s (see the values).
+    #[arg(long, value_enum)]
+    pub until: Option<Until>,
+    /// Skip the clock step (waiting for NTP, the image build-time floor). For test LANs whose
+    /// private D-Bus has no systemd-timedated and whose clock must not be stepped.
+    #[arg(long)]
+    pub no_clock: bool,
+    /// Skip the storage probe and tuning and rank with a neutral storage score. For test LANs
+    /// whose nodes share one host disk (the probe would measure the same device N times at once).
+    #[arg(long)]
+    pub no_storage: bool,
+}
+
+/// Runs the lifecycle on a fresh single-threaded runtime (small RSS: one thread).
+pub fn run(args: &RunArgs, paths: &Paths) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(lifecycle(args, paths))
+}
+
+/// The steps, in order; a failure is recorded in status (phase failed, LED error) and returned.
+async fn lifecycle(args: &RunArgs, paths: &Paths) -> anyhow::Result<()> {
+    let state = match NodeState::load(paths.root()) {
+        Ok(Some(state)) => state,
+        Ok(None) => NodeState::new(),
+        Err(e) => {
+            tracing::warn!(error = %e, "unreadable state file; starting a fresh one");
+            NodeState::new()
+        }
+    };
+    let mut report = Report::new(paths.root().to_path_buf(), state, Notifier::from_env());
+    let joined = report.state().phase.has_joined();
+    let config = match crate::intake::intake(paths.boot_dir(), paths.root(), joined) {
+        Ok(intake) => {
+            for note in &intake.notes {
+                tracing::info!("{note}");
+            }
+            intake.config
+        }
+        Err(e) => {
+            let e = anyhow::Error::new(e).context("reading cluster.toml");
+            report.fail(&e);
+            return Err(e);
+        }
+    };
+    report.set_token(config.token.clone());
+    report.set_led(open_led(config.status.led_gpio));
+    match steps(args, paths, &config, &mut report).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            report.fail(&e);
+            Err(e)
+        }
+    }
+}
+
+/// Everything after intake.
+async fn steps(
+    args: &RunArgs,
+    paths: &Paths,
+    config: &ClusterConfig,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    // Step 2: identity.
+    report.phase(
+        Phase::Identity,
+        "finding the node id and setting the hostname",
+    );
+    let (id, source) = node_id(paths).context("finding the node id")?;
+    let hostname = hostname_for(&config.name, id, config.node.hostname.as_deref());
+    let conn = zbus::Connection::system()
+        .await
+        .context("connecting to the system bus")?;
+    set_hostname(&conn, &hostname)
+        .await
+        .context("setting the hostname through systemd-hostnamed")?;
+    tracing::info!(node = %id, ?source, %hostname, "identity");
+    report.identity(&config.name, &hostname);
+
+    // Step 3: clock.
+    if args.no_clock {
+        tracing::info!("clock step skipped (--no-clock)");
+    } else {
+        report.phase(Phase::Clock, "waiting for the clock (NTP)");
+        let timedate = Timedate::new(&conn)
+            .await
+            .context("connecting to systemd-timedated")?;
+        let build = image_build_time(paths.root()).context("reading the image build time")?;
+        let settled = timedate
+            .settle(build, config.timeouts.time_sync, NTP_POLL)
+            .await
+            .context("settling the clock")?;
+        tracing::info!(ntp = ?settled.ntp, step_usec = ?settled.floor_step_usec, "clock settled");
+    }
+
+    // Step 4: storage.
+    let storage_score = if args.no_storage {
+        tracing::info!("storage step skipped (--no-storage)");
+        UNMEASURED_STORAGE_SCORE
+    } else {
+        report.phase(Phase::Storage, "measuring and tuning storage");
+        let setup = storage_setup(paths, config);
+        let outcome = tokio::task::spawn_blocking(move || setup.run())
+            .await
+            .context("joining the storage step")??;
+        report.storage(&outcome);
+        outcome.assessment.score
+    };
+
+    // Steps 5 and 6: discovery and election.
+    report.phase(Phase::Discovering, "publishing and browsing for peers");
+    let token = config.token.expose().as_bytes();
+    let keys = ClusterKeys::derive(token, config.nodes, config.servers);
+    let pin = match config.node.role {
+        RolePreference::Auto => discovery::RolePin::Auto,
+        RolePreference::Server => discovery::RolePin::Server,
+        RolePreference::Agent => discovery::RolePin::Agent,
+    };
+    let ram_mib = ram_mib();
+    let mut advert = Advert {
+        cluster: keys.cluster,
+        node: id,
+        state: "electing".into(),
+        role: pin,
+        storage: storage_score,
+        ram_mib,
+        port: FRAME_PORT,
+    };
+    let election_config = ElectionConfig {
+        rank: Rank {
+            pin: crate::bootstrap::driver::election_pin(pin),
+            storage: storage_score,
+            ram_mib,
+            node: election::NodeId(id.value()),
+        },
+        nodes: config.nodes,
+        servers: config.servers,
+        cluster: election::ClusterId::derive(token, config.nodes, config.servers),
+        key: ProtocolKey::derive(token),
+        seed: seed(id.value()),
+        timing: Timing::default(),
+    };
+    let transport = UdpTransport::bind(FRAME_PORT)
+        .await
+        .context("binding the frame transport")?;
+    let publisher = Publisher::spawn(
+        conn.clone(),
+        hostname.clone(),
+        advert.clone(),
+        keys.record.clone(),
+    );
+    let browser = Browser::spawn(conn.clone(), keys.cluster, keys.record.clone());
+    let store = ElectionStore::new(&paths.state_dir());
+    let mut driver = ElectionDriver::start(election_config, store, transport, browser).await?;
+    report.phase(Phase::Electing, "electing the cluster-init node");
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut role: Option<Role> = None;
+    let mut pending = driver.take_startup_events();
+    // Past `timeouts.bootstrap` without a role the node says it is blocked, and keeps trying.
+    let blocked_at = tokio::time::Instant::now() + config.timeouts.bootstrap;
+    let mut blocked = false;
+    loop {
+        for event in pending.drain(..) {
+            match event {
+                Event::Role(r) if role.is_none() => {
+                    role = Some(r);
+                    advert.state = role_state(r).into();
+                    publisher.update(advert.clone());
+                    report.role(r, &hostname, &driver.status());
+                    match args.until {
+                        Some(Until::Role) => {
+                            println!("{}", role_json(r, id, &hostname));
+                        }
+                        None => anyhow::bail!(
+                            "role {} decided, but bringing up K3s from the daemon is not \
+                             implemented yet; run with --until role",
+                            role_state(r)
+                        ),
+                    }
+                }
+                Event::Role(_) => {}
+                Event::Decided { epoch, value } => {
+                    tracing::info!(epoch, ?value, "election decided");
+                }
+                Event::QuorumRaised { seen, quorum } => {
+                    report.quorum_raised(seen, quorum);
+                }
+            }
+        }
+        if role.is_some() && !report.serving() {
+            // `--until role` stands in for K3s being up, so that seats keep being granted.
+            report.set_serving();
+            pending.extend(driver.report_serving().await?);
+            continue;
+        }
+        report.election(&driver.status(), &driver.peers());
+        let overdue = role.is_none() && !blocked;
+        tokio::select! {
+            events = driver.step() => pending.extend(events?),
+            () = tokio::time::sleep_until(blocked_at), if overdue => {
+                blocked = true;
+                report.blocked(config.timeouts.bootstrap, &driver.status());
+            }
+            _ = terminate.recv() => {
+                tracing::info!("SIGTERM: withdrawing the record and stopping");
+                publisher.withdraw().await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The storage step's settings from `[storage]`.
+fn storage_setup(paths: &Paths, config: &ClusterConfig) -> StorageSetup {
+    use crate::config::{DataDevice, StorageProfile};
+    StorageSetup {
+        root: paths.root().to_path_buf(),
+        profile: match config.storage.profile {
+            StorageProfile::Auto => Profile::Auto,
+            StorageProfile::Sd => Profile::Sd,
+            StorageProfile::Ssd => Profile::Ssd,
+        },
+        data_device: match &config.storage.data_device {
+            DataDevice::None => DataDeviceChoice::Keep,
+            DataDevice::Auto => DataDeviceChoice::Auto,
+            DataDevice::Path(p) => DataDeviceChoice::Device(p.clone()),
+        },
+        data_device_force: config.storage.data_device_force,
+    }
+}
+
+/// The advert state and JSON name of a role.
+fn role_state(role: Role) -> &'static str {
+    match role {
+        Role::ClusterInit => "cluster-init",
+        Role::Server { .. } => "server",
+        Role::Agent { .. } => "agent",
+    }
+}
+
+/// The one-line JSON `--until role` prints: role, this node, its hostname and whom it joins.
+fn role_json(role: Role, id: crate::identity::NodeId, hostname: &str) -> serde_json::Value {
+    let join = match role {
+        Role::ClusterInit => None,
+        Role::Server { join } | Role::Agent { join } => Some(join.to_string()),
+    };
+    serde_json::json!({
+        "role": role_state(role),
+        "node": id.to_string(),
+        "hostname": hostname,
+        "join": join,
+    })
+}
+
+/// Total RAM in MiB from `/proc/meminfo` (a rank input); 0 when unreadable.
+fn ram_mib() -> u32 {
+    let Ok(text) = std::fs::read_to_string("/proc/meminfo") else {
+        return 0;
+    };
+    text.lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix("MemTotal:")?;
+            let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+            u32::try_from(kib / 1024).ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Timer-jitter seed: random per boot, mixed with the node id so two nodes never share one.
+fn seed(node: u64) -> u64 {
+    let mut bytes = [0u8; 8];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .is_ok();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let base = if random {
+        u64::from_le_bytes(bytes)
+    } else {
+        nanos
+    };
+    base ^ node.rotate_left(17)
+}

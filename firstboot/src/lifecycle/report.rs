@@ -1,0 +1,299 @@
+//! One place that tells humans what the lifecycle is doing: state file, sd_notify STATUS, journal, LED.
+
+use crate::config::Token;
+use crate::discovery::table::PeerSummary;
+use crate::election::{ElectionStatus, Role, Value};
+use crate::status::led::{LedPattern, NoLed, StatusLed};
+use crate::status::state::{NodeRole, NodeState, Phase};
+use crate::status::Notifier;
+use crate::storage::setup::StorageOutcome;
+use std::path::PathBuf;
+
+/// The lifecycle's reporter; the token, once known, is redacted from everything it writes.
+pub struct Report {
+    root: PathBuf,
+    state: NodeState,
+    notifier: Notifier,
+    token: Option<Token>,
+    led: Box<dyn StatusLed + Send>,
+    shown: Option<LedPattern>,
+    last_line: String,
+    serving: bool,
+}
+
+impl Report {
+    /// A reporter continuing `state` (loaded from the state file, or fresh).
+    pub fn new(root: PathBuf, state: NodeState, notifier: Notifier) -> Self {
+        Report {
+            root,
+            state,
+            notifier,
+            token: None,
+            led: Box::new(NoLed),
+            shown: None,
+            last_line: String::new(),
+            serving: false,
+        }
+    }
+
+    /// The state as last written.
+    pub fn state(&self) -> &NodeState {
+        &self.state
+    }
+
+    /// The token to redact from free text.
+    pub fn set_token(&mut self, token: Token) {
+        self.token = Some(token);
+    }
+
+    /// The LED `[status] led_gpio` opened.
+    pub fn set_led(&mut self, led: Box<dyn StatusLed + Send>) {
+        self.led = led;
+        self.shown = None;
+        self.show_led();
+    }
+
+    /// Whether the role was reported as up to the election.
+    pub fn serving(&self) -> bool {
+        self.serving
+    }
+
+    /// Notes that the role was reported as up.
+    pub fn set_serving(&mut self) {
+        self.serving = true;
+    }
+
+    /// Enters `phase`, saying `line`.
+    pub fn phase(&mut self, phase: Phase, line: &str) {
+        self.state.phase = phase;
+        self.say(line);
+        self.save();
+    }
+
+    /// Records the cluster and hostname.
+    pub fn identity(&mut self, cluster: &str, hostname: &str) {
+        self.state.cluster = Some(cluster.to_string());
+        self.state.node_name = Some(hostname.to_string());
+        self.save();
+    }
+
+    /// Records what the storage step measured and did.
+    pub fn storage(&mut self, outcome: &StorageOutcome) {
+        let a = &outcome.assessment;
+        let summary = &mut self.state.storage;
+        summary.class = Some(a.class.to_string());
+        summary.fdatasync_p50_us = Some(a.probe.p50_us);
+        summary.fdatasync_p99_us = Some(a.probe.p99_us);
+        summary.data_dir = Some(a.dir.display().to_string());
+        summary.applied = outcome
+            .applied
+            .changed
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        for w in &outcome.warnings {
+            tracing::warn!("{w}");
+        }
+        self.say(&a.status_line());
+        self.save();
+    }
+
+    /// Election progress: peers seen and what the node waits for (written only on change).
+    pub fn election(&mut self, status: &ElectionStatus, peers: &PeerSummary) {
+        if status.role.is_some() {
+            self.peer_counts(status, peers);
+            return;
+        }
+        let line = if let Some(value) = status.decided {
+            match value {
+                Value::Init(init) => format!("{init} initializes; waiting for a server seat"),
+                Value::Abandon => format!("epoch {} abandoned; electing again", status.epoch),
+            }
+        } else if status.visible < status.quorum {
+            let missing = status.quorum - status.visible;
+            format!(
+                "waiting for {missing} more node{}: {}/{} visible",
+                if missing == 1 { "" } else { "s" },
+                status.visible,
+                status.nodes
+            )
+        } else {
+            format!(
+                "electing: {}/{} visible (quorum {})",
+                status.visible, status.nodes, status.quorum
+            )
+        };
+        let line = if peers.foreign + peers.unverified > 0 {
+            format!(
+                "{line}; ignoring {} foreign and {} unverified",
+                peers.foreign, peers.unverified
+            )
+        } else {
+            line
+        };
+        self.state.peers_visible = status.visible as u32;
+        self.state.peers_expected = status.nodes as u32;
+        if line != self.last_line {
+            self.say(&line);
+            self.save();
+        }
+    }
+
+    /// After the decision the core's view holds undecided nodes only: count verified peers.
+    fn peer_counts(&mut self, status: &ElectionStatus, peers: &PeerSummary) {
+        let (visible, expected) = (peers.verified.len() as u32 + 1, status.nodes as u32);
+        if (self.state.peers_visible, self.state.peers_expected) != (visible, expected) {
+            self.state.peers_visible = visible;
+            self.state.peers_expected = expected;
+            self.save();
+        }
+    }
+
+    /// The role is known.
+    pub fn role(&mut self, role: Role, hostname: &str, status: &ElectionStatus) {
+        self.state.role = Some(match role {
+            Role::ClusterInit => NodeRole::Init,
+            Role::Server { .. } => NodeRole::Server,
+            Role::Agent { .. } => NodeRole::Agent,
+        });
+        self.state.phase = Phase::Joining;
+        self.state.peers_expected = status.nodes as u32;
+        let line = match role {
+            Role::ClusterInit => format!("{hostname} is the cluster-init node"),
+            Role::Server { join } => format!("{hostname} joins {join} as a server"),
+            Role::Agent { join } => format!("{hostname} joins {join} as an agent"),
+        };
+        self.say(&line);
+        self.save();
+        // Resident from here on: tell systemd the service is up (Type=notify).
+        self.notifier.ready(&self.last_line);
+    }
+
+    /// No role after `timeouts.bootstrap`: phase blocked, with what is missing, until it forms.
+    pub fn blocked(&mut self, waited: std::time::Duration, status: &ElectionStatus) {
+        let line = format!(
+            "blocked: no role after {} s; {}/{} nodes visible, a majority of {} is needed; \
+             check that the other nodes are powered, on this LAN and carry this cluster's token",
+            waited.as_secs(),
+            status.visible,
+            status.nodes,
+            status.quorum
+        );
+        tracing::warn!("{line}");
+        self.state.phase = Phase::Blocked;
+        self.say(&line);
+        self.save();
+    }
+
+    /// More voters than `nodes` were seen: said loudly, kept in status.
+    pub fn quorum_raised(&mut self, seen: usize, quorum: usize) {
+        let line = format!(
+            "saw {seen} nodes with this cluster's token, more than cluster.nodes: quorum raised to \
+             {quorum}; check that no other kit shares this token"
+        );
+        tracing::error!("{line}");
+        self.state.errors.push(line.clone());
+        self.say(&line);
+        self.save();
+    }
+
+    /// A step failed: phase failed, error in status, LED error.
+    pub fn fail(&mut self, error: &anyhow::Error) {
+        let text = format!("{error:#}");
+        self.state.phase = Phase::Failed;
+        self.state.errors.push(text.clone());
+        tracing::error!("{text}");
+        self.say(&format!("failed: {text}"));
+        self.save();
+    }
+
+    /// One status line to sd_notify and the journal (token redacted), and the phase's LED.
+    fn say(&mut self, line: &str) {
+        let line = match &self.token {
+            Some(t) => crate::status::state::redact(line, t),
+            None => line.to_string(),
+        };
+        tracing::info!(phase = self.state.phase.as_str(), "{line}");
+        self.notifier.status(&line);
+        self.last_line = line;
+        self.show_led();
+    }
+
+    fn show_led(&mut self) {
+        let pattern = LedPattern::for_phase(self.state.phase);
+        if self.shown != Some(pattern) {
+            if let Err(e) = self.led.show(pattern) {
+                tracing::warn!(error = %e, "status LED");
+            }
+            self.shown = Some(pattern);
+        }
+    }
+
+    fn save(&mut self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        // Status is for humans: losing one write must not stop the node from forming its cluster.
+        if let Err(e) = self.state.save(&self.root, self.token.as_ref(), now) {
+            tracing::warn!(error = %e, "writing the state file");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::election::NodeId;
+
+    fn status(visible: usize, decided: Option<Value>) -> ElectionStatus {
+        ElectionStatus {
+            epoch: 0,
+            visible,
+            quorum: 2,
+            decided,
+            role: None,
+            overcrowded: false,
+            nodes: 3,
+            voters_seen: visible,
+        }
+    }
+
+    fn no_peers() -> PeerSummary {
+        PeerSummary {
+            verified: Vec::new(),
+            foreign: 1,
+            unverified: 0,
+            resolving: 0,
+        }
+    }
+
+    #[test]
+    fn status_lines_follow_the_election_and_never_hold_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = "a-secret-token-of-many-chars";
+        let mut report = Report::new(
+            dir.path().to_path_buf(),
+            NodeState::new(),
+            Notifier::to_socket(None),
+        );
+        report.set_token(Token::new(secret.into()).unwrap());
+        report.phase(Phase::Electing, "electing");
+        report.election(&status(1, None), &no_peers());
+        assert_eq!(
+            report.last_line,
+            "waiting for 1 more node: 1/3 visible; ignoring 1 foreign and 0 unverified"
+        );
+        report.election(&status(2, Some(Value::Init(NodeId(9)))), &no_peers());
+        assert!(report.last_line.starts_with("0000000000000009 initializes"));
+        report.blocked(std::time::Duration::from_secs(600), &status(1, None));
+        assert_eq!(report.state().phase, Phase::Blocked);
+        report.fail(&anyhow::anyhow!("something mentioned {secret}"));
+        let saved = NodeState::load(dir.path()).unwrap().unwrap();
+        assert_eq!(saved.phase, Phase::Failed);
+        assert_eq!(saved.errors, ["something mentioned <redacted>"]);
+        let raw = std::fs::read_to_string(NodeState::path(dir.path())).unwrap();
+        assert!(!raw.contains(secret));
+        assert!(!report.last_line.contains(secret));
+    }
+}
