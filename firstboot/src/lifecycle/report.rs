@@ -252,6 +252,7 @@ mod tests {
             visible,
             quorum: 2,
             decided,
+            elected: None,
             role: None,
             overcrowded: false,
             nodes: 3,
