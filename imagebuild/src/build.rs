@@ -5,12 +5,12 @@ use crate::boot::{self, BootPartition};
 use crate::disk::{round_up, DiskLayout, ALIGN};
 use crate::layout::{self, PiLayout};
 use crate::output::{self, PendingOutputs};
+use crate::payload::{NodeOptions, NodePayload, Versions};
 use crate::progress::say;
 use crate::recipe::{Compression, Recipe};
 use crate::rootfs::payload::{EntryKind, Payload};
 use crate::rootfs::{overlay, user, Rootfs};
 use crate::source::{self, BaseSource, Cache};
-use crate::payload::{NodeOptions, NodePayload, Versions};
 use crate::{cluster, epoch, interrupt};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -235,7 +235,10 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     }
     payload.extend(user::entries(&os, account.as_ref())?);
     let versions = match node {
-        Some(NodePayload { payload: p, versions }) => {
+        Some(NodePayload {
+            payload: p,
+            versions,
+        }) => {
             payload.extend(p);
             versions
         }

@@ -302,7 +302,10 @@ impl Drop for PartialFile {
 }
 
 fn download(url: &str, sha256: &str, dest: &Path, cache: &Cache) -> Result<()> {
-    let partial = cache.root.join("downloads").join(format!(".partial-{sha256}"));
+    let partial = cache
+        .root
+        .join("downloads")
+        .join(format!(".partial-{sha256}"));
     crate::fetch::download(url, Some(sha256), &partial, dest).map_err(|e| {
         match e.downcast_ref::<crate::fetch::FetchError>() {
             Some(crate::fetch::FetchError::Mismatch { expected, actual, .. }) => {

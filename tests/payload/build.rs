@@ -130,7 +130,10 @@ fn release_from_http_mirror_is_verified_installed_and_reused_offline() {
         ("0755".into(), 0, 0, "regular".into())
     );
     for l in ["kubectl", "crictl", "ctr"] {
-        assert_eq!(link_target(&img, off, &format!("/usr/local/bin/{l}")), "k3s");
+        assert_eq!(
+            link_target(&img, off, &format!("/usr/local/bin/{l}")),
+            "k3s"
+        );
     }
     let airgap = debugfs_cat(
         &img,
@@ -157,13 +160,20 @@ fn release_from_http_mirror_is_verified_installed_and_reused_offline() {
             "{unit} enabled"
         );
     }
-    let unit = String::from_utf8(debugfs_cat(&img, off, "/etc/systemd/system/k3s.service")).unwrap();
-    assert!(unit.contains("ExecStart=/usr/local/bin/k3s server"), "{unit}");
+    let unit =
+        String::from_utf8(debugfs_cat(&img, off, "/etc/systemd/system/k3s.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/k3s server"),
+        "{unit}"
+    );
 
     // The manifest: integer build time (firstboot's clock floor), versions, payload hashes.
     let manifest: serde_json::Value =
         serde_json::from_slice(&debugfs_cat(&img, off, "/etc/firstboot/image.json")).unwrap();
-    assert_eq!(manifest["build_time"].as_u64(), Some(EPOCH.parse().unwrap()));
+    assert_eq!(
+        manifest["build_time"].as_u64(),
+        Some(EPOCH.parse().unwrap())
+    );
     assert_eq!(manifest["versions"]["k3s"], release::VERSION);
     assert_eq!(manifest["versions"]["firstboot"], "0.0.0-fake");
     assert_eq!(manifest["versions"]["base"], "trixie.img");
@@ -217,7 +227,10 @@ fn release_from_http_mirror_is_verified_installed_and_reused_offline() {
         std::fs::remove_file(dir.path().join("out").join(f)).unwrap();
     }
     let out = build(dir.path(), &r, &["--offline"]);
-    assert!(out.status.success(), "offline build with a warm cache failed");
+    assert!(
+        out.status.success(),
+        "offline build with a warm cache failed"
+    );
     assert_eq!(hits, 3);
     // Same inputs, same epoch: the same image.
     assert_eq!(sha256(&std::fs::read(&img).unwrap()), sha256(&first));
@@ -236,7 +249,10 @@ fn wrong_checksum_is_refused_and_nothing_is_written() {
     let err = refused(
         dir.path(),
         out,
-        &["sha256 mismatch", &format!("{}/v1.31.4%2Bk3s1/k3s-arm64", server.url)],
+        &[
+            "sha256 mismatch",
+            &format!("{}/v1.31.4%2Bk3s1/k3s-arm64", server.url),
+        ],
     );
     assert!(err.contains(&rel.binary_sha256), "{err}");
     // Nothing unverified reached the cache either.
@@ -283,7 +299,13 @@ fn offline_with_a_cold_cache_says_what_is_missing() {
     refused(
         dir.path(),
         out,
-        &["--offline", "K3s v1.31.4+k3s1", "not in the cache"],
+        &[
+            "--offline",
+            "K3s v1.31.4+k3s1",
+            "not in the cache",
+            "k3s-arm64",
+            "k3s-airgap-images-arm64.tar.zst",
+        ],
     );
 }
 
@@ -301,7 +323,10 @@ fn local_mirror_without_airgap_flags_nothing() {
         off,
         "/var/lib/rancher/k3s/agent/images/k3s-airgap-images-arm64.tar.zst"
     ));
-    let out = run(imagebuild(dir.path()).arg("inspect").arg("--json").arg(&img));
+    let out = run(imagebuild(dir.path())
+        .arg("inspect")
+        .arg("--json")
+        .arg(&img));
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["payload"]["missing"], serde_json::json!([]));
     assert_eq!(j["payload"]["airgap_expected"], false);
@@ -406,10 +431,7 @@ fn firstboot_built_from_the_workspace_is_static_aarch64_and_runs() {
         stdout.trim(),
         format!("firstboot {}", env!("CARGO_PKG_VERSION"))
     );
-    assert_eq!(
-        report_manifest_version(img, off),
-        env!("CARGO_PKG_VERSION")
-    );
+    assert_eq!(report_manifest_version(img, off), env!("CARGO_PKG_VERSION"));
 }
 
 fn report_manifest_version(img: &Path, off: u64) -> String {
@@ -444,8 +466,7 @@ fn unit_files_pass_systemd_analyze_verify() {
     for b in ["k3s", "firstboot"] {
         let p = root.path().join("usr/local/bin").join(b);
         std::fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
     let units = [
         "/etc/systemd/system/k3s.service",
@@ -459,9 +480,15 @@ fn unit_files_pass_systemd_analyze_verify() {
         .output()
         .expect("systemd-analyze");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "systemd-analyze verify failed:\n{err}");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{err}"
+    );
     // Parse problems are only warnings to systemd: any output at all is a finding.
-    assert!(err.trim().is_empty(), "systemd-analyze verify warns:\n{err}");
+    assert!(
+        err.trim().is_empty(),
+        "systemd-analyze verify warns:\n{err}"
+    );
 
     // The check has teeth: without the k3s binary it fails.
     std::fs::remove_file(root.path().join("usr/local/bin/k3s")).unwrap();

@@ -10,13 +10,17 @@ pub fn musl_target(arch: &str) -> Result<&'static str> {
     Ok(match arch {
         "arm64" => "aarch64-unknown-linux-musl",
         "amd64" => "x86_64-unknown-linux-musl",
-        other => bail!("no firstboot build target for architecture {other:?}; pass --firstboot-bin"),
+        other => {
+            bail!("no firstboot build target for architecture {other:?}; pass --firstboot-bin")
+        }
     })
 }
 
 /// The workspace this imagebuild was built from, when it is still there.
 pub fn workspace_root() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.to_path_buf();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()?
+        .to_path_buf();
     (root.join("Cargo.toml").is_file() && root.join("firstboot/Cargo.toml").is_file())
         .then_some(root)
 }
@@ -51,7 +55,9 @@ pub fn build(arch: &str, target_dir: Option<&Path>) -> Result<PathBuf> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .output()
-        .context("running cargo to build firstboot (is cargo installed? else pass --firstboot-bin)")?;
+        .context(
+            "running cargo to build firstboot (is cargo installed? else pass --firstboot-bin)",
+        )?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().rev().take(15).collect();

@@ -31,7 +31,9 @@ impl AssetNames {
             "arm64" => "k3s-arm64",
             "amd64" => "k3s",
             "armhf" => "k3s-armhf",
-            other => bail!("K3s publishes no release for architecture {other:?} (arm64, amd64, armhf)"),
+            other => {
+                bail!("K3s publishes no release for architecture {other:?} (arm64, amd64, armhf)")
+            }
         };
         Ok(AssetNames {
             binary: binary.into(),
@@ -99,7 +101,7 @@ pub fn obtain(
         bail!("[k3s] version is empty: set it to a K3s release such as \"v1.31.4+k3s1\"");
     }
     let names = AssetNames::for_arch(arch)?;
-    let sums_text = checksums(version, &names, mirror, cache, offline)?;
+    let sums_text = checksums(version, &names, mirror, cache, offline, airgap)?;
     let sums = parse_sums(&sums_text);
     let want = |asset: &str| -> Result<String> {
         sums.iter()
@@ -113,7 +115,14 @@ pub fn obtain(
             })
     };
     let binary_sha256 = want(&names.binary)?;
-    let binary = asset(version, &names.binary, &binary_sha256, mirror, cache, offline)?;
+    let binary = asset(
+        version,
+        &names.binary,
+        &binary_sha256,
+        mirror,
+        cache,
+        offline,
+    )?;
     let airgap = if airgap {
         let sha = want(&names.airgap)?;
         let path = asset(version, &names.airgap, &sha, mirror, cache, offline)?;
@@ -157,6 +166,7 @@ fn checksums(
     mirror: &Mirror,
     cache: &Cache,
     offline: bool,
+    airgap: bool,
 ) -> Result<String> {
     let where_ = mirror.locate(version, &names.sums);
     if let Mirror::Dir(_) = mirror {
@@ -169,12 +179,19 @@ fn checksums(
             .with_context(|| format!("reading {}", cached.display()));
     }
     if offline {
+        let mut wanted = vec![names.sums.as_str(), names.binary.as_str()];
+        if airgap {
+            wanted.push(names.airgap.as_str());
+        }
         bail!(
-            "--offline: K3s {version} is not in the cache (no {}); build once online to fill the cache",
+            "--offline: K3s {version} is not in the cache: {} are missing (no {}); build once online to fill the cache",
+            wanted.join(", "),
             cached.display()
         );
     }
-    let dir = cached.parent().context("checksum cache path has no parent")?;
+    let dir = cached
+        .parent()
+        .context("checksum cache path has no parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let partial = dir.join(format!(".partial-{}", std::process::id()));
     fetch::download(&where_, None, &partial, &cached).map_err(|e| explain(e, &where_))?;
@@ -210,10 +227,7 @@ fn asset(
             cached.display()
         );
     }
-    let partial = cache
-        .root
-        .join("downloads")
-        .join(format!(".partial-{sha}"));
+    let partial = cache.root.join("downloads").join(format!(".partial-{sha}"));
     fetch::download(&where_, Some(sha), &partial, &cached).map_err(|e| explain(e, &where_))?;
     Ok(cached)
 }
