@@ -530,6 +530,8 @@ fn sigint_mid_build_leaves_nothing() {
         .arg(&r)
         .arg("--cache-dir")
         .arg(dir.path().join("cache"))
+        .arg("--firstboot-bin")
+        .arg(dir.path().join("firstboot-fake"))
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -737,6 +739,8 @@ fn sigint_while_writing_the_image_leaves_nothing() {
         .arg(&r)
         .arg("--cache-dir")
         .arg(dir.path().join("cache"))
+        .arg("--firstboot-bin")
+        .arg(dir.path().join("firstboot-fake"))
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
