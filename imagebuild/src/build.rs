@@ -5,6 +5,7 @@ use crate::boot::{self, BootPartition};
 use crate::disk::{round_up, DiskLayout, ALIGN};
 use crate::layout::{self, PiLayout};
 use crate::output::{self, PendingOutputs};
+use crate::payload::{NodeOptions, NodePayload, Versions};
 use crate::progress::say;
 use crate::recipe::{Compression, Recipe};
 use crate::rootfs::payload::{EntryKind, Payload};
@@ -33,8 +34,10 @@ pub struct BuildOptions {
     pub cache_dir: Option<PathBuf>,
     /// Data directory (boards/, overlays/) overriding the default.
     pub data_dir: Option<PathBuf>,
-    /// Extra declared files (the K3s and firstboot payload), applied after overlays and user setup.
+    /// Extra declared files, applied last (after overlays, user setup and the node payload).
     pub payload: Payload,
+    /// Install K3s and firstboot (`imagebuild build` always does; None leaves them out).
+    pub node: Option<NodeOptions>,
 }
 
 /// What a build did: printed with --json and written as `OUT.json`.
@@ -173,10 +176,30 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     let raw = source::obtain(&source, &cache, options.offline)?;
     interrupt::check()?;
     let base_layout = layout::recognize(&raw.path, raw.catalog.as_ref())?;
+    // K3s and firstboot: fetched and verified before any output exists.
+    let node = match &options.node {
+        Some(n) => {
+            let mut node = crate::payload::assemble(
+                &recipe.k3s,
+                &board.arch,
+                &recipe.dir(),
+                &data,
+                &cache,
+                options.offline,
+                n,
+            )?;
+            node.versions.base = base_text.clone();
+            Some(node)
+        }
+        None => None,
+    };
+    interrupt::check()?;
     check_room(
         &raw.path,
         &out_dir,
-        payload.size_estimate() + options.payload.size_estimate(),
+        payload.size_estimate()
+            + options.payload.size_estimate()
+            + node.as_ref().map_or(0, |n| n.payload.size_estimate()),
     )?;
 
     // Output under a temporary name: removed on any error or interrupt. The root filesystem is
@@ -211,8 +234,21 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
         os.ssh_authorized_keys.clear();
     }
     payload.extend(user::entries(&os, account.as_ref())?);
+    let versions = match node {
+        Some(NodePayload {
+            payload: p,
+            versions,
+        }) => {
+            payload.extend(p);
+            versions
+        }
+        None => Versions {
+            base: base_text.clone(),
+            ..Default::default()
+        },
+    };
     payload.extend(options.payload.clone());
-    let manifest = image_manifest(recipe, &raw.source_sha256, epoch, &payload)?;
+    let manifest = image_manifest(recipe, &raw.source_sha256, epoch, &versions, &payload)?;
     payload.bytes(IMAGE_MANIFEST, manifest, 0o644);
 
     // Grow the filesystem so payload plus free_space fit, then write the payload.
@@ -497,6 +533,7 @@ fn image_manifest(
     recipe: &Recipe,
     base_sha: &str,
     epoch: i64,
+    versions: &Versions,
     payload: &Payload,
 ) -> Result<Vec<u8>> {
     // A later entry for the same path replaces an earlier one, as in the image itself.
@@ -524,14 +561,15 @@ fn image_manifest(
             }));
         }
     }
+    // build_time is the clock floor firstboot reads: integer unix seconds, nothing else.
     let doc = serde_json::json!({
-        "schema": 1,
-        "build_time": epoch::rfc3339(epoch),
-        "build_epoch": epoch,
+        "schema": 2,
+        "build_time": epoch,
+        "build_time_rfc3339": epoch::rfc3339(epoch),
         "board": recipe.image.board,
         "media": recipe.image.media,
         "base_sha256": base_sha,
-        "k3s_version": recipe.k3s.version,
+        "versions": versions,
         "files": files.into_values().collect::<Vec<_>>(),
     });
     Ok(serde_json::to_vec_pretty(&doc)?)

@@ -40,8 +40,80 @@ pub struct Inspection {
     pub image_manifest: Option<serde_json::Value>,
     /// Every file the image manifest declares, with its owner and mode as found in the image.
     pub declared_files: Vec<DeclaredFile>,
+    /// The K3s and firstboot payload: versions and what is missing.
+    pub payload: PayloadCheck,
     /// Things that look wrong.
     pub warnings: Vec<String>,
+}
+
+/// The node payload as found in the image.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PayloadCheck {
+    /// K3s version from the manifest.
+    pub k3s_version: Option<String>,
+    /// firstboot version from the manifest.
+    pub firstboot_version: Option<String>,
+    /// Whether the manifest says air-gap images were included.
+    pub airgap_expected: bool,
+    /// Payload paths that should be there and are not.
+    pub missing: Vec<String>,
+    /// K3s units enabled in the image (should be none: firstboot starts the right one).
+    pub k3s_units_enabled: Vec<String>,
+    /// Whether firstboot.service is enabled for multi-user.target.
+    pub firstboot_enabled: bool,
+}
+
+fn check_payload(rootfs: &Rootfs, manifest: Option<&serde_json::Value>) -> Result<PayloadCheck> {
+    use crate::payload::{
+        AIRGAP_DIR, FIRSTBOOT_BIN, FIRSTBOOT_UNIT, FIRSTBOOT_WANTS, K3S_BIN, K3S_LINKS,
+        K3S_SCRIPTS, K3S_UNITS,
+    };
+    let versions = manifest.map(|m| &m["versions"]);
+    let text = |k: &str| {
+        versions
+            .and_then(|v| v[k].as_str())
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+    };
+    let airgap_expected = versions.and_then(|v| v["airgap"].as_bool()) == Some(true);
+    let wants = "/etc/systemd/system/multi-user.target.wants";
+    let dirs: std::collections::BTreeSet<String> =
+        ["/usr/local/bin", "/etc/systemd/system", wants, AIRGAP_DIR]
+            .into_iter()
+            .map(String::from)
+            .collect();
+    let listings = rootfs.list_dirs(&dirs)?;
+    let exists = |path: &str| {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("/", path));
+        listings.get(dir).is_some_and(|l| l.contains_key(name))
+    };
+    let mut expected: Vec<String> = vec![K3S_BIN.into()];
+    expected.extend(K3S_LINKS.iter().map(|l| format!("/usr/local/bin/{l}")));
+    expected.extend(K3S_SCRIPTS.iter().map(|s| s.to_string()));
+    expected.extend(K3S_UNITS.iter().map(|s| s.to_string()));
+    expected.extend([FIRSTBOOT_BIN, FIRSTBOOT_UNIT, FIRSTBOOT_WANTS].map(String::from));
+    let mut missing: Vec<String> = expected.into_iter().filter(|p| !exists(p)).collect();
+    if airgap_expected
+        && listings
+            .get(AIRGAP_DIR)
+            .is_none_or(|l| !l.keys().any(|n| n.starts_with("k3s-airgap-images-")))
+    {
+        missing.push(format!("{AIRGAP_DIR}/k3s-airgap-images-*"));
+    }
+    let k3s_units_enabled = K3S_UNITS
+        .iter()
+        .filter_map(|u| u.rsplit('/').next())
+        .filter(|u| exists(&format!("{wants}/{u}")))
+        .map(String::from)
+        .collect();
+    Ok(PayloadCheck {
+        k3s_version: text("k3s"),
+        firstboot_version: text("firstboot"),
+        airgap_expected,
+        missing,
+        k3s_units_enabled,
+        firstboot_enabled: exists(FIRSTBOOT_WANTS),
+    })
 }
 
 /// A file from the image manifest and what the root filesystem really holds.
@@ -185,6 +257,15 @@ pub fn inspect(image: &Path) -> Result<Inspection> {
     if image_manifest.is_none() {
         warnings.push(format!("no {IMAGE_MANIFEST}: not built by imagebuild"));
     }
+    let payload = check_payload(&rootfs, image_manifest.as_ref())?;
+    for m in &payload.missing {
+        warnings.push(format!("payload: {m} is missing"));
+    }
+    for u in &payload.k3s_units_enabled {
+        warnings.push(format!(
+            "{u} is enabled in the image; firstboot should decide which K3s unit starts"
+        ));
+    }
     if !cluster {
         warnings.push(
             "no cluster.toml on the boot partition: stamp one with `imagebuild stamp`".into(),
@@ -206,6 +287,7 @@ pub fn inspect(image: &Path) -> Result<Inspection> {
         machine_id,
         image_manifest,
         declared_files: declared,
+        payload,
         warnings,
     })
 }
@@ -261,13 +343,26 @@ impl Inspection {
             self.machine_id.as_deref().unwrap_or("<missing>")
         ));
         if let Some(m) = &self.image_manifest {
+            let built = m["build_time"]
+                .as_i64()
+                .map_or_else(|| "?".to_string(), crate::epoch::rfc3339);
             s.push_str(&format!(
-                "built: {} board {} k3s {}\n",
-                m["build_time"].as_str().unwrap_or("?"),
+                "built: {built} board {}\n",
                 m["board"].as_str().unwrap_or("?"),
-                m["k3s_version"].as_str().unwrap_or("-")
             ));
         }
+        let p = &self.payload;
+        s.push_str(&format!(
+            "payload: k3s {} firstboot {} airgap images {} firstboot.service {}\n",
+            p.k3s_version.as_deref().unwrap_or("-"),
+            p.firstboot_version.as_deref().unwrap_or("-"),
+            if p.airgap_expected { "yes" } else { "no" },
+            if p.firstboot_enabled {
+                "enabled"
+            } else {
+                "not enabled"
+            }
+        ));
         let ok = self.declared_files.iter().filter(|d| d.matches).count();
         s.push_str(&format!(
             "declared files: {ok}/{} with the declared owner and mode\n",

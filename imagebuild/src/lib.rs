@@ -2,7 +2,8 @@
 //!
 //! The modules follow the build pipeline: [`recipe`] and [`boards`] say what to build, [`source`]
 //! fetches and caches the base, [`disk`] reads and grows the partition table, [`boot`] edits the FAT
-//! boot partition, [`rootfs`] edits the ext4 root filesystem through e2fsprogs, and [`output`]
+//! boot partition, [`rootfs`] edits the ext4 root filesystem through e2fsprogs, [`payload`] adds
+//! K3s and firstboot, and [`output`]
 //! publishes the result atomically. [`build`] runs the whole pipeline; [`inspect`] and [`verify`]
 //! look at a finished image.
 
@@ -12,10 +13,12 @@ pub mod build;
 pub mod cluster;
 pub mod disk;
 pub mod epoch;
+pub mod fetch;
 pub mod inspect;
 pub mod interrupt;
 pub mod layout;
 pub mod output;
+pub mod payload;
 pub mod progress;
 pub mod recipe;
 pub mod rootfs;

@@ -55,6 +55,9 @@ enum Cmd {
         /// Print the build report as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Install this static firstboot binary instead of building it from the workspace.
+        #[arg(long, value_name = "PATH")]
+        firstboot_bin: Option<PathBuf>,
     },
     /// Show an image's partitions, labels, free space, boot settings and warnings.
     Inspect {
@@ -90,6 +93,7 @@ fn run(cli: Cli) -> Result<()> {
             offline,
             cache_dir,
             json,
+            firstboot_bin,
         } => {
             let options = imagebuild::build::BuildOptions {
                 output,
@@ -98,6 +102,10 @@ fn run(cli: Cli) -> Result<()> {
                 cache_dir,
                 data_dir: Some(data.root),
                 payload: Default::default(),
+                node: Some(imagebuild::payload::NodeOptions {
+                    firstboot_bin,
+                    ..Default::default()
+                }),
             };
             let report = imagebuild::build::run(&recipe, options)
                 .with_context(|| format!("building {}", recipe.display()))?;

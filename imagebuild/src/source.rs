@@ -119,7 +119,8 @@ impl Cache {
         Ok(Cache { root })
     }
 
-    fn download_path(&self, sha: &str) -> PathBuf {
+    /// Where a download whose sha256 is `sha` is kept.
+    pub fn download_path(&self, sha: &str) -> PathBuf {
         self.root.join("downloads").join(sha)
     }
 
@@ -300,52 +301,19 @@ impl Drop for PartialFile {
     }
 }
 
-struct HashingWriter<W> {
-    inner: W,
-    hash: Sha256,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 fn download(url: &str, sha256: &str, dest: &Path, cache: &Cache) -> Result<()> {
-    let client = reqwest::blocking::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(20))
-        .timeout(None)
-        .build()
-        .context("starting the HTTP client")?;
-    let resp = client
-        .get(url)
-        .send()
-        .and_then(|r| r.error_for_status())
-        .with_context(|| format!("downloading {url}"))?;
-    let partial = PartialFile(cache.partial("downloads"));
-    let file =
-        File::create(&partial.0).with_context(|| format!("creating {}", partial.0.display()))?;
-    let mut meter = Meter::new(
-        &format!("downloading {}", url.rsplit('/').next().unwrap_or(url)),
-        resp.content_length(),
-    );
-    let mut reader = MeteredReader::new(resp, &mut meter);
-    let mut w = HashingWriter {
-        inner: std::io::BufWriter::with_capacity(1 << 20, file),
-        hash: Sha256::new(),
-    };
-    std::io::copy(&mut reader, &mut w).with_context(|| format!("downloading {url}"))?;
-    crate::interrupt::check()?;
-    w.flush().context("writing the download")?;
-    meter.finish();
-    let actual = hex::encode(w.hash.finalize());
-    check_sha(url.to_string(), sha256, &actual)?;
-    std::fs::rename(&partial.0, dest).context("storing the download in the cache")?;
+    let partial = cache
+        .root
+        .join("downloads")
+        .join(format!(".partial-{sha256}"));
+    crate::fetch::download(url, Some(sha256), &partial, dest).map_err(|e| {
+        match e.downcast_ref::<crate::fetch::FetchError>() {
+            Some(crate::fetch::FetchError::Mismatch { expected, actual, .. }) => {
+                anyhow!("sha256 mismatch for {url}: expected {expected}, got {actual}. The file is corrupt, truncated or a different release: download it again, or fix base_sha256 (catalog entries pin it in boards/bases.toml)")
+            }
+            _ => e,
+        }
+    })?;
     Ok(())
 }
 

@@ -4,6 +4,8 @@
 mod fixture;
 #[path = "http.rs"]
 mod http;
+#[path = "../payload/release.rs"]
+mod release;
 #[path = "support.rs"]
 mod support;
 
@@ -39,6 +41,9 @@ fn recipe(dir: &Path, base: &str, board: &str, extra_image: &str) -> PathBuf {
     .unwrap();
     std::fs::create_dir_all(overlay.join("etc")).unwrap();
     std::fs::write(overlay.join("etc/motd"), "built by imagebuild\n").unwrap();
+    // K3s comes from a generated release in a local mirror directory beside the recipe.
+    release::make(&dir.join("release"));
+    release::fake_firstboot(dir);
     let text = format!(
         r#"[image]
 board = "{board}"
@@ -50,6 +55,7 @@ free_space = "300MiB"
 
 [k3s]
 version = "v1.31.4+k3s1"
+mirror = "release"
 
 [os]
 user = "pi"
@@ -83,6 +89,8 @@ fn build(dir: &Path, recipe: &Path, extra: &[&str]) -> std::process::Output {
         .arg(recipe)
         .arg("--cache-dir")
         .arg(dir.join("cache"))
+        .arg("--firstboot-bin")
+        .arg(dir.join("firstboot-fake"))
         .args(extra)
         .env("SOURCE_DATE_EPOCH", EPOCH))
 }
@@ -522,6 +530,8 @@ fn sigint_mid_build_leaves_nothing() {
         .arg(&r)
         .arg("--cache-dir")
         .arg(dir.path().join("cache"))
+        .arg("--firstboot-bin")
+        .arg(dir.path().join("firstboot-fake"))
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -729,6 +739,8 @@ fn sigint_while_writing_the_image_leaves_nothing() {
         .arg(&r)
         .arg("--cache-dir")
         .arg(dir.path().join("cache"))
+        .arg("--firstboot-bin")
+        .arg(dir.path().join("firstboot-fake"))
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

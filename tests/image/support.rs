@@ -53,8 +53,19 @@ fn unprivileged_kit() -> (PathBuf, PathBuf) {
         if !systests::is_root() {
             return (bin, systests::repo_root());
         }
-        // One fixed place, refreshed by every run of this (single) test binary.
-        let kit = std::env::temp_dir().join("imagebuild-test-kit");
+        // One place per build of imagebuild (worktrees and test binaries running at the same
+        // time must not delete each other's kit), refreshed by every run.
+        let tag = {
+            use sha2::Digest;
+            hex::encode(&sha2::Sha256::digest(bin.as_os_str().as_encoded_bytes())[..6])
+        };
+        let kit = std::env::temp_dir().join(format!(
+            "imagebuild-test-kit-{tag}-{}",
+            std::env::current_exe()
+                .ok()
+                .and_then(|e| e.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .unwrap_or_default()
+        ));
         let _ = std::fs::remove_dir_all(&kit);
         std::fs::create_dir_all(&kit).expect("kit dir");
         std::fs::copy(&bin, kit.join("imagebuild")).expect("copying imagebuild");

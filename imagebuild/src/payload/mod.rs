@@ -1,0 +1,161 @@
+//! The node payload: K3s (binary, links, scripts, units, air-gap images) and firstboot (binary, unit).
+//!
+//! Unit files and scripts live as plain files under `overlays/k3s` and `overlays/firstboot` in the
+//! data directory; this step adds the release and firstboot binaries and enables firstboot only:
+//! firstboot decides at first boot whether the node starts `k3s.service` or `k3s-agent.service`.
+
+pub mod firstboot;
+pub mod release;
+
+use crate::boards::DataDir;
+use crate::recipe::K3sSection;
+use crate::rootfs::{overlay, payload::Payload};
+use crate::source::Cache;
+use anyhow::{bail, Context, Result};
+use release::{K3sRelease, Mirror};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Where the K3s binary goes.
+pub const K3S_BIN: &str = "/usr/local/bin/k3s";
+/// Commands K3s answers to through a symlink to itself.
+pub const K3S_LINKS: [&str; 3] = ["kubectl", "crictl", "ctr"];
+/// Where K3s imports air-gap image archives from at start.
+pub const AIRGAP_DIR: &str = "/var/lib/rancher/k3s/agent/images";
+/// Where the firstboot binary goes.
+pub const FIRSTBOOT_BIN: &str = "/usr/local/bin/firstboot";
+/// The firstboot unit.
+pub const FIRSTBOOT_UNIT: &str = "/etc/systemd/system/firstboot.service";
+/// The link that enables it.
+pub const FIRSTBOOT_WANTS: &str = "/etc/systemd/system/multi-user.target.wants/firstboot.service";
+/// The K3s units, installed but never enabled at build time.
+pub const K3S_UNITS: [&str; 2] = [
+    "/etc/systemd/system/k3s.service",
+    "/etc/systemd/system/k3s-agent.service",
+];
+/// The K3s helper scripts.
+pub const K3S_SCRIPTS: [&str; 2] = [
+    "/usr/local/bin/k3s-killall.sh",
+    "/usr/local/bin/k3s-uninstall.sh",
+];
+
+/// How to get the node payload; `imagebuild build` always installs it.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// A prebuilt static firstboot binary instead of building it from the workspace.
+    pub firstboot_bin: Option<PathBuf>,
+    /// Cargo target directory for building firstboot (default: `<workspace>/target/imagebuild-firstboot`).
+    pub firstboot_target_dir: Option<PathBuf>,
+}
+
+/// Versions of what the image carries, recorded in the image manifest.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Versions {
+    /// K3s release.
+    pub k3s: String,
+    /// firstboot version.
+    pub firstboot: String,
+    /// The base image (catalog name, path or URL).
+    pub base: String,
+    /// Whether the air-gap images archive is included.
+    pub airgap: bool,
+}
+
+/// The assembled node payload and what it holds.
+#[derive(Debug, Clone)]
+pub struct NodePayload {
+    /// The entries to write.
+    pub payload: Payload,
+    /// Versions for the manifest.
+    pub versions: Versions,
+}
+
+/// Fetch, verify and lay out K3s and firstboot for a board of `arch`.
+pub fn assemble(
+    k3s: &K3sSection,
+    arch: &str,
+    recipe_dir: &Path,
+    data: &DataDir,
+    cache: &Cache,
+    offline: bool,
+    options: &NodeOptions,
+) -> Result<NodePayload> {
+    let mirror = Mirror::parse(&k3s.mirror, recipe_dir);
+    let rel = release::obtain(&k3s.version, arch, &mirror, k3s.airgap, cache, offline)
+        .with_context(|| format!("getting K3s {} for {arch}", k3s.version))?;
+    let (firstboot_bin, firstboot_version) = match &options.firstboot_bin {
+        Some(p) => {
+            if !p.is_file() {
+                bail!("--firstboot-bin {} is not a file", p.display());
+            }
+            (p.clone(), given_version(p))
+        }
+        None => (
+            firstboot::build(arch, options.firstboot_target_dir.as_deref())?,
+            firstboot::workspace_version().to_string(),
+        ),
+    };
+    let mut payload = Payload::new();
+    k3s_layout(&mut payload, &rel, data)?;
+    firstboot_layout(&mut payload, &firstboot_bin, data)?;
+    Ok(NodePayload {
+        payload,
+        versions: Versions {
+            k3s: rel.version.clone(),
+            firstboot: firstboot_version,
+            base: String::new(),
+            airgap: rel.airgap.is_some(),
+        },
+    })
+}
+
+fn overlay_dir(data: &DataDir, name: &str) -> Result<PathBuf> {
+    let dir = data.overlays().join(name);
+    if !dir.is_dir() {
+        bail!(
+            "{} is missing: the data directory {} is incomplete (set --data-dir)",
+            dir.display(),
+            data.root.display()
+        );
+    }
+    Ok(dir)
+}
+
+fn k3s_layout(p: &mut Payload, rel: &K3sRelease, data: &DataDir) -> Result<()> {
+    // Units and scripts, as kept in the tree; nothing here enables a unit.
+    p.extend(overlay::load(&overlay_dir(data, "k3s")?)?);
+    p.file(&rel.binary, K3S_BIN, 0o755);
+    for l in K3S_LINKS {
+        p.symlink(&format!("/usr/local/bin/{l}"), "k3s");
+    }
+    if let Some((archive, name)) = &rel.airgap {
+        p.dir(AIRGAP_DIR, 0o755);
+        p.file(archive, &format!("{AIRGAP_DIR}/{name}"), 0o644);
+    }
+    Ok(())
+}
+
+fn firstboot_layout(p: &mut Payload, bin: &Path, data: &DataDir) -> Result<()> {
+    p.extend(overlay::load(&overlay_dir(data, "firstboot")?)?);
+    p.file(bin, FIRSTBOOT_BIN, 0o755);
+    p.symlink(FIRSTBOOT_WANTS, FIRSTBOOT_UNIT);
+    Ok(())
+}
+
+/// The version a prebuilt firstboot reports, when it runs here (same arch, or qemu-user via binfmt).
+fn given_version(bin: &Path) -> String {
+    std::process::Command::new(bin)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .nth(1)
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown (--firstboot-bin)".into())
+}

@@ -1,0 +1,21 @@
+#!/bin/sh
+# Remove K3s from this node: stop it (k3s-killall.sh), disable and delete its units, delete its
+# data, configuration, binary and links. firstboot is disabled too, so it does not bring K3s back.
+# Written for imagebuild images with the semantics of K3s's own k3s-uninstall.sh.
+set -x
+[ "$(id -u)" -eq 0 ] || exec sudo "$0" "$@"
+
+/usr/local/bin/k3s-killall.sh
+for unit in k3s.service k3s-agent.service firstboot.service; do
+    systemctl disable "$unit" 2>/dev/null
+    rm -f "/etc/systemd/system/$unit" "/etc/systemd/system/$unit.env"
+done
+systemctl daemon-reload
+systemctl reset-failed k3s.service k3s-agent.service 2>/dev/null
+
+for cmd in kubectl crictl ctr; do
+    [ "$(readlink "/usr/local/bin/$cmd")" = k3s ] && rm -f "/usr/local/bin/$cmd"
+done
+rm -rf /etc/rancher/k3s /run/k3s /run/flannel /var/lib/rancher/k3s /var/lib/kubelet
+rm -f /usr/local/bin/k3s /usr/local/bin/k3s-killall.sh
+rm -f "$0"
