@@ -1,7 +1,6 @@
 //! The Raspberry Pi build of firstboot: static aarch64 musl, linked by rust-lld, runs under qemu.
 
 use std::process::Command;
-use systests::repo_root;
 
 #[test]
 fn aarch64_firstboot_is_static_and_runs_under_qemu() {
@@ -12,25 +11,16 @@ fn aarch64_firstboot_is_static_and_runs_under_qemu() {
         );
         return;
     };
-    // A separate target dir: the outer `cargo test` holds the lock on the main one.
-    let target_dir = repo_root().join("target/cross");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(repo_root())
-        .args([
-            "build",
-            "-p",
-            "firstboot",
-            "--release",
-            "--target",
-            "aarch64-unknown-linux-musl",
-            "--target-dir",
-        ])
-        .arg(&target_dir)
-        .status()
-        .expect("running cargo build for aarch64");
-    assert!(status.success(), "aarch64 build of firstboot failed");
-    let bin = target_dir.join("aarch64-unknown-linux-musl/release/firstboot");
+    // The same builder and target dir imagebuild uses for the image payload, so CI compiles the
+    // aarch64 firstboot once for both tests.
+    let target_dir = std::env::current_exe()
+        .unwrap()
+        .ancestors()
+        .nth(3)
+        .expect("target dir")
+        .join("imagebuild-firstboot");
+    let bin = imagebuild::payload::firstboot::build("arm64", Some(&target_dir))
+        .expect("aarch64 build of firstboot");
 
     let elf = std::fs::read(&bin).unwrap();
     assert_eq!(&elf[..4], b"\x7fELF", "not an ELF file");
