@@ -4,14 +4,18 @@
 //! fetches and caches the base, [`disk`] reads and grows the partition table, [`boot`] edits the FAT
 //! boot partition, [`rootfs`] edits the ext4 root filesystem through e2fsprogs, and [`output`]
 //! publishes the result atomically. [`build`] runs the whole pipeline; [`inspect`] and [`verify`]
-//! look at a finished image.
+//! look at a finished image. [`bmap`], [`flash`] and [`stamp`] write images and settings to
+//! cards, with the safety checks of [`device`].
 
+pub mod bmap;
 pub mod boards;
 pub mod boot;
 pub mod build;
 pub mod cluster;
+pub mod device;
 pub mod disk;
 pub mod epoch;
+pub mod flash;
 pub mod inspect;
 pub mod interrupt;
 pub mod layout;
@@ -21,5 +25,7 @@ pub mod recipe;
 pub mod rootfs;
 pub mod size;
 pub mod source;
+pub mod stamp;
 pub mod suggest;
+pub mod token;
 pub mod verify;
