@@ -127,7 +127,11 @@ fn main() -> Result<()> {
     }
     times.sort();
 
-    println!("image: {} ({} bytes), target: {kind}", img.display(), report.size);
+    println!(
+        "image: {} ({} bytes), target: {kind}",
+        img.display(),
+        report.size
+    );
     println!(
         "mapped: {} of {} blocks ({:.1}% of the image)",
         map.mapped_blocks(),

@@ -158,7 +158,10 @@ fn bmaptool_accepts_the_bmap_written_with_a_build() {
     let bmap = imagebuild::output::with_suffix(img, ".bmap");
     assert!(bmap.is_file(), "the build wrote no .bmap");
     let map = Bmap::load(&bmap).unwrap();
-    assert!(map.mapped_blocks() < map.blocks_count(), "nothing was left out");
+    assert!(
+        map.mapped_blocks() < map.blocks_count(),
+        "nothing was left out"
+    );
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("copy.img");
     let out = run(Command::new("bmaptool")
@@ -228,7 +231,10 @@ fn flash_to_a_file_and_a_loop_device_gives_the_mapped_content() {
         .unwrap();
     let dev = Loop::attach(&backing);
     let out = run(ib().arg("flash").arg(img).arg(dev.path()));
-    assert!(!out.status.success(), "no terminal and no --yes must refuse");
+    assert!(
+        !out.status.success(),
+        "no terminal and no --yes must refuse"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
     let out = run(ib().arg("flash").arg(img).arg(dev.path()).arg("--yes"));
     assert!(out.status.success(), "flash to {} failed", dev.0);
@@ -277,7 +283,10 @@ fn a_corrupted_image_fails_naming_the_offset() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not match its bmap"), "{err}");
     let named = format!("bytes {s}..{e}");
-    assert!(err.contains(&named), "the error must name {named} (byte {off}): {err}");
+    assert!(
+        err.contains(&named),
+        "the error must name {named} (byte {off}): {err}"
+    );
 
     let out = run(ib()
         .arg("flash")
@@ -328,7 +337,9 @@ fn flash_refuses_small_mounted_and_system_disks() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("too small"));
     assert_eq!(
-        std::fs::metadata(&small).map(|m| std::os::unix::fs::MetadataExt::blocks(&m)).unwrap(),
+        std::fs::metadata(&small)
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m))
+            .unwrap(),
         0,
         "something was written to the small disk"
     );
@@ -384,13 +395,20 @@ fn extract(img: &Path, offset: u64, names: &[&str], to: &Path) {
             .arg(to.join(n))
             .output()
             .unwrap();
-        assert!(out.status.success(), "mcopy {n}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "mcopy {n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
 fn check_config(path: &Path) {
     let out = run(Command::new(firstboot_bin()).arg("check-config").arg(path));
-    assert!(out.status.success(), "firstboot check-config refused the stamped file");
+    assert!(
+        out.status.success(),
+        "firstboot check-config refused the stamped file"
+    );
 }
 
 fn cluster_toml(dir: &Path, token_line: &str) -> PathBuf {
@@ -423,8 +441,11 @@ fn stamping_an_image_is_clean_and_checks() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), format!("{TOKEN}\n").as_bytes())
-        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        format!("{TOKEN}\n").as_bytes(),
+    )
+    .unwrap();
     let out = child.wait_with_output().unwrap();
     let shown = format!(
         "{}{}",
@@ -460,7 +481,10 @@ fn stamping_an_image_is_clean_and_checks() {
     std::fs::create_dir(&got2).unwrap();
     extract(&img, off, &["cluster.toml", "cluster-token"], &got2);
     check_config(&got2.join("cluster.toml"));
-    assert_eq!(std::fs::read_to_string(got2.join("cluster-token")).unwrap(), token);
+    assert_eq!(
+        std::fs::read_to_string(got2.join("cluster-token")).unwrap(),
+        token
+    );
 }
 
 #[test]
@@ -488,7 +512,11 @@ fn an_invalid_stamp_writes_nothing() {
         assert_eq!(sha(&img), before, "{sets:?} changed the image");
     }
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, format!("[cluster]\nname = \"x\"\ntoken = \"{TOKEN}\"\nservers = 4\n")).unwrap();
+    std::fs::write(
+        &bad,
+        format!("[cluster]\nname = \"x\"\ntoken = \"{TOKEN}\"\nservers = 4\n"),
+    )
+    .unwrap();
     let out = run(ib().arg("stamp").arg(&img).arg(&bad));
     assert!(!out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains(TOKEN));
