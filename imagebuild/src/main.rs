@@ -35,7 +35,7 @@ enum Cmd {
     ///
     /// The base is fetched (or taken from the cache), checked against its sha256, copied to a
     /// temporary file next to the output, grown, customized, and renamed into place only when
-    /// everything succeeded. Next to OUT it writes OUT.sha256, OUT.json (the build report) and,
+    /// everything succeeded. Next to OUT it writes OUT.sha256, OUT.bmap, OUT.json (the build report) and,
     /// when the recipe asks, OUT.zst or OUT.xz.
     Build {
         /// The recipe file, e.g. image.toml.
