@@ -314,6 +314,9 @@ pub fn flash(image: &Path, target: &Path, options: &FlashOptions) -> Result<Flas
     let started = Instant::now();
     read_back(&out, &chunks, bmap.as_ref(), written)?;
     let verify_time = started.elapsed();
+    if tgt.is_disk() {
+        reread_partitions(&out);
+    }
     Ok(FlashReport {
         image_size: image_size.unwrap_or(written),
         written,
@@ -321,6 +324,17 @@ pub fn flash(image: &Path, target: &Path, options: &FlashOptions) -> Result<Flas
         write_time,
         verify_time,
     })
+}
+
+/// Ask the kernel to read the new partition table, so the card's partitions show up without
+/// replugging it. Best effort: a kernel that says "busy" picks it up on the next plug.
+fn reread_partitions(out: &File) {
+    // BLKRRPART = _IO(0x12, 95).
+    const BLKRRPART: libc::c_ulong = 0x125f;
+    // SAFETY: BLKRRPART takes no argument; the descriptor is an open block device.
+    unsafe {
+        libc::ioctl(out.as_raw_fd(), BLKRRPART as _);
+    }
 }
 
 /// Forget cached pages of the target so the read-back comes from the medium, not from memory.

@@ -73,6 +73,9 @@ pub fn apply_overrides(
             ["k3s", "extra", _] => ("k3s", "extra"),
             _ => bail!("--set {path}=...: the key must be section.key, e.g. node.role"),
         };
+        if is_token && raw != FROM_STDIN {
+            crate::progress::say("warning: a token given with --set is visible to other users of this machine (ps, /proc); use --token-file PATH or --set cluster.token=- (standard input) instead");
+        }
         let raw = if is_token && raw == FROM_STDIN {
             read_stdin("the token")?
         } else {
@@ -180,6 +183,12 @@ pub fn stamp(target: &Path, cluster_toml: &Path, options: &StampOptions) -> Resu
     if tgt.kind == (TargetKind::File { existed: false }) {
         bail!(
             "{} does not exist; give an image file or a card's whole-disk device",
+            target.display()
+        );
+    }
+    if !tgt.is_disk() && crate::source::detect_packing(target)? != crate::source::Packing::Raw {
+        bail!(
+            "{} is compressed; stamp the raw .img (before compressing it, or after `imagebuild flash` to a file)",
             target.display()
         );
     }
