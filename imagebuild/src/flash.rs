@@ -190,6 +190,12 @@ pub fn flash(image: &Path, target: &Path, options: &FlashOptions) -> Result<Flas
     };
 
     let tgt = Target::inspect(target)?;
+    if let (Ok(a), Ok(b)) = (file.metadata(), std::fs::metadata(target)) {
+        use std::os::unix::fs::MetadataExt;
+        if a.dev() == b.dev() && a.ino() == b.ino() {
+            bail!("{} is the image itself", target.display());
+        }
+    }
     let device_size = match tgt.kind {
         TargetKind::Disk { size } => Some(size),
         TargetKind::File { .. } => None,
