@@ -123,6 +123,15 @@ impl<'a> BootPartition<'a> {
         Ok(())
     }
 
+    /// Write cluster.toml and the token file it names, if any.
+    pub fn write_cluster(&self, cluster: &crate::cluster::ClusterFile) -> Result<()> {
+        self.write(firstboot::config::FILE_NAME, cluster.text.as_bytes())?;
+        if let Some((name, bytes)) = &cluster.token_file {
+            self.write(name, bytes)?;
+        }
+        Ok(())
+    }
+
     /// Names of the files at the root.
     pub fn root_names(&self) -> Vec<String> {
         self.fs

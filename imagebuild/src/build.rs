@@ -364,6 +364,8 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     let sha_path = output::with_suffix(&output_path, ".sha256");
     let sha_tmp = pending.add(&sha_path);
     output::write_synced(&sha_tmp, output::sha256_line(&sha, &output_path).as_bytes())?;
+    let bmap_tmp = pending.add(&output::with_suffix(&output_path, ".bmap"));
+    crate::bmap::write_for(&tmp, &bmap_tmp)?;
     let compressed = match recipe.image.compress {
         Compression::None => None,
         how => {
@@ -518,10 +520,7 @@ fn edit_boot(
         )?;
     }
     if let Some(c) = cluster {
-        fat.write("cluster.toml", c.text.as_bytes())?;
-        if let Some((name, bytes)) = &c.token_file {
-            fat.write(name, bytes)?;
-        }
+        fat.write_cluster(c)?;
     }
     fat.close()?;
     file.sync_all().context("flushing the boot partition")?;

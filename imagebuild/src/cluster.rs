@@ -50,25 +50,37 @@ pub fn from_recipe(recipe: &Recipe) -> Result<Option<ClusterFile>> {
             token_file: None,
         },
     };
-    validate_cluster_toml(&file.text, &file.origin)?;
-    // firstboot reads token_file from the boot partition, beside cluster.toml: stamp it too.
-    let table: toml::Table = file.text.parse().context("re-reading cluster.toml")?;
-    let token_file = table
-        .get("cluster")
-        .and_then(|c| c.get("token_file"))
-        .and_then(|t| t.as_str())
-        .map(String::from);
-    let token_file = match token_file {
-        None => None,
-        Some(name) => {
-            let dir = file.origin.parent().unwrap_or(Path::new("."));
-            let bytes = std::fs::read(dir.join(&name)).with_context(|| {
-                format!("reading token_file {name} beside {}", file.origin.display())
-            })?;
-            Some((name, bytes))
-        }
-    };
-    Ok(Some(ClusterFile { token_file, ..file }))
+    ClusterFile::checked(file.text, file.origin).map(Some)
+}
+
+impl ClusterFile {
+    /// Validate cluster.toml `text` (as if it were the file `origin`) and read the `token_file`
+    /// it names from beside `origin`, so both can be stamped together.
+    pub fn checked(text: String, origin: PathBuf) -> Result<ClusterFile> {
+        validate_cluster_toml(&text, &origin)?;
+        // firstboot reads token_file from the boot partition, beside cluster.toml: stamp it too.
+        let table: toml::Table = text.parse().context("re-reading cluster.toml")?;
+        let token_file = table
+            .get("cluster")
+            .and_then(|c| c.get("token_file"))
+            .and_then(|t| t.as_str())
+            .map(String::from);
+        let token_file = match token_file {
+            None => None,
+            Some(name) => {
+                let dir = origin.parent().unwrap_or(Path::new("."));
+                let bytes = std::fs::read(dir.join(&name)).with_context(|| {
+                    format!("reading token_file {name} beside {}", origin.display())
+                })?;
+                Some((name, bytes))
+            }
+        };
+        Ok(ClusterFile {
+            text,
+            origin,
+            token_file,
+        })
+    }
 }
 
 /// The one place cluster.toml is checked before it is written: the firstboot schema decides.

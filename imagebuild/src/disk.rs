@@ -71,7 +71,10 @@ pub struct DiskLayout {
 impl DiskLayout {
     /// Read the partition table of an image file.
     pub fn read(file: &mut File) -> Result<DiskLayout> {
-        let image_size = file.metadata().context("reading the image size")?.len();
+        // Seeking to the end measures block devices too (their metadata length is 0).
+        let image_size = file
+            .seek(SeekFrom::End(0))
+            .context("reading the image size")?;
         if image_size < 2 * SECTOR {
             bail!("the image is {image_size} bytes: too small to hold a partition table");
         }

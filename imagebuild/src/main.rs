@@ -35,7 +35,7 @@ enum Cmd {
     ///
     /// The base is fetched (or taken from the cache), checked against its sha256, copied to a
     /// temporary file next to the output, grown, customized, and renamed into place only when
-    /// everything succeeded. Next to OUT it writes OUT.sha256, OUT.json (the build report) and,
+    /// everything succeeded. Next to OUT it writes OUT.sha256, OUT.bmap, OUT.json (the build report) and,
     /// when the recipe asks, OUT.zst or OUT.xz.
     Build {
         /// The recipe file, e.g. image.toml.
@@ -74,6 +74,56 @@ enum Cmd {
     },
     /// List the known boards and base images.
     Boards,
+    /// Write cluster.toml into the boot partition of an image or an already-flashed card.
+    ///
+    /// The settings are checked with firstboot's own schema first: when they are invalid,
+    /// nothing is written. `--set` changes single keys (typed by the schema), e.g.
+    /// `--set node.role=server --set cluster.servers=5`. A value on the command line is visible
+    /// to other users of this machine (ps, /proc): give the token with `--token-file PATH`,
+    /// `--token-file -` or `--set cluster.token=-` (both read standard input) instead.
+    Stamp {
+        /// An image file or a card's whole-disk device (/dev/sdb, /dev/mmcblk0).
+        target: PathBuf,
+        /// The cluster settings (cluster.toml); a token_file it names is stamped too.
+        cluster: PathBuf,
+        /// Override one key: section.key=value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Read the cluster token from this file, or from standard input with `-`.
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
+    },
+    /// Print a new random cluster token.
+    Token,
+    /// Write IMAGE.bmap (bmap 2.0 with sha256 per range) for an image file.
+    Bmap {
+        /// The raw image file.
+        image: PathBuf,
+        /// Where to write the map [default: IMAGE.bmap].
+        #[arg(short, long, value_name = "OUT")]
+        output: Option<PathBuf>,
+    },
+    /// Write an image to a card (or a file) and verify it by reading it back.
+    ///
+    /// IMAGE may be .img, .img.zst or .img.xz (decompressed on the fly). With a bmap (IMAGE.bmap
+    /// beside it, or --bmap) only the mapped blocks are written and each range's sha256 is
+    /// checked; otherwise the whole image is written. Refuses a mounted disk, the disk holding
+    /// `/`, and a disk smaller than the image; asks before overwriting unless --yes.
+    Flash {
+        /// The image: .img, .img.zst or .img.xz.
+        image: PathBuf,
+        /// A whole-disk device (/dev/sdb, /dev/mmcblk0) or a file.
+        device: PathBuf,
+        /// Do not ask for confirmation (needed without a terminal).
+        #[arg(long)]
+        yes: bool,
+        /// Use this bmap instead of IMAGE.bmap.
+        #[arg(long, value_name = "PATH", conflicts_with = "no_bmap")]
+        bmap: Option<PathBuf>,
+        /// Write the whole image even when a bmap is beside it.
+        #[arg(long)]
+        no_bmap: bool,
+    },
 }
 
 fn main() {
@@ -129,6 +179,58 @@ fn run(cli: Cli) -> Result<()> {
                 "{}: both filesystems clean, {} payload files match the manifest",
                 target.display(),
                 v.files_checked
+            );
+        }
+        Cmd::Stamp {
+            target,
+            cluster,
+            sets,
+            token_file,
+        } => {
+            let options = imagebuild::stamp::StampOptions { sets, token_file };
+            let r = imagebuild::stamp::stamp(&target, &cluster, &options)
+                .with_context(|| format!("stamping {}", target.display()))?;
+            println!(
+                "{}: wrote {} to partition {}: {}",
+                target.display(),
+                r.files.join(", "),
+                r.partition,
+                r.summary
+            );
+        }
+        Cmd::Token => println!("{}", imagebuild::token::new_token()?),
+        Cmd::Bmap { image, output } => {
+            let out = output.unwrap_or_else(|| imagebuild::output::with_suffix(&image, ".bmap"));
+            let map = imagebuild::bmap::write_for(&image, &out)
+                .with_context(|| format!("mapping {}", image.display()))?;
+            println!(
+                "{}: {} of {} blocks mapped",
+                out.display(),
+                map.mapped_blocks(),
+                map.blocks_count()
+            );
+        }
+        Cmd::Flash {
+            image,
+            device,
+            yes,
+            bmap,
+            no_bmap,
+        } => {
+            let options = imagebuild::flash::FlashOptions { bmap, no_bmap, yes };
+            let r = imagebuild::flash::flash(&image, &device, &options)
+                .with_context(|| format!("flashing {} to {}", image.display(), device.display()))?;
+            println!(
+                "{}: wrote and verified {} of {} ({}) in {:.1}s + {:.1}s read-back",
+                device.display(),
+                imagebuild::size::ByteSize(r.written),
+                imagebuild::size::ByteSize(r.image_size),
+                match &r.bmap {
+                    Some(b) => format!("bmap {}", b.display()),
+                    None => "whole image".into(),
+                },
+                r.write_time.as_secs_f64(),
+                r.verify_time.as_secs_f64()
             );
         }
         Cmd::Boards => {

@@ -171,14 +171,17 @@ pub fn copy_range(
 
 /// One stretch of a file: data at `offset`, or a hole (zeros) of `len` bytes.
 #[derive(Debug, Clone, Copy)]
-struct Stretch {
-    offset: u64,
-    len: u64,
-    data: bool,
+pub struct Stretch {
+    /// Byte offset in the file.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// True for data, false for a hole.
+    pub data: bool,
 }
 
 /// The data and hole stretches of `[start, end)` of a file (SEEK_DATA/SEEK_HOLE).
-fn stretches(file: &File, start: u64, end: u64) -> Vec<Stretch> {
+pub fn stretches(file: &File, start: u64, end: u64) -> Vec<Stretch> {
     let fd = file.as_raw_fd();
     let mut out = Vec::new();
     let mut pos = start;

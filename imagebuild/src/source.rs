@@ -9,7 +9,7 @@ use crate::progress::{say, Meter, MeteredReader};
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// Where a base image comes from.
@@ -347,6 +347,18 @@ pub fn detect_packing(path: &Path) -> Result<Packing> {
     })
 }
 
+/// A streaming reader of the decompressed bytes of `input`.
+pub fn unpacked<'a>(packing: Packing, input: impl BufRead + 'a) -> Result<Box<dyn Read + 'a>> {
+    Ok(match packing {
+        Packing::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(input)),
+        Packing::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(input).context("starting zstd")?)
+        }
+        Packing::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
+        Packing::Raw => Box::new(input),
+    })
+}
+
 fn decompress_into(src: &Path, raw: &Path, cache: &Cache) -> Result<()> {
     let packing = detect_packing(src)?;
     let f = File::open(src).with_context(|| format!("opening {}", src.display()))?;
@@ -357,12 +369,7 @@ fn decompress_into(src: &Path, raw: &Path, cache: &Cache) -> Result<()> {
     };
     let mut meter = Meter::new(&label, len);
     let input = BufReader::with_capacity(1 << 20, MeteredReader::new(f, &mut meter));
-    let mut reader: Box<dyn Read + '_> = match packing {
-        Packing::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(input)),
-        Packing::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(input)?),
-        Packing::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
-        Packing::Raw => Box::new(input),
-    };
+    let mut reader = unpacked(packing, input)?;
     let partial = PartialFile(cache.partial("raw"));
     let out =
         File::create(&partial.0).with_context(|| format!("creating {}", partial.0.display()))?;

@@ -14,6 +14,7 @@ pub mod token;
 mod validate;
 
 pub use diagnostic::{ConfigError, Diagnostic};
+pub use schema::{key_kind, Kind};
 pub use token::Token;
 
 use std::collections::BTreeMap;

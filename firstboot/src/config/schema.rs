@@ -5,11 +5,15 @@ use super::diagnostic::{Diagnostic, SourceMap};
 use toml_edit::{Item, TableLike, Value};
 
 /// The kind of value a key takes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A string.
     Str,
+    /// An integer.
     Int,
+    /// A boolean.
     Bool,
+    /// An array of strings.
     StrList,
     /// A free-form table (only `k3s.extra`).
     Table,
@@ -107,6 +111,15 @@ pub(crate) const SECTIONS: &[(&str, &[KeySpec])] = &[
     ),
     ("status", &[key("led_gpio", Kind::Int, "led_gpio = 17")]),
 ];
+
+/// The kind of value `section.key` takes in schema version 1, or None for an unknown key; for
+/// tools that set single keys (`imagebuild stamp --set node.role=server`).
+pub fn key_kind(section: &str, key_name: &str) -> Option<Kind> {
+    section_keys(section)?
+        .iter()
+        .find(|k| k.name == key_name)
+        .map(|k| k.kind)
+}
 
 /// Top-level keys that are not sections.
 const TOP_LEVEL: &[KeySpec] = &[key("version", Kind::Int, "version = 1")];

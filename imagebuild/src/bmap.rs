@@ -1,0 +1,322 @@
+//! Block maps (bmap 2.0, as read by Debian's `bmaptool`): which blocks of an image hold data, with
+//! a sha256 per mapped range, so flashing writes only those and can verify each one.
+
+use crate::output::{self, stretches};
+use crate::progress::Meter;
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// Block size of the maps we write (the page and ext4 block size).
+pub const BLOCK_SIZE: u64 = 4096;
+
+/// Length of a hex sha256.
+const SHA256_HEX: usize = 64;
+
+/// A run of mapped blocks `first..=last` and the sha256 of their bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockRange {
+    /// First block number.
+    pub first: u64,
+    /// Last block number (inclusive).
+    pub last: u64,
+    /// sha256 (hex) of the range's bytes, the last block cut at the image's end.
+    pub sha256: String,
+}
+
+/// A parsed or computed block map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bmap {
+    /// Image size in bytes.
+    pub image_size: u64,
+    /// Block size in bytes.
+    pub block_size: u64,
+    /// Mapped ranges in increasing order.
+    pub ranges: Vec<BlockRange>,
+}
+
+impl Bmap {
+    /// Blocks in the image (the last may be partial).
+    pub fn blocks_count(&self) -> u64 {
+        self.image_size.div_ceil(self.block_size)
+    }
+
+    /// Blocks listed in the map.
+    pub fn mapped_blocks(&self) -> u64 {
+        self.ranges.iter().map(|r| r.last - r.first + 1).sum()
+    }
+
+    /// Bytes `[start, end)` of a range, cut at the image's end.
+    pub fn span(&self, r: &BlockRange) -> (u64, u64) {
+        let start = r.first * self.block_size;
+        let end = ((r.last + 1) * self.block_size).min(self.image_size);
+        (start, end)
+    }
+
+    /// Bytes the map says must be written.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.ranges
+            .iter()
+            .map(|r| {
+                let (s, e) = self.span(r);
+                e - s
+            })
+            .sum()
+    }
+
+    /// The map of an image file from its holes (SEEK_DATA/SEEK_HOLE), each range hashed.
+    pub fn for_image(image: &Path) -> Result<Bmap> {
+        let file = File::open(image).with_context(|| format!("opening {}", image.display()))?;
+        let image_size = file.metadata()?.len();
+        let bs = BLOCK_SIZE;
+        // Data stretches widened to whole blocks; neighbours sharing a block merge.
+        let mut blocks: Vec<(u64, u64)> = Vec::new();
+        for st in stretches(&file, 0, image_size)
+            .into_iter()
+            .filter(|s| s.data)
+        {
+            if st.len == 0 {
+                continue;
+            }
+            let first = st.offset / bs;
+            let last = (st.offset + st.len - 1) / bs;
+            match blocks.last_mut() {
+                Some((_, l)) if first <= *l + 1 => *l = (*l).max(last),
+                _ => blocks.push((first, last)),
+            }
+        }
+        let mut map = Bmap {
+            image_size,
+            block_size: bs,
+            ranges: Vec::with_capacity(blocks.len()),
+        };
+        let total: u64 = blocks
+            .iter()
+            .map(|&(f, l)| ((l + 1) * bs).min(image_size) - f * bs)
+            .sum();
+        let mut meter = Meter::new("block map: hashing mapped data", Some(total));
+        let mut buf = vec![0u8; 4 << 20];
+        for (first, last) in blocks {
+            crate::interrupt::check()?;
+            let mut h = Sha256::new();
+            let (start, end) = (first * bs, ((last + 1) * bs).min(image_size));
+            let mut pos = start;
+            while pos < end {
+                let n = ((end - pos) as usize).min(buf.len());
+                file.read_exact_at(&mut buf[..n], pos)
+                    .with_context(|| format!("reading {}", image.display()))?;
+                h.update(&buf[..n]);
+                pos += n as u64;
+                meter.add(n as u64);
+            }
+            map.ranges.push(BlockRange {
+                first,
+                last,
+                sha256: hex::encode(h.finalize()),
+            });
+        }
+        meter.finish();
+        Ok(map)
+    }
+
+    /// The bmap 2.0 XML text, with BmapFileChecksum filled in.
+    pub fn to_xml(&self) -> String {
+        let mapped = self.mapped_blocks();
+        let percent = if self.blocks_count() == 0 {
+            0.0
+        } else {
+            mapped as f64 * 100.0 / self.blocks_count() as f64
+        };
+        let mut x = String::new();
+        x.push_str("<?xml version=\"1.0\" ?>\n");
+        x.push_str("<!-- Block map of a disk image: the ranges of blocks that hold data, each with\n     its sha256. Only these need to be written to the target; `bmaptool copy` and\n     `imagebuild flash` read it. Written by imagebuild. -->\n\n");
+        x.push_str("<bmap version=\"2.0\">\n");
+        x.push_str(&format!(
+            "    <!-- Image size in bytes: {} -->\n    <ImageSize> {} </ImageSize>\n\n",
+            crate::size::ByteSize(self.image_size),
+            self.image_size
+        ));
+        x.push_str(&format!(
+            "    <!-- Size of a block in bytes -->\n    <BlockSize> {} </BlockSize>\n\n",
+            self.block_size
+        ));
+        x.push_str(&format!(
+            "    <!-- Count of blocks in the image file -->\n    <BlocksCount> {} </BlocksCount>\n\n",
+            self.blocks_count()
+        ));
+        x.push_str(&format!(
+            "    <!-- Count of mapped blocks: {} or {percent:.1}% -->\n    <MappedBlocksCount> {mapped} </MappedBlocksCount>\n\n",
+            crate::size::ByteSize(self.mapped_bytes())
+        ));
+        x.push_str("    <!-- Type of checksum used in this file -->\n    <ChecksumType> sha256 </ChecksumType>\n\n");
+        x.push_str("    <!-- The checksum of this bmap file. When it is calculated, the value of\n         the checksum has be zero (all ASCII \"0\" symbols). -->\n");
+        let zeros = "0".repeat(SHA256_HEX);
+        x.push_str(&format!(
+            "    <BmapFileChecksum> {zeros} </BmapFileChecksum>\n\n"
+        ));
+        x.push_str("    <!-- The block map: ranges of mapped blocks, each with the sha256 of its bytes -->\n    <BlockMap>\n");
+        for r in &self.ranges {
+            let blocks = if r.first == r.last {
+                r.first.to_string()
+            } else {
+                format!("{}-{}", r.first, r.last)
+            };
+            x.push_str(&format!(
+                "        <Range chksum=\"{}\"> {blocks} </Range>\n",
+                r.sha256
+            ));
+        }
+        x.push_str("    </BlockMap>\n</bmap>\n");
+        let sum = hex::encode(Sha256::digest(x.as_bytes()));
+        // The zeros occur once (range checksums are quoted attributes, never 64 zeros in a tag).
+        x.replacen(
+            &format!("<BmapFileChecksum> {zeros} "),
+            &format!("<BmapFileChecksum> {sum} "),
+            1,
+        )
+    }
+
+    /// Parse bmap 2.x XML and check its BmapFileChecksum.
+    pub fn parse(text: &str) -> Result<Bmap> {
+        let body = strip_comments(text);
+        let version = body
+            .find("<bmap")
+            .and_then(|i| body[i..].find("version=\"").map(|j| i + j + 9))
+            .and_then(|i| body[i..].find('"').map(|j| &body[i..i + j]))
+            .context("no <bmap version=\"...\"> element: this is not a bmap file")?;
+        if !version.starts_with("2.") {
+            bail!("bmap version {version} is not supported (only 2.x, with sha256 checksums); recreate it with `bmaptool create` or `imagebuild bmap`");
+        }
+        let number = |name: &str| -> Result<u64> {
+            tag(&body, name)
+                .with_context(|| format!("the bmap has no <{name}>"))?
+                .parse::<u64>()
+                .with_context(|| format!("the bmap's <{name}> is not a number"))
+        };
+        let image_size = number("ImageSize")?;
+        let block_size = number("BlockSize")?;
+        if block_size == 0 {
+            bail!("the bmap's <BlockSize> is 0");
+        }
+        let kind = tag(&body, "ChecksumType").context("the bmap has no <ChecksumType>")?;
+        if kind != "sha256" {
+            bail!("the bmap uses {kind} checksums; only sha256 is supported");
+        }
+        let file_sum =
+            tag(&body, "BmapFileChecksum").context("the bmap has no <BmapFileChecksum>")?;
+        if file_sum.len() != SHA256_HEX {
+            bail!("the bmap's <BmapFileChecksum> is not a sha256");
+        }
+        let zeroed = text.replacen(file_sum, &"0".repeat(SHA256_HEX), 1);
+        if hex::encode(Sha256::digest(zeroed.as_bytes())) != file_sum {
+            bail!("the bmap file is damaged: its BmapFileChecksum does not match its contents");
+        }
+        let mut ranges = Vec::new();
+        let mut rest = body.as_str();
+        while let Some(i) = rest.find("<Range") {
+            rest = &rest[i + 6..];
+            let close = rest
+                .find('>')
+                .context("an unterminated <Range> in the bmap")?;
+            let attrs = &rest[..close];
+            let end = rest
+                .find("</Range>")
+                .context("a <Range> without </Range> in the bmap")?;
+            let blocks = rest[close + 1..end].trim();
+            rest = &rest[end..];
+            let sha256 = attrs
+                .find("chksum=\"")
+                .map(|j| &attrs[j + 8..])
+                .and_then(|a| a.find('"').map(|k| a[..k].to_string()))
+                .with_context(|| format!("bmap range {blocks} has no chksum"))?;
+            let (a, b) = blocks.split_once('-').unwrap_or((blocks, blocks));
+            let first: u64 = a
+                .trim()
+                .parse()
+                .with_context(|| format!("bad bmap range {blocks:?}"))?;
+            let last: u64 = b
+                .trim()
+                .parse()
+                .with_context(|| format!("bad bmap range {blocks:?}"))?;
+            if last < first || first * block_size >= image_size.max(1) {
+                bail!("bmap range {blocks} lies outside the {image_size}-byte image");
+            }
+            if ranges.last().is_some_and(|p: &BlockRange| p.last >= first) {
+                bail!("bmap ranges overlap or are out of order at {blocks}");
+            }
+            ranges.push(BlockRange {
+                first,
+                last,
+                sha256,
+            });
+        }
+        Ok(Bmap {
+            image_size,
+            block_size,
+            ranges,
+        })
+    }
+
+    /// Read and check a bmap file.
+    pub fn load(path: &Path) -> Result<Bmap> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the bmap {}", path.display()))?;
+        Bmap::parse(&text).with_context(|| format!("reading the bmap {}", path.display()))
+    }
+}
+
+/// Compute the block map of `image` and write it to `bmap_path` (flushed to disk).
+pub fn write_for(image: &Path, bmap_path: &Path) -> Result<Bmap> {
+    let map = Bmap::for_image(image)?;
+    output::write_synced(bmap_path, map.to_xml().as_bytes())?;
+    Ok(map)
+}
+
+fn strip_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("<!--") {
+        out.push_str(&rest[..i]);
+        match rest[i..].find("-->") {
+            Some(j) => rest = &rest[i + j + 3..],
+            None => return out,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn tag<'a>(body: &'a str, name: &str) -> Option<&'a str> {
+    let open = format!("<{name}>");
+    let i = body.find(&open)? + open.len();
+    let j = body[i..].find(&format!("</{name}>"))?;
+    Some(body[i..i + j].trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, SeekFrom, Write};
+
+    #[test]
+    fn holes_are_left_out_and_xml_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.img");
+        let mut f = File::create(&p).unwrap();
+        f.set_len(10 << 20).unwrap();
+        f.write_all(b"head").unwrap();
+        f.seek(SeekFrom::Start(5 << 20)).unwrap();
+        f.write_all(&[7u8; 9000]).unwrap();
+        f.sync_all().unwrap();
+        let map = Bmap::for_image(&p).unwrap();
+        assert_eq!(map.image_size, 10 << 20);
+        assert!(map.mapped_blocks() < map.blocks_count() / 2, "{map:?}");
+        assert!(map.ranges.iter().any(|r| r.first == 0));
+        let xml = map.to_xml();
+        assert_eq!(Bmap::parse(&xml).unwrap(), map);
+        let tampered = xml.replacen("<BlockSize> 4096", "<BlockSize> 4097", 1);
+        assert!(Bmap::parse(&tampered).is_err());
+    }
+}

@@ -1,0 +1,335 @@
+//! Write targets (a block device such as an SD card, or a plain file) and the checks that keep
+//! imagebuild from writing over a mounted disk or the disk the running system lives on.
+
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// A device number as `major:minor`, the form /proc/self/mountinfo and sysfs use.
+type DevNo = (u32, u32);
+
+/// What a target path is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetKind {
+    /// A whole block device, `size` bytes.
+    Disk {
+        /// Capacity in bytes.
+        size: u64,
+    },
+    /// A regular file (or a path that does not exist yet).
+    File {
+        /// Whether it existed before.
+        existed: bool,
+    },
+}
+
+/// A checked write target.
+#[derive(Debug)]
+pub struct Target {
+    /// The path given.
+    pub path: PathBuf,
+    /// Disk or file.
+    pub kind: TargetKind,
+}
+
+impl Target {
+    /// Look at `path` and refuse what must not be written: a mounted disk (or one with a mounted
+    /// partition, an active swap, or a device-mapper user), the disk holding `/`, a partition
+    /// instead of a whole disk, and anything that is neither a block device nor a regular file.
+    pub fn inspect(path: &Path) -> Result<Target> {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Target {
+                    path: path.to_path_buf(),
+                    kind: TargetKind::File { existed: false },
+                })
+            }
+            Err(e) => return Err(e).with_context(|| format!("looking at {}", path.display())),
+        };
+        let ft = meta.file_type();
+        if ft.is_file() {
+            return Ok(Target {
+                path: path.to_path_buf(),
+                kind: TargetKind::File { existed: true },
+            });
+        }
+        if !ft.is_block_device() {
+            bail!(
+                "{} is neither a block device (such as /dev/sdb or /dev/mmcblk0) nor a regular file",
+                path.display()
+            );
+        }
+        let dev = devno(meta.rdev());
+        check_disk_unused(path, dev)?;
+        let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let size = f
+            .seek(SeekFrom::End(0))
+            .with_context(|| format!("reading the size of {}", path.display()))?;
+        Ok(Target {
+            path: path.to_path_buf(),
+            kind: TargetKind::Disk { size },
+        })
+    }
+
+    /// Open for writing: a disk exclusively (O_EXCL fails while the kernel has it in use), a file
+    /// created if needed; `truncate` empties a file first so unwritten ranges read as zeros.
+    pub fn open_rw(&self, truncate: bool) -> Result<File> {
+        let mut o = OpenOptions::new();
+        o.read(true).write(true);
+        match self.kind {
+            TargetKind::Disk { .. } => {
+                o.custom_flags(libc::O_EXCL);
+            }
+            TargetKind::File { .. } => {
+                o.create(true).truncate(truncate);
+            }
+        }
+        o.open(&self.path).map_err(|e| {
+            let busy = e.raw_os_error() == Some(libc::EBUSY);
+            anyhow::Error::new(e).context(if busy {
+                format!(
+                    "opening {} for writing: the device is busy (mounted or in use by another program)",
+                    self.path.display()
+                )
+            } else {
+                format!("opening {} for writing", self.path.display())
+            })
+        })
+    }
+
+    /// Whether this is a block device.
+    pub fn is_disk(&self) -> bool {
+        matches!(self.kind, TargetKind::Disk { .. })
+    }
+}
+
+fn devno(rdev: u64) -> DevNo {
+    (libc::major(rdev), libc::minor(rdev))
+}
+
+fn sysfs_dir(dev: DevNo) -> Option<PathBuf> {
+    std::fs::canonicalize(format!("/sys/dev/block/{}:{}", dev.0, dev.1)).ok()
+}
+
+fn read_devno(dir: &Path) -> Option<DevNo> {
+    let s = std::fs::read_to_string(dir.join("dev")).ok()?;
+    let (a, b) = s.trim().split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// The whole disk a device belongs to (itself when it is not a partition).
+fn whole_disk(dev: DevNo) -> Option<(DevNo, PathBuf)> {
+    let dir = sysfs_dir(dev)?;
+    if dir.join("partition").exists() {
+        let parent = dir.parent()?.to_path_buf();
+        Some((read_devno(&parent)?, parent))
+    } else {
+        Some((dev, dir))
+    }
+}
+
+/// The disk and every partition of it, with their sysfs names.
+fn disk_and_partitions(dir: &Path, dev: DevNo) -> Vec<(DevNo, String)> {
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let mut out = vec![(dev, name(dir))];
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.join("partition").exists() {
+                if let Some(d) = read_devno(&p) {
+                    out.push((d, name(&p)));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whole disks under a device, following device-mapper/md `slaves` down to real disks.
+fn disks_under(dev: DevNo, out: &mut BTreeSet<DevNo>, depth: u32) {
+    let Some((disk, dir)) = whole_disk(dev) else {
+        return;
+    };
+    let slaves: Vec<DevNo> = std::fs::read_dir(dir.join("slaves"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| std::fs::canonicalize(e.path()).ok())
+                .filter_map(|p| read_devno(&p))
+                .collect()
+        })
+        .unwrap_or_default();
+    if slaves.is_empty() || depth > 8 {
+        out.insert(disk);
+    } else {
+        for s in slaves {
+            disks_under(s, out, depth + 1);
+        }
+    }
+}
+
+/// The disks that hold the running system's root filesystem.
+pub fn system_disks() -> BTreeSet<DevNo> {
+    let mut out = BTreeSet::new();
+    if let Ok(m) = std::fs::metadata("/") {
+        disks_under(devno(m.dev()), &mut out, 0);
+    }
+    if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for m in parse_mountinfo(&text) {
+            if m.mount_point == "/" {
+                disks_under(m.dev, &mut out, 0);
+            }
+        }
+    }
+    out
+}
+
+/// One line of /proc/self/mountinfo, the parts we use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Mount {
+    dev: DevNo,
+    mount_point: String,
+    source: String,
+}
+
+fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let (a, b) = f.get(2)?.split_once(':')?;
+            let sep = f.iter().position(|x| *x == "-")?;
+            Some(Mount {
+                dev: (a.parse().ok()?, b.parse().ok()?),
+                mount_point: unescape(f.get(4)?),
+                source: unescape(f.get(sep + 2).copied().unwrap_or("")),
+            })
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal `\NNN`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Refuse a disk that is the system disk, a partition, mounted, swapped on, or held by dm/md.
+pub fn check_disk_unused(path: &Path, dev: DevNo) -> Result<()> {
+    let shown = path.display();
+    let Some(dir) = sysfs_dir(dev) else {
+        bail!(
+            "{shown} ({}:{}) is not a block device the kernel lists in /sys/dev/block",
+            dev.0,
+            dev.1
+        );
+    };
+    if dir.join("partition").exists() {
+        let disk = dir
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| format!("/dev/{}", n.to_string_lossy()))
+            .unwrap_or_else(|| "the whole disk".into());
+        bail!("{shown} is a partition; give the whole disk ({disk}) instead");
+    }
+    if system_disks().contains(&dev) {
+        bail!("refusing to write to {shown}: it holds the running system's root filesystem (/)");
+    }
+    let members = disk_and_partitions(&dir, dev);
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    for m in parse_mountinfo(&mountinfo) {
+        if let Some((_, name)) = members.iter().find(|(d, _)| *d == m.dev) {
+            bail!(
+                "refusing to write to {shown}: /dev/{name} is mounted at {} (source {}); unmount it first (umount {})",
+                m.mount_point,
+                m.source,
+                m.mount_point
+            );
+        }
+    }
+    if let Ok(swaps) = std::fs::read_to_string("/proc/swaps") {
+        for line in swaps.lines().skip(1) {
+            let Some(what) = line.split_whitespace().next() else {
+                continue;
+            };
+            if let Ok(m) = std::fs::metadata(unescape(what)) {
+                if m.file_type().is_block_device()
+                    && members.iter().any(|(d, _)| *d == devno(m.rdev()))
+                {
+                    bail!("refusing to write to {shown}: {what} is an active swap area; run swapoff {what} first");
+                }
+            }
+        }
+    }
+    let disk_name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for (_, name) in &members {
+        let hdir = if *name == disk_name {
+            dir.join("holders")
+        } else {
+            dir.join(name).join("holders")
+        };
+        let users: Vec<String> = std::fs::read_dir(&hdir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !users.is_empty() {
+            bail!(
+                "refusing to write to {shown}: /dev/{name} is in use by {} (LVM, dm-crypt or RAID); deactivate it first",
+                users.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_are_read() {
+        let text = "36 35 98:0 /mnt1 /mnt\\040x rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n22 1 259:2 / / rw shared:1 - ext4 /dev/nvme0n1p2 rw\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].dev, (98, 0));
+        assert_eq!(m[0].mount_point, "/mnt x");
+        assert_eq!(m[0].source, "/dev/root");
+        assert_eq!(m[1].mount_point, "/");
+        assert_eq!(m[1].source, "/dev/nvme0n1p2");
+    }
+
+    #[test]
+    fn the_root_disk_is_a_system_disk() {
+        // Wherever the tests run, `/` lives on something; if sysfs knows it, it is listed.
+        let root = std::fs::metadata("/").unwrap();
+        if let Some((disk, _)) = whole_disk(devno(root.dev())) {
+            assert!(system_disks().contains(&disk));
+        }
+    }
+}

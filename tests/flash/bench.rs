@@ -1,0 +1,170 @@
+//! `flash-bench`: flash time with the bmap versus a full copy of a built image, and stamp time.
+//!
+//!   cargo run --release -p systests --bin flash-bench [-- WORKDIR]
+//!
+//! Builds a realistic image from a fixture base (2.5 GiB root filesystem, ~600 MiB of files),
+//! then flashes it with `imagebuild::flash` (write, fsync, read-back verify) twice: with its
+//! bmap and with `--no-bmap`. As root the target is a loop device over a sparse file (a block
+//! device, as a card would be); otherwise a plain file. Prints both times and the ratio, then
+//! the time of `imagebuild stamp` on the image (median of 7).
+
+#[path = "../image/fixture.rs"]
+mod fixture;
+
+use anyhow::{bail, Context, Result};
+use imagebuild::flash::{flash, FlashOptions};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+/// A fresh target of `len` bytes: a loop device over a sparse file as root, else the file.
+fn target(work: &Path, name: &str, len: u64) -> Result<(PathBuf, Option<Loop>)> {
+    let file = work.join(name);
+    let _ = std::fs::remove_file(&file);
+    std::fs::File::create(&file)?.set_len(len)?;
+    if !systests::is_root() {
+        return Ok((file, None));
+    }
+    let out = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&file)
+        .output()
+        .context("running losetup")?;
+    if !out.status.success() {
+        bail!("losetup failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Ok((PathBuf::from(&dev), Some(Loop(dev))))
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn main() -> Result<()> {
+    let work = match std::env::args().nth(1) {
+        Some(d) => PathBuf::from(d),
+        None => std::env::temp_dir().join("flash-bench"),
+    };
+    std::fs::create_dir_all(work.join("out"))?;
+    let base = work.join("base.img");
+    if !base.exists() {
+        eprintln!("making the fixture base (once) ...");
+        let spec = fixture::Spec {
+            flavor: fixture::Flavor::Trixie,
+            root_mib: 2560,
+            filler_bytes: 600 << 20,
+        };
+        fixture::make(&spec, &base)?;
+    }
+    std::fs::write(
+        work.join("cluster.toml"),
+        "[cluster]\nname = \"bench\"\ntoken = \"bench-token-0123456789abcdef\"\nservers = 3\n",
+    )?;
+    std::fs::write(
+        work.join("image.toml"),
+        format!(
+            "[image]\nboard = \"rpi5\"\nbase = \"{}\"\noutput = \"out/node.img\"\nfree_space = \"256MiB\"\n\n[k3s]\nversion = \"v1.31.4+k3s1\"\n\n[cluster]\nfile = \"cluster.toml\"\n",
+            base.display()
+        ),
+    )?;
+    let options = imagebuild::build::BuildOptions {
+        cache_dir: Some(work.join("cache")),
+        data_dir: Some(systests::repo_root()),
+        ..Default::default()
+    };
+    let report = imagebuild::build::run(&work.join("image.toml"), options)?;
+    let img = report.output.clone();
+    let map = imagebuild::bmap::Bmap::load(&imagebuild::output::with_suffix(&img, ".bmap"))?;
+
+    let kind = if systests::is_root() {
+        "loop device"
+    } else {
+        "plain file (not root)"
+    };
+    let (dev, _l1) = target(&work, "target-bmap.img", report.size + (64 << 20))?;
+    let with_bmap = flash(
+        &img,
+        &dev,
+        &FlashOptions {
+            yes: true,
+            ..Default::default()
+        },
+    )?;
+    drop(_l1);
+    let (dev, _l2) = target(&work, "target-full.img", report.size + (64 << 20))?;
+    let full = flash(
+        &img,
+        &dev,
+        &FlashOptions {
+            yes: true,
+            no_bmap: true,
+            ..Default::default()
+        },
+    )?;
+    drop(_l2);
+    let t_bmap = with_bmap.write_time + with_bmap.verify_time;
+    let t_full = full.write_time + full.verify_time;
+
+    // Stamp: the same image, new settings each time (median of 7 runs of the CLI's library call).
+    let mut times = Vec::new();
+    for i in 0..7 {
+        let opts = imagebuild::stamp::StampOptions {
+            sets: vec![format!("node.hostname=bench-{i}")],
+            token_file: None,
+        };
+        let t = Instant::now();
+        imagebuild::stamp::stamp(&img, &work.join("cluster.toml"), &opts)?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+
+    println!(
+        "image: {} ({} bytes), target: {kind}",
+        img.display(),
+        report.size
+    );
+    println!(
+        "mapped: {} of {} blocks ({:.1}% of the image)",
+        map.mapped_blocks(),
+        map.blocks_count(),
+        map.mapped_blocks() as f64 * 100.0 / map.blocks_count() as f64
+    );
+    println!(
+        "flash with bmap:  {:8.2} s  (write+fsync {:.2} s, read-back {:.2} s, {} MiB)",
+        secs(t_bmap),
+        secs(with_bmap.write_time),
+        secs(with_bmap.verify_time),
+        with_bmap.written >> 20
+    );
+    println!(
+        "flash full copy:  {:8.2} s  (write+fsync {:.2} s, read-back {:.2} s, {} MiB)",
+        secs(t_full),
+        secs(full.write_time),
+        secs(full.verify_time),
+        full.written >> 20
+    );
+    println!(
+        "ratio full/bmap:  {:8.2}x",
+        secs(t_full) / secs(t_bmap).max(1e-9)
+    );
+    println!(
+        "stamp:            {:8.1} ms median ({:.1} .. {:.1} ms over {} runs)",
+        secs(times[times.len() / 2]) * 1000.0,
+        secs(times[0]) * 1000.0,
+        secs(times[times.len() - 1]) * 1000.0,
+        times.len()
+    );
+    for f in ["target-bmap.img", "target-full.img"] {
+        let _ = std::fs::remove_file(work.join(f));
+    }
+    Ok(())
+}
