@@ -263,13 +263,17 @@ impl Node {
 
     /// Runs `firstboot peers --json` in the node (browsing `wait` seconds) and parses the answer.
     pub fn peers(&self, wait: u64) -> serde_json::Value {
-        let out = self
-            .command(&firstboot_bin())
-            .args(["--root"])
+        let mut cmd = self.command(&firstboot_bin());
+        cmd.args(["--root"])
             .arg(&self.root)
-            .args(["peers", "--json", "--wait", &wait.to_string()])
-            .output()
-            .expect("running firstboot peers");
+            .args(["peers", "--json", "--wait", &wait.to_string()]);
+        // Nodes that ran `firstboot run` have intake's cluster.toml; bare discovery nodes only
+        // have their token file (and the default 3/3 cluster shape).
+        if !self.root.join("etc/firstboot/cluster.toml").exists() {
+            cmd.arg("--token-file")
+                .arg(self.root.join("etc/firstboot/token"));
+        }
+        let out = cmd.output().expect("running firstboot peers");
         let log = self.dir.join("peers.log");
         let mut text = fs::read(&log).unwrap_or_default();
         text.extend_from_slice(&out.stdout);

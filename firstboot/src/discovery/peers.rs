@@ -3,6 +3,7 @@
 use super::browse::Browser;
 use super::record::ClusterKeys;
 use super::table::{PeerSummary, PeerTable};
+use crate::config::ClusterConfig;
 use crate::paths::Paths;
 use anyhow::Context;
 use std::path::PathBuf;
@@ -21,15 +22,45 @@ pub struct PeersArgs {
     /// Seconds to browse before answering.
     #[arg(long, default_value_t = 3)]
     pub wait: u64,
-    /// File holding the cluster token [default: <root>/etc/firstboot/token].
+    /// Instead of this node's cluster.toml, browse for the cluster of the token in this file
+    /// (with --nodes and --servers, which are part of the cluster id).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
-    /// Bootstrap electorate size (cluster.nodes).
-    #[arg(long, default_value_t = 3)]
+    /// Bootstrap electorate size (cluster.nodes), with --token-file.
+    #[arg(long, default_value_t = 3, requires = "token_file")]
     pub nodes: u8,
-    /// Desired K3s servers (cluster.servers).
-    #[arg(long, default_value_t = 3)]
+    /// Desired K3s servers (cluster.servers), with --token-file.
+    #[arg(long, default_value_t = 3, requires = "token_file")]
     pub servers: u8,
+}
+
+/// The keys of the cluster to look for: from `--token-file`, else from this node's cluster.toml
+/// (intake's root-only copy, which keeps the token, else the boot partition's).
+fn cluster_keys(args: &PeersArgs, paths: &Paths) -> anyhow::Result<ClusterKeys> {
+    if let Some(file) = &args.token_file {
+        return Ok(ClusterKeys::derive(
+            &read_token(file)?,
+            args.nodes,
+            args.servers,
+        ));
+    }
+    let candidates = [
+        crate::intake::root_config_path(paths.root()),
+        paths.boot_cluster_toml(),
+    ];
+    let Some(path) = candidates.iter().find(|p| p.exists()) else {
+        anyhow::bail!(
+            "no cluster.toml at {} or {}: run this on a node, or pass --token-file FILE --nodes N --servers S",
+            candidates[0].display(),
+            candidates[1].display()
+        );
+    };
+    let config = ClusterConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(ClusterKeys::derive(
+        config.token.expose().as_bytes(),
+        config.nodes,
+        config.servers,
+    ))
 }
 
 /// Browses for `wait` and summarizes what was resolved by the end.
@@ -73,11 +104,7 @@ pub fn read_token(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
 
 /// Runs `firstboot peers` against the system bus (`DBUS_SYSTEM_BUS_ADDRESS` honoured).
 pub fn run(args: &PeersArgs, paths: &Paths) -> anyhow::Result<()> {
-    let token_file = args
-        .token_file
-        .clone()
-        .unwrap_or_else(|| paths.config_dir().join("token"));
-    let keys = ClusterKeys::derive(&read_token(&token_file)?, args.nodes, args.servers);
+    let keys = cluster_keys(args, paths)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -138,5 +165,65 @@ mod tests {
         assert_eq!(read_token(&path).expect("token"), b"s3cret token value");
         std::fs::write(&path, "\n").expect("write");
         assert!(read_token(&path).is_err());
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+    use crate::election::ClusterId;
+
+    fn args(token_file: Option<PathBuf>) -> PeersArgs {
+        PeersArgs {
+            json: true,
+            wait: 1,
+            token_file,
+            nodes: 3,
+            servers: 3,
+        }
+    }
+
+    #[test]
+    fn keys_come_from_the_nodes_own_cluster_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path(), None);
+        let config = crate::intake::root_config_path(dir.path());
+        std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+        std::fs::write(&config, "[cluster]\nname = \"lab\"\ntoken = \"peers-test-token-0123\"\nservers = 3\nnodes = 5\n").unwrap();
+        let keys = cluster_keys(&args(None), &paths).unwrap();
+        // nodes = 5 is part of the cluster id: a 3/3 default would look for another cluster.
+        assert_eq!(
+            keys.cluster,
+            ClusterId::derive(b"peers-test-token-0123", 5, 3)
+        );
+        assert_ne!(
+            keys.cluster,
+            ClusterId::derive(b"peers-test-token-0123", 3, 3)
+        );
+    }
+
+    #[test]
+    fn no_config_names_both_places_and_the_alternative() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path(), None);
+        let err = cluster_keys(&args(None), &paths).unwrap_err().to_string();
+        assert!(
+            err.contains("etc/firstboot/cluster.toml")
+                && err.contains("boot/firmware/cluster.toml"),
+            "{err}"
+        );
+        assert!(err.contains("--token-file"), "{err}");
+    }
+
+    #[test]
+    fn token_file_overrides_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "peers-test-token-0123\n").unwrap();
+        let keys = cluster_keys(&args(Some(token)), &Paths::new(dir.path(), None)).unwrap();
+        assert_eq!(
+            keys.cluster,
+            ClusterId::derive(b"peers-test-token-0123", 3, 3)
+        );
     }
 }
