@@ -3,6 +3,8 @@
 
 #[path = "../image/fixture.rs"]
 mod fixture;
+#[path = "../payload/release.rs"]
+mod release;
 #[path = "../image/support.rs"]
 mod support;
 
@@ -33,10 +35,14 @@ fn built() -> &'static PathBuf {
         std::fs::create_dir_all(dir.join("out")).unwrap();
         let base = dir.join("base.img");
         fixture::make(&Spec::small(Flavor::Trixie), &base).expect("making fixture");
+        // K3s from a generated release in a local directory and a stand-in firstboot: this test
+        // is about the image file, and must never reach for the network.
+        release::make(&dir.join("release"));
+        let firstboot = release::fake_firstboot(&dir);
         std::fs::write(
             dir.join("image.toml"),
             format!(
-                "[image]\nboard = \"rpi5\"\nbase = \"{}\"\noutput = \"out/node.img\"\nfree_space = \"64MiB\"\ncompress = \"zstd\"\n\n[k3s]\nversion = \"v1.31.4+k3s1\"\n",
+                "[image]\nboard = \"rpi5\"\nbase = \"{}\"\noutput = \"out/node.img\"\nfree_space = \"64MiB\"\ncompress = \"zstd\"\n\n[k3s]\nversion = \"v1.31.4+k3s1\"\nmirror = \"release\"\n",
                 base.display()
             ),
         )
@@ -46,6 +52,8 @@ fn built() -> &'static PathBuf {
             .arg(dir.join("image.toml"))
             .arg("--cache-dir")
             .arg(dir.join("cache"))
+            .arg("--firstboot-bin")
+            .arg(&firstboot)
             .env("SOURCE_DATE_EPOCH", "1735689600")
             .env("IMAGEBUILD_DATA_DIR", systests::repo_root())
             .output()
