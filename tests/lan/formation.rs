@@ -7,8 +7,8 @@ mod formation_support;
 mod harness;
 
 use formation_support::{
-    assert_one_cluster, can_run, formation_lock, role_in, role_of, start_node, start_node_as,
-    wait_roles, write_config, ClusterSpec,
+    add_cluster_nodes, assert_one_cluster, can_run, formation_lock, role_in, role_of, start_node,
+    start_node_as, wait_roles, write_config, ClusterSpec,
 };
 use harness::{contains, random_token, Lan};
 use std::thread::sleep;
@@ -22,10 +22,7 @@ fn three_nodes_three_servers_elect_one_init() {
     let _serial = formation_lock();
     let mut lan = Lan::new();
     let spec = ClusterSpec::new("homelab", 3, 3);
-    for _ in 0..3 {
-        let node = lan.add_node(&spec.token);
-        write_config(node, &spec);
-    }
+    add_cluster_nodes(&mut lan, &spec, 3);
     for node in lan.nodes.iter_mut() {
         start_node(node);
     }
@@ -41,10 +38,7 @@ fn five_nodes_three_servers_two_agents() {
     let _serial = formation_lock();
     let mut lan = Lan::new();
     let spec = ClusterSpec::new("homelab", 5, 3);
-    for _ in 0..5 {
-        let node = lan.add_node(&spec.token);
-        write_config(node, &spec);
-    }
+    add_cluster_nodes(&mut lan, &spec, 5);
     for node in lan.nodes.iter_mut() {
         start_node(node);
     }
@@ -113,10 +107,7 @@ fn late_node_joins_the_formed_cluster() {
     let _serial = formation_lock();
     let mut lan = Lan::new();
     let spec = ClusterSpec::new("homelab", 3, 3);
-    for _ in 0..4 {
-        let node = lan.add_node(&spec.token);
-        write_config(node, &spec);
-    }
+    add_cluster_nodes(&mut lan, &spec, 4);
     for node in lan.nodes.iter_mut().take(3) {
         start_node(node);
     }
@@ -150,10 +141,7 @@ fn rogue_node_with_a_wrong_token_is_ignored() {
     };
     let rogue = lan.add_node(&rogue_spec.token);
     write_config(rogue, &rogue_spec);
-    for _ in 0..3 {
-        let node = lan.add_node(&spec.token);
-        write_config(node, &spec);
-    }
+    add_cluster_nodes(&mut lan, &spec, 3);
     for node in lan.nodes.iter_mut() {
         start_node(node);
     }
@@ -186,10 +174,7 @@ fn avahi_restart_mid_election_still_forms() {
     let _serial = formation_lock();
     let mut lan = Lan::new();
     let spec = ClusterSpec::new("homelab", 3, 3);
-    for _ in 0..3 {
-        let node = lan.add_node(&spec.token);
-        write_config(node, &spec);
-    }
+    add_cluster_nodes(&mut lan, &spec, 3);
     for node in lan.nodes.iter_mut() {
         start_node(node);
     }
@@ -211,10 +196,7 @@ fn capture_of_a_formation_holds_no_token() {
     let _serial = formation_lock();
     let mut lan = Lan::new();
     let spec = ClusterSpec::new("homelab", 3, 3);
-    for _ in 0..3 {
-        let node = lan.add_node(&spec.token);
-        write_config(node, &spec);
-    }
+    add_cluster_nodes(&mut lan, &spec, 3);
     lan.start_capture();
     for node in lan.nodes.iter_mut() {
         start_node(node);
@@ -257,10 +239,7 @@ fn killed_and_restarted_nodes_keep_their_roles() {
     let _serial = formation_lock();
     let mut lan = Lan::new();
     let spec = ClusterSpec::new("homelab", 3, 3);
-    for _ in 0..3 {
-        let node = lan.add_node(&spec.token);
-        write_config(node, &spec);
-    }
+    add_cluster_nodes(&mut lan, &spec, 3);
     for node in lan.nodes.iter_mut() {
         start_node(node);
     }

@@ -87,6 +87,14 @@ pub fn write_config(node: &Node, spec: &ClusterSpec) {
     std::fs::write(boot.join("cluster.toml"), text).expect("writing cluster.toml");
 }
 
+/// Adds `count` nodes of the cluster `spec` to the LAN, each with its cluster.toml.
+pub fn add_cluster_nodes(lan: &mut Lan, spec: &ClusterSpec, count: usize) {
+    for _ in 0..count {
+        let node = lan.add_node(&spec.token);
+        write_config(node, spec);
+    }
+}
+
 /// Starts `firstboot run --until role` in the node (no clock or storage step: the test LAN has
 /// no timedated and its nodes share one disk), logging to `firstboot.log`.
 pub fn start_node(node: &mut Node) {
