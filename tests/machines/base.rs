@@ -154,6 +154,17 @@ fn build(work: &Path, out: &Path) -> Result<()> {
         .as_bytes(),
     )?;
     std::fs::create_dir_all(root.join("boot/firmware"))?;
+    // Raspberry Pi OS bookworm's first-boot hook (named on cmdline.txt; imagebuild keeps it). A
+    // container never runs it: systemd-nspawn starts /sbin/init, not the kernel command line.
+    put(
+        &root,
+        "usr/lib/raspberrypi-sys-mods/firstboot",
+        b"#!/bin/sh\n# stands in for raspberrypi-sys-mods' first-boot script\nexec /sbin/init\n",
+    )?;
+    std::fs::set_permissions(
+        root.join("usr/lib/raspberrypi-sys-mods/firstboot"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
     // Smaller image: package caches are not part of an installed system.
     for d in ["var/cache/apt/archives", "var/lib/apt/lists"] {
         for e in std::fs::read_dir(root.join(d))?.flatten() {
@@ -203,7 +214,7 @@ fn build(work: &Path, out: &Path) -> Result<()> {
         &boot,
         "cmdline.txt",
         format!(
-            "console=serial0,115200 console=tty1 root=PARTUUID={part}-02 rootfstype=ext4 fsck.repair=yes rootwait\n"
+            "console=serial0,115200 console=tty1 root=PARTUUID={part}-02 rootfstype=ext4 fsck.repair=yes rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot\n"
         )
         .as_bytes(),
     )?;
