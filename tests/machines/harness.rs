@@ -540,7 +540,18 @@ impl Machine {
     pub fn report(&self) -> String {
         let status = self
             .status()
-            .map(|s| s.to_string())
+            .map(|mut s| {
+                // A retried failure repeats its error: show each once.
+                if let Some(errors) = s.get_mut("errors").and_then(|e| e.as_array_mut()) {
+                    let mut seen = Vec::new();
+                    errors.retain(|e| {
+                        let new = !seen.contains(e);
+                        seen.push(e.clone());
+                        new
+                    });
+                }
+                s.to_string()
+            })
             .unwrap_or_else(|| "no status".into());
         let journal = self.journal(None);
         let tail: Vec<&str> = journal.lines().rev().take(40).collect();
@@ -704,7 +715,7 @@ impl Lan {
         self.machines[i].stop();
     }
 
-    /// Polls `done` every second until it holds; panics after `timeout` with every machine's
+    /// Polls `done` every 250 ms until it holds; panics after `timeout` with every machine's
     /// status and journal tail. Returns the time it took.
     pub fn wait_for(
         &self,
@@ -723,7 +734,7 @@ impl Lan {
                     self.report()
                 );
             }
-            sleep(Duration::from_secs(1));
+            sleep(Duration::from_millis(250));
         }
     }
 
