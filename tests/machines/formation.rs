@@ -12,7 +12,7 @@ use std::time::Duration;
 static ONE_LAN_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// How long a formation may take before the test gives up (no speed assertion: see the bench).
-const FORMATION: Duration = Duration::from_secs(240);
+const FORMATION: Duration = Duration::from_secs(180);
 
 fn skip(test: &str) -> bool {
     match harness::skip_reason() {

@@ -143,7 +143,7 @@ impl Anchor {
     fn spawn() -> Self {
         let mut cmd = Command::new("unshare");
         cmd.args(["--net", "sleep", "infinity"]);
-        let child = die_with_parent(&mut cmd)
+        let mut child = die_with_parent(&mut cmd)
             .stdin(Stdio::null())
             .spawn()
             .expect("spawning unshare");
@@ -156,6 +156,8 @@ impl Anchor {
             }
             sleep(Duration::from_millis(10));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("unshare did not create a network namespace");
     }
 
