@@ -75,6 +75,15 @@ fn assert_formed(lan: &Lan, token: &str, servers: usize, agents: usize) {
             m.name
         );
         hostnames.insert(hostname);
+        let scrubbed = m
+            .boot_file("cluster.toml")
+            .unwrap_or_else(|| panic!("{}: cluster.toml gone from the boot partition", m.name));
+        assert!(
+            harness::contains(&scrubbed, b"name = \"machines\""),
+            "{}: the scrubbed cluster.toml lost the cluster's settings: {}",
+            m.name,
+            String::from_utf8_lossy(&scrubbed)
+        );
         let yaml = m
             .config_yaml()
             .unwrap_or_else(|| panic!("{}: no config.yaml", m.name));
@@ -149,7 +158,7 @@ fn five_machines_make_three_servers_and_two_agents() {
 
 /// A machine that has its role but is not ready yet: joining or starting K3s.
 fn mid_join(m: &harness::Machine) -> bool {
-    let Some(status) = m.status() else {
+    let Some(status) = m.state() else {
         return false;
     };
     let role = status["role"].as_str().unwrap_or_default();
@@ -167,9 +176,12 @@ fn machine_powered_off_mid_join_joins_after_booting_again() {
     let toml = cluster_toml("machines", &token, 3, 3);
     let mut lan = Lan::new();
     lan.boot_machines(&vec![toml; 3]);
-    lan.wait_for("a machine in the middle of joining", FORMATION, |lan| {
-        lan.machines.iter().any(mid_join)
-    });
+    lan.wait_for_polling(
+        "a machine in the middle of joining",
+        FORMATION,
+        Duration::from_millis(20),
+        |lan| lan.machines.iter().any(mid_join),
+    );
     let victim = lan
         .machines
         .iter()

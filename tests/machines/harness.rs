@@ -299,6 +299,12 @@ impl Machine {
         }
     }
 
+    /// firstboot's state file (`/var/lib/firstboot/state.json`, what `status --json` prints),
+    /// read straight from the root filesystem: cheap enough to poll every few milliseconds.
+    pub fn state(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.root_file("var/lib/firstboot/state.json")?).ok()
+    }
+
     /// The lifecycle phase firstboot reports ("ready", "joining", ...).
     pub fn phase(&self) -> Option<String> {
         self.status()?["phase"].as_str().map(String::from)
@@ -723,6 +729,17 @@ impl Lan {
         &self,
         what: &str,
         timeout: Duration,
+        done: impl FnMut(&Lan) -> bool,
+    ) -> Duration {
+        self.wait_for_polling(what, timeout, Duration::from_millis(250), done)
+    }
+
+    /// [`Lan::wait_for`] with another polling interval (short ones for fleeting states).
+    pub fn wait_for_polling(
+        &self,
+        what: &str,
+        timeout: Duration,
+        poll: Duration,
         mut done: impl FnMut(&Lan) -> bool,
     ) -> Duration {
         let start = Instant::now();
@@ -736,7 +753,7 @@ impl Lan {
                     self.report()
                 );
             }
-            sleep(Duration::from_millis(250));
+            sleep(poll);
         }
     }
 
