@@ -78,6 +78,7 @@ fn assert_formed(lan: &Lan, token: &str, servers: usize, agents: usize) {
             m.name
         );
         hostnames.insert(hostname);
+        m.check_boot_partition();
         let scrubbed = m
             .boot_file("cluster.toml")
             .unwrap_or_else(|| panic!("{}: cluster.toml gone from the boot partition", m.name));

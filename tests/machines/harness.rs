@@ -226,6 +226,7 @@ pub struct Machine {
     /// The directory bound at `/boot/firmware` while it runs (copied from and back to the FAT).
     pub boot: PathBuf,
     boot_offset: u64,
+    boot_size: u64,
     anchor: Anchor,
     nspawn: Option<Child>,
     /// How many times it was booted.
@@ -384,6 +385,10 @@ impl Machine {
     /// Writes the boot directory back into the FAT boot partition of its image: files gone
     /// from the directory are deleted, the others copied over.
     pub fn sync_boot_partition(&self) {
+        if !self.boot.exists() {
+            // Never booted: the FAT is all there is.
+            return;
+        }
         let present: Vec<String> = fs::read_dir(&self.boot)
             .expect("reading the boot directory")
             .flatten()
@@ -394,15 +399,13 @@ impl Machine {
                 continue;
             }
             let target = format!("::/{name}");
-            let is_dir = self.boot.join(&name).is_dir();
-            let tool = if is_dir { "mdeltree" } else { "mdel" };
-            // A directory in the FAT shows as a failure of mdel: retry as a tree.
-            let ok = mtools(tool)
+            // mdel removes files; a directory needs mdeltree.
+            let deleted = mtools("mdel")
                 .args(["-i", &self.fat(), &target])
                 .output()
                 .map(|o| o.status.success())
                 .unwrap_or(false);
-            if !ok {
+            if !deleted {
                 check(
                     mtools("mdeltree").args(["-i", &self.fat(), &target]),
                     "deleting from the boot partition",
@@ -452,6 +455,40 @@ impl Machine {
             "reading from the boot partition",
         );
         Some(out.stdout)
+    }
+
+    /// Checks the FAT boot partition with `fsck.vfat -n` (on a sparse copy of the partition:
+    /// fsck.vfat takes no offset) after writing the boot directory back; panics on damage.
+    pub fn check_boot_partition(&self) {
+        self.sync_boot_partition();
+        let copy = self.dir.join("boot-partition.fat");
+        let mib = 1 << 20;
+        assert!(
+            self.boot_offset.is_multiple_of(mib) && self.boot_size.is_multiple_of(mib),
+            "boot partition not MiB-aligned"
+        );
+        check(
+            Command::new("dd")
+                .arg(format!("if={}", self.image.display()))
+                .arg(format!("of={}", copy.display()))
+                .args(["bs=1M", "conv=sparse", "status=none"])
+                .arg(format!("skip={}", self.boot_offset / mib))
+                .arg(format!("count={}", self.boot_size / mib)),
+            "copying the boot partition out",
+        );
+        let out = Command::new("fsck.vfat")
+            .arg("-n")
+            .arg(&copy)
+            .output()
+            .expect("running fsck.vfat");
+        let _ = fs::remove_file(&copy);
+        assert!(
+            out.status.success(),
+            "{}: fsck.vfat -n found damage in the boot partition: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Copies the FAT boot partition into the boot directory, as the OS would see it mounted.
@@ -647,7 +684,7 @@ impl Lan {
 
         let root = dir.join("root");
         fs::create_dir_all(&root).expect("creating the root mount point");
-        let [(boot_offset, _), (root_offset, root_size)] = self.partitions;
+        let [(boot_offset, boot_size), (root_offset, root_size)] = self.partitions;
         check(
             Command::new("mount")
                 .arg("-o")
@@ -695,6 +732,7 @@ impl Lan {
             image,
             root,
             boot_offset,
+            boot_size,
             anchor,
             nspawn: None,
             boots: 0,
