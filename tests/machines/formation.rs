@@ -77,6 +77,21 @@ fn assert_formed(lan: &Lan, token: &str, servers: usize, agents: usize) {
             "{}: node name",
             m.name
         );
+        let kernel_hostname = m
+            .exec("hostname", &[])
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        assert_eq!(
+            kernel_hostname.as_deref(),
+            Some(hostname.as_str()),
+            "{}: kernel hostname",
+            m.name
+        );
+        assert_eq!(
+            status["node_ip"].as_str(),
+            Some(m.address().as_str()),
+            "{}: node ip",
+            m.name
+        );
         hostnames.insert(hostname);
         m.check_boot_partition();
         let scrubbed = m
@@ -106,6 +121,11 @@ fn assert_formed(lan: &Lan, token: &str, servers: usize, agents: usize) {
         assert!(
             !m.journal(None).contains(token),
             "{}: token in the journal",
+            m.name
+        );
+        assert!(
+            yaml.contains(&m.address()),
+            "{}: config.yaml does not name the node's address",
             m.name
         );
         assert!(
