@@ -175,8 +175,12 @@ impl Anchor {
         check(self.enter().args(["sh", "-e", "-c", script]), what);
     }
 
-    /// SIGKILLs every process in the namespace but the anchor itself.
-    fn kill_others(&self) {
+    /// SIGKILLs every process in the namespace but the anchor itself. Only while the anchor
+    /// lives: once the namespace is gone its inode number may name another test's namespace.
+    fn kill_others(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
         for pid in processes_in_netns(&self.ns) {
             if pid as u32 != self.pid() {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -185,9 +189,17 @@ impl Anchor {
     }
 
     fn stop(&mut self) {
-        self.kill_others();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill_others();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Anchor {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -682,20 +694,6 @@ impl Lan {
             .expect("stamping cluster.toml into the machine's image");
         fs::remove_file(&toml_path).expect("removing the host copy of cluster.toml");
 
-        let root = dir.join("root");
-        fs::create_dir_all(&root).expect("creating the root mount point");
-        let [(boot_offset, boot_size), (root_offset, root_size)] = self.partitions;
-        check(
-            Command::new("mount")
-                .arg("-o")
-                .arg(format!(
-                    "loop,offset={root_offset},sizelimit={root_size},noatime"
-                ))
-                .arg(&image)
-                .arg(&root),
-            "loop-mounting the machine's root partition",
-        );
-
         let anchor = Anchor::spawn();
         check(
             self.bridge.enter().args([
@@ -724,6 +722,21 @@ impl Lan {
             ),
             "addressing the machine",
         );
+        // Mounted last: nothing between the mount and the push can fail and leak it.
+        let root = dir.join("root");
+        fs::create_dir_all(&root).expect("creating the root mount point");
+        let [(boot_offset, boot_size), (root_offset, root_size)] = self.partitions;
+        check(
+            Command::new("mount")
+                .arg("-o")
+                .arg(format!(
+                    "loop,offset={root_offset},sizelimit={root_size},noatime"
+                ))
+                .arg(&image)
+                .arg(&root),
+            "loop-mounting the machine's root partition",
+        );
+
         self.machines.push(Machine {
             number,
             name,
