@@ -266,3 +266,73 @@ fn machine_booted_after_the_cluster_formed_joins_it() {
         "late machine joins a LAN server: {init_url}"
     );
 }
+
+/// When a process started: (pid, start time in clock ticks), to tell it from a reused pid.
+fn started(pid: u32) -> Option<(u32, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    Some((pid, after_name.split_whitespace().nth(19)?.to_string()))
+}
+
+#[test]
+fn a_panicking_test_leaves_no_machine_behind() {
+    if skip("a_panicking_test_leaves_no_machine_behind") {
+        return;
+    }
+    let _serial = ONE_LAN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lan = Lan::new();
+    let i = lan.add_machine(&cluster_toml("machines", &random_token(), 3, 3));
+    lan.boot(i);
+    lan.wait_for("the machine's systemd", FORMATION, |lan| {
+        lan.machines[i].unit_state("dbus.service") == "active"
+    });
+    let processes: Vec<_> = lan.machines[i]
+        .pids()
+        .into_iter()
+        .filter_map(started)
+        .collect();
+    assert!(
+        processes.len() > 3,
+        "a booted machine has processes: {processes:?}"
+    );
+    let dir = lan.dir.path().to_path_buf();
+    let root = lan.machines[i].root.display().to_string();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _lan = lan;
+        panic!("a test failing with a machine running");
+    }));
+    assert!(outcome.is_err());
+    for (pid, start) in &processes {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert_ne!(
+            started(*pid).as_ref(),
+            Some(&(*pid, start.clone())),
+            "process {pid} outlived the test: {stat}"
+        );
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("reading mounts");
+    assert!(!mounts.contains(&root), "{root} is still mounted");
+    assert!(!dir.exists(), "{} is left behind", dir.display());
+    // The loop device detaches itself (autoclear) once the mount is gone.
+    let dir_text = dir.display().to_string();
+    let loops_left = || {
+        std::fs::read_dir("/sys/block")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("loop/backing_file"))
+                    .is_ok_and(|b| b.contains(&dir_text))
+            })
+            .count()
+    };
+    let mut left = loops_left();
+    for _ in 0..100 {
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        left = loops_left();
+    }
+    assert_eq!(left, 0, "loop devices of the machine are still attached");
+}

@@ -181,10 +181,21 @@ impl Anchor {
         if !matches!(self.child.try_wait(), Ok(None)) {
             return;
         }
-        for pid in processes_in_netns(&self.ns) {
-            if pid as u32 != self.pid() {
+        // SIGKILL takes effect asynchronously: wait (bounded) until they are gone, so whoever
+        // unmounts or checks next finds nothing of the machine running.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let others: Vec<i32> = processes_in_netns(&self.ns)
+                .into_iter()
+                .filter(|&pid| pid as u32 != self.pid())
+                .collect();
+            if others.is_empty() || Instant::now() > deadline {
+                return;
+            }
+            for pid in others {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
+            sleep(Duration::from_millis(20));
         }
     }
 
@@ -274,6 +285,15 @@ impl Machine {
                 let fields: Vec<&str> = line.split_whitespace().skip(1).collect();
                 (fields.len() >= 2 && fields.last() == Some(&"1")).then_some(pid as u32)
             })
+    }
+
+    /// Host pids of every process of the machine (its container, systemd-nspawn and the
+    /// process holding its network namespace).
+    pub fn pids(&self) -> Vec<u32> {
+        processes_in_netns(&self.anchor.ns)
+            .into_iter()
+            .map(|p| p as u32)
+            .collect()
     }
 
     /// A command run inside the machine (all of PID 1's namespaces), or None when it is off.
@@ -557,17 +577,23 @@ impl Machine {
         let Some(mut child) = self.nspawn.take() else {
             return;
         };
-        if let Some(pid) = self.container_pid1() {
+        let pid1 = self.container_pid1();
+        if let Some(pid) = pid1 {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
-        self.anchor.kill_others();
+        // systemd-nspawn reaps its PID 1 and exits by itself; killing it first would leave the
+        // dying PID 1 to the host's init as a zombie.
         let deadline = Instant::now() + Duration::from_secs(15);
         while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            sleep(Duration::from_millis(50));
+            sleep(Duration::from_millis(20));
         }
         let _ = child.kill();
         let _ = child.wait();
         self.anchor.kill_others();
+        // A PID 1 orphaned anyway lives on until the kernel reaped its whole PID namespace.
+        while pid1.is_some_and(alive) && Instant::now() < deadline {
+            sleep(Duration::from_millis(20));
+        }
         self.sync_boot_partition();
     }
 
@@ -620,6 +646,17 @@ impl Machine {
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         )
     }
+}
+
+/// True while `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat[stat.rfind(')')? + 2..].chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
 }
 
 fn is_mounted(path: &Path) -> bool {
