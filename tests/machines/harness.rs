@@ -11,6 +11,11 @@
 //! A power-off is a power cut: SIGKILL to every process of the machine, nothing flushed.
 //! Everything is torn down on drop, also when a test panics: no processes, namespaces or mounts
 //! are left. `MACHINES_KEEP=1` keeps the machines' directory for a post-mortem.
+//!
+//! In a test: `mod harness;`, then `Lan::new()`, `add_machine(cluster_toml)` / `boot(i)` (or
+//! `boot_machines(&tomls)`), `wait_for(what, timeout, |lan| ..)`, `power_off(i)` and `boot(i)`
+//! again; read `lan.machines[i]`: `status()`, `state()`, `phase()`, `role()`, `unit_active(u)`,
+//! `journal(unit)`, `config_yaml()`, `hostname()`, `boot_file(name)`, `exec(program, args)`.
 
 #![allow(dead_code)] // each test uses a different part of the harness
 
@@ -44,6 +49,7 @@ const TOOLS: &[&str] = &[
     "sfdisk",
     "mke2fs",
     "mkfs.vfat",
+    "fsck.vfat",
     "debootstrap",
     "journalctl",
 ];
