@@ -665,6 +665,79 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// "pid start-time" of a process, or "" when it does not exist.
+fn process_identity(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let start = stat[stat.rfind(')')? + 2..]
+                .split_whitespace()
+                .nth(19)?
+                .to_string();
+            Some(format!("{pid} {start}"))
+        })
+        .unwrap_or_default()
+}
+
+/// Cleans up after test processes that died without unwinding (SIGKILL, a CI timeout):
+/// containers still running on their machines, mounts and directories. A LAN directory whose
+/// owner process is gone is stale; one kept with `MACHINES_KEEP` is left alone.
+fn reap_stale_lans(cache: &Path) {
+    let our_mnt = fs::read_link("/proc/self/ns/mnt").ok();
+    for entry in fs::read_dir(cache).into_iter().flatten().flatten() {
+        let dir = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("machines-") || dir.join("kept").exists() {
+            continue;
+        }
+        let owner = fs::read_to_string(dir.join("owner")).unwrap_or_default();
+        let pid = owner
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| process_identity(p) == owner) {
+            continue;
+        }
+        let needle = dir.display().to_string();
+        // A machine's processes live in a mount namespace whose /boot/firmware is bound from
+        // this directory (other namespaces may merely have received our mounts elsewhere by
+        // propagation: those are not ours and are left alone).
+        let ours = |mountinfo: &str| {
+            mountinfo.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 4 && f[4] == "/boot/firmware" && f[3].starts_with(&needle)
+            })
+        };
+        for _ in 0..50 {
+            let mut found = false;
+            for p in fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                if fs::read_link(p.path().join("ns/mnt")).ok() == our_mnt {
+                    continue;
+                }
+                if fs::read_to_string(p.path().join("mountinfo")).is_ok_and(|m| ours(&m)) {
+                    found = true;
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+            if !found {
+                break;
+            }
+            sleep(Duration::from_millis(100));
+        }
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        for mount_point in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
+            if mount_point.starts_with(&needle) {
+                let _ = Command::new("umount").arg("-l").arg(mount_point).status();
+            }
+        }
+        eprintln!("machines: removed the stale LAN {needle}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
+
 fn is_mounted(path: &Path) -> bool {
     let text = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let p = path.display().to_string();
@@ -689,10 +762,16 @@ impl Lan {
         let node_image =
             image::node_image().unwrap_or_else(|e| panic!("building the node image: {e:#}"));
         let partitions = partitions(&node_image);
+        reap_stale_lans(&base::cache_dir());
         let dir = tempfile::Builder::new()
             .prefix("machines-")
             .tempdir_in(base::cache_dir())
             .expect("creating the machines dir");
+        fs::write(
+            dir.path().join("owner"),
+            process_identity(std::process::id()),
+        )
+        .expect("writing the owner file");
         let bridge = Anchor::spawn();
         bridge.sh(
             &format!(
@@ -882,6 +961,7 @@ impl Drop for Lan {
                 tempfile::tempdir().expect("creating placeholder dir"),
             );
             eprintln!("MACHINES_KEEP: keeping {}", dir.path().display());
+            let _ = fs::write(dir.path().join("kept"), "");
             let _ = dir.keep();
         }
     }

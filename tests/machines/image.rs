@@ -134,6 +134,8 @@ pub fn node_image() -> Result<PathBuf> {
     let firstboot = firstboot_bin()?;
     let mut h = Sha256::new();
     h.update(base::key().as_bytes());
+    let imagebuild = workspace_bin("imagebuild", "imagebuild")?;
+    h.update(std::fs::read(&imagebuild).context("reading imagebuild")?);
     h.update(std::fs::read(&firstboot).context("reading firstboot")?);
     h.update(std::fs::read(k3s_double_bin()?).context("reading k3s-double")?);
     hash_tree(&mut h, &machines_dir().join("overlay"))?;
@@ -179,18 +181,30 @@ pub fn node_image() -> Result<PathBuf> {
             overlay = machines_dir().join("overlay").display(),
         ),
     )?;
-    let options = imagebuild::build::BuildOptions {
-        output: Some(work.path().join("node.img")),
-        cache_dir: Some(work.path().join("cache")),
-        data_dir: Some(data),
-        offline: false,
-        node: Some(imagebuild::payload::NodeOptions {
-            firstboot_bin: Some(firstboot),
-            firstboot_target_dir: None,
-        }),
-        ..Default::default()
-    };
-    let report = imagebuild::build::run(&recipe, options).context("imagebuild build")?;
-    std::fs::rename(&report.output, &path).context("moving the node image into the cache")?;
+    // The imagebuild program, as a user runs it (in-process, its SIGINT/SIGTERM handler would
+    // outlive the build and keep a stopped test run from exiting).
+    let output = work.path().join("node.img");
+    let run = Command::new(&imagebuild)
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("build")
+        .arg(&recipe)
+        .arg("-o")
+        .arg(&output)
+        .arg("--cache-dir")
+        .arg(work.path().join("cache"))
+        .arg("--firstboot-bin")
+        .arg(&firstboot)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running imagebuild build")?;
+    if !run.status.success() {
+        bail!(
+            "imagebuild build failed: {}{}",
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    std::fs::rename(&output, &path).context("moving the node image into the cache")?;
     Ok(path)
 }
