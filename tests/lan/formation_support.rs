@@ -103,6 +103,11 @@ pub fn start_node(node: &mut Node) {
 
 /// [`start_node`] under another label (its log is `<label>.log`), e.g. for a restart.
 pub fn start_node_as(node: &mut Node, label: &str) {
+    start_node_with_env(node, label, &[]);
+}
+
+/// [`start_node_as`] with extra environment variables (e.g. a test hook's).
+pub fn start_node_with_env(node: &mut Node, label: &str, env: &[(&str, &str)]) {
     let root = node.root.display().to_string();
     let boot = boot_dir(node).display().to_string();
     node.spawn_with_env(
@@ -119,8 +124,80 @@ pub fn start_node_as(node: &mut Node, label: &str) {
             "--no-clock",
             "--no-storage",
         ],
-        &[("RUST_LOG", "info")],
+        &[&[("RUST_LOG", "info")], env].concat(),
     );
+}
+
+/// Appends a `[node]` table pinning the node's role (`server` or `agent`) to its cluster.toml.
+pub fn pin_role(node: &Node, role: &str) {
+    let path = boot_dir(node).join("cluster.toml");
+    let mut text = std::fs::read_to_string(&path).expect("reading cluster.toml");
+    text.push_str(&format!("\n[node]\nrole = \"{role}\"\n"));
+    std::fs::write(&path, text).expect("writing cluster.toml");
+}
+
+/// The node's persisted election state (`election.json`), `Null` before the first write.
+pub fn election_state(node: &Node) -> Value {
+    std::fs::read(node.root.join("var/lib/firstboot/election.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// The node's lifecycle state (`state.json`), `Null` before the first write.
+pub fn node_state(node: &Node) -> Value {
+    std::fs::read(node.root.join("var/lib/firstboot/state.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// The election's number for node `index`'s id (`NodeId` is a `u64` in the state file).
+pub fn node_number(index: usize) -> u64 {
+    0x1000_0000_0000_0000 + 0x5eed_0000 + index as u64
+}
+
+/// Waits (up to the formation's liveness bound) until the log of the program started under
+/// `label` contains `needle`; panics with the log's tail otherwise.
+pub fn wait_log_line(node: &Node, label: &str, needle: &str) {
+    let start = Instant::now();
+    let path = node.dir.join(format!("{label}.log"));
+    loop {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        if log.contains(needle) {
+            return;
+        }
+        if start.elapsed() > ROLE_WAIT {
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            panic!(
+                "node{} never logged `{needle}` within {ROLE_WAIT:?}; tail (newest first):\n{}",
+                node.index,
+                tail.join("\n")
+            );
+        }
+        sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every role line any program of any node printed over the whole run (all its firstboot logs).
+pub fn all_role_lines(lan: &Lan) -> Vec<Value> {
+    let mut lines = Vec::new();
+    for node in &lan.nodes {
+        for entry in std::fs::read_dir(&node.dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with("firstboot") && name.ends_with(".log")) {
+                continue;
+            }
+            let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            lines.extend(
+                log.lines()
+                    .filter(|l| l.starts_with("{\""))
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .filter(|v| v.get("role").is_some()),
+            );
+        }
+    }
+    lines
 }
 
 /// The role line the node's daemon printed, if any (panics if it printed two).

@@ -4,6 +4,9 @@
 //! core's next timer), feeds it to the core, then drains the core's outputs in the order safety
 //! needs: persist requests are written durably and acknowledged first, so frames and events that
 //! depend on acceptor state are only released (and sent) after that state is on disk.
+//!
+//! Test builds (feature `test-hooks`, never shipped) can hold an elected node right after it
+//! learns it was elected and before anything that follows leaves it (`HOLD_ELECTED_ENV`).
 
 use super::store::ElectionStore;
 use crate::discovery::record::PeerClass;
@@ -30,7 +33,18 @@ pub struct ElectionDriver {
     store: ElectionStore,
     /// Events released while starting, until taken.
     startup: Vec<Event>,
+    /// The test hold already happened (it happens at most once per run).
+    #[cfg(feature = "test-hooks")]
+    held: bool,
 }
+
+/// Test builds only: milliseconds to hold this node once it has durably learned that it was
+/// elected (`Init(self)` decided, fate open), before it announces that or asks for Go.
+///
+/// The core is untouched; from outside the node simply stalls at the worst moment, so a test can
+/// kill it there or restart avahi-daemon while the vote is open. Read only in `test-hooks` builds.
+#[cfg(feature = "test-hooks")]
+pub const HOLD_ELECTED_ENV: &str = "FIRSTBOOT_TEST_HOLD_ELECTED_MS";
 
 /// The election's rank role pin for a discovery record's pin (the two enums say the same thing).
 pub fn election_pin(pin: discovery::RolePin) -> RolePin {
@@ -65,6 +79,8 @@ impl ElectionDriver {
             started: Instant::now(),
             store,
             startup: Vec::new(),
+            #[cfg(feature = "test-hooks")]
+            held: false,
         };
         driver.startup = driver.drain().await?;
         Ok(driver)
@@ -168,6 +184,30 @@ impl ElectionDriver {
         self.table.apply(event);
     }
 
+    /// The test hold (see [`HOLD_ELECTED_ENV`]): `state` is durable, nothing that depends on it
+    /// has been released yet.
+    #[cfg(feature = "test-hooks")]
+    async fn hold_if_elected(&mut self, state: &crate::election::PersistedState) {
+        use crate::election::Value;
+        if self.held || state.go || state.decided != Some(Value::Init(self.node.id())) {
+            return;
+        }
+        self.held = true;
+        let Some(ms) = std::env::var(HOLD_ELECTED_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            return;
+        };
+        tracing::warn!(
+            hold_ms = ms,
+            epoch = state.epoch,
+            "test hook: elected; holding before asking for Go"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        tracing::warn!("test hook: hold over; asking for Go");
+    }
+
     /// Persists, then sends, then collects events, until the core has nothing more to say.
     async fn drain(&mut self) -> anyhow::Result<Vec<Event>> {
         let mut events = Vec::new();
@@ -178,6 +218,8 @@ impl ElectionDriver {
                 self.store
                     .save(&request.state)
                     .context("persisting the election state")?;
+                #[cfg(feature = "test-hooks")]
+                self.hold_if_elected(&request.state).await;
                 self.node.persisted(request.seq);
                 progressed = true;
             }
