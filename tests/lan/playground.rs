@@ -3,7 +3,7 @@
 //! Run as root: `cargo build -p firstboot -p systests --bins && target/debug/lan-playground
 //! [--nodes N] [--secs S] [--bare]`. Each node runs `firstboot run --until role` of one cluster
 //! (which stays resident after its role), or with `--bare` only its dbus-daemon and avahi-daemon.
-//! The LAN lives until Enter, Ctrl-C or `--secs`; set `LAN_KEEP=1` to keep its files afterwards.
+//! The LAN lives until Enter, Ctrl-C (SIGINT or SIGTERM) or `--secs`; set `LAN_KEEP=1` to keep its files afterwards.
 
 mod formation_support;
 mod harness;
@@ -80,11 +80,12 @@ fn main() {
     }
     print_directions(&lan, &firstboot.display().to_string(), args.bare);
 
-    // Enter on stdin (or its end) also stops the playground.
+    // Enter on stdin also stops the playground (an empty or closed stdin does not).
     let (entered, enter) = mpsc::channel();
     std::thread::spawn(move || {
-        let _ = std::io::stdin().lock().lines().next();
-        let _ = entered.send(());
+        if let Some(Ok(_)) = std::io::stdin().lock().lines().next() {
+            let _ = entered.send(());
+        }
     });
     let deadline = args.secs.map(|s| Instant::now() + Duration::from_secs(s));
     loop {
