@@ -2,6 +2,10 @@
 //!
 //! Each node has its own dbus-daemon, avahi-daemon and systemd-hostnamed; the daemons find each
 //! other over multicast DNS, elect over UDP and print their role as one JSON line.
+//!
+//! Two tests need a node caught between "elected" and "Go", a window too short to hit from
+//! outside: the binary is built with the test-only `test-hooks` feature and the elected node is
+//! started with `HOLD_ELECTED_ENV`, which holds it right there (see `firstboot::bootstrap::driver`).
 
 mod formation_support;
 mod harness;
