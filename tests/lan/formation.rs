@@ -4,8 +4,9 @@
 //! other over multicast DNS, elect over UDP and print their role as one JSON line.
 //!
 //! Two tests need a node caught between "elected" and "Go", a window too short to hit from
-//! outside: the binary is built with the test-only `test-hooks` feature and the elected node is
-//! started with `HOLD_ELECTED_ENV`, which holds it right there (see `firstboot::bootstrap::driver`).
+//! outside: the binary is built with the test-only `test-hooks` feature and every node is started
+//! with `HOLD_ELECTED_ENV`, which holds whichever node wins the first epoch right there (see
+//! `firstboot::bootstrap::driver`).
 
 mod formation_support;
 mod harness;
@@ -13,8 +14,8 @@ mod harness;
 use firstboot::bootstrap::driver::HOLD_ELECTED_ENV;
 use formation_support::{
     add_cluster_nodes, all_role_lines, assert_one_cluster, can_run, election_state, formation_lock,
-    node_id, node_number, node_state, pin_role, role_in, role_of, start_node, start_node_as,
-    start_node_with_env, wait_log_line, wait_roles, write_config, ClusterSpec,
+    node_id, node_number, node_state, role_in, role_of, start_node, start_node_as,
+    start_node_with_env, wait_any_log_line, wait_roles, write_config, ClusterSpec,
 };
 use harness::{contains, random_token, Lan};
 use serde_json::Value;
@@ -177,24 +178,20 @@ fn rogue_node_with_a_wrong_token_is_ignored() {
 /// open vote, short enough that it then asks for Go before anyone gives up on it.
 const HOLD_MID_VOTE_MS: &str = "8000";
 
-/// The pinned node x (node 1) learns it was elected and is held there by the test hook, before it
-/// announces that or asks for Go. Returns x's election number once x durably knows it was elected.
-fn elect_and_hold(lan: &mut Lan, hold_ms: &str) -> u64 {
+/// Three nodes, every one armed with the test hook: whichever wins the first election (x) is
+/// held right after it durably learns that, before it announces it or asks for Go. Returns x's
+/// position in `lan.nodes`.
+fn elect_and_hold(lan: &mut Lan, hold_ms: &str) -> usize {
     let spec = ClusterSpec::new("homelab", 3, 3);
     add_cluster_nodes(lan, &spec, 3);
-    pin_role(&lan.nodes[0], "server");
-    start_node_with_env(
-        &mut lan.nodes[0],
-        "firstboot",
-        &[(HOLD_ELECTED_ENV, hold_ms)],
-    );
-    start_node(&mut lan.nodes[1]);
-    start_node(&mut lan.nodes[2]);
-    wait_log_line(&lan.nodes[0], "firstboot", "test hook: elected");
-    let x = node_number(1);
-    let state = election_state(&lan.nodes[0]);
+    for node in lan.nodes.iter_mut() {
+        start_node_with_env(node, "firstboot", &[(HOLD_ELECTED_ENV, hold_ms)]);
+    }
+    let x = wait_any_log_line(lan, "test hook: elected");
+    let number = node_number(lan.nodes[x].index);
+    let state = election_state(&lan.nodes[x]);
     assert_eq!(
-        state["decided"]["Init"], x,
+        state["decided"]["Init"], number,
         "x holds before it knows: {state:#}"
     );
     assert_eq!(state["go"], false, "{state:#}");
@@ -220,38 +217,42 @@ fn elected_node_killed_before_go_is_replaced_never_two_inits() {
     let mut lan = Lan::new();
     // x is held for longer than the test runs: only the kill ends its hold.
     let x = elect_and_hold(&mut lan, "600000");
-    let x_epoch = election_state(&lan.nodes[0])["epoch"]
+    let x_id = node_id(lan.nodes[x].index);
+    let x_number = node_number(lan.nodes[x].index);
+    let x_epoch = election_state(&lan.nodes[x])["epoch"]
         .as_u64()
         .expect("epoch");
     // A power cut on x: its daemon and its avahi-daemon die at once, no goodbye on the LAN.
-    lan.nodes[0].kill("firstboot");
-    lan.nodes[0].kill_avahi();
-    let dead = election_state(&lan.nodes[0]);
+    lan.nodes[x].kill("firstboot");
+    lan.nodes[x].kill_avahi();
+    let dead = election_state(&lan.nodes[x]);
     assert_eq!(dead["go"], false, "x died before Go: {dead:#}");
     assert_eq!(dead["role"], Value::Null, "{dead:#}");
-    assert_eq!(node_state(&lan.nodes[0])["role"], Value::Null);
-    assert_eq!(role_of(&lan.nodes[0]), None, "x printed a role");
+    assert_eq!(node_state(&lan.nodes[x])["role"], Value::Null);
+    assert_eq!(role_of(&lan.nodes[x]), None, "x printed a role");
 
-    // The survivors give x's fate up and elect one of themselves.
-    let survivors = wait_roles(&lan, &[1, 2]);
-    let init = formation_support::check_roles(&survivors, 2, 0);
-    assert_ne!(init, node_id(1), "the dead node stayed the init");
-    for node in &lan.nodes[1..] {
-        let state = election_state(node);
+    // The survivors give x's fate up and elect one of themselves (their election, in a later
+    // epoch, is not held).
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != x).collect();
+    let roles = wait_roles(&lan, &survivors);
+    let init = formation_support::check_roles(&roles, 2, 0);
+    assert_ne!(init, x_id, "the dead node stayed the init");
+    for &i in &survivors {
+        let state = election_state(&lan.nodes[i]);
         assert!(
             state["epoch"].as_u64().is_some_and(|e| e > x_epoch),
             "node{} never left x's epoch: {state:#}",
-            node.index
+            i + 1
         );
         assert_eq!(state["go"], true, "{state:#}");
     }
 
     // x boots again (no hook now): it learns its epoch was abandoned and joins the new init.
-    lan.nodes[0].start_avahi();
-    start_node_as(&mut lan.nodes[0], "firstboot-again");
+    lan.nodes[x].start_avahi();
+    start_node_as(&mut lan.nodes[x], "firstboot-again");
     let start = std::time::Instant::now();
     let again = loop {
-        if let Some(role) = role_in(&lan.nodes[0], "firstboot-again") {
+        if let Some(role) = role_in(&lan.nodes[x], "firstboot-again") {
             break role;
         }
         assert!(
@@ -262,13 +263,13 @@ fn elected_node_killed_before_go_is_replaced_never_two_inits() {
     };
     assert_eq!(again["role"], "server", "a seat was free for x: {again}");
     assert_eq!(again["join"].as_str(), Some(init.as_str()), "{again}");
-    let after = election_state(&lan.nodes[0]);
+    let after = election_state(&lan.nodes[x]);
     assert_ne!(
-        after["decided"]["Init"], x,
+        after["decided"]["Init"], x_number,
         "x kept its own election: {after:#}"
     );
-    assert_eq!(node_state(&lan.nodes[0])["role"], "server");
-    // Exactly one init over the whole run, across every log of every node.
+    assert_eq!(node_state(&lan.nodes[x])["role"], "server");
+    // Exactly one init over the whole run, across every log of every node...
     let lines = all_role_lines(&lan);
     assert_eq!(lines.len(), 3, "{lines:#?}");
     let inits: Vec<&Value> = lines
@@ -277,6 +278,17 @@ fn elected_node_killed_before_go_is_replaced_never_two_inits() {
         .collect();
     assert_eq!(inits.len(), 1, "{lines:#?}");
     assert_eq!(inits[0]["node"].as_str(), Some(init.as_str()));
+    // ...and every node's durable election state agrees on it, Go decided.
+    let init_number = u64::from_str_radix(&init, 16).expect("node ids are hex");
+    for node in &lan.nodes {
+        let state = election_state(node);
+        assert_eq!(
+            state["decided"]["Init"], init_number,
+            "node{}: {state:#}",
+            node.index
+        );
+        assert_eq!(state["go"], true, "node{}: {state:#}", node.index);
+    }
 }
 
 #[test]
@@ -287,17 +299,25 @@ fn avahi_restart_mid_vote_still_forms() {
     let _serial = formation_lock();
     let mut lan = Lan::new();
     let x = elect_and_hold(&mut lan, HOLD_MID_VOTE_MS);
+    let x_number = node_number(lan.nodes[x].index);
     // A node that accepted x's election but knows no decision yet: the vote is open there.
+    let others: Vec<usize> = (0..3).filter(|&i| i != x).collect();
     let start = std::time::Instant::now();
     let y = loop {
-        if let Some(y) = (1..3).find(|&i| mid_vote(&election_state(&lan.nodes[i]), x)) {
+        let open = others
+            .iter()
+            .copied()
+            .find(|&i| mid_vote(&election_state(&lan.nodes[i]), x_number));
+        if let Some(y) = open {
             break y;
         }
+        let states: Vec<Value> = others
+            .iter()
+            .map(|&i| election_state(&lan.nodes[i]))
+            .collect();
         assert!(
             start.elapsed() < Duration::from_secs(5),
-            "no survivor accepted x's election: {:#} {:#}",
-            election_state(&lan.nodes[1]),
-            election_state(&lan.nodes[2])
+            "no other node accepted x's election: {states:#?}"
         );
         sleep(Duration::from_millis(20));
     };

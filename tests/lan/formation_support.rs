@@ -128,14 +128,6 @@ pub fn start_node_with_env(node: &mut Node, label: &str, env: &[(&str, &str)]) {
     );
 }
 
-/// Appends a `[node]` table pinning the node's role (`server` or `agent`) to its cluster.toml.
-pub fn pin_role(node: &Node, role: &str) {
-    let path = boot_dir(node).join("cluster.toml");
-    let mut text = std::fs::read_to_string(&path).expect("reading cluster.toml");
-    text.push_str(&format!("\n[node]\nrole = \"{role}\"\n"));
-    std::fs::write(&path, text).expect("writing cluster.toml");
-}
-
 /// The node's persisted election state (`election.json`), `Null` before the first write.
 pub fn election_state(node: &Node) -> Value {
     std::fs::read(node.root.join("var/lib/firstboot/election.json"))
@@ -157,23 +149,27 @@ pub fn node_number(index: usize) -> u64 {
     0x1000_0000_0000_0000 + 0x5eed_0000 + index as u64
 }
 
-/// Waits (up to the formation's liveness bound) until the log of the program started under
-/// `label` contains `needle`; panics with the log's tail otherwise.
-pub fn wait_log_line(node: &Node, label: &str, needle: &str) {
+/// Waits (up to the formation's liveness bound) until the `firstboot.log` of one of `lan`'s
+/// nodes contains `needle`; returns that node's position in `lan.nodes`. Panics with every
+/// node's log tail otherwise.
+pub fn wait_any_log_line(lan: &Lan, needle: &str) -> usize {
     let start = Instant::now();
-    let path = node.dir.join(format!("{label}.log"));
+    let read =
+        |node: &Node| std::fs::read_to_string(node.dir.join("firstboot.log")).unwrap_or_default();
     loop {
-        let log = std::fs::read_to_string(&path).unwrap_or_default();
-        if log.contains(needle) {
-            return;
+        if let Some(found) = lan.nodes.iter().position(|n| read(n).contains(needle)) {
+            return found;
         }
         if start.elapsed() > ROLE_WAIT {
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            panic!(
-                "node{} never logged `{needle}` within {ROLE_WAIT:?}; tail (newest first):\n{}",
-                node.index,
-                tail.join("\n")
-            );
+            for node in &lan.nodes {
+                let log = read(node);
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                eprintln!("--- node{} log tail (newest first):", node.index);
+                for line in tail {
+                    eprintln!("  {line}");
+                }
+            }
+            panic!("no node logged `{needle}` within {ROLE_WAIT:?}");
         }
         sleep(Duration::from_millis(50));
     }

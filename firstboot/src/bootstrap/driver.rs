@@ -39,10 +39,13 @@ pub struct ElectionDriver {
 }
 
 /// Test builds only: milliseconds to hold this node once it has durably learned that it was
-/// elected (`Init(self)` decided, fate open), before it announces that or asks for Go.
+/// elected in the first epoch (`Init(self)` decided in epoch 0, fate open), before it announces
+/// that or asks for Go.
 ///
 /// The core is untouched; from outside the node simply stalls at the worst moment, so a test can
-/// kill it there or restart avahi-daemon while the vote is open. Read only in `test-hooks` builds.
+/// kill it there or restart avahi-daemon while the vote is open. A test sets it on every node, so
+/// whichever wins the first election is held; only epoch 0 holds, so the election that replaces a
+/// killed node runs unheld. Read only in `test-hooks` builds.
 #[cfg(feature = "test-hooks")]
 pub const HOLD_ELECTED_ENV: &str = "FIRSTBOOT_TEST_HOLD_ELECTED_MS";
 
@@ -189,7 +192,11 @@ impl ElectionDriver {
     #[cfg(feature = "test-hooks")]
     async fn hold_if_elected(&mut self, state: &crate::election::PersistedState) {
         use crate::election::Value;
-        if self.held || state.go || state.decided != Some(Value::Init(self.node.id())) {
+        if self.held
+            || state.epoch != 0
+            || state.go
+            || state.decided != Some(Value::Init(self.node.id()))
+        {
             return;
         }
         self.held = true;
