@@ -229,7 +229,7 @@ impl Drop for ThrottledCgroup {
 }
 
 /// What one run of fio's etcd reference test measured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct FioResult {
     /// Median fdatasync latency, microseconds.
     pub p50_us: u64,
@@ -239,6 +239,8 @@ pub struct FioResult {
     pub syncs: u64,
     /// fio's own runtime of the job, milliseconds.
     pub runtime_ms: u64,
+    /// fio's histogram of fdatasync latencies: (nanoseconds, count), from `json+` output.
+    pub sync_bins_ns: Vec<(u64, u64)>,
 }
 
 /// The name fio gives the file of job `t`.
@@ -253,7 +255,8 @@ pub fn fio_args(dir: &Path, runtime_secs: Option<u32>) -> Vec<String> {
         "--size=22m",
         "--bs=2300",
         "--name=t",
-        "--output-format=json",
+        // json+ adds the full latency histogram, so that runs can be pooled.
+        "--output-format=json+",
     ]
     .map(String::from)
     .to_vec();
@@ -264,7 +267,7 @@ pub fn fio_args(dir: &Path, runtime_secs: Option<u32>) -> Vec<String> {
     args
 }
 
-/// Parse fio's JSON output of the reference test.
+/// Parse fio's JSON (or json+) output of the reference test.
 pub fn parse_fio(json: &[u8]) -> anyhow::Result<FioResult> {
     let v: serde_json::Value = serde_json::from_slice(json).context("parsing fio JSON")?;
     let job = &v["jobs"][0];
@@ -280,6 +283,14 @@ pub fn parse_fio(json: &[u8]) -> anyhow::Result<FioResult> {
         p99_us: us("99.000000")?,
         syncs: lat["N"].as_u64().context("fio sync count")?,
         runtime_ms: job["job_runtime"].as_u64().context("fio job runtime")?,
+        sync_bins_ns: lat["bins"]
+            .as_object()
+            .map(|bins| {
+                bins.iter()
+                    .filter_map(|(ns, n)| Some((ns.parse().ok()?, n.as_u64()?)))
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 

@@ -1,19 +1,21 @@
 //! probe-bench: the storage probe against etcd's fio reference test on the same directory.
 //!
 //! `probe-bench [--dir D] [--rounds N] [--only dir,loop,throttled,slow]` compares, in each
-//! setting, N rounds of three interleaved runs: the probe, fio, and fio again (the order rotates
-//! every round, and `sync` runs before each, so no run always follows the same one). It prints
-//! every run, the median p99 of each, the probe/fio ratio of medians, and as the noise floor the
-//! same ratio for fio against itself, both for the second fio series and for every way to split
-//! all 2N fio runs in two halves. When that noise exceeds 25%, it says so: a 25% goal cannot be
-//! judged on that host at that time.
+//! setting, N rounds (default 7) of three interleaved runs: the probe, fio, and fio again (the
+//! order rotates every round, and `sync` runs before each, so no run always follows the same
+//! one). It prints every run; per series the median of the runs' p99s and the p99 of all their
+//! fdatasyncs pooled (fio's json+ histogram, the probe's own samples); the probe/fio ratios; and
+//! as the noise floor the same statistics between two halves of all 2N fio runs, over every way
+//! to split them. A verdict line per statistic says PASS or FAIL against the 25% goal, or
+//! UNDECIDED when the host's own noise floor exceeds 25% and so cannot judge it.
 //!
 //! Settings: `dir` is D (default /var/tmp); as root, `loop` is ext4 on a tmpfs-backed loop device,
-//! `throttled` is a loop device whose writes a cgroup limits to 400 IOPS (fio capped at 10 s),
+//! `throttled` is a loop device whose writes a cgroup limits to 400 IOPS (fio capped at 2 s),
 //! and `slow` runs the probe on two deliberately slowed devices, which it must classify slow: a
 //! loop device throttled to 20 write IOPS by a cgroup, and a loop device over an image on a FUSE
-//! filesystem that delays each write and fsync (also compared with fio capped at 10 s).
-//! `probe-bench probe-once DIR` prints one probe result as JSON (used inside a throttled cgroup).
+//! filesystem that delays each write and fsync (also compared with fio capped at 2 s).
+//! `probe-bench probe-once DIR [--samples]` prints one probe result as JSON, and with `--samples`
+//! a second line with every fdatasync latency in microseconds (used inside a throttled cgroup).
 //!
 //! The probe issues the same system calls as fio (create the file, fallocate 22 MiB, then write
 //! 2300 bytes and fdatasync, repeated; strace both to check), but stops after 2 s where fio
@@ -30,6 +32,7 @@ use delayed_disk::{DelayedDisk, Delays};
 use devices::{fio_args, parse_fio, FioResult, LoopDevice, MountedLoop, ThrottledCgroup, FIO_FILE};
 use firstboot::storage::class::Speed;
 use firstboot::storage::probe::{ProbeResult, StorageProbe};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -43,17 +46,23 @@ const SLOW_FUSE: Delays = Delays {
     write: Duration::from_millis(2),
     fsync: Duration::from_millis(10),
 };
-/// fio's runtime cap on slowed devices, where 22 MiB would take minutes.
-const SLOWED_FIO_SECS: u32 = 10;
+/// fio's runtime cap on slowed devices, where 22 MiB would take minutes: the probe's own time
+/// budget, so that both measure the same stretch of time and take as many samples.
+const SLOWED_FIO_SECS: u32 = 2;
 /// The goal: probe and fio p99 within 25% of each other.
 const GOAL: f64 = 1.25;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("probe-once") {
-        let dir = args.get(1).context("usage: probe-bench probe-once DIR")?;
-        let r = StorageProbe::new(dir).run().context("probing")?;
+        let dir = args
+            .get(1)
+            .context("usage: probe-bench probe-once DIR [--samples]")?;
+        let (r, samples) = StorageProbe::new(dir).run_sampled().context("probing")?;
         println!("{}", serde_json::to_string(&r)?);
+        if args.get(2).map(String::as_str) == Some("--samples") {
+            println!("{}", serde_json::to_string(&samples)?);
+        }
         return Ok(());
     }
     let usage = "usage: probe-bench [--dir D] [--rounds N] [--only dir,loop,throttled,slow]";
@@ -130,19 +139,33 @@ impl<'a> Target<'a> {
         }
     }
 
-    fn probe(&self) -> anyhow::Result<ProbeResult> {
+    /// One probe run: its result and every fdatasync latency as a histogram.
+    fn probe(&self) -> anyhow::Result<(ProbeResult, Histogram)> {
         nix::unistd::sync();
-        match self.cgroup {
-            None => StorageProbe::new(&self.dir).run().context("running the probe"),
+        let (result, samples_us): (ProbeResult, Vec<u64>) = match self.cgroup {
+            None => StorageProbe::new(&self.dir)
+                .run_sampled()
+                .context("running the probe")?,
             Some(cg) => {
                 let exe = std::env::current_exe()?;
                 let dir = self.dir.to_string_lossy();
-                let out = cg.run(&exe, &["probe-once", &dir])?;
-                serde_json::from_str(out.trim()).context("parsing probe-once output")
+                let out = cg.run(&exe, &["probe-once", &dir, "--samples"])?;
+                let mut lines = out.lines();
+                let mut next = || lines.next().context("probe-once printed too little");
+                (
+                    serde_json::from_str(next()?).context("parsing probe-once result")?,
+                    serde_json::from_str(next()?).context("parsing probe-once samples")?,
+                )
             }
+        };
+        let mut hist = Histogram::new();
+        for us in samples_us {
+            *hist.entry(us * 1000).or_default() += 1;
         }
+        Ok((result, hist))
     }
 
+    /// One fio run: its result (with its histogram of fdatasync latencies).
     fn fio(&self) -> anyhow::Result<FioResult> {
         nix::unistd::sync();
         let args = fio_args(&self.dir, self.fio_runtime);
@@ -162,6 +185,9 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
+/// fdatasync latencies: nanoseconds -> how many (fio's bins, or the probe's exact samples).
+type Histogram = BTreeMap<u64, u64>;
+
 fn median(v: &[u64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_unstable();
@@ -173,23 +199,41 @@ fn median(v: &[u64]) -> f64 {
     }
 }
 
+/// Nearest-rank percentile (as fio computes it) of several runs' latencies pooled, in ns.
+fn pooled_percentile(runs: &[&Histogram], p: f64) -> u64 {
+    let mut pool = Histogram::new();
+    for h in runs {
+        for (&ns, &n) in h.iter() {
+            *pool.entry(ns).or_default() += n;
+        }
+    }
+    let total: u64 = pool.values().sum();
+    let rank = ((p / 100.0 * total as f64).ceil() as u64).max(1);
+    let mut seen = 0;
+    for (ns, n) in pool {
+        seen += n;
+        if seen >= rank {
+            return ns;
+        }
+    }
+    0
+}
+
 /// How far apart two figures are, as larger/smaller (1.0 = equal).
 fn apart(a: f64, b: f64) -> f64 {
     a.max(b) / a.min(b).max(1.0)
 }
 
-/// The 95th percentile of `apart(median(half), median(other half))` over splits of `runs` into
-/// two halves: how far two series of fio runs land from each other by chance alone.
-fn split_noise(runs: &[u64]) -> f64 {
-    let n = runs.len();
+/// The 95th percentile of `apart(stat(one half), stat(other half))` over the ways to split `n`
+/// runs of the same command in two halves: how far two series land apart by chance alone.
+fn split_noise(n: usize, stat: impl Fn(&[usize]) -> f64) -> f64 {
     let half = n / 2;
     let mut gaps = vec![];
     let mut add = |mask: u64| {
-        let (a, b): (Vec<_>, Vec<_>) = (0..n).partition(|i| mask & (1 << i) != 0);
-        let pick = |ix: Vec<usize>| ix.into_iter().map(|i| runs[i]).collect::<Vec<_>>();
-        gaps.push(apart(median(&pick(a)), median(&pick(b))));
+        let (a, b): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| mask & (1 << i) != 0);
+        gaps.push(apart(stat(&a), stat(&b)));
     };
-    if n <= 20 {
+    if n <= 16 {
         for mask in 0u64..(1 << n) {
             if mask.count_ones() as usize == half {
                 add(mask);
@@ -198,7 +242,7 @@ fn split_noise(runs: &[u64]) -> f64 {
     } else {
         // Too many splits to enumerate: a fixed pseudo-random sample (xorshift, shuffled halves).
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        for _ in 0..100_000 {
+        for _ in 0..5000 {
             let mut idx: Vec<usize> = (0..n).collect();
             for i in (1..n).rev() {
                 x ^= x << 13;
@@ -213,6 +257,31 @@ fn split_noise(runs: &[u64]) -> f64 {
     gaps[(gaps.len() * 95).div_ceil(100).max(1) - 1]
 }
 
+/// The verdict on a probe/fio gap given the noise floor (both as larger/smaller ratios).
+fn verdict(gap: f64, floor: f64) -> String {
+    let pct = |x: f64| (x - 1.0) * 100.0;
+    if floor > GOAL {
+        format!(
+            "UNDECIDED: the host's own noise ({:.0}%) is larger than the 25% goal, so a {:.0}% probe/fio gap can neither confirm nor refute it here ({})",
+            pct(floor),
+            pct(gap),
+            if gap <= floor { "the gap is within the noise" } else { "the gap exceeds even the noise" }
+        )
+    } else if gap <= GOAL {
+        format!(
+            "PASS: {:.0}% apart, within 25% (noise floor {:.0}%)",
+            pct(gap),
+            pct(floor)
+        )
+    } else {
+        format!(
+            "FAIL: {:.0}% apart, more than 25% and more than the noise floor ({:.0}%)",
+            pct(gap),
+            pct(floor)
+        )
+    }
+}
+
 /// Run the probe, fio and fio again `rounds` times in `target`, interleaved, and print figures.
 fn compare(title: &str, target: &Target, rounds: usize) -> anyhow::Result<()> {
     println!("\n== {title}");
@@ -223,20 +292,23 @@ fn compare(title: &str, target: &Target, rounds: usize) -> anyhow::Result<()> {
         None => println!("fio as etcd documents it (22 MiB); the probe stops after 2 s or 22 MiB"),
     }
     println!("round  run     p50 ms    p99 ms   syncs   probe bytes  elapsed ms");
-    let (mut p99, mut p50) = ([vec![], vec![], vec![]], [vec![], vec![], vec![]]);
-    let (mut probe_ms, mut probe_bytes) = (0u64, 0u64);
     const NAMES: [&str; 3] = ["probe", "fio", "fio#2"];
+    let mut p99: [Vec<u64>; 3] = Default::default();
+    let mut hists: [Vec<Histogram>; 3] = Default::default();
+    let (mut probe_ms, mut probe_bytes) = (0u64, 0u64);
     for round in 1..=rounds {
         for k in 0..3 {
             let arm = (round - 1 + k) % 3;
-            let (r50, r99, syncs, bytes, elapsed) = if arm == 0 {
-                let p = target.probe()?;
+            let (r50, r99, syncs, bytes, elapsed, hist) = if arm == 0 {
+                let (p, hist) = target.probe()?;
                 probe_ms = probe_ms.max(p.elapsed_ms);
                 probe_bytes = probe_bytes.max(p.bytes);
-                (p.p50_us, p.p99_us, p.writes, p.bytes.to_string(), p.elapsed_ms)
+                let bytes = p.bytes.to_string();
+                (p.p50_us, p.p99_us, p.writes, bytes, p.elapsed_ms, hist)
             } else {
                 let f = target.fio()?;
-                (f.p50_us, f.p99_us, f.syncs, "-".into(), f.runtime_ms)
+                let hist = f.sync_bins_ns.iter().copied().collect();
+                (f.p50_us, f.p99_us, f.syncs, "-".into(), f.runtime_ms, hist)
             };
             println!(
                 "{round:>5}  {:<6} {:>8.3}  {:>8.3}  {syncs:>6}  {bytes:>12}  {elapsed:>10}",
@@ -245,54 +317,53 @@ fn compare(title: &str, target: &Target, rounds: usize) -> anyhow::Result<()> {
                 ms(r99),
             );
             p99[arm].push(r99);
-            p50[arm].push(r50);
+            hists[arm].push(hist);
         }
     }
-    println!("median p99 / p50 over {rounds} rounds, and the p99 range:");
+    let pooled = |arm: usize, idx: &[usize], p: f64| {
+        let runs: Vec<&Histogram> = idx.iter().map(|&i| &hists[arm][i]).collect();
+        pooled_percentile(&runs, p) as f64 / 1000.0
+    };
+    let every: Vec<usize> = (0..rounds).collect();
+    println!("per arm over {rounds} rounds: median of the runs' p99s, and all runs' syncs pooled:");
     for arm in 0..3 {
         println!(
-            "  {:<6} p99 {:>8.3} ms  p50 {:>8.3} ms  (p99 {:.3} .. {:.3} ms)",
+            "  {:<6} median p99 {:>8.3} ms (runs {:.3} .. {:.3})   pooled p99 {:>8.3} ms  p50 {:>8.3} ms",
             NAMES[arm],
             median(&p99[arm]) / 1000.0,
-            median(&p50[arm]) / 1000.0,
             ms(*p99[arm].iter().min().unwrap_or(&0)),
             ms(*p99[arm].iter().max().unwrap_or(&0)),
+            pooled(arm, &every, 99.0) / 1000.0,
+            pooled(arm, &every, 50.0) / 1000.0,
         );
     }
-    let ratio = median(&p99[0]) / median(&p99[1]).max(1.0);
-    let ratio50 = median(&p50[0]) / median(&p50[1]).max(1.0);
-    let control = median(&p99[2]) / median(&p99[1]).max(1.0);
-    let all_fio: Vec<u64> = p99[1].iter().chain(&p99[2]).copied().collect();
-    let floor = split_noise(&all_fio).max(apart(median(&p99[2]), median(&p99[1])));
-    println!("probe/fio  p99 ratio of medians: {ratio:.2}  (p50: {ratio50:.2})");
-    println!("fio#2/fio  p99 ratio of medians: {control:.2}  (the same command against itself)");
+    // The noise floor: the same statistic between two halves of all 2N fio runs, every split.
+    let fio_p99s: Vec<u64> = p99[1].iter().chain(&p99[2]).copied().collect();
+    let fio_hists: Vec<&Histogram> = hists[1].iter().chain(&hists[2]).collect();
+    let n = fio_p99s.len();
+    let median_floor = split_noise(n, |idx| {
+        median(&idx.iter().map(|&i| fio_p99s[i]).collect::<Vec<_>>())
+    });
+    let pooled_floor = split_noise(n, |idx| {
+        let runs: Vec<&Histogram> = idx.iter().map(|&i| fio_hists[i]).collect();
+        pooled_percentile(&runs, 99.0) as f64
+    });
+    let median_gap = apart(median(&p99[0]), median(&p99[1]));
+    let pooled_gap = apart(pooled(0, &every, 99.0), pooled(1, &every, 99.0));
     println!(
-        "noise floor: two series of fio runs differ by up to {:.0}% (95th percentile over every split of the {} fio runs, or fio#2/fio if larger)",
-        (floor - 1.0) * 100.0,
-        all_fio.len()
+        "probe/fio p99:  median of runs {:.2}, pooled {:.2};  fio#2/fio: {:.2}, {:.2} (the same command against itself)",
+        median(&p99[0]) / median(&p99[1]).max(1.0),
+        pooled(0, &every, 99.0) / pooled(1, &every, 99.0).max(1.0),
+        median(&p99[2]) / median(&p99[1]).max(1.0),
+        pooled(2, &every, 99.0) / pooled(1, &every, 99.0).max(1.0),
     );
-    let gap = apart(median(&p99[0]), median(&p99[1]));
-    let verdict = if floor > GOAL {
-        format!(
-            "UNDECIDED: this host's noise ({:.0}%) is larger than the 25% goal, so a {:.0}% probe/fio gap can neither confirm nor refute it here{}",
-            (floor - 1.0) * 100.0,
-            (gap - 1.0) * 100.0,
-            if gap <= floor { " (the gap is within the noise)" } else { " (the gap exceeds even the noise)" }
-        )
-    } else if gap <= GOAL {
-        format!(
-            "PASS: probe and fio p99 within 25% of each other ({:.0}% apart; noise floor {:.0}%)",
-            (gap - 1.0) * 100.0,
-            (floor - 1.0) * 100.0
-        )
-    } else {
-        format!(
-            "FAIL: probe and fio p99 are {:.0}% apart, more than 25% and more than the noise floor {:.0}%",
-            (gap - 1.0) * 100.0,
-            (floor - 1.0) * 100.0
-        )
-    };
-    println!("verdict: {verdict}");
+    println!(
+        "noise floor: two halves of the {n} fio runs differ by up to {:.0}% (median of runs) / {:.0}% (pooled), 95th percentile over every split",
+        (median_floor - 1.0) * 100.0,
+        (pooled_floor - 1.0) * 100.0
+    );
+    println!("verdict, pooled p99:         {}", verdict(pooled_gap, pooled_floor));
+    println!("verdict, median of run p99s: {}", verdict(median_gap, median_floor));
     println!(
         "probe cost: at most {probe_ms} ms (goal < 3000) and {probe_bytes} bytes (goal < {})",
         32u64 << 20
@@ -366,7 +437,7 @@ fn classify_slow(title: &str, target: &Target, rounds: usize) -> anyhow::Result<
     println!("\n== {title}: must classify slow");
     println!("round    p50 ms    p99 ms  writes  elapsed ms  class");
     for round in 1..=rounds {
-        let r = target.probe()?;
+        let (r, _) = target.probe()?;
         let speed = Speed::from_p99_us(r.p99_us);
         println!(
             "{round:>5}  {:>8.2}  {:>8.2}  {:>6}  {:>10}  {speed:?}",
