@@ -68,7 +68,9 @@ fn main() -> anyhow::Result<()> {
     let usage = "usage: probe-bench [--dir D] [--rounds N] [--only dir,loop,throttled,slow]";
     let mut dir = PathBuf::from("/var/tmp");
     let mut rounds = 7usize;
-    let mut only: Vec<String> = ["dir", "loop", "throttled", "slow"].map(String::from).to_vec();
+    let mut only: Vec<String> = ["dir", "loop", "throttled", "slow"]
+        .map(String::from)
+        .to_vec();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -286,9 +288,9 @@ fn verdict(gap: f64, floor: f64) -> String {
 fn compare(title: &str, target: &Target, rounds: usize) -> anyhow::Result<()> {
     println!("\n== {title}");
     match target.fio_runtime {
-        Some(s) => println!(
-            "fio capped at {s} s (--runtime={s}); the probe stops after 2 s or 22 MiB"
-        ),
+        Some(s) => {
+            println!("fio capped at {s} s (--runtime={s}); the probe stops after 2 s or 22 MiB")
+        }
         None => println!("fio as etcd documents it (22 MiB); the probe stops after 2 s or 22 MiB"),
     }
     println!("round  run     p50 ms    p99 ms   syncs   probe bytes  elapsed ms");
@@ -362,8 +364,14 @@ fn compare(title: &str, target: &Target, rounds: usize) -> anyhow::Result<()> {
         (median_floor - 1.0) * 100.0,
         (pooled_floor - 1.0) * 100.0
     );
-    println!("verdict, pooled p99:         {}", verdict(pooled_gap, pooled_floor));
-    println!("verdict, median of run p99s: {}", verdict(median_gap, median_floor));
+    println!(
+        "verdict, pooled p99:         {}",
+        verdict(pooled_gap, pooled_floor)
+    );
+    println!(
+        "verdict, median of run p99s: {}",
+        verdict(median_gap, median_floor)
+    );
     println!(
         "probe cost: at most {probe_ms} ms (goal < 3000) and {probe_bytes} bytes (goal < {})",
         32u64 << 20
@@ -446,7 +454,10 @@ fn classify_slow(title: &str, target: &Target, rounds: usize) -> anyhow::Result<
             r.writes,
             r.elapsed_ms
         );
-        anyhow::ensure!(speed == Speed::Slow, "the slowed device was classified {speed:?}");
+        anyhow::ensure!(
+            speed == Speed::Slow,
+            "the slowed device was classified {speed:?}"
+        );
     }
     println!("classified Slow in all {rounds} rounds");
     Ok(())

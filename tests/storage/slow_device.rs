@@ -130,7 +130,12 @@ fn fuse_delayed_loop_device_is_classified_slow() {
             disk.counters.writes.load(Ordering::Relaxed),
             disk.counters.fsyncs.load(Ordering::Relaxed),
         );
-        let a = assess(&StorageProbe::new(&dev.dir), Path::new("/sys"), Profile::Auto).unwrap();
+        let a = assess(
+            &StorageProbe::new(&dev.dir),
+            Path::new("/sys"),
+            Profile::Auto,
+        )
+        .unwrap();
         let served = (
             disk.counters.writes.load(Ordering::Relaxed) - writes0,
             disk.counters.fsyncs.load(Ordering::Relaxed) - fsyncs0,
