@@ -108,7 +108,8 @@ pub struct ThrottledCgroup {
     pub mechanism: &'static str,
 }
 
-/// The mount point of a cgroup v2 hierarchy that offers the io controller, or why there is none.
+/// The mount point of a cgroup v2 hierarchy whose children can use the io controller (enabled
+/// in its `cgroup.subtree_control` here if it is not yet), or why there is none.
 pub fn cgroup2_io_root() -> Result<PathBuf, String> {
     let mounts = std::fs::read_to_string("/proc/self/mounts")
         .map_err(|e| format!("reading /proc/self/mounts: {e}"))?;
@@ -122,7 +123,19 @@ pub fn cgroup2_io_root() -> Result<PathBuf, String> {
         let controllers =
             std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
         if controllers.split_whitespace().any(|c| c == "io") {
-            return Ok(root);
+            let control = root.join("cgroup.subtree_control");
+            let enabled = std::fs::read_to_string(&control).unwrap_or_default();
+            if enabled.split_whitespace().any(|c| c == "io") {
+                return Ok(root);
+            }
+            // Refused when the hierarchy's root holds processes (a delegated, non-root cgroup).
+            return match std::fs::write(&control, "+io") {
+                Ok(()) => Ok(root),
+                Err(e) => Err(format!(
+                    "cgroup2 at {} offers io but enabling it for children failed: {e}",
+                    root.display()
+                )),
+            };
         }
         seen.push(format!(
             "{} offers [{}]",
@@ -158,12 +171,6 @@ impl ThrottledCgroup {
         major_minor: &str,
         write_iops: u32,
     ) -> anyhow::Result<ThrottledCgroup> {
-        let control = root.join("cgroup.subtree_control");
-        let enabled = std::fs::read_to_string(&control).unwrap_or_default();
-        if !enabled.split_whitespace().any(|c| c == "io") {
-            std::fs::write(&control, "+io")
-                .with_context(|| format!("enabling the io controller in {}", control.display()))?;
-        }
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).context("creating cgroup v2")?;
         let cgroup = ThrottledCgroup {
