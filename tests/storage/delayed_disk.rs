@@ -252,9 +252,35 @@ impl DelayedDisk {
 
 impl Drop for DelayedDisk {
     fn drop(&mut self) {
-        if let Some(s) = self.session.take() {
-            let _ = s.umount_and_join();
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        // A detached loop device lets go of the image asynchronously, so the unmount can be
+        // refused as busy for a moment: retry, then detach lazily rather than leave a mount.
+        let mountpoint = self.image.parent().map(Path::to_path_buf);
+        if let Some(mnt) = mountpoint {
+            let umount = |lazy: bool| {
+                let mut cmd = std::process::Command::new("umount");
+                if lazy {
+                    cmd.arg("-l");
+                }
+                cmd.arg(&mnt)
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            let unmounted = (0..50).any(|_| {
+                umount(false) || {
+                    std::thread::sleep(Duration::from_millis(100));
+                    false
+                }
+            });
+            if !unmounted {
+                umount(true);
+            }
         }
+        // Unmounted, the session's thread sees the device end and returns.
+        let _ = session.umount_and_join();
     }
 }
 
