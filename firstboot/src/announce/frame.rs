@@ -336,7 +336,7 @@ mod tests {
         // Unsigned: the tag stripped off.
         assert!(c.decode(&bytes[..bytes.len() - MAC_LEN]).is_err());
         assert_eq!(
-            c.decode(&vec![0; MAX_ANNOUNCE_FRAME + 1]),
+            c.decode(&[0; MAX_ANNOUNCE_FRAME + 1]),
             Err(AnnounceError::Size(MAX_ANNOUNCE_FRAME + 1))
         );
         let mut election = bytes.clone();

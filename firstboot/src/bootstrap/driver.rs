@@ -30,6 +30,9 @@ pub struct ElectionDriver {
     store: ElectionStore,
     /// Events released while starting, until taken.
     startup: Vec<Event>,
+    /// Events drained from the core but not yet returned: kept here so that a `step` cancelled
+    /// by the caller's `select!` while sending loses no event (they come with the next step).
+    released: Vec<Event>,
 }
 
 /// The election's rank role pin for a discovery record's pin (the two enums say the same thing).
@@ -65,6 +68,7 @@ impl ElectionDriver {
             started: Instant::now(),
             store,
             startup: Vec::new(),
+            released: Vec::new(),
         };
         driver.startup = driver.drain().await?;
         Ok(driver)
@@ -88,6 +92,16 @@ impl ElectionDriver {
     /// What discovery sees: verified peers, foreign and unverified counts.
     pub fn peers(&self) -> PeerSummary {
         self.table.summary()
+    }
+
+    /// Where `node` was last heard from or is advertised (its frame address), if known.
+    pub fn peer_addr(&self, node: NodeId) -> Option<SocketAddr> {
+        self.addrs.get(&node).copied()
+    }
+
+    /// Any authenticated peer's address (to find the local address that routes to the LAN).
+    pub fn any_peer_addr(&self) -> Option<SocketAddr> {
+        self.addrs.values().next().copied()
     }
 
     /// Tells the core this node's role is up (K3s active, or the stand-in of `--until role`).
@@ -170,7 +184,6 @@ impl ElectionDriver {
 
     /// Persists, then sends, then collects events, until the core has nothing more to say.
     async fn drain(&mut self) -> anyhow::Result<Vec<Event>> {
-        let mut events = Vec::new();
         loop {
             let mut progressed = false;
             while let Some(request) = self.node.poll_persist() {
@@ -198,10 +211,10 @@ impl ElectionDriver {
             }
             while let Some(event) = self.node.poll_event() {
                 progressed = true;
-                events.push(event);
+                self.released.push(event);
             }
             if !progressed {
-                return Ok(events);
+                return Ok(std::mem::take(&mut self.released));
             }
         }
     }

@@ -58,6 +58,9 @@ pub fn table(s: &NodeState, now_unix: u64) -> String {
                 .unwrap_or_else(|| "not decided".into()),
         ),
     ];
+    if let Some(init) = &s.init_node {
+        rows.push(("init node", init.clone()));
+    }
     if let Some(url) = &s.server_url {
         rows.push(("server", url.clone()));
     }
