@@ -141,6 +141,37 @@ mod tests {
     }
 
     #[test]
+    fn the_join_token_is_k10_ca_hash_server_token() {
+        let config = crate::config::ClusterConfig::from_toml_str(
+            "[cluster]\nname = \"lab\"\ntoken = \"plan-secret-abcdefgh\"\nservers = 3\n",
+            Path::new("/nonexistent/cluster.toml"),
+        )
+        .unwrap();
+        let plan = joiner();
+        let yaml = crate::k3s::render(&config, &plan.k3s_role().unwrap(), &plan.facts("lab-2"));
+        let ca = CaHash::of_bundle(b"ca").to_hex();
+        assert!(
+            yaml.contains(&format!(
+                "token: \"K10{ca}::server:plan-secret-abcdefgh\"\n"
+            )),
+            "{yaml}"
+        );
+        assert!(
+            yaml.contains("server: \"https://198.18.0.10:6443\"\n"),
+            "{yaml}"
+        );
+        assert!(yaml.contains("node-ip: \"198.18.0.12\"\n"), "{yaml}");
+        assert!(!yaml.contains("cluster-init"), "{yaml}");
+        let mut agent = joiner();
+        agent.role = Role::Agent { join: NodeId(9) };
+        let yaml = crate::k3s::render(&config, &agent.k3s_role().unwrap(), &agent.facts("lab-3"));
+        assert!(
+            yaml.contains(&format!("token: \"K10{ca}::server:")),
+            "{yaml}"
+        );
+    }
+
+    #[test]
     fn a_joiner_renders_the_secure_token_role() {
         let plan = joiner();
         assert_eq!(

@@ -277,7 +277,14 @@ impl Report {
     pub fn fail(&mut self, error: &anyhow::Error) {
         let text = format!("{error:#}");
         self.state.phase = Phase::Failed;
-        self.state.errors.push(text.clone());
+        // A unit restarting after the same failure says it once, not once per restart.
+        let redacted = match &self.token {
+            Some(t) => crate::status::state::redact(&text, t),
+            None => text.clone(),
+        };
+        if self.state.errors.last() != Some(&redacted) {
+            self.state.errors.push(text.clone());
+        }
         tracing::error!("{text}");
         self.say(&format!("failed: {text}"));
         self.save();
