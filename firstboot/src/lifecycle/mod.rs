@@ -150,6 +150,12 @@ async fn steps(
             .await
             .context("settling the clock")?;
         tracing::info!(ntp = ?settled.ntp, step_usec = ?settled.floor_step_usec, "clock settled");
+        if let Some(usec) = settled.floor_step_usec {
+            report.note(&format!(
+                "clock was {:.1} s below the image build time: stepped forward",
+                usec as f64 / 1e6
+            ));
+        }
     }
 
     // Step 4: storage.

@@ -207,9 +207,16 @@ impl Report {
                 usec as f64 / 1e6
             ),
         };
+        self.note(&line);
+    }
+
+    /// Something worth knowing later, kept in status notes (once) and said now.
+    pub fn note(&mut self, line: &str) {
+        if !self.state.notes.iter().any(|n| n == line) {
+            self.state.notes.push(line.to_string());
+        }
         tracing::warn!("{line}");
-        self.state.notes.push(line.clone());
-        self.say(&line);
+        self.say(line);
         self.save();
     }
 
