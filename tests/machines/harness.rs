@@ -143,7 +143,7 @@ impl Anchor {
     fn spawn() -> Self {
         let mut cmd = Command::new("unshare");
         cmd.args(["--net", "sleep", "infinity"]);
-        let child = die_with_parent(&mut cmd)
+        let mut child = die_with_parent(&mut cmd)
             .stdin(Stdio::null())
             .spawn()
             .expect("spawning unshare");
@@ -156,6 +156,8 @@ impl Anchor {
             }
             sleep(Duration::from_millis(10));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("unshare did not create a network namespace");
     }
 
@@ -295,6 +297,12 @@ impl Machine {
             serde_json::Value::Null => None,
             v => Some(v),
         }
+    }
+
+    /// firstboot's state file (`/var/lib/firstboot/state.json`, what `status --json` prints),
+    /// read straight from the root filesystem: cheap enough to poll every few milliseconds.
+    pub fn state(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.root_file("var/lib/firstboot/state.json")?).ok()
     }
 
     /// The lifecycle phase firstboot reports ("ready", "joining", ...).
@@ -540,7 +548,18 @@ impl Machine {
     pub fn report(&self) -> String {
         let status = self
             .status()
-            .map(|s| s.to_string())
+            .map(|mut s| {
+                // A retried failure repeats its error: show each once.
+                if let Some(errors) = s.get_mut("errors").and_then(|e| e.as_array_mut()) {
+                    let mut seen = Vec::new();
+                    errors.retain(|e| {
+                        let new = !seen.contains(e);
+                        seen.push(e.clone());
+                        new
+                    });
+                }
+                s.to_string()
+            })
             .unwrap_or_else(|| "no status".into());
         let journal = self.journal(None);
         let tail: Vec<&str> = journal.lines().rev().take(40).collect();
@@ -704,12 +723,23 @@ impl Lan {
         self.machines[i].stop();
     }
 
-    /// Polls `done` every second until it holds; panics after `timeout` with every machine's
+    /// Polls `done` every 250 ms until it holds; panics after `timeout` with every machine's
     /// status and journal tail. Returns the time it took.
     pub fn wait_for(
         &self,
         what: &str,
         timeout: Duration,
+        done: impl FnMut(&Lan) -> bool,
+    ) -> Duration {
+        self.wait_for_polling(what, timeout, Duration::from_millis(250), done)
+    }
+
+    /// [`Lan::wait_for`] with another polling interval (short ones for fleeting states).
+    pub fn wait_for_polling(
+        &self,
+        what: &str,
+        timeout: Duration,
+        poll: Duration,
         mut done: impl FnMut(&Lan) -> bool,
     ) -> Duration {
         let start = Instant::now();
@@ -723,7 +753,7 @@ impl Lan {
                     self.report()
                 );
             }
-            sleep(Duration::from_secs(1));
+            sleep(poll);
         }
     }
 

@@ -32,42 +32,53 @@ fn machines_dir() -> PathBuf {
     systests::repo_root().join("tests/machines")
 }
 
-/// The K3s test double binary (built by cargo with the test, same package).
-pub fn k3s_double_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_k3s-double"))
+/// The K3s test double binary: cargo's own for tests of this package, else built like firstboot.
+pub fn k3s_double_bin() -> Result<PathBuf> {
+    match option_env!("CARGO_BIN_EXE_k3s-double") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => workspace_bin("systests", "k3s-double"),
+    }
 }
 
 /// The host `firstboot` binary next to this test's profile directory, built first if needed.
 pub fn firstboot_bin() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the test executable")?;
+    workspace_bin("firstboot", "firstboot")
+}
+
+/// A workspace binary in the running program's profile directory, built with cargo first (once
+/// per process; a no-op when it is current).
+fn workspace_bin(package: &str, bin: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the running executable")?;
     let mut profile = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     if profile.ends_with("deps") {
         profile.pop();
     }
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    let mut result = Ok(());
-    BUILT.call_once(|| {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == bin) {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "firstboot", "--bin", "firstboot"]);
+        cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
         if profile.ends_with("release") {
             cmd.arg("--release");
         }
         if let Some(target_dir) = profile.parent() {
             cmd.env("CARGO_TARGET_DIR", target_dir);
         }
-        result = match cmd.current_dir(systests::repo_root()).status() {
-            Ok(s) if s.success() => Ok(()),
-            Ok(s) => Err(anyhow::anyhow!("cargo build -p firstboot failed: {s}")),
-            Err(e) => Err(anyhow::anyhow!("running cargo build -p firstboot: {e}")),
-        };
-    });
-    result?;
-    let bin = profile.join("firstboot");
-    if !bin.exists() {
-        bail!("{} missing after cargo build", bin.display());
+        let status = cmd
+            .current_dir(systests::repo_root())
+            .status()
+            .with_context(|| format!("running cargo build -p {package} --bin {bin}"))?;
+        if !status.success() {
+            bail!("cargo build -p {package} --bin {bin} failed: {status}");
+        }
+        built.push(bin.to_string());
     }
-    Ok(bin)
+    let path = profile.join(bin);
+    if !path.exists() {
+        bail!("{} missing after cargo build", path.display());
+    }
+    Ok(path)
 }
 
 fn hash_tree(h: &mut Sha256, dir: &Path) -> Result<()> {
@@ -94,7 +105,7 @@ fn hash_tree(h: &mut Sha256, dir: &Path) -> Result<()> {
 /// Writes a K3s release for amd64 into `dir` whose `k3s` is the test double.
 fn write_release(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)?;
-    let binary = std::fs::read(k3s_double_bin()).context("reading k3s-double")?;
+    let binary = std::fs::read(k3s_double_bin()?).context("reading k3s-double")?;
     std::fs::write(dir.join("k3s"), &binary)?;
     let sums = format!("{}  k3s\n", hex::encode(Sha256::digest(&binary)));
     std::fs::write(dir.join("sha256sum-amd64.txt"), sums)?;
@@ -124,7 +135,7 @@ pub fn node_image() -> Result<PathBuf> {
     let mut h = Sha256::new();
     h.update(base::key().as_bytes());
     h.update(std::fs::read(&firstboot).context("reading firstboot")?);
-    h.update(std::fs::read(k3s_double_bin()).context("reading k3s-double")?);
+    h.update(std::fs::read(k3s_double_bin()?).context("reading k3s-double")?);
     hash_tree(&mut h, &machines_dir().join("overlay"))?;
     hash_tree(&mut h, &machines_dir().join("board"))?;
     hash_tree(&mut h, &systests::repo_root().join("overlays"))?;
