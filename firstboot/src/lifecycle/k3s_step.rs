@@ -326,13 +326,13 @@ impl K3sProgress {
     }
 
     /// A bring-up round ended: ready once active (the init node reads its CA hash and starts
-    /// answering queries), otherwise say so and go another round. Returns true when K3s just
-    /// became ready here, so the caller reports serving to the election.
+    /// answering queries; the caller then reports serving to the election, see
+    /// [`K3sProgress::is_ready`]), otherwise say so and go another round.
     pub fn on_round_ended(
         &mut self,
         ended: Result<Result<BroughtUp, BringUpError>, tokio::task::JoinError>,
         report: &mut Report,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<()> {
         let up = ended
             .context("joining the K3s bring-up task")?
             .context("bringing up K3s")?;
@@ -346,7 +346,7 @@ impl K3sProgress {
                 Duration::ZERO
             };
             self.retry_at = Some(Instant::now() + pause);
-            return Ok(false);
+            return Ok(());
         }
         if let Some(ca) = up.ca_hash {
             report.ca_hash(ca);
@@ -364,7 +364,7 @@ impl K3sProgress {
             self.ready = true;
             report.ready(&line);
         }
-        Ok(true)
+        Ok(())
     }
 
     /// The retry timer fired: start the next round.
