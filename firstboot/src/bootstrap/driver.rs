@@ -36,6 +36,12 @@ pub struct ElectionDriver {
     /// The test hold already happened (it happens at most once per run).
     #[cfg(feature = "test-hooks")]
     held: bool,
+    /// Test builds: an armed hold's end; nothing is sent or released before it.
+    #[cfg(feature = "test-hooks")]
+    hold_until: Option<tokio::time::Instant>,
+    /// Events drained from the core but not yet returned: kept here so that a `step` cancelled
+    /// by the caller's `select!` while sending loses no event (they come with the next step).
+    released: Vec<Event>,
 }
 
 /// Test builds only: milliseconds to hold this node once it has durably learned that it was
@@ -84,6 +90,9 @@ impl ElectionDriver {
             startup: Vec::new(),
             #[cfg(feature = "test-hooks")]
             held: false,
+            #[cfg(feature = "test-hooks")]
+            hold_until: None,
+            released: Vec::new(),
         };
         driver.startup = driver.drain().await?;
         Ok(driver)
@@ -107,6 +116,16 @@ impl ElectionDriver {
     /// What discovery sees: verified peers, foreign and unverified counts.
     pub fn peers(&self) -> PeerSummary {
         self.table.summary()
+    }
+
+    /// Where `node` was last heard from or is advertised (its frame address), if known.
+    pub fn peer_addr(&self, node: NodeId) -> Option<SocketAddr> {
+        self.addrs.get(&node).copied()
+    }
+
+    /// Any authenticated peer's address (to find the local address that routes to the LAN).
+    pub fn any_peer_addr(&self) -> Option<SocketAddr> {
+        self.addrs.values().next().copied()
     }
 
     /// Tells the core this node's role is up (K3s active, or the stand-in of `--until role`).
@@ -187,10 +206,10 @@ impl ElectionDriver {
         self.table.apply(event);
     }
 
-    /// The test hold (see [`HOLD_ELECTED_ENV`]): `state` is durable, nothing that depends on it
-    /// has been released yet.
+    /// Arms the test hold (see [`HOLD_ELECTED_ENV`]) once `state`, the first durable record of
+    /// this node's own election in epoch 0, is on disk.
     #[cfg(feature = "test-hooks")]
-    async fn hold_if_elected(&mut self, state: &crate::election::PersistedState) {
+    fn arm_hold(&mut self, state: &crate::election::PersistedState) {
         use crate::election::Value;
         if self.held
             || state.epoch != 0
@@ -211,13 +230,22 @@ impl ElectionDriver {
             epoch = state.epoch,
             "test hook: elected; holding before asking for Go"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-        tracing::warn!("test hook: hold over; asking for Go");
+        self.hold_until = Some(tokio::time::Instant::now() + std::time::Duration::from_millis(ms));
+    }
+
+    /// Waits out an armed test hold before anything leaves the node. Cancel-safe: a `step`
+    /// cancelled by the caller's `select!` keeps the deadline and waits again on the next call.
+    #[cfg(feature = "test-hooks")]
+    async fn wait_hold(&mut self) {
+        if let Some(until) = self.hold_until {
+            tokio::time::sleep_until(until).await;
+            self.hold_until = None;
+            tracing::warn!("test hook: hold over; asking for Go");
+        }
     }
 
     /// Persists, then sends, then collects events, until the core has nothing more to say.
     async fn drain(&mut self) -> anyhow::Result<Vec<Event>> {
-        let mut events = Vec::new();
         loop {
             let mut progressed = false;
             while let Some(request) = self.node.poll_persist() {
@@ -225,11 +253,14 @@ impl ElectionDriver {
                 self.store
                     .save(&request.state)
                     .context("persisting the election state")?;
-                #[cfg(feature = "test-hooks")]
-                self.hold_if_elected(&request.state).await;
                 self.node.persisted(request.seq);
+                #[cfg(feature = "test-hooks")]
+                self.arm_hold(&request.state);
                 progressed = true;
             }
+            // Nothing the acknowledged state released (frames, events) leaves during a hold.
+            #[cfg(feature = "test-hooks")]
+            self.wait_hold().await;
             while let Some(transmit) = self.node.poll_transmit() {
                 progressed = true;
                 let targets: Vec<SocketAddr> = match transmit.to {
@@ -247,10 +278,10 @@ impl ElectionDriver {
             }
             while let Some(event) = self.node.poll_event() {
                 progressed = true;
-                events.push(event);
+                self.released.push(event);
             }
             if !progressed {
-                return Ok(events);
+                return Ok(std::mem::take(&mut self.released));
             }
         }
     }
