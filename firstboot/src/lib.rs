@@ -3,6 +3,7 @@
 //! The library holds all logic; `main.rs` only parses arguments and dispatches. `imagebuild`
 //! uses [`config`] so that the boot-partition contract has one owner.
 
+pub mod announce;
 pub mod bootstrap;
 pub mod clock;
 pub mod config;

@@ -525,33 +525,8 @@ fn sigint_mid_build_leaves_nothing() {
         "rpi4",
         &format!("base_sha256 = \"{}\"", sha256(&packed)),
     );
-    let child = imagebuild(dir.path())
-        .arg("build")
-        .arg(&r)
-        .arg("--cache-dir")
-        .arg(dir.path().join("cache"))
-        .arg("--firstboot-bin")
-        .arg(dir.path().join("firstboot-fake"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     let downloads = dir.path().join("cache/downloads");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !names(&downloads).iter().any(|n| n.starts_with(".partial")) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the download never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    let st = Command::new("kill")
-        .arg("-INT")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let out = child.wait_with_output().unwrap();
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    let out = interrupt_build(dir.path(), &r, &downloads, ".partial", 60);
     fails_cleanly(dir.path(), out, &["interrupted"]);
     assert!(
         names(&downloads).is_empty(),
@@ -734,22 +709,36 @@ fn sigint_while_writing_the_image_leaves_nothing() {
     fixture::make(&spec, &b).expect("making fixture");
     share(&b);
     let r = recipe(dir.path(), &b.display().to_string(), "rpi4", "");
-    let child = imagebuild(dir.path())
+    let out_dir = dir.path().join("out");
+    let out = interrupt_build(dir.path(), &r, &out_dir, ".partial-", 120);
+    fails_cleanly(dir.path(), out, &["interrupted"]);
+}
+
+/// Start `imagebuild build recipe`, wait (up to `limit_secs`) until a file whose name contains
+/// `marker` appears in `watch` (the build is mid-way), send SIGINT and return its output.
+fn interrupt_build(
+    dir: &Path,
+    recipe: &Path,
+    watch: &Path,
+    marker: &str,
+    limit_secs: u64,
+) -> std::process::Output {
+    let child = imagebuild(dir)
         .arg("build")
-        .arg(&r)
+        .arg(recipe)
         .arg("--cache-dir")
-        .arg(dir.path().join("cache"))
+        .arg(dir.join("cache"))
         .arg("--firstboot-bin")
-        .arg(dir.path().join("firstboot-fake"))
+        .arg(dir.join("firstboot-fake"))
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let out_dir = dir.path().join("out");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while !names(&out_dir).iter().any(|n| n.contains(".partial-")) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(limit_secs);
+    while !names(watch).iter().any(|n| n.contains(marker)) {
         assert!(
             std::time::Instant::now() < deadline,
-            "the build never started writing"
+            "no {marker} file appeared in {} within {limit_secs} s",
+            watch.display()
         );
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
@@ -761,5 +750,5 @@ fn sigint_while_writing_the_image_leaves_nothing() {
     assert!(st.success());
     let out = child.wait_with_output().unwrap();
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    fails_cleanly(dir.path(), out, &["interrupted"]);
+    out
 }

@@ -70,7 +70,16 @@ async fn run(mode: &str) -> Result<()> {
     // One crypto provider for the process; a second install attempt is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = read_config()?;
-    log(&format!("starting {mode} as node {}", config.node_name));
+    // The wall clock as this process sees it: machine tests check that a joiner's clock was
+    // agreed with the init node's before K3s started.
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    log(&format!(
+        "starting {mode} as node {} with the clock at unix {clock}",
+        config.node_name
+    ));
     let data = root().join("var/lib/rancher/k3s");
     let notifier = firstboot::status::Notifier::from_env();
 

@@ -475,30 +475,3 @@ fn the_lan_is_torn_down_when_a_test_panics() {
         "LAN dir left behind"
     );
 }
-
-/// Not a test: builds a 3-node LAN and keeps it for `LAN_PLAYGROUND_SECS` for manual poking.
-#[test]
-#[ignore]
-fn playground() {
-    if !can_run("playground") {
-        return;
-    }
-    let secs: u64 = std::env::var("LAN_PLAYGROUND_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
-    let token = random_token();
-    let mut lan = Lan::new();
-    for _ in 0..3 {
-        start_lan_node(lan.add_node(&token), &[]);
-    }
-    for node in &lan.nodes {
-        println!(
-            "node{} dir {} enter: {:?}",
-            node.index,
-            node.dir.display(),
-            node.command(Path::new("sh"))
-        );
-    }
-    std::thread::sleep(std::time::Duration::from_secs(secs));
-}

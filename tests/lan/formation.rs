@@ -2,15 +2,23 @@
 //!
 //! Each node has its own dbus-daemon, avahi-daemon and systemd-hostnamed; the daemons find each
 //! other over multicast DNS, elect over UDP and print their role as one JSON line.
+//!
+//! Two tests need a node caught between "elected" and "Go", a window too short to hit from
+//! outside: the binary is built with the test-only `test-hooks` feature and every node is started
+//! with `HOLD_ELECTED_ENV`, which holds whichever node wins the first epoch right there (see
+//! `firstboot::bootstrap::driver`).
 
 mod formation_support;
 mod harness;
 
+use firstboot::bootstrap::driver::HOLD_ELECTED_ENV;
 use formation_support::{
-    add_cluster_nodes, assert_one_cluster, can_run, formation_lock, role_in, role_of, start_node,
-    start_node_as, wait_roles, write_config, ClusterSpec,
+    add_cluster_nodes, all_role_lines, assert_one_cluster, can_run, election_state, formation_lock,
+    node_id, node_number, node_state, role_in, role_of, start_node, start_node_as,
+    start_node_with_env, wait_any_log_line, wait_roles, write_config, ClusterSpec,
 };
 use harness::{contains, random_token, Lan};
+use serde_json::Value;
 use std::thread::sleep;
 use std::time::Duration;
 
@@ -166,26 +174,181 @@ fn rogue_node_with_a_wrong_token_is_ignored() {
     assert_eq!(role_of(&lan.nodes[0]), None, "the rogue found a cluster");
 }
 
+/// How long the held node stalls in the avahi test: long enough to restart a daemon inside the
+/// open vote, short enough that it then asks for Go before anyone gives up on it.
+const HOLD_MID_VOTE_MS: &str = "8000";
+
+/// Three nodes, every one armed with the test hook: whichever wins the first election (x) is
+/// held right after it durably learns that, before it announces it or asks for Go. Returns x's
+/// position in `lan.nodes`.
+fn elect_and_hold(lan: &mut Lan, hold_ms: &str) -> usize {
+    let spec = ClusterSpec::new("homelab", 3, 3);
+    add_cluster_nodes(lan, &spec, 3);
+    for node in lan.nodes.iter_mut() {
+        start_node_with_env(node, "firstboot", &[(HOLD_ELECTED_ENV, hold_ms)]);
+    }
+    let x = wait_any_log_line(lan, "test hook: elected");
+    let number = node_number(lan.nodes[x].index);
+    let state = election_state(&lan.nodes[x]);
+    assert_eq!(
+        state["decided"]["Init"], number,
+        "x holds before it knows: {state:#}"
+    );
+    assert_eq!(state["go"], false, "{state:#}");
+    assert_eq!(state["role"], Value::Null, "{state:#}");
+    x
+}
+
+/// Whether `state` (an election.json) has accepted `Init(x)` in the leader instance without
+/// knowing any decision: the node is in the middle of the vote.
+fn mid_vote(state: &Value, x: u64) -> bool {
+    state["acceptor"]["accepted"][1]["Init"] == x
+        && state["decided"] == Value::Null
+        && state["go"] == false
+        && state["role"] == Value::Null
+}
+
 #[test]
-fn avahi_restart_mid_election_still_forms() {
-    if !can_run("avahi_restart_mid_election_still_forms") {
+fn elected_node_killed_before_go_is_replaced_never_two_inits() {
+    if !can_run("elected_node_killed_before_go_is_replaced_never_two_inits") {
         return;
     }
     let _serial = formation_lock();
     let mut lan = Lan::new();
-    let spec = ClusterSpec::new("homelab", 3, 3);
-    add_cluster_nodes(&mut lan, &spec, 3);
-    for node in lan.nodes.iter_mut() {
-        start_node(node);
+    // x is held for longer than the test runs: only the kill ends its hold.
+    let x = elect_and_hold(&mut lan, "600000");
+    let x_id = node_id(lan.nodes[x].index);
+    let x_number = node_number(lan.nodes[x].index);
+    let x_epoch = election_state(&lan.nodes[x])["epoch"]
+        .as_u64()
+        .expect("epoch");
+    // A power cut on x: its daemon and its avahi-daemon die at once, no goodbye on the LAN.
+    lan.nodes[x].kill("firstboot");
+    lan.nodes[x].kill_avahi();
+    let dead = election_state(&lan.nodes[x]);
+    assert_eq!(dead["go"], false, "x died before Go: {dead:#}");
+    assert_eq!(dead["role"], Value::Null, "{dead:#}");
+    assert_eq!(node_state(&lan.nodes[x])["role"], Value::Null);
+    assert_eq!(role_of(&lan.nodes[x]), None, "x printed a role");
+
+    // The survivors give x's fate up and elect one of themselves (their election, in a later
+    // epoch, is not held).
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != x).collect();
+    let roles = wait_roles(&lan, &survivors);
+    let init = formation_support::check_roles(&roles, 2, 0);
+    assert_ne!(init, x_id, "the dead node stayed the init");
+    for &i in &survivors {
+        let state = election_state(&lan.nodes[i]);
+        assert!(
+            state["epoch"].as_u64().is_some_and(|e| e > x_epoch),
+            "node{} never left x's epoch: {state:#}",
+            i + 1
+        );
+        assert_eq!(state["go"], true, "{state:#}");
     }
-    // Node 3's avahi goes away while the daemons are still discovering and comes back.
-    sleep(Duration::from_millis(500));
-    lan.nodes[2].stop_avahi();
-    sleep(Duration::from_secs(2));
-    lan.nodes[2].start_avahi();
+
+    // x boots again (no hook now): it learns its epoch was abandoned and joins the new init.
+    lan.nodes[x].start_avahi();
+    start_node_as(&mut lan.nodes[x], "firstboot-again");
+    let start = std::time::Instant::now();
+    let again = loop {
+        if let Some(role) = role_in(&lan.nodes[x], "firstboot-again") {
+            break role;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the restarted x never learned its role"
+        );
+        sleep(Duration::from_millis(100));
+    };
+    assert_eq!(again["role"], "server", "a seat was free for x: {again}");
+    assert_eq!(again["join"].as_str(), Some(init.as_str()), "{again}");
+    let after = election_state(&lan.nodes[x]);
+    assert_ne!(
+        after["decided"]["Init"], x_number,
+        "x kept its own election: {after:#}"
+    );
+    assert_eq!(node_state(&lan.nodes[x])["role"], "server");
+    // Exactly one init over the whole run, across every log of every node...
+    let lines = all_role_lines(&lan);
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    let inits: Vec<&Value> = lines
+        .iter()
+        .filter(|r| r["role"] == "cluster-init")
+        .collect();
+    assert_eq!(inits.len(), 1, "{lines:#?}");
+    assert_eq!(inits[0]["node"].as_str(), Some(init.as_str()));
+    // ...and every node's durable election state agrees on it, Go decided.
+    let init_number = u64::from_str_radix(&init, 16).expect("node ids are hex");
+    for node in &lan.nodes {
+        let state = election_state(node);
+        assert_eq!(
+            state["decided"]["Init"], init_number,
+            "node{}: {state:#}",
+            node.index
+        );
+        assert_eq!(state["go"], true, "node{}: {state:#}", node.index);
+    }
+}
+
+#[test]
+fn avahi_restart_mid_vote_still_forms() {
+    if !can_run("avahi_restart_mid_vote_still_forms") {
+        return;
+    }
+    let _serial = formation_lock();
+    let mut lan = Lan::new();
+    let x = elect_and_hold(&mut lan, HOLD_MID_VOTE_MS);
+    let x_number = node_number(lan.nodes[x].index);
+    // A node that accepted x's election but knows no decision yet: the vote is open there.
+    let others: Vec<usize> = (0..3).filter(|&i| i != x).collect();
+    let start = std::time::Instant::now();
+    let y = loop {
+        let open = others
+            .iter()
+            .copied()
+            .find(|&i| mid_vote(&election_state(&lan.nodes[i]), x_number));
+        if let Some(y) = open {
+            break y;
+        }
+        let states: Vec<Value> = others
+            .iter()
+            .map(|&i| election_state(&lan.nodes[i]))
+            .collect();
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no other node accepted x's election: {states:#?}"
+        );
+        sleep(Duration::from_millis(20));
+    };
+    lan.nodes[y].stop_avahi();
+    sleep(Duration::from_secs(1));
+    lan.nodes[y].start_avahi();
+    // Still mid-vote once its avahi-daemon is back: the restart fell inside the open vote.
+    let state = election_state(&lan.nodes[y]);
+    assert!(
+        state["go"] == false && state["role"] == Value::Null,
+        "node{} finished voting before its avahi-daemon came back: {state:#}",
+        y + 1
+    );
     let roles = wait_roles(&lan, &[0, 1, 2]);
     assert_one_cluster(&lan, &roles, 3, 0);
-    assert!(lan.nodes[2].running("firstboot"), "node 3's daemon died");
+    assert!(
+        lan.nodes[y].running("firstboot"),
+        "node{}'s daemon died",
+        y + 1
+    );
+    // It noticed the daemon go and registered its record again with the new one.
+    let log = std::fs::read_to_string(lan.nodes[y].dir.join("firstboot.log")).unwrap_or_default();
+    let after = log
+        .split("avahi-daemon went away")
+        .nth(1)
+        .unwrap_or_else(|| panic!("node{} never saw avahi-daemon go:\n{log}", y + 1));
+    assert!(
+        after.contains("published _k3s-firstboot._tcp"),
+        "node{} never published again:\n{log}",
+        y + 1
+    );
 }
 
 #[test]

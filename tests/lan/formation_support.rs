@@ -103,6 +103,11 @@ pub fn start_node(node: &mut Node) {
 
 /// [`start_node`] under another label (its log is `<label>.log`), e.g. for a restart.
 pub fn start_node_as(node: &mut Node, label: &str) {
+    start_node_with_env(node, label, &[]);
+}
+
+/// [`start_node_as`] with extra environment variables (e.g. a test hook's).
+pub fn start_node_with_env(node: &mut Node, label: &str, env: &[(&str, &str)]) {
     let root = node.root.display().to_string();
     let boot = boot_dir(node).display().to_string();
     node.spawn_with_env(
@@ -119,8 +124,76 @@ pub fn start_node_as(node: &mut Node, label: &str) {
             "--no-clock",
             "--no-storage",
         ],
-        &[("RUST_LOG", "info")],
+        &[&[("RUST_LOG", "info")], env].concat(),
     );
+}
+
+/// The node's persisted election state (`election.json`), `Null` before the first write.
+pub fn election_state(node: &Node) -> Value {
+    std::fs::read(node.root.join("var/lib/firstboot/election.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// The node's lifecycle state (`state.json`), `Null` before the first write.
+pub fn node_state(node: &Node) -> Value {
+    std::fs::read(node.root.join("var/lib/firstboot/state.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// The election's number for node `index`'s id (`NodeId` is a `u64` in the state file).
+pub fn node_number(index: usize) -> u64 {
+    0x1000_0000_0000_0000 + 0x5eed_0000 + index as u64
+}
+
+/// Waits (up to the formation's liveness bound) until the `firstboot.log` of one of `lan`'s
+/// nodes contains `needle`; returns that node's position in `lan.nodes`. Panics with every
+/// node's log tail otherwise.
+pub fn wait_any_log_line(lan: &Lan, needle: &str) -> usize {
+    let start = Instant::now();
+    let read =
+        |node: &Node| std::fs::read_to_string(node.dir.join("firstboot.log")).unwrap_or_default();
+    loop {
+        if let Some(found) = lan.nodes.iter().position(|n| read(n).contains(needle)) {
+            return found;
+        }
+        if start.elapsed() > ROLE_WAIT {
+            for node in &lan.nodes {
+                let log = read(node);
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                eprintln!("--- node{} log tail (newest first):", node.index);
+                for line in tail {
+                    eprintln!("  {line}");
+                }
+            }
+            panic!("no node logged `{needle}` within {ROLE_WAIT:?}");
+        }
+        sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every role line any program of any node printed over the whole run (all its firstboot logs).
+pub fn all_role_lines(lan: &Lan) -> Vec<Value> {
+    let mut lines = Vec::new();
+    for node in &lan.nodes {
+        for entry in std::fs::read_dir(&node.dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with("firstboot") && name.ends_with(".log")) {
+                continue;
+            }
+            let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            lines.extend(
+                log.lines()
+                    .filter(|l| l.starts_with("{\""))
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .filter(|v| v.get("role").is_some()),
+            );
+        }
+    }
+    lines
 }
 
 /// The role line the node's daemon printed, if any (panics if it printed two).

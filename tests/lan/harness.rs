@@ -49,12 +49,24 @@ pub fn skip_reason() -> Option<String> {
 
 /// Builds the `firstboot` binary the tests run (cargo only builds the tested package's own
 /// binaries); a no-op when it is current. Serialized so parallel tests do not race on it.
+///
+/// Built with the `test-hooks` feature (inert unless a test sets its environment variable), so
+/// that the tests that hold an elected node run the very binary the others run.
 pub fn build_firstboot() {
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "firstboot", "--bin", "firstboot"]);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "firstboot",
+            "--bin",
+            "firstboot",
+            "--features",
+            "test-hooks",
+        ]);
         let profile_dir = firstboot_bin()
             .parent()
             .map(Path::to_path_buf)
@@ -220,6 +232,11 @@ pub struct Node {
 }
 
 impl Node {
+    /// Process id of the `sleep` holding its namespaces (for `nsenter -t PID -m -u -n`).
+    pub fn anchor_pid(&self) -> u32 {
+        self.anchor.pid()
+    }
+
     /// Its address on the LAN.
     pub fn address(&self) -> String {
         format!("198.18.0.{}", self.index)
@@ -307,6 +324,14 @@ impl Node {
     pub fn stop_avahi(&mut self) {
         if let Some(mut avahi) = self.avahi.take() {
             avahi.stop();
+        }
+    }
+
+    /// Kills avahi-daemon (SIGKILL, as a power cut would: no goodbye on the LAN).
+    pub fn kill_avahi(&mut self) {
+        if let Some(mut avahi) = self.avahi.take() {
+            let _ = avahi.child.kill();
+            let _ = avahi.child.wait();
         }
     }
 

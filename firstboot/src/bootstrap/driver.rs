@@ -4,6 +4,9 @@
 //! core's next timer), feeds it to the core, then drains the core's outputs in the order safety
 //! needs: persist requests are written durably and acknowledged first, so frames and events that
 //! depend on acceptor state are only released (and sent) after that state is on disk.
+//!
+//! Test builds (feature `test-hooks`, never shipped) can hold an elected node right after it
+//! learns it was elected and before anything that follows leaves it (`HOLD_ELECTED_ENV`).
 
 use super::store::ElectionStore;
 use crate::discovery::record::PeerClass;
@@ -30,7 +33,27 @@ pub struct ElectionDriver {
     store: ElectionStore,
     /// Events released while starting, until taken.
     startup: Vec<Event>,
+    /// The test hold already happened (it happens at most once per run).
+    #[cfg(feature = "test-hooks")]
+    held: bool,
+    /// Test builds: an armed hold's end; nothing is sent or released before it.
+    #[cfg(feature = "test-hooks")]
+    hold_until: Option<tokio::time::Instant>,
+    /// Events drained from the core but not yet returned: kept here so that a `step` cancelled
+    /// by the caller's `select!` while sending loses no event (they come with the next step).
+    released: Vec<Event>,
 }
+
+/// Test builds only: milliseconds to hold this node once it has durably learned that it was
+/// elected in the first epoch (`Init(self)` decided in epoch 0, fate open), before it announces
+/// that or asks for Go.
+///
+/// The core is untouched; from outside the node simply stalls at the worst moment, so a test can
+/// kill it there or restart avahi-daemon while the vote is open. A test sets it on every node, so
+/// whichever wins the first election is held; only epoch 0 holds, so the election that replaces a
+/// killed node runs unheld. Read only in `test-hooks` builds.
+#[cfg(feature = "test-hooks")]
+pub const HOLD_ELECTED_ENV: &str = "FIRSTBOOT_TEST_HOLD_ELECTED_MS";
 
 /// The election's rank role pin for a discovery record's pin (the two enums say the same thing).
 pub fn election_pin(pin: discovery::RolePin) -> RolePin {
@@ -65,6 +88,11 @@ impl ElectionDriver {
             started: Instant::now(),
             store,
             startup: Vec::new(),
+            #[cfg(feature = "test-hooks")]
+            held: false,
+            #[cfg(feature = "test-hooks")]
+            hold_until: None,
+            released: Vec::new(),
         };
         driver.startup = driver.drain().await?;
         Ok(driver)
@@ -88,6 +116,16 @@ impl ElectionDriver {
     /// What discovery sees: verified peers, foreign and unverified counts.
     pub fn peers(&self) -> PeerSummary {
         self.table.summary()
+    }
+
+    /// Where `node` was last heard from or is advertised (its frame address), if known.
+    pub fn peer_addr(&self, node: NodeId) -> Option<SocketAddr> {
+        self.addrs.get(&node).copied()
+    }
+
+    /// Any authenticated peer's address (to find the local address that routes to the LAN).
+    pub fn any_peer_addr(&self) -> Option<SocketAddr> {
+        self.addrs.values().next().copied()
     }
 
     /// Tells the core this node's role is up (K3s active, or the stand-in of `--until role`).
@@ -168,9 +206,46 @@ impl ElectionDriver {
         self.table.apply(event);
     }
 
+    /// Arms the test hold (see [`HOLD_ELECTED_ENV`]) once `state`, the first durable record of
+    /// this node's own election in epoch 0, is on disk.
+    #[cfg(feature = "test-hooks")]
+    fn arm_hold(&mut self, state: &crate::election::PersistedState) {
+        use crate::election::Value;
+        if self.held
+            || state.epoch != 0
+            || state.go
+            || state.decided != Some(Value::Init(self.node.id()))
+        {
+            return;
+        }
+        self.held = true;
+        let Some(ms) = std::env::var(HOLD_ELECTED_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            return;
+        };
+        tracing::warn!(
+            hold_ms = ms,
+            epoch = state.epoch,
+            "test hook: elected; holding before asking for Go"
+        );
+        self.hold_until = Some(tokio::time::Instant::now() + std::time::Duration::from_millis(ms));
+    }
+
+    /// Waits out an armed test hold before anything leaves the node. Cancel-safe: a `step`
+    /// cancelled by the caller's `select!` keeps the deadline and waits again on the next call.
+    #[cfg(feature = "test-hooks")]
+    async fn wait_hold(&mut self) {
+        if let Some(until) = self.hold_until {
+            tokio::time::sleep_until(until).await;
+            self.hold_until = None;
+            tracing::warn!("test hook: hold over; asking for Go");
+        }
+    }
+
     /// Persists, then sends, then collects events, until the core has nothing more to say.
     async fn drain(&mut self) -> anyhow::Result<Vec<Event>> {
-        let mut events = Vec::new();
         loop {
             let mut progressed = false;
             while let Some(request) = self.node.poll_persist() {
@@ -179,8 +254,13 @@ impl ElectionDriver {
                     .save(&request.state)
                     .context("persisting the election state")?;
                 self.node.persisted(request.seq);
+                #[cfg(feature = "test-hooks")]
+                self.arm_hold(&request.state);
                 progressed = true;
             }
+            // Nothing the acknowledged state released (frames, events) leaves during a hold.
+            #[cfg(feature = "test-hooks")]
+            self.wait_hold().await;
             while let Some(transmit) = self.node.poll_transmit() {
                 progressed = true;
                 let targets: Vec<SocketAddr> = match transmit.to {
@@ -198,10 +278,10 @@ impl ElectionDriver {
             }
             while let Some(event) = self.node.poll_event() {
                 progressed = true;
-                events.push(event);
+                self.released.push(event);
             }
             if !progressed {
-                return Ok(events);
+                return Ok(std::mem::take(&mut self.released));
             }
         }
     }

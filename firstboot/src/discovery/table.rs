@@ -9,7 +9,10 @@ use std::net::SocketAddr;
 /// Resolved instances keyed by service name, kept current from [`PeerEvent`]s.
 #[derive(Debug, Default, Clone)]
 pub struct PeerTable {
-    peers: BTreeMap<String, Peer>,
+    /// Each instance with the sequence number of its latest resolve.
+    peers: BTreeMap<String, (u64, Peer)>,
+    /// Counts resolves, so the newest of two records of one node wins.
+    resolves: u64,
     /// Listed instances whose records have not resolved yet.
     resolving: BTreeSet<String>,
 }
@@ -29,7 +32,8 @@ pub struct VerifiedPeer {
 /// Counts by class plus the verified peers themselves.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PeerSummary {
-    /// Peers of our cluster with a valid record MAC, ordered by service name.
+    /// Peers of our cluster with a valid record MAC, one per node (its newest record, e.g. after a
+    /// re-registration under another instance name), ordered by service name.
     pub verified: Vec<VerifiedPeer>,
     /// Instances that advertise another cluster id.
     pub foreign: usize,
@@ -50,7 +54,9 @@ impl PeerTable {
             }
             PeerEvent::Resolved(peer) => {
                 self.resolving.remove(&peer.service);
-                self.peers.insert(peer.service.clone(), peer);
+                self.resolves += 1;
+                self.peers
+                    .insert(peer.service.clone(), (self.resolves, peer));
             }
             PeerEvent::Removed { service } => {
                 self.resolving.remove(&service);
@@ -84,17 +90,30 @@ impl PeerTable {
             unverified: 0,
             resolving: self.resolving.len(),
         };
-        for peer in self.peers.values() {
+        // A node seen under two instance names (a re-registration after a collision or an
+        // avahi-daemon restart, before the old name expires) is one peer: its newest record.
+        let mut newest: BTreeMap<NodeId, (u64, &Peer, &Advert)> = BTreeMap::new();
+        for (seq, peer) in self.peers.values() {
             match &peer.class {
-                PeerClass::Verified(advert) => summary.verified.push(VerifiedPeer {
-                    service: peer.service.clone(),
-                    addr: peer.addr,
-                    advert: advert.clone(),
-                }),
+                PeerClass::Verified(advert) => {
+                    let slot = newest.entry(advert.node).or_insert((*seq, peer, advert));
+                    if *seq > slot.0 {
+                        *slot = (*seq, peer, advert);
+                    }
+                }
                 PeerClass::Foreign(_) => summary.foreign += 1,
                 PeerClass::Unverified(_) => summary.unverified += 1,
             }
         }
+        summary.verified = newest
+            .into_values()
+            .map(|(_, peer, advert)| VerifiedPeer {
+                service: peer.service.clone(),
+                addr: peer.addr,
+                advert: advert.clone(),
+            })
+            .collect();
+        summary.verified.sort_by(|a, b| a.service.cmp(&b.service));
         summary
     }
 }
@@ -149,5 +168,24 @@ mod tests {
         assert!(table.verified_node(id(0xbb)).is_some());
         table.apply(PeerEvent::Restarted);
         assert!(table.summary().verified.is_empty());
+    }
+
+    #[test]
+    fn one_node_under_two_instance_names_is_one_peer_with_its_newest_record() {
+        let mut table = PeerTable::default();
+        table.apply(PeerEvent::Resolved(peer("n-1", verified(0xaa))));
+        let mut newer = peer("n-1 #2", verified(0xaa));
+        newer.addr = "198.18.0.9:7439".parse().expect("literal address");
+        table.apply(PeerEvent::Resolved(newer));
+        table.apply(PeerEvent::Resolved(peer("m", verified(0xbb))));
+        let s = table.summary();
+        assert_eq!(s.verified.len(), 2, "{s:?}");
+        let aa = s.verified.iter().find(|p| p.service.starts_with("n-1"));
+        assert_eq!(aa.map(|p| p.service.as_str()), Some("n-1 #2"));
+        // The older name resolving again makes it the newest.
+        table.apply(PeerEvent::Resolved(peer("n-1", verified(0xaa))));
+        let s = table.summary();
+        let aa = s.verified.iter().find(|p| p.service.starts_with("n-1"));
+        assert_eq!(aa.map(|p| p.service.as_str()), Some("n-1"));
     }
 }

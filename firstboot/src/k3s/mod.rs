@@ -2,10 +2,13 @@
 
 pub mod bring_up;
 pub mod config_yaml;
+pub mod node_ip;
+pub mod plan;
 pub mod secure_token;
 
 pub use bring_up::{bring_up, BringUpError, BroughtUp};
 pub use config_yaml::{render, write_config_yaml, K3sRole, NodeFacts, CONFIG_YAML_PATH};
+pub use plan::K3sPlan;
 pub use secure_token::{CaHash, SecureToken};
 
 /// K3s's data directory, relative to the root prefix.

@@ -20,6 +20,11 @@ impl CaHash {
         Ok(Self::of_bundle(&std::fs::read(path)?))
     }
 
+    /// A digest received from the init node's announcement.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        CaHash(bytes)
+    }
+
     /// Parses 64 hex digits.
     pub fn from_hex(s: &str) -> Option<Self> {
         let mut out = [0u8; 32];

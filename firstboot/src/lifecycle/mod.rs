@@ -1,10 +1,20 @@
-//! `firstboot run`: the daemon's lifecycle (SPEC 4.1), intake to role, each step idempotent.
+//! `firstboot run`: the daemon's lifecycle (SPEC 4.1), intake to a running K3s node, each step idempotent.
 //!
-//! Steps: intake -> identity -> clock -> storage -> discovery + election -> role. Progress goes to
-//! the state file (`firstboot status`), sd_notify STATUS lines, the journal and the LED. Every
-//! step can run again after a power loss: intake resumes from the root copy, the node id and
-//! hostname are stable, storage tuning is idempotent, and the election restores its fsync'd state.
+//! Steps: intake -> identity -> clock -> storage -> discovery + election -> role -> K3s -> ready,
+//! then resident. Progress goes to the state file (`firstboot status`), sd_notify STATUS lines,
+//! the journal and the LED. Every step can run again after a power loss: intake resumes from the
+//! root copy, the node id and hostname are stable, storage tuning is idempotent, the election
+//! restores its fsync'd state (a node that has a role never elects again), the K3s plan is read
+//! back, config.yaml is rewritten only when it differs and starting an active unit is a no-op.
+//!
+//! K3s (steps 7 and 8, in [`k3s_step`]): the init node starts `k3s.service` with cluster-init;
+//! once it is active it answers joiners' queries with its signed announcement (CA hash, clock,
+//! API address, etcd timing; see [`crate::announce`]) and tells the election it serves, so seats
+//! are granted one at a time. A joiner queries the init node until a verified answer arrives,
+//! steps its clock forward to the init node's if it is more than 2 s behind, and starts
+//! `k3s.service` or `k3s-agent.service` with the secure token `K10<CA hash>::server:<token>`.
 
+mod k3s_step;
 mod report;
 
 use crate::bootstrap::{ElectionDriver, ElectionStore};
@@ -22,6 +32,7 @@ use crate::storage::class::Profile;
 use crate::storage::data_device::DataDeviceChoice;
 use crate::storage::setup::StorageSetup;
 use anyhow::Context;
+use k3s_step::{K3sProgress, StorageChoice, Wake};
 use report::Report;
 use std::time::Duration;
 
@@ -40,13 +51,15 @@ pub enum Until {
 }
 
 /// Options of `firstboot run`; the switches exist for test environments that lack a piece.
+/// Without `--until`, the run brings up K3s and stays resident once ready.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct RunArgs {
     /// Stop the lifecycle at a step instead of bringing up K3s (see the values).
     #[arg(long, value_enum)]
     pub until: Option<Until>,
-    /// Skip the clock step (waiting for NTP, the image build-time floor). For test LANs whose
-    /// private D-Bus has no systemd-timedated and whose clock must not be stepped.
+    /// Skip the clock steps (waiting for NTP, the image build-time floor, agreeing with the init
+    /// node's clock). For test LANs whose private D-Bus has no systemd-timedated and whose clock
+    /// must not be stepped.
     #[arg(long)]
     pub no_clock: bool,
     /// Skip the storage probe and tuning and rank with a neutral storage score. For test LANs
@@ -137,12 +150,18 @@ async fn steps(
             .await
             .context("settling the clock")?;
         tracing::info!(ntp = ?settled.ntp, step_usec = ?settled.floor_step_usec, "clock settled");
+        if let Some(usec) = settled.floor_step_usec {
+            report.note(&format!(
+                "clock was {:.1} s below the image build time: stepped forward",
+                usec as f64 / 1e6
+            ));
+        }
     }
 
     // Step 4: storage.
-    let storage_score = if args.no_storage {
+    let (storage_score, storage) = if args.no_storage {
         tracing::info!("storage step skipped (--no-storage)");
-        UNMEASURED_STORAGE_SCORE
+        (UNMEASURED_STORAGE_SCORE, StorageChoice::default())
     } else {
         report.phase(Phase::Storage, "measuring and tuning storage");
         let setup = storage_setup(paths, config);
@@ -150,7 +169,11 @@ async fn steps(
             .await
             .context("joining the storage step")??;
         report.storage(&outcome);
-        outcome.assessment.score
+        let choice = StorageChoice {
+            etcd: Some(outcome.assessment.etcd),
+            snapshot_dir: outcome.assessment.plan.snapshot_dir.clone(),
+        };
+        (outcome.assessment.score, choice)
     };
 
     // Steps 5 and 6: discovery and election.
@@ -200,6 +223,16 @@ async fn steps(
     let mut driver = ElectionDriver::start(election_config, store, transport, browser).await?;
     report.phase(Phase::Electing, "electing the cluster-init node");
 
+    // Steps 7 and 8 (unless the run stops at the role).
+    let mut k3s = match args.until {
+        Some(Until::Role) => None,
+        None => {
+            Some(K3sProgress::bind(election::NodeId(id.value()), &hostname, config, storage).await?)
+        }
+    };
+    // The clock step's bus, also for the joiner's agreement with the init node's clock.
+    let timedate_bus = (!args.no_clock).then_some(&conn);
+
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let mut role: Option<Role> = None;
@@ -215,15 +248,16 @@ async fn steps(
                     advert.state = role_state(r).into();
                     publisher.update(advert.clone());
                     report.role(r, &hostname, &driver.status());
-                    match args.until {
-                        Some(Until::Role) => {
-                            println!("{}", role_json(r, id, &hostname));
+                    report.init_node(match r {
+                        Role::ClusterInit => election::NodeId(id.value()),
+                        Role::Server { join } | Role::Agent { join } => join,
+                    });
+                    match k3s.as_mut() {
+                        None => println!("{}", role_json(r, id, &hostname)),
+                        Some(k3s) => {
+                            let peer = driver.any_peer_addr().map(|a| a.ip());
+                            k3s.on_role(r, paths, config, peer, report)?;
                         }
-                        None => anyhow::bail!(
-                            "role {} decided, but bringing up K3s from the daemon is not \
-                             implemented yet; run with --until role",
-                            role_state(r)
-                        ),
                     }
                 }
                 Event::Role(_) => {}
@@ -235,16 +269,45 @@ async fn steps(
                 }
             }
         }
-        if role.is_some() && !report.serving() {
-            // `--until role` stands in for K3s being up, so that seats keep being granted.
+        // `--until role` stands in for K3s being up, so that seats keep being granted; a full
+        // run reports serving once K3s is active.
+        let up = match &k3s {
+            None => role.is_some(),
+            Some(k3s) => k3s.is_ready(),
+        };
+        if up && !report.serving() {
             report.set_serving();
             pending.extend(driver.report_serving().await?);
             continue;
         }
         report.election(&driver.status(), &driver.peers());
         let overdue = role.is_none() && !blocked;
+        let k3s_wake = async {
+            match k3s.as_mut() {
+                Some(k3s) => k3s.wake().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             events = driver.step() => pending.extend(events?),
+            wake = k3s_wake => {
+                // Present: a wake only comes from a bound K3s step.
+                let Some(k3s) = k3s.as_mut() else { continue };
+                match wake {
+                    Wake::Datagram(received) => {
+                        let (from, bytes) = received.context("receiving an announcement frame")?;
+                        k3s.on_datagram(from, &bytes, timedate_bus, paths, config, report).await?;
+                    }
+                    Wake::Query => {
+                        let addr = k3s.awaited_init().and_then(|init| driver.peer_addr(init));
+                        k3s.send_query(addr).await?;
+                    }
+                    Wake::RoundEnded(ended) => {
+                        k3s.on_round_ended(ended, report)?;
+                    }
+                    Wake::Retry => k3s.on_retry(paths, config)?,
+                }
+            }
             () = tokio::time::sleep_until(blocked_at), if overdue => {
                 blocked = true;
                 report.blocked(config.timeouts.bootstrap, &driver.status());

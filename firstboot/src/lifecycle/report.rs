@@ -1,12 +1,15 @@
 //! One place that tells humans what the lifecycle is doing: state file, sd_notify STATUS, journal, LED.
 
+use crate::clock::InitAgreement;
 use crate::config::Token;
 use crate::discovery::table::PeerSummary;
-use crate::election::{ElectionStatus, Role, Value};
+use crate::election::{ElectionStatus, NodeId, Role, Value};
+use crate::k3s::{CaHash, K3sPlan};
 use crate::status::led::{LedPattern, NoLed, StatusLed};
 use crate::status::state::{NodeRole, NodeState, Phase};
 use crate::status::Notifier;
 use crate::storage::setup::StorageOutcome;
+use crate::systemd::ActiveState;
 use std::path::PathBuf;
 
 /// The lifecycle's reporter; the token, once known, is redacted from everything it writes.
@@ -169,6 +172,86 @@ impl Report {
         self.notifier.ready(&self.last_line);
     }
 
+    /// The init node the election decided (this node's own id on the init node).
+    pub fn init_node(&mut self, init: NodeId) {
+        self.state.init_node = Some(init.to_string());
+        self.save();
+    }
+
+    /// The K3s plan is fixed: node address, server and CA hash (public) go to status.
+    pub fn plan(&mut self, plan: &K3sPlan) {
+        self.state.node_ip = Some(plan.node_ip.to_string());
+        self.state.server_url = plan.server.map(crate::k3s::plan::server_url);
+        if plan.ca_hash.is_some() {
+            self.state.ca_hash = plan.ca_hash.clone();
+        }
+        self.save();
+    }
+
+    /// The init node's CA hash, known once K3s is active on it.
+    pub fn ca_hash(&mut self, ca: CaHash) {
+        self.state.ca_hash = Some(ca.to_hex());
+        self.save();
+    }
+
+    /// What agreeing with the init node's clock did; kept as a note when it stepped or could not.
+    pub fn clock_agreement(&mut self, agreement: InitAgreement, init: NodeId) {
+        let line = match agreement {
+            InitAgreement::Agrees => return,
+            InitAgreement::StepForward(usec) => format!(
+                "clock was {:.1} s behind the init node {init}: stepped forward",
+                usec as f64 / 1e6
+            ),
+            InitAgreement::Ahead(usec) => format!(
+                "clock is {:.1} s ahead of the init node {init}: not stepped back; check NTP",
+                usec as f64 / 1e6
+            ),
+        };
+        self.note(&line);
+    }
+
+    /// Something worth knowing later, kept in status notes (once) and said now.
+    pub fn note(&mut self, line: &str) {
+        if !self.state.notes.iter().any(|n| n == line) {
+            self.state.notes.push(line.to_string());
+        }
+        tracing::warn!("{line}");
+        self.say(line);
+        self.save();
+    }
+
+    /// K3s's unit is not active yet after `waited`: say so (only when the line changes).
+    pub fn k3s_waiting(&mut self, unit: &str, state: &ActiveState, waited: std::time::Duration) {
+        let word = match state {
+            ActiveState::Other(s) => s.as_str(),
+            ActiveState::Active => "active",
+            ActiveState::Reloading => "reloading",
+            ActiveState::Inactive => "inactive",
+            ActiveState::Failed => "failed",
+            ActiveState::Activating => "activating",
+            ActiveState::Deactivating => "deactivating",
+        };
+        let line = format!(
+            "{unit} is {word} after {} s; waiting for it to become active",
+            waited.as_secs()
+        );
+        if *state == ActiveState::Failed {
+            tracing::warn!("{line}; starting it again");
+        }
+        if line != self.last_line {
+            self.say(&line);
+            self.save();
+        }
+    }
+
+    /// K3s is active and the election knows: phase ready, READY=1 with the line.
+    pub fn ready(&mut self, line: &str) {
+        self.state.phase = Phase::Ready;
+        self.say(line);
+        self.save();
+        self.notifier.ready(&self.last_line);
+    }
+
     /// No role after `timeouts.bootstrap`: phase blocked, with what is missing, until it forms.
     pub fn blocked(&mut self, waited: std::time::Duration, status: &ElectionStatus) {
         let line = format!(
@@ -201,7 +284,14 @@ impl Report {
     pub fn fail(&mut self, error: &anyhow::Error) {
         let text = format!("{error:#}");
         self.state.phase = Phase::Failed;
-        self.state.errors.push(text.clone());
+        // A unit restarting after the same failure says it once, not once per restart.
+        let redacted = match &self.token {
+            Some(t) => crate::status::state::redact(&text, t),
+            None => text.clone(),
+        };
+        if self.state.errors.last() != Some(&redacted) {
+            self.state.errors.push(text.clone());
+        }
         tracing::error!("{text}");
         self.say(&format!("failed: {text}"));
         self.save();
@@ -244,7 +334,6 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::election::NodeId;
 
     fn status(visible: usize, decided: Option<Value>) -> ElectionStatus {
         ElectionStatus {

@@ -58,6 +58,9 @@ pub fn table(s: &NodeState, now_unix: u64) -> String {
                 .unwrap_or_else(|| "not decided".into()),
         ),
     ];
+    if let Some(init) = &s.init_node {
+        rows.push(("init node", init.clone()));
+    }
     if let Some(url) = &s.server_url {
         rows.push(("server", url.clone()));
     }
@@ -125,6 +128,8 @@ mod tests {
         s.storage.fdatasync_p99_us = Some(8000);
         s.errors
             .push("join refused for status-secret-qq88ww".into());
+        s.init_node = Some("000000000000beef".into());
+        s.ca_hash = Some("ab".repeat(32));
         s.save(dir.path(), Some(&token), 100).unwrap();
         for json in [false, true] {
             let args = StatusArgs { json };
@@ -136,8 +141,11 @@ mod tests {
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap();
                 assert_eq!(v["phase"], "electing");
                 assert_eq!(v["peers_expected"], 3);
+                assert_eq!(v["init_node"], "000000000000beef");
+                assert_eq!(v["ca_hash"], "ab".repeat(32));
             } else {
                 assert!(text.contains("state      electing\n"), "{text}");
+                assert!(text.contains("init node  000000000000beef\n"), "{text}");
                 assert!(text.contains("2 visible of 3 expected"), "{text}");
                 assert!(text.contains("p99 8.0 ms"), "{text}");
                 assert!(text.contains("updated    5 s ago"), "{text}");

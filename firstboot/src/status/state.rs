@@ -121,6 +121,9 @@ pub struct NodeState {
     pub node_ip: Option<String>,
     /// Decided role, once known.
     pub role: Option<NodeRole>,
+    /// The cluster-init node (its node id), once the election decided it.
+    #[serde(default)]
+    pub init_node: Option<String>,
     /// URL of the server joined (joiners).
     pub server_url: Option<String>,
     /// CA hash of the cluster (hex; public).
@@ -172,6 +175,7 @@ impl NodeState {
             node_name: None,
             node_ip: None,
             role: None,
+            init_node: None,
             server_url: None,
             ca_hash: None,
             peers_visible: 0,

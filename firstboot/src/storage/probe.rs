@@ -85,6 +85,11 @@ impl StorageProbe {
 
     /// Run the probe: write, fdatasync and time each sync; the probe file is always removed.
     pub fn run(&self) -> Result<ProbeResult, ProbeError> {
+        self.run_sampled().map(|(result, _)| result)
+    }
+
+    /// Like [`StorageProbe::run`], also returning every fdatasync latency (microseconds, in order).
+    pub fn run_sampled(&self) -> Result<(ProbeResult, Vec<u64>), ProbeError> {
         if self.write_size == 0 || self.max_bytes < self.write_size as u64 {
             return Err(ProbeError::NoBudget {
                 max_bytes: self.max_bytes,
@@ -111,7 +116,8 @@ impl StorageProbe {
         let removed = guard.remove();
         let (latencies, bytes) = measured?;
         removed?;
-        Ok(summarize(&latencies, bytes, started.elapsed()))
+        let result = summarize(&latencies, bytes, started.elapsed());
+        Ok((result, latencies))
     }
 
     fn sync_loop(&self, mut file: File, path: &Path) -> Result<(Vec<u64>, u64), ProbeError> {
@@ -257,6 +263,21 @@ mod tests {
         assert_eq!(r.bytes, 50 * WRITE_SIZE as u64);
         assert!(r.p50_us <= r.p99_us && r.p99_us <= r.max_us);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn samples_are_the_latencies_the_summary_is_made_of() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = StorageProbe {
+            max_bytes: 200 * WRITE_SIZE as u64,
+            ..StorageProbe::new(dir.path())
+        };
+        let (r, samples) = probe.run_sampled().unwrap();
+        assert_eq!(samples.len(), 200);
+        let mut sorted = samples.clone();
+        sorted.sort_unstable();
+        assert_eq!(r.p99_us, percentile(&sorted, 99.0));
+        assert_eq!(r.max_us, *sorted.last().unwrap());
     }
 
     #[test]

@@ -1,0 +1,28 @@
+//! The init node's signed announcement to joiners (SPEC 4.1 step 7): CA hash, clock, API address, etcd timing.
+//!
+//! Carried on its own UDP port ([`ANNOUNCE_PORT`]) as request/response: a joiner sends a query
+//! with a fresh nonce to the init node it was told to join; the init node, once K3s is active on
+//! it, answers with its CA hash and its wall clock, signed with a key derived from the token. The
+//! round trip lets the joiner compensate the clock for network delay, and the nonce keeps an
+//! old answer (and its old clock) from being replayed. Nothing here is secret (the CA hash is
+//! public in K3s's own join token format), but all of it must be authentic: a forged CA hash would
+//! make a joiner trust a rogue server, and a forged clock would step the joiner's clock.
+
+pub mod frame;
+pub mod wait;
+
+pub use frame::{
+    AnnounceCodec, AnnounceError, Announcement, Body, Frame, Nonce, MAX_ANNOUNCE_FRAME,
+};
+pub use wait::{AnnouncementWait, Heard, Ignored, MAX_RTT};
+
+/// UDP port of the announcement exchange: the election's frame port plus one.
+pub const ANNOUNCE_PORT: u16 = crate::discovery::FRAME_PORT + 1;
+
+/// A fresh random nonce from the kernel's generator.
+pub fn fresh_nonce() -> std::io::Result<Nonce> {
+    let mut bytes = [0u8; frame::NONCE_LEN];
+    let mut urandom = std::fs::File::open("/dev/urandom")?;
+    std::io::Read::read_exact(&mut urandom, &mut bytes)?;
+    Ok(Nonce(bytes))
+}

@@ -1,0 +1,374 @@
+//! Lifecycle steps 7 and 8 in the daemon: plan, clock agreement, bring-up rounds, the announcement exchange.
+//!
+//! The election driver keeps running while K3s starts (hellos, seat grants), so everything
+//! here is either quick or a spawned task the main loop selects on. The init node answers
+//! announcement queries only once K3s is active on it (so the CA hash exists); a joiner queries
+//! the init node it was told to join once a second until a verified answer comes back.
+
+use super::report::Report;
+use crate::announce::{
+    self, AnnounceCodec, Announcement, AnnouncementWait, Body, Frame, Heard, ANNOUNCE_PORT,
+};
+use crate::clock::{now_usec, Timedate};
+use crate::config::ClusterConfig;
+use crate::discovery::{FrameTransport, UdpTransport};
+use crate::election::{NodeId, Role};
+use crate::k3s::{self, bring_up, node_ip, BringUpError, BroughtUp, CaHash, K3sPlan};
+use crate::paths::Paths;
+use crate::storage::etcd::EtcdTuning;
+use crate::systemd::{ActiveState, Systemd};
+use anyhow::Context;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// How long one bring-up round follows the unit before the status line is refreshed.
+const ROUND: Duration = Duration::from_secs(60);
+/// Pause before starting a failed unit again.
+const FAILED_RETRY: Duration = Duration::from_secs(5);
+/// Interval between a joiner's announcement queries.
+const QUERY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What step 4 decided that K3s needs (absent when the storage step was skipped).
+#[derive(Debug, Clone, Default)]
+pub struct StorageChoice {
+    /// This node's etcd timing proposal (the init node's becomes the cluster's).
+    pub etcd: Option<EtcdTuning>,
+    /// Where etcd snapshots go on this node.
+    pub snapshot_dir: Option<PathBuf>,
+}
+
+/// Where this node's K3s bring-up stands.
+pub struct K3sProgress {
+    me: NodeId,
+    hostname: String,
+    role: Option<Role>,
+    codec: AnnounceCodec,
+    socket: UdpTransport,
+    storage: StorageChoice,
+    plan: Option<K3sPlan>,
+    wait: Option<AnnouncementWait>,
+    next_query: Instant,
+    task: Option<JoinHandle<Result<BroughtUp, BringUpError>>>,
+    retry_at: Option<Instant>,
+    started: Instant,
+    /// The init node's CA hash once K3s is active on it: from then on it answers queries.
+    ca_hash: Option<CaHash>,
+    ready: bool,
+}
+
+/// What the main loop should select on next.
+pub enum Wake {
+    /// An announcement datagram.
+    Datagram(std::io::Result<(SocketAddr, Vec<u8>)>),
+    /// Time to send the next query.
+    Query,
+    /// A bring-up round ended.
+    RoundEnded(Result<Result<BroughtUp, BringUpError>, tokio::task::JoinError>),
+    /// Time to start the next round.
+    Retry,
+}
+
+impl K3sProgress {
+    /// Binds the announcement port; nothing happens until [`K3sProgress::on_role`].
+    pub async fn bind(
+        me: NodeId,
+        hostname: &str,
+        config: &ClusterConfig,
+        storage: StorageChoice,
+    ) -> anyhow::Result<Self> {
+        let token = config.token.expose().as_bytes();
+        Ok(K3sProgress {
+            me,
+            hostname: hostname.to_string(),
+            role: None,
+            codec: AnnounceCodec::new(token, config.nodes, config.servers),
+            socket: UdpTransport::bind(ANNOUNCE_PORT)
+                .await
+                .context("binding the announcement port")?,
+            storage,
+            plan: None,
+            wait: None,
+            next_query: Instant::now(),
+            task: None,
+            retry_at: None,
+            started: Instant::now(),
+            ca_hash: None,
+            ready: false,
+        })
+    }
+
+    /// Whether K3s is active here and the election was told.
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Waits for whichever of this step's inputs comes first (never returns if none is pending).
+    pub async fn wake(&mut self) -> Wake {
+        let waiting = self.wait.is_some();
+        let next_query = self.next_query;
+        let retry_at = self.retry_at;
+        let task = &mut self.task;
+        tokio::select! {
+            received = self.socket.recv() => Wake::Datagram(received),
+            () = tokio::time::sleep_until(next_query), if waiting => Wake::Query,
+            ended = async { match task.as_mut() {
+                Some(t) => t.await,
+                None => std::future::pending().await,
+            } } => {
+                *task = None;
+                Wake::RoundEnded(ended)
+            }
+            () = async { match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            } } => Wake::Retry,
+        }
+    }
+
+    /// The role is known: resume a persisted plan, make the init node's, or wait for the init
+    /// node's announcement.
+    pub fn on_role(
+        &mut self,
+        role: Role,
+        paths: &Paths,
+        config: &ClusterConfig,
+        any_peer: Option<IpAddr>,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        self.role = Some(role);
+        if let Some(plan) = K3sPlan::load_for(paths.root(), role)? {
+            tracing::info!("resuming the K3s plan of an earlier run");
+            return self.start(plan, paths, config, report);
+        }
+        match role {
+            Role::ClusterInit => {
+                let plan = K3sPlan {
+                    role,
+                    node_ip: node_ip::node_ip(any_peer).context("finding the LAN address")?,
+                    server: None,
+                    ca_hash: None,
+                    etcd: self.storage.etcd.unwrap_or(EtcdTuning::K3S_DEFAULT),
+                    snapshot_dir: self.storage.snapshot_dir.clone(),
+                };
+                plan.save(paths.root())?;
+                self.start(plan, paths, config, report)
+            }
+            Role::Server { join } | Role::Agent { join } => {
+                self.wait = Some(AnnouncementWait::new(self.me, join));
+                self.next_query = Instant::now();
+                report.phase(
+                    crate::status::Phase::Joining,
+                    &format!("waiting for the init node {join} to announce its cluster CA"),
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// A joiner's query timer: ask the init node again (when its address is known).
+    pub async fn send_query(&mut self, init_addr: Option<SocketAddr>) -> anyhow::Result<()> {
+        self.next_query = Instant::now() + QUERY_INTERVAL;
+        let (Some(wait), Some(addr)) = (self.wait.as_mut(), init_addr) else {
+            return Ok(());
+        };
+        let nonce = announce::fresh_nonce().context("reading /dev/urandom for a nonce")?;
+        let frame = self
+            .codec
+            .encode(&wait.query(nonce, std::time::Instant::now()));
+        let to = SocketAddr::new(addr.ip(), ANNOUNCE_PORT);
+        if let Err(e) = self.socket.send(to, &frame).await {
+            tracing::debug!(%to, error = %e, "sending an announcement query failed");
+        }
+        Ok(())
+    }
+
+    /// The init node a waiting joiner queries.
+    pub fn awaited_init(&self) -> Option<NodeId> {
+        self.wait.as_ref().map(AnnouncementWait::init)
+    }
+
+    /// A datagram on the announcement port. The init node answers authentic queries addressed
+    /// to it once ready; a waiting joiner takes a verified answer to one of its queries, agrees
+    /// with the init node's clock and starts K3s. Anything else is dropped.
+    pub async fn on_datagram(
+        &mut self,
+        from: SocketAddr,
+        bytes: &[u8],
+        conn: Option<&zbus::Connection>,
+        paths: &Paths,
+        config: &ClusterConfig,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        let frame = match self.codec.decode(bytes) {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::debug!(%from, error = %e, "dropped an announcement frame");
+                return Ok(());
+            }
+        };
+        match frame.body {
+            Body::Query { init } => self.answer(from, &frame, init).await,
+            Body::Announcement(_) => {
+                let Some(wait) = self.wait.as_mut() else {
+                    return Ok(());
+                };
+                let heard = match wait.answer(&frame, std::time::Instant::now(), now_usec()) {
+                    Ok(heard) => heard,
+                    Err(why) => {
+                        tracing::debug!(%from, ?why, "ignored an announcement");
+                        return Ok(());
+                    }
+                };
+                let init = wait.init();
+                tracing::info!(%init, ca = %heard.announcement.ca_hash, rtt_ms = heard.rtt.as_millis() as u64,
+                    "verified the init node's announcement");
+                if let Some(conn) = conn {
+                    // Before K3s first starts: certificates it creates must be valid on the init node.
+                    let timedate = Timedate::new(conn)
+                        .await
+                        .context("connecting to systemd-timedated")?;
+                    let agreement = timedate
+                        .agree_with_init(now_usec().saturating_add(heard.offset_usec))
+                        .await
+                        .context("agreeing with the init node's clock")?;
+                    report.clock_agreement(agreement, init);
+                }
+                let plan = self.joiner_plan(&heard)?;
+                plan.save(paths.root())?;
+                self.wait = None;
+                self.start(plan, paths, config, report)
+            }
+        }
+    }
+
+    async fn answer(&self, from: SocketAddr, query: &Frame, init: NodeId) -> anyhow::Result<()> {
+        let (Some(ca_hash), Some(plan)) = (self.ca_hash, self.plan.as_ref()) else {
+            return Ok(());
+        };
+        if init != self.me || plan.role != Role::ClusterInit {
+            return Ok(());
+        }
+        let frame = Frame {
+            sender: self.me,
+            nonce: query.nonce,
+            body: Body::Announcement(Announcement {
+                ca_hash,
+                clock_usec: now_usec(),
+                api: SocketAddr::new(plan.node_ip, k3s::API_PORT),
+                etcd: plan.etcd,
+            }),
+        };
+        if let Err(e) = self.socket.send(from, &self.codec.encode(&frame)).await {
+            tracing::debug!(%from, error = %e, "sending the announcement failed");
+        } else {
+            tracing::debug!(%from, joiner = %query.sender, "announced the cluster CA");
+        }
+        Ok(())
+    }
+
+    fn joiner_plan(&self, heard: &Heard) -> anyhow::Result<K3sPlan> {
+        let a = &heard.announcement;
+        let role = self.role.context("no role while joining")?;
+        Ok(K3sPlan {
+            role,
+            node_ip: node_ip::address_towards(a.api.ip())
+                .context("finding the address that routes to the init node")?,
+            server: Some(a.api),
+            ca_hash: Some(a.ca_hash.to_hex()),
+            etcd: a.etcd,
+            snapshot_dir: self.storage.snapshot_dir.clone(),
+        })
+    }
+
+    /// Fixes `plan` and starts the first bring-up round.
+    fn start(
+        &mut self,
+        plan: K3sPlan,
+        paths: &Paths,
+        config: &ClusterConfig,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        let role = plan
+            .k3s_role()
+            .context("the K3s plan lacks the init node's address or CA hash")?;
+        report.plan(&plan);
+        report.phase(
+            crate::status::Phase::StartingK3s,
+            &format!("starting {}", k3s::unit_for(&role)),
+        );
+        self.plan = Some(plan);
+        self.started = Instant::now();
+        self.spawn_round(paths, config)
+    }
+
+    /// One bring-up round as a task: config.yaml (rewritten only if different), the default
+    /// route, StartUnit (a no-op on an active unit), then following ActiveState for [`ROUND`].
+    fn spawn_round(&mut self, paths: &Paths, config: &ClusterConfig) -> anyhow::Result<()> {
+        let plan = self.plan.as_ref().context("no K3s plan")?;
+        let role = plan
+            .k3s_role()
+            .context("the K3s plan lacks the init node's address or CA hash")?;
+        let facts = plan.facts(&self.hostname);
+        let root = paths.root().to_path_buf();
+        let config = config.clone();
+        // The route belongs to the live system only, never to a test root.
+        let manage_route = root == Path::new("/");
+        self.retry_at = None;
+        self.task = Some(tokio::spawn(async move {
+            let conn = zbus::Connection::system().await?;
+            let systemd = Systemd::new(&conn).await?;
+            bring_up(&root, &config, &role, &facts, &systemd, manage_route, ROUND).await
+        }));
+        Ok(())
+    }
+
+    /// A bring-up round ended: ready once active (the init node reads its CA hash and starts
+    /// answering queries; the caller then reports serving to the election, see
+    /// [`K3sProgress::is_ready`]), otherwise say so and go another round.
+    pub fn on_round_ended(
+        &mut self,
+        ended: Result<Result<BroughtUp, BringUpError>, tokio::task::JoinError>,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        let up = ended
+            .context("joining the K3s bring-up task")?
+            .context("bringing up K3s")?;
+        let plan = self.plan.as_ref().context("no K3s plan")?;
+        let unit = plan.k3s_role().map(|r| k3s::unit_for(&r)).unwrap_or("k3s");
+        if up.state != ActiveState::Active {
+            report.k3s_waiting(unit, &up.state, self.started.elapsed());
+            let pause = if up.state == ActiveState::Failed {
+                FAILED_RETRY
+            } else {
+                Duration::ZERO
+            };
+            self.retry_at = Some(Instant::now() + pause);
+            return Ok(());
+        }
+        if let Some(ca) = up.ca_hash {
+            report.ca_hash(ca);
+            self.ca_hash = Some(ca);
+        }
+        let line = match plan.role {
+            Role::ClusterInit => format!(
+                "ready: cluster-init server; announcing CA {} to joiners",
+                self.ca_hash.map(|c| c.to_hex()).unwrap_or_default()
+            ),
+            Role::Server { join } => format!("ready: server joined {join}"),
+            Role::Agent { join } => format!("ready: agent joined {join}"),
+        };
+        if !self.ready {
+            self.ready = true;
+            report.ready(&line);
+        }
+        Ok(())
+    }
+
+    /// The retry timer fired: start the next round.
+    pub fn on_retry(&mut self, paths: &Paths, config: &ClusterConfig) -> anyhow::Result<()> {
+        self.spawn_round(paths, config)
+    }
+}
