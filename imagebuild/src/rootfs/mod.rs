@@ -84,18 +84,43 @@ impl Rootfs {
         ))
     }
 
-    /// The contents of a regular file, or None when it does not exist.
+    /// The contents of a file, or None when it does not exist. Symbolic links are followed inside
+    /// the image (`/etc/os-release` is one on Debian and Raspberry Pi OS), at most 8 deep.
     pub fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        payload::check_dest(path)?;
-        let (stat_out, stat_err) = self.query(&format!("stat \"{path}\""))?;
-        if error_lines(&stat_err).next().is_some() || stat_out.is_empty() {
-            return Ok(None);
+        let mut path = path.to_string();
+        for _ in 0..MAX_SYMLINKS {
+            payload::check_dest(&path)?;
+            let (stat_out, stat_err) = self.query(&format!("stat \"{path}\""))?;
+            if error_lines(&stat_err).next().is_some() || stat_out.is_empty() {
+                return Ok(None);
+            }
+            let stat = String::from_utf8_lossy(&stat_out);
+            let is_link = stat
+                .lines()
+                .next()
+                .is_some_and(|l| l.contains("Type: symlink"));
+            let (out, err) = if is_link {
+                match fast_link_dest(&stat) {
+                    // A fast link keeps its target in the inode; debugfs cannot `cat` it.
+                    Some(dest) => (dest.into_bytes(), String::new()),
+                    // A slow link's data block is its target.
+                    None => self.query(&format!("cat \"{path}\""))?,
+                }
+            } else {
+                self.query(&format!("cat \"{path}\""))?
+            };
+            if let Some(e) = error_lines(&err).next() {
+                bail!("reading {path} from the root filesystem: {e}");
+            }
+            if !is_link {
+                return Ok(Some(out));
+            }
+            let target = String::from_utf8_lossy(&out)
+                .trim_end_matches('\0')
+                .to_string();
+            path = resolve_link(&path, &target);
         }
-        let (out, err) = self.query(&format!("cat \"{path}\""))?;
-        if let Some(e) = error_lines(&err).next() {
-            bail!("reading {path} from the root filesystem: {e}");
-        }
-        Ok(Some(out))
+        bail!("reading {path} from the root filesystem: more than {MAX_SYMLINKS} symbolic links")
     }
 
     /// Listings of several directories in one debugfs run; missing directories are left out.
@@ -357,5 +382,94 @@ fn split(path: &str) -> (&str, &str) {
         Some(0) => ("/", &path[1..]),
         Some(i) => (&path[..i], &path[i + 1..]),
         None => ("/", path),
+    }
+}
+
+/// How many symbolic links `read_file` follows before giving up (a loop).
+const MAX_SYMLINKS: usize = 8;
+
+/// The target of a fast symlink from `debugfs stat` output (`Fast link dest: "..."`).
+fn fast_link_dest(stat: &str) -> Option<String> {
+    let line = stat
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Fast link dest: "))?;
+    Some(line.trim().trim_matches('"').to_string())
+}
+
+/// The absolute path a link at `link` pointing to `target` names, `..` and `.` folded.
+fn resolve_link(link: &str, target: &str) -> String {
+    let mut parts: Vec<&str> = if target.starts_with('/') {
+        Vec::new()
+    } else {
+        link.split('/').filter(|p| !p.is_empty()).collect()
+    };
+    if !target.starts_with('/') {
+        parts.pop(); // the link's own name
+    }
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+#[cfg(test)]
+mod symlink_tests {
+    use super::*;
+
+    #[test]
+    fn link_targets_resolve_inside_the_image() {
+        assert_eq!(
+            resolve_link("/etc/os-release", "../usr/lib/os-release"),
+            "/usr/lib/os-release"
+        );
+        assert_eq!(resolve_link("/etc/a", "/usr/lib/b"), "/usr/lib/b");
+        assert_eq!(resolve_link("/a", "../../b"), "/b");
+        assert_eq!(resolve_link("/etc/a", "./b"), "/etc/b");
+    }
+
+    #[test]
+    fn read_file_follows_fast_and_slow_symlinks() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("etc")).expect("mkdir");
+        std::fs::create_dir_all(tree.join("usr/lib")).expect("mkdir");
+        std::fs::write(tree.join("usr/lib/os-release"), "ID=debian\n").expect("write");
+        let long = format!("usr/lib/{}", "x".repeat(70));
+        std::fs::write(tree.join(&long), "long\n").expect("write");
+        let link = |target: &str, at: &str| {
+            std::os::unix::fs::symlink(target, tree.join(at)).expect("symlink")
+        };
+        link("../usr/lib/os-release", "etc/os-release");
+        link(&format!("/{long}"), "etc/slow");
+        link("loop-b", "etc/loop-a");
+        link("loop-a", "etc/loop-b");
+        let image = dir.path().join("fs.img");
+        let made = Command::new("mke2fs")
+            .args(["-q", "-t", "ext4", "-d"])
+            .arg(&tree)
+            .arg(&image)
+            .arg("8M")
+            .status();
+        let Ok(status) = made else {
+            eprintln!("skipping: mke2fs (e2fsprogs) is not installed");
+            return;
+        };
+        assert!(status.success(), "mke2fs failed");
+        let fs = Rootfs::new(&image, 0, 0);
+        let read = |p: &str| fs.read_file(p).expect("read");
+        assert_eq!(
+            read("/etc/os-release").as_deref(),
+            Some(&b"ID=debian\n"[..])
+        );
+        assert_eq!(read("/etc/slow").as_deref(), Some(&b"long\n"[..]));
+        assert_eq!(read("/etc/missing"), None);
+        let err = fs.read_file("/etc/loop-a").expect_err("a link loop fails");
+        assert!(err.to_string().contains("symbolic links"), "{err}");
     }
 }
