@@ -60,8 +60,6 @@ pub mod server {
         fn get_state(&self) -> zbus::Result<i32>;
         /// Host name the daemon announces.
         fn get_host_name(&self) -> zbus::Result<String>;
-        /// Announces another host name (root only, by Avahi's D-Bus policy).
-        fn set_host_name(&self, name: &str) -> zbus::Result<()>;
         /// Next name to try after a collision ("name #2").
         fn get_alternative_service_name(&self, name: &str) -> zbus::Result<String>;
         /// Creates an entry group owned by this connection.
@@ -225,28 +223,6 @@ pub mod service_resolver {
         #[zbus(signal)]
         fn failure(&self, error: String) -> zbus::Result<()>;
     }
-}
-
-/// Makes a running avahi-daemon announce `name`, the hostname just set, as this host's mDNS name;
-/// returns true if it had to change. avahi-daemon reads the hostname only when it starts, so on a
-/// stack of cards flashed from one image every daemon would otherwise keep probing the image's
-/// name (`raspberrypi`), collide with its neighbours in lockstep and hit its conflict rate limit,
-/// delaying every publication by up to a minute. A daemon that is not running is left alone: it
-/// reads the new hostname when it starts.
-pub async fn announce_host_name(conn: &zbus::Connection, name: &str) -> zbus::Result<bool> {
-    let server = ServerProxy::builder(conn)
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await?;
-    let running = zbus::fdo::DBusProxy::new(conn)
-        .await?
-        .name_has_owner(AVAHI_BUS_NAME.try_into()?)
-        .await?;
-    if !running || server.get_host_name().await? == name {
-        return Ok(false);
-    }
-    server.set_host_name(name).await?;
-    Ok(true)
 }
 
 pub use entry_group::EntryGroupProxy;

@@ -133,12 +133,6 @@ async fn steps(
     set_hostname(&conn, &hostname)
         .await
         .context("setting the hostname through systemd-hostnamed")?;
-    match discovery::avahi::announce_host_name(&conn, &hostname).await {
-        Ok(true) => tracing::info!(%hostname, "avahi-daemon now announces the new hostname"),
-        Ok(false) => {}
-        // Not fatal: publishing still works under whatever name the daemon settles on.
-        Err(e) => tracing::warn!(error = %e, "could not hand the hostname to avahi-daemon"),
-    }
     tracing::info!(node = %id, ?source, %hostname, "identity");
     report.identity(&config.name, &hostname);
 
