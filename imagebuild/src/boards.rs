@@ -1,6 +1,6 @@
 //! Board profiles (`boards/<name>.toml`) and the base-image catalog (`boards/bases.toml`).
 
-use crate::recipe::{toml_error, Media};
+use crate::recipe::{toml_error, Media, PageSize};
 use crate::suggest::did_you_mean;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -92,6 +92,35 @@ pub struct ConfigTxt {
     pub ssd: Vec<String>,
 }
 
+/// The kernels a board can boot.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kernel {
+    /// Page size of the kernel the firmware picks by default.
+    #[serde(default = "four_k")]
+    pub page_size: PageSize,
+    /// config.txt lines that select a 4 KiB-page kernel instead (empty: none offered).
+    #[serde(default)]
+    pub page_size_4k: Vec<String>,
+}
+
+fn all_boards() -> String {
+    "all".into()
+}
+
+fn four_k() -> PageSize {
+    PageSize::K4
+}
+
+impl Default for Kernel {
+    fn default() -> Self {
+        Kernel {
+            page_size: PageSize::K4,
+            page_size_4k: Vec::new(),
+        }
+    }
+}
+
 /// One board profile.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -112,20 +141,55 @@ pub struct Board {
     /// Words added to cmdline.txt.
     #[serde(default)]
     pub cmdline: Vec<String>,
+    /// config.txt conditional filter naming this board's model family (`pi5`, `pi02`, ...): its
+    /// lines go under it, so a card moved to another model does not apply them. Default `all`.
+    #[serde(default = "all_boards")]
+    pub config_filter: String,
     /// Lines added to config.txt.
     #[serde(default)]
     pub config_txt: ConfigTxt,
+    /// The kernels it can boot.
+    #[serde(default)]
+    pub kernel: Kernel,
 }
 
 impl Board {
-    /// The config.txt lines for this media: the common ones first.
-    pub fn config_lines(&self, media: Media) -> Vec<String> {
+    /// The config.txt lines for this media and kernel page size (None: the board's default
+    /// kernel): the common ones first.
+    pub fn config_lines(
+        &self,
+        media: Media,
+        page_size: Option<PageSize>,
+    ) -> Result<Vec<String>, CatalogError> {
         let mut lines = self.config_txt.all.clone();
         lines.extend(match media {
             Media::Sd => self.config_txt.sd.iter().cloned(),
             Media::Ssd => self.config_txt.ssd.iter().cloned(),
         });
-        lines
+        match page_size {
+            None => {}
+            Some(p) if p == self.kernel.page_size => {}
+            Some(PageSize::K4) if !self.kernel.page_size_4k.is_empty() => {
+                lines.extend(self.kernel.page_size_4k.iter().cloned());
+            }
+            Some(p) => {
+                return Err(CatalogError::Invalid(format!(
+                    "board {} has no kernel with {} pages: remove kernel_page_size from [image] \
+                     (the board's kernel uses {} pages)",
+                    self.name,
+                    page_name(p),
+                    page_name(self.kernel.page_size)
+                )))
+            }
+        }
+        Ok(lines)
+    }
+}
+
+fn page_name(p: PageSize) -> &'static str {
+    match p {
+        PageSize::K4 => "4 KiB",
+        PageSize::K16 => "16 KiB",
     }
 }
 
@@ -173,6 +237,8 @@ pub struct BaseImage {
     /// Whether the sha256 was checked against the publisher's own checksum file.
     #[serde(default)]
     pub confirmed: bool,
+    /// Where the sha256 was confirmed (public sources that pin it), for whoever updates the entry.
+    pub sha256_source: String,
 }
 
 /// All boards and bases of a data directory.
@@ -224,6 +290,12 @@ impl Catalog {
                     "{}: base `{name}` has sha256 {:?}, which is not 64 hex digits",
                     bases_path.display(),
                     base.sha256
+                )));
+            }
+            if base.sha256_source.trim().is_empty() {
+                return Err(CatalogError::Invalid(format!(
+                    "{}: base `{name}` has an empty sha256_source; say where its sha256 was confirmed",
+                    bases_path.display()
                 )));
             }
             base.name = name.clone();
@@ -312,10 +384,14 @@ fn board_keys() -> Vec<&'static str> {
         "ram_mib",
         "may_be_server",
         "cmdline",
+        "config_filter",
         "config_txt",
         "all",
         "sd",
         "ssd",
+        "kernel",
+        "page_size",
+        "page_size_4k",
     ]
 }
 
@@ -328,6 +404,7 @@ fn base_keys() -> Vec<&'static str> {
         "boot_label",
         "root_label",
         "confirmed",
+        "sha256_source",
     ]
 }
 
@@ -354,12 +431,48 @@ mod tests {
         assert!(c
             .board("rpi5")
             .unwrap()
-            .config_lines(Media::Ssd)
+            .config_lines(Media::Ssd, None)
+            .unwrap()
             .contains(&"dtparam=pciex1".to_string()));
         assert_eq!(
             c.base("ubuntu-server-24.04-raspi").unwrap().os_family,
             OsFamily::Ubuntu
         );
+    }
+
+    #[test]
+    fn pi5_and_cm5_offer_the_4k_kernel_and_gpu_mem_is_filtered() {
+        let c = catalog();
+        for b in ["rpi5", "cm5"] {
+            let lines = c
+                .board(b)
+                .unwrap()
+                .config_lines(Media::Sd, Some(PageSize::K4))
+                .unwrap();
+            assert!(lines.contains(&"kernel=kernel8.img".to_string()), "{b}");
+            let default = c.board(b).unwrap().config_lines(Media::Sd, None).unwrap();
+            assert!(!default.iter().any(|l| l.starts_with("kernel=")), "{b}");
+        }
+        // Asking a 4 KiB board for 4 KiB pages changes nothing; 16 KiB is refused.
+        let rpi4 = c.board("rpi4").unwrap();
+        assert!(rpi4
+            .config_lines(Media::Sd, Some(PageSize::K4))
+            .unwrap()
+            .is_empty());
+        let e = rpi4
+            .config_lines(Media::Sd, Some(PageSize::K16))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no kernel with 16 KiB pages"), "{e}");
+        for b in c.boards.values() {
+            let has_gpu_mem = b.config_txt.all.iter().any(|l| l.starts_with("gpu_mem"));
+            assert!(
+                !has_gpu_mem || ["pi3", "pi02"].contains(&b.config_filter.as_str()),
+                "{}: gpu_mem under [{}]",
+                b.name,
+                b.config_filter
+            );
+        }
     }
 
     #[test]

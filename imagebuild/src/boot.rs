@@ -6,8 +6,14 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::atomic::{AtomicI64, Ordering};
 
-/// Kernel arguments K3s needs for memory cgroups (SPEC 3.3).
-pub const CGROUP_FLAGS: [&str; 2] = ["cgroup_memory=1", "cgroup_enable=memory"];
+/// Kernel arguments K3s needs for memory cgroups (SPEC 3.3): the Pi firmware passes
+/// `cgroup_disable=memory` ahead of cmdline.txt, and the Raspberry Pi kernel's
+/// `cgroup_enable=memory` turns the controller back on.
+pub const CGROUP_FLAGS: [&str; 1] = ["cgroup_enable=memory"];
+
+/// Words imagebuild once added that current kernels reject as unknown: removed when found.
+/// (`cgroup_memory=1`: current Pi kernels log it as unknown, raspberrypi/linux#6980.)
+pub const OBSOLETE_WORDS: [&str; 1] = ["cgroup_memory=1"];
 
 /// Marker comment above the config.txt lines imagebuild adds.
 const CONFIG_MARK: &str = "# Added by imagebuild";
@@ -151,7 +157,11 @@ impl<'a> BootPartition<'a> {
 /// cmdline.txt with `words` added once each, on its one line, keeping everything already there.
 pub fn edit_cmdline(cmdline: &str, words: &[String]) -> String {
     // cmdline.txt must stay one line: join any stray lines the base might have.
-    let mut out: Vec<String> = cmdline.split_whitespace().map(String::from).collect();
+    let mut out: Vec<String> = cmdline
+        .split_whitespace()
+        .filter(|w| !OBSOLETE_WORDS.contains(w))
+        .map(String::from)
+        .collect();
     for w in words {
         if !out.iter().any(|o| o == w) {
             out.push(w.clone());
@@ -162,8 +172,9 @@ pub fn edit_cmdline(cmdline: &str, words: &[String]) -> String {
     line
 }
 
-/// config.txt with `lines` appended under an `[all]` section, skipping lines already present.
-pub fn edit_config(config: &str, lines: &[String], why: &str) -> String {
+/// config.txt with `lines` appended under the board's conditional `filter` (`pi5`, `pi02`, ...),
+/// skipping lines already present, and `[all]` after them so later lines apply to every board.
+pub fn edit_config(config: &str, lines: &[String], filter: &str, why: &str) -> String {
     let have: Vec<&str> = config.lines().map(str::trim).collect();
     let missing: Vec<&String> = lines.iter().filter(|l| !have.contains(&l.trim())).collect();
     if missing.is_empty() {
@@ -173,15 +184,16 @@ pub fn edit_config(config: &str, lines: &[String], why: &str) -> String {
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
     }
-    out.push_str(&format!("\n{CONFIG_MARK} ({why})\n[all]\n"));
+    out.push_str(&format!("\n{CONFIG_MARK} ({why})\n[{filter}]\n"));
     for l in missing {
         out.push_str(l.trim());
         out.push('\n');
     }
+    out.push_str("[all]\n");
     out
 }
 
-/// The `[all]`-section lines imagebuild added earlier, for `inspect`.
+/// The lines imagebuild added earlier (under its marker, section headers left out), for `inspect`.
 pub fn added_config_lines(config: &str) -> Vec<String> {
     let mut lines = Vec::new();
     let mut inside = false;
@@ -190,8 +202,9 @@ pub fn added_config_lines(config: &str) -> Vec<String> {
             inside = true;
             continue;
         }
-        if inside && !l.trim().is_empty() && l.trim() != "[all]" {
-            lines.push(l.trim().to_string());
+        let l = l.trim();
+        if inside && !l.is_empty() && !l.starts_with('[') && !l.starts_with('#') {
+            lines.push(l.to_string());
         }
     }
     lines
@@ -212,17 +225,27 @@ mod tests {
         let twice = edit_cmdline(&once, &words(&CGROUP_FLAGS));
         assert_eq!(once, twice);
         assert_eq!(once.lines().count(), 1);
-        assert_eq!(once.matches("cgroup_memory=1").count(), 1);
+        assert_eq!(once.matches("cgroup_enable=memory").count(), 1);
         assert!(once.contains("init=/usr/lib/raspberrypi-sys-mods/firstboot"));
     }
 
     #[test]
-    fn config_lines_added_once_under_all() {
+    fn obsolete_cgroup_memory_word_is_dropped() {
+        let base = "root=PARTUUID=1234-02 rootwait cgroup_memory=1 cgroup_enable=memory resize\n";
+        let out = edit_cmdline(base, &words(&CGROUP_FLAGS));
+        assert_eq!(
+            out,
+            "root=PARTUUID=1234-02 rootwait cgroup_enable=memory resize\n"
+        );
+    }
+
+    #[test]
+    fn config_lines_added_once_under_the_board_filter() {
         let base = "[pi4]\narm_boost=1\n";
         let lines = words(&["dtparam=pciex1"]);
-        let once = edit_config(base, &lines, "board rpi5, media ssd");
-        assert!(once.contains("[all]\ndtparam=pciex1\n"));
-        assert_eq!(edit_config(&once, &lines, "x"), once);
+        let once = edit_config(base, &lines, "pi5", "board rpi5, media ssd");
+        assert!(once.ends_with("[pi5]\ndtparam=pciex1\n[all]\n"), "{once}");
+        assert_eq!(edit_config(&once, &lines, "pi5", "x"), once);
         assert_eq!(added_config_lines(&once), lines);
     }
 }

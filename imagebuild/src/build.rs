@@ -93,6 +93,9 @@ pub struct BuildReport {
 pub fn run(recipe_path: &Path, options: BuildOptions) -> Result<BuildReport> {
     interrupt::install().context("installing the interrupt handler")?;
     let recipe = Recipe::load(recipe_path)?;
+    for w in recipe.warnings() {
+        say(&format!("warning: {w}"));
+    }
     run_recipe(&recipe, options).map_err(explain_no_space)
 }
 
@@ -225,15 +228,23 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     interrupt::check()?;
 
     let rootfs = Rootfs::new(&root_tmp, 0, epoch);
-    let passwd = rootfs.read_file("/etc/passwd")?.unwrap_or_default();
-    let account = user::find_account(&String::from_utf8_lossy(&passwd), &recipe.os.user);
+    check_base_supports(recipe, &rootfs, base_layout.family)?;
+    let passwd =
+        String::from_utf8_lossy(&rootfs.read_file("/etc/passwd")?.unwrap_or_default()).into_owned();
+    let account = user::find_account(&passwd, &recipe.os.user);
     // Ubuntu creates its first user at first boot (cloud-init user-data, written to the boot
     // partition below); only an account the image already has gets keys in the root filesystem.
+    let ubuntu = base_layout.family == OsFamily::Ubuntu;
     let mut os = recipe.os.clone();
-    if base_layout.family == OsFamily::Ubuntu && account.is_none() {
+    if ubuntu && account.is_none() {
         os.ssh_authorized_keys.clear();
     }
-    payload.extend(user::entries(&os, account.as_ref())?);
+    let facts = user::BaseFacts {
+        passwd,
+        network_manager: !ubuntu,
+        creates_user: ubuntu,
+    };
+    payload.extend(user::entries(&os, account.as_ref(), &facts)?);
     let versions = match node {
         Some(NodePayload {
             payload: p,
@@ -323,19 +334,20 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     // Boot partition.
     let mut words: Vec<String> = boot::CGROUP_FLAGS.iter().map(|s| s.to_string()).collect();
     words.extend(board.cmdline.iter().cloned());
-    if !recipe.os.wifi.country.is_empty() && !recipe.os.wifi.ssid.is_empty() {
+    if recipe.os.wifi.wanted() {
         words.push(format!(
             "cfg80211.ieee80211_regdom={}",
-            recipe.os.wifi.country.to_ascii_uppercase()
+            recipe.os.wifi.country_code()
         ));
     }
-    let config_lines = board.config_lines(recipe.image.media);
+    let config_lines = board.config_lines(recipe.image.media, recipe.image.kernel_page_size)?;
     let cmdline = edit_boot(
         &tmp,
         &base_layout,
         epoch,
         &words,
         &config_lines,
+        &board.config_filter,
         &format!("board {}, media {:?}", board.name, recipe.image.media).to_lowercase(),
         recipe,
         cluster_file.as_ref(),
@@ -416,6 +428,118 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     Ok(report)
 }
 
+/// Refuse what the base cannot do, before any output exists: a timezone its zoneinfo lacks, and
+/// K3s's default pod network on an Ubuntu kernel without the vxlan module.
+fn check_base_supports(recipe: &Recipe, rootfs: &Rootfs, family: OsFamily) -> Result<()> {
+    let tz = recipe.os.timezone.trim();
+    let share: std::collections::BTreeSet<String> = ["/usr/share".to_string()].into();
+    let has_zoneinfo = rootfs
+        .list_dirs(&share)?
+        .get("/usr/share")
+        .is_some_and(|l| l.get("zoneinfo").is_some_and(|e| e.is_dir()));
+    if !has_zoneinfo {
+        // Not Raspberry Pi OS or Ubuntu (both ship tzdata): nothing to check the name against.
+        say(&format!(
+            "warning: the base has no /usr/share/zoneinfo (tzdata is not installed): timezone {tz:?} \
+             is not checked, and the node keeps UTC until tzdata is installed"
+        ));
+    } else if rootfs
+        .read_file(&format!("/usr/share/zoneinfo/{tz}"))?
+        .is_none()
+    {
+        bail!(
+            "{}: [os] timezone = {tz:?} is not a timezone the base image knows (it has no \
+             /usr/share/zoneinfo/{tz}); use an IANA name such as \"Europe/Berlin\" or \"Etc/UTC\" \
+             (list them with `timedatectl list-timezones`)",
+            recipe.path.display()
+        );
+    }
+    if family == OsFamily::Ubuntu {
+        if let Some(why) = ubuntu_vxlan_missing(recipe, rootfs)? {
+            bail!("{}: {why}", recipe.path.display());
+        }
+    }
+    Ok(())
+}
+
+/// Why K3s pods on this Ubuntu image could not reach other nodes, or None when they can: flannel's
+/// default backend is vxlan, and Ubuntu's raspi kernel keeps `vxlan.ko` in
+/// `linux-modules-extra-raspi`, which the preinstalled image lacks and an air-gapped node cannot
+/// install (docs.k3s.io, "Enabling vxlan for Ubuntu 21.10+ on Raspberry Pi").
+fn ubuntu_vxlan_missing(recipe: &Recipe, rootfs: &Rootfs) -> Result<Option<String>> {
+    if let Some(backend) = flannel_backend(recipe) {
+        if backend != "vxlan" {
+            return Ok(None);
+        }
+    }
+    let modules = "/usr/lib/modules";
+    let kernels: std::collections::BTreeSet<String> = [modules.to_string()].into();
+    let listed = rootfs.list_dirs(&kernels)?;
+    let versions: Vec<String> = listed
+        .get(modules)
+        .map(|l| {
+            l.iter()
+                .filter(|(_, e)| e.is_dir())
+                .map(|(n, _)| n.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let dirs: std::collections::BTreeSet<String> = versions
+        .iter()
+        .map(|v| format!("{modules}/{v}/kernel/drivers/net/vxlan"))
+        .collect();
+    let found = rootfs.list_dirs(&dirs)?;
+    let missing: Vec<&String> = versions
+        .iter()
+        .filter(|v| {
+            !found
+                .get(&format!("{modules}/{v}/kernel/drivers/net/vxlan"))
+                .is_some_and(|l| l.keys().any(|n| n.starts_with("vxlan.ko")))
+        })
+        .collect();
+    if !versions.is_empty() && missing.is_empty() {
+        return Ok(None);
+    }
+    let kernels = if versions.is_empty() {
+        "no kernel modules at all".to_string()
+    } else {
+        format!(
+            "no vxlan.ko for kernel {}",
+            missing
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    Ok(Some(format!(
+        "this Ubuntu base has {kernels}: Ubuntu for Raspberry Pi ships the vxlan module in \
+         linux-modules-extra-raspi, which the preinstalled image lacks and an offline node cannot \
+         install, so K3s's default pod network (flannel vxlan) would leave pods unable to reach other \
+         nodes. Use a Raspberry Pi OS base (base = \"raspios-lite-arm64\"), or give the recipe's cluster \
+         a backend without vxlan when all nodes share one LAN: [cluster.k3s] extra = \
+         {{ flannel-backend = \"host-gw\" }}, or build from an Ubuntu image that already has \
+         linux-modules-extra-raspi installed"
+    )))
+}
+
+/// `flannel-backend` from the recipe's cluster (`[k3s] extra`), if it sets one.
+fn flannel_backend(recipe: &Recipe) -> Option<String> {
+    let table = match recipe.cluster.as_ref()? {
+        crate::recipe::ClusterSource::Inline(t) => t.clone(),
+        crate::recipe::ClusterSource::File(p) => {
+            let text = std::fs::read_to_string(recipe.resolve(&p.to_string_lossy())).ok()?;
+            toml::from_str::<toml::Table>(&text).ok()?
+        }
+    };
+    table
+        .get("k3s")?
+        .get("extra")?
+        .get("flannel-backend")?
+        .as_str()
+        .map(str::to_string)
+}
+
 fn sha256_quiet(path: &Path) -> Result<String> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut h = Sha256::new();
@@ -474,6 +598,7 @@ fn edit_boot(
     epoch: i64,
     words: &[String],
     config_lines: &[String],
+    config_filter: &str,
     why: &str,
     recipe: &Recipe,
     cluster: Option<&cluster::ClusterFile>,
@@ -490,7 +615,12 @@ fn edit_boot(
     let cmdline = boot::edit_cmdline(&String::from_utf8_lossy(&old), words);
     fat.write("cmdline.txt", cmdline.as_bytes())?;
     let config = fat.read("config.txt")?.unwrap_or_default();
-    let new_config = boot::edit_config(&String::from_utf8_lossy(&config), config_lines, why);
+    let new_config = boot::edit_config(
+        &String::from_utf8_lossy(&config),
+        config_lines,
+        config_filter,
+        why,
+    );
     if new_config.as_bytes() != config.as_slice() {
         fat.write("config.txt", new_config.as_bytes())?;
     }
@@ -518,6 +648,12 @@ fn edit_boot(
             "user-data",
             user::cloud_init_user_data(&recipe.os).as_bytes(),
         )?;
+        if recipe.os.wifi.wanted() {
+            fat.write(
+                "network-config",
+                user::cloud_init_network_config(&recipe.os.wifi).as_bytes(),
+            )?;
+        }
     }
     if let Some(c) = cluster {
         fat.write_cluster(c)?;

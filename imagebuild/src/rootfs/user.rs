@@ -1,9 +1,48 @@
-//! First-user setup in the root filesystem: SSH keys, Wi-Fi profile and timezone.
+//! First-user setup in the root filesystem: login shell, sudo, SSH keys, Wi-Fi and timezone.
 
 use super::payload::Payload;
-use crate::recipe::OsSection;
+use crate::recipe::{OsSection, Wifi};
 use anyhow::{bail, Result};
 use sha2::{Digest, Sha256};
+
+/// What the base's root filesystem says that first-user and Wi-Fi setup depend on.
+#[derive(Debug, Clone, Default)]
+pub struct BaseFacts {
+    /// The base's /etc/passwd.
+    pub passwd: String,
+    /// Whether the base runs NetworkManager (Raspberry Pi OS does; Ubuntu Server does not).
+    pub network_manager: bool,
+    /// Whether the base creates its first user itself (Ubuntu: cloud-init) rather than
+    /// renaming an existing account (Raspberry Pi OS: userconf-pi).
+    pub creates_user: bool,
+}
+
+/// Login shells that refuse a login: pi-gen gives a first user without a password one of these
+/// (2026-02, `adduser --disabled-login`), and userconf-pi keeps it when renaming.
+const NO_LOGIN_SHELLS: [&str; 4] = [
+    "/usr/sbin/nologin",
+    "/sbin/nologin",
+    "/bin/false",
+    "/usr/bin/false",
+];
+
+/// The shell a first user gets when the base gave it none that allows logins.
+pub const LOGIN_SHELL: &str = "/bin/bash";
+
+/// The saved rfkill states systemd-rfkill restores for the on-board Wi-Fi: it names a file
+/// `<udev ID_PATH>:wlan`. Pi 3 / Zero 2 W (SDIO at 3f300000), Pi 4 / Pi 400 / CM4 (fe300000) and
+/// Pi 5 / CM5 (1001100000); all are written so one image suits every board.
+pub const RFKILL_WLAN_STATES: [&str; 3] = [
+    "/var/lib/systemd/rfkill/platform-3f300000.mmcnr:wlan",
+    "/var/lib/systemd/rfkill/platform-fe300000.mmcnr:wlan",
+    "/var/lib/systemd/rfkill/platform-1001100000.mmc:wlan",
+];
+
+/// NetworkManager's saved radio state; Raspberry Pi OS ships it with `WirelessEnabled=false`.
+pub const NM_STATE: &str = "/var/lib/NetworkManager/NetworkManager.state";
+
+/// Where the Wi-Fi keyfile goes (NetworkManager's keyfile plugin reads this directory).
+pub const NM_CONNECTIONS: &str = "/etc/NetworkManager/system-connections";
 
 /// An account from the image's /etc/passwd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +55,8 @@ pub struct Account {
     pub gid: u32,
     /// Home directory.
     pub home: String,
+    /// Login shell.
+    pub shell: String,
 }
 
 /// Find the recipe's user in /etc/passwd, else the image's first regular user (uid 1000), which
@@ -30,6 +71,7 @@ pub fn find_account(passwd: &str, user: &str) -> Option<Account> {
                 uid: f[2].parse().unwrap_or(u32::MAX),
                 gid: f[3].parse().unwrap_or(u32::MAX),
                 home: f[5].to_string(),
+                shell: f[6].to_string(),
             })
         })
         .filter(|a| a.uid != u32::MAX && a.gid != u32::MAX)
@@ -42,7 +84,7 @@ pub fn find_account(passwd: &str, user: &str) -> Option<Account> {
 }
 
 /// The root-filesystem entries for the recipe's `[os]` settings.
-pub fn entries(os: &OsSection, account: Option<&Account>) -> Result<Payload> {
+pub fn entries(os: &OsSection, account: Option<&Account>, base: &BaseFacts) -> Result<Payload> {
     let mut p = Payload::new();
     if !os.ssh_authorized_keys.is_empty() {
         let Some(a) = account else {
@@ -64,29 +106,117 @@ pub fn entries(os: &OsSection, account: Option<&Account>) -> Result<Payload> {
         p.bytes(&format!("{ssh}/authorized_keys"), keys, 0o600)
             .owner(a.uid, a.gid);
     }
-    if !os.wifi.ssid.is_empty() {
-        p.bytes(
-            &format!(
-                "/etc/NetworkManager/system-connections/{}.nmconnection",
-                file_stem(&os.wifi.ssid)
-            ),
-            nm_keyfile(&os.wifi.ssid, &os.wifi.psk),
-            0o600,
-        );
+    if !base.creates_user {
+        login(&mut p, os, account, &base.passwd);
+    }
+    if os.wifi.wanted() && base.network_manager {
+        wifi_on(&mut p, &os.wifi);
     }
     let tz = os.timezone.trim();
-    if tz.is_empty()
-        || tz.starts_with('/')
-        || tz.contains("..")
-        || !tz
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/_-+".contains(c))
-    {
-        bail!("timezone {tz:?} is not an IANA name like \"Europe/Berlin\" or \"Etc/UTC\"");
-    }
+    crate::recipe::check_timezone_name(tz)?;
     p.bytes("/etc/timezone", format!("{tz}\n"), 0o644);
     p.symlink("/etc/localtime", &format!("/usr/share/zoneinfo/{tz}"));
     Ok(p)
+}
+
+/// The first user can log in and use sudo on every Raspberry Pi OS release: a real shell where
+/// pi-gen gave a password-less user `nologin`, and a sudoers drop-in because releases from
+/// 2026-04 no longer ship `010_pi-nopasswd`. The drop-in names the final user, so userconf-pi's
+/// rename (which rewrites only `010_pi-nopasswd`) leaves it right.
+fn login(p: &mut Payload, os: &OsSection, account: Option<&Account>, passwd: &str) {
+    if let Some(a) = account {
+        if NO_LOGIN_SHELLS.contains(&a.shell.as_str()) {
+            p.bytes(
+                "/etc/passwd",
+                with_shell(passwd, &a.name, LOGIN_SHELL),
+                0o644,
+            );
+        }
+    }
+    p.bytes(
+        &sudoers_path(&os.user, os.password_hash.is_empty()),
+        sudoers_rule(&os.user, os.password_hash.is_empty()),
+        0o440,
+    );
+}
+
+/// `/etc/sudoers.d/010_<user>-nopasswd` (key-only) or `010_<user>-passwd`; sudo reads every
+/// file there whose name has no `.` and does not end in `~`, which a valid user name guarantees.
+pub fn sudoers_path(user: &str, key_only: bool) -> String {
+    let kind = if key_only { "nopasswd" } else { "passwd" };
+    format!("/etc/sudoers.d/010_{user}-{kind}")
+}
+
+/// The sudoers rule: a key-only user has no password to type, so sudo must not ask for one;
+/// a user with a password confirms with it, as Raspberry Pi OS does from 2026-04.
+pub fn sudoers_rule(user: &str, key_only: bool) -> String {
+    if key_only {
+        format!("# Written by imagebuild: {user} logs in with an SSH key only and has no password to give sudo.\n{user} ALL=(ALL) NOPASSWD: ALL\n")
+    } else {
+        format!("# Written by imagebuild: {user} may use sudo with its password.\n{user} ALL=(ALL:ALL) ALL\n")
+    }
+}
+
+/// /etc/passwd with `user`'s login shell replaced.
+pub fn with_shell(passwd: &str, user: &str, shell: &str) -> String {
+    let mut out = String::new();
+    for line in passwd.lines() {
+        let mut f: Vec<&str> = line.split(':').collect();
+        if f.len() == 7 && f[0] == user {
+            f[6] = shell;
+            out.push_str(&f.join(":"));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Wi-Fi on at first boot, as raspi-config's `do_wifi_country` leaves a system (the country on
+/// the cmdline is added with the boot partition): the keyfile, the on-board radios' saved rfkill
+/// state "unblocked", and NetworkManager's saved radio switch on. Without the last two, Raspberry
+/// Pi OS (since 2024-10) keeps Wi-Fi off: rfkill blocks it by default and its
+/// NetworkManager.state says `WirelessEnabled=false`.
+fn wifi_on(p: &mut Payload, wifi: &Wifi) {
+    p.bytes(
+        &format!("{NM_CONNECTIONS}/{}.nmconnection", file_stem(&wifi.ssid)),
+        nm_keyfile(&wifi.ssid, &wifi.psk),
+        0o600,
+    );
+    for f in RFKILL_WLAN_STATES {
+        p.bytes(f, "0\n", 0o644);
+    }
+    p.bytes(
+        NM_STATE,
+        "[main]\nNetworkingEnabled=true\nWirelessEnabled=true\nWWANEnabled=true\n",
+        0o644,
+    );
+}
+
+/// cloud-init `network-config` (netplan v2) for Ubuntu Server, which has no NetworkManager:
+/// wired DHCP as Ubuntu's own file has it, plus the Wi-Fi network with its regulatory domain.
+pub fn cloud_init_network_config(wifi: &Wifi) -> String {
+    let mut s = String::from(
+        "# Written by imagebuild from image.toml [os] wifi (netplan v2, read by cloud-init).\n\
+         network:\n  version: 2\n  ethernets:\n    eth0:\n      dhcp4: true\n      optional: true\n",
+    );
+    s.push_str(&format!(
+        "  wifis:\n    wlan0:\n      dhcp4: true\n      optional: true\n      regulatory-domain: \"{}\"\n      access-points:\n        {}:\n",
+        wifi.country_code(),
+        yaml_string(&wifi.ssid)
+    ));
+    if wifi.psk.is_empty() {
+        s.push_str("          {}\n");
+    } else {
+        s.push_str(&format!("          password: {}\n", yaml_string(&wifi.psk)));
+    }
+    s
+}
+
+/// A YAML double-quoted scalar (JSON string syntax is valid YAML).
+fn yaml_string(v: &str) -> String {
+    serde_json::Value::String(v.to_string()).to_string()
 }
 
 /// cloud-init `user-data` for Ubuntu: the first user with its keys, sudo, and the timezone.
@@ -185,13 +315,67 @@ mod tests {
     }
 
     #[test]
+    fn nologin_first_user_gets_a_shell_and_sudo() {
+        let passwd =
+            "root:x:0:0:root:/root:/bin/bash\npi:x:1000:1000:,,,:/home/pi:/usr/sbin/nologin\n";
+        let os = OsSection {
+            user: "ada".into(),
+            ssh_authorized_keys: vec!["ssh-ed25519 AAAA me".into()],
+            ..OsSection::default()
+        };
+        let facts = BaseFacts {
+            passwd: passwd.into(),
+            ..BaseFacts::default()
+        };
+        let p = entries(&os, find_account(passwd, "ada").as_ref(), &facts).unwrap();
+        let get = |d: &str| p.entries.iter().find(|e| e.dest == d).unwrap();
+        let pw = get("/etc/passwd");
+        assert_eq!(pw.mode, 0o644);
+        let crate::rootfs::payload::EntryKind::Bytes(b) = &pw.kind else {
+            panic!("/etc/passwd is not written from bytes")
+        };
+        assert_eq!(
+            String::from_utf8_lossy(b),
+            "root:x:0:0:root:/root:/bin/bash\npi:x:1000:1000:,,,:/home/pi:/bin/bash\n"
+        );
+        let sudo = get("/etc/sudoers.d/010_ada-nopasswd");
+        assert_eq!((sudo.mode, sudo.uid, sudo.gid), (0o440, 0, 0));
+        // A base that creates the user itself (Ubuntu) gets neither.
+        let ubuntu = BaseFacts {
+            creates_user: true,
+            ..facts
+        };
+        let p = entries(&os, find_account(passwd, "ada").as_ref(), &ubuntu).unwrap();
+        assert!(p
+            .entries
+            .iter()
+            .all(|e| !e.dest.starts_with("/etc/sudoers.d") && e.dest != "/etc/passwd"));
+    }
+
+    #[test]
+    fn ubuntu_network_config_is_netplan_wifi() {
+        let w = Wifi {
+            country: "de".into(),
+            ssid: "home \"net\"".into(),
+            psk: "correct horse".into(),
+        };
+        let n = cloud_init_network_config(&w);
+        assert!(n.contains("  wifis:\n    wlan0:\n"), "{n}");
+        assert!(n.contains("regulatory-domain: \"DE\""), "{n}");
+        assert!(
+            n.contains("\"home \\\"net\\\"\":\n          password: \"correct horse\"\n"),
+            "{n}"
+        );
+    }
+
+    #[test]
     fn keys_go_to_home_with_user_owner_and_0600() {
         let os = OsSection {
             ssh_authorized_keys: vec!["ssh-ed25519 AAAA me".into()],
             ..OsSection::default()
         };
         let a = find_account(PASSWD, "pi");
-        let p = entries(&os, a.as_ref()).unwrap();
+        let p = entries(&os, a.as_ref(), &BaseFacts::default()).unwrap();
         let k = p
             .entries
             .iter()
