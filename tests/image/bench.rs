@@ -245,10 +245,7 @@ fn baseline(i: &Inputs, work: &Path) -> Result<()> {
         .arg(&img)
         .arg("::cmdline.txt"))?;
     let tmp = work.join("cmdline.txt");
-    std::fs::write(
-        &tmp,
-        format!("{cmdline} cgroup_memory=1 cgroup_enable=memory\n"),
-    )?;
+    std::fs::write(&tmp, format!("{cmdline} cgroup_enable=memory\n"))?;
     sh(Command::new("mcopy")
         .env("MTOOLS_SKIP_CHECK", "1")
         .args(["-o", "-i"])

@@ -126,17 +126,18 @@ fn check_built_image(flavor: Flavor, dir: &Path, base: &Path) {
         1,
         "cmdline.txt must stay one line: {cmdline:?}"
     );
-    for flag in [
-        "cgroup_memory=1",
-        "cgroup_enable=memory",
-        "cfg80211.ieee80211_regdom=DE",
-    ] {
+    // Only cgroup_enable=memory: cgroup_memory=1 is obsolete (the kernel logs it as unknown).
+    for flag in ["cgroup_enable=memory", "cfg80211.ieee80211_regdom=DE"] {
         assert_eq!(
             cmdline.split_whitespace().filter(|w| *w == flag).count(),
             1,
             "{flag} in {cmdline}"
         );
     }
+    assert!(
+        !cmdline.contains("cgroup_memory"),
+        "obsolete cgroup_memory=1 written: {cmdline}"
+    );
     if let Some(hook) = flavor.hook() {
         assert!(
             cmdline.split_whitespace().any(|w| w == hook),
@@ -144,7 +145,11 @@ fn check_built_image(flavor: Flavor, dir: &Path, base: &Path) {
         );
     }
     let config = String::from_utf8(fat_read(&img, p1_start * 512, "config.txt").unwrap()).unwrap();
-    assert!(config.contains("[all]\ndtparam=pciex1\n"), "{config}");
+    // The board's lines go under its own filter, and [all] follows so later lines apply to all.
+    assert!(
+        config.ends_with("[pi5]\ndtparam=pciex1\n[all]\n"),
+        "{config}"
+    );
     assert!(fat_read(&img, p1_start * 512, "ssh").is_some());
     let cluster =
         String::from_utf8(fat_read(&img, p1_start * 512, "cluster.toml").unwrap()).unwrap();
@@ -161,17 +166,27 @@ fn check_built_image(flavor: Flavor, dir: &Path, base: &Path) {
             b"pi:*\n"
         ),
     }
+    if flavor == Flavor::Ubuntu {
+        // No NetworkManager on Ubuntu Server: Wi-Fi goes to cloud-init's netplan network-config.
+        let nc =
+            String::from_utf8(fat_read(&img, p1_start * 512, "network-config").unwrap()).unwrap();
+        for want in [
+            "network:\n  version: 2\n",
+            "  wifis:\n    wlan0:\n",
+            "regulatory-domain: \"DE\"",
+            "\"homelab\":\n          password: \"correct horse battery\"\n",
+        ] {
+            assert!(nc.contains(want), "network-config lacks {want:?}:\n{nc}");
+        }
+    }
 
     // Root filesystem: owners and modes exactly as declared.
+    if flavor != Flavor::Ubuntu {
+        check_wifi_and_login(&img, root_off);
+    }
     let expect = [
         ("/home/pi/.ssh", "0700", 1000, 1000),
         ("/home/pi/.ssh/authorized_keys", "0600", 1000, 1000),
-        (
-            "/etc/NetworkManager/system-connections/wifi-homelab.nmconnection",
-            "0600",
-            0,
-            0,
-        ),
         ("/usr/local/sbin/hello", "0755", 0, 0),
         ("/etc/motd", "0644", 0, 0),
         (
@@ -260,12 +275,110 @@ fn check_built_image(flavor: Flavor, dir: &Path, base: &Path) {
     );
 }
 
+/// Wi-Fi on at first boot and a first user who can log in and sudo (Raspberry Pi OS bases): the
+/// files as NetworkManager, systemd-rfkill, sshd/login and sudo read them.
+fn check_wifi_and_login(img: &Path, root_off: u64) {
+    let keyfile = "/etc/NetworkManager/system-connections/wifi-homelab.nmconnection";
+    let (m, u, g, _) = debugfs_stat(img, root_off, keyfile);
+    assert_eq!((m.as_str(), u, g), ("0600", 0, 0), "{keyfile}");
+    let text = String::from_utf8(debugfs_cat(img, root_off, keyfile)).unwrap();
+    for want in [
+        "type=wifi",
+        "ssid=homelab",
+        "key-mgmt=wpa-psk",
+        "psk=correct horse battery",
+    ] {
+        assert!(text.contains(want), "keyfile lacks {want}:\n{text}");
+    }
+    // The fixture ships WirelessEnabled=false, as Raspberry Pi OS does; the build turns it on.
+    let state = String::from_utf8(debugfs_cat(
+        img,
+        root_off,
+        "/var/lib/NetworkManager/NetworkManager.state",
+    ))
+    .unwrap();
+    assert!(
+        state.contains("[main]") && state.contains("WirelessEnabled=true"),
+        "{state}"
+    );
+    assert!(!state.contains("WirelessEnabled=false"), "{state}");
+    for f in [
+        "platform-3f300000.mmcnr:wlan",
+        "platform-fe300000.mmcnr:wlan",
+        "platform-1001100000.mmc:wlan",
+    ] {
+        let p = format!("/var/lib/systemd/rfkill/{f}");
+        assert_eq!(debugfs_cat(img, root_off, &p), b"0\n", "{p}");
+    }
+    // pi-gen's Bluetooth state is left alone.
+    assert_eq!(
+        debugfs_cat(
+            img,
+            root_off,
+            "/var/lib/systemd/rfkill/platform-107d50c000.serial:bluetooth"
+        ),
+        b"0\n"
+    );
+    // Login: a real shell (the trixie fixture ships nologin) and sudo without a password.
+    let passwd = String::from_utf8(debugfs_cat(img, root_off, "/etc/passwd")).unwrap();
+    assert!(
+        passwd.contains("\npi:x:1000:1000:,,,:/home/pi:/bin/bash\n"),
+        "{passwd}"
+    );
+    assert!(passwd.starts_with("root:x:0:0:root:/root:/bin/bash\n"));
+    let sudoers = "/etc/sudoers.d/010_pi-nopasswd";
+    let (m, u, g, _) = debugfs_stat(img, root_off, sudoers);
+    assert_eq!((m.as_str(), u, g), ("0440", 0, 0), "{sudoers}");
+    let rule = String::from_utf8(debugfs_cat(img, root_off, sudoers)).unwrap();
+    assert!(rule.contains("\npi ALL=(ALL) NOPASSWD: ALL\n"), "{rule}");
+    visudo_accepts(&rule);
+}
+
+/// `visudo -c` on a sudoers fragment, when sudo is installed (it is in tests/debian-packages.txt).
+fn visudo_accepts(rule: &str) {
+    let Ok(visudo) = which("visudo") else {
+        eprintln!("visudo not installed: sudoers syntax not checked by sudo itself");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("rule");
+    std::fs::write(&f, rule).unwrap();
+    std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o440)).unwrap();
+    let out = Command::new(visudo)
+        .args(["-c", "-f"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "visudo refuses the drop-in:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn which(tool: &str) -> Result<PathBuf, ()> {
+    for d in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        let p = Path::new(d).join(tool);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(())
+}
+
+/// A cluster section for Ubuntu bases, whose kernel lacks vxlan: flannel's host-gw backend.
+const UBUNTU_FLANNEL: &str = "\n[cluster.k3s]\nextra = { flannel-backend = \"host-gw\" }\n";
+
 #[test]
 fn builds_each_layout_rootless_and_clean() {
     for flavor in Flavor::ALL {
         let dir = scratch();
         let b = base(dir.path(), flavor);
         let r = recipe(dir.path(), &b.display().to_string(), "rpi5", "");
+        if flavor == Flavor::Ubuntu {
+            append(&r, UBUNTU_FLANNEL);
+        }
         let out = build(dir.path(), &r, &["--json"]);
         assert!(out.status.success(), "{flavor:?} build failed");
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -308,6 +421,12 @@ fn same_epoch_gives_the_same_image() {
         sums[0], sums[1],
         "two builds with one SOURCE_DATE_EPOCH differ"
     );
+}
+
+fn append(path: &Path, text: &str) {
+    let mut t = std::fs::read_to_string(path).unwrap();
+    t.push_str(text);
+    std::fs::write(path, t).unwrap();
 }
 
 fn xz(path: &Path) -> PathBuf {
@@ -751,4 +870,238 @@ fn interrupt_build(
     let out = child.wait_with_output().unwrap();
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     out
+}
+
+fn clear_out(dir: &Path) {
+    for f in names(&dir.join("out")) {
+        std::fs::remove_file(dir.join("out").join(f)).unwrap();
+    }
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let t = std::fs::read_to_string(path).unwrap();
+    assert!(t.contains(from), "{from:?} not in the recipe");
+    std::fs::write(path, t.replace(from, to)).unwrap();
+}
+
+#[test]
+fn recipe_errors_name_the_fix_and_write_nothing() {
+    let dir = scratch();
+    let b = base(dir.path(), Flavor::Trixie);
+    let cases: [(&str, &str, &[&str]); 6] = [
+        (
+            "country = \"de\"",
+            "country = \"XY\"",
+            &[
+                "wifi.country = \"XY\" is not an ISO 3166-1 alpha-2",
+                "\"DE\"",
+            ],
+        ),
+        (
+            "psk = \"correct horse battery\"",
+            "psk = \"tiny\"",
+            &["wifi.psk has 4 characters", "8 to 63"],
+        ),
+        (
+            "user = \"pi\"",
+            "user = \"pi\"\npassword = \"hunter22\"",
+            &["plain-text password is not accepted", "openssl passwd -6"],
+        ),
+        (
+            "user = \"pi\"",
+            "user = \"pi\"\npassword_hash = \"hunter22\"",
+            &["not a crypt(3) hash", "openssl passwd -6"],
+        ),
+        (
+            "user = \"pi\"",
+            "user = \"web_admin\"",
+            &["user = \"web_admin\"", "userconf-pi would refuse it"],
+        ),
+        (
+            "timezone = \"Europe/Berlin\"",
+            "timezone = \"Mars/Olympus_Mons\"",
+            &[
+                "timezone = \"Mars/Olympus_Mons\" is not a timezone the base image knows",
+                "timedatectl list-timezones",
+            ],
+        ),
+    ];
+    for (from, to, words) in cases {
+        let r = recipe(dir.path(), &b.display().to_string(), "rpi4", "");
+        edit(&r, from, to);
+        let out = build(dir.path(), &r, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("hunter22"), "secret echoed: {err}");
+        fails_cleanly(dir.path(), out, words);
+    }
+}
+
+#[test]
+fn build_warns_when_nobody_could_log_in() {
+    let dir = scratch();
+    let b = base(dir.path(), Flavor::Trixie);
+    let r = recipe(dir.path(), &b.display().to_string(), "rpi4", "");
+    edit(&r, &format!("ssh_authorized_keys = [\"{KEY}\"]\n"), "");
+    let out = build(dir.path(), &r, &[]);
+    assert!(out.status.success(), "a key-less build is allowed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: nobody could log in") && err.contains("openssl passwd -6"),
+        "{err}"
+    );
+    // With a key the warning is gone.
+    let r = recipe(dir.path(), &b.display().to_string(), "rpi4", "");
+    clear_out(dir.path());
+    let out = build(dir.path(), &r, &[]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("nobody could log in"));
+}
+
+#[test]
+fn password_user_gets_sudo_with_its_password() {
+    let dir = scratch();
+    let b = base(dir.path(), Flavor::Trixie);
+    let r = recipe(dir.path(), &b.display().to_string(), "rpi4", "");
+    // Shaped like `openssl passwd -6` output; the build checks the form, not the password.
+    let hash = "$6$fixture$Hz1y2QZl1.gW1o0Gx0bX8fWQ2Vdp0JwQ2E9m1.nU1z0c8lq3GJ2sF2d8n1t3N4x5r0cQ9bJm3y6mX4kT1lR5i.";
+    edit(
+        &r,
+        "user = \"pi\"",
+        &format!("user = \"ops\"\npassword_hash = \"{hash}\""),
+    );
+    let out = build(dir.path(), &r, &[]);
+    assert!(out.status.success());
+    let img = dir.path().join("out/node.img");
+    let (p1, _) = sfdisk_partition(&img, 1);
+    let (p2, _) = sfdisk_partition(&img, 2);
+    assert_eq!(
+        fat_read(&img, p1 * 512, "userconf.txt").unwrap(),
+        format!("ops:{hash}\n").into_bytes()
+    );
+    let root_off = p2 * 512;
+    let sudoers = "/etc/sudoers.d/010_ops-passwd";
+    let (m, u, g, _) = debugfs_stat(&img, root_off, sudoers);
+    assert_eq!((m.as_str(), u, g), ("0440", 0, 0));
+    let rule = String::from_utf8(debugfs_cat(&img, root_off, sudoers)).unwrap();
+    assert!(rule.contains("\nops ALL=(ALL:ALL) ALL\n"), "{rule}");
+    assert!(!rule.contains("NOPASSWD"), "{rule}");
+    visudo_accepts(&rule);
+    // userconf-pi renames pi (uid 1000) to ops at first boot; the shell it keeps is a real one.
+    let passwd = String::from_utf8(debugfs_cat(&img, root_off, "/etc/passwd")).unwrap();
+    assert!(
+        passwd.contains("\npi:x:1000:1000:,,,:/home/pi:/bin/bash\n"),
+        "{passwd}"
+    );
+}
+
+/// Put a kernel module file into the image's root filesystem, as linux-modules-extra-raspi would.
+fn add_vxlan_module(img: &Path, root_off: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("vxlan.ko.zst");
+    std::fs::write(&module, b"\x28\xb5\x2f\xfd fixture module").unwrap();
+    let mut script = String::new();
+    let mut path = String::new();
+    for part in "usr/lib/modules/6.8.0-1010-raspi/kernel/drivers/net/vxlan".split('/') {
+        path.push('/');
+        path.push_str(part);
+        script.push_str(&format!("mkdir {path}\n"));
+    }
+    script.push_str(&format!("write {} {path}/vxlan.ko.zst\n", module.display()));
+    let f = dir.path().join("script");
+    std::fs::write(&f, script).unwrap();
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&f)
+        .arg(format!("{}?offset={root_off}", img.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn ubuntu_without_vxlan_is_refused_with_the_way_out() {
+    let dir = scratch();
+    let b = base(dir.path(), Flavor::Ubuntu);
+    let r = recipe(dir.path(), &b.display().to_string(), "rpi4", "");
+    fails_cleanly(
+        dir.path(),
+        build(dir.path(), &r, &[]),
+        &[
+            "linux-modules-extra-raspi",
+            "flannel vxlan",
+            "flannel-backend = \"host-gw\"",
+            "raspios-lite-arm64",
+        ],
+    );
+    // An explicit vxlan backend is refused the same way.
+    append(
+        &r,
+        "\n[cluster.k3s]\nextra = { flannel-backend = \"vxlan\" }\n",
+    );
+    fails_cleanly(
+        dir.path(),
+        build(dir.path(), &r, &[]),
+        &["linux-modules-extra-raspi"],
+    );
+    // A base that has the module (linux-modules-extra-raspi installed) builds.
+    let (p2, _) = sfdisk_partition(&b, 2);
+    add_vxlan_module(&b, p2 * 512);
+    let r = recipe(dir.path(), &b.display().to_string(), "rpi4", "");
+    let out = build(dir.path(), &r, &[]);
+    assert!(out.status.success(), "Ubuntu base with vxlan.ko refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("linux-modules-extra-raspi"), "{err}");
+}
+
+#[test]
+fn config_txt_board_sections_and_4k_kernel() {
+    let dir = scratch();
+    let b = base(dir.path(), Flavor::Trixie);
+    let config_of = |board: &str, extra: &str| -> String {
+        let r = recipe(dir.path(), &b.display().to_string(), board, extra);
+        clear_out(dir.path());
+        let out = build(dir.path(), &r, &[]);
+        assert!(out.status.success(), "{board} {extra}");
+        let img = dir.path().join("out/node.img");
+        let (p1, _) = sfdisk_partition(&img, 1);
+        String::from_utf8(fat_read(&img, p1 * 512, "config.txt").unwrap()).unwrap()
+    };
+    let base_config = "[cm4]\notg_mode=1\n\n[all]\n";
+    // Pi 5 with the 4 KiB-page kernel: both lines under [pi5] (media is ssd in the recipe).
+    let c = config_of("rpi5", "kernel_page_size = \"4k\"");
+    assert!(c.contains(base_config), "{c}");
+    assert!(
+        c.ends_with("[pi5]\ndtparam=pciex1\nkernel=kernel8.img\n[all]\n"),
+        "{c}"
+    );
+    let c = config_of("cm5", "kernel_page_size = \"4k\"");
+    assert!(
+        c.ends_with("[cm5]\ndtparam=pciex1\nkernel=kernel8.img\n[all]\n"),
+        "{c}"
+    );
+    // Without the option the Pi 5 keeps its default (16 KiB) kernel.
+    let c = config_of("rpi5", "");
+    assert!(!c.contains("kernel="), "{c}");
+    // gpu_mem only for the boards it belongs to, under their own filters.
+    let c = config_of("rpi3", "");
+    assert!(c.ends_with("[pi3]\ngpu_mem=16\n[all]\n"), "{c}");
+    let c = config_of("zero2w", "");
+    assert!(c.ends_with("[pi02]\ngpu_mem=16\n[all]\n"), "{c}");
+    for board in ["rpi4", "rpi5", "cm4", "cm5"] {
+        assert!(!config_of(board, "").contains("gpu_mem"), "{board}");
+    }
+    // A Pi 4 has no 16 KiB kernel to ask for.
+    let r = recipe(
+        dir.path(),
+        &b.display().to_string(),
+        "rpi4",
+        "kernel_page_size = \"16k\"",
+    );
+    clear_out(dir.path());
+    fails_cleanly(
+        dir.path(),
+        build(dir.path(), &r, &[]),
+        &["board rpi4 has no kernel with 16 KiB pages"],
+    );
 }

@@ -250,7 +250,34 @@ pub fn make(spec: &Spec, out: &Path) -> Result<()> {
     // Root filesystem tree.
     let root = work.path().join("root");
     let hook = b"#!/bin/sh\n# stands in for raspberrypi-sys-mods' first-boot script\nexit 0\n";
-    put(&root, "etc/passwd", b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\nsystemd-network:x:998:998:systemd Network Management:/:/usr/sbin/nologin\npi:x:1000:1000:,,,:/home/pi:/bin/bash\n")?;
+    // Trixie as pi-gen builds it since 2026-02: a first user without a password gets `nologin`
+    // (`adduser --disabled-login`) and no passwordless sudo (no 010_pi-nopasswd from 2026-04).
+    // Bookworm keeps bash and 010_pi-nopasswd.
+    let first_shell = match flavor {
+        Flavor::Trixie => "/usr/sbin/nologin",
+        _ => "/bin/bash",
+    };
+    put(&root, "etc/passwd", format!("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\nsystemd-network:x:998:998:systemd Network Management:/:/usr/sbin/nologin\npi:x:1000:1000:,,,:/home/pi:{first_shell}\n").as_bytes())?;
+    if flavor == Flavor::Bookworm {
+        put(
+            &root,
+            "etc/sudoers.d/010_pi-nopasswd",
+            b"pi ALL=(ALL) NOPASSWD: ALL\n",
+        )?;
+    }
+    if flavor != Flavor::Ubuntu {
+        // pi-gen stage2/02-net-tweaks: Wi-Fi radio off until a country is set; Bluetooth unblocked.
+        put(
+            &root,
+            "var/lib/NetworkManager/NetworkManager.state",
+            b"[main]\nWirelessEnabled=false\n",
+        )?;
+        put(
+            &root,
+            "var/lib/systemd/rfkill/platform-107d50c000.serial:bluetooth",
+            b"0\n",
+        )?;
+    }
     put(&root, "etc/group", b"root:x:0:\nsudo:x:27:pi\npi:x:1000:\n")?;
     put(
         &root,
