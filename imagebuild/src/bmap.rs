@@ -267,6 +267,76 @@ impl Bmap {
     }
 }
 
+impl Bmap {
+    /// The map of `image` after bytes `[start, end)` changed (a stamp of the boot partition):
+    /// ranges outside that stretch are kept, the stretch (widened to the ranges touching it) is
+    /// mapped and hashed again from the file. Reads only the changed part of the image.
+    pub fn refreshed(&self, image: &Path, start: u64, end: u64) -> Result<Bmap> {
+        let file = File::open(image).with_context(|| format!("opening {}", image.display()))?;
+        let image_size = file.metadata()?.len();
+        if image_size != self.image_size {
+            bail!(
+                "{} changed size ({} bytes, the bmap says {}): recreate the map with `imagebuild bmap`",
+                image.display(),
+                image_size,
+                self.image_size
+            );
+        }
+        let bs = self.block_size;
+        let (mut lo, mut hi) = (start / bs, end.div_ceil(bs).max(start / bs + 1) - 1);
+        for r in &self.ranges {
+            if r.first <= hi && r.last >= lo {
+                lo = lo.min(r.first);
+                hi = hi.max(r.last);
+            }
+        }
+        let (lo_b, hi_b) = (lo * bs, ((hi + 1) * bs).min(image_size));
+        let mut blocks: Vec<(u64, u64)> = Vec::new();
+        for st in stretches(&file, lo_b, hi_b).into_iter().filter(|s| s.data) {
+            if st.len == 0 {
+                continue;
+            }
+            let (first, last) = (st.offset / bs, (st.offset + st.len - 1) / bs);
+            match blocks.last_mut() {
+                Some((_, l)) if first <= *l + 1 => *l = (*l).max(last),
+                _ => blocks.push((first, last)),
+            }
+        }
+        let mut fresh = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        for (first, last) in blocks {
+            let mut h = Sha256::new();
+            let (s, e) = (first * bs, ((last + 1) * bs).min(image_size));
+            let mut pos = s;
+            while pos < e {
+                let n = ((e - pos) as usize).min(buf.len());
+                file.read_exact_at(&mut buf[..n], pos)
+                    .with_context(|| format!("reading {}", image.display()))?;
+                h.update(&buf[..n]);
+                pos += n as u64;
+            }
+            fresh.push(BlockRange {
+                first,
+                last,
+                sha256: hex::encode(h.finalize()),
+            });
+        }
+        let mut ranges: Vec<BlockRange> = self
+            .ranges
+            .iter()
+            .filter(|r| r.last < lo)
+            .cloned()
+            .collect();
+        ranges.extend(fresh);
+        ranges.extend(self.ranges.iter().filter(|r| r.first > hi).cloned());
+        Ok(Bmap {
+            image_size,
+            block_size: bs,
+            ranges,
+        })
+    }
+}
+
 /// Compute the block map of `image` and write it to `bmap_path` (flushed to disk).
 pub fn write_for(image: &Path, bmap_path: &Path) -> Result<Bmap> {
     let map = Bmap::for_image(image)?;

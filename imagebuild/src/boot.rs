@@ -138,6 +138,15 @@ impl<'a> BootPartition<'a> {
         Ok(())
     }
 
+    /// Remove a file at the root; a file that is not there is fine.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        match self.fs.root_dir().remove(name) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {name} from the boot partition")),
+        }
+    }
+
     /// Names of the files at the root.
     pub fn root_names(&self) -> Vec<String> {
         self.fs

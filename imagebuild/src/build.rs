@@ -106,7 +106,16 @@ fn explain_no_space(e: anyhow::Error) -> anyhow::Error {
             == Some(libc::ENOSPC)
             || c.to_string().contains("No space left on device")
     });
-    if enospc {
+    let erofs = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(|io| io.raw_os_error())
+            == Some(libc::EROFS)
+    });
+    if erofs {
+        e.context(
+            "the output path is on a read-only filesystem: choose another output directory with -o",
+        )
+    } else if enospc {
         e.context("no room to write the output: the disk holding the output path is full; free some space or choose another output directory")
     } else {
         e
@@ -134,12 +143,12 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    check_output_path(&output_path)?;
     if !out_dir.is_dir() {
-        bail!(
-            "output directory {} does not exist; create it first",
-            out_dir.display()
-        );
+        std::fs::create_dir_all(&out_dir)
+            .with_context(|| format!("creating the output directory {}", out_dir.display()))?;
     }
+    check_writable(&out_dir)?;
     let base_text = options
         .base
         .clone()
@@ -545,6 +554,55 @@ fn sha256_quiet(path: &Path) -> Result<String> {
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
     Ok(hex::encode(h.finalize()))
+}
+
+/// An image is written to a regular file only: never over a device node or anything under /dev
+/// (a mistyped card name would otherwise replace the device node with a file).
+fn check_output_path(path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        let ft = m.file_type();
+        if ft.is_block_device() || ft.is_char_device() {
+            bail!(
+                "output {} is a device: build writes an image file; write it to a card afterwards with imagebuild flash IMAGE {}",
+                path.display(),
+                path.display()
+            );
+        }
+        if !ft.is_file() && !ft.is_symlink() {
+            bail!("output {} exists and is not a regular file", path.display());
+        }
+    }
+    if std::path::absolute(path)
+        .map(|p| p.starts_with("/dev"))
+        .unwrap_or(false)
+    {
+        bail!(
+            "output {} is under /dev: build writes an image file; choose a path such as out/homelab.img and flash it with imagebuild flash",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// A read-only or unwritable output directory is named as such (not as "no room").
+fn check_writable(dir: &Path) -> Result<()> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .context("output directory name contains a NUL byte")?;
+    // SAFETY: access() only reads the valid C string.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        let e = std::io::Error::last_os_error();
+        let why = if e.raw_os_error() == Some(libc::EROFS) {
+            "it is on a read-only filesystem"
+        } else {
+            "this user may not write there"
+        };
+        bail!(
+            "cannot write to the output directory {}: {why} ({e}); choose another output with -o",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn check_room(raw: &Path, out_dir: &Path, payload: u64) -> Result<()> {

@@ -75,6 +75,33 @@ impl Target {
         })
     }
 
+    /// A target for `flash`: a whole block device, or (only with `to_file`) a regular file.
+    /// Nothing is ever created under /dev: a mistyped device name fails instead of becoming a
+    /// file there.
+    pub fn for_flash(path: &Path, to_file: bool) -> Result<Target> {
+        let under_dev = std::path::absolute(path)
+            .map(|p| p.starts_with("/dev"))
+            .unwrap_or(false);
+        let t = Target::inspect(path)?;
+        match t.kind {
+            TargetKind::Disk { .. } => Ok(t),
+            TargetKind::File { existed: false } if under_dev => bail!(
+                "{} does not exist: no such device (is the card plugged in? `imagebuild flash IMAGE` with no device lists the drives)",
+                path.display()
+            ),
+            TargetKind::File { .. } if under_dev => bail!(
+                "{} is a regular file, not a device: something wrote a file into /dev (remove it) or the name is mistyped",
+                path.display()
+            ),
+            TargetKind::File { existed } if !to_file => bail!(
+                "{} is {}, not a block device; to write the image into a file pass --to-file",
+                path.display(),
+                if existed { "a regular file" } else { "not an existing device" }
+            ),
+            TargetKind::File { .. } => Ok(t),
+        }
+    }
+
     /// Open for writing: a disk exclusively (O_EXCL fails while the kernel has it in use), a file
     /// created if needed; `truncate` empties a file first so unwritten ranges read as zeros.
     pub fn open_rw(&self, truncate: bool) -> Result<File> {
@@ -306,6 +333,137 @@ pub fn check_disk_unused(path: &Path, dev: DevNo) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What sysfs says about a disk, for the summary and the drive list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DiskInfo {
+    /// Kernel name, e.g. `sdb`.
+    pub name: String,
+    /// Vendor and model, or the backing file of a loop device.
+    pub model: String,
+    /// Serial number, when the device reports one.
+    pub serial: String,
+    /// Bus: usb, mmc, nvme, sata, loop, virtual.
+    pub bus: String,
+    /// Capacity in bytes.
+    pub size: u64,
+    /// Whether the kernel flags it removable.
+    pub removable: bool,
+    /// Mount points of the disk or its partitions.
+    pub mounted: Vec<String>,
+}
+
+fn sysfs_text(p: &Path) -> String {
+    std::fs::read_to_string(p)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Model, serial, bus and size of a disk by its kernel name (`sdb`, `mmcblk0`, `loop3`).
+pub fn describe(name: &str) -> DiskInfo {
+    let dir = Path::new("/sys/class/block").join(name);
+    let dev = dir.join("device");
+    let real = std::fs::canonicalize(&dir).unwrap_or_default();
+    let real_s = real.to_string_lossy();
+    let bus = if name.starts_with("loop") {
+        "loop"
+    } else if real_s.contains("/usb") {
+        "usb"
+    } else if name.starts_with("mmcblk") {
+        "mmc"
+    } else if name.starts_with("nvme") {
+        "nvme"
+    } else if real_s.contains("/ata") {
+        "sata"
+    } else if real_s.contains("/virtual/") {
+        "virtual"
+    } else {
+        "other"
+    };
+    let model = if bus == "loop" {
+        let f = sysfs_text(&dir.join("loop/backing_file"));
+        if f.is_empty() {
+            "loop device".into()
+        } else {
+            format!("loop over {f}")
+        }
+    } else {
+        let parts = [
+            sysfs_text(&dev.join("vendor")),
+            sysfs_text(&dev.join("model")),
+            sysfs_text(&dev.join("name")),
+        ];
+        let m: Vec<&str> = parts
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+            .collect();
+        m.join(" ")
+    };
+    let serial = [dev.join("serial"), dev.join("wwid"), dir.join("wwid")]
+        .iter()
+        .map(|p| sysfs_text(p))
+        .find(|s| !s.is_empty())
+        .unwrap_or_default();
+    let size = sysfs_text(&dir.join("size")).parse::<u64>().unwrap_or(0) * 512;
+    let removable = sysfs_text(&dir.join("removable")) == "1";
+    let mut mounted = Vec::new();
+    if let (Some(devno), Ok(text)) = (
+        read_devno(&dir),
+        std::fs::read_to_string("/proc/self/mountinfo"),
+    ) {
+        let members = disk_and_partitions(&real, devno);
+        for m in parse_mountinfo(&text) {
+            if members.iter().any(|(d, _)| *d == m.dev) {
+                mounted.push(m.mount_point);
+            }
+        }
+    }
+    DiskInfo {
+        name: name.to_string(),
+        model,
+        serial,
+        bus: bus.to_string(),
+        size,
+        removable,
+        mounted,
+    }
+}
+
+/// The disk's kernel name for a device path (`/dev/sdb` -> `sdb`), if it is a block device.
+pub fn kernel_name(path: &Path) -> Option<String> {
+    let m = std::fs::metadata(path).ok()?;
+    if !m.file_type().is_block_device() {
+        return None;
+    }
+    let dir = sysfs_dir(devno(m.rdev()))?;
+    Some(dir.file_name()?.to_string_lossy().into_owned())
+}
+
+/// Drives a card could be in: removable disks, and USB disks (card readers often do not say
+/// removable), never the system disk. Sorted by name.
+pub fn candidate_drives() -> Vec<DiskInfo> {
+    let system = system_disks();
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/sys/block") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(dev) = read_devno(&e.path()) else {
+            continue;
+        };
+        if system.contains(&dev) {
+            continue;
+        }
+        let info = describe(&name);
+        if info.size > 0 && (info.removable || info.bus == "usb" || info.bus == "mmc") {
+            out.push(info);
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 #[cfg(test)]

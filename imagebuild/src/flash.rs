@@ -2,10 +2,12 @@
 //! mapped ranges when a bmap is at hand, then read every written range back and verify it.
 
 use crate::bmap::Bmap;
-use crate::device::{Target, TargetKind};
+use crate::device::{describe, DiskInfo, Target, TargetKind};
+use crate::interrupt;
 use crate::output::with_suffix;
-use crate::progress::{say, Meter};
+use crate::progress::say;
 use crate::source::{self, Packing};
+use crate::stamp::PreparedStamp;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -13,6 +15,8 @@ use std::io::{BufReader, IsTerminal, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Granularity of read-back checks: a mismatch is reported to within this many bytes.
@@ -27,6 +31,17 @@ pub struct FlashOptions {
     pub no_bmap: bool,
     /// Do not ask for confirmation.
     pub yes: bool,
+    /// Allow a regular file as the target (never under /dev).
+    pub to_file: bool,
+}
+
+/// One card to write, and what to stamp on it afterwards.
+#[derive(Debug, Clone)]
+pub struct Card {
+    /// A whole-disk device, or a file with `to_file`.
+    pub target: PathBuf,
+    /// Settings to stamp into its boot partition after writing.
+    pub stamp: Option<PreparedStamp>,
 }
 
 /// What a flash did.
@@ -42,6 +57,32 @@ pub struct FlashReport {
     pub write_time: Duration,
     /// Time spent reading back.
     pub verify_time: Duration,
+}
+
+/// What happened to one card of a batch.
+#[derive(Debug)]
+pub struct CardReport {
+    /// The target path.
+    pub target: PathBuf,
+    /// Model, serial and bus from sysfs (empty for files).
+    pub info: DiskInfo,
+    /// The kit (cluster name) stamped on it, if any.
+    pub kit: Option<String>,
+    /// Files stamped into its boot partition.
+    pub stamped: Vec<String>,
+    /// The outcome: written and verified, or why not.
+    pub result: Result<FlashReport>,
+}
+
+/// A batch of cards written from one read of the image.
+#[derive(Debug)]
+pub struct Batch {
+    /// The bmap used, if any.
+    pub bmap: Option<PathBuf>,
+    /// Why a bmap beside the image was not used, if one was passed over.
+    pub bmap_note: Option<String>,
+    /// One report per card, in the order given.
+    pub cards: Vec<CardReport>,
 }
 
 /// A verification failure, with where it happened.
@@ -128,15 +169,40 @@ impl ImageStream<'_> {
     }
 }
 
-/// The bmap beside an image: `IMAGE.bmap`, or for `x.img.zst` also `x.img.bmap`.
-pub fn bmap_beside(image: &Path) -> Option<PathBuf> {
-    let direct = with_suffix(image, ".bmap");
+/// A companion file (`.bmap`, `.sha256`) of `image`: `IMAGE.ext`, or for `x.img.zst` also
+/// `x.img.ext` when it is not newer than the compressed file. A newer one was rewritten after
+/// the compressed copy was made (by `stamp` on `x.img`) and describes another image; it is
+/// passed over with the reason.
+fn companion(image: &Path, ext: &str) -> (Option<PathBuf>, Option<String>) {
+    let direct = with_suffix(image, ext);
     if direct.is_file() {
-        return Some(direct);
+        return (Some(direct), None);
     }
-    let stem = unpacked_name(image)?;
-    let p = with_suffix(&stem, ".bmap");
-    p.is_file().then_some(p)
+    let Some(stem) = unpacked_name(image) else {
+        return (None, None);
+    };
+    let p = with_suffix(&stem, ext);
+    if !p.is_file() {
+        return (None, None);
+    }
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (mtime(&p), mtime(image)) {
+        (Some(c), Some(i)) if c > i => (
+            None,
+            Some(format!(
+                "{} is newer than {} (the raw image was changed, e.g. stamped, after it was compressed): it describes {}, not this file, so it is not used",
+                p.display(),
+                image.display(),
+                stem.display()
+            )),
+        ),
+        _ => (Some(p), None),
+    }
+}
+
+/// The bmap that belongs to `image`, if there is one beside it.
+pub fn bmap_beside(image: &Path) -> Option<PathBuf> {
+    companion(image, ".bmap").0
 }
 
 /// `x.img` for `x.img.zst` / `.xz` / `.gz`.
@@ -145,30 +211,66 @@ fn unpacked_name(image: &Path) -> Option<PathBuf> {
     matches!(ext, "zst" | "xz" | "gz").then(|| image.with_extension(""))
 }
 
-/// The sha256 of the raw image from a `sha256sum` file beside it, if there is one.
+/// The sha256 of the raw image from a `sha256sum` file that belongs to it, if there is one.
 fn expected_sha(image: &Path) -> Option<(PathBuf, String)> {
-    let candidates = [Some(image.to_path_buf()), unpacked_name(image)];
-    for c in candidates.into_iter().flatten() {
-        let p = with_suffix(&c, ".sha256");
-        if let Ok(text) = std::fs::read_to_string(&p) {
-            let hash = text.split_whitespace().next()?.to_ascii_lowercase();
-            if hash.len() == 64 {
-                return Some((p, hash));
-            }
-        }
-    }
-    None
+    let p = companion(image, ".sha256").0?;
+    let text = std::fs::read_to_string(&p).ok()?;
+    let hash = text.split_whitespace().next()?.to_ascii_lowercase();
+    (hash.len() == 64).then_some((p, hash))
 }
 
-/// Flash `image` to `target` (a whole block device or a file), verifying every written byte.
+/// Flash `image` to one `target` (a whole block device, or a file with `to_file`), verifying
+/// every written byte.
 pub fn flash(image: &Path, target: &Path, options: &FlashOptions) -> Result<FlashReport> {
+    let card = Card {
+        target: target.to_path_buf(),
+        stamp: None,
+    };
+    let mut batch = flash_cards(image, vec![card], options)?;
+    batch
+        .cards
+        .pop()
+        .context("internal error: no card report")?
+        .result
+}
+
+/// A chunk of the image for every card's writer.
+enum Piece {
+    /// `data` goes at byte `at`; `sha` is its sha256.
+    Chunk {
+        at: u64,
+        data: Arc<Vec<u8>>,
+        sha: [u8; 32],
+    },
+    /// The image was read to the end and matched its checks.
+    End,
+}
+
+/// The image as the reader found it, for the read-back.
+struct ImageFacts {
+    size: Option<u64>,
+    bmap: Option<Arc<Bmap>>,
+}
+
+/// Flash `image` to several cards at once: the image is read (and decompressed) once, every
+/// chunk goes to one writer thread per card; each card is then read back, stamped with its own
+/// settings, and its boot partition read back. A card that fails does not stop the others.
+/// Errors before anything is written (a bad target, a bmap of another image) fail the batch.
+pub fn flash_cards(image: &Path, cards: Vec<Card>, options: &FlashOptions) -> Result<Batch> {
+    interrupt::install().context("installing the interrupt handler")?;
+    if cards.is_empty() {
+        bail!("no card to write: name a device such as /dev/sdb");
+    }
     let file = File::open(image).with_context(|| format!("opening {}", image.display()))?;
     let packing = source::detect_packing(image)?;
-    let bmap_path = match (&options.bmap, options.no_bmap) {
-        (Some(p), _) => Some(p.clone()),
-        (None, true) => None,
-        (None, false) => bmap_beside(image),
+    let (bmap_path, bmap_note) = match (&options.bmap, options.no_bmap) {
+        (Some(p), _) => (Some(p.clone()), None),
+        (None, true) => (None, None),
+        (None, false) => companion(image, ".bmap"),
     };
+    if let Some(n) = &bmap_note {
+        say(&format!("note: {n}"));
+    }
     let bmap = bmap_path.as_deref().map(Bmap::load).transpose()?;
     let raw_len = file.metadata()?.len();
     let image_size = match (&bmap, packing) {
@@ -189,87 +291,211 @@ pub fn flash(image: &Path, target: &Path, options: &FlashOptions) -> Result<Flas
         (None, _) => None,
     };
 
-    let tgt = Target::inspect(target)?;
-    if let (Ok(a), Ok(b)) = (file.metadata(), std::fs::metadata(target)) {
-        use std::os::unix::fs::MetadataExt;
-        if a.dev() == b.dev() && a.ino() == b.ino() {
-            bail!("{} is the image itself", target.display());
+    let mut targets = Vec::new();
+    for c in &cards {
+        let tgt = Target::for_flash(&c.target, options.to_file)?;
+        if let (Ok(a), Ok(b)) = (file.metadata(), std::fs::metadata(&c.target)) {
+            use std::os::unix::fs::MetadataExt;
+            if a.dev() == b.dev() && a.ino() == b.ino() {
+                bail!("{} is the image itself", c.target.display());
+            }
         }
-    }
-    let device_size = match tgt.kind {
-        TargetKind::Disk { size } => Some(size),
-        TargetKind::File { .. } => None,
-    };
-    if let (Some(dev), Some(img)) = (device_size, image_size) {
-        if dev < img {
-            bail!(
-                "{} is too small: it holds {} but the image needs {}",
-                target.display(),
-                crate::size::ByteSize(dev),
-                crate::size::ByteSize(img)
-            );
+        if let (TargetKind::Disk { size }, Some(img)) = (&tgt.kind, image_size) {
+            if *size < img {
+                bail!(
+                    "{} is too small: it holds {} but the image needs {}",
+                    c.target.display(),
+                    crate::size::ByteSize(*size),
+                    crate::size::ByteSize(img)
+                );
+            }
         }
+        let canon = std::fs::canonicalize(&c.target).unwrap_or_else(|_| c.target.clone());
+        if targets.iter().any(|(_, p): &(Target, PathBuf)| *p == canon) {
+            bail!("{} is named twice", c.target.display());
+        }
+        targets.push((tgt, canon));
     }
-    confirm(&tgt, image, options.yes)?;
+    let targets: Vec<Target> = targets.into_iter().map(|(t, _)| t).collect();
+    confirm(&targets, image, options.yes)?;
 
-    let out = tgt.open_rw(true)?;
-    if let (TargetKind::File { .. }, Some(size)) = (&tgt.kind, image_size) {
-        out.set_len(size)
-            .with_context(|| format!("sizing {}", target.display()))?;
+    let facts = Arc::new(ImageFacts {
+        size: image_size,
+        bmap: bmap.map(Arc::new),
+    });
+    let bars = Bars::new();
+    let label_width = targets
+        .iter()
+        .map(|t| t.path.display().to_string().len())
+        .max()
+        .unwrap_or(8);
+    // Open every target before writing any, so a busy device fails before the others start.
+    let mut writers = Vec::new();
+    let mut reports: Vec<Option<CardReport>> = Vec::new();
+    for (tgt, card) in targets.into_iter().zip(cards) {
+        let info = crate::device::kernel_name(&tgt.path)
+            .map(|n| describe(&n))
+            .unwrap_or_default();
+        let kit = card.stamp.as_ref().map(|s| s.name.clone());
+        let total = facts.bmap.as_ref().map(|b| b.mapped_bytes()).or(facts.size);
+        let bar = bars.card(
+            &format!("{:width$}", tgt.path.display(), width = label_width),
+            total,
+        );
+        match tgt.open_rw(true) {
+            Ok(out) => {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Piece>(16);
+                let facts = Arc::clone(&facts);
+                let stamp = card.stamp.clone();
+                let handle = std::thread::spawn(move || {
+                    let r = write_card(&tgt, out, rx, &facts, stamp.as_ref(), bar);
+                    if r.is_err() {
+                        if let TargetKind::File { existed: false } = tgt.kind {
+                            // A new file that failed is not an image: leave nothing behind.
+                            let _ = std::fs::remove_file(&tgt.path);
+                        }
+                    }
+                    r
+                });
+                writers.push(Some((tx, handle)));
+                reports.push(Some(CardReport {
+                    target: card.target,
+                    info,
+                    kit,
+                    stamped: Vec::new(),
+                    result: Err(anyhow::anyhow!("not written")),
+                }));
+            }
+            Err(e) => {
+                writers.push(None);
+                reports.push(Some(CardReport {
+                    target: card.target,
+                    info,
+                    kit,
+                    stamped: Vec::new(),
+                    result: Err(e),
+                }));
+            }
+        }
     }
+
+    // One read of the image feeds every writer; a writer that stopped is skipped from then on.
+    let mut senders: Vec<Option<SyncSender<Piece>>> = writers
+        .iter()
+        .map(|w| w.as_ref().map(|(tx, _)| tx.clone()))
+        .collect();
+    let read = read_image(&file, packing, image, &facts, &mut senders);
+    if read.is_ok() {
+        for tx in senders.iter().flatten() {
+            let _ = tx.send(Piece::End);
+        }
+    }
+    drop(senders);
+    let read_error = read.err().map(|e| format!("{e:#}"));
+    for (w, report) in writers.into_iter().zip(reports.iter_mut()) {
+        let Some((tx, handle)) = w else { continue };
+        drop(tx);
+        let r = handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("the writer thread panicked"))
+            .and_then(|r| r);
+        if let Some(rep) = report.as_mut() {
+            rep.result = match (r, &read_error) {
+                (Ok((rep_ok, stamped)), _) => {
+                    rep.stamped = stamped;
+                    Ok(FlashReport {
+                        bmap: bmap_path.clone(),
+                        ..rep_ok
+                    })
+                }
+                (Err(_), Some(why)) => Err(anyhow::anyhow!(
+                    "{why}; {} is incomplete: flash it again before using it",
+                    rep.target.display()
+                )),
+                (Err(e), None) => Err(e),
+            };
+        }
+    }
+    Ok(Batch {
+        bmap: bmap_path,
+        bmap_note,
+        cards: reports.into_iter().flatten().collect(),
+    })
+}
+
+/// Read the image once and hand every chunk to every live writer, checking each bmap range (or
+/// the whole image against its .sha256) as it goes.
+fn read_image(
+    file: &File,
+    packing: Packing,
+    image: &Path,
+    facts: &ImageFacts,
+    senders: &mut [Option<SyncSender<Piece>>],
+) -> Result<()> {
     let mut stream = ImageStream {
         reader: if packing == Packing::Raw {
             Box::new(std::io::empty())
         } else {
-            source::unpacked(packing, BufReader::with_capacity(1 << 20, &file))?
+            source::unpacked(packing, BufReader::with_capacity(1 << 20, file))?
         },
-        raw: (packing == Packing::Raw).then_some(&file),
+        raw: (packing == Packing::Raw).then_some(file),
         pos: 0,
     };
-
-    let started = Instant::now();
-    // (offset, length, sha256) of every chunk written, to check the read-back and say where.
-    let mut chunks: Vec<(u64, u64, [u8; 32])> = Vec::new();
-    let mut buf = vec![0u8; CHUNK as usize];
-    let mut written: u64 = 0;
-    let write_chunk =
-        |at: u64, data: &[u8], chunks: &mut Vec<(u64, u64, [u8; 32])>| -> Result<()> {
-            if let Some(dev) = device_size {
-                if at + data.len() as u64 > dev {
-                    bail!(
-                        "{} is too small: the image continues past its end ({} bytes)",
-                        target.display(),
-                        dev
-                    );
+    let mut send = |at: u64, data: Vec<u8>| -> Result<()> {
+        if interrupt::requested() {
+            bail!("interrupted by a signal while writing");
+        }
+        let sha: [u8; 32] = Sha256::digest(&data).into();
+        let data = Arc::new(data);
+        let mut live = 0;
+        for s in senders.iter_mut() {
+            if let Some(tx) = s {
+                let piece = Piece::Chunk {
+                    at,
+                    data: Arc::clone(&data),
+                    sha,
+                };
+                if tx.send(piece).is_err() {
+                    *s = None; // that card failed; the others go on
+                } else {
+                    live += 1;
                 }
             }
-            out.write_all_at(data, at)
-                .with_context(|| format!("writing {} at byte {at}", target.display()))?;
-            chunks.push((at, data.len() as u64, Sha256::digest(data).into()));
-            Ok(())
-        };
-    match &bmap {
+        }
+        if live == 0 {
+            bail!("every card failed");
+        }
+        Ok(())
+    };
+    match &facts.bmap {
         Some(map) => {
-            let mut meter = Meter::new("flashing (mapped blocks)", Some(map.mapped_bytes()));
             for r in &map.ranges {
                 let (start, end) = map.span(r);
                 stream.skip_to(start)?;
                 let mut h = Sha256::new();
                 let mut pos = start;
+                let mut pending: Vec<(u64, Vec<u8>)> = Vec::new();
                 while pos < end {
-                    let want = ((end - pos) as usize).min(buf.len());
-                    let n = stream.read(&mut buf[..want])?;
+                    let want = ((end - pos) as usize).min(CHUNK as usize);
+                    let mut buf = vec![0u8; want];
+                    let n = stream.read(&mut buf)?;
                     if n < want {
                         bail!(
                             "the image ends at byte {} but its bmap maps bytes up to {end}",
                             pos + n as u64
                         );
                     }
-                    h.update(&buf[..n]);
-                    write_chunk(pos, &buf[..n], &mut chunks)?;
+                    h.update(&buf);
+                    // A range is held back until its checksum is known good (up to 64 MiB; a
+                    // longer range goes out in pieces before its check), so a corrupt image
+                    // seldom reaches a card; when it does, the card is reported incomplete.
+                    pending.push((pos, buf));
                     pos += n as u64;
-                    written += n as u64;
-                    meter.add(n as u64);
+                    if pending.len() >= 64 && pos < end {
+                        for (at, b) in pending.drain(..) {
+                            send(at, b)?;
+                        }
+                    }
                 }
                 if hex::encode(h.finalize()) != r.sha256 {
                     return Err(FlashError::ImageMismatch {
@@ -280,23 +506,25 @@ pub fn flash(image: &Path, target: &Path, options: &FlashOptions) -> Result<Flas
                     }
                     .into());
                 }
+                for (at, b) in pending {
+                    send(at, b)?;
+                }
             }
-            meter.finish();
         }
         None => {
-            let mut meter = Meter::new("flashing (whole image)", image_size);
             let mut h = Sha256::new();
+            let mut written = 0u64;
             loop {
+                let mut buf = vec![0u8; CHUNK as usize];
                 let n = stream.read(&mut buf)?;
                 if n == 0 {
                     break;
                 }
-                h.update(&buf[..n]);
-                write_chunk(written, &buf[..n], &mut chunks)?;
+                buf.truncate(n);
+                h.update(&buf);
+                send(written, buf)?;
                 written += n as u64;
-                meter.add(n as u64);
             }
-            meter.finish();
             if written == 0 {
                 bail!("{} is empty: nothing to flash", image.display());
             }
@@ -307,29 +535,95 @@ pub fn flash(image: &Path, target: &Path, options: &FlashOptions) -> Result<Flas
             }
         }
     }
-    say(&format!("flushing {}", target.display()));
-    out.sync_all().with_context(|| {
-        format!(
-            "flushing {} (the card may be faulty or removed)",
-            target.display()
-        )
-    })?;
+    Ok(())
+}
+
+/// One card: write what the reader sends, flush, read back, stamp, read the stamp back.
+fn write_card(
+    tgt: &Target,
+    out: File,
+    rx: Receiver<Piece>,
+    facts: &ImageFacts,
+    stamp: Option<&PreparedStamp>,
+    mut bar: CardBar,
+) -> Result<(FlashReport, Vec<String>)> {
+    let shown = tgt.path.display().to_string();
+    let device_size = match tgt.kind {
+        TargetKind::Disk { size } => Some(size),
+        TargetKind::File { .. } => None,
+    };
+    if let (TargetKind::File { .. }, Some(size)) = (&tgt.kind, facts.size) {
+        out.set_len(size)
+            .with_context(|| format!("sizing {shown}"))?;
+    }
+    let started = Instant::now();
+    let mut chunks: Vec<(u64, u64, [u8; 32])> = Vec::new();
+    let mut written = 0u64;
+    let mut finished = false;
+    for piece in rx.iter() {
+        if interrupt::requested() {
+            bail!("interrupted by a signal: {shown} is incomplete, flash it again before using it");
+        }
+        match piece {
+            Piece::End => {
+                finished = true;
+                break;
+            }
+            Piece::Chunk { at, data, sha } => {
+                if let Some(dev) = device_size {
+                    if at + data.len() as u64 > dev {
+                        bail!(
+                            "{shown} is too small: the image continues past its end ({dev} bytes)"
+                        );
+                    }
+                }
+                out.write_all_at(&data, at)
+                    .with_context(|| format!("writing {shown} at byte {at}"))?;
+                chunks.push((at, data.len() as u64, sha));
+                written += data.len() as u64;
+                bar.add(data.len() as u64);
+            }
+        }
+    }
+    if !finished {
+        bail!("the image could not be read to the end: {shown} is incomplete, flash it again before using it");
+    }
+    bar.stage("flushing");
+    out.sync_all()
+        .with_context(|| format!("flushing {shown} (the card may be faulty or removed)"))?;
     drop_cache(&out);
     let write_time = started.elapsed();
-
     let started = Instant::now();
-    read_back(&out, &chunks, bmap.as_ref(), written)?;
+    bar.stage("verifying");
+    read_back(&out, &chunks, facts.bmap.as_deref(), &mut bar)
+        .with_context(|| format!("{shown} is not usable"))?;
     let verify_time = started.elapsed();
+    let mut out = out;
+    let mut stamped = Vec::new();
+    if let Some(s) = stamp {
+        bar.stage("stamping");
+        let (_, files) = crate::stamp::write_boot(&mut out, &tgt.path, &s.cluster)
+            .with_context(|| format!("stamping {shown}"))?;
+        drop_cache(&out);
+        crate::stamp::check_boot(&mut out, &tgt.path, &s.cluster)?;
+        stamped = files;
+    }
     if tgt.is_disk() {
         reread_partitions(&out);
     }
-    Ok(FlashReport {
-        image_size: image_size.unwrap_or(written),
-        written,
-        bmap: bmap_path,
-        write_time,
-        verify_time,
-    })
+    out.sync_all()
+        .with_context(|| format!("flushing {shown}"))?;
+    bar.done("verified");
+    Ok((
+        FlashReport {
+            image_size: facts.size.unwrap_or(written),
+            written,
+            bmap: None,
+            write_time,
+            verify_time,
+        },
+        stamped,
+    ))
 }
 
 /// Ask the kernel to read the new partition table, so the card's partitions show up without
@@ -355,9 +649,8 @@ fn read_back(
     out: &File,
     chunks: &[(u64, u64, [u8; 32])],
     bmap: Option<&Bmap>,
-    total: u64,
+    bar: &mut CardBar,
 ) -> Result<()> {
-    let mut meter = Meter::new("verifying (reading back)", Some(total));
     let mut buf = vec![0u8; CHUNK as usize];
     // With a bmap each range's hash is checked again against the map; chunks say where.
     let mut ranges = bmap.map(|m| m.ranges.iter().map(move |r| (m.span(r), &r.sha256)));
@@ -392,28 +685,35 @@ fn read_back(
                 }
             }
         }
-        meter.add(len);
+        if interrupt::requested() {
+            bail!("interrupted by a signal while reading back");
+        }
+        bar.add(len);
     }
-    meter.finish();
     Ok(())
 }
 
-fn confirm(tgt: &Target, image: &Path, yes: bool) -> Result<()> {
-    let what = match tgt.kind {
-        TargetKind::Disk { size } => format!(
-            "the disk {} ({}): everything on it will be overwritten",
-            tgt.path.display(),
-            crate::size::ByteSize(size)
-        ),
-        TargetKind::File { existed: true } => {
-            format!("the file {}: it will be replaced", tgt.path.display())
-        }
-        // A new file destroys nothing.
-        TargetKind::File { existed: false } => return Ok(()),
-    };
-    if yes {
+fn confirm(targets: &[Target], image: &Path, yes: bool) -> Result<()> {
+    let doomed: Vec<String> = targets
+        .iter()
+        .filter_map(|t| match t.kind {
+            TargetKind::Disk { size } => Some(format!(
+                "the disk {} ({})",
+                t.path.display(),
+                crate::size::ByteSize(size)
+            )),
+            TargetKind::File { existed: true } => Some(format!("the file {}", t.path.display())),
+            // A new file destroys nothing.
+            TargetKind::File { existed: false } => None,
+        })
+        .collect();
+    if doomed.is_empty() || yes {
         return Ok(());
     }
+    let what = format!(
+        "{}: everything on it will be overwritten",
+        doomed.join(", ")
+    );
     if !std::io::stdin().is_terminal() {
         bail!("refusing to write {} to {what}; there is no terminal to ask on, so pass --yes to confirm", image.display());
     }
@@ -430,4 +730,106 @@ fn confirm(tgt: &Target, image: &Path, yes: bool) -> Result<()> {
         bail!("not confirmed: nothing was written");
     }
     Ok(())
+}
+
+/// Progress of every card: one bar per card on a terminal, a line per quarter otherwise.
+struct Bars {
+    multi: Option<indicatif::MultiProgress>,
+}
+
+impl Bars {
+    fn new() -> Bars {
+        Bars {
+            multi: std::io::stderr()
+                .is_terminal()
+                .then(indicatif::MultiProgress::new),
+        }
+    }
+
+    fn card(&self, label: &str, total: Option<u64>) -> CardBar {
+        let bar = self.multi.as_ref().map(|m| {
+            let b = m.add(match total {
+                Some(t) => indicatif::ProgressBar::new(t),
+                None => indicatif::ProgressBar::new_spinner(),
+            });
+            let style = indicatif::ProgressStyle::with_template(
+                "{prefix} {msg:10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            b.set_style(style);
+            b.set_prefix(label.to_string());
+            b.set_message("writing");
+            b
+        });
+        CardBar {
+            label: label.trim().to_string(),
+            stage: "writing".into(),
+            total,
+            done: 0,
+            next_line: 0,
+            bar,
+        }
+    }
+}
+
+/// One card's progress line.
+struct CardBar {
+    label: String,
+    stage: String,
+    total: Option<u64>,
+    done: u64,
+    next_line: u64,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl CardBar {
+    fn add(&mut self, n: u64) {
+        self.done += n;
+        match &self.bar {
+            Some(b) => b.set_position(self.done),
+            None => {
+                if self.done >= self.next_line {
+                    let step = self.total.map(|t| (t / 4).max(1)).unwrap_or(256 << 20);
+                    if self.next_line > 0 {
+                        match self.total {
+                            Some(t) => say(&format!(
+                                "{}: {} {}%",
+                                self.label,
+                                self.stage,
+                                self.done.saturating_mul(100) / t.max(1)
+                            )),
+                            None => say(&format!(
+                                "{}: {} {} MiB",
+                                self.label,
+                                self.stage,
+                                self.done >> 20
+                            )),
+                        }
+                    }
+                    self.next_line = self.done + step;
+                }
+            }
+        }
+    }
+
+    fn stage(&mut self, stage: &str) {
+        self.stage = stage.to_string();
+        self.done = 0;
+        self.next_line = 0;
+        match &self.bar {
+            Some(b) => {
+                b.set_message(stage.to_string());
+                b.set_position(0);
+            }
+            None => say(&format!("{}: {stage}", self.label)),
+        }
+    }
+
+    fn done(&mut self, what: &str) {
+        match &self.bar {
+            Some(b) => b.finish_with_message(what.to_string()),
+            None => say(&format!("{}: {what}", self.label)),
+        }
+    }
 }

@@ -20,6 +20,7 @@ pub mod fetch;
 pub mod flash;
 pub mod inspect;
 pub mod interrupt;
+pub mod kits;
 pub mod layout;
 pub mod output;
 pub mod payload;

@@ -103,18 +103,23 @@ enum Cmd {
         #[arg(short, long, value_name = "OUT")]
         output: Option<PathBuf>,
     },
-    /// Write an image to a card (or a file) and verify it by reading it back.
+    /// Write an image to one or more cards, stamp each card's settings, verify everything.
     ///
-    /// IMAGE may be .img, .img.zst or .img.xz (decompressed on the fly). With a bmap (IMAGE.bmap
-    /// beside it, or --bmap) only the mapped blocks are written and each range's sha256 is
-    /// checked; otherwise the whole image is written. Refuses a mounted disk, the disk holding
-    /// `/`, and a disk smaller than the image; asks before overwriting unless --yes.
+    /// IMAGE may be .img, .img.zst or .img.xz (decompressed on the fly, once for all cards).
+    /// With a bmap (IMAGE.bmap beside it, or --bmap) only the mapped blocks are written and each
+    /// range's sha256 is checked; otherwise the whole image is written. Every card is read back.
+    /// With --cluster the card's boot partition is then stamped (as `imagebuild stamp` would)
+    /// and read back too. Several devices are written in parallel; `{n}` in a --set value is
+    /// the card's number (1, 2, ...), e.g. `--set cluster.name=kit-{n}`: every kit gets its
+    /// own token. Refuses a mounted disk, the disk holding `/`, a disk smaller than the image
+    /// and any path that is not a block device (files only with --to-file); asks before
+    /// overwriting unless --yes. Without a device it lists the removable drives and asks.
     Flash {
         /// The image: .img, .img.zst or .img.xz.
         image: PathBuf,
-        /// A whole-disk device (/dev/sdb, /dev/mmcblk0) or a file.
-        device: PathBuf,
-        /// Do not ask for confirmation (needed without a terminal).
+        /// Whole-disk devices (/dev/sdb, /dev/mmcblk0); none: list the drives and ask.
+        devices: Vec<PathBuf>,
+        /// Do not ask for confirmation (needed without a terminal; a device must be named).
         #[arg(long)]
         yes: bool,
         /// Use this bmap instead of IMAGE.bmap.
@@ -123,6 +128,26 @@ enum Cmd {
         /// Write the whole image even when a bmap is beside it.
         #[arg(long)]
         no_bmap: bool,
+        /// Allow writing into a regular file (an image copy) instead of a device.
+        #[arg(long)]
+        to_file: bool,
+        /// Stamp these cluster settings (cluster.toml) on every card after writing it.
+        #[arg(long, value_name = "FILE")]
+        cluster: Option<PathBuf>,
+        /// Override one key: section.key=value (repeatable); `{n}` is the card's number.
+        #[arg(long = "set", value_name = "KEY=VALUE", requires = "cluster")]
+        sets: Vec<String>,
+        /// The cluster token from this file (`-`: standard input); once for all cards of one
+        /// kit, or once per card.
+        #[arg(long, value_name = "PATH", requires = "cluster")]
+        token_file: Vec<PathBuf>,
+        /// A kits file ([[kit]] name, nodes, cards, token_file): cards go to kits in order;
+        /// a kit without token_file gets a fresh random token (kept as NAME.token).
+        #[arg(long, value_name = "FILE", requires = "cluster")]
+        kits: Option<PathBuf>,
+        /// Where new kits' tokens are kept (default: beside --kits, else the current directory).
+        #[arg(long, value_name = "DIR")]
+        tokens_dir: Option<PathBuf>,
     },
 }
 
@@ -187,7 +212,11 @@ fn run(cli: Cli) -> Result<()> {
             sets,
             token_file,
         } => {
-            let options = imagebuild::stamp::StampOptions { sets, token_file };
+            let options = imagebuild::stamp::StampOptions {
+                sets,
+                token_file,
+                token: None,
+            };
             let r = imagebuild::stamp::stamp(&target, &cluster, &options)
                 .with_context(|| format!("stamping {}", target.display()))?;
             println!(
@@ -212,26 +241,70 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Flash {
             image,
-            device,
+            devices,
             yes,
             bmap,
             no_bmap,
+            to_file,
+            cluster,
+            sets,
+            token_file,
+            kits,
+            tokens_dir,
         } => {
-            let options = imagebuild::flash::FlashOptions { bmap, no_bmap, yes };
-            let r = imagebuild::flash::flash(&image, &device, &options)
-                .with_context(|| format!("flashing {} to {}", image.display(), device.display()))?;
-            println!(
-                "{}: wrote and verified {} of {} ({}) in {:.1}s + {:.1}s read-back",
-                device.display(),
-                imagebuild::size::ByteSize(r.written),
-                imagebuild::size::ByteSize(r.image_size),
-                match &r.bmap {
-                    Some(b) => format!("bmap {}", b.display()),
-                    None => "whole image".into(),
-                },
-                r.write_time.as_secs_f64(),
-                r.verify_time.as_secs_f64()
-            );
+            let devices = if devices.is_empty() {
+                vec![pick_drive(yes)?]
+            } else {
+                devices
+            };
+            let stamps = match cluster {
+                Some(cluster) => {
+                    let req = imagebuild::kits::KitRequest {
+                        cluster,
+                        sets,
+                        token_files: token_file,
+                        kits,
+                        tokens_dir,
+                    };
+                    let plan =
+                        imagebuild::kits::plan(&req, devices.len(), &mut std::io::stdin().lock())?;
+                    let mut warned = std::collections::BTreeSet::new();
+                    for p in &plan {
+                        for w in &p.warnings {
+                            if warned.insert(w.clone()) {
+                                imagebuild::progress::say(&format!("warning: {w}"));
+                            }
+                        }
+                    }
+                    plan.into_iter().map(Some).collect()
+                }
+                None => vec![None; devices.len()],
+            };
+            let cards = devices
+                .iter()
+                .zip(stamps)
+                .map(|(d, stamp)| imagebuild::flash::Card {
+                    target: d.clone(),
+                    stamp,
+                })
+                .collect();
+            let options = imagebuild::flash::FlashOptions {
+                bmap,
+                no_bmap,
+                yes,
+                to_file,
+            };
+            let batch = imagebuild::flash::flash_cards(&image, cards, &options)
+                .with_context(|| format!("flashing {}", image.display()))?;
+            print_batch(&batch);
+            let failed = batch.cards.iter().filter(|c| c.result.is_err()).count();
+            match (failed, batch.cards.len()) {
+                (0, _) => {}
+                (_, 1) => anyhow::bail!("the card failed (see above)"),
+                (f, n) => {
+                    anyhow::bail!("{f} of {n} cards failed (see above); the others are verified")
+                }
+            }
         }
         Cmd::Boards => {
             let catalog = imagebuild::boards::Catalog::load(&data).context("loading boards")?;
@@ -239,6 +312,130 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Print one line per card, then the summary table.
+fn print_batch(batch: &imagebuild::flash::Batch) {
+    use imagebuild::size::ByteSize;
+    let how = match &batch.bmap {
+        Some(b) => format!("bmap {}", b.display()),
+        None => "whole image".into(),
+    };
+    for c in &batch.cards {
+        match &c.result {
+            Ok(r) => println!(
+                "{}: wrote and verified {} of {} ({how}) in {:.1}s + {:.1}s read-back{}",
+                c.target.display(),
+                ByteSize(r.written),
+                ByteSize(r.image_size),
+                r.write_time.as_secs_f64(),
+                r.verify_time.as_secs_f64(),
+                if c.stamped.is_empty() {
+                    String::new()
+                } else {
+                    format!("; stamped {} and read it back", c.stamped.join(", "))
+                }
+            ),
+            Err(e) => eprintln!("{}: FAILED: {e:#}", c.target.display()),
+        }
+    }
+    if batch.cards.len() > 1 || batch.cards.iter().any(|c| c.kit.is_some()) {
+        let rows: Vec<[String; 5]> = batch
+            .cards
+            .iter()
+            .map(|c| {
+                [
+                    c.target.display().to_string(),
+                    dash(&c.info.model),
+                    dash(&c.info.serial),
+                    c.kit.clone().unwrap_or_else(|| "-".into()),
+                    if c.result.is_ok() { "yes" } else { "FAILED" }.into(),
+                ]
+            })
+            .collect();
+        let head = ["card", "model", "serial", "kit", "verified"];
+        let mut w = head.map(str::len);
+        for r in &rows {
+            for (i, cell) in r.iter().enumerate() {
+                w[i] = w[i].max(cell.len());
+            }
+        }
+        let line = |cells: [&str; 5]| {
+            let parts: Vec<String> = cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c:width$}", width = w[i]))
+                .collect();
+            println!("{}", parts.join("  ").trim_end());
+        };
+        line(head);
+        for r in &rows {
+            line([&r[0], &r[1], &r[2], &r[3], &r[4]]);
+        }
+    }
+    if batch.cards.iter().any(|c| c.result.is_ok()) {
+        // Every card was fsynced by its writer; this flushes anything else still in flight.
+        // SAFETY: sync() takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+        println!("Flushed: the verified cards can be removed now.");
+    }
+}
+
+fn dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// No device named: list the drives a card could be in and ask which one to write.
+fn pick_drive(yes: bool) -> Result<PathBuf> {
+    use std::io::IsTerminal;
+    if yes {
+        anyhow::bail!("--yes needs a device: name it, e.g. imagebuild flash IMAGE /dev/sdb --yes (run without --yes to see the drives)");
+    }
+    let drives = imagebuild::device::candidate_drives();
+    let mut listing = String::new();
+    for (i, d) in drives.iter().enumerate() {
+        listing.push_str(&format!(
+            "  {}) /dev/{}  {}  {}  {}  {}\n",
+            i + 1,
+            d.name,
+            imagebuild::size::ByteSize(d.size),
+            dash(&d.model),
+            d.bus,
+            if d.mounted.is_empty() {
+                "not mounted".to_string()
+            } else {
+                format!("mounted at {}", d.mounted.join(", "))
+            }
+        ));
+    }
+    if drives.is_empty() {
+        anyhow::bail!("no removable drive found: plug in the card reader, or name the device (lsblk lists the disks)");
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("no device named and no terminal to ask on; removable drives:\n{listing}name one, e.g. imagebuild flash IMAGE /dev/{} --yes", drives[0].name);
+    }
+    eprint!("Removable drives:\n{listing}Which one should be written? Type its number: ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    let n: usize = answer
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| (1..=drives.len()).contains(n))
+        .with_context(|| {
+            format!(
+                "{:?} is not one of the numbers 1-{}",
+                answer.trim(),
+                drives.len()
+            )
+        })?;
+    Ok(PathBuf::from(format!("/dev/{}", drives[n - 1].name)))
 }
 
 #[cfg(test)]

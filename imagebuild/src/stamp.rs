@@ -7,6 +7,7 @@ use crate::device::{Target, TargetKind};
 use crate::disk::DiskLayout;
 use anyhow::{bail, Context, Result};
 use firstboot::config::Kind;
+use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use toml_edit::{value, Array, DocumentMut, Item, Value};
@@ -21,6 +22,8 @@ pub struct StampOptions {
     pub sets: Vec<String>,
     /// Read the token from this file (`-` = standard input) instead of cluster.toml.
     pub token_file: Option<PathBuf>,
+    /// The token itself (a kit's token when flashing several cards); wins over the others.
+    pub token: Option<firstboot::config::Token>,
 }
 
 /// What a stamp wrote.
@@ -113,6 +116,10 @@ pub fn apply_overrides(
         remove(&mut doc, "cluster", "token_file");
         table(&mut doc, "cluster")["token"] = value(token);
     }
+    if let Some(token) = &options.token {
+        remove(&mut doc, "cluster", "token_file");
+        table(&mut doc, "cluster")["token"] = value(token.expose());
+    }
     Ok(doc.to_string())
 }
 
@@ -169,16 +176,135 @@ fn typed(raw: &str, kind: Option<Kind>) -> Result<Item> {
     })
 }
 
-/// Validate `cluster_toml` with the overrides and write it into the boot partition of `target`
-/// (an image file or a whole block device). Nothing is written unless the settings are valid.
-pub fn stamp(target: &Path, cluster_toml: &Path, options: &StampOptions) -> Result<StampReport> {
+/// Settings ready to stamp: validated cluster.toml (and token file), a redacted summary and
+/// the schema's warnings (the example token, no HA).
+#[derive(Debug, Clone)]
+pub struct PreparedStamp {
+    /// The validated file and its token file.
+    pub cluster: ClusterFile,
+    /// The cluster name (a kit's name when flashing several kits).
+    pub name: String,
+    /// One line, token redacted.
+    pub summary: String,
+    /// Valid but probably wrong; never mentions the token's value.
+    pub warnings: Vec<String>,
+    /// The token, to tell kits apart (prints as `<redacted>`).
+    pub token: firstboot::config::Token,
+}
+
+/// Read `cluster_toml`, apply the overrides and validate the result with firstboot's schema.
+pub fn prepare(
+    cluster_toml: &Path,
+    options: &StampOptions,
+    stdin: &mut dyn Read,
+) -> Result<PreparedStamp> {
     let text = std::fs::read_to_string(cluster_toml)
         .with_context(|| format!("reading {}", cluster_toml.display()))?;
-    let text = apply_overrides(&text, cluster_toml, options, &mut std::io::stdin().lock())?;
+    let text = apply_overrides(&text, cluster_toml, options, stdin)?;
     let cluster = ClusterFile::checked(text, cluster_toml.to_path_buf())?;
-    let summary = firstboot::config::ClusterConfig::from_toml_str(&cluster.text, cluster_toml)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .summary();
+    let config = firstboot::config::ClusterConfig::from_toml_str(&cluster.text, cluster_toml)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(PreparedStamp {
+        name: config.name.clone(),
+        summary: config.summary(),
+        warnings: config.warnings(),
+        token: config.token.clone(),
+        cluster,
+    })
+}
+
+/// The boot partition of an open image or card: (partition, its byte range).
+fn boot_partition(file: &mut File, shown: &Path) -> Result<crate::disk::Partition> {
+    let layout = DiskLayout::read(file)
+        .with_context(|| format!("reading the partition table of {}", shown.display()))?;
+    let boot = layout
+        .partitions
+        .iter()
+        .find(|p| p.is_fat_type())
+        .cloned()
+        .with_context(|| format!("{} has no FAT boot partition", shown.display()))?;
+    if boot.end() > layout.image_size {
+        bail!(
+            "partition {} of {} ends past the end of the disk (a truncated image?)",
+            boot.number,
+            shown.display()
+        );
+    }
+    Ok(boot)
+}
+
+/// The token_file named by a cluster.toml text, if any.
+fn token_file_name(text: &str) -> Option<String> {
+    let t: toml::Table = text.parse().ok()?;
+    t.get("cluster")?
+        .get("token_file")?
+        .as_str()
+        .map(String::from)
+}
+
+/// Write the prepared settings into the boot partition of an open image or card. A token file
+/// that an earlier stamp left there and the new settings no longer name is removed, so no old
+/// secret stays on the card. Returns the partition and the files written.
+pub fn write_boot(
+    file: &mut File,
+    shown: &Path,
+    cluster: &ClusterFile,
+) -> Result<(crate::disk::Partition, Vec<String>)> {
+    let epoch = crate::epoch::build_epoch()?;
+    let boot = boot_partition(file, shown)?;
+    let fat = BootPartition::open(file, &boot, epoch)?;
+    let old = fat
+        .read(firstboot::config::FILE_NAME)?
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|t| token_file_name(&t));
+    fat.write_cluster(cluster)?;
+    if let Some(old) = old {
+        let kept = cluster.token_file.as_ref().is_some_and(|(n, _)| *n == old);
+        if !kept && old != firstboot::config::FILE_NAME {
+            fat.remove(&old)?;
+        }
+    }
+    fat.close()?;
+    file.sync_all()
+        .with_context(|| format!("flushing {}", shown.display()))?;
+    let mut files = vec![firstboot::config::FILE_NAME.to_string()];
+    files.extend(cluster.token_file.iter().map(|(n, _)| n.clone()));
+    Ok((boot, files))
+}
+
+/// Read the stamped files back from the boot partition and compare them with what was written.
+pub fn check_boot(file: &mut File, shown: &Path, cluster: &ClusterFile) -> Result<()> {
+    let boot = boot_partition(file, shown)?;
+    let fat = BootPartition::open(file, &boot, 315_532_800)?;
+    let mut want = vec![(
+        firstboot::config::FILE_NAME.to_string(),
+        cluster.text.as_bytes().to_vec(),
+    )];
+    want.extend(cluster.token_file.iter().cloned());
+    for (name, bytes) in want {
+        match fat.read(&name)? {
+            Some(got) if got == bytes => {}
+            Some(_) => bail!(
+                "{name} read back from the boot partition of {} differs from what was stamped (bad card or reader?)",
+                shown.display()
+            ),
+            None => bail!(
+                "{name} is missing from the boot partition of {} after stamping",
+                shown.display()
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Validate `cluster_toml` with the overrides and write it into the boot partition of `target`
+/// (an image file or a whole block device). Nothing is written unless the settings are valid.
+/// On an image file, the `.bmap` and `.sha256` beside it are rewritten to match.
+pub fn stamp(target: &Path, cluster_toml: &Path, options: &StampOptions) -> Result<StampReport> {
+    let prepared = prepare(cluster_toml, options, &mut std::io::stdin().lock())?;
+    for w in &prepared.warnings {
+        crate::progress::say(&format!("warning: {w}"));
+    }
     let tgt = Target::inspect(target)?;
     if tgt.kind == (TargetKind::File { existed: false }) {
         bail!(
@@ -188,39 +314,62 @@ pub fn stamp(target: &Path, cluster_toml: &Path, options: &StampOptions) -> Resu
     }
     if !tgt.is_disk() && crate::source::detect_packing(target)? != crate::source::Packing::Raw {
         bail!(
-            "{} is compressed; stamp the raw .img (before compressing it, or after `imagebuild flash` to a file)",
-            target.display()
+            "{} is compressed; stamp the raw .img, or stamp while flashing: imagebuild flash {} DEVICE --cluster {}",
+            target.display(),
+            target.display(),
+            cluster_toml.display()
         );
     }
-    let epoch = crate::epoch::build_epoch()?;
     let mut file = tgt.open_rw(false)?;
-    let layout = DiskLayout::read(&mut file)
-        .with_context(|| format!("reading the partition table of {}", target.display()))?;
-    let boot = layout
-        .partitions
-        .iter()
-        .find(|p| p.is_fat_type())
-        .cloned()
-        .with_context(|| format!("{} has no FAT boot partition", target.display()))?;
-    if boot.end() > layout.image_size {
-        bail!(
-            "partition {} of {} ends past the end of the disk (a truncated image?)",
-            boot.number,
-            target.display()
-        );
+    let (boot, files) = write_boot(&mut file, target, &prepared.cluster)?;
+    drop(file);
+    if !tgt.is_disk() {
+        refresh_companions(target, boot.start, boot.end())?;
     }
-    let fat = BootPartition::open(&mut file, &boot, epoch)?;
-    fat.write_cluster(&cluster)?;
-    fat.close()?;
-    file.sync_all()
-        .with_context(|| format!("flushing {}", target.display()))?;
-    let mut files = vec![firstboot::config::FILE_NAME.to_string()];
-    files.extend(cluster.token_file.iter().map(|(n, _)| n.clone()));
     Ok(StampReport {
         partition: boot.number,
         files,
-        summary,
+        summary: prepared.summary,
     })
+}
+
+/// After a stamp changed bytes `[start, end)` of an image file: rewrite IMAGE.bmap and
+/// IMAGE.sha256 so they describe the stamped image, and warn about compressed copies beside it,
+/// which still hold the image as it was before.
+fn refresh_companions(image: &Path, start: u64, end: u64) -> Result<()> {
+    use crate::output::{with_suffix, write_synced};
+    let bmap = with_suffix(image, ".bmap");
+    if bmap.is_file() {
+        match crate::bmap::Bmap::load(&bmap).and_then(|m| m.refreshed(image, start, end)) {
+            Ok(map) => write_synced(&bmap, map.to_xml().as_bytes())?,
+            Err(e) => {
+                std::fs::remove_file(&bmap)
+                    .with_context(|| format!("removing the stale {}", bmap.display()))?;
+                crate::progress::say(&format!(
+                    "warning: removed {} (it no longer matches the stamped image: {e:#}); `imagebuild bmap {}` makes a new one",
+                    bmap.display(),
+                    image.display()
+                ));
+            }
+        }
+    }
+    let sha = with_suffix(image, ".sha256");
+    if sha.is_file() {
+        let hash = crate::source::sha256_file(image)?;
+        write_synced(&sha, crate::output::sha256_line(&hash, image).as_bytes())?;
+    }
+    for ext in [".zst", ".xz", ".gz"] {
+        let packed = with_suffix(image, ext);
+        if packed.exists() {
+            crate::progress::say(&format!(
+                "warning: {} was made before this stamp and does not carry it; flash {} (or stamp while flashing: imagebuild flash {} DEVICE --cluster FILE)",
+                packed.display(),
+                image.display(),
+                packed.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -233,7 +382,7 @@ mod tests {
     fn over(sets: &[&str], stdin: &str) -> Result<String> {
         let o = StampOptions {
             sets: sets.iter().map(|s| s.to_string()).collect(),
-            token_file: None,
+            ..Default::default()
         };
         apply_overrides(
             BASE,

@@ -6,7 +6,8 @@
 //! then flashes it with `imagebuild::flash` (write, fsync, read-back verify) twice: with its
 //! bmap and with `--no-bmap`. As root the target is a loop device over a sparse file (a block
 //! device, as a card would be); otherwise a plain file. Prints both times and the ratio, then
-//! the time of `imagebuild stamp` on the image (median of 7).
+//! the time of `imagebuild stamp` on the image (median of 7). Last, 4 cards side by side: one
+//! `flash` of 4 cards in parallel, 4 flashes in sequence, and `bmaptool copy` 4 times.
 
 #[path = "../image/fixture.rs"]
 mod fixture;
@@ -96,6 +97,7 @@ fn main() -> Result<()> {
         &dev,
         &FlashOptions {
             yes: true,
+            to_file: true,
             ..Default::default()
         },
     )?;
@@ -107,6 +109,7 @@ fn main() -> Result<()> {
         &FlashOptions {
             yes: true,
             no_bmap: true,
+            to_file: true,
             ..Default::default()
         },
     )?;
@@ -119,7 +122,7 @@ fn main() -> Result<()> {
     for i in 0..7 {
         let opts = imagebuild::stamp::StampOptions {
             sets: vec![format!("node.hostname=bench-{i}")],
-            token_file: None,
+            ..Default::default()
         };
         let t = Instant::now();
         imagebuild::stamp::stamp(&img, &work.join("cluster.toml"), &opts)?;
@@ -163,8 +166,94 @@ fn main() -> Result<()> {
         secs(times[times.len() - 1]) * 1000.0,
         times.len()
     );
+    four_cards(&work, &img, report.size)?;
     for f in ["target-bmap.img", "target-full.img"] {
         let _ = std::fs::remove_file(work.join(f));
+    }
+    Ok(())
+}
+
+/// 4 cards written by one `flash_cards` call (one read of the image, 4 writers), by 4 calls in
+/// a row, and by `bmaptool copy` 4 times in a row, each with write, fsync and verification.
+fn four_cards(work: &Path, img: &Path, size: u64) -> Result<()> {
+    use imagebuild::flash::{flash_cards, Card};
+    let opts = FlashOptions {
+        yes: true,
+        to_file: true,
+        ..Default::default()
+    };
+    let make = |tag: &str| -> Result<Vec<(PathBuf, Option<Loop>)>> {
+        (0..4)
+            .map(|i| target(work, &format!("card-{tag}-{i}.img"), size + (64 << 20)))
+            .collect()
+    };
+    let cards = make("par")?;
+    let t = Instant::now();
+    let batch = flash_cards(
+        img,
+        cards
+            .iter()
+            .map(|(p, _)| Card {
+                target: p.clone(),
+                stamp: None,
+            })
+            .collect(),
+        &opts,
+    )?;
+    let parallel = t.elapsed();
+    for c in &batch.cards {
+        if let Err(e) = &c.result {
+            bail!("{}: {e:#}", c.target.display());
+        }
+    }
+    drop(cards);
+    let cards = make("seq")?;
+    let t = Instant::now();
+    for (p, _) in &cards {
+        flash(img, p, &opts)?;
+    }
+    let sequential = t.elapsed();
+    drop(cards);
+    let cards = make("bmaptool")?;
+    let t = Instant::now();
+    let mut bmaptool = true;
+    for (p, _) in &cards {
+        let st = Command::new("bmaptool")
+            .arg("-q")
+            .arg("copy")
+            .arg("--bmap")
+            .arg(imagebuild::output::with_suffix(img, ".bmap"))
+            .arg(img)
+            .arg(p)
+            .status();
+        if !matches!(st, Ok(s) if s.success()) {
+            bmaptool = false;
+            break;
+        }
+    }
+    let bmaptool_time = t.elapsed();
+    drop(cards);
+    println!("4 cards, each written with the bmap, fsynced and verified:");
+    println!(
+        "  imagebuild flash, 4 in parallel (one command):  {:8.2} s",
+        secs(parallel)
+    );
+    println!(
+        "  imagebuild flash, 4 in sequence:                {:8.2} s",
+        secs(sequential)
+    );
+    if bmaptool {
+        println!(
+            "  bmaptool copy, 4 in sequence:                   {:8.2} s  (checks the image's ranges; no read-back of the card)",
+            secs(bmaptool_time)
+        );
+    } else {
+        println!("  bmaptool copy: not run (bmaptool missing or failed)");
+    }
+    for tag in ["par", "seq", "bmaptool"] {
+        for i in 0..4 {
+            let _ = std::fs::remove_file(work.join(format!("card-{tag}-{i}.img")));
+        }
     }
     Ok(())
 }

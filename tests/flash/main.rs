@@ -136,9 +136,10 @@ fn same_mapped(map: &Bmap, a: &Path, b: &Path) {
 struct Loop(String);
 
 impl Loop {
+    /// Attached with partition scanning, so `part(n)` exists after a flash.
     fn attach(file: &Path) -> Loop {
         let out = Command::new("losetup")
-            .args(["-f", "--show"])
+            .args(["-fP", "--show"])
             .arg(file)
             .output()
             .unwrap();
@@ -147,6 +148,9 @@ impl Loop {
     }
     fn path(&self) -> &Path {
         Path::new(&self.0)
+    }
+    fn part(&self, n: u32) -> PathBuf {
+        PathBuf::from(format!("{}p{n}", self.0))
     }
 }
 
@@ -205,21 +209,29 @@ fn flash_to_a_file_and_a_loop_device_gives_the_mapped_content() {
     let map = Bmap::load(&imagebuild::output::with_suffix(img, ".bmap")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let to_file = dir.path().join("card.img");
-    let out = run(ib().arg("flash").arg(img).arg(&to_file));
+    let out = run(ib().arg("flash").arg(img).arg(&to_file).arg("--to-file"));
     assert!(out.status.success());
     assert_eq!(sha(&to_file), sha(img), "a fresh file target is the image");
     same_mapped(&map, img, &to_file);
 
     // Streamed from the .zst (its bmap is node.img.bmap beside it), over an existing file.
     let zst = imagebuild::output::with_suffix(img, ".zst");
-    let out = run(ib().arg("flash").arg(&zst).arg(&to_file).arg("--yes"));
+    let out = run(ib()
+        .arg("flash")
+        .arg(&zst)
+        .arg(&to_file)
+        .args(["--yes", "--to-file"]));
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("bmap"));
     assert_eq!(sha(&to_file), sha(img));
 
     // Without the bmap: the whole image, checked against node.img.sha256.
     let whole = dir.path().join("whole.img");
-    let out = run(ib().arg("flash").arg(&zst).arg(&whole).arg("--no-bmap"));
+    let out = run(ib()
+        .arg("flash")
+        .arg(&zst)
+        .arg(&whole)
+        .args(["--no-bmap", "--to-file"]));
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("whole image"));
     assert_eq!(sha(&whole), sha(img));
@@ -286,9 +298,21 @@ fn a_corrupted_image_fails_naming_the_offset() {
     f.write_all_at(&[b[0] ^ 0x55], off).unwrap();
     drop(f);
 
-    let out = run(ib().arg("flash").arg(&bad).arg(dir.path().join("t1.img")));
+    let out = run(ib()
+        .arg("flash")
+        .arg(&bad)
+        .arg(dir.path().join("t1.img"))
+        .arg("--to-file"));
     assert!(!out.status.success(), "a corrupted image was flashed");
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !dir.path().join("t1.img").exists(),
+        "a failed flash to a new file left the partial file"
+    );
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(err.contains("does not match its bmap"), "{err}");
     let named = format!("bytes {s}..{e}");
     assert!(
@@ -300,9 +324,13 @@ fn a_corrupted_image_fails_naming_the_offset() {
         .arg("flash")
         .arg(&bad)
         .arg(dir.path().join("t2.img"))
-        .arg("--no-bmap"));
+        .args(["--no-bmap", "--to-file"]));
     assert!(!out.status.success(), "the .sha256 beside it must catch it");
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.img.sha256"));
+    assert!(
+        !dir.path().join("t2.img").exists(),
+        "the partial file stayed"
+    );
 }
 
 #[test]
@@ -577,4 +605,540 @@ fn stamping_a_loop_device_card_works_the_same() {
         .unwrap();
     assert_eq!(t["node"]["role"].as_str(), Some("agent"));
     assert_eq!(t["cluster"]["token"].as_str(), Some(TOKEN));
+}
+
+/// Paths under /dev that must never come into being (a mistyped card name).
+const NO_SUCH_DEVICE: &str = "/dev/imagebuild-test-no-such-card";
+
+#[test]
+fn flash_writes_only_to_devices_or_explicit_files() {
+    let img = built();
+    let dir = tempfile::tempdir().unwrap();
+    let _ = std::fs::remove_file(NO_SUCH_DEVICE);
+    for extra in [&["--yes"][..], &["--yes", "--to-file"][..]] {
+        let out = run(ib().arg("flash").arg(img).arg(NO_SUCH_DEVICE).args(extra));
+        let created = Path::new(NO_SUCH_DEVICE).exists();
+        let _ = std::fs::remove_file(NO_SUCH_DEVICE);
+        assert!(!created, "flash {extra:?} created a file under /dev");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("does not exist: no such device"), "{err}");
+    }
+    // A regular file needs --to-file; without it nothing changes.
+    let existing = dir.path().join("old.img");
+    std::fs::write(&existing, b"keep me").unwrap();
+    let out = run(ib().arg("flash").arg(img).arg(&existing).arg("--yes"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--to-file"));
+    assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
+    let out = run(ib().arg("flash").arg(img).arg(dir.path().join("new.img")));
+    assert!(!out.status.success());
+    assert!(!dir.path().join("new.img").exists());
+    // --yes never picks a drive by itself.
+    let out = run(ib().arg("flash").arg(img).arg("--yes"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes needs a device"));
+}
+
+fn recipe_dir() -> PathBuf {
+    built().parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+fn build_to(output: &Path) -> Output {
+    let dir = recipe_dir();
+    run(ib()
+        .arg("build")
+        .arg(dir.join("image.toml"))
+        .arg("-o")
+        .arg(output)
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .arg("--firstboot-bin")
+        .arg(release::fake_firstboot(&dir))
+        .env("SOURCE_DATE_EPOCH", "1735689600")
+        .env("IMAGEBUILD_DATA_DIR", systests::repo_root()))
+}
+
+#[test]
+fn build_output_is_a_file_in_a_directory_it_creates() {
+    let dir = tempfile::tempdir().unwrap();
+    // Under /dev, and a device node elsewhere: refused before anything is written.
+    let _ = std::fs::remove_file(NO_SUCH_DEVICE);
+    let out = build_to(Path::new(NO_SUCH_DEVICE));
+    let created = Path::new(NO_SUCH_DEVICE).exists();
+    let _ = std::fs::remove_file(NO_SUCH_DEVICE);
+    assert!(!created && !out.status.success(), "build wrote under /dev");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("under /dev"));
+    if systests::is_root() {
+        let node = dir.path().join("card");
+        // A block device node (loop major 7) in a scratch directory: it must survive.
+        assert!(Command::new("mknod")
+            .arg(&node)
+            .args(["b", "7", "250"])
+            .status()
+            .unwrap()
+            .success());
+        let out = build_to(&node);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("is a device"));
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(&node)
+            .unwrap()
+            .file_type()
+            .is_block_device());
+
+        // A read-only output folder is named as such, not as "no room".
+        let ro = dir.path().join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        assert!(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+            .arg(&ro)
+            .status()
+            .unwrap()
+            .success());
+        let out = build_to(&ro.join("x.img"));
+        let _ = Command::new("umount").arg(&ro).status();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success());
+        assert!(err.contains("read-only"), "{err}");
+        assert!(!err.contains("no room"), "{err}");
+    } else {
+        systests::skip("build -o on a device node / read-only mount", "needs root");
+    }
+    // A missing output directory is created.
+    let nested = dir.path().join("new/deeper/node.img");
+    let out = build_to(&nested);
+    assert!(out.status.success());
+    assert!(nested.is_file());
+    assert!(imagebuild::output::with_suffix(&nested, ".bmap").is_file());
+}
+
+#[test]
+fn interrupting_a_flash_says_the_card_is_incomplete() {
+    // 2 GiB of zeros, compressed: quick to make, slow enough to write that a signal lands
+    // in the middle.
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("big.img");
+    sparse(&raw, 2 << 30);
+    let zst = dir.path().join("big.img.zst");
+    assert!(Command::new("zstd")
+        .args(["-q", "-1", "-T0"])
+        .arg(&raw)
+        .arg("-o")
+        .arg(&zst)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::remove_file(&raw).unwrap();
+    let target = dir.path().join("card.img");
+    let child = ib()
+        .arg("flash")
+        .arg(&zst)
+        .arg(&target)
+        .args(["--to-file", "--yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the target exists and holds some data, then interrupt.
+    let t0 = std::time::Instant::now();
+    while std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0) < (64 << 20) {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "flash never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    unsafe_kill(child.id(), 2);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{err}");
+    assert!(
+        !out.status.success(),
+        "an interrupted flash reported success"
+    );
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(err.contains("incomplete"), "{err}");
+    assert!(!target.exists(), "the interrupted new file stayed");
+}
+
+fn unsafe_kill(pid: u32, sig: i32) {
+    assert!(Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// The built image with its .bmap, .sha256 and .zst, copied to `dir` as node.img*.
+fn copy_with_companions(dir: &Path) -> PathBuf {
+    let img = dir.join("node.img");
+    copy(built(), &img);
+    for ext in [".bmap", ".sha256", ".zst"] {
+        std::fs::copy(
+            imagebuild::output::with_suffix(built(), ext),
+            imagebuild::output::with_suffix(&img, ext),
+        )
+        .unwrap();
+    }
+    img
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn stamping_an_image_keeps_its_bmap_and_sha256_true() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = copy_with_companions(dir.path());
+    let zst = imagebuild::output::with_suffix(&img, ".zst");
+    // The compressed copy is older than the stamp that follows.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let tf = dir.path().join("t.token");
+    std::fs::write(&tf, format!("{TOKEN}\n")).unwrap();
+    let cfg = cluster_toml(dir.path(), "token = \"placeholder-0000000000\"");
+    let out = run(ib()
+        .arg("stamp")
+        .arg(&img)
+        .arg(&cfg)
+        .arg("--token-file")
+        .arg(&tf));
+    assert!(out.status.success());
+    assert!(
+        stderr_of(&out).contains("does not carry it"),
+        "no warning about the stale .zst"
+    );
+    let bmap = imagebuild::output::with_suffix(&img, ".bmap");
+    assert_eq!(
+        Bmap::load(&bmap).unwrap(),
+        Bmap::for_image(&img).unwrap(),
+        "the rewritten bmap is not the stamped image's map"
+    );
+    let line = std::fs::read_to_string(imagebuild::output::with_suffix(&img, ".sha256")).unwrap();
+    assert_eq!(line, format!("{}  node.img\n", sha(&img)));
+    // bmaptool checks every range against the rewritten map.
+    let copy_to = dir.path().join("copy.img");
+    let out = run(Command::new("bmaptool")
+        .arg("copy")
+        .arg("--bmap")
+        .arg(&bmap)
+        .arg(&img)
+        .arg(&copy_to));
+    assert!(out.status.success(), "bmaptool refused the rewritten bmap");
+    // The stamped .img flashes with its (true) bmap; the older .zst is not paired with it.
+    let card = dir.path().join("card.img");
+    let out = run(ib().arg("flash").arg(&img).arg(&card).arg("--to-file"));
+    assert!(out.status.success());
+    assert_eq!(sha(&card), sha(&img));
+    let out = run(ib()
+        .arg("flash")
+        .arg(&zst)
+        .arg(&card)
+        .args(["--to-file", "--yes"]));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("is not used"),
+        "paired a stale bmap"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("whole image"));
+    assert_eq!(
+        sha(&card),
+        sha(built()),
+        "the .zst holds the unstamped image"
+    );
+}
+
+#[test]
+fn restamping_removes_the_old_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("node.img");
+    copy(built(), &img);
+    let (off, _) = boot_offset(&img);
+    std::fs::write(dir.path().join("cluster-token"), format!("{TOKEN}\n")).unwrap();
+    let cfg = cluster_toml(dir.path(), "token_file = \"cluster-token\"");
+    assert!(run(ib().arg("stamp").arg(&img).arg(&cfg)).status.success());
+    let names = |img: &Path| {
+        let out = Command::new("mdir")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-b", "-i"])
+            .arg(format!("{}@@{off}", img.display()))
+            .arg("::")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_lowercase()
+    };
+    assert!(names(&img).contains("cluster-token"));
+    let cfg = cluster_toml(dir.path(), "token = \"another-token-0123456789\"");
+    assert!(run(ib().arg("stamp").arg(&img).arg(&cfg)).status.success());
+    assert!(
+        !names(&img).contains("cluster-token"),
+        "the old token file stayed on the card"
+    );
+}
+
+/// The ```sh block after the readme-flash-sequence marker in README.md.
+fn readme_sequence() -> String {
+    let text = std::fs::read_to_string(systests::repo_root().join("README.md")).unwrap();
+    let at = text
+        .find("<!-- readme-flash-sequence")
+        .expect("README.md has no readme-flash-sequence marker");
+    let rest = &text[at..];
+    let start = rest
+        .find("```sh\n")
+        .expect("no ```sh block after the marker")
+        + 6;
+    let end = rest[start..].find("```").unwrap();
+    rest[start..start + end].to_string()
+}
+
+/// Read a card back through its partitions: fsck both, return cluster.toml and a file's text.
+fn read_card(card: &Loop, dir: &Path, also: &str) -> (toml::Table, String) {
+    let p1 = card.part(1);
+    let p2 = card.part(2);
+    let t0 = std::time::Instant::now();
+    while !(p1.exists() && p2.exists()) && t0.elapsed().as_secs() < 10 {
+        let _ = Command::new("partx").arg("-u").arg(card.path()).status();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = run(Command::new("fsck.vfat").arg("-n").arg(&p1));
+    assert!(out.status.success(), "fsck.vfat found problems on {p1:?}");
+    let out = run(Command::new("e2fsck").arg("-fn").arg(&p2));
+    assert!(out.status.success(), "e2fsck found problems on {p2:?}");
+    let got = dir.join(format!("got-{}", card.0.trim_start_matches("/dev/")));
+    std::fs::create_dir_all(&got).unwrap();
+    let mut text = String::new();
+    for n in ["cluster.toml", also] {
+        let out = Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-n")
+            .arg("-i")
+            .arg(&p1)
+            .arg(format!("::{n}"))
+            .arg(got.join(n))
+            .output()
+            .unwrap();
+        if n == "cluster.toml" {
+            assert!(out.status.success(), "no cluster.toml on {}", card.0);
+            check_config(&got.join(n));
+            text = std::fs::read_to_string(got.join(n)).unwrap();
+        }
+    }
+    let other = std::fs::read_to_string(got.join(also)).unwrap_or_default();
+    (text.parse().unwrap(), other)
+}
+
+#[test]
+fn the_readme_flash_sequence_makes_a_stamped_card() {
+    let seq = readme_sequence();
+    assert!(seq.contains("/dev/sdX"), "the sequence names no card");
+    if !systests::is_root() {
+        systests::skip(
+            "the README's flash sequence",
+            "needs root for a loop device",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    // The repository's examples, with the built image where the README's build puts it.
+    assert!(Command::new("cp")
+        .arg("-r")
+        .arg(systests::repo_root().join("examples"))
+        .arg(&work)
+        .status()
+        .unwrap()
+        .success());
+    let work = work.parent().unwrap().join("work");
+    std::fs::rename(work.clone(), dir.path().join("examples")).unwrap();
+    let out_dir = dir.path().join("examples/homelab/out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    for ext in [".zst", ".bmap", ".sha256"] {
+        let name = if ext == ".zst" {
+            "homelab.img.zst"
+        } else if ext == ".bmap" {
+            "homelab.img.bmap"
+        } else {
+            "homelab.img.sha256"
+        };
+        std::fs::copy(
+            imagebuild::output::with_suffix(built(), ext),
+            out_dir.join(name),
+        )
+        .unwrap();
+    }
+    let map = Bmap::load(&imagebuild::output::with_suffix(built(), ".bmap")).unwrap();
+    let backing = dir.path().join("card.img");
+    sparse(&backing, map.image_size + (32 << 20));
+    let card = Loop::attach(&backing);
+    let script = seq.replace("/dev/sdX", &card.0);
+    std::fs::write(dir.path().join("sequence.sh"), &script).unwrap();
+    // Run under a terminal (script(1)) so flash asks, and answer as a user would.
+    let bin_dir = support::imagebuild_bin().parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", "sh -e sequence.sh", "/dev/null"])
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env("SOURCE_DATE_EPOCH", "1735689600")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let _ = std::io::Write::write_all(&mut stdin, b"yes\n");
+        std::thread::sleep(std::time::Duration::from_secs(120));
+        drop(stdin);
+    });
+    let out = child.wait_with_output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!("{shown}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the README sequence failed");
+    assert!(shown.contains("can be removed"), "{shown}");
+    let token = std::fs::read_to_string(dir.path().join("homelab.token")).unwrap();
+    assert!(
+        !shown.contains(token.trim()),
+        "the token was printed by the sequence"
+    );
+    same_mapped(
+        &map,
+        built(),
+        &backing_without_boot(&map, &backing, dir.path()),
+    );
+    let (t, _) = read_card(&card, dir.path(), "cluster-token");
+    assert_eq!(t["cluster"]["name"].as_str(), Some("homelab"));
+    assert_eq!(t["cluster"]["token"].as_str(), Some(token.trim()));
+}
+
+/// A copy of the card whose boot partition is taken from the built image, so the rest can be
+/// compared with the image range by range (the boot partition was stamped on purpose).
+fn backing_without_boot(map: &Bmap, backing: &Path, dir: &Path) -> PathBuf {
+    let (off, len) = boot_offset(built());
+    let c = dir.join("compare.img");
+    copy(backing, &c);
+    let src = std::fs::File::open(built()).unwrap();
+    let dst = std::fs::OpenOptions::new().write(true).open(&c).unwrap();
+    let mut buf = vec![0u8; len as usize];
+    src.read_exact_at(&mut buf, off).unwrap();
+    dst.write_all_at(&buf, off).unwrap();
+    dst.set_len(map.image_size).unwrap();
+    c
+}
+
+#[test]
+fn four_cards_four_kits_in_one_command() {
+    if !systests::is_root() {
+        systests::skip("four cards at once", "needs root for loop devices");
+        return;
+    }
+    let img = built();
+    let map = Bmap::load(&imagebuild::output::with_suffix(img, ".bmap")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cards: Vec<Loop> = (0..4)
+        .map(|i| {
+            let b = dir.path().join(format!("card{i}.img"));
+            sparse(&b, map.image_size + (16 << 20));
+            Loop::attach(&b)
+        })
+        .collect();
+    let cfg = dir.path().join("cluster.toml");
+    std::fs::write(
+        &cfg,
+        "[cluster]\nname = \"kit-00\"\ntoken = \"example-token-replace-me\"\nservers = 1\nnodes = 3\n",
+    )
+    .unwrap();
+    // Kit 3 brings its own token; the others get fresh ones.
+    std::fs::write(dir.path().join("own.token"), "kit-three-own-token-0123\n").unwrap();
+    std::fs::write(
+        dir.path().join("kits.toml"),
+        "[[kit]]\nname = \"kit-01\"\n\n[[kit]]\nname = \"kit-02\"\nnodes = 1\n\n[[kit]]\nname = \"kit-03\"\ntoken_file = \"own.token\"\n\n[[kit]]\nname = \"kit-04\"\n",
+    )
+    .unwrap();
+    let mut cmd = ib();
+    cmd.arg("flash").arg(img);
+    for c in &cards {
+        cmd.arg(c.path());
+    }
+    cmd.arg("--cluster")
+        .arg(&cfg)
+        .arg("--kits")
+        .arg(dir.path().join("kits.toml"))
+        .arg("--yes");
+    let out = run(&mut cmd);
+    assert!(out.status.success());
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        shown.contains("card") && shown.contains("verified"),
+        "{shown}"
+    );
+    let mut tokens = std::collections::BTreeSet::new();
+    for (i, c) in cards.iter().enumerate() {
+        let kit = format!("kit-0{}", i + 1);
+        let row = shown
+            .lines()
+            .find(|l| l.starts_with(&c.0) && l.contains(&kit))
+            .unwrap_or_else(|| panic!("no summary row for {} / {kit}: {shown}", c.0));
+        assert!(row.trim_end().ends_with("yes"), "{row}");
+        let (t, _) = read_card(c, dir.path(), "none");
+        assert_eq!(t["cluster"]["name"].as_str(), Some(kit.as_str()));
+        let token = t["cluster"]["token"].as_str().unwrap().to_string();
+        assert!(!shown.contains(&token), "a token was printed");
+        assert_ne!(token, "example-token-replace-me");
+        if i == 2 {
+            assert_eq!(token, "kit-three-own-token-0123");
+        } else {
+            let saved = std::fs::read_to_string(dir.path().join(format!("{kit}.token"))).unwrap();
+            assert_eq!(
+                saved.trim(),
+                token,
+                "the kit's token file differs from its cards"
+            );
+        }
+        if i == 1 {
+            assert_eq!(t["cluster"]["nodes"].as_integer(), Some(1));
+        }
+        tokens.insert(token);
+    }
+    assert_eq!(tokens.len(), 4, "two kits share a token");
+
+    // A card that fails (here: a read-only device) does not stop the others; `{n}` names kits.
+    let ro = dir.path().join("ro.img");
+    sparse(&ro, map.image_size + (16 << 20));
+    let out = Command::new("losetup")
+        .args(["-frP", "--show"])
+        .arg(&ro)
+        .output()
+        .unwrap();
+    let ro_card = Loop(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    let mut cmd = ib();
+    cmd.arg("flash")
+        .arg(img)
+        .arg(cards[0].path())
+        .arg(ro_card.path())
+        .arg(cards[1].path());
+    cmd.args(["--cluster"]).arg(&cfg);
+    cmd.args(["--set", "cluster.name=lab-{n}", "--yes"]);
+    cmd.arg("--tokens-dir").arg(dir.path().join("t2"));
+    let out = run(&mut cmd);
+    assert!(!out.status.success(), "a failed card must fail the command");
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    let row = shown.lines().find(|l| l.starts_with(&ro_card.0)).unwrap();
+    assert!(row.contains("FAILED"), "{row}");
+    let a = read_card(&cards[0], dir.path(), "none").0;
+    let b = read_card(&cards[1], dir.path(), "none").0;
+    assert_eq!(a["cluster"]["name"].as_str(), Some("lab-1"));
+    assert_eq!(b["cluster"]["name"].as_str(), Some("lab-3"));
+    assert_ne!(
+        a["cluster"]["token"].as_str(),
+        b["cluster"]["token"].as_str()
+    );
 }

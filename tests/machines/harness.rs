@@ -329,9 +329,7 @@ impl Machine {
                 .output()
                 .ok()?,
         };
-        if !out.status.success() {
-            return None;
-        }
+        // A blocked or failed node exits 1 after printing its state: the JSON still counts.
         match serde_json::from_slice(&out.stdout).ok()? {
             serde_json::Value::Null => None,
             v => Some(v),

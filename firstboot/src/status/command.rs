@@ -1,6 +1,6 @@
 //! `firstboot status [--json]`: the persisted state for humans (or scripts); never the token.
 
-use super::state::NodeState;
+use super::state::{NodeState, Phase};
 use anyhow::Context;
 use std::io::Write;
 use std::path::Path;
@@ -14,7 +14,8 @@ pub struct StatusArgs {
 }
 
 /// Prints the status to `out`; `now_unix` is used for "updated N s ago". A reader that goes
-/// away early (`| head`) is not an error.
+/// away early (`| head`) is not an error. A node that is blocked or failed makes this return an
+/// error (exit status 1) after printing, so scripts can test `firstboot status` directly.
 pub fn run(
     args: &StatusArgs,
     root: &Path,
@@ -22,6 +23,10 @@ pub fn run(
     now_unix: u64,
 ) -> anyhow::Result<()> {
     let state = NodeState::load(root).context("reading the firstboot state file")?;
+    let stuck = state
+        .as_ref()
+        .map(|s| s.phase)
+        .filter(|p| matches!(p, Phase::Blocked | Phase::Failed));
     let text = match (state, args.json) {
         (None, true) => "null\n".to_string(),
         (None, false) => format!(
@@ -33,8 +38,15 @@ pub fn run(
         (Some(s), false) => table(&s, now_unix),
     };
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        r => r.context("writing the status"),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        r => r.context("writing the status")?,
+    }
+    match stuck {
+        Some(p) => anyhow::bail!(
+            "firstboot is {} on this node: see the errors above (journalctl -u firstboot for the whole story)",
+            p.as_str()
+        ),
+        None => Ok(()),
     }
 }
 
@@ -69,10 +81,10 @@ pub fn table(s: &NodeState, now_unix: u64) -> String {
     }
     rows.push((
         "peers",
+        // The same numbers as the JSON's peers_visible and peers_expected.
         format!(
-            "{} visible of {} expected (this node included)",
-            s.peers_visible + 1,
-            s.peers_expected
+            "{} other nodes visible; {} nodes expected (this node included)",
+            s.peers_visible, s.peers_expected
         ),
     ));
     let st = &s.storage;
@@ -146,9 +158,44 @@ mod tests {
             } else {
                 assert!(text.contains("state      electing\n"), "{text}");
                 assert!(text.contains("init node  000000000000beef\n"), "{text}");
-                assert!(text.contains("2 visible of 3 expected"), "{text}");
+                assert!(
+                    text.contains("1 other nodes visible; 3 nodes expected"),
+                    "{text}"
+                );
                 assert!(text.contains("p99 8.0 ms"), "{text}");
                 assert!(text.contains("updated    5 s ago"), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_or_failed_exits_non_zero_and_text_agrees_with_json() {
+        let dir = tempfile::tempdir().unwrap();
+        for (phase, fails) in [
+            (Phase::Ready, false),
+            (Phase::Blocked, true),
+            (Phase::Failed, true),
+        ] {
+            let mut s = NodeState::new();
+            s.phase = phase;
+            s.peers_visible = 4;
+            s.peers_expected = 7;
+            s.save(dir.path(), None, 100).unwrap();
+            for json in [false, true] {
+                let mut out = Vec::new();
+                let r = run(&StatusArgs { json }, dir.path(), &mut out, 100);
+                assert_eq!(r.is_err(), fails, "{phase:?} json={json}");
+                let text = String::from_utf8(out).unwrap();
+                if json {
+                    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    assert_eq!(v["peers_visible"], 4);
+                    assert_eq!(v["peers_expected"], 7);
+                } else {
+                    assert!(
+                        text.contains("4 other nodes visible; 7 nodes expected"),
+                        "{text}"
+                    );
+                }
             }
         }
     }
