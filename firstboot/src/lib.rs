@@ -5,6 +5,7 @@
 
 pub mod announce;
 pub mod bootstrap;
+pub mod cgroup;
 pub mod clock;
 pub mod config;
 pub mod default_route;

@@ -52,6 +52,13 @@ enum Command {
     /// This is what firstboot.service runs. It reports progress through sd_notify, the state
     /// file (see `firstboot status`) and the LED, and resumes where it stopped after a restart.
     Run(firstboot::lifecycle::RunArgs),
+    /// Set this node's hostname (and its `127.0.1.1` line in /etc/hosts) from cluster.toml.
+    ///
+    /// firstboot-identity.service runs it early in boot, before avahi-daemon announces the
+    /// host, so cards flashed from one image never all announce `raspberrypi`. It derives the
+    /// same name `firstboot run` does (`<cluster name>-<node id suffix>` or `node.hostname`) and
+    /// moves nothing: taking in cluster.toml stays `firstboot run`'s step.
+    Identity,
     /// Show what firstboot is doing on this node: state, role, peers, storage, errors.
     ///
     /// Reads the state file firstboot keeps in /var/lib/firstboot; the token is never shown.
@@ -99,6 +106,9 @@ fn main() -> ExitCode {
             firstboot::status::command::run(&args, paths.root(), &mut std::io::stdout(), now)
         }
         Command::Run(args) => firstboot::lifecycle::run(&args, &paths),
+        Command::Identity => firstboot::identity::early::run(&paths).map(|name| {
+            println!("{name}");
+        }),
         Command::Peers(args) => peers::run(&args, &paths),
         Command::ProbeStorage(args) => firstboot::storage::cli::run(&args),
     };

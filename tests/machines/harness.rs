@@ -383,6 +383,27 @@ impl Machine {
             .unwrap_or_default()
     }
 
+    /// Every journal entry of every boot as JSON objects (`journalctl -o json`), oldest first;
+    /// from inside when it runs, else from its root filesystem's persistent journal.
+    pub fn journal_entries(&self) -> Vec<serde_json::Value> {
+        let args = ["--no-pager", "-q", "-o", "json"];
+        let out = match self.command("journalctl") {
+            Some(mut cmd) => cmd.args(args).output(),
+            None => Command::new("journalctl")
+                .arg("-D")
+                .arg(self.root.join("var/log/journal"))
+                .args(args)
+                .output(),
+        };
+        out.map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
     /// A file of its root filesystem (`etc/hostname`), if present.
     pub fn root_file(&self, rel: &str) -> Option<Vec<u8>> {
         fs::read(self.root.join(rel.trim_start_matches('/'))).ok()
@@ -752,13 +773,21 @@ pub struct Lan {
     bridge: Anchor,
     node_image: PathBuf,
     partitions: [(u64, u64); 2],
+    /// The Raspberry Pi OS release its machines' base imitates.
+    pub release: base::Release,
 }
 
 impl Lan {
-    /// An empty LAN; builds (or takes from the cache) the base and node images first.
+    /// An empty LAN of machines on the base `MACHINES_BASE` names (trixie when unset); builds
+    /// (or takes from the cache) the base and node images first.
     pub fn new() -> Self {
-        let node_image =
-            image::node_image().unwrap_or_else(|e| panic!("building the node image: {e:#}"));
+        Self::on(base::Release::from_env())
+    }
+
+    /// An empty LAN of machines on the base of `release`.
+    pub fn on(release: base::Release) -> Self {
+        let node_image = image::node_image(release)
+            .unwrap_or_else(|e| panic!("building the {release:?} node image: {e:#}"));
         let partitions = partitions(&node_image);
         reap_stale_lans(&base::cache_dir());
         let dir = tempfile::Builder::new()
@@ -784,6 +813,7 @@ impl Lan {
             bridge,
             node_image,
             partitions,
+            release,
         }
     }
 

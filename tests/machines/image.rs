@@ -59,6 +59,24 @@ fn workspace_bin(package: &str, bin: &str) -> Result<PathBuf> {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
+        // What cargo set for THIS program (`cargo run`/`cargo test` of systests) describes the
+        // systests package, not the one built here: inherited, it changes the environment the
+        // build's rustc invocations see and cargo recompiles crates and so rebuilds the node image
+        // on every run (issue 20).
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name == "OUT_DIR"
+                || name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_MANIFEST_")
+                || name.starts_with("CARGO_BIN_")
+                || name.starts_with("CARGO_CRATE_")
+                || name.starts_with("CARGO_PRIMARY_")
+                || name.starts_with("CARGO_TARGET_TMPDIR")
+                || name.starts_with("CARGO_RUSTC_CURRENT_DIR")
+            {
+                cmd.env_remove(name.as_ref());
+            }
+        }
         if profile.ends_with("release") {
             cmd.arg("--release");
         }
@@ -128,12 +146,12 @@ fn write_data_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The node image (built by imagebuild, cached by its inputs' hash).
-pub fn node_image() -> Result<PathBuf> {
-    let base = base::image()?;
+/// The node image on the base of `release` (built by imagebuild, cached by its inputs' hash).
+pub fn node_image(release: base::Release) -> Result<PathBuf> {
+    let base = base::image(release)?;
     let firstboot = firstboot_bin()?;
     let mut h = Sha256::new();
-    h.update(base::key().as_bytes());
+    h.update(base::key(release).as_bytes());
     let imagebuild = workspace_bin("imagebuild", "imagebuild")?;
     h.update(std::fs::read(&imagebuild).context("reading imagebuild")?);
     h.update(std::fs::read(&firstboot).context("reading firstboot")?);
@@ -145,7 +163,8 @@ pub fn node_image() -> Result<PathBuf> {
     let key = hex::encode(h.finalize())[..16].to_string();
 
     let dir = base::cache_dir();
-    let path = dir.join(format!("node-{key}.img"));
+    let prefix = format!("node-{}-", release.suite());
+    let path = dir.join(format!("{prefix}{key}.img"));
     let lock_file = std::fs::File::create(dir.join("node.lock")).context("creating the lock")?;
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| e)
@@ -153,10 +172,10 @@ pub fn node_image() -> Result<PathBuf> {
     if path.exists() {
         return Ok(path);
     }
-    // Older node images are of no further use.
+    // Older node images of this base are of no further use.
     for e in std::fs::read_dir(&dir)?.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("node-") && name.ends_with(".img") {
+        if name.starts_with(&prefix) && name.ends_with(".img") {
             let _ = std::fs::remove_file(e.path());
         }
     }

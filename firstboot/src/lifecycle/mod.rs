@@ -23,7 +23,7 @@ use crate::config::{ClusterConfig, RolePreference};
 use crate::discovery::record::ClusterKeys;
 use crate::discovery::{self, Advert, Browser, Publisher, UdpTransport, FRAME_PORT};
 use crate::election::{self, ElectionConfig, Event, ProtocolKey, Rank, Role, Timing};
-use crate::identity::{hostname_for, node_id, set_hostname};
+use crate::identity::{hostname_for, node_id, set_hostname_and_hosts};
 use crate::paths::Paths;
 use crate::status::led::open_led;
 use crate::status::state::{NodeState, Phase};
@@ -130,11 +130,17 @@ async fn steps(
     let conn = zbus::Connection::system()
         .await
         .context("connecting to the system bus")?;
-    set_hostname(&conn, &hostname)
-        .await
-        .context("setting the hostname through systemd-hostnamed")?;
+    // Usually set already by `firstboot identity` before avahi-daemon started: then a no-op.
+    set_hostname_and_hosts(&conn, paths.root(), &hostname).await?;
     tracing::info!(node = %id, ?source, %hostname, "identity");
     report.identity(&config.name, &hostname);
+
+    // K3s needs the memory cgroup controller: say what to do before electing a node that cannot
+    // run it (the service restarts and checks again; a reboot with the fixed cmdline.txt passes).
+    if args.until.is_none() {
+        crate::cgroup::check_memory_controller(paths.root())
+            .context("checking that this kernel can run K3s")?;
+    }
 
     // Step 3: clock.
     if args.no_clock {
