@@ -2,9 +2,12 @@
 //!
 //! Cluster-wide keys (disable, tls-san from the config, etcd args, snapshots, extra keys) come
 //! only from the shared `cluster.toml` and the init node's decisions, so every server renders
-//! them identically (K3s refuses "critical configuration value mismatch" otherwise). Agents get
-//! only agent keys; K3s would skip server-only ones with a warning anyway.
+//! them identically (the docs ask for identical `disable` values; K3s itself compares only the
+//! CriticalControlArgs, pkg/daemons/config/types.go). Agents get only agent keys: `k3s agent`
+//! does not skip keys it does not know, it exits with "flag provided but not defined"
+//! (see [`super::flags`]), so `[k3s] extra` is routed by K3s's own flag tables.
 
+use super::flags::{self, Reach, Subcommand};
 use super::secure_token::{CaHash, SecureToken};
 use crate::config::ClusterConfig;
 use crate::durable::write_atomic;
@@ -115,9 +118,23 @@ pub fn render(config: &ClusterConfig, role: &K3sRole, facts: &NodeFacts) -> Stri
         }
     }
     for (key, value) in &config.k3s.extra {
-        y.value(key, value);
+        if extra_reaches(key, is_server) {
+            y.value(key, value);
+        }
     }
     y.out
+}
+
+/// Whether an `[k3s] extra` key goes into this node's config.yaml: by K3s's flag tables; a key
+/// no subcommand of the pinned K3s defines goes to servers only, which skip it with a warning
+/// if it is a typo (check-config warns about it) and honour it if the image runs a newer K3s.
+fn extra_reaches(key: &str, is_server: bool) -> bool {
+    let sub = if is_server {
+        Subcommand::Server
+    } else {
+        Subcommand::Agent
+    };
+    flags::reaches(key, sub) || (is_server && flags::reach(key) == Reach::Neither)
 }
 
 /// Writes config.yaml under `root` atomically with mode 0600 (it holds the token).
@@ -232,7 +249,7 @@ mod tests {
 
     fn config() -> ClusterConfig {
         ClusterConfig::from_toml_str(
-            "[cluster]\nname = \"lab\"\ntoken = \"unit-secret-abcdefgh\"\nservers = 3\n[k3s]\ndisable = [\"traefik\"]\nextra = { \"kubelet-arg\" = [\"max-pods=60\"] }\n",
+            "[cluster]\nname = \"lab\"\ntoken = \"unit-secret-abcdefgh\"\nservers = 3\n[k3s]\ndisable = [\"traefik\"]\nextra = { \"kubelet-arg\" = [\"max-pods=60\"], \"kube-apiserver-arg\" = [\"audit-log-maxage=30\"], \"write-kubeconfig-mode\" = \"0644\", \"not-a-k3s-flag\" = \"x\" }\n",
             Path::new("/nonexistent/cluster.toml"),
         )
         .unwrap()
@@ -270,6 +287,8 @@ mod tests {
             "disable",
             "etcd-",
             "write-kubeconfig",
+            "kube-apiserver-arg",
+            "not-a-k3s-flag",
         ] {
             assert!(!y.contains(k), "{k} in {y}");
         }
@@ -278,6 +297,19 @@ mod tests {
             "token: \"K10{}::server:unit-secret-abcdefgh\"",
             CaHash::of_bundle(b"ca")
         )));
+    }
+
+    #[test]
+    fn servers_get_every_extra_key() {
+        let y = render(&config(), &K3sRole::Init, &facts());
+        for k in [
+            "kubelet-arg:",
+            "kube-apiserver-arg:",
+            "write-kubeconfig-mode: \"0644\"",
+            "not-a-k3s-flag:",
+        ] {
+            assert!(y.contains(k), "{k} in {y}");
+        }
     }
 
     #[test]
