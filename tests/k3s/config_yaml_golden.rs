@@ -30,6 +30,7 @@ fn facts(suffix: &str, ip: &str) -> NodeFacts {
             "election-timeout=5000".into(),
         ],
         snapshot_dir: None,
+        flannel_iface: Some("eth0".into()),
     }
 }
 

@@ -50,6 +50,7 @@ fn facts(name: &str) -> NodeFacts {
         hostname: name.into(),
         etcd_args: vec![],
         snapshot_dir: None,
+        flannel_iface: Some("lo".into()),
     }
 }
 

@@ -15,6 +15,7 @@
 //! The token is never printed.
 
 mod config;
+mod flannel;
 mod pki;
 mod wire;
 
@@ -37,6 +38,8 @@ struct DoubleConfig {
     /// Kept for the log: with `server` set, K3s joins and ignores it (managed.go:125).
     cluster_init: bool,
     node_name: String,
+    /// `flannel-iface`, if set.
+    flannel_iface: Option<String>,
     node_ip: Option<IpAddr>,
     tls_san: Vec<String>,
 }
@@ -107,6 +110,7 @@ async fn run(mode: &str) -> Result<()> {
         if status != 200 {
             bail!("the server rejected the token (HTTP {status})");
         }
+        start_flannel(&config)?;
         write_mode(&data.join("agent/server-url"), server.as_bytes(), 0o600)?;
         log(&format!("agent joined {server}"));
         notifier.ready("k3s-double agent running");
@@ -218,8 +222,21 @@ async fn run(mode: &str) -> Result<()> {
         }
     });
     let server = tokio::spawn(wire::serve(listener, chain, key, route));
+    // The server's embedded agent runs flannel too. K3s may send READY before flannel exits the
+    // process (setup.go:106-110 runs in a goroutine); the double fails before READY so a test
+    // cannot miss it.
+    start_flannel(&config)?;
     notifier.ready("k3s-double server running");
     server.await.context("server task")?
+}
+
+/// flannel's interface choice; fatal as in K3s when it has no IPv4 address.
+fn start_flannel(config: &DoubleConfig) -> Result<()> {
+    let (iface, ip) = flannel::external_interface(config.flannel_iface.as_deref())?;
+    log(&format!(
+        "level=info msg=\"The interface {iface} with ipv4 address {ip} will be used by flannel\""
+    ));
+    Ok(())
 }
 
 /// Fetches `/cacerts` unverified and checks it against the token's CA hash, as K3s does.
@@ -338,6 +355,10 @@ fn read_config(mode: Subcommand) -> Result<DoubleConfig> {
                     .unwrap_or_else(|_| "k3s-double".into())
             }),
         node_ip: node_ips.iter().copied().find(IpAddr::is_ipv4),
+        flannel_iface: parsed
+            .string("flannel-iface")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
         tls_san: parsed.slice("tls-san"),
     })
 }

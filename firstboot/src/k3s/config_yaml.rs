@@ -52,6 +52,11 @@ pub struct NodeFacts {
     pub etcd_args: Vec<String>,
     /// Snapshot directory chosen by storage; `None` falls back to `[snapshots] dir`, then to K3s's default.
     pub snapshot_dir: Option<PathBuf>,
+    /// The interface holding `node_ip`, written as `flannel-iface`: without it flannel takes the
+    /// default-route interface (pkg/agent/flannel/flannel.go:134-153), which on a multi-homed
+    /// node is not the cluster LAN and on a LAN without a router is firstboot's dummy.
+    /// `None` only where no live interface is known (a test root).
+    pub flannel_iface: Option<String>,
 }
 
 /// Default kubeconfig mode: root-only, as the kubeconfig is a cluster-admin credential.
@@ -81,6 +86,11 @@ pub fn render(config: &ClusterConfig, role: &K3sRole, facts: &NodeFacts) -> Stri
     }
     y.scalar("node-name", &quote(&facts.node_name));
     y.scalar("node-ip", &quote(&facts.node_ip.to_string()));
+    if let Some(iface) = &facts.flannel_iface {
+        if !config.k3s.extra.contains_key("flannel-iface") {
+            y.scalar("flannel-iface", &quote(iface));
+        }
+    }
     let is_server = !matches!(role, K3sRole::Agent { .. });
     if is_server {
         let mut sans = vec![
@@ -262,6 +272,7 @@ mod tests {
             hostname: "lab-a1b2c3".into(),
             etcd_args: vec!["heartbeat-interval=500".into()],
             snapshot_dir: None,
+            flannel_iface: Some("eth0".into()),
         }
     }
 
@@ -293,6 +304,7 @@ mod tests {
             assert!(!y.contains(k), "{k} in {y}");
         }
         assert!(y.contains("kubelet-arg:\n  - \"max-pods=60\"\n"), "{y}");
+        assert!(y.contains("flannel-iface: \"eth0\"\n"), "{y}");
         assert!(y.contains(&format!(
             "token: \"K10{}::server:unit-secret-abcdefgh\"",
             CaHash::of_bundle(b"ca")
