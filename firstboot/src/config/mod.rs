@@ -291,3 +291,28 @@ fn toml_as_flag_value(v: &toml::Value) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warns_about_extra_keys_k3s_would_not_take() {
+        let c = ClusterConfig::from_toml_str(
+            "[cluster]\nname = \"lab\"\ntoken = \"unit-secret-abcdefgh\"\nservers = 3\n[k3s]\nextra = { \"write-kubeconfig-mod\" = \"0644\", \"kubelet-arg\" = [\"max-pods=60\"], \"lb-server-port\" = \"six\" }\n",
+            Path::new("/nonexistent/cluster.toml"),
+        )
+        .unwrap();
+        let w = c.warnings().join("\n");
+        assert!(
+            w.contains("k3s.extra.write-kubeconfig-mod: no subcommand of K3s"),
+            "{w}"
+        );
+        assert!(w.contains("did you mean \"write-kubeconfig-mode\"?"), "{w}");
+        assert!(
+            w.contains("k3s.extra.lb-server-port: K3s would refuse to start"),
+            "{w}"
+        );
+        assert!(!w.contains("kubelet-arg"), "{w}");
+    }
+}
