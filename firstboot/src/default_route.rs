@@ -2,6 +2,12 @@
 //!
 //! The route goes through a dummy interface with a high metric, so packets to unknown
 //! destinations are dropped locally and a real default route (DHCP, later) always wins.
+//! The dummy gets an address, as in K3s's air-gap docs ("Default Network Route",
+//! docs/installation/airgap.md: `ip addr add 203.0.113.254/31 dev dummy0; ip route add default
+//! via 203.0.113.255 dev dummy0 metric 1000`): a component that looks up the default-route
+//! interface's IPv4 (flannel without `flannel-iface`, pkg/agent/flannel/flannel.go:134-153)
+//! must not find it address-less. firstboot also writes `flannel-iface`, so flannel never
+//! advertises this TEST-NET-3 address.
 //! Kernels without the `dummy` driver get a bridge with no ports instead, which drops
 //! the same way (a switch with no cables).
 
@@ -14,6 +20,11 @@ pub const DUMMY_INTERFACE: &str = "fb-dummy0";
 pub const DUMMY_METRIC: u32 = 10_000;
 /// The current thread's network namespace's IPv4 routes (thread-self: a test may have entered another namespace).
 pub const PROC_NET_ROUTE: &str = "/proc/thread-self/net/route";
+
+/// The dummy interface's address and prefix (TEST-NET-3, RFC 5737; the K3s docs' choice).
+pub const DUMMY_ADDRESS: &str = "203.0.113.254/31";
+/// The other address of the /31: the default route's gateway.
+pub const DUMMY_GATEWAY: &str = "203.0.113.255";
 
 /// RTF_UP in /proc/net/route flags.
 const RTF_UP: u32 = 0x1;
@@ -58,12 +69,15 @@ pub fn ensure_default_route() -> io::Result<DefaultRoute> {
             ip(&["link", "add", DUMMY_INTERFACE, "type", "bridge"])?;
         }
     }
+    ip(&["addr", "replace", DUMMY_ADDRESS, "dev", DUMMY_INTERFACE])?;
     ip(&["link", "set", "dev", DUMMY_INTERFACE, "up"])?;
     let metric = DUMMY_METRIC.to_string();
     ip(&[
         "route",
         "replace",
         "default",
+        "via",
+        DUMMY_GATEWAY,
         "dev",
         DUMMY_INTERFACE,
         "metric",

@@ -30,6 +30,7 @@ fn facts(suffix: &str, ip: &str) -> NodeFacts {
             "election-timeout=5000".into(),
         ],
         snapshot_dir: None,
+        flannel_iface: Some("eth0".into()),
     }
 }
 
@@ -110,7 +111,7 @@ fn cluster_wide_keys_match_between_servers() {
 fn golden_files_are_yaml_with_the_types_k3s_expects() {
     for name in ["init", "join-server", "agent"] {
         let text = std::fs::read_to_string(golden_dir().join(format!("{name}.yaml"))).unwrap();
-        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
         let map = doc.as_mapping().expect("a mapping of flag names");
         assert!(doc["token"].is_string(), "{name}: token");
         assert!(doc["node-ip"].is_string() && doc["node-name"].is_string());

@@ -133,3 +133,88 @@ fn leaves_an_existing_default_route_alone() {
     let links = ns.exec(&["ip", "-o", "link"]);
     assert!(!links.contains(DUMMY_INTERFACE), "{links}");
 }
+
+/// Runs the K3s double as `k3s server` (cluster-init, no `flannel-iface`) inside `ns`; returns
+/// whether it got as far as flannel, and its log.
+fn double_server_in(ns: &Netns) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    firstboot::k3s::write_config_yaml(
+        &root,
+        "token: \"netns-secret-Yq72\"\ncluster-init: true\nnode-name: \"n1\"\nnode-ip: \"198.18.0.2\"\n",
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.0])
+        .arg(systests::bin_path("k3s-double"))
+        .arg("server")
+        .env("K3S_DOUBLE_ROOT", &root)
+        .env("K3S_DOUBLE_PORT", "16443")
+        .env_remove("NOTIFY_SOCKET")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("will be used by flannel") {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (true, text);
+        }
+        if child.try_wait().unwrap().is_some() {
+            return (false, std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        assert!(std::time::Instant::now() < deadline, "no outcome: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+// Rule (K3s pkg/agent/flannel/flannel.go:134-153, setup.go:106-110): without flannel-iface,
+// flannel takes the default-route interface and exits the process when it has no IPv4.
+// Audit 8a: this is what firstboot's address-less dummy route used to produce.
+#[test]
+fn double_exits_like_flannel_on_an_address_less_default_route() {
+    if !systests::is_root() {
+        systests::skip(
+            "double_exits_like_flannel_on_an_address_less_default_route",
+            "needs root for network namespaces",
+        );
+        return;
+    }
+    let ns = Netns::create("bare");
+    // An empty bridge: this kernel may lack the dummy driver (firstboot falls back the same way).
+    ns.exec(&["ip", "link", "add", "bare0", "type", "bridge"]);
+    ns.exec(&["ip", "link", "set", "bare0", "up"]);
+    ns.exec(&["ip", "route", "add", "default", "dev", "bare0"]);
+    let (started, log) = double_server_in(&ns);
+    assert!(!started, "{log}");
+    assert!(
+        log.contains("failed to find IPv4 address for interface bare0"),
+        "{log}"
+    );
+}
+
+// firstboot's dummy route carries an address (K3s air-gap docs), so flannel starts on a LAN
+// with no default route (audit 8a; failed before the dummy got its address).
+#[test]
+fn flannel_starts_behind_firstboots_dummy_route() {
+    if !systests::is_root() {
+        systests::skip(
+            "flannel_starts_behind_firstboots_dummy_route",
+            "needs root for network namespaces",
+        );
+        return;
+    }
+    let ns = Netns::create("dummy");
+    ns.run(|| ensure_default_route().unwrap());
+    let (started, log) = double_server_in(&ns);
+    assert!(started, "{log}");
+    assert!(
+        log.contains(&format!(
+            "interface {DUMMY_INTERFACE} with ipv4 address 203.0.113.254"
+        )),
+        "{log}"
+    );
+}

@@ -14,11 +14,14 @@
 //! Test knobs: `K3S_DOUBLE_ROOT` (root prefix), `K3S_DOUBLE_PORT` (listen port, default 6443).
 //! The token is never printed.
 
+mod config;
+mod flannel;
 mod pki;
 mod wire;
 
 use anyhow::{bail, Context, Result};
-use firstboot::k3s::{CaHash, SecureToken};
+use firstboot::k3s::flags::Subcommand;
+use firstboot::k3s::CaHash;
 use pki::{write_mode, ClusterCa};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -28,10 +31,15 @@ use wire::{Request, Response, Trust};
 
 /// What config.yaml says, as far as the double cares.
 struct DoubleConfig {
-    password: String,
+    /// The password part of the token; `None` when no token was given.
+    password: Option<String>,
     ca_hash: Option<CaHash>,
     server: Option<String>,
+    /// Kept for the log: with `server` set, K3s joins and ignores it (managed.go:125).
+    cluster_init: bool,
     node_name: String,
+    /// `flannel-iface`, if set.
+    flannel_iface: Option<String>,
     node_ip: Option<IpAddr>,
     tls_san: Vec<String>,
 }
@@ -64,12 +72,15 @@ fn root() -> PathBuf {
 }
 
 async fn run(mode: &str) -> Result<()> {
-    if mode != "server" && mode != "agent" {
-        bail!("usage: k3s-double server|agent (a test double of K3s)");
-    }
+    let sub = match mode {
+        "server" => Subcommand::Server,
+        "agent" => Subcommand::Agent,
+        _ => bail!("usage: k3s-double server|agent (a test double of K3s)"),
+    };
     // One crypto provider for the process; a second install attempt is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let config = read_config()?;
+    // Read once: a running K3s never looks at config.yaml again.
+    let mut config = read_config(sub)?;
     // The wall clock as this process sees it: machine tests check that a joiner's clock was
     // agreed with the init node's before K3s started.
     let clock = std::time::SystemTime::now()
@@ -84,22 +95,22 @@ async fn run(mode: &str) -> Result<()> {
     let notifier = firstboot::status::Notifier::from_env();
 
     if mode == "agent" {
-        let server = config
-            .server
-            .clone()
-            .context("an agent needs server: in config.yaml")?;
+        // pkg/cli/agent/agent.go Run: both are required.
+        let server = config.server.clone().context("--server is required")?;
+        let password = config.password.clone().context("--token is required")?;
         let ca = trusted_ca(&server, &config).await?;
         let (status, _) = wire::get(
             &server,
             "/v1-k3s/config",
             Trust::Ca(ca),
-            Some(("node", &config.password)),
+            Some(("node", &password)),
         )
         .await
         .context("authenticating to the server")?;
         if status != 200 {
             bail!("the server rejected the token (HTTP {status})");
         }
+        start_flannel(&config)?;
         write_mode(&data.join("agent/server-url"), server.as_bytes(), 0o600)?;
         log(&format!("agent joined {server}"));
         notifier.ready("k3s-double agent running");
@@ -108,6 +119,20 @@ async fn run(mode: &str) -> Result<()> {
     }
 
     let tls_dir = data.join("server/tls");
+    if config.cluster_init && config.server.is_some() {
+        // K3s joins when both are set: JoinURL wins (pkg/cluster/managed.go:125).
+        log("cluster-init is set together with server: joining the server");
+    }
+    if config.password.is_none() {
+        // No token: K3s reuses server/token or generates one (pkg/daemons/control/deps
+        // readTokens / pkg/cli/server/server.go); a fresh, unrelated cluster results.
+        let existing = std::fs::read_to_string(data.join("server/token")).ok();
+        config.password = Some(match existing.as_deref().map(|t| parse_token(t.trim())) {
+            Some(Ok((p, _))) => p,
+            _ => random_password(),
+        });
+    }
+    let password = config.password.clone().unwrap_or_default();
     let ca = match &config.server {
         Some(server) => {
             let ca_pem = trusted_ca(server, &config).await?;
@@ -115,7 +140,7 @@ async fn run(mode: &str) -> Result<()> {
                 server,
                 "/v1-k3s/server-bootstrap",
                 Trust::Ca(ca_pem),
-                Some(("server", &config.password)),
+                Some(("server", &password)),
             )
             .await
             .context("fetching bootstrap data")?;
@@ -143,7 +168,7 @@ async fn run(mode: &str) -> Result<()> {
         },
     };
     let hash = CaHash::of_bundle(ca.cert_pem.as_bytes());
-    let token_text = format!("K10{}::server:{}", hash.to_hex(), config.password);
+    let token_text = format!("K10{}::server:{}", hash.to_hex(), password);
     write_mode(
         &data.join("server/token"),
         format!("{token_text}\n").as_bytes(),
@@ -171,7 +196,6 @@ async fn run(mode: &str) -> Result<()> {
     log(&format!(
         "serving https on {listen_ip}:{port}, CA sha256 {hash}"
     ));
-    let password = config.password.clone();
     let ca_cert = ca.cert_pem.clone();
     let ca_key = ca.key_pem.clone();
     let route = Arc::new(move |req: &Request| -> Response {
@@ -198,8 +222,21 @@ async fn run(mode: &str) -> Result<()> {
         }
     });
     let server = tokio::spawn(wire::serve(listener, chain, key, route));
+    // The server's embedded agent runs flannel too. K3s may send READY before flannel exits the
+    // process (setup.go:106-110 runs in a goroutine); the double fails before READY so a test
+    // cannot miss it.
+    start_flannel(&config)?;
     notifier.ready("k3s-double server running");
     server.await.context("server task")?
+}
+
+/// flannel's interface choice; fatal as in K3s when it has no IPv4 address.
+fn start_flannel(config: &DoubleConfig) -> Result<()> {
+    let (iface, ip) = flannel::external_interface(config.flannel_iface.as_deref())?;
+    log(&format!(
+        "level=info msg=\"The interface {iface} with ipv4 address {ip} will be used by flannel\""
+    ));
+    Ok(())
 }
 
 /// Fetches `/cacerts` unverified and checks it against the token's CA hash, as K3s does.
@@ -221,43 +258,107 @@ async fn trusted_ca(server: &str, config: &DoubleConfig) -> Result<Vec<u8>> {
     Ok(ca)
 }
 
-fn read_config() -> Result<DoubleConfig> {
-    let path = root().join(firstboot::k3s::CONFIG_YAML_PATH);
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let doc: serde_yaml::Value =
-        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let s = |k: &str| doc.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    let token = s("token").context("config.yaml has no token")?;
-    let (password, ca_hash) = match SecureToken::parse(&token) {
-        Some(st) => (st.expose_password().to_string(), Some(st.ca_hash())),
-        None if token.starts_with("K10") => bail!("config.yaml has a malformed secure token"),
-        None => (token, None),
-    };
-    let node_ip = match s("node-ip") {
-        Some(ip) => Some(ip.parse().context("node-ip is not an IP address")?),
-        None => None,
-    };
-    let tls_san = doc
-        .get("tls-san")
-        .and_then(|v| v.as_sequence())
-        .map(|seq| {
-            seq.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    let cluster_init = doc.get("cluster-init").and_then(|v| v.as_bool()) == Some(true);
-    let server = s("server");
-    if cluster_init && server.is_some() {
-        bail!("config.yaml sets both cluster-init and server");
+/// K3s's token parsing (pkg/clientaccess/token.go:213-260 parseToken): a bare password or a
+/// bootstrap token becomes `K10::...` with no CA hash; `K10<hash>::<user>:<password>` with any
+/// user (the subcommand overrides it: `server` for servers, `node` for agents); a hash that is
+/// not 64 characters is "invalid token CA hash length".
+fn parse_token(token: &str) -> Result<(String, Option<CaHash>)> {
+    if token.is_empty() {
+        bail!("token must not be empty");
     }
+    let Some(rest) = token.strip_prefix("K10") else {
+        return Ok((token.to_string(), None));
+    };
+    let (hash, creds) = match rest.split_once("::") {
+        Some((h, c)) => (h, c),
+        None => ("", rest),
+    };
+    let ca_hash = match hash.len() {
+        0 => None,
+        64 => Some(CaHash::from_hex(hash).context("invalid token CA hash")?),
+        _ => bail!("invalid token CA hash length"),
+    };
+    if is_bootstrap_token(creds) {
+        return Ok((creds.to_string(), ca_hash));
+    }
+    match creds.split_once(':') {
+        Some((_, password)) if !password.is_empty() => Ok((password.to_string(), ca_hash)),
+        _ => bail!("invalid token format"),
+    }
+}
+
+/// kubeadm's bootstrap token form `[a-z0-9]{6}.[a-z0-9]{16}`.
+fn is_bootstrap_token(s: &str) -> bool {
+    let ok = |p: &str, n: usize| {
+        p.len() == n
+            && p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    };
+    matches!(s.split_once('.'), Some((a, b)) if ok(a, 6) && ok(b, 16))
+}
+
+/// A random password like the one K3s generates when no token is given.
+fn random_password() -> String {
+    use sha2::Digest;
+    let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+    hex::encode(&sha2::Sha256::digest(seed.as_bytes())[..16])
+}
+
+fn read_config(mode: Subcommand) -> Result<DoubleConfig> {
+    let root = root();
+    let parsed = config::load(&root, mode, &|w| log(w))?;
+    // --token wins over --token-file (pkg/cli/cmds: token-file is read when token is empty,
+    // pkg/cli/server/server.go and pkg/agent/run.go).
+    let token = match (parsed.string("token"), parsed.string("token-file")) {
+        (Some(t), _) if !t.is_empty() => Some(t.to_string()),
+        (_, Some(f)) if !f.is_empty() => {
+            let path = root.join(f.trim_start_matches('/'));
+            Some(
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading token file {f}"))?
+                    .trim()
+                    .to_string(),
+            )
+        }
+        _ => None,
+    };
+    let (password, ca_hash) = match token {
+        Some(t) => {
+            let (p, h) = parse_token(&t)?;
+            (Some(p), h)
+        }
+        None => (None, None),
+    };
+    // node-ip is a string slice, each item possibly "ipv4,ipv6" (agent.go NodeIPFlag).
+    let mut node_ips = Vec::new();
+    for ip in parsed.slice("node-ip") {
+        node_ips.push(
+            ip.parse::<IpAddr>()
+                .with_context(|| format!("invalid node-ip {ip}"))?,
+        );
+    }
+    let server = parsed
+        .string("server")
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
     Ok(DoubleConfig {
         password,
         ca_hash,
         server,
-        node_name: s("node-name").unwrap_or_else(|| "k3s-double".into()),
-        node_ip,
-        tls_san,
+        cluster_init: parsed.bool("cluster-init"),
+        node_name: parsed
+            .string("node-name")
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "k3s-double".into())
+            }),
+        node_ip: node_ips.iter().copied().find(IpAddr::is_ipv4),
+        flannel_iface: parsed
+            .string("flannel-iface")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        tls_san: parsed.slice("tls-san"),
     })
 }

@@ -126,13 +126,25 @@ pub async fn get(
 ) -> Result<(u16, Vec<u8>)> {
     use base64::Engine;
     use rustls::pki_types::pem::PemObject;
-    let host_port = server_url
+    let authority = server_url
         .strip_prefix("https://")
-        .ok_or_else(|| anyhow!("server URL {server_url} is not https://host:port"))?
+        .ok_or_else(|| anyhow!("server URL {server_url} is not https://host[:port]"))?
         .trim_end_matches('/');
+    // Go's url/http: a URL without a port means the scheme's, 443 for https (K3s passes the
+    // server URL to net/http unchanged, pkg/clientaccess/token.go).
+    let has_port = match authority.rsplit_once(':') {
+        Some((h, p)) => !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) && !h.ends_with('['),
+        None => false,
+    } && !authority.ends_with(']');
+    let host_port = if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:443")
+    };
+    let host_port = host_port.as_str();
     let (host, _) = host_port
         .rsplit_once(':')
-        .ok_or_else(|| anyhow!("server URL {server_url} has no port"))?;
+        .ok_or_else(|| anyhow!("server URL {server_url} has no host"))?;
     let host = host
         .trim_start_matches('[')
         .trim_end_matches(']')

@@ -191,11 +191,59 @@ impl ClusterConfig {
                 "the token is the placeholder from the examples: anyone who has read them can join this cluster; run `imagebuild token` and use its output".to_string(),
             );
         }
+        out.extend(self.k3s_extra_warnings());
         if self.servers == 1 && self.nodes > 1 {
             out.push(format!(
                 "servers = 1: the cluster has no HA control plane; with {} nodes consider servers = 3",
                 self.nodes
             ));
+        }
+        out
+    }
+
+    /// `[k3s] extra` keys K3s would not take: a key no subcommand of the pinned K3s defines,
+    /// and a value K3s's flag parsing would refuse (the K3s unit would then never start).
+    fn k3s_extra_warnings(&self) -> Vec<String> {
+        use crate::k3s::flags::{self, Reach, Subcommand};
+        let mut out = Vec::new();
+        for (key, value) in &self.k3s.extra {
+            let name = key.strip_suffix('+').unwrap_or(key);
+            match flags::reach(name) {
+                Reach::Neither => {
+                    let all = Subcommand::Server
+                        .flags()
+                        .iter()
+                        .chain(Subcommand::Agent.flags())
+                        .map(|f| f.name);
+                    let hint = match schema::did_you_mean(name, all) {
+                        Some(s) => format!("did you mean \"{s}\"?"),
+                        None => "check the spelling against `k3s server --help`".to_string(),
+                    };
+                    out.push(format!(
+                        "k3s.extra.{key}: no subcommand of K3s {} defines \"{name}\": servers skip it with a warning (\"Unknown flag\"), agents are not given it; {hint}",
+                        flags::K3S_VERSION
+                    ));
+                }
+                reach => {
+                    let sub = if reach == Reach::AgentOnly {
+                        Subcommand::Agent
+                    } else {
+                        Subcommand::Server
+                    };
+                    let Some(flag) = sub.flag(name) else { continue };
+                    let values: Vec<String> = match value {
+                        toml::Value::Array(items) => items.iter().map(toml_as_flag_value).collect(),
+                        other => vec![toml_as_flag_value(other)],
+                    };
+                    for v in values {
+                        if let Err(e) = flag.check_value(&v) {
+                            out.push(format!(
+                                "k3s.extra.{key}: K3s would refuse to start: {e}; write a value of the flag's type"
+                            ));
+                        }
+                    }
+                }
+            }
         }
         out
     }
@@ -233,5 +281,38 @@ impl ClusterConfig {
             self.token,
             token,
         )
+    }
+}
+
+/// A TOML value as the text K3s's flag parser sees for it.
+fn toml_as_flag_value(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warns_about_extra_keys_k3s_would_not_take() {
+        let c = ClusterConfig::from_toml_str(
+            "[cluster]\nname = \"lab\"\ntoken = \"unit-secret-abcdefgh\"\nservers = 3\n[k3s]\nextra = { \"write-kubeconfig-mod\" = \"0644\", \"kubelet-arg\" = [\"max-pods=60\"], \"lb-server-port\" = \"six\" }\n",
+            Path::new("/nonexistent/cluster.toml"),
+        )
+        .unwrap();
+        let w = c.warnings().join("\n");
+        assert!(
+            w.contains("k3s.extra.write-kubeconfig-mod: no subcommand of K3s"),
+            "{w}"
+        );
+        assert!(w.contains("did you mean \"write-kubeconfig-mode\"?"), "{w}");
+        assert!(
+            w.contains("k3s.extra.lb-server-port: K3s would refuse to start"),
+            "{w}"
+        );
+        assert!(!w.contains("kubelet-arg"), "{w}");
     }
 }

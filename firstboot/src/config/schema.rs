@@ -82,7 +82,7 @@ pub(crate) const SECTIONS: &[(&str, &[KeySpec])] = &[
             key(
                 "extra",
                 Kind::Table,
-                "extra = { \"write-kubeconfig-mode\" = \"0644\" }",
+                "extra = { \"node-label\" = [\"site=lab\"] }",
             ),
         ],
     ),

@@ -34,26 +34,42 @@ pub enum BringUpError {
     /// K3s is active but its CA file is unreadable.
     #[error("reading the cluster CA: {0}")]
     Ca(std::io::Error),
+    /// Listing the network interfaces failed.
+    #[error("listing network interfaces: {0}")]
+    Interfaces(std::io::Error),
+    /// The node-ip fixed at first boot is on no interface any more.
+    #[error("node-ip {0} (fixed in k3s-plan.json when the node joined) is on no interface any more, probably because DHCP gave this node another address; K3s's etcd cannot move to a new address, so K3s is not started. Fix: give this node its old address back (a DHCP reservation or a static address for its MAC), then reboot")]
+    NodeIpGone(std::net::IpAddr),
 }
 
 /// Brings K3s up for `role`; safe to repeat after a crash at any point: config.yaml is
 /// rewritten only when it differs, the route only added when missing, and starting an active
-/// unit is a no-op. `manage_route` is false when `root` is not the live system.
+/// unit is a no-op. `live` is false when `root` is not the live system: then neither the
+/// default route nor the interfaces (flannel-iface, node-ip still held) are looked at.
 pub async fn bring_up(
     root: &Path,
     config: &ClusterConfig,
     role: &K3sRole,
     facts: &NodeFacts,
     systemd: &Systemd,
-    manage_route: bool,
+    live: bool,
     limit: Duration,
 ) -> Result<BroughtUp, BringUpError> {
-    let yaml = render(config, role, facts);
+    let mut facts = facts.clone();
+    if live {
+        // flannel-iface = the interface holding node-ip (K3s never derives it from node-ip).
+        // node-ip is frozen in the plan; an address that moved is refused, not followed.
+        match super::node_ip::interface_holding(facts.node_ip).map_err(BringUpError::Interfaces)? {
+            Some(iface) => facts.flannel_iface = Some(iface),
+            None => return Err(BringUpError::NodeIpGone(facts.node_ip)),
+        }
+    }
+    let yaml = render(config, role, &facts);
     let current = std::fs::read_to_string(root.join(CONFIG_YAML_PATH)).ok();
     if current.as_deref() != Some(yaml.as_str()) {
         write_config_yaml(root, &yaml).map_err(BringUpError::Config)?;
     }
-    let route = if manage_route {
+    let route = if live {
         Some(ensure_default_route().map_err(BringUpError::Route)?)
     } else {
         None

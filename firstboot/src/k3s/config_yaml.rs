@@ -2,9 +2,12 @@
 //!
 //! Cluster-wide keys (disable, tls-san from the config, etcd args, snapshots, extra keys) come
 //! only from the shared `cluster.toml` and the init node's decisions, so every server renders
-//! them identically (K3s refuses "critical configuration value mismatch" otherwise). Agents get
-//! only agent keys; K3s would skip server-only ones with a warning anyway.
+//! them identically (the docs ask for identical `disable` values; K3s itself compares only the
+//! CriticalControlArgs, pkg/daemons/config/types.go). Agents get only agent keys: `k3s agent`
+//! does not skip keys it does not know, it exits with "flag provided but not defined"
+//! (see [`super::flags`]), so `[k3s] extra` is routed by K3s's own flag tables.
 
+use super::flags::{self, Reach, Subcommand};
 use super::secure_token::{CaHash, SecureToken};
 use crate::config::ClusterConfig;
 use crate::durable::write_atomic;
@@ -49,6 +52,11 @@ pub struct NodeFacts {
     pub etcd_args: Vec<String>,
     /// Snapshot directory chosen by storage; `None` falls back to `[snapshots] dir`, then to K3s's default.
     pub snapshot_dir: Option<PathBuf>,
+    /// The interface holding `node_ip`, written as `flannel-iface`: without it flannel takes the
+    /// default-route interface (pkg/agent/flannel/flannel.go:134-153), which on a multi-homed
+    /// node is not the cluster LAN and on a LAN without a router is firstboot's dummy.
+    /// `None` only where no live interface is known (a test root).
+    pub flannel_iface: Option<String>,
 }
 
 /// Default kubeconfig mode: root-only, as the kubeconfig is a cluster-admin credential.
@@ -78,6 +86,11 @@ pub fn render(config: &ClusterConfig, role: &K3sRole, facts: &NodeFacts) -> Stri
     }
     y.scalar("node-name", &quote(&facts.node_name));
     y.scalar("node-ip", &quote(&facts.node_ip.to_string()));
+    if let Some(iface) = &facts.flannel_iface {
+        if !config.k3s.extra.contains_key("flannel-iface") {
+            y.scalar("flannel-iface", &quote(iface));
+        }
+    }
     let is_server = !matches!(role, K3sRole::Agent { .. });
     if is_server {
         let mut sans = vec![
@@ -115,9 +128,23 @@ pub fn render(config: &ClusterConfig, role: &K3sRole, facts: &NodeFacts) -> Stri
         }
     }
     for (key, value) in &config.k3s.extra {
-        y.value(key, value);
+        if extra_reaches(key, is_server) {
+            y.value(key, value);
+        }
     }
     y.out
+}
+
+/// Whether an `[k3s] extra` key goes into this node's config.yaml: by K3s's flag tables; a key
+/// no subcommand of the pinned K3s defines goes to servers only, which skip it with a warning
+/// if it is a typo (check-config warns about it) and honour it if the image runs a newer K3s.
+fn extra_reaches(key: &str, is_server: bool) -> bool {
+    let sub = if is_server {
+        Subcommand::Server
+    } else {
+        Subcommand::Agent
+    };
+    flags::reaches(key, sub) || (is_server && flags::reach(key) == Reach::Neither)
 }
 
 /// Writes config.yaml under `root` atomically with mode 0600 (it holds the token).
@@ -232,7 +259,7 @@ mod tests {
 
     fn config() -> ClusterConfig {
         ClusterConfig::from_toml_str(
-            "[cluster]\nname = \"lab\"\ntoken = \"unit-secret-abcdefgh\"\nservers = 3\n[k3s]\ndisable = [\"traefik\"]\nextra = { \"kubelet-arg\" = [\"max-pods=60\"] }\n",
+            "[cluster]\nname = \"lab\"\ntoken = \"unit-secret-abcdefgh\"\nservers = 3\n[k3s]\ndisable = [\"traefik\"]\nextra = { \"kubelet-arg\" = [\"max-pods=60\"], \"kube-apiserver-arg\" = [\"audit-log-maxage=30\"], \"write-kubeconfig-mode\" = \"0644\", \"not-a-k3s-flag\" = \"x\" }\n",
             Path::new("/nonexistent/cluster.toml"),
         )
         .unwrap()
@@ -245,6 +272,7 @@ mod tests {
             hostname: "lab-a1b2c3".into(),
             etcd_args: vec!["heartbeat-interval=500".into()],
             snapshot_dir: None,
+            flannel_iface: Some("eth0".into()),
         }
     }
 
@@ -270,14 +298,30 @@ mod tests {
             "disable",
             "etcd-",
             "write-kubeconfig",
+            "kube-apiserver-arg",
+            "not-a-k3s-flag",
         ] {
             assert!(!y.contains(k), "{k} in {y}");
         }
         assert!(y.contains("kubelet-arg:\n  - \"max-pods=60\"\n"), "{y}");
+        assert!(y.contains("flannel-iface: \"eth0\"\n"), "{y}");
         assert!(y.contains(&format!(
             "token: \"K10{}::server:unit-secret-abcdefgh\"",
             CaHash::of_bundle(b"ca")
         )));
+    }
+
+    #[test]
+    fn servers_get_every_extra_key() {
+        let y = render(&config(), &K3sRole::Init, &facts());
+        for k in [
+            "kubelet-arg:",
+            "kube-apiserver-arg:",
+            "write-kubeconfig-mode: \"0644\"",
+            "not-a-k3s-flag:",
+        ] {
+            assert!(y.contains(k), "{k} in {y}");
+        }
     }
 
     #[test]

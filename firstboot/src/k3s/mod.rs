@@ -2,6 +2,7 @@
 
 pub mod bring_up;
 pub mod config_yaml;
+pub mod flags;
 pub mod node_ip;
 pub mod plan;
 pub mod secure_token;

@@ -36,6 +36,23 @@ pub fn first_lan_address() -> io::Result<IpAddr> {
         })
 }
 
+/// The interface that holds `addr` (K3s's `flannel-iface` for a node whose node-ip is `addr`),
+/// or `None` when no interface has it any more (e.g. DHCP gave the node another address).
+pub fn interface_holding(addr: IpAddr) -> io::Result<Option<String>> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
+    Ok(addrs
+        .filter(|a| {
+            let held = a.address.as_ref().and_then(|s| {
+                s.as_sockaddr_in()
+                    .map(|v4| IpAddr::V4(v4.ip()))
+                    .or_else(|| s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+            });
+            held == Some(addr)
+        })
+        .map(|a| a.interface_name)
+        .next())
+}
+
 /// The node's LAN address: towards `peer` when one is known, else the first LAN address.
 pub fn node_ip(peer: Option<IpAddr>) -> io::Result<IpAddr> {
     match peer {
@@ -52,5 +69,13 @@ mod tests {
     fn loopback_routes_from_loopback() {
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         assert_eq!(address_towards(lo).unwrap(), lo);
+    }
+
+    #[test]
+    fn loopback_address_is_held_by_lo() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(interface_holding(lo).unwrap().as_deref(), Some("lo"));
+        let gone: IpAddr = "192.0.2.77".parse().unwrap();
+        assert_eq!(interface_holding(gone).unwrap(), None);
     }
 }

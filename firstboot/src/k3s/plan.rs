@@ -93,6 +93,7 @@ impl K3sPlan {
             hostname: hostname.to_string(),
             etcd_args: self.etcd.etcd_args(),
             snapshot_dir: self.snapshot_dir.clone(),
+            flannel_iface: None,
         }
     }
 

@@ -315,12 +315,12 @@ impl K3sProgress {
         let root = paths.root().to_path_buf();
         let config = config.clone();
         // The route belongs to the live system only, never to a test root.
-        let manage_route = root == Path::new("/");
+        let live = root == Path::new("/");
         self.retry_at = None;
         self.task = Some(tokio::spawn(async move {
             let conn = zbus::Connection::system().await?;
             let systemd = Systemd::new(&conn).await?;
-            bring_up(&root, &config, &role, &facts, &systemd, manage_route, ROUND).await
+            bring_up(&root, &config, &role, &facts, &systemd, live, ROUND).await
         }));
         Ok(())
     }
