@@ -332,7 +332,7 @@ mod tests {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(
             &p,
-            r#"{"build_time": 1780000000, "k3s": {"version": "v1.31.4+k3s1"}}"#,
+            r#"{"build_time": 1780000000, "k3s": {"version": "v1.31.10+k3s1"}}"#,
         )
         .unwrap();
         assert_eq!(image_build_time(dir.path()).unwrap(), Some(1_780_000_000));

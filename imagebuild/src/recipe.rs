@@ -77,7 +77,7 @@ fn default_free_space() -> ByteSize {
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct K3sSection {
-    /// K3s release, e.g. "v1.31.4+k3s1".
+    /// K3s release, e.g. "v1.31.10+k3s1".
     #[serde(default)]
     pub version: String,
     /// Release mirror URL or local directory; empty = GitHub releases.
@@ -486,7 +486,7 @@ compress = "zstd"
 free_space = "1GiB"
 
 [k3s]
-version = "v1.31.4+k3s1"
+version = "v1.31.10+k3s1"
 
 [os]
 user = "pi"

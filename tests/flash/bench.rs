@@ -73,7 +73,7 @@ fn main() -> Result<()> {
     std::fs::write(
         work.join("image.toml"),
         format!(
-            "[image]\nboard = \"rpi5\"\nbase = \"{}\"\noutput = \"out/node.img\"\nfree_space = \"256MiB\"\n\n[k3s]\nversion = \"v1.31.4+k3s1\"\n\n[cluster]\nfile = \"cluster.toml\"\n",
+            "[image]\nboard = \"rpi5\"\nbase = \"{}\"\noutput = \"out/node.img\"\nfree_space = \"256MiB\"\n\n[k3s]\nversion = \"v1.31.10+k3s1\"\n\n[cluster]\nfile = \"cluster.toml\"\n",
             base.display()
         ),
     )?;

@@ -42,7 +42,7 @@ fn built() -> &'static PathBuf {
         std::fs::write(
             dir.join("image.toml"),
             format!(
-                "[image]\nboard = \"rpi5\"\nbase = \"{}\"\noutput = \"out/node.img\"\nfree_space = \"64MiB\"\ncompress = \"zstd\"\n\n[k3s]\nversion = \"v1.31.4+k3s1\"\nmirror = \"release\"\n",
+                "[image]\nboard = \"rpi5\"\nbase = \"{}\"\noutput = \"out/node.img\"\nfree_space = \"64MiB\"\ncompress = \"zstd\"\n\n[k3s]\nversion = \"v1.31.10+k3s1\"\nmirror = \"release\"\n",
                 base.display()
             ),
         )

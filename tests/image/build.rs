@@ -54,7 +54,7 @@ free_space = "300MiB"
 {extra_image}
 
 [k3s]
-version = "v1.31.4+k3s1"
+version = "v1.31.10+k3s1"
 mirror = "release"
 
 [os]

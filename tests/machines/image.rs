@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The K3s version the generated release claims to be.
-pub const K3S_VERSION: &str = "v1.31.4+k3s1";
+pub const K3S_VERSION: &str = "v1.31.10+k3s1";
 /// Name of the test board profile.
 pub const BOARD: &str = "test-amd64";
 

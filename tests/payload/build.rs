@@ -141,6 +141,18 @@ fn release_from_http_mirror_is_verified_installed_and_reused_offline() {
         "/var/lib/rancher/k3s/agent/images/k3s-airgap-images-arm64.tar.zst",
     );
     assert_eq!(sha256(&airgap), rel.airgap_sha256);
+    // K3s (>= v1.31.9) skips re-importing an unchanged archive only when this file exists; it
+    // never creates it, and it accepts it empty.
+    let cache = "/var/lib/rancher/k3s/agent/images/.cache.json";
+    assert!(exists(&img, off, cache), "{cache} missing");
+    assert!(
+        debugfs_cat(&img, off, cache).is_empty(),
+        "{cache} not empty"
+    );
+    assert_eq!(
+        debugfs_stat(&img, off, cache),
+        ("0644".into(), 0, 0, "regular".into())
+    );
     for s in ["k3s-killall.sh", "k3s-uninstall.sh"] {
         let (mode, ..) = debugfs_stat(&img, off, &format!("/usr/local/bin/{s}"));
         assert_eq!(mode, "0755", "{s}");
@@ -211,7 +223,7 @@ fn release_from_http_mirror_is_verified_installed_and_reused_offline() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(
-        text.contains("payload: k3s v1.31.4+k3s1 firstboot 0.0.0-fake airgap images yes firstboot.service enabled"),
+        text.contains("payload: k3s v1.31.10+k3s1 firstboot 0.0.0-fake airgap images yes firstboot.service enabled"),
         "{text}"
     );
     assert!(!text.contains("is missing"), "{text}");
@@ -251,7 +263,7 @@ fn wrong_checksum_is_refused_and_nothing_is_written() {
         out,
         &[
             "sha256 mismatch",
-            &format!("{}/v1.31.4%2Bk3s1/k3s-arm64", server.url),
+            &format!("{}/v1.31.10%2Bk3s1/k3s-arm64", server.url),
         ],
     );
     assert!(err.contains(&rel.binary_sha256), "{err}");
@@ -266,7 +278,7 @@ fn missing_asset_names_the_url() {
     let rel = release::make(&dir.path().join("release"));
     let served = release::serve_layout(&rel, &dir.path().join("served"));
     let asset = served
-        .join("v1.31.4%2Bk3s1")
+        .join("v1.31.10%2Bk3s1")
         .join("k3s-airgap-images-arm64.tar.zst");
     std::fs::remove_file(asset).unwrap();
     let server = http::FileServer::start(served, None);
@@ -277,7 +289,7 @@ fn missing_asset_names_the_url() {
         out,
         &[
             &format!(
-                "{}/v1.31.4%2Bk3s1/k3s-airgap-images-arm64.tar.zst",
+                "{}/v1.31.10%2Bk3s1/k3s-airgap-images-arm64.tar.zst",
                 server.url
             ),
             "404",
@@ -301,7 +313,7 @@ fn offline_with_a_cold_cache_says_what_is_missing() {
         out,
         &[
             "--offline",
-            "K3s v1.31.4+k3s1",
+            "K3s v1.31.10+k3s1",
             "not in the cache",
             "k3s-arm64",
             "k3s-airgap-images-arm64.tar.zst",
@@ -322,6 +334,11 @@ fn local_mirror_without_airgap_flags_nothing() {
         &img,
         off,
         "/var/lib/rancher/k3s/agent/images/k3s-airgap-images-arm64.tar.zst"
+    ));
+    assert!(!exists(
+        &img,
+        off,
+        "/var/lib/rancher/k3s/agent/images/.cache.json"
     ));
     let out = run(imagebuild(dir.path())
         .arg("inspect")
@@ -527,4 +544,85 @@ fn example_recipes_parse() {
             .unwrap_or_else(|e| panic!("{ex}: cluster: {e:#}"));
         assert!(cluster.is_some(), "{ex}: no cluster.toml stamped");
     }
+}
+
+/// k3s-killall.sh behaves like upstream's: a disk mounted below the data dir stays mounted with
+/// its files (the old script unmounted and `rm -rf`ed it), mounts below /run/k3s and the kubelet's
+/// pods dir go, and the iptables cleanup runs K3s's bundled iptables-save/-restore from
+/// <data dir>/data/<hash>/bin/aux on a host whose PATH has no iptables. The script runs in
+/// private mount, network and PID namespaces with tmpfs over /run, /var/lib and
+/// /etc/systemd/system, so the host's mounts, links, units and processes are untouched.
+#[test]
+fn killall_keeps_data_dir_mounts_and_uses_bundled_iptables() {
+    if !systests::is_root() {
+        eprintln!("skipping killall_keeps_data_dir_mounts_and_uses_bundled_iptables: needs root (mount namespaces)");
+        return;
+    }
+    let killall = systests::repo_root().join("overlays/k3s/usr/local/bin/k3s-killall.sh");
+    let script = r#"
+set -e
+mount -t tmpfs run /run
+mount -t tmpfs varlib /var/lib
+mount -t tmpfs units /etc/systemd/system
+D=/var/lib/rancher/k3s
+mkdir -p $D/storage $D/agent/containerd/sandboxes/x/shm /run/k3s/containerd/task /var/lib/kubelet/pods/p1/volumes/v
+mount -t tmpfs disk $D/storage
+echo precious > $D/storage/keep
+mount -t tmpfs shm $D/agent/containerd/sandboxes/x/shm
+mount -t tmpfs task /run/k3s/containerd/task
+mount -t tmpfs vol /var/lib/kubelet/pods/p1/volumes/v
+aux=$D/data/0123abcd/bin/aux
+mkdir -p $aux
+cat > $aux/iptables-save <<'SAVE'
+#!/bin/sh
+printf '*filter\n-A INPUT -j KUBE-FIREWALL\n-A INPUT -s 10.0.0.0/8 -j ACCEPT\n-A FORWARD -m comment --comment "flannel forward" -j ACCEPT\n-A FORWARD -j CNI-FORWARD\nCOMMIT\n'
+SAVE
+printf '#!/bin/sh\ncat > /run/restored\n' > $aux/iptables-restore
+chmod +x $aux/iptables-save $aux/iptables-restore
+# The host's tools, without any iptables.
+mkdir /run/hostbin
+for t in sh awk sort xargs umount rm ps pgrep ip sed grep id basename systemctl cat; do
+    p=$(command -v $t) && ln -s "$p" /run/hostbin/$t
+done
+PATH=/run/hostbin sh "$KILLALL" >/run/killall.log 2>&1 || { cat /run/killall.log; echo "FAIL: killall exited non-zero"; exit 1; }
+set +e
+fail=0
+grep -q " $D/storage " /proc/self/mounts || { echo "FAIL: the disk mounted at $D/storage was unmounted"; fail=1; }
+[ "$(cat $D/storage/keep 2>/dev/null)" = precious ] || { echo "FAIL: files on the disk mounted below the data dir are gone"; fail=1; }
+grep -q " $D/agent/containerd/sandboxes/x/shm " /proc/self/mounts || { echo "FAIL: a mount below the data dir was unmounted"; fail=1; }
+grep -q " /run/k3s/containerd/task " /proc/self/mounts && { echo "FAIL: /run/k3s mount left"; fail=1; }
+[ -e /run/k3s/containerd/task ] && { echo "FAIL: /run/k3s mount point left"; fail=1; }
+grep -q " /var/lib/kubelet/pods/p1/volumes/v " /proc/self/mounts && { echo "FAIL: kubelet pod volume left mounted"; fail=1; }
+[ -e /var/lib/kubelet/pods/p1/volumes/v ] && { echo "FAIL: kubelet pod volume mount point left"; fail=1; }
+if [ -f /run/restored ]; then
+    grep -q -- "-A INPUT -s 10.0.0.0/8 -j ACCEPT" /run/restored || { echo "FAIL: restore lost a host rule"; fail=1; }
+    grep -q -i "KUBE-\|CNI-\|flannel" /run/restored && { echo "FAIL: K3s rules were restored"; fail=1; }
+else
+    echo "FAIL: the bundled iptables-restore never ran"; fail=1
+fi
+[ $fail = 0 ] || { echo "--- killall output"; cat /run/killall.log; }
+exit $fail
+"#;
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--net",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+        ])
+        .env("KILLALL", &killall)
+        .output()
+        .expect("running unshare");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The K3s version the fixtures claim to be.
-pub const VERSION: &str = "v1.31.4+k3s1";
+pub const VERSION: &str = "v1.31.10+k3s1";
 
 /// A generated release for arm64 in `dir` (the assets directly in it).
 pub struct FakeRelease {

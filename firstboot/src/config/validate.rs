@@ -537,7 +537,12 @@ impl Validator<'_> {
         let schedule = match raw.schedule {
             Some(s) => {
                 if let Err(e) = cron::validate_cron(s.get_ref()) {
-                    self.report(&s, "snapshots.schedule", format!("\"{}\" is not a valid cron schedule: {e}", s.get_ref()), "write e.g. schedule = \"0 */6 * * *\" (minute hour day-of-month month day-of-week)");
+                    self.report(
+                        &s,
+                        "snapshots.schedule",
+                        format!("schedule = \"{}\": {}", s.get_ref(), e.problem),
+                        e.fix,
+                    );
                 }
                 s.into_inner()
             }

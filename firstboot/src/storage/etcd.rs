@@ -1,10 +1,15 @@
 //! etcd timing for the whole cluster: chosen once by the init node, identical on every server.
 //!
-//! K3s runs etcd with heartbeat 500 ms and election timeout 5000 ms; all members must use the same
-//! values or K3s refuses the join. Slow SD cards stall fdatasync for tens or hundreds of
-//! milliseconds, which makes a leader miss heartbeats and triggers needless elections, so the init
-//! node picks longer timings when the slowest planned server is slow, and carries the choice in
-//! its announcement so that joiners render exactly the same `etcd-arg` values.
+//! K3s runs etcd with heartbeat 500 ms and election timeout 5000 ms (pkg/etcd/etcd.go:1042-1043 at
+//! v1.31.10). K3s does not compare `etcd-arg` between servers: the values go into each member's
+//! own etcd config file (pkg/daemons/executor/executor.go `ToConfigFile`), and etcd does not
+//! compare members' timings either. They should still agree: etcd's tuning guide (tuning.md) says
+//! the values "should be the same for all members in one cluster", as different values "may
+//! disrupt cluster stability". Slow SD cards stall
+//! fdatasync for tens or hundreds of milliseconds, which makes a leader miss heartbeats and
+//! triggers needless elections, so the init node picks longer timings when the slowest planned
+//! server is slow, and carries the choice in its announcement so that joiners render exactly the
+//! same `etcd-arg` values.
 
 use super::class::{Speed, StorageClass};
 use serde::{Deserialize, Serialize};

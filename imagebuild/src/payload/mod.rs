@@ -22,6 +22,14 @@ pub const K3S_BIN: &str = "/usr/local/bin/k3s";
 pub const K3S_LINKS: [&str; 3] = ["kubectl", "crictl", "ctr"];
 /// Where K3s imports air-gap image archives from at start.
 pub const AIRGAP_DIR: &str = "/var/lib/rancher/k3s/agent/images";
+/// The file that makes K3s (>= v1.31.9) import an air-gap archive only when it changed.
+///
+/// K3s imports every archive in [`AIRGAP_DIR`] at every start (the 133 MB arm64 archive delays
+/// containerd, and with it an etcd join, by a minute on an SD card) unless this file exists: it
+/// then records each archive's size and mtime and skips unchanged ones. K3s never creates it
+/// (pkg/agent/containerd/watcher.go `syncCache` opens it without O_CREATE; `loadCache` accepts an
+/// empty file), so the image ships it empty. Older K3s releases ignore it.
+pub const AIRGAP_CACHE: &str = "/var/lib/rancher/k3s/agent/images/.cache.json";
 /// Where the firstboot binary goes.
 pub const FIRSTBOOT_BIN: &str = "/usr/local/bin/firstboot";
 /// The firstboot unit.
@@ -131,6 +139,7 @@ fn k3s_layout(p: &mut Payload, rel: &K3sRelease, data: &DataDir) -> Result<()> {
     if let Some((archive, name)) = &rel.airgap {
         p.dir(AIRGAP_DIR, 0o755);
         p.file(archive, &format!("{AIRGAP_DIR}/{name}"), 0o644);
+        p.bytes(AIRGAP_CACHE, Vec::new(), 0o644);
     }
     Ok(())
 }

@@ -98,7 +98,7 @@ pub fn obtain(
     offline: bool,
 ) -> Result<K3sRelease> {
     if version.trim().is_empty() {
-        bail!("[k3s] version is empty: set it to a K3s release such as \"v1.31.4+k3s1\"");
+        bail!("[k3s] version is empty: set it to a K3s release such as \"v1.31.10+k3s1\"");
     }
     let names = AssetNames::for_arch(arch)?;
     let sums_text = checksums(version, &names, mirror, cache, offline, airgap)?;
@@ -273,8 +273,8 @@ mod tests {
         assert!(AssetNames::for_arch("riscv64").is_err());
         let m = Mirror::parse("", Path::new("/r"));
         assert_eq!(
-            m.locate("v1.31.4+k3s1", "k3s-arm64"),
-            "https://github.com/k3s-io/k3s/releases/download/v1.31.4%2Bk3s1/k3s-arm64"
+            m.locate("v1.31.10+k3s1", "k3s-arm64"),
+            "https://github.com/k3s-io/k3s/releases/download/v1.31.10%2Bk3s1/k3s-arm64"
         );
         assert_eq!(
             Mirror::parse("http://127.0.0.1:8/rel/", Path::new("/r")).locate("v1+k3s1", "a"),
