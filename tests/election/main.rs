@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use firstboot::election::{
-    Ballot, Body, ClusterId, Envelope, Flaw, Hello, Instance, NodeId, ProtocolKey, RolePin, Value,
+    Ballot, Body, ClusterId, Envelope, Hello, Instance, NodeId, ProtocolKey, RolePin, Value,
     MAX_FRAME,
 };
-use systests::election_sim::{run, Outcome, Rng, Scenario};
+use systests::election_sim::{run, Flaw, Outcome, Rng, Scenario};
 
 const CI_SEEDS: u64 = 10_000;
 

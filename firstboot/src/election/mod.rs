@@ -104,11 +104,9 @@ pub use auth::{ClusterId, ProtocolKey, CLUSTER_ID_LEN, MAC_LEN};
 pub use message::{
     Body, DecodeError, Envelope, Hello, Instance, MAX_FRAME, MAX_ROSTER, PROTOCOL_VERSION,
 };
-#[cfg(feature = "sim-flaws")]
-pub use node::Flaw;
 pub use node::{
-    Destination, ElectionConfig, ElectionStatus, Event, Node, PersistRequest, PersistedState,
-    Timing, Transmit,
+    Destination, ElectionConfig, ElectionStatus, Event, Node, Paxos, PersistRequest,
+    PersistedState, Rules, Timing, Transmit,
 };
 pub use paxos::{Acceptor, Ballot, Value};
 pub use rank::{Rank, RolePin};

@@ -204,20 +204,33 @@ impl std::fmt::Display for ElectionStatus {
     }
 }
 
-/// A deliberate safety flaw, so the simulator can prove that it catches one. Test builds only.
-#[cfg(feature = "sim-flaws")]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Flaw {
-    /// No flaw.
-    #[default]
-    None,
-    /// Quorum of half the electorate instead of a strict majority.
-    HalfQuorum,
-    /// Release frames and events before the state they depend on is persisted.
-    ReplyBeforePersist,
-    /// The elected node runs cluster-init as soon as `Init` is decided, without waiting for Go.
-    InitWithoutGo,
+/// The safety rules the core follows; the product uses [`Paxos`].
+///
+/// Each method is one rule the core's safety rests on. The simulator's self-test implements the
+/// trait in the test crate with a rule broken, to prove that it catches the flaw; nothing in
+/// `firstboot` implements a broken rule.
+pub trait Rules: Clone + std::fmt::Debug {
+    /// Votes needed to decide among `electorate` voters: a strict majority.
+    fn quorum(&self, electorate: usize) -> usize {
+        electorate / 2 + 1
+    }
+
+    /// Frames and events that depend on new state are released only once it is durable.
+    fn release_after_persist(&self) -> bool {
+        true
+    }
+
+    /// The elected node takes its role only once its Go is decided.
+    fn role_waits_for_go(&self) -> bool {
+        true
+    }
 }
+
+/// The rules as designed: strict majorities, persist before release, cluster-init only after Go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Paxos;
+
+impl Rules for Paxos {}
 
 #[derive(Clone, Debug)]
 struct Peer {
@@ -256,7 +269,7 @@ impl Jitter {
 
 /// One node's election: feed it frames and timeouts, poll it for what to do.
 #[derive(Debug)]
-pub struct Node {
+pub struct Node<R: Rules = Paxos> {
     rank: Rank,
     nodes: usize,
     servers: usize,
@@ -283,13 +296,24 @@ pub struct Node {
     next_hello: Millis,
     abandon_at: Option<Millis>,
     init_roster: Vec<NodeId>,
-    #[cfg(feature = "sim-flaws")]
-    flaw: Flaw,
+    rules: R,
 }
 
 impl Node {
     /// Starts a node at `now`, fresh or rebuilt from the state it last persisted.
     pub fn new(config: ElectionConfig, now: Millis, restored: Option<PersistedState>) -> Node {
+        Node::with_rules(config, now, restored, Paxos)
+    }
+}
+
+impl<R: Rules> Node<R> {
+    /// [`Node::new`] under other [`Rules`] (the simulator's self-test breaks one on purpose).
+    pub fn with_rules(
+        config: ElectionConfig,
+        now: Millis,
+        restored: Option<PersistedState>,
+        rules: R,
+    ) -> Node<R> {
         let mut state = restored.unwrap_or_default();
         if state.role.is_some() && matches!(state.decided, Some(Value::Init(_))) {
             // A role is only ever taken after Go (state written before the fate instance existed).
@@ -332,15 +356,8 @@ impl Node {
             next_hello: now,
             abandon_at: None,
             init_roster,
-            #[cfg(feature = "sim-flaws")]
-            flaw: Flaw::None,
+            rules,
         }
-    }
-
-    /// Builds the core with a deliberate flaw (simulator self-test only).
-    #[cfg(feature = "sim-flaws")]
-    pub fn set_flaw(&mut self, flaw: Flaw) {
-        self.flaw = flaw;
     }
 
     /// This node's id.
@@ -577,12 +594,7 @@ impl Node {
     }
 
     fn quorum(&self) -> usize {
-        let electorate = self.nodes.max(self.voters.len());
-        #[cfg(feature = "sim-flaws")]
-        if self.flaw == Flaw::HalfQuorum {
-            return (electorate / 2).max(1);
-        }
-        electorate / 2 + 1
+        self.rules.quorum(self.nodes.max(self.voters.len()))
     }
 
     fn note_voter(&mut self, sender: NodeId) {
@@ -1024,10 +1036,7 @@ impl Node {
         if self.state.role.is_some() {
             return;
         }
-        #[cfg(feature = "sim-flaws")]
-        let premature = self.flaw == Flaw::InitWithoutGo && init == self.id();
-        #[cfg(not(feature = "sim-flaws"))]
-        let premature = false;
+        let premature = !self.rules.role_waits_for_go() && init == self.id();
         if !self.state.go && !premature {
             return;
         }
@@ -1168,12 +1177,7 @@ impl Node {
     }
 
     fn release_or_hold(&mut self, output: Output) {
-        #[cfg(feature = "sim-flaws")]
-        if self.flaw == Flaw::ReplyBeforePersist {
-            self.release(output);
-            return;
-        }
-        if self.durable_seq >= self.wanted_seq {
+        if self.durable_seq >= self.wanted_seq || !self.rules.release_after_persist() {
             self.release(output);
         } else {
             self.held.push_back((self.wanted_seq, output));

@@ -17,6 +17,7 @@
 mod k3s_step;
 mod report;
 
+use crate::bootstrap::driver::PersistHook;
 use crate::bootstrap::{ElectionDriver, ElectionStore};
 use crate::clock::{image_build_time, Timedate};
 use crate::config::{ClusterConfig, RolePreference};
@@ -70,15 +71,29 @@ pub struct RunArgs {
 
 /// Runs the lifecycle on a fresh single-threaded runtime (small RSS: one thread).
 pub fn run(args: &RunArgs, paths: &Paths) -> anyhow::Result<()> {
+    run_with_hook(args, paths, None)
+}
+
+/// [`run`] with a hook on the election driver's durable states (the LAN tests stall a node with
+/// one; see [`PersistHook`]).
+pub fn run_with_hook(
+    args: &RunArgs,
+    paths: &Paths,
+    hook: Option<Box<dyn PersistHook>>,
+) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(lifecycle(args, paths))
+        .block_on(lifecycle(args, paths, hook))
 }
 
 /// The steps, in order; a failure is recorded in status (phase failed, LED error) and returned.
-async fn lifecycle(args: &RunArgs, paths: &Paths) -> anyhow::Result<()> {
+async fn lifecycle(
+    args: &RunArgs,
+    paths: &Paths,
+    hook: Option<Box<dyn PersistHook>>,
+) -> anyhow::Result<()> {
     let state = match NodeState::load(paths.root()) {
         Ok(Some(state)) => state,
         Ok(None) => NodeState::new(),
@@ -104,7 +119,7 @@ async fn lifecycle(args: &RunArgs, paths: &Paths) -> anyhow::Result<()> {
     };
     report.set_token(config.token.clone());
     report.set_led(open_led(config.status.led_gpio));
-    match steps(args, paths, &config, &mut report).await {
+    match steps(args, paths, &config, &mut report, hook).await {
         Ok(()) => Ok(()),
         Err(e) => {
             report.fail(&e);
@@ -119,6 +134,7 @@ async fn steps(
     paths: &Paths,
     config: &ClusterConfig,
     report: &mut Report,
+    hook: Option<Box<dyn PersistHook>>,
 ) -> anyhow::Result<()> {
     // Step 2: identity.
     report.phase(
@@ -220,7 +236,8 @@ async fn steps(
     );
     let browser = Browser::spawn(conn.clone(), keys.cluster, keys.record.clone());
     let store = ElectionStore::new(&paths.state_dir());
-    let mut driver = ElectionDriver::start(election_config, store, transport, browser).await?;
+    let mut driver =
+        ElectionDriver::start(election_config, store, transport, browser, hook).await?;
     report.phase(Phase::Electing, "electing the cluster-init node");
 
     // Steps 7 and 8 (unless the run stops at the role).
