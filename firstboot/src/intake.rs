@@ -25,7 +25,7 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// Where the root-only copies live, relative to the root prefix.
-pub const ROOT_CONFIG_DIR: &str = "etc/firstboot";
+pub const ROOT_CONFIG_DIR: &str = crate::paths::CONFIG_DIR;
 /// File name of a refused re-stamp kept for inspection.
 pub const RESTAMP_FILE_NAME: &str = "cluster.toml.restamp";
 /// First line of a scrubbed boot copy.

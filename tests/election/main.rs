@@ -230,7 +230,7 @@ fn outcome_traces_dump() {
 fn decoder_rejects_garbage_and_mutations_without_panicking() {
     let token = b"fuzzing-token-0123";
     let cluster = ClusterId::derive(token, 5, 3);
-    let key = ProtocolKey::derive(token);
+    let key = ProtocolKey::election(token);
     let ballot = Ballot {
         round: 9,
         node: NodeId(77),

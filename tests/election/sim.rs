@@ -913,7 +913,7 @@ impl World<'_> {
                 .map(|_| self.rng.next_u64() as u8)
                 .collect(),
             // Right cluster id, wrong key.
-            1 => envelope.encode(&self.cluster, &ProtocolKey::derive(ROGUE_TOKEN)),
+            1 => envelope.encode(&self.cluster, &ProtocolKey::election(ROGUE_TOKEN)),
             // Same token but another cluster id (another `nodes`): a replay from another cluster.
             2 => {
                 let other = ClusterId::derive(TOKEN, self.scenario.nodes.wrapping_add(1), 1);
@@ -1201,7 +1201,7 @@ pub fn run(scenario: &Scenario) -> Outcome {
         index,
         ledger: Ledger::default(),
         cluster: ClusterId::derive(TOKEN, scenario.nodes, scenario.servers),
-        key: ProtocolKey::derive(TOKEN),
+        key: ProtocolKey::election(TOKEN),
         random_crashes_left: scenario.random_crashes,
         recent_frames: Vec::new(),
         quiet_at,

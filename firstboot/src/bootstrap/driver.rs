@@ -11,10 +11,10 @@
 use super::store::ElectionStore;
 use crate::discovery::record::PeerClass;
 use crate::discovery::table::PeerSummary;
-use crate::discovery::{self, Browser, FrameTransport, PeerEvent, PeerTable, UdpTransport};
+use crate::discovery::{Browser, FrameTransport, PeerEvent, PeerTable, UdpTransport};
 use crate::election::{
     Body, Destination, ElectionConfig, ElectionStatus, Envelope, Event, Hello, Millis, Node,
-    NodeId, PersistedState, RolePin,
+    NodeId, PersistedState,
 };
 use anyhow::Context;
 use std::collections::BTreeMap;
@@ -48,15 +48,6 @@ pub struct ElectionDriver {
 pub trait PersistHook: Send {
     /// `state` of node `me` is on disk: how long to wait before its frames and events leave.
     fn persisted(&mut self, me: NodeId, state: &PersistedState) -> Option<std::time::Duration>;
-}
-
-/// The election's rank role pin for a discovery record's pin (the two enums say the same thing).
-pub fn election_pin(pin: discovery::RolePin) -> RolePin {
-    match pin {
-        discovery::RolePin::Auto => RolePin::Auto,
-        discovery::RolePin::Server => RolePin::Server,
-        discovery::RolePin::Agent => RolePin::Agent,
-    }
 }
 
 impl ElectionDriver {
@@ -171,7 +162,7 @@ impl ElectionDriver {
     fn on_peer_event(&mut self, event: PeerEvent) {
         if let PeerEvent::Resolved(peer) = &event {
             if let PeerClass::Verified(advert) = &peer.class {
-                let id = NodeId(advert.node.value());
+                let id = advert.node;
                 if id != self.node.id() {
                     let addr = SocketAddr::new(peer.addr.ip(), advert.port);
                     self.addrs.insert(id, addr);
@@ -184,7 +175,7 @@ impl ElectionDriver {
                             epoch,
                             sender: id,
                             body: Body::Hello(Hello {
-                                pin: election_pin(advert.role),
+                                pin: advert.role,
                                 storage: advert.storage,
                                 ram_mib: advert.ram_mib,
                                 decided: None,

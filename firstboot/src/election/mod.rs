@@ -64,7 +64,7 @@
 //!     nodes: 1,
 //!     servers: 1,
 //!     cluster: ClusterId::derive(token, 1, 1),
-//!     key: ProtocolKey::derive(token),
+//!     key: ProtocolKey::election(token),
 //!     seed: 42,
 //!     timing: Timing::default(),
 //! };
@@ -109,21 +109,9 @@ pub use node::{
     PersistedState, Rules, Timing, Transmit,
 };
 pub use paxos::{Acceptor, Ballot, Value};
-pub use rank::{Rank, RolePin};
-pub use seats::Role;
+pub use rank::Rank;
 
-/// A node's identity (from the board serial, MAC or a persisted random id).
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
-pub struct NodeId(pub u64);
-
-impl std::fmt::Display for NodeId {
-    /// Sixteen hex digits, the form of a Raspberry Pi board serial.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:016x}", self.0)
-    }
-}
+pub use crate::model::{NodeId, Role, RolePin};
 
 /// A point on the driver's monotonic clock in milliseconds; the core never reads a clock.
 #[derive(

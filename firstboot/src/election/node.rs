@@ -7,9 +7,10 @@ use serde::{Deserialize, Serialize};
 use super::auth::{ClusterId, ProtocolKey};
 use super::message::{Body, DecodeError, Envelope, Hello, Instance, MAX_ROSTER};
 use super::paxos::{Acceptor, Ballot, Phase, Proposal, Value, Verdict};
-use super::rank::{Rank, RolePin};
-use super::seats::{self, Role};
+use super::rank::Rank;
+use super::seats;
 use super::{Millis, NodeId};
+use super::{Role, RolePin};
 
 /// Timer settings in milliseconds; the defaults suit a LAN.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1209,7 +1210,7 @@ mod tests {
             nodes,
             servers: 3,
             cluster: ClusterId::derive(TOKEN, nodes, 3),
-            key: ProtocolKey::derive(TOKEN),
+            key: ProtocolKey::election(TOKEN),
             seed: node,
             timing: Timing::default(),
         }
@@ -1223,7 +1224,7 @@ mod tests {
         }
         .encode(
             &ClusterId::derive(TOKEN, nodes, 3),
-            &ProtocolKey::derive(TOKEN),
+            &ProtocolKey::election(TOKEN),
         )
     }
 
@@ -1231,7 +1232,7 @@ mod tests {
         Envelope::decode(
             &transmit.frame,
             &ClusterId::derive(TOKEN, nodes, 3),
-            &ProtocolKey::derive(TOKEN),
+            &ProtocolKey::election(TOKEN),
         )
         .expect("the node's own frames decode")
     }

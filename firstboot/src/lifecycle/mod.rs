@@ -20,11 +20,12 @@ mod report;
 use crate::bootstrap::driver::PersistHook;
 use crate::bootstrap::{ElectionDriver, ElectionStore};
 use crate::clock::{image_build_time, Timedate};
-use crate::config::{ClusterConfig, RolePreference};
-use crate::discovery::record::ClusterKeys;
-use crate::discovery::{self, Advert, Browser, Publisher, UdpTransport, FRAME_PORT};
-use crate::election::{self, ElectionConfig, Event, ProtocolKey, Rank, Role, Timing};
+use crate::config::ClusterConfig;
+use crate::discovery::{Advert, Browser, Publisher, UdpTransport, FRAME_PORT};
+use crate::election::{ElectionConfig, Event, Rank, Timing};
 use crate::identity::{hostname_for, node_id, set_hostname};
+use crate::keys::TokenKeys;
+use crate::model::{NodeId, Role};
 use crate::paths::Paths;
 use crate::status::led::open_led;
 use crate::status::state::{NodeState, Phase};
@@ -194,13 +195,8 @@ async fn steps(
 
     // Steps 5 and 6: discovery and election.
     report.phase(Phase::Discovering, "publishing and browsing for peers");
-    let token = config.token.expose().as_bytes();
-    let keys = ClusterKeys::derive(token, config.nodes, config.servers);
-    let pin = match config.node.role {
-        RolePreference::Auto => discovery::RolePin::Auto,
-        RolePreference::Server => discovery::RolePin::Server,
-        RolePreference::Agent => discovery::RolePin::Agent,
-    };
+    let keys = TokenKeys::derive(&config.token, config.nodes, config.servers);
+    let pin = config.node.role;
     let ram_mib = ram_mib();
     let mut advert = Advert {
         cluster: keys.cluster,
@@ -213,15 +209,15 @@ async fn steps(
     };
     let election_config = ElectionConfig {
         rank: Rank {
-            pin: crate::bootstrap::driver::election_pin(pin),
+            pin,
             storage: storage_score,
             ram_mib,
-            node: election::NodeId(id.value()),
+            node: id,
         },
         nodes: config.nodes,
         servers: config.servers,
-        cluster: election::ClusterId::derive(token, config.nodes, config.servers),
-        key: ProtocolKey::derive(token),
+        cluster: keys.cluster,
+        key: keys.election.clone(),
         seed: seed(id.value()),
         timing: Timing::default(),
     };
@@ -243,9 +239,7 @@ async fn steps(
     // Steps 7 and 8 (unless the run stops at the role).
     let mut k3s = match args.until {
         Some(Until::Role) => None,
-        None => {
-            Some(K3sProgress::bind(election::NodeId(id.value()), &hostname, config, storage).await?)
-        }
+        None => Some(K3sProgress::bind(id, &hostname, config, storage).await?),
     };
     // The clock step's bus, also for the joiner's agreement with the init node's clock.
     let timedate_bus = (!args.no_clock).then_some(&conn);
@@ -262,13 +256,10 @@ async fn steps(
             match event {
                 Event::Role(r) if role.is_none() => {
                     role = Some(r);
-                    advert.state = role_state(r).into();
+                    advert.state = r.word().into();
                     publisher.update(advert.clone());
                     report.role(r, &hostname, &driver.status());
-                    report.init_node(match r {
-                        Role::ClusterInit => election::NodeId(id.value()),
-                        Role::Server { join } | Role::Agent { join } => join,
-                    });
+                    report.init_node(r.init_node(id));
                     match k3s.as_mut() {
                         None => println!("{}", role_json(r, id, &hostname)),
                         Some(k3s) => {
@@ -357,23 +348,14 @@ fn storage_setup(paths: &Paths, config: &ClusterConfig) -> StorageSetup {
     }
 }
 
-/// The advert state and JSON name of a role.
-fn role_state(role: Role) -> &'static str {
-    match role {
-        Role::ClusterInit => "cluster-init",
-        Role::Server { .. } => "server",
-        Role::Agent { .. } => "agent",
-    }
-}
-
 /// The one-line JSON `--until role` prints: role, this node, its hostname and whom it joins.
-fn role_json(role: Role, id: crate::identity::NodeId, hostname: &str) -> serde_json::Value {
+fn role_json(role: Role, id: NodeId, hostname: &str) -> serde_json::Value {
     let join = match role {
         Role::ClusterInit => None,
         Role::Server { join } | Role::Agent { join } => Some(join.to_string()),
     };
     serde_json::json!({
-        "role": role_state(role),
+        "role": role.word(),
         "node": id.to_string(),
         "hostname": hostname,
         "join": join,
