@@ -4,7 +4,6 @@
 //! uses [`config`] so that the boot-partition contract has one owner.
 
 pub mod announce;
-pub mod bootstrap;
 pub mod clock;
 pub mod config;
 pub mod default_route;

@@ -9,8 +9,7 @@
 //! a killed node runs unheld. The hook lives here, so the shipped `firstboot` has no trace of it.
 
 use clap::Parser;
-use firstboot::bootstrap::driver::PersistHook;
-use firstboot::election::{NodeId, PersistedState, Value};
+use firstboot::election::{NodeId, PersistHook, PersistedState, Value};
 use firstboot::lifecycle::RunArgs;
 use firstboot::paths::Paths;
 use std::path::PathBuf;

@@ -91,25 +91,33 @@
 //! assert_eq!(role, Some(Role::ClusterInit));
 //! ```
 
+mod api;
 mod auth;
+pub mod driver;
+mod jitter;
 mod message;
 mod node;
 mod paxos;
 mod rank;
+mod rules;
 mod seats;
+mod state;
+mod status;
 
 use serde::{Deserialize, Serialize};
 
+pub use api::{Destination, ElectionConfig, Event, PersistRequest, Timing, Transmit};
 pub use auth::{ClusterId, ProtocolKey, CLUSTER_ID_LEN, MAC_LEN};
+pub use driver::{ElectionDriver, ElectionStore, PersistHook};
 pub use message::{
     Body, DecodeError, Envelope, Hello, Instance, MAX_FRAME, MAX_ROSTER, PROTOCOL_VERSION,
 };
-pub use node::{
-    Destination, ElectionConfig, ElectionStatus, Event, Node, Paxos, PersistRequest,
-    PersistedState, Rules, Timing, Transmit,
-};
+pub use node::Node;
 pub use paxos::{Acceptor, Ballot, Value};
 pub use rank::Rank;
+pub use rules::{Paxos, Rules};
+pub use state::PersistedState;
+pub use status::ElectionStatus;
 
 pub use crate::model::{NodeId, Role, RolePin};
 

@@ -17,12 +17,12 @@
 mod k3s_step;
 mod report;
 
-use crate::bootstrap::driver::PersistHook;
-use crate::bootstrap::{ElectionDriver, ElectionStore};
 use crate::clock::{image_build_time, Timedate};
 use crate::config::ClusterConfig;
 use crate::discovery::{Advert, Browser, Publisher, UdpTransport, FRAME_PORT};
-use crate::election::{ElectionConfig, Event, Rank, Timing};
+use crate::election::{
+    ElectionConfig, ElectionDriver, ElectionStore, Event, PersistHook, Rank, Timing,
+};
 use crate::identity::{hostname_for, node_id, set_hostname};
 use crate::keys::TokenKeys;
 use crate::model::{NodeId, Role};

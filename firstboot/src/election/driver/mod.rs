@@ -8,7 +8,8 @@
 //! A [`PersistHook`] may pause the node right after a state is durable and before anything that
 //! follows leaves it; firstboot installs none (the LAN tests install one from the test crate).
 
-use super::store::ElectionStore;
+mod store;
+
 use crate::discovery::record::PeerClass;
 use crate::discovery::table::PeerSummary;
 use crate::discovery::{Browser, FrameTransport, PeerEvent, PeerTable, UdpTransport};
@@ -19,6 +20,7 @@ use crate::election::{
 use anyhow::Context;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+pub use store::ElectionStore;
 use tokio::time::Instant;
 
 /// The election of one node on a real LAN.
