@@ -100,7 +100,7 @@ pub enum ClockError {
         reason: String,
     },
     /// timedated could not be reached or refused.
-    #[error("talking to systemd-timedated: {0}")]
+    #[error("talking to systemd-timedated")]
     Bus(#[from] zbus::Error),
 }
 

@@ -1,4 +1,4 @@
-//! Bootstrap election core (sans-IO, SPEC 4.2): at most one node ever runs cluster-init.
+//! Bootstrap election core (sans-IO; docs/architecture.md, "Safety"): at most one node ever runs cluster-init.
 //!
 //! Each bootstrap epoch runs two single-decree Paxos instances over an electorate of `nodes` voters
 //! with strict-majority quorums, each with its own ballots and acceptor state (persisted with fsync

@@ -1,4 +1,4 @@
-//! `firstboot run`: the daemon's lifecycle (SPEC 4.1), intake to a running K3s node, each step idempotent.
+//! `firstboot run`: the daemon's lifecycle (steps in docs/architecture.md), intake to a running K3s node, each step idempotent.
 //!
 //! Steps: intake -> identity -> clock -> storage -> discovery + election -> role -> K3s -> ready,
 //! then resident. Progress goes to the state file (`firstboot status`), sd_notify STATUS lines,

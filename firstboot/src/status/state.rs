@@ -14,7 +14,7 @@ pub const STATE_PATH: &str = crate::paths::STATE_JSON;
 /// Format version of the state file.
 pub const STATE_VERSION: u32 = 1;
 
-/// Where the node is in its lifecycle (SPEC 4.1), in order.
+/// Where the node is in its lifecycle (docs/architecture.md, "firstboot run"), in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
@@ -158,7 +158,7 @@ pub struct NodeState {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// Reading or writing failed.
-    #[error("{doing} {path}: {source}")]
+    #[error("{doing} {path}")]
     Io {
         /// What was being done.
         doing: &'static str,
@@ -168,7 +168,7 @@ pub enum StateError {
         source: std::io::Error,
     },
     /// The file is not a state file this build understands.
-    #[error("{path} is not a valid state file: {source}")]
+    #[error("{path} is not a valid state file")]
     Format {
         /// The file.
         path: PathBuf,
