@@ -46,6 +46,10 @@ pub fn skip(test: &str, why: &str) {
     eprintln!("SKIPPED {test}: {why}");
 }
 
+/// Milliseconds the `firstboot-held` test binary stalls a node that was just elected in the first
+/// epoch, before it announces that or asks for Go (see `tests/lan/held_firstboot.rs`).
+pub const HOLD_ELECTED_ENV: &str = "FIRSTBOOT_TEST_HOLD_ELECTED_MS";
+
 /// The deterministic election simulator (shared by the `election_sim` test and `election-bench`).
 #[path = "election/sim.rs"]
 pub mod election_sim;

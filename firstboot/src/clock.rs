@@ -17,7 +17,7 @@ use std::time::Duration;
 /// How close a joiner's clock must be to the init node's before K3s starts.
 pub const INIT_AGREEMENT: Duration = Duration::from_secs(2);
 /// The image manifest, relative to the root prefix.
-pub const IMAGE_MANIFEST_PATH: &str = "etc/firstboot/image.json";
+pub const IMAGE_MANIFEST_PATH: &str = crate::paths::IMAGE_MANIFEST;
 /// Field of the image manifest holding the build time (unix seconds).
 pub const BUILD_TIME_FIELD: &str = "build_time";
 
@@ -100,7 +100,7 @@ pub enum ClockError {
         reason: String,
     },
     /// timedated could not be reached or refused.
-    #[error("talking to systemd-timedated: {0}")]
+    #[error("talking to systemd-timedated")]
     Bus(#[from] zbus::Error),
 }
 

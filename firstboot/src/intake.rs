@@ -25,7 +25,7 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// Where the root-only copies live, relative to the root prefix.
-pub const ROOT_CONFIG_DIR: &str = "etc/firstboot";
+pub const ROOT_CONFIG_DIR: &str = crate::paths::CONFIG_DIR;
 /// File name of a refused re-stamp kept for inspection.
 pub const RESTAMP_FILE_NAME: &str = "cluster.toml.restamp";
 /// First line of a scrubbed boot copy.
@@ -68,7 +68,7 @@ pub enum IntakeError {
     #[error("no {FILE_NAME} on the boot partition ({0}) and no root copy yet: stamp the card with `imagebuild stamp`")]
     Missing(PathBuf),
     /// A filesystem operation failed.
-    #[error("{doing}: {source}")]
+    #[error("{doing}")]
     Io {
         /// What was being done (names the path, never the token).
         doing: String,
@@ -358,6 +358,19 @@ fn overwrite_in_place(path: &Path, new: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_io_error_prints_its_cause_once() {
+        let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+        let e = anyhow::Error::new(io_err("writing /etc/firstboot/cluster.toml")(denied))
+            .context("reading cluster.toml");
+        let text = format!("{e:#}");
+        assert_eq!(text.matches("permission denied").count(), 1, "{text}");
+        assert!(
+            text.starts_with("reading cluster.toml: writing /etc/"),
+            "{text}"
+        );
+    }
     use std::os::unix::fs::MetadataExt;
 
     const SECRET: &str = "intake-secret-Qm7Zt4Vb9x";

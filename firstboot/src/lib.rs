@@ -2,9 +2,16 @@
 //!
 //! The library holds all logic; `main.rs` only parses arguments and dispatches. `imagebuild`
 //! uses [`config`] so that the boot-partition contract has one owner.
+//!
+//! [`lifecycle`] runs the steps in order: [`intake`] → [`identity`] → [`clock`] → [`storage`] →
+//! [`discovery`] → [`election`] (the sans-IO core and its async [`election::driver`]) → role and
+//! [`k3s`] (with [`announce`]) → ready, reporting through [`status`]. Every module speaks the
+//! vocabulary of [`model`] (`NodeId`, `RolePin`, `Role`), takes its token-derived keys from
+//! [`keys`] and its file locations from [`paths`]. No test code is compiled in: the crate has no
+//! features; tests break the election's [`election::Rules`] or hook its driver
+//! ([`election::PersistHook`]) from the test crate.
 
 pub mod announce;
-pub mod bootstrap;
 pub mod cgroup;
 pub mod clock;
 pub mod config;
@@ -15,7 +22,9 @@ pub mod election;
 pub mod identity;
 pub mod intake;
 pub mod k3s;
+pub mod keys;
 pub mod lifecycle;
+pub mod model;
 pub mod paths;
 pub mod status;
 pub mod storage;

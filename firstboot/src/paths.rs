@@ -2,6 +2,34 @@
 
 use std::path::{Path, PathBuf};
 
+// Root-relative locations (joined onto `--root`). Modules that are handed a root directory
+// rather than a `Paths` use these; nothing else spells a path out.
+
+/// firstboot's root-only configuration directory (the token lives here).
+pub const CONFIG_DIR: &str = "etc/firstboot";
+/// The image manifest imagebuild writes (build time, versions, files).
+pub const IMAGE_MANIFEST: &str = "etc/firstboot/image.json";
+/// firstboot's persistent state directory.
+pub const STATE_DIR: &str = "var/lib/firstboot";
+/// The lifecycle state `firstboot status` reads.
+pub const STATE_JSON: &str = "var/lib/firstboot/state.json";
+/// The election's durable state (inside [`STATE_DIR`]).
+pub const ELECTION_JSON: &str = "election.json";
+/// The K3s plan (role, server, CA hash) fixed once the role is known.
+pub const K3S_PLAN_JSON: &str = "var/lib/firstboot/k3s-plan.json";
+/// The K3s configuration firstboot renders.
+pub const K3S_CONFIG_YAML: &str = "etc/rancher/k3s/config.yaml";
+/// K3s's data directory (server TLS, etcd).
+pub const K3S_DATA_DIR: &str = "var/lib/rancher/k3s";
+/// The mount point of a separate data device: everything K3s and containerd keep.
+pub const RANCHER_DIR: &str = "/var/lib/rancher";
+/// journald drop-in of the storage tuning.
+pub const JOURNALD_DROPIN: &str = "etc/systemd/journald.conf.d/60-firstboot-storage.conf";
+/// sysctl drop-in of the storage tuning (writeback).
+pub const SYSCTL_DROPIN: &str = "etc/sysctl.d/60-firstboot-writeback.conf";
+/// udev rule of the storage tuning (I/O scheduler).
+pub const UDEV_RULE: &str = "etc/udev/rules.d/60-firstboot-io-scheduler.rules";
+
 /// The root prefix and the boot partition directory, and every path derived from them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {
@@ -67,7 +95,32 @@ impl Paths {
 
     /// firstboot's persistent state directory.
     pub fn state_dir(&self) -> PathBuf {
-        self.under_root("var/lib/firstboot")
+        self.under_root(STATE_DIR)
+    }
+
+    /// The lifecycle state file.
+    pub fn state_json(&self) -> PathBuf {
+        self.under_root(STATE_JSON)
+    }
+
+    /// The election's durable state.
+    pub fn election_json(&self) -> PathBuf {
+        self.state_dir().join(ELECTION_JSON)
+    }
+
+    /// The K3s plan.
+    pub fn k3s_plan(&self) -> PathBuf {
+        self.under_root(K3S_PLAN_JSON)
+    }
+
+    /// K3s's config.yaml.
+    pub fn k3s_config_yaml(&self) -> PathBuf {
+        self.under_root(K3S_CONFIG_YAML)
+    }
+
+    /// The image manifest.
+    pub fn image_manifest(&self) -> PathBuf {
+        self.under_root(IMAGE_MANIFEST)
     }
 
     /// The random node id persisted when the board has neither serial nor MAC.
@@ -77,7 +130,7 @@ impl Paths {
 
     /// firstboot's root-only configuration directory (the token lives here).
     pub fn config_dir(&self) -> PathBuf {
-        self.under_root("etc/firstboot")
+        self.under_root(CONFIG_DIR)
     }
 }
 

@@ -3,16 +3,17 @@
 //!
 //! `SIM_SEEDS=N` runs N seeds (default 10,000); `SIM_SEED=S` replays exactly one seed, and with
 //! `SIM_TRACE=1` prints every boot, power loss, decision, role and delivered message (hellos too
-//! with `SIM_TRACE_HELLO=1`) as it happens.
+//! with `SIM_TRACE_HELLO=1`) as it happens. `SIM_OUTCOMES=FILE` writes one line per seed (fingerprint,
+//! steps, timings, violation) to FILE, to compare two builds of the core run for run.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use firstboot::election::{
-    Ballot, Body, ClusterId, Envelope, Flaw, Hello, Instance, NodeId, ProtocolKey, RolePin, Value,
+    Ballot, Body, ClusterId, Envelope, Hello, Instance, NodeId, ProtocolKey, RolePin, Value,
     MAX_FRAME,
 };
-use systests::election_sim::{run, Outcome, Rng, Scenario};
+use systests::election_sim::{run, Flaw, Outcome, Rng, Scenario};
 
 const CI_SEEDS: u64 = 10_000;
 
@@ -180,11 +181,56 @@ fn a_seed_replays_exactly() {
     }
 }
 
+/// With `SIM_OUTCOMES=FILE`: the outcome of every seed of [`seeds`], one line each, in seed order, so
+/// that a refactoring of the core can be shown to change no run (`diff` the files of two builds).
+#[test]
+fn outcome_traces_dump() {
+    let Some(path) = std::env::var_os("SIM_OUTCOMES") else {
+        println!("SIM_OUTCOMES is not set: no outcome file written");
+        return;
+    };
+    let seeds = seeds();
+    let lines: Vec<Mutex<String>> = seeds.iter().map(|_| Mutex::new(String::new())).collect();
+    let next = AtomicU64::new(0);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let slot = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(&seed) = seeds.get(slot) else { break };
+                let o = run(&Scenario::generate(seed));
+                *lines[slot].lock().expect("no panics hold the lock") = format!(
+                    "seed {seed} trace {:016x} steps {} elected {:?} init {:?} done {:?} abandons {} \
+                     rejected {} violation {:?}\n",
+                    o.trace,
+                    o.steps,
+                    o.first_elected_at,
+                    o.first_init_at,
+                    o.done_at,
+                    o.abandons,
+                    o.rejected,
+                    o.violation
+                );
+            });
+        }
+    });
+    let text: String = lines
+        .into_iter()
+        .map(|l| l.into_inner().expect("no panics hold the lock"))
+        .collect();
+    std::fs::write(&path, text).expect("writing the SIM_OUTCOMES file");
+    println!(
+        "{} outcomes written to {}",
+        seeds.len(),
+        path.to_string_lossy()
+    );
+}
+
 #[test]
 fn decoder_rejects_garbage_and_mutations_without_panicking() {
     let token = b"fuzzing-token-0123";
     let cluster = ClusterId::derive(token, 5, 3);
-    let key = ProtocolKey::derive(token);
+    let key = ProtocolKey::election(token);
     let ballot = Ballot {
         round: 9,
         node: NodeId(77),

@@ -9,9 +9,41 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::rc::Rc;
 
 use firstboot::election::{
-    Body, ClusterId, Destination, ElectionConfig, Envelope, Event, Flaw, Hello, Instance, Millis,
-    Node, NodeId, PersistedState, ProtocolKey, Rank, Role, RolePin, Timing, Value,
+    Body, ClusterId, Destination, ElectionConfig, Envelope, Event, Hello, Instance, Millis, Node,
+    NodeId, PersistedState, ProtocolKey, Rank, Role, RolePin, Rules, Timing, Value,
 };
+
+/// A deliberate safety flaw, so the simulator can prove that it catches one. It lives here, in
+/// the test crate: `firstboot` only exposes the [`Rules`] a flaw breaks, never a broken rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Flaw {
+    /// No flaw: the rules as designed.
+    #[default]
+    None,
+    /// Quorum of half the electorate instead of a strict majority.
+    HalfQuorum,
+    /// Release frames and events before the state they depend on is persisted.
+    ReplyBeforePersist,
+    /// The elected node runs cluster-init as soon as `Init` is decided, without waiting for Go.
+    InitWithoutGo,
+}
+
+impl Rules for Flaw {
+    fn quorum(&self, electorate: usize) -> usize {
+        match self {
+            Flaw::HalfQuorum => (electorate / 2).max(1),
+            _ => electorate / 2 + 1,
+        }
+    }
+
+    fn release_after_persist(&self) -> bool {
+        *self != Flaw::ReplyBeforePersist
+    }
+
+    fn role_waits_for_go(&self) -> bool {
+        *self != Flaw::InitWithoutGo
+    }
+}
 
 /// Electorate sizes the simulator draws from.
 pub const NODE_COUNTS: [u8; 7] = [1, 2, 3, 4, 5, 7, 9];
@@ -428,7 +460,7 @@ impl Ord for Scheduled {
 
 struct SimNode {
     rank: Rank,
-    core: Option<Node>,
+    core: Option<Node<Flaw>>,
     life: u32,
     durable: Option<PersistedState>,
     durable_seq: u64,
@@ -566,8 +598,12 @@ impl World<'_> {
                 self.observe(i, Event::Decided { epoch, value });
             }
         }
-        let mut core = Node::new(self.config(i), now, self.nodes[i].durable.clone());
-        core.set_flaw(self.scenario.flaw);
+        let core = Node::with_rules(
+            self.config(i),
+            now,
+            self.nodes[i].durable.clone(),
+            self.scenario.flaw,
+        );
         self.nodes[i].core = Some(core);
         self.nodes[i].booted = true;
         self.pump(i);
@@ -877,7 +913,7 @@ impl World<'_> {
                 .map(|_| self.rng.next_u64() as u8)
                 .collect(),
             // Right cluster id, wrong key.
-            1 => envelope.encode(&self.cluster, &ProtocolKey::derive(ROGUE_TOKEN)),
+            1 => envelope.encode(&self.cluster, &ProtocolKey::election(ROGUE_TOKEN)),
             // Same token but another cluster id (another `nodes`): a replay from another cluster.
             2 => {
                 let other = ClusterId::derive(TOKEN, self.scenario.nodes.wrapping_add(1), 1);
@@ -1165,7 +1201,7 @@ pub fn run(scenario: &Scenario) -> Outcome {
         index,
         ledger: Ledger::default(),
         cluster: ClusterId::derive(TOKEN, scenario.nodes, scenario.servers),
-        key: ProtocolKey::derive(TOKEN),
+        key: ProtocolKey::election(TOKEN),
         random_crashes_left: scenario.random_crashes,
         recent_frames: Vec::new(),
         quiet_at,

@@ -4,18 +4,17 @@
 //! other over multicast DNS, elect over UDP and print their role as one JSON line.
 //!
 //! Two tests need a node caught between "elected" and "Go", a window too short to hit from
-//! outside: the binary is built with the test-only `test-hooks` feature and every node is started
-//! with `HOLD_ELECTED_ENV`, which holds whichever node wins the first epoch right there (see
-//! `firstboot::bootstrap::driver`).
+//! outside: every node runs `firstboot-held` (the daemon plus a hold hook that only the test crate
+//! builds) with `HOLD_ELECTED_ENV`, which holds whichever node wins the first epoch right there
+//! (see `held_firstboot.rs`).
 
 mod formation_support;
 mod harness;
 
-use firstboot::bootstrap::driver::HOLD_ELECTED_ENV;
 use formation_support::{
     add_cluster_nodes, all_role_lines, assert_one_cluster, can_run, election_state, formation_lock,
-    node_id, node_number, node_state, role_in, role_of, start_node, start_node_as,
-    start_node_with_env, wait_any_log_line, wait_roles, write_config, ClusterSpec,
+    node_id, node_number, node_state, role_in, role_of, start_held_node, start_node, start_node_as,
+    wait_any_log_line, wait_roles, write_config, ClusterSpec,
 };
 use harness::{contains, random_token, Lan};
 use serde_json::Value;
@@ -185,7 +184,7 @@ fn elect_and_hold(lan: &mut Lan, hold_ms: &str) -> usize {
     let spec = ClusterSpec::new("homelab", 3, 3);
     add_cluster_nodes(lan, &spec, 3);
     for node in lan.nodes.iter_mut() {
-        start_node_with_env(node, "firstboot", &[(HOLD_ELECTED_ENV, hold_ms)]);
+        start_held_node(node, hold_ms);
     }
     let x = wait_any_log_line(lan, "test hook: elected");
     let number = node_number(lan.nodes[x].index);

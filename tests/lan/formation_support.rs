@@ -5,10 +5,11 @@
 use crate::harness::{self, firstboot_bin, random_token, skip_reason, Lan, Node};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
+use systests::HOLD_ELECTED_ENV;
 
 /// Liveness bound of a formation on a loaded CI machine (not a speed goal: see formation-bench).
 const ROLE_WAIT: Duration = Duration::from_secs(120);
@@ -103,16 +104,23 @@ pub fn start_node(node: &mut Node) {
 
 /// [`start_node`] under another label (its log is `<label>.log`), e.g. for a restart.
 pub fn start_node_as(node: &mut Node, label: &str) {
-    start_node_with_env(node, label, &[]);
+    start_program(node, label, &firstboot_path(), &[]);
 }
 
-/// [`start_node_as`] with extra environment variables (e.g. a test hook's).
-pub fn start_node_with_env(node: &mut Node, label: &str, env: &[(&str, &str)]) {
+/// [`start_node`] running `firstboot-held` (the daemon with the test crate's hold on the elected
+/// node; see `held_firstboot.rs`) with [`HOLD_ELECTED_ENV`] set to `hold_ms`.
+pub fn start_held_node(node: &mut Node, hold_ms: &str) {
+    let held = firstboot_path().with_file_name("firstboot-held");
+    start_program(node, "firstboot", &held, &[(HOLD_ELECTED_ENV, hold_ms)]);
+}
+
+/// Runs `program` (the daemon or a test build of it) as `firstboot run --until role` in `node`.
+fn start_program(node: &mut Node, label: &str, program: &Path, env: &[(&str, &str)]) {
     let root = node.root.display().to_string();
     let boot = boot_dir(node).display().to_string();
     node.spawn_with_env(
         label,
-        &firstboot_path(),
+        program,
         &[
             "--root",
             &root,

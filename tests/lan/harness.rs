@@ -49,24 +49,13 @@ pub fn skip_reason() -> Option<String> {
 
 /// Builds the `firstboot` binary the tests run (cargo only builds the tested package's own
 /// binaries); a no-op when it is current. Serialized so parallel tests do not race on it.
-///
-/// Built with the `test-hooks` feature (inert unless a test sets its environment variable), so
-/// that the tests that hold an elected node run the very binary the others run.
+/// Built as shipped, without features (the hold some tests need is in `firstboot-held`).
 pub fn build_firstboot() {
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "firstboot",
-            "--bin",
-            "firstboot",
-            "--features",
-            "test-hooks",
-        ]);
+        cmd.args(["build", "--quiet", "-p", "firstboot", "--bin", "firstboot"]);
         let profile_dir = firstboot_bin()
             .parent()
             .map(Path::to_path_buf)

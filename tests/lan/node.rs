@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let paths = Paths::new(&args.root, None);
     let token = read_token(&paths.config_dir().join("token"))?;
-    let keys = ClusterKeys::derive(&token, args.nodes, args.servers);
+    let keys = ClusterKeys::from_secret(&token, args.nodes, args.servers);
     drop(token);
     let (id, source) = node_id(&paths).context("finding the node id")?;
     let hostname = hostname_for(&args.name, id, None);

@@ -9,15 +9,11 @@
 //!   wall clock in unix µs when it answered (i64), its K3s API address (family 4|6, address,
 //!   port u16), and the cluster's etcd timing (heartbeat ms u32, election timeout ms u32).
 
-use crate::election::{ClusterId, NodeId, CLUSTER_ID_LEN, MAC_LEN};
+use crate::election::{ClusterId, NodeId, CLUSTER_ID_LEN};
 use crate::k3s::CaHash;
+use crate::keys::{MacKey, TokenKeys, MAC_LEN};
 use crate::storage::etcd::EtcdTuning;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// Version of this wire format; frames of any other version are rejected.
 pub const ANNOUNCE_VERSION: u8 = 1;
@@ -28,7 +24,6 @@ pub const NONCE_LEN: usize = 16;
 
 const MAGIC: [u8; 4] = *b"FBAN";
 const HEADER_LEN: usize = 4 + 1 + 1 + CLUSTER_ID_LEN + 8 + NONCE_LEN;
-const KEY_LABEL: &[u8] = b"firstboot/v1/announce-key";
 const KIND_QUERY: u8 = 1;
 const KIND_ANNOUNCEMENT: u8 = 2;
 
@@ -95,47 +90,8 @@ pub enum AnnounceError {
     Malformed(&'static str),
 }
 
-/// Secret key that signs and verifies announcement frames; prints as `<redacted>`.
-#[derive(Clone)]
-pub struct AnnounceKey {
-    mac: HmacSha256,
-}
-
-fn keyed(key: &[u8]) -> HmacSha256 {
-    match HmacSha256::new_from_slice(key) {
-        Ok(mac) => mac,
-        // HMAC hashes over-long keys and pads short ones: every key length is valid.
-        Err(_) => unreachable!("HMAC accepts keys of any length"),
-    }
-}
-
-impl AnnounceKey {
-    /// Derives the announcement key from the raw token bytes.
-    pub fn derive(token: &[u8]) -> Self {
-        let mut mac = keyed(token);
-        mac.update(KEY_LABEL);
-        let key = mac.finalize().into_bytes();
-        AnnounceKey { mac: keyed(&key) }
-    }
-
-    fn sign(&self, data: &[u8]) -> [u8; MAC_LEN] {
-        let mut mac = self.mac.clone();
-        mac.update(data);
-        mac.finalize().into_bytes().into()
-    }
-
-    fn verify(&self, data: &[u8], tag: &[u8]) -> bool {
-        let mut mac = self.mac.clone();
-        mac.update(data);
-        mac.verify_slice(tag).is_ok()
-    }
-}
-
-impl fmt::Debug for AnnounceKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AnnounceKey(<redacted>)")
-    }
-}
+/// The key of announcement frames (one [`MacKey`] of the token's keys).
+pub type AnnounceKey = MacKey;
 
 /// Encodes and checks frames of one cluster.
 #[derive(Clone, Debug)]
@@ -147,9 +103,14 @@ pub struct AnnounceCodec {
 impl AnnounceCodec {
     /// The codec for the cluster of `token` (with its `nodes` and `servers`).
     pub fn new(token: &[u8], nodes: u8, servers: u8) -> Self {
+        Self::from_keys(&TokenKeys::from_secret(token, nodes, servers))
+    }
+
+    /// The codec of the cluster whose keys are `keys`.
+    pub fn from_keys(keys: &TokenKeys) -> Self {
         AnnounceCodec {
-            cluster: ClusterId::derive(token, nodes, servers),
-            key: AnnounceKey::derive(token),
+            cluster: keys.cluster,
+            key: keys.announce.clone(),
         }
     }
 
@@ -325,7 +286,7 @@ mod tests {
         // A forger who knows the public cluster id but not the token.
         let forger = AnnounceCodec {
             cluster: c.cluster,
-            key: AnnounceKey::derive(b"a-guessed-token-000000"),
+            key: AnnounceKey::announce(b"a-guessed-token-000000"),
         };
         let forged = forger.encode(&announcement("198.18.0.66:6443"));
         assert_eq!(c.decode(&forged), Err(AnnounceError::BadMac));

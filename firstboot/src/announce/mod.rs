@@ -1,4 +1,4 @@
-//! The init node's signed announcement to joiners (SPEC 4.1 step 7): CA hash, clock, API address, etcd timing.
+//! The init node's signed announcement to joiners (lifecycle step 7, see docs/architecture.md): CA hash, clock, API address, etcd timing.
 //!
 //! Carried on its own UDP port ([`ANNOUNCE_PORT`]) as request/response: a joiner sends a query
 //! with a fresh nonce to the init node it was told to join; the init node, once K3s is active on

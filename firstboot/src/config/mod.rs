@@ -64,22 +64,14 @@ pub enum TokenSource {
     File(PathBuf),
 }
 
-/// The role this card asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RolePreference {
-    /// Let the election decide.
-    Auto,
-    /// Prefer a server seat (ranks first in the election).
-    Server,
-    /// Never take a server seat.
-    Agent,
-}
+/// The role this card asks for (`node.role`).
+pub use crate::model::RolePin;
 
 /// `[node]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSettings {
     /// Requested role.
-    pub role: RolePreference,
+    pub role: RolePin,
     /// Explicit hostname; `None` means `<name>-<last 6 hex of the serial>`.
     pub hostname: Option<String>,
 }
@@ -250,11 +242,7 @@ impl ClusterConfig {
 
     /// One line for humans: everything that matters, with the token redacted.
     pub fn summary(&self) -> String {
-        let role = match self.node.role {
-            RolePreference::Auto => "auto",
-            RolePreference::Server => "server",
-            RolePreference::Agent => "agent",
-        };
+        let role = self.node.role.as_str();
         let token = match &self.token_source {
             TokenSource::Inline => "inline".to_string(),
             TokenSource::File(p) => format!("from {}", p.display()),

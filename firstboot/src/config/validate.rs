@@ -361,21 +361,25 @@ impl Validator<'_> {
         }
     }
 
+    /// Reports a `node.role` that is not a pin; the node then ranks as `auto`.
+    fn bad_role(&mut self, r: &Spanned<String>, other: &str) -> RolePin {
+        let hint = did_you_mean(other, ["auto", "server", "agent"]).unwrap_or("auto");
+        self.report(
+            r,
+            "node.role",
+            format!("role \"{other}\" is not one of auto, server, agent"),
+            format!("write role = \"{hint}\""),
+        );
+        RolePin::Auto
+    }
+
     fn node(&mut self, raw: super::raw::RawNode) -> NodeSettings {
         let role = match raw.role.as_ref().map(|r| (r, r.get_ref().as_str())) {
-            None | Some((_, "auto")) => RolePreference::Auto,
-            Some((_, "server")) => RolePreference::Server,
-            Some((_, "agent")) => RolePreference::Agent,
-            Some((r, other)) => {
-                let hint = did_you_mean(other, ["auto", "server", "agent"]).unwrap_or("auto");
-                self.report(
-                    r,
-                    "node.role",
-                    format!("role \"{other}\" is not one of auto, server, agent"),
-                    format!("write role = \"{hint}\""),
-                );
-                RolePreference::Auto
-            }
+            None => RolePin::Auto,
+            Some((r, word)) => match RolePin::parse(word) {
+                Some(pin) => pin,
+                None => self.bad_role(r, word),
+            },
         };
         let hostname = match raw.hostname {
             Some(h) if !h.get_ref().is_empty() => {
@@ -675,7 +679,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!((c.servers, c.nodes), (3, 3));
-        assert_eq!(c.node.role, RolePreference::Auto);
+        assert_eq!(c.node.role, RolePin::Auto);
         assert_eq!(c.k3s.disable, vec!["traefik".to_string()]);
         assert_eq!(c.snapshots.schedule, "0 */6 * * *");
         assert_eq!(c.timeouts.bootstrap, Duration::from_secs(900));

@@ -1,4 +1,4 @@
-//! Discovery on the LAN (SPEC 4.1 step 5): Avahi over D-Bus, signed TXT records, the frame transport.
+//! Discovery on the LAN (lifecycle step 5, see docs/architecture.md): Avahi over D-Bus, signed TXT records, the frame transport.
 
 pub mod avahi;
 pub mod browse;

@@ -38,7 +38,7 @@ pub struct PeersArgs {
 /// (intake's root-only copy, which keeps the token, else the boot partition's).
 fn cluster_keys(args: &PeersArgs, paths: &Paths) -> anyhow::Result<ClusterKeys> {
     if let Some(file) = &args.token_file {
-        return Ok(ClusterKeys::derive(
+        return Ok(ClusterKeys::from_secret(
             &read_token(file)?,
             args.nodes,
             args.servers,
@@ -56,7 +56,7 @@ fn cluster_keys(args: &PeersArgs, paths: &Paths) -> anyhow::Result<ClusterKeys> 
         );
     };
     let config = ClusterConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(ClusterKeys::derive(
+    Ok(ClusterKeys::from_secret(
         config.token.expose().as_bytes(),
         config.nodes,
         config.servers,

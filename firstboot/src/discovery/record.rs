@@ -1,15 +1,11 @@
 //! The signed `_k3s-firstboot._tcp` TXT record: cluster id, token-derived keys, encode and verify.
 //!
-//! Every key is derived from the raw token bytes with HMAC-SHA256 under a distinct domain label, so
-//! the cluster id shown on the LAN and the record key are unrelated and neither reveals the token.
+//! The cluster id and the record key come from [`crate::keys::TokenKeys`]; the MAC covers the
+//! record's canonical bytes, length-prefixed.
 
 use crate::identity::NodeId;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-use std::fmt;
+use crate::keys::{MacKey, TokenKeys};
 use std::net::SocketAddr;
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// Protocol version carried in every record; peers with another version are not verified.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -18,88 +14,20 @@ pub const PROTOCOL_VERSION: u8 = 1;
 pub use crate::election::ClusterId;
 /// Bytes in a cluster id (one definition, the election core's).
 pub use crate::election::CLUSTER_ID_LEN;
-/// Domain label for the mDNS record key (distinct from the election's protocol key label).
-const RECORD_KEY_LABEL: &[u8] = b"firstboot/v1/mdns-record-key";
-
-/// HMAC-SHA256 of `parts` (each length-prefixed so concatenations cannot collide) under `key`.
-fn hmac_parts(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    // HMAC accepts keys of any length, so new_from_slice cannot fail.
-    let mut mac = HmacSha256::new_from_slice(key).expect("hmac takes any key length");
-    for part in parts {
-        mac.update(&(part.len() as u32).to_be_bytes());
-        mac.update(part);
-    }
-    mac.finalize().into_bytes().into()
-}
-
 /// Parses the 32 hex digits of a TXT record's `c=` value into a cluster id.
 pub fn cluster_id_from_hex(text: &str) -> Option<ClusterId> {
     let bytes = hex::decode(text).ok()?;
     Some(ClusterId(bytes.try_into().ok()?))
 }
 
-/// Secret key that signs and verifies TXT records; derived from the token, never printed.
-#[derive(Clone)]
-pub struct RecordKey([u8; 32]);
+/// The key of TXT records (one [`MacKey`] of the token's keys).
+pub type RecordKey = MacKey;
 
-impl RecordKey {
-    /// Derives the record key from the raw token bytes.
-    pub fn derive(token: &[u8]) -> Self {
-        Self(hmac_parts(token, &[RECORD_KEY_LABEL]))
-    }
-
-    /// HMAC-SHA256 of the canonical record bytes.
-    fn sign(&self, canonical: &[u8]) -> [u8; 32] {
-        hmac_parts(&self.0, &[canonical])
-    }
-
-    /// Constant-time check of a record MAC.
-    fn verify(&self, canonical: &[u8], tag: &[u8]) -> bool {
-        let mut mac = HmacSha256::new_from_slice(&self.0).expect("hmac takes any key length");
-        mac.update(&(canonical.len() as u32).to_be_bytes());
-        mac.update(canonical);
-        mac.verify_slice(tag).is_ok()
-    }
-}
-
-impl fmt::Debug for RecordKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("RecordKey(<redacted>)")
-    }
-}
+/// The token-derived values discovery uses (the id and the record key are two of them).
+pub type ClusterKeys = TokenKeys;
 
 /// A node's role pin from `cluster.toml` (`node.role`), one of the rank inputs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RolePin {
-    /// No preference: the election decides.
-    Auto,
-    /// Pinned to a server seat.
-    Server,
-    /// Pinned to the agent role.
-    Agent,
-}
-
-impl RolePin {
-    /// The TXT spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RolePin::Auto => "auto",
-            RolePin::Server => "server",
-            RolePin::Agent => "agent",
-        }
-    }
-
-    /// Parses the TXT / `cluster.toml` spelling.
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "auto" => Some(RolePin::Auto),
-            "server" => Some(RolePin::Server),
-            "agent" => Some(RolePin::Agent),
-            _ => None,
-        }
-    }
-}
+pub use crate::model::RolePin;
 
 /// What one node announces about itself on the LAN.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -108,6 +36,7 @@ pub struct Advert {
     #[serde(serialize_with = "serialize_cluster")]
     pub cluster: ClusterId,
     /// Stable node id.
+    #[serde(serialize_with = "NodeId::serialize_hex")]
     pub node: NodeId,
     /// Lifecycle state name (free text set by the daemon, e.g. `discovering`, `electing`, `server`).
     pub state: String,
@@ -183,7 +112,8 @@ impl Advert {
     /// The TXT record strings (`key=value`), the last one the MAC `h=`.
     pub fn to_txt(&self, key: &RecordKey) -> Vec<Vec<u8>> {
         let fields = self.fields();
-        let tag = key.sign(&canonical(&fields));
+        let canonical = canonical(&fields);
+        let tag = key.sign_parts(&[&(canonical.len() as u32).to_be_bytes(), &canonical]);
         let mut txt: Vec<Vec<u8>> = fields
             .into_iter()
             .map(|(k, v)| format!("{k}={v}").into_bytes())
@@ -250,7 +180,8 @@ fn parse_verified(
             .map_err(|_| bad(RecordError::Malformed("p")))?,
     };
     let tag = hex::decode(get("h")?).map_err(|_| bad(RecordError::Malformed("h")))?;
-    if !key.verify(&canonical(&advert.fields()), &tag) {
+    let canonical = canonical(&advert.fields());
+    if !key.verify_parts(&[&(canonical.len() as u32).to_be_bytes(), &canonical], &tag) {
         return Err(bad(RecordError::BadMac));
     }
     Ok(advert)
@@ -288,7 +219,8 @@ mod tests {
     #[test]
     fn cluster_id_is_hmac_of_label_and_sizes() {
         // Independent recomputation of the documented derivation (shared with the election core).
-        let mut mac = HmacSha256::new_from_slice(TOKEN).expect("any key length");
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(TOKEN).expect("any key length");
         mac.update(b"firstboot/v1/cluster-id");
         mac.update(&[5, 3]);
         let expected = hex::encode(&mac.finalize().into_bytes()[..16]);
@@ -307,7 +239,7 @@ mod tests {
 
     #[test]
     fn record_round_trips_as_verified() {
-        let key = RecordKey::derive(TOKEN);
+        let key = MacKey::record(TOKEN);
         let ad = advert();
         let txt = ad.to_txt(&key);
         assert_eq!(classify(&txt, &ad.cluster, &key), PeerClass::Verified(ad));
@@ -315,7 +247,7 @@ mod tests {
 
     #[test]
     fn record_never_contains_the_token() {
-        let key = RecordKey::derive(TOKEN);
+        let key = MacKey::record(TOKEN);
         let joined: Vec<u8> = advert().to_txt(&key).concat();
         assert!(!joined.windows(TOKEN.len()).any(|w| w == TOKEN));
         assert!(!format!("{key:?}").contains("horse"));
@@ -323,7 +255,7 @@ mod tests {
 
     #[test]
     fn tampered_field_or_wrong_key_is_unverified() {
-        let key = RecordKey::derive(TOKEN);
+        let key = MacKey::record(TOKEN);
         let ad = advert();
         let mut txt = ad.to_txt(&key);
         txt[3] = b"s=server".to_vec();
@@ -332,7 +264,7 @@ mod tests {
             PeerClass::Unverified(RecordError::BadMac)
         );
         // A rogue who copies our public cluster id but not the token.
-        let rogue = ad.to_txt(&RecordKey::derive(b"wrong-token-wrong-token"));
+        let rogue = ad.to_txt(&MacKey::record(b"wrong-token-wrong-token"));
         assert_eq!(
             classify(&rogue, &ad.cluster, &key),
             PeerClass::Unverified(RecordError::BadMac)
@@ -350,17 +282,17 @@ mod tests {
         let other_token = b"another-kit-another-token";
         let mut ad = advert();
         ad.cluster = ClusterId::derive(other_token, 3, 3);
-        let txt = ad.to_txt(&RecordKey::derive(other_token));
+        let txt = ad.to_txt(&MacKey::record(other_token));
         let ours = ClusterId::derive(TOKEN, 3, 3);
         assert_eq!(
-            classify(&txt, &ours, &RecordKey::derive(TOKEN)),
+            classify(&txt, &ours, &MacKey::record(TOKEN)),
             PeerClass::Foreign(ad.cluster)
         );
     }
 
     #[test]
     fn other_protocol_version_is_unverified() {
-        let key = RecordKey::derive(TOKEN);
+        let key = MacKey::record(TOKEN);
         let ad = advert();
         let mut txt = ad.to_txt(&key);
         txt[0] = b"v=9".to_vec();
@@ -368,24 +300,5 @@ mod tests {
             classify(&txt, &ad.cluster, &key),
             PeerClass::Unverified(RecordError::Version("9".into()))
         );
-    }
-}
-
-/// The two values a node derives from the token for discovery; the token itself is not kept.
-#[derive(Clone, Debug)]
-pub struct ClusterKeys {
-    /// Public cluster id.
-    pub cluster: ClusterId,
-    /// Secret record key.
-    pub record: RecordKey,
-}
-
-impl ClusterKeys {
-    /// Derives both from the raw token bytes and the cluster sizes.
-    pub fn derive(token: &[u8], nodes: u8, servers: u8) -> Self {
-        Self {
-            cluster: ClusterId::derive(token, nodes, servers),
-            record: RecordKey::derive(token),
-        }
     }
 }

@@ -1,29 +1,17 @@
-//! Token-derived identities: the public cluster id and the secret key that authenticates messages.
+//! The public cluster id (derived from the token with `nodes` and `servers`); the keys are in [`crate::keys`].
 
 use std::fmt;
 
-use hmac::{Hmac, Mac};
+use hmac::Mac;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
-type HmacSha256 = Hmac<Sha256>;
-
-/// Length in bytes of a message authentication tag (HMAC-SHA256).
-pub const MAC_LEN: usize = 32;
+use crate::keys::keyed;
+pub use crate::keys::MAC_LEN;
 /// Length in bytes of a cluster id.
 pub const CLUSTER_ID_LEN: usize = 16;
 
-// Distinct labels keep the public id and the secret key independent although both come from the token.
+// A label of its own keeps the public id independent of the secret keys from the same token.
 const CLUSTER_ID_LABEL: &[u8] = b"firstboot/v1/cluster-id";
-const PROTOCOL_KEY_LABEL: &[u8] = b"firstboot/v1/protocol-key";
-
-fn keyed(key: &[u8]) -> HmacSha256 {
-    match HmacSha256::new_from_slice(key) {
-        Ok(mac) => mac,
-        // HMAC hashes over-long keys and pads short ones: every key length is valid.
-        Err(_) => unreachable!("HMAC accepts keys of any length"),
-    }
-}
 
 /// Public identifier of one cluster: derived from the token, `nodes` and `servers`, never revealing the token.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -59,42 +47,8 @@ impl fmt::Display for ClusterId {
     }
 }
 
-/// Secret key that signs and verifies election frames (HMAC-SHA256); prints as `<redacted>`.
-#[derive(Clone)]
-pub struct ProtocolKey {
-    // Keyed once so that each tag costs only the message's own compressions.
-    mac: HmacSha256,
-}
-
-impl ProtocolKey {
-    /// Derives the protocol key from the raw token bytes.
-    pub fn derive(token: &[u8]) -> Self {
-        let mut mac = keyed(token);
-        mac.update(PROTOCOL_KEY_LABEL);
-        let key = mac.finalize().into_bytes();
-        ProtocolKey { mac: keyed(&key) }
-    }
-
-    /// HMAC-SHA256 tag over `data`.
-    pub fn sign(&self, data: &[u8]) -> [u8; MAC_LEN] {
-        let mut mac = self.mac.clone();
-        mac.update(data);
-        mac.finalize().into_bytes().into()
-    }
-
-    /// Checks `tag` against `data` in constant time.
-    pub fn verify(&self, data: &[u8], tag: &[u8]) -> bool {
-        let mut mac = self.mac.clone();
-        mac.update(data);
-        mac.verify_slice(tag).is_ok()
-    }
-}
-
-impl fmt::Debug for ProtocolKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ProtocolKey(<redacted>)")
-    }
-}
+/// The key of election frames (one [`MacKey`](crate::keys::MacKey) of the token's keys).
+pub type ProtocolKey = crate::keys::MacKey;
 
 #[cfg(test)]
 mod tests {
@@ -110,20 +64,9 @@ mod tests {
     }
 
     #[test]
-    fn key_signs_and_rejects_other_keys() {
-        let key = ProtocolKey::derive(b"0123456789abcdef");
-        let other = ProtocolKey::derive(b"fedcba9876543210");
-        let tag = key.sign(b"hello");
-        assert!(key.verify(b"hello", &tag));
-        assert!(!key.verify(b"hellO", &tag));
-        assert!(!other.verify(b"hello", &tag));
-        assert_eq!(format!("{key:?}"), "ProtocolKey(<redacted>)");
-    }
-
-    #[test]
     fn key_and_cluster_id_are_domain_separated() {
         let token = b"0123456789abcdef";
-        let key = ProtocolKey::derive(token);
+        let key = ProtocolKey::election(token);
         let id = ClusterId::derive(token, 0, 0);
         // The id must not be a prefix of anything the key would produce for the same label.
         assert_ne!(&key.sign(CLUSTER_ID_LABEL)[..CLUSTER_ID_LEN], &id.0[..]);

@@ -7,8 +7,8 @@
 
 use super::auth::{ClusterId, ProtocolKey, CLUSTER_ID_LEN, MAC_LEN};
 use super::paxos::{Ballot, Value};
-use super::rank::RolePin;
 use super::NodeId;
+use super::RolePin;
 
 /// Version of this wire format; frames of any other version are rejected.
 pub const PROTOCOL_VERSION: u8 = 2;
@@ -501,7 +501,7 @@ mod tests {
     fn keys() -> (ClusterId, ProtocolKey) {
         (
             ClusterId::derive(b"0123456789abcdef", 3, 3),
-            ProtocolKey::derive(b"0123456789abcdef"),
+            ProtocolKey::election(b"0123456789abcdef"),
         )
     }
 
@@ -589,7 +589,7 @@ mod tests {
             Envelope::decode(&frame, &other_cluster, &key),
             Err(DecodeError::ForeignCluster)
         );
-        let other_key = ProtocolKey::derive(b"another token!!!!");
+        let other_key = ProtocolKey::election(b"another token!!!!");
         assert_eq!(
             Envelope::decode(&frame, &cluster, &other_key),
             Err(DecodeError::BadMac)

@@ -1,4 +1,4 @@
-//! Bootstrap election core (sans-IO, SPEC 4.2): at most one node ever runs cluster-init.
+//! Bootstrap election core (sans-IO; docs/architecture.md, "Safety"): at most one node ever runs cluster-init.
 //!
 //! Each bootstrap epoch runs two single-decree Paxos instances over an electorate of `nodes` voters
 //! with strict-majority quorums, each with its own ballots and acceptor state (persisted with fsync
@@ -64,7 +64,7 @@
 //!     nodes: 1,
 //!     servers: 1,
 //!     cluster: ClusterId::derive(token, 1, 1),
-//!     key: ProtocolKey::derive(token),
+//!     key: ProtocolKey::election(token),
 //!     seed: 42,
 //!     timing: Timing::default(),
 //! };
@@ -91,41 +91,35 @@
 //! assert_eq!(role, Some(Role::ClusterInit));
 //! ```
 
+mod api;
 mod auth;
+pub mod driver;
+mod jitter;
 mod message;
 mod node;
 mod paxos;
 mod rank;
+mod rules;
 mod seats;
+mod state;
+mod status;
 
 use serde::{Deserialize, Serialize};
 
+pub use api::{Destination, ElectionConfig, Event, PersistRequest, Timing, Transmit};
 pub use auth::{ClusterId, ProtocolKey, CLUSTER_ID_LEN, MAC_LEN};
+pub use driver::{ElectionDriver, ElectionStore, PersistHook};
 pub use message::{
     Body, DecodeError, Envelope, Hello, Instance, MAX_FRAME, MAX_ROSTER, PROTOCOL_VERSION,
 };
-#[cfg(feature = "sim-flaws")]
-pub use node::Flaw;
-pub use node::{
-    Destination, ElectionConfig, ElectionStatus, Event, Node, PersistRequest, PersistedState,
-    Timing, Transmit,
-};
+pub use node::Node;
 pub use paxos::{Acceptor, Ballot, Value};
-pub use rank::{Rank, RolePin};
-pub use seats::Role;
+pub use rank::Rank;
+pub use rules::{Paxos, Rules};
+pub use state::PersistedState;
+pub use status::ElectionStatus;
 
-/// A node's identity (from the board serial, MAC or a persisted random id).
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
-pub struct NodeId(pub u64);
-
-impl std::fmt::Display for NodeId {
-    /// Sixteen hex digits, the form of a Raspberry Pi board serial.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:016x}", self.0)
-    }
-}
+pub use crate::model::{NodeId, Role, RolePin};
 
 /// A point on the driver's monotonic clock in milliseconds; the core never reads a clock.
 #[derive(

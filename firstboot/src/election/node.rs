@@ -2,222 +2,17 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use serde::{Deserialize, Serialize};
-
+use super::api::{Destination, ElectionConfig, Event, PersistRequest, Timing, Transmit};
 use super::auth::{ClusterId, ProtocolKey};
+use super::jitter::Jitter;
 use super::message::{Body, DecodeError, Envelope, Hello, Instance, MAX_ROSTER};
 use super::paxos::{Acceptor, Ballot, Phase, Proposal, Value, Verdict};
-use super::rank::{Rank, RolePin};
-use super::seats::{self, Role};
-use super::{Millis, NodeId};
-
-/// Timer settings in milliseconds; the defaults suit a LAN.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Timing {
-    /// Interval between presence announcements (jittered by up to a fifth).
-    pub hello_ms: u64,
-    /// How long a peer stays in view after its last announcement.
-    pub view_ttl_ms: u64,
-    /// Time after start to collect announcements before proposing.
-    pub settle_ms: u64,
-    /// Resend interval of an unanswered prepare or accept (plus up to as much jitter).
-    pub resend_ms: u64,
-    /// Upper bound of the random back-off after a refused ballot.
-    pub backoff_ms: u64,
-    /// Quiet time (plus up to half as much jitter) after which a node that is not the best
-    /// candidate proposes `Abandon` (which still carries forward any accepted value); also how long
-    /// a node waits after learning `Init(x)` for x's fate to be decided before proposing `Abandon`
-    /// in the fate instance.
-    pub abandon_ms: u64,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Timing {
-            hello_ms: 1000,
-            view_ttl_ms: 3500,
-            settle_ms: 1500,
-            resend_ms: 700,
-            backoff_ms: 1000,
-            abandon_ms: 6000,
-        }
-    }
-}
-
-/// Everything a node needs to take part in one cluster's election.
-#[derive(Clone, Debug)]
-pub struct ElectionConfig {
-    /// This node's rank inputs (and its id).
-    pub rank: Rank,
-    /// The bootstrap electorate (`cluster.nodes`).
-    pub nodes: u8,
-    /// Desired K3s servers (`cluster.servers`).
-    pub servers: u8,
-    /// This cluster's id.
-    pub cluster: ClusterId,
-    /// Key authenticating frames.
-    pub key: ProtocolKey,
-    /// Seed for timer jitter (any value; differs per node and per boot in practice).
-    pub seed: u64,
-    /// Timer settings.
-    pub timing: Timing,
-}
-
-/// Durable state: persist it (write, fsync) when polled, and rebuild a restarted node from it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PersistedState {
-    /// Current bootstrap epoch (every earlier epoch decided `Abandon`).
-    pub epoch: u32,
-    /// Acceptor promises of the current epoch's leader instance.
-    pub acceptor: Acceptor,
-    /// The current epoch's leader instance value (`Init(x)`), once learned.
-    pub decided: Option<Value>,
-    /// Acceptor promises of the current epoch's fate instance (`Init(x)` = Go, or `Abandon`).
-    #[serde(default)]
-    pub fate: Acceptor,
-    /// The fate instance decided Go: the elected node may run cluster-init, everyone joins it.
-    #[serde(default)]
-    pub go: bool,
-    /// Seat holders in grant order (kept by the init node only).
-    pub roster: Vec<NodeId>,
-    /// Candidates the init node told to join as agents (never granted a seat afterwards).
-    pub agents: Vec<NodeId>,
-    /// The role taken, once known.
-    pub role: Option<Role>,
-    /// The driver reported that the role's K3s service is up.
-    pub serving: bool,
-}
-
-/// A request to persist `state` durably, then call [`Node::persisted`] with `seq`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PersistRequest {
-    /// Sequence number to acknowledge.
-    pub seq: u64,
-    /// The state to write.
-    pub state: PersistedState,
-}
-
-/// Where a frame goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Destination {
-    /// Every peer of the cluster (multicast or one datagram per discovered peer).
-    All,
-    /// One peer.
-    Node(NodeId),
-}
-
-/// A frame to send.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transmit {
-    /// Recipient.
-    pub to: Destination,
-    /// The encoded, authenticated frame.
-    pub frame: Vec<u8>,
-}
-
-/// Something the driver acts on or reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// An epoch's final value became known (released only once persisted): `Init(x)` once x was
-    /// elected and its fate decided Go, `Abandon` when either instance decided it.
-    Decided {
-        /// The epoch.
-        epoch: u32,
-        /// Its value.
-        value: Value,
-    },
-    /// This node's role: act on it (released once persisted; repeated after a restart).
-    Role(Role),
-    /// More distinct voters than `nodes` were seen: the quorum was raised. Report it loudly.
-    QuorumRaised {
-        /// Distinct voters seen, this node included.
-        seen: usize,
-        /// The quorum now required.
-        quorum: usize,
-    },
-}
-
-/// A snapshot for status output.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ElectionStatus {
-    /// Current epoch.
-    pub epoch: u32,
-    /// Undecided voters in view, this node included.
-    pub visible: usize,
-    /// Votes needed to decide.
-    pub quorum: usize,
-    /// Final value of the current epoch (`Init(x)` only once x's fate is Go).
-    pub decided: Option<Value>,
-    /// The node elected in the current epoch while its fate (Go or Abandon) is still open.
-    pub elected: Option<NodeId>,
-    /// This node's role.
-    pub role: Option<Role>,
-    /// More voters than `nodes` were seen: the contract's assumption is broken.
-    pub overcrowded: bool,
-    /// The configured electorate (`nodes`).
-    pub nodes: usize,
-    /// Distinct voters seen, this node included.
-    pub voters_seen: usize,
-}
-
-impl std::fmt::Display for ElectionStatus {
-    /// One status line, e.g. "waiting for 1 more node: 1/3 visible".
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.overcrowded {
-            write!(
-                f,
-                "WARNING: {} voters seen for nodes = {}, quorum raised to {}; ",
-                self.voters_seen, self.nodes, self.quorum
-            )?;
-        }
-        match (self.decided, self.role) {
-            (_, Some(Role::ClusterInit)) => f.write_str("elected: running cluster-init"),
-            (_, Some(Role::Server { join })) => write!(f, "server seat granted: joining {join}"),
-            (_, Some(Role::Agent { join })) => write!(f, "agent: joining {join}"),
-            (Some(Value::Init(init)), None) => {
-                write!(f, "{init} runs cluster-init; waiting for a server seat")
-            }
-            (None, None) if self.elected.is_some() => {
-                let elected = self.elected.unwrap_or_default();
-                write!(
-                    f,
-                    "{elected} elected (epoch {}); waiting for it to confirm",
-                    self.epoch
-                )
-            }
-            (_, None) if self.visible < self.quorum => {
-                let missing = self.quorum - self.visible;
-                let plural = if missing == 1 { "" } else { "s" };
-                write!(
-                    f,
-                    "waiting for {missing} more node{plural}: {}/{} visible",
-                    self.visible, self.nodes
-                )
-            }
-            (_, None) => write!(
-                f,
-                "electing (epoch {}): {}/{} visible",
-                self.epoch, self.visible, self.nodes
-            ),
-        }
-    }
-}
-
-/// A deliberate safety flaw, so the simulator can prove that it catches one. Test builds only.
-#[cfg(feature = "sim-flaws")]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Flaw {
-    /// No flaw.
-    #[default]
-    None,
-    /// Quorum of half the electorate instead of a strict majority.
-    HalfQuorum,
-    /// Release frames and events before the state they depend on is persisted.
-    ReplyBeforePersist,
-    /// The elected node runs cluster-init as soon as `Init` is decided, without waiting for Go.
-    InitWithoutGo,
-}
+use super::rank::Rank;
+use super::rules::{Paxos, Rules};
+use super::seats;
+use super::state::PersistedState;
+use super::status::ElectionStatus;
+use super::{Millis, NodeId, Role, RolePin};
 
 #[derive(Clone, Debug)]
 struct Peer {
@@ -235,28 +30,9 @@ enum Output {
     Event(Event),
 }
 
-/// Deterministic jitter source (splitmix64): all randomness comes from the configured seed.
-#[derive(Clone, Debug)]
-struct Jitter(u64);
-
-impl Jitter {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        if bound == 0 {
-            0
-        } else {
-            z % bound
-        }
-    }
-}
-
 /// One node's election: feed it frames and timeouts, poll it for what to do.
 #[derive(Debug)]
-pub struct Node {
+pub struct Node<R: Rules = Paxos> {
     rank: Rank,
     nodes: usize,
     servers: usize,
@@ -283,13 +59,24 @@ pub struct Node {
     next_hello: Millis,
     abandon_at: Option<Millis>,
     init_roster: Vec<NodeId>,
-    #[cfg(feature = "sim-flaws")]
-    flaw: Flaw,
+    rules: R,
 }
 
 impl Node {
     /// Starts a node at `now`, fresh or rebuilt from the state it last persisted.
     pub fn new(config: ElectionConfig, now: Millis, restored: Option<PersistedState>) -> Node {
+        Node::with_rules(config, now, restored, Paxos)
+    }
+}
+
+impl<R: Rules> Node<R> {
+    /// [`Node::new`] under other [`Rules`] (the simulator's self-test breaks one on purpose).
+    pub fn with_rules(
+        config: ElectionConfig,
+        now: Millis,
+        restored: Option<PersistedState>,
+        rules: R,
+    ) -> Node<R> {
         let mut state = restored.unwrap_or_default();
         if state.role.is_some() && matches!(state.decided, Some(Value::Init(_))) {
             // A role is only ever taken after Go (state written before the fate instance existed).
@@ -332,15 +119,8 @@ impl Node {
             next_hello: now,
             abandon_at: None,
             init_roster,
-            #[cfg(feature = "sim-flaws")]
-            flaw: Flaw::None,
+            rules,
         }
-    }
-
-    /// Builds the core with a deliberate flaw (simulator self-test only).
-    #[cfg(feature = "sim-flaws")]
-    pub fn set_flaw(&mut self, flaw: Flaw) {
-        self.flaw = flaw;
     }
 
     /// This node's id.
@@ -577,12 +357,7 @@ impl Node {
     }
 
     fn quorum(&self) -> usize {
-        let electorate = self.nodes.max(self.voters.len());
-        #[cfg(feature = "sim-flaws")]
-        if self.flaw == Flaw::HalfQuorum {
-            return (electorate / 2).max(1);
-        }
-        electorate / 2 + 1
+        self.rules.quorum(self.nodes.max(self.voters.len()))
     }
 
     fn note_voter(&mut self, sender: NodeId) {
@@ -1024,10 +799,7 @@ impl Node {
         if self.state.role.is_some() {
             return;
         }
-        #[cfg(feature = "sim-flaws")]
-        let premature = self.flaw == Flaw::InitWithoutGo && init == self.id();
-        #[cfg(not(feature = "sim-flaws"))]
-        let premature = false;
+        let premature = !self.rules.role_waits_for_go() && init == self.id();
         if !self.state.go && !premature {
             return;
         }
@@ -1168,12 +940,7 @@ impl Node {
     }
 
     fn release_or_hold(&mut self, output: Output) {
-        #[cfg(feature = "sim-flaws")]
-        if self.flaw == Flaw::ReplyBeforePersist {
-            self.release(output);
-            return;
-        }
-        if self.durable_seq >= self.wanted_seq {
+        if self.durable_seq >= self.wanted_seq || !self.rules.release_after_persist() {
             self.release(output);
         } else {
             self.held.push_back((self.wanted_seq, output));
@@ -1205,7 +972,7 @@ mod tests {
             nodes,
             servers: 3,
             cluster: ClusterId::derive(TOKEN, nodes, 3),
-            key: ProtocolKey::derive(TOKEN),
+            key: ProtocolKey::election(TOKEN),
             seed: node,
             timing: Timing::default(),
         }
@@ -1219,7 +986,7 @@ mod tests {
         }
         .encode(
             &ClusterId::derive(TOKEN, nodes, 3),
-            &ProtocolKey::derive(TOKEN),
+            &ProtocolKey::election(TOKEN),
         )
     }
 
@@ -1227,7 +994,7 @@ mod tests {
         Envelope::decode(
             &transmit.frame,
             &ClusterId::derive(TOKEN, nodes, 3),
-            &ProtocolKey::derive(TOKEN),
+            &ProtocolKey::election(TOKEN),
         )
         .expect("the node's own frames decode")
     }

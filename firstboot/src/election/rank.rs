@@ -4,46 +4,7 @@ use std::cmp::{Ordering, Reverse};
 
 use serde::{Deserialize, Serialize};
 
-use super::NodeId;
-
-/// The per-card `node.role` override.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum RolePin {
-    /// Let the election decide.
-    #[default]
-    Auto,
-    /// Prefer this node as a server (ranks above every `Auto` node).
-    Server,
-    /// Never a server unless no other node exists.
-    Agent,
-}
-
-impl RolePin {
-    fn weight(self) -> u8 {
-        match self {
-            RolePin::Server => 2,
-            RolePin::Auto => 1,
-            RolePin::Agent => 0,
-        }
-    }
-
-    pub(crate) fn to_wire(self) -> u8 {
-        match self {
-            RolePin::Auto => 0,
-            RolePin::Server => 1,
-            RolePin::Agent => 2,
-        }
-    }
-
-    pub(crate) fn from_wire(byte: u8) -> Option<Self> {
-        match byte {
-            0 => Some(RolePin::Auto),
-            1 => Some(RolePin::Server),
-            2 => Some(RolePin::Agent),
-            _ => None,
-        }
-    }
-}
+use super::{NodeId, RolePin};
 
 /// A node's claim to run cluster-init or hold a server seat; a greater rank is a better candidate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -107,13 +68,5 @@ mod tests {
             all,
             vec![agent, fast, fast_big, fast_big_low_id, pinned_slow]
         );
-    }
-
-    #[test]
-    fn pin_wire_round_trip() {
-        for pin in [RolePin::Auto, RolePin::Server, RolePin::Agent] {
-            assert_eq!(RolePin::from_wire(pin.to_wire()), Some(pin));
-        }
-        assert_eq!(RolePin::from_wire(3), None);
     }
 }

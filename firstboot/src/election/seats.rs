@@ -1,26 +1,7 @@
 //! After the decision: the init node grants server seats one at a time; everyone else becomes an agent.
 
-use serde::{Deserialize, Serialize};
-
-use super::rank::{Rank, RolePin};
-use super::NodeId;
-
-/// What a node runs once the election is over.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Role {
-    /// Run `k3s server --cluster-init` (only the node whose `Init` was decided).
-    ClusterInit,
-    /// Join the init node as a K3s server (holds a seat granted by it).
-    Server {
-        /// The init node to join.
-        join: NodeId,
-    },
-    /// Join the init node as a K3s agent.
-    Agent {
-        /// The init node to join.
-        join: NodeId,
-    },
-}
+use super::rank::Rank;
+use super::{NodeId, Role, RolePin};
 
 /// The role of a non-init node, given the init node's latest roster; `None` while it waits for a seat.
 ///

@@ -1,4 +1,4 @@
-//! Who this node is (SPEC 4.1 step 2): a stable node id and the hostname derived from it.
+//! Who this node is (lifecycle step 2, see docs/architecture.md): a stable node id and the hostname derived from it.
 
 pub mod early;
 pub mod hostname;

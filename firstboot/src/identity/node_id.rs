@@ -5,16 +5,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-/// A node's stable id: 64 bits, written as 16 lowercase hex digits (the form of a Raspberry Pi
-/// serial, and of the election core's `NodeId(u64)`, so the two convert losslessly).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId(u64);
-
-impl std::fmt::Debug for NodeId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "NodeId({self})")
-    }
-}
+pub use crate::model::NodeId;
 
 /// Where the node id came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -26,42 +17,6 @@ pub enum IdSource {
     Mac,
     /// A random id generated once and persisted under the state directory.
     Persisted,
-}
-
-impl NodeId {
-    /// Parses hex (6 to 16 digits, any case, not all zeros); longer serials keep their last 16.
-    pub fn parse(text: &str) -> Option<Self> {
-        let text = text.trim();
-        let valid = text.len() >= 6 && text.bytes().all(|b| b.is_ascii_hexdigit());
-        if !valid {
-            return None;
-        }
-        let tail = &text[text.len().saturating_sub(16)..];
-        let value = u64::from_str_radix(tail, 16).ok()?;
-        (value != 0).then_some(Self(value))
-    }
-
-    /// The 64-bit value (the election core's `NodeId`).
-    pub fn value(self) -> u64 {
-        self.0
-    }
-
-    /// The last 6 hex digits, used in the default hostname.
-    pub fn suffix(self) -> String {
-        format!("{:06x}", self.0 & 0xff_ffff)
-    }
-}
-
-impl std::fmt::Display for NodeId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:016x}", self.0)
-    }
-}
-
-impl serde::Serialize for NodeId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
 }
 
 /// Finds (or creates and persists) this node's id.
@@ -201,19 +156,6 @@ mod tests {
             ("0000dca6320a0b0c", IdSource::Mac)
         );
         assert_eq!(id.suffix(), "0a0b0c");
-    }
-
-    #[test]
-    fn ids_parse_to_sixteen_hex_digits() {
-        assert_eq!(
-            NodeId::parse("ABCDEF").map(|i| i.to_string()),
-            Some("0000000000abcdef".into())
-        );
-        let long = NodeId::parse("ffff00000000000000000001").expect("long serial");
-        assert_eq!((long.value(), long.suffix()), (1, "000001".to_string()));
-        assert!(NodeId::parse("00000000").is_none());
-        assert!(NodeId::parse("12345").is_none());
-        assert!(NodeId::parse("12345g").is_none());
     }
 
     #[test]

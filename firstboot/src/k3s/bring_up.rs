@@ -29,7 +29,7 @@ pub enum BringUpError {
     #[error("adding a default route: {0}")]
     Route(std::io::Error),
     /// systemd refused or could not be reached.
-    #[error("starting K3s through systemd: {0}")]
+    #[error("starting K3s through systemd")]
     Systemd(#[from] zbus::Error),
     /// K3s is active but its CA file is unreadable.
     #[error("reading the cluster CA: {0}")]

@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 /// Where K3s reads its config, relative to the root prefix.
-pub const CONFIG_YAML_PATH: &str = "etc/rancher/k3s/config.yaml";
+pub const CONFIG_YAML_PATH: &str = crate::paths::K3S_CONFIG_YAML;
 
 /// What this node runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]

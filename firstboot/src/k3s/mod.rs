@@ -13,7 +13,7 @@ pub use plan::K3sPlan;
 pub use secure_token::{CaHash, SecureToken};
 
 /// K3s's data directory, relative to the root prefix.
-pub const DATA_DIR: &str = "var/lib/rancher/k3s";
+pub const DATA_DIR: &str = crate::paths::K3S_DATA_DIR;
 /// The server CA bundle that `/cacerts` serves, relative to the data directory.
 pub const SERVER_CA_FILE: &str = "server/tls/server-ca.crt";
 /// The server's secure token file, relative to the data directory.

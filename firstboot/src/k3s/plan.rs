@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 /// Plan file location, relative to the root prefix.
-pub const PLAN_PATH: &str = "var/lib/firstboot/k3s-plan.json";
+pub const PLAN_PATH: &str = crate::paths::K3S_PLAN_JSON;
 
 /// Everything config.yaml is rendered from besides cluster.toml.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

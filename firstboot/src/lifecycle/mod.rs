@@ -1,4 +1,4 @@
-//! `firstboot run`: the daemon's lifecycle (SPEC 4.1), intake to a running K3s node, each step idempotent.
+//! `firstboot run`: the daemon's lifecycle (steps in docs/architecture.md), intake to a running K3s node, each step idempotent.
 //!
 //! Steps: intake -> identity -> clock -> storage -> discovery + election -> role -> K3s -> ready,
 //! then resident. Progress goes to the state file (`firstboot status`), sd_notify STATUS lines,
@@ -17,13 +17,15 @@
 mod k3s_step;
 mod report;
 
-use crate::bootstrap::{ElectionDriver, ElectionStore};
 use crate::clock::{image_build_time, Timedate};
-use crate::config::{ClusterConfig, RolePreference};
-use crate::discovery::record::ClusterKeys;
-use crate::discovery::{self, Advert, Browser, Publisher, UdpTransport, FRAME_PORT};
-use crate::election::{self, ElectionConfig, Event, ProtocolKey, Rank, Role, Timing};
+use crate::config::ClusterConfig;
+use crate::discovery::{Advert, Browser, Publisher, UdpTransport, FRAME_PORT};
+use crate::election::{
+    ElectionConfig, ElectionDriver, ElectionStore, Event, PersistHook, Rank, Timing,
+};
 use crate::identity::{hostname_for, node_id, set_hostname_and_hosts};
+use crate::keys::TokenKeys;
+use crate::model::{NodeId, Role};
 use crate::paths::Paths;
 use crate::status::led::open_led;
 use crate::status::state::{NodeState, Phase};
@@ -70,15 +72,29 @@ pub struct RunArgs {
 
 /// Runs the lifecycle on a fresh single-threaded runtime (small RSS: one thread).
 pub fn run(args: &RunArgs, paths: &Paths) -> anyhow::Result<()> {
+    run_with_hook(args, paths, None)
+}
+
+/// [`run`] with a hook on the election driver's durable states (the LAN tests stall a node with
+/// one; see [`PersistHook`]).
+pub fn run_with_hook(
+    args: &RunArgs,
+    paths: &Paths,
+    hook: Option<Box<dyn PersistHook>>,
+) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(lifecycle(args, paths))
+        .block_on(lifecycle(args, paths, hook))
 }
 
 /// The steps, in order; a failure is recorded in status (phase failed, LED error) and returned.
-async fn lifecycle(args: &RunArgs, paths: &Paths) -> anyhow::Result<()> {
+async fn lifecycle(
+    args: &RunArgs,
+    paths: &Paths,
+    hook: Option<Box<dyn PersistHook>>,
+) -> anyhow::Result<()> {
     let state = match NodeState::load(paths.root()) {
         Ok(Some(state)) => state,
         Ok(None) => NodeState::new(),
@@ -104,7 +120,7 @@ async fn lifecycle(args: &RunArgs, paths: &Paths) -> anyhow::Result<()> {
     };
     report.set_token(config.token.clone());
     report.set_led(open_led(config.status.led_gpio));
-    match steps(args, paths, &config, &mut report).await {
+    match steps(args, paths, &config, &mut report, hook).await {
         Ok(()) => Ok(()),
         Err(e) => {
             report.fail(&e);
@@ -119,6 +135,7 @@ async fn steps(
     paths: &Paths,
     config: &ClusterConfig,
     report: &mut Report,
+    hook: Option<Box<dyn PersistHook>>,
 ) -> anyhow::Result<()> {
     // Step 2: identity.
     report.phase(
@@ -184,13 +201,8 @@ async fn steps(
 
     // Steps 5 and 6: discovery and election.
     report.phase(Phase::Discovering, "publishing and browsing for peers");
-    let token = config.token.expose().as_bytes();
-    let keys = ClusterKeys::derive(token, config.nodes, config.servers);
-    let pin = match config.node.role {
-        RolePreference::Auto => discovery::RolePin::Auto,
-        RolePreference::Server => discovery::RolePin::Server,
-        RolePreference::Agent => discovery::RolePin::Agent,
-    };
+    let keys = TokenKeys::derive(&config.token, config.nodes, config.servers);
+    let pin = config.node.role;
     let ram_mib = ram_mib();
     let mut advert = Advert {
         cluster: keys.cluster,
@@ -203,15 +215,15 @@ async fn steps(
     };
     let election_config = ElectionConfig {
         rank: Rank {
-            pin: crate::bootstrap::driver::election_pin(pin),
+            pin,
             storage: storage_score,
             ram_mib,
-            node: election::NodeId(id.value()),
+            node: id,
         },
         nodes: config.nodes,
         servers: config.servers,
-        cluster: election::ClusterId::derive(token, config.nodes, config.servers),
-        key: ProtocolKey::derive(token),
+        cluster: keys.cluster,
+        key: keys.election.clone(),
         seed: seed(id.value()),
         timing: Timing::default(),
     };
@@ -226,15 +238,14 @@ async fn steps(
     );
     let browser = Browser::spawn(conn.clone(), keys.cluster, keys.record.clone());
     let store = ElectionStore::new(&paths.state_dir());
-    let mut driver = ElectionDriver::start(election_config, store, transport, browser).await?;
+    let mut driver =
+        ElectionDriver::start(election_config, store, transport, browser, hook).await?;
     report.phase(Phase::Electing, "electing the cluster-init node");
 
     // Steps 7 and 8 (unless the run stops at the role).
     let mut k3s = match args.until {
         Some(Until::Role) => None,
-        None => {
-            Some(K3sProgress::bind(election::NodeId(id.value()), &hostname, config, storage).await?)
-        }
+        None => Some(K3sProgress::bind(id, &hostname, config, storage).await?),
     };
     // The clock step's bus, also for the joiner's agreement with the init node's clock.
     let timedate_bus = (!args.no_clock).then_some(&conn);
@@ -251,13 +262,10 @@ async fn steps(
             match event {
                 Event::Role(r) if role.is_none() => {
                     role = Some(r);
-                    advert.state = role_state(r).into();
+                    advert.state = r.word().into();
                     publisher.update(advert.clone());
                     report.role(r, &hostname, &driver.status());
-                    report.init_node(match r {
-                        Role::ClusterInit => election::NodeId(id.value()),
-                        Role::Server { join } | Role::Agent { join } => join,
-                    });
+                    report.init_node(r.init_node(id));
                     match k3s.as_mut() {
                         None => println!("{}", role_json(r, id, &hostname)),
                         Some(k3s) => {
@@ -346,23 +354,14 @@ fn storage_setup(paths: &Paths, config: &ClusterConfig) -> StorageSetup {
     }
 }
 
-/// The advert state and JSON name of a role.
-fn role_state(role: Role) -> &'static str {
-    match role {
-        Role::ClusterInit => "cluster-init",
-        Role::Server { .. } => "server",
-        Role::Agent { .. } => "agent",
-    }
-}
-
 /// The one-line JSON `--until role` prints: role, this node, its hostname and whom it joins.
-fn role_json(role: Role, id: crate::identity::NodeId, hostname: &str) -> serde_json::Value {
+fn role_json(role: Role, id: NodeId, hostname: &str) -> serde_json::Value {
     let join = match role {
         Role::ClusterInit => None,
         Role::Server { join } | Role::Agent { join } => Some(join.to_string()),
     };
     serde_json::json!({
-        "role": role_state(role),
+        "role": role.word(),
         "node": id.to_string(),
         "hostname": hostname,
         "join": join,

@@ -154,11 +154,7 @@ impl Report {
 
     /// The role is known.
     pub fn role(&mut self, role: Role, hostname: &str, status: &ElectionStatus) {
-        self.state.role = Some(match role {
-            Role::ClusterInit => NodeRole::Init,
-            Role::Server { .. } => NodeRole::Server,
-            Role::Agent { .. } => NodeRole::Agent,
-        });
+        self.state.role = Some(NodeRole::from(role));
         self.state.phase = Phase::Joining;
         self.state.peers_expected = status.nodes as u32;
         let line = match role {

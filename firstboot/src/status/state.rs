@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// State file location, relative to the root prefix.
-pub const STATE_PATH: &str = "var/lib/firstboot/state.json";
+pub const STATE_PATH: &str = crate::paths::STATE_JSON;
 /// Format version of the state file.
 pub const STATE_VERSION: u32 = 1;
 
-/// Where the node is in its lifecycle (SPEC 4.1), in order.
+/// Where the node is in its lifecycle (docs/architecture.md, "firstboot run"), in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
@@ -66,7 +66,8 @@ impl Phase {
     }
 }
 
-/// The K3s role decided for this node.
+/// The state file's word for this node's [`Role`](crate::model::Role): the file keeps the init
+/// node apart (`init_node`), and `firstboot status` and the machine tests read the word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NodeRole {
@@ -76,6 +77,17 @@ pub enum NodeRole {
     Server,
     /// Joins as a K3s agent.
     Agent,
+}
+
+impl From<crate::model::Role> for NodeRole {
+    /// The role's word for the state file (whom it joins is kept in `init_node`).
+    fn from(role: crate::model::Role) -> Self {
+        match role {
+            crate::model::Role::ClusterInit => NodeRole::Init,
+            crate::model::Role::Server { .. } => NodeRole::Server,
+            crate::model::Role::Agent { .. } => NodeRole::Agent,
+        }
+    }
 }
 
 impl NodeRole {
@@ -146,7 +158,7 @@ pub struct NodeState {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// Reading or writing failed.
-    #[error("{doing} {path}: {source}")]
+    #[error("{doing} {path}")]
     Io {
         /// What was being done.
         doing: &'static str,
@@ -156,7 +168,7 @@ pub enum StateError {
         source: std::io::Error,
     },
     /// The file is not a state file this build understands.
-    #[error("{path} is not a valid state file: {source}")]
+    #[error("{path} is not a valid state file")]
     Format {
         /// The file.
         path: PathBuf,

@@ -13,11 +13,11 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// journald drop-in owned by firstboot.
-pub const JOURNALD_DROPIN: &str = "etc/systemd/journald.conf.d/60-firstboot-storage.conf";
+pub const JOURNALD_DROPIN: &str = crate::paths::JOURNALD_DROPIN;
 /// sysctl drop-in owned by firstboot.
-pub const SYSCTL_DROPIN: &str = "etc/sysctl.d/60-firstboot-writeback.conf";
+pub const SYSCTL_DROPIN: &str = crate::paths::SYSCTL_DROPIN;
 /// udev rule owned by firstboot.
-pub const UDEV_RULE: &str = "etc/udev/rules.d/60-firstboot-io-scheduler.rules";
+pub const UDEV_RULE: &str = crate::paths::UDEV_RULE;
 /// K3s unit drop-ins owned by firstboot (server and agent).
 pub const K3S_DROPINS: [&str; 2] = [
     "etc/systemd/system/k3s.service.d/60-firstboot-io.conf",

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Where the data goes.
-pub const DATA_DIR: &str = "/var/lib/rancher";
+pub const DATA_DIR: &str = crate::paths::RANCHER_DIR;
 /// Label of the filesystem we create.
 pub const LABEL: &str = "k3s-data";
 /// K3s unit drop-ins that keep K3s off the SD card when the data disk is missing.

@@ -1,6 +1,6 @@
 //! TuningPlan: the OS tuning for one node, computed from its storage class; pure data.
 //!
-//! Each setting is chosen only for the classes it helps (SPEC 4.3): SD-like media (SD, eMMC,
+//! Each setting is chosen only for the classes it helps (docs/architecture.md, "Storage tuning"): SD-like media (SD, eMMC,
 //! USB flash) get the full treatment, rotational disks most of it, fast SSD and NVMe only what is
 //! harmless everywhere (noatime, a fitting I/O scheduler, K3s's I/O priority).
 

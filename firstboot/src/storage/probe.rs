@@ -22,7 +22,7 @@ pub const DEFAULT_MAX_BYTES: u64 = 22 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     /// The probe file could not be created, written, synced or removed.
-    #[error("{what} {}: {source}", path.display())]
+    #[error("{what} {}", path.display())]
     Io {
         /// The step that failed.
         what: &'static str,

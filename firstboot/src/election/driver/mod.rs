@@ -5,20 +5,22 @@
 //! needs: persist requests are written durably and acknowledged first, so frames and events that
 //! depend on acceptor state are only released (and sent) after that state is on disk.
 //!
-//! Test builds (feature `test-hooks`, never shipped) can hold an elected node right after it
-//! learns it was elected and before anything that follows leaves it (`HOLD_ELECTED_ENV`).
+//! A [`PersistHook`] may pause the node right after a state is durable and before anything that
+//! follows leaves it; firstboot installs none (the LAN tests install one from the test crate).
 
-use super::store::ElectionStore;
+mod store;
+
 use crate::discovery::record::PeerClass;
 use crate::discovery::table::PeerSummary;
-use crate::discovery::{self, Browser, FrameTransport, PeerEvent, PeerTable, UdpTransport};
+use crate::discovery::{Browser, FrameTransport, PeerEvent, PeerTable, UdpTransport};
 use crate::election::{
     Body, Destination, ElectionConfig, ElectionStatus, Envelope, Event, Hello, Millis, Node,
-    NodeId, RolePin,
+    NodeId, PersistedState,
 };
 use anyhow::Context;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+pub use store::ElectionStore;
 use tokio::time::Instant;
 
 /// The election of one node on a real LAN.
@@ -33,35 +35,21 @@ pub struct ElectionDriver {
     store: ElectionStore,
     /// Events released while starting, until taken.
     startup: Vec<Event>,
-    /// The test hold already happened (it happens at most once per run).
-    #[cfg(feature = "test-hooks")]
-    held: bool,
-    /// Test builds: an armed hold's end; nothing is sent or released before it.
-    #[cfg(feature = "test-hooks")]
-    hold_until: Option<tokio::time::Instant>,
+    /// Sees every durable state first (none in the product).
+    hook: Option<Box<dyn PersistHook>>,
+    /// The end of a pause the hook asked for; nothing is sent or released before it.
+    pause_until: Option<Instant>,
     /// Events drained from the core but not yet returned: kept here so that a `step` cancelled
     /// by the caller's `select!` while sending loses no event (they come with the next step).
     released: Vec<Event>,
 }
 
-/// Test builds only: milliseconds to hold this node once it has durably learned that it was
-/// elected in the first epoch (`Init(self)` decided in epoch 0, fate open), before it announces
-/// that or asks for Go.
-///
-/// The core is untouched; from outside the node simply stalls at the worst moment, so a test can
-/// kill it there or restart avahi-daemon while the vote is open. A test sets it on every node, so
-/// whichever wins the first election is held; only epoch 0 holds, so the election that replaces a
-/// killed node runs unheld. Read only in `test-hooks` builds.
-#[cfg(feature = "test-hooks")]
-pub const HOLD_ELECTED_ENV: &str = "FIRSTBOOT_TEST_HOLD_ELECTED_MS";
-
-/// The election's rank role pin for a discovery record's pin (the two enums say the same thing).
-pub fn election_pin(pin: discovery::RolePin) -> RolePin {
-    match pin {
-        discovery::RolePin::Auto => RolePin::Auto,
-        discovery::RolePin::Server => RolePin::Server,
-        discovery::RolePin::Agent => RolePin::Agent,
-    }
+/// Sees each election state the driver made durable before anything it released leaves the
+/// node, and may pause the node there. From outside, the node simply stalls at that point; the
+/// core is untouched.
+pub trait PersistHook: Send {
+    /// `state` of node `me` is on disk: how long to wait before its frames and events leave.
+    fn persisted(&mut self, me: NodeId, state: &PersistedState) -> Option<std::time::Duration>;
 }
 
 impl ElectionDriver {
@@ -72,6 +60,7 @@ impl ElectionDriver {
         store: ElectionStore,
         transport: UdpTransport,
         browser: Browser,
+        hook: Option<Box<dyn PersistHook>>,
     ) -> anyhow::Result<Self> {
         let restored = store.load().context("restoring the election state")?;
         if let Some(state) = &restored {
@@ -88,10 +77,8 @@ impl ElectionDriver {
             started: Instant::now(),
             store,
             startup: Vec::new(),
-            #[cfg(feature = "test-hooks")]
-            held: false,
-            #[cfg(feature = "test-hooks")]
-            hold_until: None,
+            hook,
+            pause_until: None,
             released: Vec::new(),
         };
         driver.startup = driver.drain().await?;
@@ -177,7 +164,7 @@ impl ElectionDriver {
     fn on_peer_event(&mut self, event: PeerEvent) {
         if let PeerEvent::Resolved(peer) = &event {
             if let PeerClass::Verified(advert) = &peer.class {
-                let id = NodeId(advert.node.value());
+                let id = advert.node;
                 if id != self.node.id() {
                     let addr = SocketAddr::new(peer.addr.ip(), advert.port);
                     self.addrs.insert(id, addr);
@@ -190,7 +177,7 @@ impl ElectionDriver {
                             epoch,
                             sender: id,
                             body: Body::Hello(Hello {
-                                pin: election_pin(advert.role),
+                                pin: advert.role,
                                 storage: advert.storage,
                                 ram_mib: advert.ram_mib,
                                 decided: None,
@@ -206,41 +193,24 @@ impl ElectionDriver {
         self.table.apply(event);
     }
 
-    /// Arms the test hold (see [`HOLD_ELECTED_ENV`]) once `state`, the first durable record of
-    /// this node's own election in epoch 0, is on disk.
-    #[cfg(feature = "test-hooks")]
-    fn arm_hold(&mut self, state: &crate::election::PersistedState) {
-        use crate::election::Value;
-        if self.held
-            || state.epoch != 0
-            || state.go
-            || state.decided != Some(Value::Init(self.node.id()))
+    /// Asks the hook (if any) about a state that just became durable.
+    fn after_persist(&mut self, state: &PersistedState) {
+        let me = self.node.id();
+        if let Some(pause) = self
+            .hook
+            .as_mut()
+            .and_then(|hook| hook.persisted(me, state))
         {
-            return;
+            self.pause_until = Some(Instant::now() + pause);
         }
-        self.held = true;
-        let Some(ms) = std::env::var(HOLD_ELECTED_ENV)
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-        else {
-            return;
-        };
-        tracing::warn!(
-            hold_ms = ms,
-            epoch = state.epoch,
-            "test hook: elected; holding before asking for Go"
-        );
-        self.hold_until = Some(tokio::time::Instant::now() + std::time::Duration::from_millis(ms));
     }
 
-    /// Waits out an armed test hold before anything leaves the node. Cancel-safe: a `step`
-    /// cancelled by the caller's `select!` keeps the deadline and waits again on the next call.
-    #[cfg(feature = "test-hooks")]
-    async fn wait_hold(&mut self) {
-        if let Some(until) = self.hold_until {
+    /// Waits out a pause the hook asked for before anything leaves the node. Cancel-safe: a
+    /// `step` cancelled by the caller's `select!` keeps the deadline and waits again on the next call.
+    async fn wait_pause(&mut self) {
+        if let Some(until) = self.pause_until {
             tokio::time::sleep_until(until).await;
-            self.hold_until = None;
-            tracing::warn!("test hook: hold over; asking for Go");
+            self.pause_until = None;
         }
     }
 
@@ -254,13 +224,11 @@ impl ElectionDriver {
                     .save(&request.state)
                     .context("persisting the election state")?;
                 self.node.persisted(request.seq);
-                #[cfg(feature = "test-hooks")]
-                self.arm_hold(&request.state);
+                self.after_persist(&request.state);
                 progressed = true;
             }
-            // Nothing the acknowledged state released (frames, events) leaves during a hold.
-            #[cfg(feature = "test-hooks")]
-            self.wait_hold().await;
+            // Nothing the acknowledged state released (frames, events) leaves during a pause.
+            self.wait_pause().await;
             while let Some(transmit) = self.node.poll_transmit() {
                 progressed = true;
                 let targets: Vec<SocketAddr> = match transmit.to {

@@ -6,7 +6,7 @@ use anyhow::Context;
 use std::path::{Path, PathBuf};
 
 /// File name of the election state under the state directory.
-pub const FILE_NAME: &str = "election.json";
+pub const FILE_NAME: &str = crate::paths::ELECTION_JSON;
 
 /// Where the acceptor's promises and the decision live across restarts.
 #[derive(Debug, Clone)]
