@@ -11,16 +11,7 @@ fn aarch64_firstboot_is_static_and_runs_under_qemu() {
         );
         return;
     };
-    // The same builder and target dir imagebuild uses for the image payload, so CI compiles the
-    // aarch64 firstboot once for both tests.
-    let target_dir = std::env::current_exe()
-        .unwrap()
-        .ancestors()
-        .nth(3)
-        .expect("target dir")
-        .join("imagebuild-firstboot");
-    let bin = imagebuild::payload::firstboot::build("arm64", Some(&target_dir))
-        .expect("aarch64 build of firstboot");
+    let bin = systests::shipped_aarch64_firstboot();
 
     let elf = std::fs::read(&bin).unwrap();
     assert_eq!(&elf[..4], b"\x7fELF", "not an ELF file");

@@ -29,6 +29,21 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
+/// The aarch64 firstboot exactly as imagebuild builds it for an image payload (`-p firstboot
+/// --target aarch64-unknown-linux-musl --release`), in one target dir shared by every test that
+/// needs it, so CI compiles it once.
+pub fn shipped_aarch64_firstboot() -> PathBuf {
+    // Test executables live in <target>/<profile>/deps/.
+    let target_dir = std::env::current_exe()
+        .expect("the running test knows its own path")
+        .ancestors()
+        .nth(3)
+        .expect("test executable sits in <target>/<profile>/deps")
+        .join("imagebuild-firstboot");
+    imagebuild::payload::firstboot::build("arm64", Some(&target_dir))
+        .expect("aarch64 build of firstboot")
+}
+
 /// True when running as root; root-only tests print why they skip otherwise.
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")

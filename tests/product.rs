@@ -56,16 +56,7 @@ fn workspace_build_enables_no_firstboot_feature() {
 
 #[test]
 fn shipped_aarch64_firstboot_has_no_test_hook_names() {
-    // Built exactly as imagebuild builds the image payload (`-p firstboot --target
-    // aarch64-unknown-linux-musl --release`), in the target dir the cross test shares.
-    let target_dir = std::env::current_exe()
-        .expect("the running test knows its own path")
-        .ancestors()
-        .nth(3)
-        .expect("target dir")
-        .join("imagebuild-firstboot");
-    let bin = imagebuild::payload::firstboot::build("arm64", Some(&target_dir))
-        .expect("aarch64 build of firstboot");
+    let bin = systests::shipped_aarch64_firstboot();
     let elf = std::fs::read(&bin).expect("reading the aarch64 firstboot");
     let contains = |needle: &str| elf.windows(needle.len()).any(|w| w == needle.as_bytes());
     // The search is real: a string the daemon does log is found.

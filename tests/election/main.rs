@@ -6,6 +6,7 @@
 //! with `SIM_TRACE_HELLO=1`) as it happens. `SIM_OUTCOMES=FILE` writes one line per seed (fingerprint,
 //! steps, timings, violation) to FILE, to compare two builds of the core run for run.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -29,6 +30,24 @@ fn seeds() -> Vec<u64> {
     (0..count).collect()
 }
 
+/// Calls `each(slot, seed)` for every seed, spread over all cores; a worker stops when `each`
+/// says `Break` (the others finish the seeds they hold).
+fn on_all_cores(seeds: &[u64], each: impl Fn(usize, u64) -> ControlFlow<()> + Sync) {
+    let next = AtomicU64::new(0);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let slot = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(&seed) = seeds.get(slot) else { break };
+                if each(slot, seed).is_break() {
+                    break;
+                }
+            });
+        }
+    });
+}
+
 /// Runs `make(seed)` for every seed on all cores; returns the failing seeds (sorted) with their outcome.
 /// With `stop_at_first_unsafe`, only safety violations count and workers stop at the first one.
 fn sweep(
@@ -36,7 +55,6 @@ fn sweep(
     make: impl Fn(u64) -> Scenario + Sync,
     stop_at_first_unsafe: bool,
 ) -> (u64, Vec<(u64, Outcome)>) {
-    let next = AtomicU64::new(0);
     let ran = AtomicU64::new(0);
     let slowest = AtomicU64::new(0);
     let abandoning = AtomicU64::new(0);
@@ -45,45 +63,37 @@ fn sweep(
     let replaced = AtomicU64::new(0);
     let excused = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| loop {
-                let slot = next.fetch_add(1, Ordering::Relaxed) as usize;
-                let Some(&seed) = seeds.get(slot) else { break };
-                if stop_at_first_unsafe
-                    && !failures.lock().expect("no panics hold the lock").is_empty()
-                {
-                    break;
-                }
-                let outcome = run(&make(seed));
-                ran.fetch_add(1, Ordering::Relaxed);
-                if outcome.abandons > 0 {
-                    abandoning.fetch_add(1, Ordering::Relaxed);
-                }
-                if outcome.killed_at.is_some() {
-                    killed.fetch_add(1, Ordering::Relaxed);
-                }
-                if outcome.killed_for_good_at.is_some() {
-                    killed_for_good.fetch_add(1, Ordering::Relaxed);
-                    if outcome.done_at.is_some() && outcome.violation.is_none() {
-                        replaced.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                if outcome.excused_stall {
-                    excused.fetch_add(1, Ordering::Relaxed);
-                }
-                if let Some(done) = outcome.done_at {
-                    slowest.fetch_max(done.saturating_sub(outcome.quiet_at), Ordering::Relaxed);
-                }
-                if outcome.violation.is_some() && (outcome.unsafe_run || !stop_at_first_unsafe) {
-                    failures
-                        .lock()
-                        .expect("no panics hold the lock")
-                        .push((seed, outcome));
-                }
-            });
+    on_all_cores(seeds, |_, seed| {
+        if stop_at_first_unsafe && !failures.lock().expect("no panics hold the lock").is_empty() {
+            return ControlFlow::Break(());
         }
+        let outcome = run(&make(seed));
+        ran.fetch_add(1, Ordering::Relaxed);
+        if outcome.abandons > 0 {
+            abandoning.fetch_add(1, Ordering::Relaxed);
+        }
+        if outcome.killed_at.is_some() {
+            killed.fetch_add(1, Ordering::Relaxed);
+        }
+        if outcome.killed_for_good_at.is_some() {
+            killed_for_good.fetch_add(1, Ordering::Relaxed);
+            if outcome.done_at.is_some() && outcome.violation.is_none() {
+                replaced.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if outcome.excused_stall {
+            excused.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(done) = outcome.done_at {
+            slowest.fetch_max(done.saturating_sub(outcome.quiet_at), Ordering::Relaxed);
+        }
+        if outcome.violation.is_some() && (outcome.unsafe_run || !stop_at_first_unsafe) {
+            failures
+                .lock()
+                .expect("no panics hold the lock")
+                .push((seed, outcome));
+        }
+        ControlFlow::Continue(())
     });
     let mut failures = failures.into_inner().expect("no panics hold the lock");
     failures.sort_by_key(|(seed, _)| *seed);
@@ -191,28 +201,21 @@ fn outcome_traces_dump() {
     };
     let seeds = seeds();
     let lines: Vec<Mutex<String>> = seeds.iter().map(|_| Mutex::new(String::new())).collect();
-    let next = AtomicU64::new(0);
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| loop {
-                let slot = next.fetch_add(1, Ordering::Relaxed) as usize;
-                let Some(&seed) = seeds.get(slot) else { break };
-                let o = run(&Scenario::generate(seed));
-                *lines[slot].lock().expect("no panics hold the lock") = format!(
-                    "seed {seed} trace {:016x} steps {} elected {:?} init {:?} done {:?} abandons {} \
+    on_all_cores(&seeds, |slot, seed| {
+        let o = run(&Scenario::generate(seed));
+        *lines[slot].lock().expect("no panics hold the lock") = format!(
+            "seed {seed} trace {:016x} steps {} elected {:?} init {:?} done {:?} abandons {} \
                      rejected {} violation {:?}\n",
-                    o.trace,
-                    o.steps,
-                    o.first_elected_at,
-                    o.first_init_at,
-                    o.done_at,
-                    o.abandons,
-                    o.rejected,
-                    o.violation
-                );
-            });
-        }
+            o.trace,
+            o.steps,
+            o.first_elected_at,
+            o.first_init_at,
+            o.done_at,
+            o.abandons,
+            o.rejected,
+            o.violation
+        );
+        ControlFlow::Continue(())
     });
     let text: String = lines
         .into_iter()
