@@ -21,6 +21,9 @@ impl ClusterCa {
     /// A fresh self-signed CA named like K3s's (`k3s-server-ca@<unix time>`).
     pub fn generate() -> Result<Self> {
         let key = KeyPair::generate().context("generating the CA key")?;
+        // Not yet as strict as K3s: rcgen's default validity is 1975-4096, where K3s v1.31's CA has
+        // NotBefore = its creation time (rancher/dynamiclistener v0.6.0 cert/cert.go:75-100), so a
+        // joiner whose clock is behind the CA's creation is not refused here (issue 14, open).
         let mut params = CertificateParams::default();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
