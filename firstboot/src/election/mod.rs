@@ -103,6 +103,7 @@ mod rules;
 mod seats;
 mod state;
 mod status;
+mod timer;
 
 use serde::{Deserialize, Serialize};
 

@@ -12,6 +12,7 @@ use super::rules::{Paxos, Rules};
 use super::seats;
 use super::state::PersistedState;
 use super::status::ElectionStatus;
+use super::timer::{Timer, TimerTable};
 use super::{Millis, NodeId, Role, RolePin};
 
 #[derive(Clone, Debug)]
@@ -51,13 +52,9 @@ pub struct Node<R: Rules = Paxos> {
     voters: BTreeSet<NodeId>,
     raised_for: usize,
     proposal: Option<Proposal>,
-    resend_at: Millis,
-    retry_at: Millis,
     max_round: u32,
-    started: Millis,
     last_now: Millis,
-    next_hello: Millis,
-    abandon_at: Option<Millis>,
+    timers: TimerTable,
     init_roster: Vec<NodeId>,
     rules: R,
 }
@@ -87,6 +84,11 @@ impl<R: Rules> Node<R> {
         if let Some(role) = state.role {
             events.push_back(Event::Role(role));
         }
+        let mut timers = TimerTable::default();
+        timers.set(Timer::Hello, now);
+        timers.set(Timer::Resend, now);
+        timers.set(Timer::Retry, now);
+        timers.set(Timer::Settle, now.after(config.timing.settle_ms));
         let init_roster = if state.role == Some(Role::ClusterInit) {
             state.roster.clone()
         } else {
@@ -111,13 +113,9 @@ impl<R: Rules> Node<R> {
             voters: BTreeSet::from([me]),
             raised_for: 0,
             proposal: None,
-            resend_at: now,
-            retry_at: now,
             max_round: 0,
-            started: now,
             last_now: now,
-            next_hello: now,
-            abandon_at: None,
+            timers,
             init_roster,
             rules,
         }
@@ -178,7 +176,7 @@ impl<R: Rules> Node<R> {
             Body::Prepare { instance, ballot } => {
                 self.note_voter(sender);
                 if instance == self.instance() {
-                    self.abandon_at = None;
+                    self.timers.stop(Timer::Abandon);
                 }
                 self.on_prepare(now, sender, instance, ballot);
             }
@@ -202,7 +200,7 @@ impl<R: Rules> Node<R> {
             } => {
                 self.note_voter(sender);
                 if instance == self.instance() {
-                    self.abandon_at = None;
+                    self.timers.stop(Timer::Abandon);
                 }
                 self.on_accept(now, sender, instance, ballot, value);
             }
@@ -227,28 +225,41 @@ impl<R: Rules> Node<R> {
     /// Handles timers that are due at `now`.
     pub fn handle_timeout(&mut self, now: Millis) {
         self.last_now = self.last_now.max(now);
-        if now >= self.next_hello {
-            self.send_hello(Destination::All);
-            let hello = self.timing.hello_ms;
-            self.next_hello = now.after(hello + self.jitter.below(hello / 5 + 1));
-        }
-        if now >= self.resend_at {
-            let instance = self.instance();
-            if let Some(proposal) = &self.proposal {
-                let ballot = proposal.ballot;
-                let body = match &proposal.phase {
-                    Phase::Preparing { .. } => Body::Prepare { instance, ballot },
-                    Phase::Accepting { value, .. } => Body::Accept {
-                        instance,
-                        ballot,
-                        value: *value,
-                    },
-                };
-                self.send_after_persist(Destination::All, body);
-                self.arm_resend(now);
+        for timer in Timer::VALUES {
+            if !self.timers.is_expired(timer, now) {
+                continue;
+            }
+            match timer {
+                Timer::Hello => {
+                    self.send_hello(Destination::All);
+                    let hello = self.timing.hello_ms;
+                    let at = now.after(hello + self.jitter.below(hello / 5 + 1));
+                    self.timers.set(Timer::Hello, at);
+                }
+                Timer::Resend => self.resend(now),
+                // These act through `maybe_propose`, which checks them.
+                Timer::Retry | Timer::Settle | Timer::Abandon => {}
             }
         }
         self.progress(now);
+    }
+
+    /// Resends the open proposal's prepare or accept, if there is one.
+    fn resend(&mut self, now: Millis) {
+        let instance = self.instance();
+        if let Some(proposal) = &self.proposal {
+            let ballot = proposal.ballot;
+            let body = match &proposal.phase {
+                Phase::Preparing { .. } => Body::Prepare { instance, ballot },
+                Phase::Accepting { value, .. } => Body::Accept {
+                    instance,
+                    ballot,
+                    value: *value,
+                },
+            };
+            self.send_after_persist(Destination::All, body);
+            self.arm_resend(now);
+        }
     }
 
     /// The driver's K3s role is up (server unit active, or agent running).
@@ -257,7 +268,7 @@ impl<R: Rules> Node<R> {
         if self.state.role.is_some() && !self.state.serving {
             self.state.serving = true;
             self.persist();
-            self.next_hello = now;
+            self.timers.set(Timer::Hello, now);
             self.progress(now);
         }
     }
@@ -269,19 +280,25 @@ impl<R: Rules> Node<R> {
 
     /// When [`Node::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        let mut wake = vec![self.next_hello];
-        if self.proposal.is_some() {
-            wake.push(self.resend_at);
-        }
-        if !self.state.go && self.proposal.is_none() {
-            wake.push(self.retry_at);
-            wake.push(self.started.after(self.timing.settle_ms));
-            wake.extend(self.abandon_at);
-        }
-        // Wake-ups already handled are not repeated; the hello timer always lies ahead.
-        wake.into_iter()
-            .filter(|at| *at > self.last_now || *at == self.next_hello)
+        let hello = self.timers.get(Timer::Hello);
+        Timer::VALUES
+            .into_iter()
+            .filter(|timer| self.is_armed(*timer))
+            .filter_map(|timer| self.timers.get(timer))
+            // Wake-ups already handled are not repeated; the hello timer always lies ahead.
+            .filter(|at| *at > self.last_now || Some(*at) == hello)
             .min()
+    }
+
+    /// Whether `timer` matters in the node's current state.
+    fn is_armed(&self, timer: Timer) -> bool {
+        match timer {
+            Timer::Hello => true,
+            Timer::Resend => self.proposal.is_some(),
+            Timer::Retry | Timer::Settle | Timer::Abandon => {
+                !self.state.go && self.proposal.is_none()
+            }
+        }
     }
 
     /// State to persist before the frames and events that depend on it are released.
@@ -588,12 +605,14 @@ impl<R: Rules> Node<R> {
 
     fn back_off(&mut self, now: Millis) {
         let backoff = self.timing.backoff_ms;
-        self.retry_at = now.after(backoff / 10 + self.jitter.below(backoff));
+        let at = now.after(backoff / 10 + self.jitter.below(backoff));
+        self.timers.set(Timer::Retry, at);
     }
 
     fn arm_resend(&mut self, now: Millis) {
         let resend = self.timing.resend_ms;
-        self.resend_at = now.after(resend + self.jitter.below(resend + 1));
+        let at = now.after(resend + self.jitter.below(resend + 1));
+        self.timers.set(Timer::Resend, at);
     }
 
     /// Undecided voters of our epoch heard recently, this node first.
@@ -622,8 +641,8 @@ impl<R: Rules> Node<R> {
     fn maybe_propose(&mut self, now: Millis) {
         if self.state.go
             || self.proposal.is_some()
-            || now < self.retry_at
-            || now < self.started.after(self.timing.settle_ms)
+            || !self.timers.is_expired(Timer::Retry, now)
+            || !self.timers.is_expired(Timer::Settle, now)
         {
             return;
         }
@@ -634,19 +653,12 @@ impl<R: Rules> Node<R> {
                 self.start(now, Value::Init(elected));
                 return;
             }
-            match self.abandon_at {
-                None => {
-                    let abandon = self.timing.abandon_ms;
-                    self.abandon_at = Some(now.after(abandon + self.jitter.below(abandon / 2 + 1)));
-                }
-                Some(at) if now >= at => self.start(now, Value::Abandon),
-                Some(_) => {}
-            }
+            self.abandon_when_quiet(now);
             return;
         }
         let view = self.view(now);
         if view.len() < self.quorum() {
-            self.abandon_at = None;
+            self.timers.stop(Timer::Abandon);
             return;
         }
         let best = view.iter().max().map(|rank| rank.node);
@@ -654,10 +666,16 @@ impl<R: Rules> Node<R> {
             self.start(now, Value::Init(self.id()));
             return;
         }
-        match self.abandon_at {
+        self.abandon_when_quiet(now);
+    }
+
+    /// Arms the abandon timer on first call; proposes `Abandon` once it has expired.
+    fn abandon_when_quiet(&mut self, now: Millis) {
+        match self.timers.get(Timer::Abandon) {
             None => {
                 let abandon = self.timing.abandon_ms;
-                self.abandon_at = Some(now.after(abandon + self.jitter.below(abandon / 2 + 1)));
+                let at = now.after(abandon + self.jitter.below(abandon / 2 + 1));
+                self.timers.set(Timer::Abandon, at);
             }
             Some(at) if now >= at => self.start(now, Value::Abandon),
             Some(_) => {}
@@ -665,7 +683,7 @@ impl<R: Rules> Node<R> {
     }
 
     fn start(&mut self, now: Millis, intent: Value) {
-        self.abandon_at = None;
+        self.timers.stop(Timer::Abandon);
         let promised = self
             .acceptor(self.instance())
             .promised
@@ -745,8 +763,8 @@ impl<R: Rules> Node<R> {
                 // Elected, not final: the fate instance decides whether x may run cluster-init.
                 self.state.decided = Some(value);
                 self.proposal = None;
-                self.abandon_at = None;
-                self.retry_at = now;
+                self.timers.stop(Timer::Abandon);
+                self.timers.set(Timer::Retry, now);
                 self.persist();
             }
             (Instance::Fate, Value::Init(_)) => {
@@ -757,7 +775,7 @@ impl<R: Rules> Node<R> {
                 self.state.decided = Some(value);
                 self.state.go = true;
                 self.proposal = None;
-                self.abandon_at = None;
+                self.timers.stop(Timer::Abandon);
                 self.persist();
                 self.emit_after_persist(Event::Decided { epoch, value });
             }
@@ -769,7 +787,7 @@ impl<R: Rules> Node<R> {
         if announce {
             self.send_after_persist(Destination::All, Body::Decided { instance, value });
         }
-        self.next_hello = now;
+        self.timers.set(Timer::Hello, now);
         match (instance, value) {
             (_, Value::Abandon) => self.enter_epoch(now, epoch.saturating_add(1)),
             // The elected node asks for Go at once (its first attempt may have just decided Init).
@@ -785,11 +803,11 @@ impl<R: Rules> Node<R> {
         self.state.go = false;
         self.state.decided = None;
         self.proposal = None;
-        self.abandon_at = None;
+        self.timers.stop(Timer::Abandon);
         self.max_round = 0;
         self.init_roster.clear();
         self.persist();
-        self.next_hello = now;
+        self.timers.set(Timer::Hello, now);
     }
 
     fn update_role(&mut self, now: Millis) {
@@ -820,7 +838,7 @@ impl<R: Rules> Node<R> {
             self.state.role = Some(role);
             self.persist();
             self.emit_after_persist(Event::Role(role));
-            self.next_hello = now;
+            self.timers.set(Timer::Hello, now);
         }
     }
 
@@ -866,7 +884,7 @@ impl<R: Rules> Node<R> {
         self.state.role = Some(role);
         self.persist();
         self.emit_after_persist(Event::Role(role));
-        self.next_hello = now;
+        self.timers.set(Timer::Hello, now);
     }
 
     fn grant_seat(&mut self, now: Millis) {
@@ -883,7 +901,7 @@ impl<R: Rules> Node<R> {
             self.state.roster.push(node);
             self.init_roster = self.state.roster.clone();
             self.persist();
-            self.next_hello = now;
+            self.timers.set(Timer::Hello, now);
         }
     }
 
