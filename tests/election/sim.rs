@@ -994,11 +994,12 @@ impl World<'_> {
         }
         if state.decided == Some(Value::Init(me)) && !state.go {
             self.arm_kill(i, KillPoint::Elected, state.epoch);
-            if matches!(state.fate.accepted, Some((_, Value::Init(x))) if x == me) {
+            if matches!(state.acceptors[Instance::Fate].accepted, Some((_, Value::Init(x))) if x == me)
+            {
                 self.arm_kill(i, KillPoint::GoAccepted, state.epoch);
             }
         }
-        if let Some((_, Value::Init(x))) = state.fate.accepted {
+        if let Some((_, Value::Init(x))) = state.acceptors[Instance::Fate].accepted {
             if x != me {
                 self.ledger.go_accepted.insert((state.epoch, x));
             }

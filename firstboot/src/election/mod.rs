@@ -94,6 +94,7 @@
 mod api;
 mod auth;
 pub mod driver;
+mod instance;
 mod jitter;
 mod message;
 mod node;
@@ -110,6 +111,7 @@ use serde::{Deserialize, Serialize};
 pub use api::{Destination, ElectionConfig, Event, PersistRequest, Timing, Transmit};
 pub use auth::{ClusterId, ProtocolKey, CLUSTER_ID_LEN, MAC_LEN};
 pub use driver::{ElectionDriver, ElectionStore, PersistHook};
+pub use instance::Acceptors;
 pub use message::{
     Body, DecodeError, Envelope, Hello, Instance, MAX_FRAME, MAX_ROSTER, PROTOCOL_VERSION,
 };

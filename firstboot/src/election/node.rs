@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::api::{Destination, ElectionConfig, Event, PersistRequest, Timing, Transmit};
 use super::auth::{ClusterId, ProtocolKey};
+use super::instance::Acceptors;
 use super::jitter::Jitter;
 use super::message::{Body, DecodeError, Envelope, Hello, Instance, MAX_ROSTER};
 use super::paxos::{Acceptor, Ballot, Phase, Proposal, Value, Verdict};
@@ -367,10 +368,7 @@ impl<R: Rules> Node<R> {
     }
 
     fn acceptor(&mut self, instance: Instance) -> &mut Acceptor {
-        match instance {
-            Instance::Leader => &mut self.state.acceptor,
-            Instance::Fate => &mut self.state.fate,
-        }
+        &mut self.state.acceptors[instance]
     }
 
     fn quorum(&self) -> usize {
@@ -798,8 +796,7 @@ impl<R: Rules> Node<R> {
 
     fn enter_epoch(&mut self, now: Millis, epoch: u32) {
         self.state.epoch = epoch;
-        self.state.acceptor = Acceptor::default();
-        self.state.fate = Acceptor::default();
+        self.state.acceptors = Acceptors::default();
         self.state.go = false;
         self.state.decided = None;
         self.proposal = None;
@@ -1081,7 +1078,10 @@ mod tests {
         .expect("genuine frame");
         assert!(drain_transmits(&mut node).is_empty());
         let request = node.poll_persist().expect("the promise must be persisted");
-        assert_eq!(request.state.acceptor.promised, Some(ballot));
+        assert_eq!(
+            request.state.acceptors[Instance::Leader].promised,
+            Some(ballot)
+        );
         node.persisted(request.seq);
         let sent = drain_transmits(&mut node);
         assert_eq!(sent.len(), 1);
