@@ -98,6 +98,7 @@ mod instance;
 mod jitter;
 mod message;
 mod node;
+mod outbox;
 mod paxos;
 mod rank;
 mod rules;

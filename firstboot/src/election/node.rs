@@ -1,12 +1,13 @@
 //! The election state machine of one node: inputs in, polled outputs out; no sockets, clock or entropy.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::api::{Destination, ElectionConfig, Event, PersistRequest, Timing, Transmit};
 use super::auth::{ClusterId, ProtocolKey};
 use super::instance::Acceptors;
 use super::jitter::Jitter;
 use super::message::{Body, DecodeError, Envelope, Hello, Instance, MAX_ROSTER};
+use super::outbox::Outbox;
 use super::paxos::{Acceptor, Ballot, Phase, Proposal, Value, Verdict};
 use super::rank::Rank;
 use super::rules::{Paxos, Rules};
@@ -26,12 +27,6 @@ struct Peer {
     wants_seat: bool,
 }
 
-#[derive(Clone, Debug)]
-enum Output {
-    Transmit(Transmit),
-    Event(Event),
-}
-
 /// One node's election: feed it frames and timeouts, poll it for what to do.
 #[derive(Debug)]
 pub struct Node<R: Rules = Paxos> {
@@ -43,12 +38,7 @@ pub struct Node<R: Rules = Paxos> {
     timing: Timing,
     jitter: Jitter,
     state: PersistedState,
-    wanted_seq: u64,
-    durable_seq: u64,
-    persist_due: bool,
-    held: VecDeque<(u64, Output)>,
-    transmits: VecDeque<Transmit>,
-    events: VecDeque<Event>,
+    outbox: Outbox,
     peers: BTreeMap<NodeId, Peer>,
     voters: BTreeSet<NodeId>,
     raised_for: usize,
@@ -81,9 +71,10 @@ impl<R: Rules> Node<R> {
             state.go = true;
         }
         let me = config.rank.node;
-        let mut events = VecDeque::new();
+        let mut outbox = Outbox::new(rules.release_after_persist());
         if let Some(role) = state.role {
-            events.push_back(Event::Role(role));
+            // Restored from disk: already durable.
+            outbox.emit_now(Event::Role(role));
         }
         let mut timers = TimerTable::default();
         timers.set(Timer::Hello, now);
@@ -104,12 +95,7 @@ impl<R: Rules> Node<R> {
             timing: config.timing,
             jitter: Jitter(config.seed),
             state,
-            wanted_seq: 0,
-            durable_seq: 0,
-            persist_due: false,
-            held: VecDeque::new(),
-            transmits: VecDeque::new(),
-            events,
+            outbox,
             peers: BTreeMap::new(),
             voters: BTreeSet::from([me]),
             raised_for: 0,
@@ -276,7 +262,7 @@ impl<R: Rules> Node<R> {
 
     /// Next frame to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        self.outbox.poll_transmit()
     }
 
     /// When [`Node::handle_timeout`] should next be called.
@@ -307,32 +293,21 @@ impl<R: Rules> Node<R> {
     /// Write requests in the order polled (each supersedes the previous one), e.g. write a
     /// temporary file, fsync, rename; then acknowledge with [`Node::persisted`].
     pub fn poll_persist(&mut self) -> Option<PersistRequest> {
-        if !self.persist_due {
-            return None;
-        }
-        self.persist_due = false;
+        let seq = self.outbox.poll_persist()?;
         Some(PersistRequest {
-            seq: self.wanted_seq,
+            seq,
             state: self.state.clone(),
         })
     }
 
     /// The state of persist request `seq` is durable (written and fsync'd).
     pub fn persisted(&mut self, seq: u64) {
-        self.durable_seq = self.durable_seq.max(seq);
-        let held = std::mem::take(&mut self.held);
-        for (needs, output) in held {
-            if needs <= self.durable_seq {
-                self.release(output);
-            } else {
-                self.held.push_back((needs, output));
-            }
-        }
+        self.outbox.persisted(seq);
     }
 
     /// Next event for the driver.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.outbox.poll_event()
     }
 
     /// Status for `firstboot status`, sd_notify and the LED.
@@ -383,7 +358,7 @@ impl<R: Rules> Node<R> {
         if seen > self.nodes && seen > self.raised_for {
             self.raised_for = seen;
             let quorum = self.quorum();
-            self.events.push_back(Event::QuorumRaised { seen, quorum });
+            self.outbox.emit_now(Event::QuorumRaised { seen, quorum });
         }
     }
 
@@ -927,8 +902,7 @@ impl<R: Rules> Node<R> {
     }
 
     fn persist(&mut self) {
-        self.wanted_seq += 1;
-        self.persist_due = true;
+        self.outbox.persist();
     }
 
     fn frame(&self, body: Body) -> Vec<u8> {
@@ -942,31 +916,16 @@ impl<R: Rules> Node<R> {
 
     fn send_now(&mut self, to: Destination, body: Body) {
         let frame = self.frame(body);
-        self.transmits.push_back(Transmit { to, frame });
+        self.outbox.send_now(Transmit { to, frame });
     }
 
     fn send_after_persist(&mut self, to: Destination, body: Body) {
         let frame = self.frame(body);
-        self.release_or_hold(Output::Transmit(Transmit { to, frame }));
+        self.outbox.send_after_persist(Transmit { to, frame });
     }
 
     fn emit_after_persist(&mut self, event: Event) {
-        self.release_or_hold(Output::Event(event));
-    }
-
-    fn release_or_hold(&mut self, output: Output) {
-        if self.durable_seq >= self.wanted_seq || !self.rules.release_after_persist() {
-            self.release(output);
-        } else {
-            self.held.push_back((self.wanted_seq, output));
-        }
-    }
-
-    fn release(&mut self, output: Output) {
-        match output {
-            Output::Transmit(transmit) => self.transmits.push_back(transmit),
-            Output::Event(event) => self.events.push_back(event),
-        }
+        self.outbox.emit_after_persist(event);
     }
 }
 
