@@ -106,6 +106,7 @@ mod seats;
 mod state;
 mod status;
 mod timer;
+mod view;
 
 use serde::{Deserialize, Serialize};
 

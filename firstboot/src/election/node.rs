@@ -1,7 +1,5 @@
 //! The election state machine of one node: inputs in, polled outputs out; no sockets, clock or entropy.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use super::api::{Destination, ElectionConfig, Event, PersistRequest, Timing, Transmit};
 use super::auth::{ClusterId, ProtocolKey};
 use super::instance::Acceptors;
@@ -15,17 +13,8 @@ use super::seats;
 use super::state::PersistedState;
 use super::status::ElectionStatus;
 use super::timer::{Timer, TimerTable};
+use super::view::PeerView;
 use super::{Millis, NodeId, Role, RolePin};
-
-#[derive(Clone, Debug)]
-struct Peer {
-    rank: Rank,
-    last_heard: Millis,
-    epoch: u32,
-    decided: Option<Value>,
-    serving: bool,
-    wants_seat: bool,
-}
 
 /// One node's election: feed it frames and timeouts, poll it for what to do.
 #[derive(Debug)]
@@ -39,9 +28,7 @@ pub struct Node<R: Rules = Paxos> {
     jitter: Jitter,
     state: PersistedState,
     outbox: Outbox,
-    peers: BTreeMap<NodeId, Peer>,
-    voters: BTreeSet<NodeId>,
-    raised_for: usize,
+    peers: PeerView,
     proposal: Option<Proposal>,
     max_round: u32,
     last_now: Millis,
@@ -76,6 +63,7 @@ impl<R: Rules> Node<R> {
             // Restored from disk: already durable.
             outbox.emit_now(Event::Role(role));
         }
+        let peers = PeerView::new(me, config.timing.view_ttl_ms);
         let mut timers = TimerTable::default();
         timers.set(Timer::Hello, now);
         timers.set(Timer::Resend, now);
@@ -96,9 +84,7 @@ impl<R: Rules> Node<R> {
             jitter: Jitter(config.seed),
             state,
             outbox,
-            peers: BTreeMap::new(),
-            voters: BTreeSet::from([me]),
-            raised_for: 0,
+            peers,
             proposal: None,
             max_round: 0,
             last_now: now,
@@ -322,9 +308,9 @@ impl<R: Rules> Node<R> {
                 _ => None,
             },
             role: self.state.role,
-            overcrowded: self.voters.len() > self.nodes,
+            overcrowded: self.peers.voters_seen() > self.nodes,
             nodes: self.nodes,
-            voters_seen: self.voters.len(),
+            voters_seen: self.peers.voters_seen(),
         }
     }
 
@@ -347,44 +333,21 @@ impl<R: Rules> Node<R> {
     }
 
     fn quorum(&self) -> usize {
-        self.rules.quorum(self.nodes.max(self.voters.len()))
+        self.rules.quorum(self.nodes.max(self.peers.voters_seen()))
     }
 
     fn note_voter(&mut self, sender: NodeId) {
-        if self.state.decided.is_some() || !self.voters.insert(sender) {
+        if self.state.decided.is_some() {
             return;
         }
-        let seen = self.voters.len();
-        if seen > self.nodes && seen > self.raised_for {
-            self.raised_for = seen;
+        if let Some(seen) = self.peers.add_voter(sender, self.nodes) {
             let quorum = self.quorum();
             self.outbox.emit_now(Event::QuorumRaised { seen, quorum });
         }
     }
 
     fn on_hello(&mut self, now: Millis, sender: NodeId, hello: Hello) {
-        let rank = Rank {
-            pin: hello.pin,
-            storage: hello.storage,
-            ram_mib: hello.ram_mib,
-            node: sender,
-        };
-        let epoch = self.state.epoch;
-        let peer = self.peers.entry(sender).or_insert(Peer {
-            rank,
-            last_heard: now,
-            epoch,
-            decided: None,
-            serving: false,
-            wants_seat: false,
-        });
-        peer.rank = rank;
-        peer.last_heard = peer.last_heard.max(now);
-        peer.epoch = epoch;
-        peer.decided = hello.decided;
-        // Serving only ever turns on, so a replayed old announcement cannot undo it.
-        peer.serving |= hello.serving;
-        peer.wants_seat = hello.wants_seat;
+        self.peers.heard(now, sender, self.state.epoch, &hello);
         match hello.decided {
             None => {
                 self.note_voter(sender);
@@ -590,18 +553,8 @@ impl<R: Rules> Node<R> {
 
     /// Undecided voters of our epoch heard recently, this node first.
     fn view(&self, now: Millis) -> Vec<Rank> {
-        let ttl = self.timing.view_ttl_ms;
         let mut view = vec![self.rank];
-        view.extend(
-            self.peers
-                .values()
-                .filter(|p| {
-                    p.epoch == self.state.epoch
-                        && p.decided.is_none()
-                        && p.last_heard.after(ttl) > now
-                })
-                .map(|p| p.rank),
-        );
+        view.extend(self.peers.undecided(now, self.state.epoch));
         view
     }
 
@@ -816,18 +769,11 @@ impl<R: Rules> Node<R> {
 
     /// Ranks of the nodes currently asking the init node for a seat.
     fn seat_candidates(&self, now: Millis) -> impl Iterator<Item = Rank> + '_ {
-        let ttl = self.timing.view_ttl_ms;
         self.peers
-            .values()
-            .filter(move |p| {
-                p.wants_seat
-                    && !self.state.roster.contains(&p.rank.node)
-                    && !self.state.agents.contains(&p.rank.node)
-                    && p.epoch == self.state.epoch
-                    && p.decided == self.final_value()
-                    && p.last_heard.after(ttl) > now
+            .seat_askers(now, self.state.epoch, self.final_value())
+            .filter(move |rank| {
+                !self.state.roster.contains(&rank.node) && !self.state.agents.contains(&rank.node)
             })
-            .map(|p| p.rank)
     }
 
     /// At the serving init node: `node` ranks below the candidates that will fill the free seats,
@@ -866,8 +812,7 @@ impl<R: Rules> Node<R> {
         let candidates = self.seat_candidates(now);
         let me = self.id();
         let peers = &self.peers;
-        let serving =
-            |holder: NodeId| holder == me || peers.get(&holder).is_some_and(|p| p.serving);
+        let serving = |holder: NodeId| holder == me || peers.is_serving(holder);
         if let Some(node) = seats::next_grant(&self.state.roster, self.servers, serving, candidates)
         {
             self.state.roster.push(node);
