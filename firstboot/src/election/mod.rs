@@ -19,8 +19,8 @@
 //! API notes (protocol version 2): `Event::Decided` reports an epoch's final value only: `Init(x)`
 //! once x's Go is decided, `Abandon` from either instance; `Event::Role` comes after Go. Paxos
 //! bodies carry an [`Instance`]; [`Hello::decided`] announces only a final value.
-//! [`PersistedState`] gained `fate` and `go` (serde defaults, so older state files still load);
-//! [`ElectionStatus`] gained `elected` (x while its fate is open).
+//! [`PersistedState`] gained the fate acceptor and Go (older state files are upconverted by
+//! [`legacy`]); [`ElectionStatus`] gained `elected` (x while its fate is open).
 //!
 //! Limits, all chosen so that safety never depends on timing:
 //! - Once any node other than x has accepted x's Go, Go may be (or become) decided, and x may
@@ -94,8 +94,10 @@
 mod api;
 mod auth;
 pub mod driver;
+mod epoch;
 mod instance;
 mod jitter;
+pub mod legacy;
 mod message;
 mod node;
 mod outbox;
@@ -113,6 +115,7 @@ use serde::{Deserialize, Serialize};
 pub use api::{Destination, ElectionConfig, Event, PersistRequest, Timing, Transmit};
 pub use auth::{ClusterId, ProtocolKey, CLUSTER_ID_LEN, MAC_LEN};
 pub use driver::{ElectionDriver, ElectionStore, PersistHook};
+pub use epoch::EpochState;
 pub use instance::Acceptors;
 pub use message::{
     Body, DecodeError, Envelope, Hello, Instance, MAX_FRAME, MAX_ROSTER, PROTOCOL_VERSION,

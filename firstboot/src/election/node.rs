@@ -2,6 +2,7 @@
 
 use super::api::{Destination, ElectionConfig, Event, PersistRequest, Timing, Transmit};
 use super::auth::{ClusterId, ProtocolKey};
+use super::epoch::EpochState;
 use super::instance::Acceptors;
 use super::jitter::Jitter;
 use super::message::{Body, DecodeError, Envelope, Hello, Instance, MAX_ROSTER};
@@ -52,11 +53,7 @@ impl<R: Rules> Node<R> {
         restored: Option<PersistedState>,
         rules: R,
     ) -> Node<R> {
-        let mut state = restored.unwrap_or_default();
-        if state.role.is_some() && matches!(state.decided, Some(Value::Init(_))) {
-            // A role is only ever taken after Go (state written before the fate instance existed).
-            state.go = true;
-        }
+        let state = restored.unwrap_or_default();
         let me = config.rank.node;
         let mut outbox = Outbox::new(rules.release_after_persist());
         if let Some(role) = state.role {
@@ -121,7 +118,7 @@ impl<R: Rules> Node<R> {
             return;
         }
         if epoch > self.state.epoch {
-            if self.state.go {
+            if self.state.epoch_state.is_go() {
                 // An epoch whose fate is Go is final; a later epoch cannot exist under the contract.
                 return;
             }
@@ -269,7 +266,7 @@ impl<R: Rules> Node<R> {
             Timer::Hello => true,
             Timer::Resend => self.proposal.is_some(),
             Timer::Retry | Timer::Settle | Timer::Abandon => {
-                !self.state.go && self.proposal.is_none()
+                !self.state.epoch_state.is_go() && self.proposal.is_none()
             }
         }
     }
@@ -303,10 +300,7 @@ impl<R: Rules> Node<R> {
             visible: self.view(now).len(),
             quorum: self.quorum(),
             decided: self.final_value(),
-            elected: match self.state.decided {
-                Some(Value::Init(node)) if !self.state.go => Some(node),
-                _ => None,
-            },
+            elected: self.state.epoch_state.awaiting_fate(),
             role: self.state.role,
             overcrowded: self.peers.voters_seen() > self.nodes,
             nodes: self.nodes,
@@ -316,16 +310,12 @@ impl<R: Rules> Node<R> {
 
     /// The instance this node's proposals and timers are about: the leader until `Init` is decided.
     fn instance(&self) -> Instance {
-        if self.state.decided.is_some() {
-            Instance::Fate
-        } else {
-            Instance::Leader
-        }
+        self.state.epoch_state.instance()
     }
 
     /// The epoch's final value as far as this node knows.
     fn final_value(&self) -> Option<Value> {
-        self.state.decided.filter(|_| self.state.go)
+        self.state.epoch_state.final_value()
     }
 
     fn acceptor(&mut self, instance: Instance) -> &mut Acceptor {
@@ -337,7 +327,7 @@ impl<R: Rules> Node<R> {
     }
 
     fn note_voter(&mut self, sender: NodeId) {
-        if self.state.decided.is_some() {
+        if self.state.epoch_state.elected().is_some() {
             return;
         }
         if let Some(seen) = self.peers.add_voter(sender, self.nodes) {
@@ -351,10 +341,10 @@ impl<R: Rules> Node<R> {
         match hello.decided {
             None => {
                 self.note_voter(sender);
-                if self.state.go {
+                if self.state.epoch_state.is_go() {
                     // A late or restarted node: tell it at once that this epoch is decided.
                     self.send_hello(Destination::Node(sender));
-                } else if let Some(value) = self.state.decided {
+                } else if let Some(value) = self.state.epoch_state.known(Instance::Leader) {
                     // It may not know who was elected yet: tell it, so it can weigh in on the fate.
                     self.send_after_persist(
                         Destination::Node(sender),
@@ -390,10 +380,7 @@ impl<R: Rules> Node<R> {
 
     /// The instance's value if this node knows it is decided.
     fn known(&self, instance: Instance) -> Option<Value> {
-        match instance {
-            Instance::Leader => self.state.decided,
-            Instance::Fate => self.final_value(),
-        }
+        self.state.epoch_state.known(instance)
     }
 
     fn on_prepare(&mut self, now: Millis, from: NodeId, instance: Instance, ballot: Ballot) {
@@ -565,14 +552,14 @@ impl<R: Rules> Node<R> {
     }
 
     fn maybe_propose(&mut self, now: Millis) {
-        if self.state.go
+        if self.state.epoch_state.is_go()
             || self.proposal.is_some()
             || !self.timers.is_expired(Timer::Retry, now)
             || !self.timers.is_expired(Timer::Settle, now)
         {
             return;
         }
-        if let Some(Value::Init(elected)) = self.state.decided {
+        if let Some(elected) = self.state.epoch_state.elected() {
             // The fate instance: the elected node asks for Go at once, everyone else waits a while
             // for the fate to be decided and then proposes Abandon (Paxos still carries Go forward).
             if elected == self.id() {
@@ -685,21 +672,25 @@ impl<R: Rules> Node<R> {
         }
         let epoch = self.state.epoch;
         match (instance, value) {
-            (Instance::Leader, Value::Init(_)) => {
+            (Instance::Leader, Value::Init(x)) => {
                 // Elected, not final: the fate instance decides whether x may run cluster-init.
-                self.state.decided = Some(value);
+                self.state.epoch_state.elect(x);
                 self.proposal = None;
                 self.timers.stop(Timer::Abandon);
                 self.timers.set(Timer::Retry, now);
                 self.persist();
             }
-            (Instance::Fate, Value::Init(_)) => {
-                if self.state.decided.is_some_and(|elected| elected != value) {
+            (Instance::Fate, Value::Init(x)) => {
+                if self
+                    .state
+                    .epoch_state
+                    .elected()
+                    .is_some_and(|elected| elected != x)
+                {
                     // Only the elected node proposes Go for itself; nothing else can be decided.
                     return;
                 }
-                self.state.decided = Some(value);
-                self.state.go = true;
+                self.state.epoch_state.go(x);
                 self.proposal = None;
                 self.timers.stop(Timer::Abandon);
                 self.persist();
@@ -725,8 +716,7 @@ impl<R: Rules> Node<R> {
     fn enter_epoch(&mut self, now: Millis, epoch: u32) {
         self.state.epoch = epoch;
         self.state.acceptors = Acceptors::default();
-        self.state.go = false;
-        self.state.decided = None;
+        self.state.epoch_state.abandon();
         self.proposal = None;
         self.timers.stop(Timer::Abandon);
         self.max_round = 0;
@@ -736,14 +726,14 @@ impl<R: Rules> Node<R> {
     }
 
     fn update_role(&mut self, now: Millis) {
-        let Some(Value::Init(init)) = self.state.decided else {
+        let Some(init) = self.state.epoch_state.elected() else {
             return;
         };
         if self.state.role.is_some() {
             return;
         }
         let premature = !self.rules.role_waits_for_go() && init == self.id();
-        if !self.state.go && !premature {
+        if !self.state.epoch_state.is_go() && !premature {
             return;
         }
         let role = if init == self.id() {
@@ -946,7 +936,7 @@ mod tests {
             "nothing is released before the persist"
         );
         let request = node.poll_persist().expect("the decision must be persisted");
-        assert_eq!(request.state.decided, Some(Value::Init(NodeId(7))));
+        assert_eq!(request.state.epoch_state, EpochState::Go(NodeId(7)));
         assert_eq!(request.state.role, Some(Role::ClusterInit));
         node.persisted(request.seq);
         assert_eq!(
@@ -1306,7 +1296,7 @@ mod tests {
     #[test]
     fn a_restarted_node_repeats_its_role() {
         let state = PersistedState {
-            decided: Some(Value::Init(NodeId(4))),
+            epoch_state: EpochState::Go(NodeId(4)),
             role: Some(Role::Agent { join: NodeId(4) }),
             ..PersistedState::default()
         };

@@ -39,7 +39,7 @@ impl ElectionStore {
                 return Err(e).with_context(|| format!("reading {}", self.path.display()));
             }
         };
-        let state = serde_json::from_slice(&bytes)
+        let state = crate::election::legacy::read(&bytes)
             .with_context(|| format!("parsing {}", self.path.display()))?;
         Ok(Some(state))
     }
@@ -57,7 +57,7 @@ impl ElectionStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::election::{NodeId, Role, Value};
+    use crate::election::{EpochState, NodeId, Role};
 
     #[test]
     fn round_trips_and_refuses_garbage() {
@@ -66,7 +66,7 @@ mod tests {
         assert!(store.load().unwrap().is_none());
         let state = PersistedState {
             epoch: 2,
-            decided: Some(Value::Init(NodeId(7))),
+            epoch_state: EpochState::Go(NodeId(7)),
             role: Some(Role::Server { join: NodeId(7) }),
             ..PersistedState::default()
         };
