@@ -2,7 +2,6 @@
 
 use super::api::{Destination, ElectionConfig, Event, PersistRequest, Timing, Transmit};
 use super::auth::{ClusterId, ProtocolKey};
-use super::epoch::EpochState;
 use super::instance::Acceptors;
 use super::jitter::Jitter;
 use super::message::{Body, DecodeError, Envelope, Hello, Instance, MAX_ROSTER};
@@ -867,6 +866,7 @@ impl<R: Rules> Node<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::election::EpochState;
 
     const TOKEN: &[u8] = b"unit-test-token-0123";
 
