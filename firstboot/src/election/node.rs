@@ -361,6 +361,7 @@ impl<R: Rules> Node<R> {
         if hello.wants_seat && self.is_excess_candidate(now, sender) {
             if !self.state.agents.contains(&sender) {
                 self.state.agents.push(sender);
+                tracing::debug!(node = %self.id(), agent = %sender, "grant: told to join as an agent");
                 self.persist();
             }
             self.send_after_persist(
@@ -392,6 +393,10 @@ impl<R: Rules> Node<R> {
         }
         match self.acceptor(instance).prepare(ballot) {
             Verdict::Granted { changed } => {
+                if changed {
+                    tracing::debug!(node = %self.id(), epoch = self.state.epoch, ?instance,
+                        round = ballot.round, from = %ballot.node, "ballot: promised");
+                }
                 if changed {
                     self.persist();
                 }
@@ -440,6 +445,10 @@ impl<R: Rules> Node<R> {
         }
         match self.acceptor(instance).accept(ballot, value) {
             Verdict::Granted { changed } => {
+                if changed {
+                    tracing::debug!(node = %self.id(), epoch = self.state.epoch, ?instance,
+                        round = ballot.round, from = %ballot.node, ?value, "ballot: accepted");
+                }
                 if changed {
                     self.persist();
                 }
@@ -612,6 +621,8 @@ impl<R: Rules> Node<R> {
             return;
         }
         self.persist();
+        tracing::debug!(node = %self.id(), epoch = self.state.epoch, ?instance, round,
+            ?intent, "ballot: proposing");
         let own = self.acceptor(instance).accepted;
         let quorum = self.quorum();
         let mut proposal = Proposal::new(ballot, intent);
@@ -670,6 +681,8 @@ impl<R: Rules> Node<R> {
             return;
         }
         let epoch = self.state.epoch;
+        tracing::debug!(node = %self.id(), epoch, ?instance, ?value, from_quorum = announce,
+            "learn: decided");
         match (instance, value) {
             (Instance::Leader, Value::Init(x)) => {
                 // Elected, not final: the fate instance decides whether x may run cluster-init.
@@ -713,6 +726,8 @@ impl<R: Rules> Node<R> {
     }
 
     fn enter_epoch(&mut self, now: Millis, epoch: u32) {
+        tracing::debug!(node = %self.id(), from = self.state.epoch, to = epoch,
+            "epoch: the previous one was abandoned");
         self.state.epoch = epoch;
         self.state.acceptors = Acceptors::default();
         self.state.epoch_state.abandon();
@@ -750,6 +765,7 @@ impl<R: Rules> Node<R> {
         };
         if let Some(role) = role {
             self.state.role = Some(role);
+            tracing::debug!(node = %self.id(), epoch = self.state.epoch, ?role, "grant: role taken");
             self.persist();
             self.emit_after_persist(Event::Role(role));
             self.timers.set(Timer::Hello, now);
@@ -789,6 +805,7 @@ impl<R: Rules> Node<R> {
         }
         let role = Role::Agent { join: init };
         self.state.role = Some(role);
+        tracing::debug!(node = %self.id(), ?role, "grant: told to join as an agent");
         self.persist();
         self.emit_after_persist(Event::Role(role));
         self.timers.set(Timer::Hello, now);
@@ -805,6 +822,8 @@ impl<R: Rules> Node<R> {
         if let Some(node) = seats::next_grant(&self.state.roster, self.servers, serving, candidates)
         {
             self.state.roster.push(node);
+            tracing::debug!(node = %self.id(), seat = %node, roster = self.state.roster.len(),
+                "grant: server seat");
             self.init_roster = self.state.roster.clone();
             self.persist();
             self.timers.set(Timer::Hello, now);
@@ -947,6 +966,61 @@ mod tests {
             })
         );
         assert_eq!(node.poll_event(), Some(Event::Role(Role::ClusterInit)));
+    }
+
+    /// A writer into a shared buffer, for capturing the journal of a test.
+    #[derive(Clone, Default)]
+    struct Journal(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Journal {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_debug_journal_tells_the_story_of_the_election() {
+        let journal = Journal::default();
+        let writer = journal.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let mut node = Node::new(config(7, 1), Millis(0), None);
+            node.handle_timeout(Millis(1500));
+            persist_all(&mut node);
+        });
+        let text = String::from_utf8(journal.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let story: Vec<&str> = lines
+            .iter()
+            .filter_map(|line| line.split_once("node: ")?.1.split(" node=").next())
+            .collect();
+        assert_eq!(
+            story,
+            [
+                "ballot: proposing",
+                "learn: decided",
+                "ballot: proposing",
+                "learn: decided",
+                "grant: role taken"
+            ],
+            "{text}"
+        );
+        assert!(lines[0].contains("instance=Leader"), "{text}");
+        assert!(lines[3].contains("instance=Fate"), "{text}");
+        assert!(
+            lines[3].contains("Init(NodeId(0000000000000007))"),
+            "{text}"
+        );
+        assert!(lines[4].contains("role=ClusterInit"), "{text}");
     }
 
     #[test]
