@@ -4,7 +4,7 @@
 //! - Protocol 1 (before the fate instance, up to commit 99050bf): one acceptor, and `decided`
 //!   was final. A node that had taken a role had learned `Init(x)` as final, which is Go now; one
 //!   without a role resumes with x only elected, so x's fate is decided under protocol 2.
-//! - Protocol 2 (current): [`StateFile`](super::state::StateFile), with `fate` and `go`.
+//! - Protocol 2 (current): `state::StateFile`, with `fate` and `go`.
 
 use serde::Deserialize;
 

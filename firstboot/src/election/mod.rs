@@ -53,6 +53,14 @@
 //!
 //! The fate round costs about 0.1 s at p50 without loss (up to 0.5 s with 20% loss, one resend).
 //!
+//! Layout (each concern in one file, as quinn-proto splits a connection): `api` (public types),
+//! `node` (the state machine's steps; `tracing::debug!` at each state change), `epoch`
+//! ([`EpochState`], one method per transition), `instance` ([`Acceptors`] indexed by
+//! [`Instance`]), `timer` (the timer enum and table), `view` (the peers heard), `outbox` (the
+//! persist-gated outbox: the safety mechanism), `state` ([`PersistedState`] and its on-disk
+//! layout), [`legacy`] (older layouts upconverted), `status`, `rules`, `paxos`, `message`,
+//! `auth`, `rank`, `seats`, `jitter`, and [`driver`] (the async adapter).
+//!
 //! A driver's loop, here for a one-node cluster that elects itself:
 //!
 //! ```

@@ -10,7 +10,7 @@ use super::{NodeId, Role};
 
 /// Durable state: persist it (write, fsync) when polled, and rebuild a restarted node from it.
 ///
-/// On disk it is `election.json` in the protocol-2 layout ([`StateFile`]); older files are
+/// On disk it is `election.json` in the protocol-2 layout (`StateFile`); older files are
 /// read through [`super::legacy`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "StateFile", into = "StateFile")]
