@@ -7,7 +7,10 @@
 //! [`discovery`] → [`election`] (the sans-IO core and its async [`election::driver`]) → role and
 //! [`k3s`] (with [`announce`]) → ready, reporting through [`status`]. Every module speaks the
 //! vocabulary of [`model`] (`NodeId`, `RolePin`, `Role`), takes its token-derived keys from
-//! [`keys`] and its file locations from [`paths`]. No test code is compiled in: the crate has no
+//! [`keys`] and its file locations from [`paths`]; every JSON state file is read and written through
+//! [`durable::JsonFile`]. The election core is split as quinn-proto splits a connection (epoch
+//! state, per-instance acceptors, timers, peer view, persist-gated outbox, status, legacy state
+//! files: one file each, listed in [`election`] and docs/architecture.md). No test code is compiled in: the crate has no
 //! features; tests break the election's [`election::Rules`] or hook its driver
 //! ([`election::PersistHook`]) from the test crate.
 

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::rc::Rc;
 
 use firstboot::election::{
-    Body, ClusterId, Destination, ElectionConfig, Envelope, Event, Hello, Instance, Millis, Node,
-    NodeId, PersistedState, ProtocolKey, Rank, Role, RolePin, Rules, Timing, Value,
+    Body, ClusterId, Destination, ElectionConfig, Envelope, EpochState, Event, Hello, Instance,
+    Millis, Node, NodeId, PersistedState, ProtocolKey, Rank, Role, RolePin, Rules, Timing, Value,
 };
 
 /// A deliberate safety flaw, so the simulator can prove that it catches one. It lives here, in
@@ -593,7 +593,7 @@ impl World<'_> {
                     },
                 );
             }
-            if let Some(value) = durable.decided.filter(|_| durable.go) {
+            if let Some(value) = durable.epoch_state.final_value() {
                 let epoch = durable.epoch;
                 self.observe(i, Event::Decided { epoch, value });
             }
@@ -989,16 +989,17 @@ impl World<'_> {
     /// Watches what node `i` is about to hold durably: kill points and acceptances of Go.
     fn watch_fate(&mut self, i: usize, state: &PersistedState) {
         let me = self.nodes[i].rank.node;
-        if i < self.original() && matches!(state.decided, Some(Value::Init(_))) {
+        if i < self.original() && state.epoch_state.elected().is_some() {
             self.outcome.first_elected_at.get_or_insert(self.now);
         }
-        if state.decided == Some(Value::Init(me)) && !state.go {
+        if state.epoch_state == EpochState::Elected(me) {
             self.arm_kill(i, KillPoint::Elected, state.epoch);
-            if matches!(state.fate.accepted, Some((_, Value::Init(x))) if x == me) {
+            if matches!(state.acceptors[Instance::Fate].accepted, Some((_, Value::Init(x))) if x == me)
+            {
                 self.arm_kill(i, KillPoint::GoAccepted, state.epoch);
             }
         }
-        if let Some((_, Value::Init(x))) = state.fate.accepted {
+        if let Some((_, Value::Init(x))) = state.acceptors[Instance::Fate].accepted {
             if x != me {
                 self.ledger.go_accepted.insert((state.epoch, x));
             }

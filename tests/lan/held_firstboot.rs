@@ -9,7 +9,7 @@
 //! a killed node runs unheld. The hook lives here, so the shipped `firstboot` has no trace of it.
 
 use clap::Parser;
-use firstboot::election::{NodeId, PersistHook, PersistedState, Value};
+use firstboot::election::{EpochState, NodeId, PersistHook, PersistedState};
 use firstboot::lifecycle::RunArgs;
 use firstboot::paths::Paths;
 use std::path::PathBuf;
@@ -44,7 +44,7 @@ struct HoldElected {
 
 impl PersistHook for HoldElected {
     fn persisted(&mut self, me: NodeId, state: &PersistedState) -> Option<Duration> {
-        if self.held || state.epoch != 0 || state.go || state.decided != Some(Value::Init(me)) {
+        if self.held || state.epoch != 0 || state.epoch_state != EpochState::Elected(me) {
             return None;
         }
         self.held = true;

@@ -58,7 +58,7 @@ pub struct ElectionConfig {
     pub timing: Timing,
 }
 
-/// A request to persist `state` durably, then call [`Node::persisted`] with `seq`.
+/// A request to persist `state` durably, then call [`Node::persisted`](super::Node::persisted) with `seq`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PersistRequest {
     /// Sequence number to acknowledge.

@@ -19,8 +19,8 @@
 //! API notes (protocol version 2): `Event::Decided` reports an epoch's final value only: `Init(x)`
 //! once x's Go is decided, `Abandon` from either instance; `Event::Role` comes after Go. Paxos
 //! bodies carry an [`Instance`]; [`Hello::decided`] announces only a final value.
-//! [`PersistedState`] gained `fate` and `go` (serde defaults, so older state files still load);
-//! [`ElectionStatus`] gained `elected` (x while its fate is open).
+//! [`PersistedState`] gained the fate acceptor and Go (older state files are upconverted by
+//! [`legacy`]); [`ElectionStatus`] gained `elected` (x while its fate is open).
 //!
 //! Limits, all chosen so that safety never depends on timing:
 //! - Once any node other than x has accepted x's Go, Go may be (or become) decided, and x may
@@ -52,6 +52,14 @@
 //! | 7     | 20%  | 1731 / 3861 | 2199 / 4160 | 7404 / 11082 |
 //!
 //! The fate round costs about 0.1 s at p50 without loss (up to 0.5 s with 20% loss, one resend).
+//!
+//! Layout (each concern in one file, as quinn-proto splits a connection): `api` (public types),
+//! `node` (the state machine's steps; `tracing::debug!` at each state change), `epoch`
+//! ([`EpochState`], one method per transition), `instance` ([`Acceptors`] indexed by
+//! [`Instance`]), `timer` (the timer enum and table), `view` (the peers heard), `outbox` (the
+//! persist-gated outbox: the safety mechanism), `state` ([`PersistedState`] and its on-disk
+//! layout), [`legacy`] (older layouts upconverted), `status`, `rules`, `paxos`, `message`,
+//! `auth`, `rank`, `seats`, `jitter`, and [`driver`] (the async adapter).
 //!
 //! A driver's loop, here for a one-node cluster that elects itself:
 //!
@@ -94,21 +102,29 @@
 mod api;
 mod auth;
 pub mod driver;
+mod epoch;
+mod instance;
 mod jitter;
+pub mod legacy;
 mod message;
 mod node;
+mod outbox;
 mod paxos;
 mod rank;
 mod rules;
 mod seats;
 mod state;
 mod status;
+mod timer;
+mod view;
 
 use serde::{Deserialize, Serialize};
 
 pub use api::{Destination, ElectionConfig, Event, PersistRequest, Timing, Transmit};
 pub use auth::{ClusterId, ProtocolKey, CLUSTER_ID_LEN, MAC_LEN};
 pub use driver::{ElectionDriver, ElectionStore, PersistHook};
+pub use epoch::EpochState;
+pub use instance::Acceptors;
 pub use message::{
     Body, DecodeError, Envelope, Hello, Instance, MAX_FRAME, MAX_ROSTER, PROTOCOL_VERSION,
 };

@@ -1,34 +1,20 @@
 //! The election state machine of one node: inputs in, polled outputs out; no sockets, clock or entropy.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-
 use super::api::{Destination, ElectionConfig, Event, PersistRequest, Timing, Transmit};
 use super::auth::{ClusterId, ProtocolKey};
+use super::instance::Acceptors;
 use super::jitter::Jitter;
 use super::message::{Body, DecodeError, Envelope, Hello, Instance, MAX_ROSTER};
+use super::outbox::Outbox;
 use super::paxos::{Acceptor, Ballot, Phase, Proposal, Value, Verdict};
 use super::rank::Rank;
 use super::rules::{Paxos, Rules};
 use super::seats;
 use super::state::PersistedState;
 use super::status::ElectionStatus;
+use super::timer::{Timer, TimerTable};
+use super::view::PeerView;
 use super::{Millis, NodeId, Role, RolePin};
-
-#[derive(Clone, Debug)]
-struct Peer {
-    rank: Rank,
-    last_heard: Millis,
-    epoch: u32,
-    decided: Option<Value>,
-    serving: bool,
-    wants_seat: bool,
-}
-
-#[derive(Clone, Debug)]
-enum Output {
-    Transmit(Transmit),
-    Event(Event),
-}
 
 /// One node's election: feed it frames and timeouts, poll it for what to do.
 #[derive(Debug)]
@@ -41,23 +27,12 @@ pub struct Node<R: Rules = Paxos> {
     timing: Timing,
     jitter: Jitter,
     state: PersistedState,
-    wanted_seq: u64,
-    durable_seq: u64,
-    persist_due: bool,
-    held: VecDeque<(u64, Output)>,
-    transmits: VecDeque<Transmit>,
-    events: VecDeque<Event>,
-    peers: BTreeMap<NodeId, Peer>,
-    voters: BTreeSet<NodeId>,
-    raised_for: usize,
+    outbox: Outbox,
+    peers: PeerView,
     proposal: Option<Proposal>,
-    resend_at: Millis,
-    retry_at: Millis,
     max_round: u32,
-    started: Millis,
     last_now: Millis,
-    next_hello: Millis,
-    abandon_at: Option<Millis>,
+    timers: TimerTable,
     init_roster: Vec<NodeId>,
     rules: R,
 }
@@ -77,16 +52,19 @@ impl<R: Rules> Node<R> {
         restored: Option<PersistedState>,
         rules: R,
     ) -> Node<R> {
-        let mut state = restored.unwrap_or_default();
-        if state.role.is_some() && matches!(state.decided, Some(Value::Init(_))) {
-            // A role is only ever taken after Go (state written before the fate instance existed).
-            state.go = true;
-        }
+        let state = restored.unwrap_or_default();
         let me = config.rank.node;
-        let mut events = VecDeque::new();
+        let mut outbox = Outbox::new(rules.release_after_persist());
         if let Some(role) = state.role {
-            events.push_back(Event::Role(role));
+            // Restored from disk: already durable.
+            outbox.emit_now(Event::Role(role));
         }
+        let peers = PeerView::new(me, config.timing.view_ttl_ms);
+        let mut timers = TimerTable::default();
+        timers.set(Timer::Hello, now);
+        timers.set(Timer::Resend, now);
+        timers.set(Timer::Retry, now);
+        timers.set(Timer::Settle, now.after(config.timing.settle_ms));
         let init_roster = if state.role == Some(Role::ClusterInit) {
             state.roster.clone()
         } else {
@@ -101,23 +79,12 @@ impl<R: Rules> Node<R> {
             timing: config.timing,
             jitter: Jitter(config.seed),
             state,
-            wanted_seq: 0,
-            durable_seq: 0,
-            persist_due: false,
-            held: VecDeque::new(),
-            transmits: VecDeque::new(),
-            events,
-            peers: BTreeMap::new(),
-            voters: BTreeSet::from([me]),
-            raised_for: 0,
+            outbox,
+            peers,
             proposal: None,
-            resend_at: now,
-            retry_at: now,
             max_round: 0,
-            started: now,
             last_now: now,
-            next_hello: now,
-            abandon_at: None,
+            timers,
             init_roster,
             rules,
         }
@@ -150,7 +117,7 @@ impl<R: Rules> Node<R> {
             return;
         }
         if epoch > self.state.epoch {
-            if self.state.go {
+            if self.state.epoch_state.is_go() {
                 // An epoch whose fate is Go is final; a later epoch cannot exist under the contract.
                 return;
             }
@@ -178,7 +145,7 @@ impl<R: Rules> Node<R> {
             Body::Prepare { instance, ballot } => {
                 self.note_voter(sender);
                 if instance == self.instance() {
-                    self.abandon_at = None;
+                    self.timers.stop(Timer::Abandon);
                 }
                 self.on_prepare(now, sender, instance, ballot);
             }
@@ -202,7 +169,7 @@ impl<R: Rules> Node<R> {
             } => {
                 self.note_voter(sender);
                 if instance == self.instance() {
-                    self.abandon_at = None;
+                    self.timers.stop(Timer::Abandon);
                 }
                 self.on_accept(now, sender, instance, ballot, value);
             }
@@ -227,28 +194,41 @@ impl<R: Rules> Node<R> {
     /// Handles timers that are due at `now`.
     pub fn handle_timeout(&mut self, now: Millis) {
         self.last_now = self.last_now.max(now);
-        if now >= self.next_hello {
-            self.send_hello(Destination::All);
-            let hello = self.timing.hello_ms;
-            self.next_hello = now.after(hello + self.jitter.below(hello / 5 + 1));
-        }
-        if now >= self.resend_at {
-            let instance = self.instance();
-            if let Some(proposal) = &self.proposal {
-                let ballot = proposal.ballot;
-                let body = match &proposal.phase {
-                    Phase::Preparing { .. } => Body::Prepare { instance, ballot },
-                    Phase::Accepting { value, .. } => Body::Accept {
-                        instance,
-                        ballot,
-                        value: *value,
-                    },
-                };
-                self.send_after_persist(Destination::All, body);
-                self.arm_resend(now);
+        for timer in Timer::VALUES {
+            if !self.timers.is_expired(timer, now) {
+                continue;
+            }
+            match timer {
+                Timer::Hello => {
+                    self.send_hello(Destination::All);
+                    let hello = self.timing.hello_ms;
+                    let at = now.after(hello + self.jitter.below(hello / 5 + 1));
+                    self.timers.set(Timer::Hello, at);
+                }
+                Timer::Resend => self.resend(now),
+                // These act through `maybe_propose`, which checks them.
+                Timer::Retry | Timer::Settle | Timer::Abandon => {}
             }
         }
         self.progress(now);
+    }
+
+    /// Resends the open proposal's prepare or accept, if there is one.
+    fn resend(&mut self, now: Millis) {
+        let instance = self.instance();
+        if let Some(proposal) = &self.proposal {
+            let ballot = proposal.ballot;
+            let body = match &proposal.phase {
+                Phase::Preparing { .. } => Body::Prepare { instance, ballot },
+                Phase::Accepting { value, .. } => Body::Accept {
+                    instance,
+                    ballot,
+                    value: *value,
+                },
+            };
+            self.send_after_persist(Destination::All, body);
+            self.arm_resend(now);
+        }
     }
 
     /// The driver's K3s role is up (server unit active, or agent running).
@@ -257,31 +237,37 @@ impl<R: Rules> Node<R> {
         if self.state.role.is_some() && !self.state.serving {
             self.state.serving = true;
             self.persist();
-            self.next_hello = now;
+            self.timers.set(Timer::Hello, now);
             self.progress(now);
         }
     }
 
     /// Next frame to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        self.outbox.poll_transmit()
     }
 
     /// When [`Node::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        let mut wake = vec![self.next_hello];
-        if self.proposal.is_some() {
-            wake.push(self.resend_at);
-        }
-        if !self.state.go && self.proposal.is_none() {
-            wake.push(self.retry_at);
-            wake.push(self.started.after(self.timing.settle_ms));
-            wake.extend(self.abandon_at);
-        }
-        // Wake-ups already handled are not repeated; the hello timer always lies ahead.
-        wake.into_iter()
-            .filter(|at| *at > self.last_now || *at == self.next_hello)
+        let hello = self.timers.get(Timer::Hello);
+        Timer::VALUES
+            .into_iter()
+            .filter(|timer| self.is_armed(*timer))
+            .filter_map(|timer| self.timers.get(timer))
+            // Wake-ups already handled are not repeated; the hello timer always lies ahead.
+            .filter(|at| *at > self.last_now || Some(*at) == hello)
             .min()
+    }
+
+    /// Whether `timer` matters in the node's current state.
+    fn is_armed(&self, timer: Timer) -> bool {
+        match timer {
+            Timer::Hello => true,
+            Timer::Resend => self.proposal.is_some(),
+            Timer::Retry | Timer::Settle | Timer::Abandon => {
+                !self.state.epoch_state.is_go() && self.proposal.is_none()
+            }
+        }
     }
 
     /// State to persist before the frames and events that depend on it are released.
@@ -289,32 +275,21 @@ impl<R: Rules> Node<R> {
     /// Write requests in the order polled (each supersedes the previous one), e.g. write a
     /// temporary file, fsync, rename; then acknowledge with [`Node::persisted`].
     pub fn poll_persist(&mut self) -> Option<PersistRequest> {
-        if !self.persist_due {
-            return None;
-        }
-        self.persist_due = false;
+        let seq = self.outbox.poll_persist()?;
         Some(PersistRequest {
-            seq: self.wanted_seq,
+            seq,
             state: self.state.clone(),
         })
     }
 
     /// The state of persist request `seq` is durable (written and fsync'd).
     pub fn persisted(&mut self, seq: u64) {
-        self.durable_seq = self.durable_seq.max(seq);
-        let held = std::mem::take(&mut self.held);
-        for (needs, output) in held {
-            if needs <= self.durable_seq {
-                self.release(output);
-            } else {
-                self.held.push_back((needs, output));
-            }
-        }
+        self.outbox.persisted(seq);
     }
 
     /// Next event for the driver.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.outbox.poll_event()
     }
 
     /// Status for `firstboot status`, sd_notify and the LED.
@@ -324,84 +299,51 @@ impl<R: Rules> Node<R> {
             visible: self.view(now).len(),
             quorum: self.quorum(),
             decided: self.final_value(),
-            elected: match self.state.decided {
-                Some(Value::Init(node)) if !self.state.go => Some(node),
-                _ => None,
-            },
+            elected: self.state.epoch_state.awaiting_fate(),
             role: self.state.role,
-            overcrowded: self.voters.len() > self.nodes,
+            overcrowded: self.peers.voters_seen() > self.nodes,
             nodes: self.nodes,
-            voters_seen: self.voters.len(),
+            voters_seen: self.peers.voters_seen(),
         }
     }
 
     /// The instance this node's proposals and timers are about: the leader until `Init` is decided.
     fn instance(&self) -> Instance {
-        if self.state.decided.is_some() {
-            Instance::Fate
-        } else {
-            Instance::Leader
-        }
+        self.state.epoch_state.instance()
     }
 
     /// The epoch's final value as far as this node knows.
     fn final_value(&self) -> Option<Value> {
-        self.state.decided.filter(|_| self.state.go)
+        self.state.epoch_state.final_value()
     }
 
     fn acceptor(&mut self, instance: Instance) -> &mut Acceptor {
-        match instance {
-            Instance::Leader => &mut self.state.acceptor,
-            Instance::Fate => &mut self.state.fate,
-        }
+        &mut self.state.acceptors[instance]
     }
 
     fn quorum(&self) -> usize {
-        self.rules.quorum(self.nodes.max(self.voters.len()))
+        self.rules.quorum(self.nodes.max(self.peers.voters_seen()))
     }
 
     fn note_voter(&mut self, sender: NodeId) {
-        if self.state.decided.is_some() || !self.voters.insert(sender) {
+        if self.state.epoch_state.elected().is_some() {
             return;
         }
-        let seen = self.voters.len();
-        if seen > self.nodes && seen > self.raised_for {
-            self.raised_for = seen;
+        if let Some(seen) = self.peers.add_voter(sender, self.nodes) {
             let quorum = self.quorum();
-            self.events.push_back(Event::QuorumRaised { seen, quorum });
+            self.outbox.emit_now(Event::QuorumRaised { seen, quorum });
         }
     }
 
     fn on_hello(&mut self, now: Millis, sender: NodeId, hello: Hello) {
-        let rank = Rank {
-            pin: hello.pin,
-            storage: hello.storage,
-            ram_mib: hello.ram_mib,
-            node: sender,
-        };
-        let epoch = self.state.epoch;
-        let peer = self.peers.entry(sender).or_insert(Peer {
-            rank,
-            last_heard: now,
-            epoch,
-            decided: None,
-            serving: false,
-            wants_seat: false,
-        });
-        peer.rank = rank;
-        peer.last_heard = peer.last_heard.max(now);
-        peer.epoch = epoch;
-        peer.decided = hello.decided;
-        // Serving only ever turns on, so a replayed old announcement cannot undo it.
-        peer.serving |= hello.serving;
-        peer.wants_seat = hello.wants_seat;
+        self.peers.heard(now, sender, self.state.epoch, &hello);
         match hello.decided {
             None => {
                 self.note_voter(sender);
-                if self.state.go {
+                if self.state.epoch_state.is_go() {
                     // A late or restarted node: tell it at once that this epoch is decided.
                     self.send_hello(Destination::Node(sender));
-                } else if let Some(value) = self.state.decided {
+                } else if let Some(value) = self.state.epoch_state.known(Instance::Leader) {
                     // It may not know who was elected yet: tell it, so it can weigh in on the fate.
                     self.send_after_persist(
                         Destination::Node(sender),
@@ -419,6 +361,7 @@ impl<R: Rules> Node<R> {
         if hello.wants_seat && self.is_excess_candidate(now, sender) {
             if !self.state.agents.contains(&sender) {
                 self.state.agents.push(sender);
+                tracing::debug!(node = %self.id(), agent = %sender, "grant: told to join as an agent");
                 self.persist();
             }
             self.send_after_persist(
@@ -437,10 +380,7 @@ impl<R: Rules> Node<R> {
 
     /// The instance's value if this node knows it is decided.
     fn known(&self, instance: Instance) -> Option<Value> {
-        match instance {
-            Instance::Leader => self.state.decided,
-            Instance::Fate => self.final_value(),
-        }
+        self.state.epoch_state.known(instance)
     }
 
     fn on_prepare(&mut self, now: Millis, from: NodeId, instance: Instance, ballot: Ballot) {
@@ -453,6 +393,10 @@ impl<R: Rules> Node<R> {
         }
         match self.acceptor(instance).prepare(ballot) {
             Verdict::Granted { changed } => {
+                if changed {
+                    tracing::debug!(node = %self.id(), epoch = self.state.epoch, ?instance,
+                        round = ballot.round, from = %ballot.node, "ballot: promised");
+                }
                 if changed {
                     self.persist();
                 }
@@ -501,6 +445,10 @@ impl<R: Rules> Node<R> {
         }
         match self.acceptor(instance).accept(ballot, value) {
             Verdict::Granted { changed } => {
+                if changed {
+                    tracing::debug!(node = %self.id(), epoch = self.state.epoch, ?instance,
+                        round = ballot.round, from = %ballot.node, ?value, "ballot: accepted");
+                }
                 if changed {
                     self.persist();
                 }
@@ -588,28 +536,20 @@ impl<R: Rules> Node<R> {
 
     fn back_off(&mut self, now: Millis) {
         let backoff = self.timing.backoff_ms;
-        self.retry_at = now.after(backoff / 10 + self.jitter.below(backoff));
+        let at = now.after(backoff / 10 + self.jitter.below(backoff));
+        self.timers.set(Timer::Retry, at);
     }
 
     fn arm_resend(&mut self, now: Millis) {
         let resend = self.timing.resend_ms;
-        self.resend_at = now.after(resend + self.jitter.below(resend + 1));
+        let at = now.after(resend + self.jitter.below(resend + 1));
+        self.timers.set(Timer::Resend, at);
     }
 
     /// Undecided voters of our epoch heard recently, this node first.
     fn view(&self, now: Millis) -> Vec<Rank> {
-        let ttl = self.timing.view_ttl_ms;
         let mut view = vec![self.rank];
-        view.extend(
-            self.peers
-                .values()
-                .filter(|p| {
-                    p.epoch == self.state.epoch
-                        && p.decided.is_none()
-                        && p.last_heard.after(ttl) > now
-                })
-                .map(|p| p.rank),
-        );
+        view.extend(self.peers.undecided(now, self.state.epoch));
         view
     }
 
@@ -620,33 +560,26 @@ impl<R: Rules> Node<R> {
     }
 
     fn maybe_propose(&mut self, now: Millis) {
-        if self.state.go
+        if self.state.epoch_state.is_go()
             || self.proposal.is_some()
-            || now < self.retry_at
-            || now < self.started.after(self.timing.settle_ms)
+            || !self.timers.is_expired(Timer::Retry, now)
+            || !self.timers.is_expired(Timer::Settle, now)
         {
             return;
         }
-        if let Some(Value::Init(elected)) = self.state.decided {
+        if let Some(elected) = self.state.epoch_state.elected() {
             // The fate instance: the elected node asks for Go at once, everyone else waits a while
             // for the fate to be decided and then proposes Abandon (Paxos still carries Go forward).
             if elected == self.id() {
                 self.start(now, Value::Init(elected));
                 return;
             }
-            match self.abandon_at {
-                None => {
-                    let abandon = self.timing.abandon_ms;
-                    self.abandon_at = Some(now.after(abandon + self.jitter.below(abandon / 2 + 1)));
-                }
-                Some(at) if now >= at => self.start(now, Value::Abandon),
-                Some(_) => {}
-            }
+            self.abandon_when_quiet(now);
             return;
         }
         let view = self.view(now);
         if view.len() < self.quorum() {
-            self.abandon_at = None;
+            self.timers.stop(Timer::Abandon);
             return;
         }
         let best = view.iter().max().map(|rank| rank.node);
@@ -654,10 +587,16 @@ impl<R: Rules> Node<R> {
             self.start(now, Value::Init(self.id()));
             return;
         }
-        match self.abandon_at {
+        self.abandon_when_quiet(now);
+    }
+
+    /// Arms the abandon timer on first call; proposes `Abandon` once it has expired.
+    fn abandon_when_quiet(&mut self, now: Millis) {
+        match self.timers.get(Timer::Abandon) {
             None => {
                 let abandon = self.timing.abandon_ms;
-                self.abandon_at = Some(now.after(abandon + self.jitter.below(abandon / 2 + 1)));
+                let at = now.after(abandon + self.jitter.below(abandon / 2 + 1));
+                self.timers.set(Timer::Abandon, at);
             }
             Some(at) if now >= at => self.start(now, Value::Abandon),
             Some(_) => {}
@@ -665,7 +604,7 @@ impl<R: Rules> Node<R> {
     }
 
     fn start(&mut self, now: Millis, intent: Value) {
-        self.abandon_at = None;
+        self.timers.stop(Timer::Abandon);
         let promised = self
             .acceptor(self.instance())
             .promised
@@ -682,6 +621,8 @@ impl<R: Rules> Node<R> {
             return;
         }
         self.persist();
+        tracing::debug!(node = %self.id(), epoch = self.state.epoch, ?instance, round,
+            ?intent, "ballot: proposing");
         let own = self.acceptor(instance).accepted;
         let quorum = self.quorum();
         let mut proposal = Proposal::new(ballot, intent);
@@ -740,24 +681,30 @@ impl<R: Rules> Node<R> {
             return;
         }
         let epoch = self.state.epoch;
+        tracing::debug!(node = %self.id(), epoch, ?instance, ?value, from_quorum = announce,
+            "learn: decided");
         match (instance, value) {
-            (Instance::Leader, Value::Init(_)) => {
+            (Instance::Leader, Value::Init(x)) => {
                 // Elected, not final: the fate instance decides whether x may run cluster-init.
-                self.state.decided = Some(value);
+                self.state.epoch_state.elect(x);
                 self.proposal = None;
-                self.abandon_at = None;
-                self.retry_at = now;
+                self.timers.stop(Timer::Abandon);
+                self.timers.set(Timer::Retry, now);
                 self.persist();
             }
-            (Instance::Fate, Value::Init(_)) => {
-                if self.state.decided.is_some_and(|elected| elected != value) {
+            (Instance::Fate, Value::Init(x)) => {
+                if self
+                    .state
+                    .epoch_state
+                    .elected()
+                    .is_some_and(|elected| elected != x)
+                {
                     // Only the elected node proposes Go for itself; nothing else can be decided.
                     return;
                 }
-                self.state.decided = Some(value);
-                self.state.go = true;
+                self.state.epoch_state.go(x);
                 self.proposal = None;
-                self.abandon_at = None;
+                self.timers.stop(Timer::Abandon);
                 self.persist();
                 self.emit_after_persist(Event::Decided { epoch, value });
             }
@@ -769,7 +716,7 @@ impl<R: Rules> Node<R> {
         if announce {
             self.send_after_persist(Destination::All, Body::Decided { instance, value });
         }
-        self.next_hello = now;
+        self.timers.set(Timer::Hello, now);
         match (instance, value) {
             (_, Value::Abandon) => self.enter_epoch(now, epoch.saturating_add(1)),
             // The elected node asks for Go at once (its first attempt may have just decided Init).
@@ -779,28 +726,28 @@ impl<R: Rules> Node<R> {
     }
 
     fn enter_epoch(&mut self, now: Millis, epoch: u32) {
+        tracing::debug!(node = %self.id(), from = self.state.epoch, to = epoch,
+            "epoch: the previous one was abandoned");
         self.state.epoch = epoch;
-        self.state.acceptor = Acceptor::default();
-        self.state.fate = Acceptor::default();
-        self.state.go = false;
-        self.state.decided = None;
+        self.state.acceptors = Acceptors::default();
+        self.state.epoch_state.abandon();
         self.proposal = None;
-        self.abandon_at = None;
+        self.timers.stop(Timer::Abandon);
         self.max_round = 0;
         self.init_roster.clear();
         self.persist();
-        self.next_hello = now;
+        self.timers.set(Timer::Hello, now);
     }
 
     fn update_role(&mut self, now: Millis) {
-        let Some(Value::Init(init)) = self.state.decided else {
+        let Some(init) = self.state.epoch_state.elected() else {
             return;
         };
         if self.state.role.is_some() {
             return;
         }
         let premature = !self.rules.role_waits_for_go() && init == self.id();
-        if !self.state.go && !premature {
+        if !self.state.epoch_state.is_go() && !premature {
             return;
         }
         let role = if init == self.id() {
@@ -818,26 +765,20 @@ impl<R: Rules> Node<R> {
         };
         if let Some(role) = role {
             self.state.role = Some(role);
+            tracing::debug!(node = %self.id(), epoch = self.state.epoch, ?role, "grant: role taken");
             self.persist();
             self.emit_after_persist(Event::Role(role));
-            self.next_hello = now;
+            self.timers.set(Timer::Hello, now);
         }
     }
 
     /// Ranks of the nodes currently asking the init node for a seat.
     fn seat_candidates(&self, now: Millis) -> impl Iterator<Item = Rank> + '_ {
-        let ttl = self.timing.view_ttl_ms;
         self.peers
-            .values()
-            .filter(move |p| {
-                p.wants_seat
-                    && !self.state.roster.contains(&p.rank.node)
-                    && !self.state.agents.contains(&p.rank.node)
-                    && p.epoch == self.state.epoch
-                    && p.decided == self.final_value()
-                    && p.last_heard.after(ttl) > now
+            .seat_askers(now, self.state.epoch, self.final_value())
+            .filter(move |rank| {
+                !self.state.roster.contains(&rank.node) && !self.state.agents.contains(&rank.node)
             })
-            .map(|p| p.rank)
     }
 
     /// At the serving init node: `node` ranks below the candidates that will fill the free seats,
@@ -864,9 +805,10 @@ impl<R: Rules> Node<R> {
         }
         let role = Role::Agent { join: init };
         self.state.role = Some(role);
+        tracing::debug!(node = %self.id(), ?role, "grant: told to join as an agent");
         self.persist();
         self.emit_after_persist(Event::Role(role));
-        self.next_hello = now;
+        self.timers.set(Timer::Hello, now);
     }
 
     fn grant_seat(&mut self, now: Millis) {
@@ -876,14 +818,15 @@ impl<R: Rules> Node<R> {
         let candidates = self.seat_candidates(now);
         let me = self.id();
         let peers = &self.peers;
-        let serving =
-            |holder: NodeId| holder == me || peers.get(&holder).is_some_and(|p| p.serving);
+        let serving = |holder: NodeId| holder == me || peers.is_serving(holder);
         if let Some(node) = seats::next_grant(&self.state.roster, self.servers, serving, candidates)
         {
             self.state.roster.push(node);
+            tracing::debug!(node = %self.id(), seat = %node, roster = self.state.roster.len(),
+                "grant: server seat");
             self.init_roster = self.state.roster.clone();
             self.persist();
-            self.next_hello = now;
+            self.timers.set(Timer::Hello, now);
         }
     }
 
@@ -912,8 +855,7 @@ impl<R: Rules> Node<R> {
     }
 
     fn persist(&mut self) {
-        self.wanted_seq += 1;
-        self.persist_due = true;
+        self.outbox.persist();
     }
 
     fn frame(&self, body: Body) -> Vec<u8> {
@@ -927,37 +869,23 @@ impl<R: Rules> Node<R> {
 
     fn send_now(&mut self, to: Destination, body: Body) {
         let frame = self.frame(body);
-        self.transmits.push_back(Transmit { to, frame });
+        self.outbox.send_now(Transmit { to, frame });
     }
 
     fn send_after_persist(&mut self, to: Destination, body: Body) {
         let frame = self.frame(body);
-        self.release_or_hold(Output::Transmit(Transmit { to, frame }));
+        self.outbox.send_after_persist(Transmit { to, frame });
     }
 
     fn emit_after_persist(&mut self, event: Event) {
-        self.release_or_hold(Output::Event(event));
-    }
-
-    fn release_or_hold(&mut self, output: Output) {
-        if self.durable_seq >= self.wanted_seq || !self.rules.release_after_persist() {
-            self.release(output);
-        } else {
-            self.held.push_back((self.wanted_seq, output));
-        }
-    }
-
-    fn release(&mut self, output: Output) {
-        match output {
-            Output::Transmit(transmit) => self.transmits.push_back(transmit),
-            Output::Event(event) => self.events.push_back(event),
-        }
+        self.outbox.emit_after_persist(event);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::election::EpochState;
 
     const TOKEN: &[u8] = b"unit-test-token-0123";
 
@@ -1027,7 +955,7 @@ mod tests {
             "nothing is released before the persist"
         );
         let request = node.poll_persist().expect("the decision must be persisted");
-        assert_eq!(request.state.decided, Some(Value::Init(NodeId(7))));
+        assert_eq!(request.state.epoch_state, EpochState::Go(NodeId(7)));
         assert_eq!(request.state.role, Some(Role::ClusterInit));
         node.persisted(request.seq);
         assert_eq!(
@@ -1038,6 +966,61 @@ mod tests {
             })
         );
         assert_eq!(node.poll_event(), Some(Event::Role(Role::ClusterInit)));
+    }
+
+    /// A writer into a shared buffer, for capturing the journal of a test.
+    #[derive(Clone, Default)]
+    struct Journal(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Journal {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_debug_journal_tells_the_story_of_the_election() {
+        let journal = Journal::default();
+        let writer = journal.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let mut node = Node::new(config(7, 1), Millis(0), None);
+            node.handle_timeout(Millis(1500));
+            persist_all(&mut node);
+        });
+        let text = String::from_utf8(journal.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let story: Vec<&str> = lines
+            .iter()
+            .filter_map(|line| line.split_once("node: ")?.1.split(" node=").next())
+            .collect();
+        assert_eq!(
+            story,
+            [
+                "ballot: proposing",
+                "learn: decided",
+                "ballot: proposing",
+                "learn: decided",
+                "grant: role taken"
+            ],
+            "{text}"
+        );
+        assert!(lines[0].contains("instance=Leader"), "{text}");
+        assert!(lines[3].contains("instance=Fate"), "{text}");
+        assert!(
+            lines[3].contains("Init(NodeId(0000000000000007))"),
+            "{text}"
+        );
+        assert!(lines[4].contains("role=ClusterInit"), "{text}");
     }
 
     #[test]
@@ -1063,7 +1046,10 @@ mod tests {
         .expect("genuine frame");
         assert!(drain_transmits(&mut node).is_empty());
         let request = node.poll_persist().expect("the promise must be persisted");
-        assert_eq!(request.state.acceptor.promised, Some(ballot));
+        assert_eq!(
+            request.state.acceptors[Instance::Leader].promised,
+            Some(ballot)
+        );
         node.persisted(request.seq);
         let sent = drain_transmits(&mut node);
         assert_eq!(sent.len(), 1);
@@ -1384,7 +1370,7 @@ mod tests {
     #[test]
     fn a_restarted_node_repeats_its_role() {
         let state = PersistedState {
-            decided: Some(Value::Init(NodeId(4))),
+            epoch_state: EpochState::Go(NodeId(4)),
             role: Some(Role::Agent { join: NodeId(4) }),
             ..PersistedState::default()
         };

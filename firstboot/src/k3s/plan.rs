@@ -6,10 +6,9 @@
 //! announcement twice, and nothing that K3s already saw (node-ip, etcd args) can change.
 
 use super::{CaHash, K3sRole, NodeFacts};
-use crate::durable::write_atomic;
+use crate::durable::JsonFile;
 use crate::election::{NodeId, Role};
 use crate::storage::etcd::EtcdTuning;
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -43,24 +42,17 @@ impl K3sPlan {
 
     /// The plan of an earlier run, if it was made for `role`; any other plan is ignored.
     pub fn load_for(root: &Path, role: Role) -> anyhow::Result<Option<K3sPlan>> {
-        let path = Self::path(root);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        let plan: K3sPlan = serde_json::from_slice(&bytes)
-            .with_context(|| format!("parsing {}", path.display()))?;
-        Ok((plan.role == role).then_some(plan))
+        let plan = Self::file(root).load()?;
+        Ok(plan.filter(|plan| plan.role == role))
     }
 
     /// Writes the plan durably (temp file, fsync, rename).
     pub fn save(&self, root: &Path) -> anyhow::Result<()> {
-        let path = Self::path(root);
-        // Plain data with string keys: serializing cannot fail.
-        let mut json = serde_json::to_vec_pretty(self).unwrap_or_default();
-        json.push(b'\n');
-        write_atomic(&path, &json, 0o644).with_context(|| format!("writing {}", path.display()))
+        Ok(Self::file(root).save(self)?)
+    }
+
+    fn file(root: &Path) -> JsonFile<K3sPlan> {
+        JsonFile::new(Self::path(root), 0o644)
     }
 
     /// The K3s role to render; `None` for a joiner's plan without a server or CA hash (corrupt).

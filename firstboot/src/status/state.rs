@@ -5,7 +5,7 @@
 //! there is no field for it, and [`NodeState::save`] redacts it from every free-text field.
 
 use crate::config::Token;
-use crate::durable::write_atomic;
+use crate::durable::{JsonFile, JsonFileError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -177,6 +177,23 @@ pub enum StateError {
     },
 }
 
+impl From<JsonFileError> for StateError {
+    fn from(error: JsonFileError) -> Self {
+        match error {
+            JsonFileError::Io {
+                doing,
+                path,
+                source,
+            } => StateError::Io {
+                doing,
+                path,
+                source,
+            },
+            JsonFileError::Format { path, source } => StateError::Format { path, source },
+        }
+    }
+}
+
 impl NodeState {
     /// A fresh state at the start of the lifecycle.
     pub fn new() -> Self {
@@ -207,22 +224,9 @@ impl NodeState {
     /// Reads the state under `root`; `Ok(None)` when firstboot has not written one yet.
     pub fn load(root: &Path) -> Result<Option<Self>, StateError> {
         let path = Self::path(root);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(StateError::Io {
-                    doing: "reading",
-                    path,
-                    source,
-                })
-            }
+        let Some(state) = Self::file(root).load()? else {
+            return Ok(None);
         };
-        let state: NodeState =
-            serde_json::from_slice(&bytes).map_err(|source| StateError::Format {
-                path: path.clone(),
-                source,
-            })?;
         if state.version != STATE_VERSION {
             return Err(StateError::Format {
                 path,
@@ -255,15 +259,12 @@ impl NodeState {
             }
         }
         self.updated_unix = now_unix;
-        let path = Self::path(root);
-        // Serializing plain data with string keys cannot fail.
-        let mut json = serde_json::to_vec_pretty(self).unwrap_or_default();
-        json.push(b'\n');
-        write_atomic(&path, &json, 0o644).map_err(|source| StateError::Io {
-            doing: "writing",
-            path,
-            source,
-        })
+        Ok(Self::file(root).save(self)?)
+    }
+
+    /// The state file under `root` (0644: it holds nothing secret).
+    fn file(root: &Path) -> JsonFile<NodeState> {
+        JsonFile::new(Self::path(root), 0o644)
     }
 }
 

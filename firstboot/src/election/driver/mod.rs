@@ -64,7 +64,7 @@ impl ElectionDriver {
     ) -> anyhow::Result<Self> {
         let restored = store.load().context("restoring the election state")?;
         if let Some(state) = &restored {
-            tracing::info!(epoch = state.epoch, decided = ?state.decided, role = ?state.role,
+            tracing::info!(epoch = state.epoch, epoch_state = ?state.epoch_state, role = ?state.role,
                 "restored the election state");
         }
         let node = Node::new(config, Millis(0), restored);

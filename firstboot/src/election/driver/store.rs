@@ -1,9 +1,8 @@
 //! The election's durable state on disk: `<root>/var/lib/firstboot/election.json`, written atomically.
 
-use crate::durable::write_atomic;
+use crate::durable::JsonFile;
 use crate::election::PersistedState;
-use anyhow::Context;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// File name of the election state under the state directory.
 pub const FILE_NAME: &str = crate::paths::ELECTION_JSON;
@@ -11,53 +10,41 @@ pub const FILE_NAME: &str = crate::paths::ELECTION_JSON;
 /// Where the acceptor's promises and the decision live across restarts.
 #[derive(Debug, Clone)]
 pub struct ElectionStore {
-    path: PathBuf,
+    file: JsonFile<PersistedState>,
 }
 
 impl ElectionStore {
     /// The store in `state_dir` (`<root>/var/lib/firstboot` on a node).
     pub fn new(state_dir: &Path) -> Self {
         ElectionStore {
-            path: state_dir.join(FILE_NAME),
+            file: JsonFile::new(state_dir.join(FILE_NAME), 0o600),
         }
     }
 
     /// The file's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
-    /// The state of an earlier run, `None` on a first boot.
+    /// The state of an earlier run, `None` on a first boot; older layouts are upconverted
+    /// ([`crate::election::legacy`]).
     ///
     /// A file that exists but does not parse is an error, never a fresh start: starting over
     /// would forget promises this acceptor made, which is exactly what could split the brain.
     pub fn load(&self) -> anyhow::Result<Option<PersistedState>> {
-        let bytes = match std::fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(e).with_context(|| format!("reading {}", self.path.display()));
-            }
-        };
-        let state = serde_json::from_slice(&bytes)
-            .with_context(|| format!("parsing {}", self.path.display()))?;
-        Ok(Some(state))
+        Ok(self.file.load_with(crate::election::legacy::read)?)
     }
 
     /// Writes `state` durably (temp file, fsync, rename, fsync of the directory).
     pub fn save(&self, state: &PersistedState) -> anyhow::Result<()> {
-        // Plain data with string keys: serializing cannot fail.
-        let mut json = serde_json::to_vec_pretty(state).unwrap_or_default();
-        json.push(b'\n');
-        write_atomic(&self.path, &json, 0o600)
-            .with_context(|| format!("writing {}", self.path.display()))
+        Ok(self.file.save(state)?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::election::{NodeId, Role, Value};
+    use crate::election::{EpochState, NodeId, Role};
 
     #[test]
     fn round_trips_and_refuses_garbage() {
@@ -66,7 +53,7 @@ mod tests {
         assert!(store.load().unwrap().is_none());
         let state = PersistedState {
             epoch: 2,
-            decided: Some(Value::Init(NodeId(7))),
+            epoch_state: EpochState::Go(NodeId(7)),
             role: Some(Role::Server { join: NodeId(7) }),
             ..PersistedState::default()
         };
