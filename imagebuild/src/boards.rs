@@ -151,6 +151,10 @@ pub struct Board {
     /// The kernels it can boot.
     #[serde(default)]
     pub kernel: Kernel,
+    /// Accept a dynamically linked `--firstboot-bin` (test boards whose base has the loader;
+    /// real boards need a static one).
+    #[serde(default)]
+    pub firstboot_may_be_dynamic: bool,
 }
 
 impl Board {

@@ -193,7 +193,7 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
         Some(n) => {
             let mut node = crate::payload::assemble(
                 &recipe.k3s,
-                &board.arch,
+                &board,
                 &recipe.dir(),
                 &data,
                 &cache,
@@ -386,7 +386,7 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     let sha_tmp = pending.add(&sha_path);
     output::write_synced(&sha_tmp, output::sha256_line(&sha, &output_path).as_bytes())?;
     let bmap_tmp = pending.add(&output::with_suffix(&output_path, ".bmap"));
-    crate::bmap::write_for(&tmp, &bmap_tmp)?;
+    crate::bmap::write_for(&tmp, &bmap_tmp, Some(&sha))?;
     let compressed = match recipe.image.compress {
         Compression::None => None,
         how => {
@@ -397,7 +397,7 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
             };
             let path = output::with_suffix(&output_path, ext);
             let ctmp = pending.add(&path);
-            output::compress(&tmp, &ctmp, how)?;
+            output::compress(&tmp, &ctmp, how, &sha)?;
             Some(path)
         }
     };

@@ -189,6 +189,7 @@ fn declared_files(rootfs: &Rootfs, manifest: &serde_json::Value) -> Result<Vec<D
 
 /// Look at an image file.
 pub fn inspect(image: &Path) -> Result<Inspection> {
+    crate::source::require_raw(image, "imagebuild inspect")?;
     let layout = layout::recognize(image, None)?;
     let mut file = File::open(image).with_context(|| format!("opening {}", image.display()))?;
     let (cmdline, config, ssh, userconf, cluster, boot_free, serial) = {

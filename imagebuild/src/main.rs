@@ -230,7 +230,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Token => println!("{}", imagebuild::token::new_token()?),
         Cmd::Bmap { image, output } => {
             let out = output.unwrap_or_else(|| imagebuild::output::with_suffix(&image, ".bmap"));
-            let map = imagebuild::bmap::write_for(&image, &out)
+            let map = imagebuild::bmap::write_for(&image, &out, None)
                 .with_context(|| format!("mapping {}", image.display()))?;
             println!(
                 "{}: {} of {} blocks mapped",

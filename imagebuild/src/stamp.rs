@@ -339,9 +339,19 @@ pub fn stamp(target: &Path, cluster_toml: &Path, options: &StampOptions) -> Resu
 fn refresh_companions(image: &Path, start: u64, end: u64) -> Result<()> {
     use crate::output::{with_suffix, write_synced};
     let bmap = with_suffix(image, ".bmap");
+    let sha = with_suffix(image, ".sha256");
+    // The whole image's new hash: written to IMAGE.sha256 and recorded in the map.
+    let hash = if bmap.is_file() || sha.is_file() {
+        Some(crate::source::sha256_file(image)?)
+    } else {
+        None
+    };
     if bmap.is_file() {
         match crate::bmap::Bmap::load(&bmap).and_then(|m| m.refreshed(image, start, end)) {
-            Ok(map) => write_synced(&bmap, map.to_xml().as_bytes())?,
+            Ok(mut map) => {
+                map.image_sha256 = hash.clone();
+                write_synced(&bmap, map.to_xml().as_bytes())?
+            }
             Err(e) => {
                 std::fs::remove_file(&bmap)
                     .with_context(|| format!("removing the stale {}", bmap.display()))?;
@@ -353,10 +363,8 @@ fn refresh_companions(image: &Path, start: u64, end: u64) -> Result<()> {
             }
         }
     }
-    let sha = with_suffix(image, ".sha256");
-    if sha.is_file() {
-        let hash = crate::source::sha256_file(image)?;
-        write_synced(&sha, crate::output::sha256_line(&hash, image).as_bytes())?;
+    if let (true, Some(hash)) = (sha.is_file(), &hash) {
+        write_synced(&sha, crate::output::sha256_line(hash, image).as_bytes())?;
     }
     for ext in [".zst", ".xz", ".gz"] {
         let packed = with_suffix(image, ext);

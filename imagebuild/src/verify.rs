@@ -20,6 +20,7 @@ pub struct Verification {
 /// fsck.vfat -n on the boot partition (copied out: fsck.vfat takes no offset), e2fsck -fn on the
 /// root, then every file listed in the image manifest is hashed and compared.
 pub fn verify(image: &Path) -> Result<Verification> {
+    crate::source::require_raw(image, "imagebuild verify")?;
     let l = layout::recognize(image, None)?;
     let tmp =
         tempfile::NamedTempFile::new().context("creating a scratch file for the boot partition")?;
