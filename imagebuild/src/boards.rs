@@ -210,6 +210,15 @@ pub enum OsFamily {
 }
 
 impl OsFamily {
+    /// The family as people call it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            OsFamily::RaspiosBookworm => "Raspberry Pi OS 12 (bookworm)",
+            OsFamily::RaspiosTrixie => "Raspberry Pi OS 13 (trixie)",
+            OsFamily::Ubuntu => "Ubuntu Server for Raspberry Pi",
+        }
+    }
+
     /// The partition labels this family's images carry: (boot, root).
     pub fn default_labels(self) -> (&'static str, &'static str) {
         match self {
