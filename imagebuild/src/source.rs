@@ -311,7 +311,13 @@ fn download(url: &str, sha256: &str, dest: &Path, cache: &Cache) -> Result<()> {
             Some(crate::fetch::FetchError::Mismatch { expected, actual, .. }) => {
                 anyhow!("sha256 mismatch for {url}: expected {expected}, got {actual}. The file is corrupt, truncated or a different release: download it again, or fix base_sha256 (catalog entries pin it in boards/bases.toml)")
             }
-            _ => e,
+            _ => {
+                let name = url.rsplit('/').next().unwrap_or(url);
+                e.context(format!(
+                    "the base image could not be downloaded. To build without the internet: download {name} on another machine and pass `--base PATH/{name}` (its sha256 is still checked against {sha256}), or set the recipe's base to that path; after one successful build `--offline` uses the cache ({})",
+                    cache.root.display()
+                ))
+            }
         }
     })?;
     Ok(())

@@ -32,7 +32,7 @@ pub fn verify(image: &Path) -> Result<Verification> {
             .context("copying the boot partition out")?;
         dst.flush()?;
     }
-    let out = Command::new("fsck.vfat")
+    let out = Command::new(crate::rootfs::system_tool("fsck.vfat"))
         .arg("-n")
         .arg(tmp.path())
         .output()

@@ -60,6 +60,11 @@ pub fn build(arch: &str, target_dir: Option<&Path>) -> Result<PathBuf> {
         )?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
+        if target_missing(&err) {
+            bail!(
+                "building firstboot needs the Rust target {target}, which is not installed: run `rustup target add {target}` (once), or pass --firstboot-bin PATH (a static {target} build of firstboot)"
+            );
+        }
         let tail: Vec<&str> = err.lines().rev().take(15).collect();
         bail!(
             "building firstboot for {target} failed ({}); pass --firstboot-bin PATH to use a prebuilt binary:\n{}",
@@ -72,6 +77,13 @@ pub fn build(arch: &str, target_dir: Option<&Path>) -> Result<PathBuf> {
         bail!("cargo built firstboot but {} is missing", bin.display());
     }
     Ok(bin)
+}
+
+/// Whether cargo's error output says the standard library of the target is missing.
+fn target_missing(stderr: &str) -> bool {
+    stderr.contains("target may not be installed")
+        || stderr.contains("can't find crate for `core`")
+        || stderr.contains("can't find crate for `std`")
 }
 
 /// The version of the firstboot in this workspace.
@@ -230,5 +242,18 @@ pub fn check_given(bin: &Path, arch: &str, dynamic_ok: bool) -> Result<String> {
                 said.trim()
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_rust_target_is_recognized() {
+        // rustc 1.95's words when the target's standard library is not installed.
+        let err = "error[E0463]: can't find crate for `core`\n  |\n  = note: the `x86_64-unknown-linux-musl` target may not be installed\n  = help: consider downloading the target with `rustup target add x86_64-unknown-linux-musl`";
+        assert!(target_missing(err));
+        assert!(!target_missing("error: could not compile `firstboot` (bin \"firstboot\")"));
     }
 }
