@@ -201,6 +201,11 @@ pub fn prepare(
     let text = std::fs::read_to_string(cluster_toml)
         .with_context(|| format!("reading {}", cluster_toml.display()))?;
     let text = apply_overrides(&text, cluster_toml, options, stdin)?;
+    if let Err(e) = firstboot::config::ClusterConfig::from_toml_str(&text, cluster_toml) {
+        if let Some(msg) = set_errors(&e, &options.sets) {
+            bail!("{msg}");
+        }
+    }
     let cluster = ClusterFile::checked(text, cluster_toml.to_path_buf())?;
     let config = firstboot::config::ClusterConfig::from_toml_str(&cluster.text, cluster_toml)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -211,6 +216,32 @@ pub fn prepare(
         token: config.token.clone(),
         cluster,
     })
+}
+
+/// The problems a `--set` caused, said about the `--set` argument instead of lines of the edited
+/// file (which the user never wrote); None when no problem is in a key given with --set. The
+/// value is not echoed (it may be the token); the schema's fix is turned into a --set.
+fn set_errors(e: &firstboot::config::ConfigError, sets: &[String]) -> Option<String> {
+    let keys: Vec<&str> = sets
+        .iter()
+        .filter_map(|s| s.split_once('=').map(|(k, _)| k.trim()))
+        .collect();
+    let mut out = Vec::new();
+    for d in &e.diagnostics {
+        let Some(key) = keys
+            .iter()
+            .find(|k| **k == d.key || d.key.starts_with(&format!("{k}.")))
+        else {
+            continue;
+        };
+        let field = key.rsplit('.').next().unwrap_or(key);
+        let fix = match d.fix.strip_prefix(&format!("write {field} = ")) {
+            Some(v) => format!("--set {key}={}", v.trim_matches('"')),
+            None => d.fix.clone(),
+        };
+        out.push(format!("--set {key}=...: {}; {fix}", d.problem));
+    }
+    (!out.is_empty()).then(|| out.join("\n"))
 }
 
 /// The boot partition of an open image or card: (partition, its byte range).
@@ -398,6 +429,21 @@ mod tests {
             &o,
             &mut stdin.as_bytes(),
         )
+    }
+
+    #[test]
+    fn set_errors_point_at_the_set_argument() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cluster.toml");
+        std::fs::write(&p, BASE).unwrap();
+        let opts = StampOptions {
+            sets: vec!["cluster.servers=2".into(), "cluster.name=Kit_07".into()],
+            ..Default::default()
+        };
+        let e = format!("{:#}", prepare(&p, &opts, &mut std::io::empty()).unwrap_err());
+        assert!(e.contains("--set cluster.servers=...:"), "{e}");
+        assert!(e.contains("--set cluster.name=kit-07"), "{e}");
+        assert!(!e.contains("cluster.toml:"), "points at lines of the file: {e}");
     }
 
     #[test]
