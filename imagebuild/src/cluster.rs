@@ -111,15 +111,12 @@ pub fn token_file_of(text: &str) -> Option<String> {
 
 /// Whether cluster.toml `text` (or its token file `token_file`) carries a placeholder token.
 pub fn has_example_token(text: &str, token_file: Option<&[u8]>) -> bool {
-    let inline = text
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|t| {
-            t.get("cluster")?
-                .get("token")?
-                .as_str()
-                .map(|s| s.trim().to_string())
-        });
+    let inline = text.parse::<toml::Table>().ok().and_then(|t| {
+        t.get("cluster")?
+            .get("token")?
+            .as_str()
+            .map(|s| s.trim().to_string())
+    });
     let from_file = token_file.map(|b| String::from_utf8_lossy(b).trim().to_string());
     [inline, from_file]
         .into_iter()

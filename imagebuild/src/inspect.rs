@@ -211,7 +211,10 @@ pub fn inspect(image: &Path) -> Result<Inspection> {
                         .map(|n| fat.read(&n))
                         .transpose()?
                         .flatten();
-                    Some(crate::cluster::has_example_token(&text, token_file.as_deref()))
+                    Some(crate::cluster::has_example_token(
+                        &text,
+                        token_file.as_deref(),
+                    ))
                 }
                 None => None,
             },

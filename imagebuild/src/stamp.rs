@@ -440,10 +440,16 @@ mod tests {
             sets: vec!["cluster.servers=2".into(), "cluster.name=Kit_07".into()],
             ..Default::default()
         };
-        let e = format!("{:#}", prepare(&p, &opts, &mut std::io::empty()).unwrap_err());
+        let e = format!(
+            "{:#}",
+            prepare(&p, &opts, &mut std::io::empty()).unwrap_err()
+        );
         assert!(e.contains("--set cluster.servers=...:"), "{e}");
         assert!(e.contains("--set cluster.name=kit-07"), "{e}");
-        assert!(!e.contains("cluster.toml:"), "points at lines of the file: {e}");
+        assert!(
+            !e.contains("cluster.toml:"),
+            "points at lines of the file: {e}"
+        );
     }
 
     #[test]

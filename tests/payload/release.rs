@@ -103,8 +103,11 @@ pub fn serve_layout(release: &FakeRelease, root: &Path) -> PathBuf {
 /// right reasons.
 pub fn fake_firstboot(dir: &Path) -> PathBuf {
     let p = dir.join("firstboot-fake");
-    std::fs::write(&p, tiny_elf(ElfArch::Aarch64, "firstboot 0.0.0-fake\n", None))
-        .expect("fake firstboot");
+    std::fs::write(
+        &p,
+        tiny_elf(ElfArch::Aarch64, "firstboot 0.0.0-fake\n", None),
+    )
+    .expect("fake firstboot");
     share(&p, 0o755);
     p
 }
@@ -126,14 +129,14 @@ pub fn tiny_elf(arch: ElfArch, text: &str, interpreter: Option<&str>) -> Vec<u8>
     assert!(len < 4096);
     let code: Vec<u8> = match arch {
         ElfArch::Aarch64 => [
-            0xD280_0020u32,                // movz x0, #1 (stdout)
-            0x1000_00E1,                   // adr x1, text (28 bytes ahead)
-            0xD280_0002 | (len << 5),      // movz x2, #len
-            0xD280_0808,                   // movz x8, #64 (write)
-            0xD400_0001,                   // svc #0
-            0xD280_0000,                   // movz x0, #0
-            0xD280_0BA8,                   // movz x8, #93 (exit)
-            0xD400_0001,                   // svc #0
+            0xD280_0020u32,           // movz x0, #1 (stdout)
+            0x1000_00E1,              // adr x1, text (28 bytes ahead)
+            0xD280_0002 | (len << 5), // movz x2, #len
+            0xD280_0808,              // movz x8, #64 (write)
+            0xD400_0001,              // svc #0
+            0xD280_0000,              // movz x0, #0
+            0xD280_0BA8,              // movz x8, #93 (exit)
+            0xD400_0001,              // svc #0
         ]
         .iter()
         .flat_map(|i| i.to_le_bytes())

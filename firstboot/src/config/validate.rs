@@ -684,7 +684,10 @@ fn looks_like_token(v: &str) -> bool {
     let digits = v.chars().filter(|c| c.is_ascii_digit()).count();
     let upper = v.chars().any(|c| c.is_ascii_uppercase());
     let lower = v.chars().any(|c| c.is_ascii_lowercase());
-    v.len() >= 16 && alnum * 10 >= v.len() * 8 && digits >= 3 && (upper && lower || !v.contains('-'))
+    v.len() >= 16
+        && alnum * 10 >= v.len() * 8
+        && digits >= 3
+        && (upper && lower || !v.contains('-'))
 }
 
 #[cfg(test)]
@@ -752,10 +755,19 @@ mod tests {
     #[test]
     fn a_token_pasted_into_the_name_is_never_echoed() {
         // The token in the file is another one: the pasted value is not a known secret.
-        for pasted in ["Zq3vX9tL2mR8wK4pN7bH", "k3x9qv2m8w4p7b1n6z5t0r+Qz", "K10abc::server:Zq3vX9tL2mR8"] {
+        for pasted in [
+            "Zq3vX9tL2mR8wK4pN7bH",
+            "k3x9qv2m8w4p7b1n6z5t0r+Qz",
+            "K10abc::server:Zq3vX9tL2mR8",
+        ] {
             let e = err(&GOOD.replace("name = \"homelab\"", &format!("name = \"{pasted}\"")));
             let shown = e.to_string();
-            assert!(!shown.to_ascii_lowercase().contains(&pasted.to_ascii_lowercase()[..12]), "{shown}");
+            assert!(
+                !shown
+                    .to_ascii_lowercase()
+                    .contains(&pasted.to_ascii_lowercase()[..12]),
+                "{shown}"
+            );
             assert!(shown.contains("looks like a cluster token"), "{shown}");
         }
         // An ordinary bad name is still echoed with its fix.

@@ -143,7 +143,10 @@ fn read_elf(bin: &Path) -> Result<Option<ElfFacts>> {
     for i in 0..phnum.min(256) {
         let mut ph = [0u8; 56];
         if phentsize < 56 || f.read_at(&mut ph, phoff + i * phentsize)? < 56 {
-            bail!("{} is a damaged ELF file (its program headers are cut off)", bin.display());
+            bail!(
+                "{} is a damaged ELF file (its program headers are cut off)",
+                bin.display()
+            );
         }
         const PT_INTERP: u32 = 3;
         if u32::from_le_bytes(ph[..4].try_into().expect("4 bytes")) == PT_INTERP {
@@ -235,7 +238,11 @@ pub fn check_given(bin: &Path, arch: &str, dynamic_ok: bool) -> Result<String> {
     match (out.status.success(), words.next(), words.next()) {
         (true, Some("firstboot"), Some(v)) => Ok(v.to_string()),
         _ => {
-            let said: String = stdout.chars().chain(String::from_utf8_lossy(&out.stderr).chars()).take(200).collect();
+            let said: String = stdout
+                .chars()
+                .chain(String::from_utf8_lossy(&out.stderr).chars())
+                .take(200)
+                .collect();
             bail!(
                 "--firstboot-bin {shown} does not answer `--version` as firstboot does (expected `firstboot X.Y.Z`, got {} and {:?}); it is not firstboot, or it is broken; {build_hint}",
                 out.status,
@@ -254,6 +261,8 @@ mod tests {
         // rustc 1.95's words when the target's standard library is not installed.
         let err = "error[E0463]: can't find crate for `core`\n  |\n  = note: the `x86_64-unknown-linux-musl` target may not be installed\n  = help: consider downloading the target with `rustup target add x86_64-unknown-linux-musl`";
         assert!(target_missing(err));
-        assert!(!target_missing("error: could not compile `firstboot` (bin \"firstboot\")"));
+        assert!(!target_missing(
+            "error: could not compile `firstboot` (bin \"firstboot\")"
+        ));
     }
 }

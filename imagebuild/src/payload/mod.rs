@@ -154,4 +154,3 @@ fn firstboot_layout(p: &mut Payload, bin: &Path, data: &DataDir) -> Result<()> {
     p.symlink(FIRSTBOOT_WANTS, FIRSTBOOT_UNIT);
     Ok(())
 }
-
