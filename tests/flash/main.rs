@@ -1278,9 +1278,28 @@ fn the_example_token_is_warned_about_by_stamp_flash_and_inspect() {
         .arg(built())
         .arg(&card)
         .args(["--to-file", "--yes", "--cluster"])
-        .arg(&cfg));
+        .arg(&cfg)
+        .arg("--tokens-dir")
+        .arg(dir.path()));
     assert!(out.status.success());
-    assert!(stderr_of(&out).contains("warning: the token is the placeholder from the examples"));
+    // flash never lets a card carry it: the kit gets a fresh token, and says where it is kept.
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("is the placeholder from the examples, which no card may carry")
+            && err.contains(&format!("{}", dir.path().join("site-a.token").display())),
+        "{err}"
+    );
+    let kept = std::fs::read_to_string(dir.path().join("site-a.token")).unwrap();
+    let (off, _) = boot_offset(&card);
+    let files = dir.path().join("card-files");
+    std::fs::create_dir_all(&files).unwrap();
+    extract(&card, off, &["cluster.toml"], &files);
+    let stamped: toml::Table = std::fs::read_to_string(files.join("cluster.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(stamped["cluster"]["token"].as_str(), Some(kept.trim()));
+    assert_ne!(kept.trim(), "example-token-replace-me");
     // A good token: no such warning anywhere.
     let cfg = cluster_toml(dir.path(), &format!("token = \"{TOKEN}\""));
     let out = run(ib().arg("stamp").arg(&img).arg(&cfg));
