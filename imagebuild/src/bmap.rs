@@ -19,7 +19,7 @@ const SHA256_HEX: usize = 64;
 const IMAGE_SHA256_NOTE: &str = "sha256 of the whole image (imagebuild):";
 
 fn hash_zeros(h: &mut Sha256, mut n: u64) {
-    const ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
     while n > 0 {
         let k = n.min(ZEROS.len() as u64) as usize;
         h.update(&ZEROS[..k]);

@@ -418,6 +418,21 @@ fn resolve_link(link: &str, target: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
+/// Where a system tool such as `debugfs`, `e2fsck` or `fsck.vfat` is: on PATH, else in the
+/// sbin directories Debian installs them to, which a normal user's PATH often lacks.
+pub fn system_tool(program: &str) -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(
+            ["/usr/local/sbin", "/usr/sbin", "/sbin"]
+                .into_iter()
+                .map(std::path::PathBuf::from),
+        )
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| program.into())
+}
+
 #[cfg(test)]
 mod symlink_tests {
     use super::*;
@@ -474,17 +489,3 @@ mod symlink_tests {
     }
 }
 
-/// Where a system tool such as `debugfs`, `e2fsck` or `fsck.vfat` is: on PATH, else in the
-/// sbin directories Debian installs them to, which a normal user's PATH often lacks.
-pub fn system_tool(program: &str) -> std::path::PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(
-            ["/usr/local/sbin", "/usr/sbin", "/sbin"]
-                .into_iter()
-                .map(std::path::PathBuf::from),
-        )
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| program.into())
-}
