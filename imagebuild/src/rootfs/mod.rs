@@ -488,4 +488,3 @@ mod symlink_tests {
         assert!(err.to_string().contains("symbolic links"), "{err}");
     }
 }
-
