@@ -46,6 +46,10 @@ enum Command {
     CheckConfig {
         /// The file to check [default: cluster.toml on the boot partition].
         path: Option<PathBuf>,
+        /// Print the result as JSON on stdout (`ok`, `summary`, `warnings` or `error`); the
+        /// exit code is the same as without it.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the node's lifecycle: intake, identity, clock, storage, discovery, election, role.
     ///
@@ -82,9 +86,35 @@ fn main() -> ExitCode {
         .init();
     let paths = Paths::new(&cli.root, cli.boot_dir.as_deref());
     let result = match cli.command {
-        Command::CheckConfig { path } => {
+        Command::CheckConfig { path, json } => {
             let path = path.unwrap_or_else(|| paths.boot_cluster_toml());
-            match ClusterConfig::load(&path) {
+            let loaded = ClusterConfig::load(&path);
+            if json {
+                // The error text never holds the token (the schema's errors redact it).
+                let out = match &loaded {
+                    Ok(c) => serde_json::json!({
+                        "path": path,
+                        "ok": true,
+                        "name": c.name,
+                        "servers": c.servers,
+                        "nodes": c.nodes,
+                        "summary": c.summary(),
+                        "warnings": c.warnings(),
+                    }),
+                    Err(e) => serde_json::json!({
+                        "path": path,
+                        "ok": false,
+                        "error": e.to_string(),
+                    }),
+                };
+                println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+                return if loaded.is_ok() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                };
+            }
+            match loaded {
                 Ok(config) => {
                     println!("{}: ok: {}", path.display(), config.summary());
                     for w in config.warnings() {

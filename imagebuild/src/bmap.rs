@@ -15,6 +15,18 @@ pub const BLOCK_SIZE: u64 = 4096;
 /// Length of a hex sha256.
 const SHA256_HEX: usize = 64;
 
+/// The words before the whole image's sha256 in the comment of the maps we write.
+const IMAGE_SHA256_NOTE: &str = "sha256 of the whole image (imagebuild):";
+
+fn hash_zeros(h: &mut Sha256, mut n: u64) {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        h.update(&ZEROS[..k]);
+        n -= k as u64;
+    }
+}
+
 /// A run of mapped blocks `first..=last` and the sha256 of their bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockRange {
@@ -35,6 +47,9 @@ pub struct Bmap {
     pub block_size: u64,
     /// Mapped ranges in increasing order.
     pub ranges: Vec<BlockRange>,
+    /// sha256 (hex) of the whole image, when the map records it (maps written by imagebuild do,
+    /// in a comment that bmaptool ignores): pairs the map with its image by content.
+    pub image_sha256: Option<String>,
 }
 
 impl Bmap {
@@ -66,8 +81,9 @@ impl Bmap {
             .sum()
     }
 
-    /// The map of an image file from its holes (SEEK_DATA/SEEK_HOLE), each range hashed.
-    pub fn for_image(image: &Path) -> Result<Bmap> {
+    /// The map of an image file from its holes (SEEK_DATA/SEEK_HOLE), each range hashed; the
+    /// whole image's sha256 is `known_sha256` when the caller has it, else computed on the way.
+    pub fn for_image(image: &Path, known_sha256: Option<&str>) -> Result<Bmap> {
         let file = File::open(image).with_context(|| format!("opening {}", image.display()))?;
         let image_size = file.metadata()?.len();
         let bs = BLOCK_SIZE;
@@ -91,7 +107,11 @@ impl Bmap {
             image_size,
             block_size: bs,
             ranges: Vec::with_capacity(blocks.len()),
+            image_sha256: None,
         };
+        // The whole image's hash on the way: the gaps between ranges are holes (zeros).
+        let mut whole = Sha256::new();
+        let mut hashed_to = 0u64;
         let total: u64 = blocks
             .iter()
             .map(|&(f, l)| ((l + 1) * bs).min(image_size) - f * bs)
@@ -102,21 +122,35 @@ impl Bmap {
             crate::interrupt::check()?;
             let mut h = Sha256::new();
             let (start, end) = (first * bs, ((last + 1) * bs).min(image_size));
+            if known_sha256.is_none() {
+                hash_zeros(&mut whole, start - hashed_to);
+            }
             let mut pos = start;
             while pos < end {
                 let n = ((end - pos) as usize).min(buf.len());
                 file.read_exact_at(&mut buf[..n], pos)
                     .with_context(|| format!("reading {}", image.display()))?;
                 h.update(&buf[..n]);
+                if known_sha256.is_none() {
+                    whole.update(&buf[..n]);
+                }
                 pos += n as u64;
                 meter.add(n as u64);
             }
+            hashed_to = end;
             map.ranges.push(BlockRange {
                 first,
                 last,
                 sha256: hex::encode(h.finalize()),
             });
         }
+        map.image_sha256 = Some(match known_sha256 {
+            Some(h) => h.to_ascii_lowercase(),
+            None => {
+                hash_zeros(&mut whole, image_size - hashed_to);
+                hex::encode(whole.finalize())
+            }
+        });
         meter.finish();
         Ok(map)
     }
@@ -138,6 +172,9 @@ impl Bmap {
             crate::size::ByteSize(self.image_size),
             self.image_size
         ));
+        if let Some(h) = &self.image_sha256 {
+            x.push_str(&format!("    <!-- {IMAGE_SHA256_NOTE} {h} -->\n\n"));
+        }
         x.push_str(&format!(
             "    <!-- Size of a block in bytes -->\n    <BlockSize> {} </BlockSize>\n\n",
             self.block_size
@@ -252,10 +289,18 @@ impl Bmap {
                 sha256,
             });
         }
+        let image_sha256 = text.find(IMAGE_SHA256_NOTE).and_then(|i| {
+            let h = text[i + IMAGE_SHA256_NOTE.len()..].trim_start();
+            let h = h.get(..SHA256_HEX)?;
+            h.bytes()
+                .all(|b| b.is_ascii_hexdigit())
+                .then(|| h.to_ascii_lowercase())
+        });
         Ok(Bmap {
             image_size,
             block_size,
             ranges,
+            image_sha256,
         })
     }
 
@@ -329,17 +374,21 @@ impl Bmap {
             .collect();
         ranges.extend(fresh);
         ranges.extend(self.ranges.iter().filter(|r| r.first > hi).cloned());
+        // The whole image's hash changed with the stretch; the caller records the new one.
         Ok(Bmap {
             image_size,
             block_size: bs,
             ranges,
+            image_sha256: None,
         })
     }
 }
 
-/// Compute the block map of `image` and write it to `bmap_path` (flushed to disk).
-pub fn write_for(image: &Path, bmap_path: &Path) -> Result<Bmap> {
-    let map = Bmap::for_image(image)?;
+/// Compute the block map of `image` and write it to `bmap_path` (flushed to disk). A compressed
+/// image is refused in one line naming the command to unpack it first.
+pub fn write_for(image: &Path, bmap_path: &Path, known_sha256: Option<&str>) -> Result<Bmap> {
+    crate::source::require_raw(image, "imagebuild bmap")?;
+    let map = Bmap::for_image(image, known_sha256)?;
     output::write_synced(bmap_path, map.to_xml().as_bytes())?;
     Ok(map)
 }
@@ -380,10 +429,12 @@ mod tests {
         f.seek(SeekFrom::Start(5 << 20)).unwrap();
         f.write_all(&[7u8; 9000]).unwrap();
         f.sync_all().unwrap();
-        let map = Bmap::for_image(&p).unwrap();
+        let map = Bmap::for_image(&p, None).unwrap();
         assert_eq!(map.image_size, 10 << 20);
         assert!(map.mapped_blocks() < map.blocks_count() / 2, "{map:?}");
         assert!(map.ranges.iter().any(|r| r.first == 0));
+        let whole = crate::source::sha256_file(&p).unwrap();
+        assert_eq!(map.image_sha256.as_deref(), Some(whole.as_str()));
         let xml = map.to_xml();
         assert_eq!(Bmap::parse(&xml).unwrap(), map);
         let tampered = xml.replacen("<BlockSize> 4096", "<BlockSize> 4097", 1);

@@ -151,6 +151,10 @@ pub struct Board {
     /// The kernels it can boot.
     #[serde(default)]
     pub kernel: Kernel,
+    /// Accept a dynamically linked `--firstboot-bin` (test boards whose base has the loader;
+    /// real boards need a static one).
+    #[serde(default)]
+    pub firstboot_may_be_dynamic: bool,
 }
 
 impl Board {
@@ -206,6 +210,15 @@ pub enum OsFamily {
 }
 
 impl OsFamily {
+    /// The family as people call it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            OsFamily::RaspiosBookworm => "Raspberry Pi OS 12 (bookworm)",
+            OsFamily::RaspiosTrixie => "Raspberry Pi OS 13 (trixie)",
+            OsFamily::Ubuntu => "Ubuntu Server for Raspberry Pi",
+        }
+    }
+
     /// The partition labels this family's images carry: (boot, root).
     pub fn default_labels(self) -> (&'static str, &'static str) {
         match self {

@@ -87,15 +87,33 @@ pub struct BuildReport {
     pub compressed: Option<PathBuf>,
     /// Whether the base's partitions were copied by reflink (copy-on-write filesystems).
     pub reflinked: bool,
+    /// The files written beside the image.
+    pub artifacts: Artifacts,
+    /// Versions of what the image carries (K3s, firstboot, base).
+    pub versions: Versions,
+    /// Warnings printed during the build (valid, but probably not what you want).
+    pub warnings: Vec<String>,
+}
+
+/// The files a build writes, for scripts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Artifacts {
+    /// The raw image.
+    pub image: PathBuf,
+    /// `IMAGE.sha256` (sha256sum format).
+    pub sha256: PathBuf,
+    /// `IMAGE.bmap` (bmap 2.0).
+    pub bmap: PathBuf,
+    /// `IMAGE.json` (this report).
+    pub report: PathBuf,
+    /// `IMAGE.zst` or `IMAGE.xz`, when the recipe asks for one.
+    pub compressed: Option<PathBuf>,
 }
 
 /// Run a build from a recipe file.
 pub fn run(recipe_path: &Path, options: BuildOptions) -> Result<BuildReport> {
     interrupt::install().context("installing the interrupt handler")?;
     let recipe = Recipe::load(recipe_path)?;
-    for w in recipe.warnings() {
-        say(&format!("warning: {w}"));
-    }
     run_recipe(&recipe, options).map_err(explain_no_space)
 }
 
@@ -129,6 +147,13 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     let catalog = Catalog::load(&data)?;
     let board = catalog.board(&recipe.image.board)?.clone();
     let cluster_file = cluster::from_recipe(recipe)?;
+    let mut warnings = recipe.warnings();
+    if let Some(c) = &cluster_file {
+        warnings.extend(c.warnings());
+    }
+    for w in &warnings {
+        say(&format!("warning: {w}"));
+    }
     let output_path = options
         .output
         .clone()
@@ -193,7 +218,7 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
         Some(n) => {
             let mut node = crate::payload::assemble(
                 &recipe.k3s,
-                &board.arch,
+                &board,
                 &recipe.dir(),
                 &data,
                 &cache,
@@ -237,7 +262,7 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     interrupt::check()?;
 
     let rootfs = Rootfs::new(&root_tmp, 0, epoch);
-    check_base_supports(recipe, &rootfs, base_layout.family)?;
+    warnings.extend(check_base_supports(recipe, &rootfs, base_layout.family)?);
     let passwd =
         String::from_utf8_lossy(&rootfs.read_file("/etc/passwd")?.unwrap_or_default()).into_owned();
     let account = user::find_account(&passwd, &recipe.os.user);
@@ -386,7 +411,7 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     let sha_tmp = pending.add(&sha_path);
     output::write_synced(&sha_tmp, output::sha256_line(&sha, &output_path).as_bytes())?;
     let bmap_tmp = pending.add(&output::with_suffix(&output_path, ".bmap"));
-    crate::bmap::write_for(&tmp, &bmap_tmp)?;
+    crate::bmap::write_for(&tmp, &bmap_tmp, Some(&sha))?;
     let compressed = match recipe.image.compress {
         Compression::None => None,
         how => {
@@ -397,9 +422,17 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
             };
             let path = output::with_suffix(&output_path, ext);
             let ctmp = pending.add(&path);
-            output::compress(&tmp, &ctmp, how)?;
+            output::compress(&tmp, &ctmp, how, &sha)?;
             Some(path)
         }
+    };
+    let json_path = output::with_suffix(&output_path, ".json");
+    let artifacts = Artifacts {
+        image: output_path.clone(),
+        sha256: sha_path.clone(),
+        bmap: output::with_suffix(&output_path, ".bmap"),
+        report: json_path.clone(),
+        compressed: compressed.clone(),
     };
     let report = BuildReport {
         output: output_path.clone(),
@@ -424,8 +457,10 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
         entries: payload.entries.len(),
         compressed,
         reflinked,
+        artifacts,
+        versions: versions.clone(),
+        warnings,
     };
-    let json_path = output::with_suffix(&output_path, ".json");
     let json_tmp = pending.add(&json_path);
     output::write_synced(&json_tmp, serde_json::to_string_pretty(&report)?.as_bytes())?;
     pending.commit()?;
@@ -439,7 +474,9 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
 
 /// Refuse what the base cannot do, before any output exists: a timezone its zoneinfo lacks, and
 /// K3s's default pod network on an Ubuntu kernel without the vxlan module.
-fn check_base_supports(recipe: &Recipe, rootfs: &Rootfs, family: OsFamily) -> Result<()> {
+/// Returns the warnings it printed.
+fn check_base_supports(recipe: &Recipe, rootfs: &Rootfs, family: OsFamily) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
     let tz = recipe.os.timezone.trim();
     let share: std::collections::BTreeSet<String> = ["/usr/share".to_string()].into();
     let has_zoneinfo = rootfs
@@ -448,10 +485,12 @@ fn check_base_supports(recipe: &Recipe, rootfs: &Rootfs, family: OsFamily) -> Re
         .is_some_and(|l| l.get("zoneinfo").is_some_and(|e| e.is_dir()));
     if !has_zoneinfo {
         // Not Raspberry Pi OS or Ubuntu (both ship tzdata): nothing to check the name against.
-        say(&format!(
-            "warning: the base has no /usr/share/zoneinfo (tzdata is not installed): timezone {tz:?} \
+        let w = format!(
+            "the base has no /usr/share/zoneinfo (tzdata is not installed): timezone {tz:?} \
              is not checked, and the node keeps UTC until tzdata is installed"
-        ));
+        );
+        say(&format!("warning: {w}"));
+        warnings.push(w);
     } else if rootfs
         .read_file(&format!("/usr/share/zoneinfo/{tz}"))?
         .is_none()
@@ -468,7 +507,7 @@ fn check_base_supports(recipe: &Recipe, rootfs: &Rootfs, family: OsFamily) -> Re
             bail!("{}: {why}", recipe.path.display());
         }
     }
-    Ok(())
+    Ok(warnings)
 }
 
 /// Why K3s pods on this Ubuntu image could not reach other nodes, or None when they can: flannel's

@@ -83,6 +83,47 @@ impl ClusterFile {
     }
 }
 
+impl ClusterFile {
+    /// Valid but probably wrong settings (firstboot's own warnings: the examples' placeholder
+    /// token, inline or in the token file, no HA). Never mentions the token's value.
+    pub fn warnings(&self) -> Vec<String> {
+        firstboot::config::ClusterConfig::from_toml_str(&self.text, &self.origin)
+            .map(|c| c.warnings())
+            .unwrap_or_default()
+    }
+}
+
+/// The warning for a card that would carry the examples' placeholder token (from `where_`).
+pub fn example_token_warning(where_: &str) -> String {
+    format!(
+        "the token in {where_} is the placeholder from the examples: anyone who has read them can join this cluster; run `imagebuild token > cluster.token` and stamp with --token-file cluster.token"
+    )
+}
+
+/// The `token_file` a cluster.toml text names, if any.
+pub fn token_file_of(text: &str) -> Option<String> {
+    let t: toml::Table = text.parse().ok()?;
+    t.get("cluster")?
+        .get("token_file")?
+        .as_str()
+        .map(String::from)
+}
+
+/// Whether cluster.toml `text` (or its token file `token_file`) carries a placeholder token.
+pub fn has_example_token(text: &str, token_file: Option<&[u8]>) -> bool {
+    let inline = text.parse::<toml::Table>().ok().and_then(|t| {
+        t.get("cluster")?
+            .get("token")?
+            .as_str()
+            .map(|s| s.trim().to_string())
+    });
+    let from_file = token_file.map(|b| String::from_utf8_lossy(b).trim().to_string());
+    [inline, from_file]
+        .into_iter()
+        .flatten()
+        .any(|t| firstboot::config::PLACEHOLDER_TOKENS.contains(&t.as_str()))
+}
+
 /// The one place cluster.toml is checked before it is written: the firstboot schema decides.
 pub fn validate_cluster_toml(text: &str, origin: &Path) -> Result<()> {
     // The consumer owns the format (SPEC 1): the firstboot library parses and validates it, so

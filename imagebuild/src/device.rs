@@ -491,3 +491,71 @@ mod tests {
         }
     }
 }
+
+/// What became of a card after it was written, verified and flushed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Release {
+    /// The kernel offered to power the disk off (`/sys/block/NAME/device/delete`, as `eject`
+    /// and udisks do for USB readers) and it is gone: pull it out.
+    PoweredOff,
+    /// Flushed; the kernel offers no power-off for it (an SD slot, a loop device): pull it out.
+    Removable(String),
+    /// A file, not a card.
+    File,
+}
+
+/// After a verified write: flush the disk's buffers and, where the kernel offers it, power the
+/// disk off (its sysfs `device/delete`), so the card can be pulled without losing anything.
+/// `sysfs` is `/sys` (a test gives another root).
+pub fn release_card(path: &Path, sysfs: &Path) -> Result<Release> {
+    let Some(name) = kernel_name(path) else {
+        return Ok(Release::File);
+    };
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    f.sync_all()
+        .with_context(|| format!("flushing {}", path.display()))?;
+    // BLKFLSBUF = _IO(0x12, 97): write back and drop the buffer cache of the device.
+    const BLKFLSBUF: libc::c_ulong = 0x1261;
+    // SAFETY: BLKFLSBUF takes no argument; the descriptor is open.
+    unsafe { libc::ioctl(std::os::unix::io::AsRawFd::as_raw_fd(&f), BLKFLSBUF as _, 0) };
+    drop(f);
+    power_off(&name, sysfs)
+}
+
+/// Power off disk `name` through `<sysfs>/block/NAME/device/delete` when it has one.
+pub fn power_off(name: &str, sysfs: &Path) -> Result<Release> {
+    let delete = sysfs.join("block").join(name).join("device/delete");
+    if !delete.exists() {
+        let why = if name.starts_with("loop") {
+            "a loop device has nothing to power off"
+        } else if name.starts_with("mmcblk") {
+            "an SD slot cannot be powered off by itself"
+        } else {
+            "the kernel offers no power-off for it"
+        };
+        return Ok(Release::Removable(why.into()));
+    }
+    std::fs::write(&delete, "1")
+        .with_context(|| format!("powering off {name} (writing 1 to {})", delete.display()))?;
+    Ok(Release::PoweredOff)
+}
+
+#[cfg(test)]
+mod release_tests {
+    use super::*;
+
+    #[test]
+    fn power_off_writes_delete_only_where_the_kernel_offers_it() {
+        let sys = tempfile::tempdir().unwrap();
+        let dev = sys.path().join("block/sdz/device");
+        std::fs::create_dir_all(&dev).unwrap();
+        std::fs::write(dev.join("delete"), "").unwrap();
+        assert_eq!(power_off("sdz", sys.path()).unwrap(), Release::PoweredOff);
+        assert_eq!(std::fs::read_to_string(dev.join("delete")).unwrap(), "1");
+        std::fs::create_dir_all(sys.path().join("block/loop7")).unwrap();
+        assert!(matches!(
+            power_off("loop7", sys.path()).unwrap(),
+            Release::Removable(w) if w.contains("loop")
+        ));
+    }
+}

@@ -170,9 +170,10 @@ impl ImageStream<'_> {
 }
 
 /// A companion file (`.bmap`, `.sha256`) of `image`: `IMAGE.ext`, or for `x.img.zst` also
-/// `x.img.ext` when it is not newer than the compressed file. A newer one was rewritten after
-/// the compressed copy was made (by `stamp` on `x.img`) and describes another image; it is
-/// passed over with the reason.
+/// `x.img.ext`, but only when its content proves it describes the compressed file's image: the
+/// sha256 of the whole image it records equals the one the .zst carries (`build` writes it in
+/// a zstd skippable frame; `stamp` on `x.img` changes the map's and leaves the .zst's). Anything
+/// else is passed over with the reason.
 fn companion(image: &Path, ext: &str) -> (Option<PathBuf>, Option<String>) {
     let direct = with_suffix(image, ext);
     if direct.is_file() {
@@ -185,19 +186,42 @@ fn companion(image: &Path, ext: &str) -> (Option<PathBuf>, Option<String>) {
     if !p.is_file() {
         return (None, None);
     }
-    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    match (mtime(&p), mtime(image)) {
-        (Some(c), Some(i)) if c > i => (
+    let described = if ext == ".bmap" {
+        Bmap::load(&p).ok().and_then(|b| b.image_sha256)
+    } else {
+        sha_in(&p)
+    };
+    let carried = source::packed_image_sha256(image);
+    let (p_, i_) = (p.display(), image.display());
+    match (described, carried) {
+        (Some(d), Some(c)) if d == c => (Some(p), None),
+        (Some(_), Some(_)) => (
             None,
             Some(format!(
-                "{} is newer than {} (the raw image was changed, e.g. stamped, after it was compressed): it describes {}, not this file, so it is not used",
-                p.display(),
-                image.display(),
+                "{p_} is not used: it describes another image than {i_} holds (their image sha256 differ: {} was changed, e.g. stamped, after {i_} was made)",
                 stem.display()
             )),
         ),
-        _ => (Some(p), None),
+        (None, _) => (
+            None,
+            Some(format!(
+                "{p_} is not used: it does not record its image's sha256 (made by bmaptool or an older imagebuild), so it cannot be matched with {i_}; pass --bmap {p_} if you know it belongs"
+            )),
+        ),
+        (Some(_), None) => (
+            None,
+            Some(format!(
+                "{p_} is not used: {i_} does not say which image it holds (only .zst files from `imagebuild build` do), so the map may describe another image; pass --bmap {p_} if you know it belongs"
+            )),
+        ),
     }
+}
+
+/// The first word of a `sha256sum` file, when it is a sha256.
+fn sha_in(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let hash = text.split_whitespace().next()?.to_ascii_lowercase();
+    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hash)
 }
 
 /// The bmap that belongs to `image`, if there is one beside it.
@@ -214,9 +238,8 @@ fn unpacked_name(image: &Path) -> Option<PathBuf> {
 /// The sha256 of the raw image from a `sha256sum` file that belongs to it, if there is one.
 fn expected_sha(image: &Path) -> Option<(PathBuf, String)> {
     let p = companion(image, ".sha256").0?;
-    let text = std::fs::read_to_string(&p).ok()?;
-    let hash = text.split_whitespace().next()?.to_ascii_lowercase();
-    (hash.len() == 64).then_some((p, hash))
+    let hash = sha_in(&p)?;
+    Some((p, hash))
 }
 
 /// Flash `image` to one `target` (a whole block device, or a file with `to_file`), verifying
@@ -272,6 +295,15 @@ pub fn flash_cards(image: &Path, cards: Vec<Card>, options: &FlashOptions) -> Re
         say(&format!("note: {n}"));
     }
     let bmap = bmap_path.as_deref().map(Bmap::load).transpose()?;
+    if let (Some(b), Some(carried)) = (&bmap, source::packed_image_sha256(image)) {
+        if b.image_sha256.as_ref().is_some_and(|d| *d != carried) {
+            bail!(
+                "the bmap {} describes another image than {} holds (their image sha256 differ): pass the right --bmap, or --no-bmap",
+                bmap_path.as_deref().unwrap_or(Path::new("")).display(),
+                image.display()
+            );
+        }
+    }
     let raw_len = file.metadata()?.len();
     let image_size = match (&bmap, packing) {
         (Some(b), Packing::Raw) => {

@@ -189,6 +189,7 @@ fn declared_files(rootfs: &Rootfs, manifest: &serde_json::Value) -> Result<Vec<D
 
 /// Look at an image file.
 pub fn inspect(image: &Path) -> Result<Inspection> {
+    crate::source::require_raw(image, "imagebuild inspect")?;
     let layout = layout::recognize(image, None)?;
     let mut file = File::open(image).with_context(|| format!("opening {}", image.display()))?;
     let (cmdline, config, ssh, userconf, cluster, boot_free, serial) = {
@@ -203,7 +204,20 @@ pub fn inspect(image: &Path) -> Result<Inspection> {
             text("config.txt")?.unwrap_or_default(),
             fat.read("ssh")?.is_some() || fat.read("ssh.txt")?.is_some(),
             text("userconf.txt")?,
-            fat.read("cluster.toml")?.is_some(),
+            match fat.read(firstboot::config::FILE_NAME)? {
+                Some(b) => {
+                    let text = String::from_utf8_lossy(&b).into_owned();
+                    let token_file = crate::cluster::token_file_of(&text)
+                        .map(|n| fat.read(&n))
+                        .transpose()?
+                        .flatten();
+                    Some(crate::cluster::has_example_token(
+                        &text,
+                        token_file.as_deref(),
+                    ))
+                }
+                None => None,
+            },
             fat.free_bytes()?,
             format!("{:08x}", fat.serial()),
         )
@@ -266,11 +280,16 @@ pub fn inspect(image: &Path) -> Result<Inspection> {
             "{u} is enabled in the image; firstboot should decide which K3s unit starts"
         ));
     }
-    if !cluster {
-        warnings.push(
+    match cluster {
+        None => warnings.push(
             "no cluster.toml on the boot partition: stamp one with `imagebuild stamp`".into(),
-        );
+        ),
+        Some(true) => warnings.push(crate::cluster::example_token_warning(
+            "the stamped cluster.toml",
+        )),
+        Some(false) => {}
     }
+    let cluster = cluster.is_some();
     let rootfs_free = layout.root_super.free_bytes();
     Ok(Inspection {
         layout,
@@ -298,8 +317,11 @@ impl Inspection {
         use crate::size::ByteSize;
         let l = &self.layout;
         let mut s = format!(
-            "table: {:?}, disk id {}, image {}\n",
-            l.disk.table,
+            "partition table: {}, disk id {}, image {}\n",
+            match l.disk.table {
+                crate::disk::TableKind::Mbr => "MBR (DOS)",
+                crate::disk::TableKind::Gpt => "GPT",
+            },
             l.disk.disk_id,
             ByteSize(l.disk.image_size)
         );
@@ -314,8 +336,8 @@ impl Inspection {
             ));
         }
         s.push_str(&format!(
-            "os family: {:?}\nboot: label {} serial {} free {}\nroot: label {} size {} free {}\n",
-            l.family,
+            "operating system: {}\nboot: label {} serial {} free {}\nroot: label {} size {} free {}\n",
+            l.family.describe(),
             l.boot_label,
             self.boot_serial,
             ByteSize(self.boot_free),
@@ -332,15 +354,25 @@ impl Inspection {
             "config.txt additions: {}\n",
             self.config_lines.join(", ")
         ));
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
         s.push_str(&format!(
-            "ssh: {}  userconf user: {}  cluster.toml: {}\n",
-            self.ssh_enabled,
+            "ssh enabled: {}  first user (userconf.txt): {}  cluster.toml: {}\n",
+            yes_no(self.ssh_enabled),
             self.userconf_user.as_deref().unwrap_or("-"),
-            self.cluster_toml
+            if self.cluster_toml {
+                "stamped"
+            } else {
+                "not stamped"
+            }
         ));
         s.push_str(&format!(
-            "machine-id: {:?}\n",
-            self.machine_id.as_deref().unwrap_or("<missing>")
+            "machine-id: {}\n",
+            match self.machine_id.as_deref().map(str::trim) {
+                None => "missing".to_string(),
+                Some("") => "empty (set at first boot)".to_string(),
+                Some("uninitialized") => "uninitialized (first boot runs the presets)".to_string(),
+                Some(id) => format!("{id} (baked in: every card would share it)"),
+            }
         ));
         if let Some(m) = &self.image_manifest {
             let built = m["build_time"]

@@ -195,6 +195,13 @@ pub fn plan(req: &KitRequest, cards: usize, stdin: &mut dyn Read) -> Result<Vec<
                 let mut tokens = BTreeMap::new();
                 for name in names {
                     tokens.insert(name.to_string(), kit_token(&dir, name)?);
+                    if placeholder {
+                        crate::progress::say(&format!(
+                            "warning: the token in {} is the placeholder from the examples, which no card may carry: kit {name} gets its own random token, kept in {}",
+                            req.cluster.display(),
+                            dir.join(format!("{name}.token")).display()
+                        ));
+                    }
                 }
                 for (i, p) in out.iter_mut().enumerate() {
                     let o = StampOptions {

@@ -71,9 +71,16 @@ enum Cmd {
     Verify {
         /// The image file.
         target: PathBuf,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// List the known boards and base images.
-    Boards,
+    Boards {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write cluster.toml into the boot partition of an image or an already-flashed card.
     ///
     /// The settings are checked with firstboot's own schema first: when they are invalid,
@@ -148,6 +155,10 @@ enum Cmd {
         /// Where new kits' tokens are kept (default: beside --kits, else the current directory).
         #[arg(long, value_name = "DIR")]
         tokens_dir: Option<PathBuf>,
+        /// Leave verified cards powered on (by default a USB reader's disk is powered off
+        /// where the kernel offers it, so the card can be pulled at once).
+        #[arg(long)]
+        no_power_off: bool,
     },
 }
 
@@ -197,14 +208,23 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", report.to_text());
             }
         }
-        Cmd::Verify { target } => {
+        Cmd::Verify { target, json } => {
             let v = imagebuild::verify::verify(&target)
                 .with_context(|| format!("verifying {}", target.display()))?;
-            println!(
-                "{}: both filesystems clean, {} payload files match the manifest",
-                target.display(),
-                v.files_checked
-            );
+            if json {
+                let out = serde_json::json!({
+                    "image": target,
+                    "filesystems_clean": true,
+                    "files_checked": v.files_checked,
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!(
+                    "{}: both filesystems clean, {} payload files match the manifest",
+                    target.display(),
+                    v.files_checked
+                );
+            }
         }
         Cmd::Stamp {
             target,
@@ -230,7 +250,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Token => println!("{}", imagebuild::token::new_token()?),
         Cmd::Bmap { image, output } => {
             let out = output.unwrap_or_else(|| imagebuild::output::with_suffix(&image, ".bmap"));
-            let map = imagebuild::bmap::write_for(&image, &out)
+            let map = imagebuild::bmap::write_for(&image, &out, None)
                 .with_context(|| format!("mapping {}", image.display()))?;
             println!(
                 "{}: {} of {} blocks mapped",
@@ -251,6 +271,7 @@ fn run(cli: Cli) -> Result<()> {
             token_file,
             kits,
             tokens_dir,
+            no_power_off,
         } => {
             let devices = if devices.is_empty() {
                 vec![pick_drive(yes)?]
@@ -296,7 +317,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let batch = imagebuild::flash::flash_cards(&image, cards, &options)
                 .with_context(|| format!("flashing {}", image.display()))?;
-            print_batch(&batch);
+            print_batch(&batch, !no_power_off);
             let failed = batch.cards.iter().filter(|c| c.result.is_err()).count();
             match (failed, batch.cards.len()) {
                 (0, _) => {}
@@ -306,16 +327,24 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Boards => {
+        Cmd::Boards { json } => {
             let catalog = imagebuild::boards::Catalog::load(&data).context("loading boards")?;
-            print!("{}", catalog.listing());
+            if json {
+                let out = serde_json::json!({
+                    "boards": catalog.boards.values().collect::<Vec<_>>(),
+                    "bases": catalog.bases.values().collect::<Vec<_>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                print!("{}", catalog.listing());
+            }
         }
     }
     Ok(())
 }
 
 /// Print one line per card, then the summary table.
-fn print_batch(batch: &imagebuild::flash::Batch) {
+fn print_batch(batch: &imagebuild::flash::Batch, power_off: bool) {
     use imagebuild::size::ByteSize;
     let how = match &batch.bmap {
         Some(b) => format!("bmap {}", b.display()),
@@ -377,7 +406,29 @@ fn print_batch(batch: &imagebuild::flash::Batch) {
         // Every card was fsynced by its writer; this flushes anything else still in flight.
         // SAFETY: sync() takes no arguments and cannot fail.
         unsafe { libc::sync() };
-        println!("Flushed: the verified cards can be removed now.");
+        use imagebuild::device::{release_card, Release};
+        for c in batch.cards.iter().filter(|c| c.result.is_ok()) {
+            let shown = c.target.display();
+            let released = if power_off {
+                release_card(&c.target, std::path::Path::new("/sys"))
+            } else {
+                imagebuild::device::kernel_name(&c.target).map_or(Ok(Release::File), |_| {
+                    Ok(Release::Removable("--no-power-off".into()))
+                })
+            };
+            match released {
+                Ok(Release::PoweredOff) => {
+                    println!("{shown}: flushed and powered off: remove the card now.")
+                }
+                Ok(Release::Removable(why)) => println!(
+                    "{shown}: flushed: the card can be removed now (not powered off: {why})."
+                ),
+                Ok(Release::File) => println!("{shown}: flushed."),
+                Err(e) => println!(
+                    "{shown}: flushed: the card can be removed now (power-off failed: {e:#})."
+                ),
+            }
+        }
     }
 }
 

@@ -309,17 +309,21 @@ pub fn sha256_of(path: &Path) -> Result<String> {
     crate::source::sha256_file(path)
 }
 
-/// Write a compressed copy of `src` to `dst` (zstd level 19 multithreaded, or xz level 6).
-pub fn compress(src: &Path, dst: &Path, how: Compression) -> Result<()> {
+/// Write a compressed copy of `src` (whose sha256 is `src_sha256`) to `dst`: zstd multithreaded,
+/// led by a skippable frame that records `src_sha256` (so `flash` pairs a bmap with this file by
+/// content), or xz level 6.
+pub fn compress(src: &Path, dst: &Path, how: Compression, src_sha256: &str) -> Result<()> {
     let input = File::open(src).with_context(|| format!("opening {}", src.display()))?;
     let len = input.metadata()?.len();
-    let out =
+    let mut out =
         BufWriter::new(File::create(dst).with_context(|| format!("creating {}", dst.display()))?);
     let mut meter = Meter::new(&format!("compressing ({how:?})"), Some(len));
     let mut reader = BufReader::with_capacity(1 << 20, MeteredReader::new(input, &mut meter));
     match how {
         Compression::None => return Ok(()),
         Compression::Zstd => {
+            out.write_all(&crate::source::image_id_frame(src_sha256))
+                .with_context(|| format!("writing {}", dst.display()))?;
             let mut enc = zstd::stream::write::Encoder::new(out, 10).context("starting zstd")?;
             // Worker count does not change zstd's output bytes, so the result stays reproducible.
             let threads = std::thread::available_parallelism()

@@ -311,7 +311,13 @@ fn download(url: &str, sha256: &str, dest: &Path, cache: &Cache) -> Result<()> {
             Some(crate::fetch::FetchError::Mismatch { expected, actual, .. }) => {
                 anyhow!("sha256 mismatch for {url}: expected {expected}, got {actual}. The file is corrupt, truncated or a different release: download it again, or fix base_sha256 (catalog entries pin it in boards/bases.toml)")
             }
-            _ => e,
+            _ => {
+                let name = url.rsplit('/').next().unwrap_or(url);
+                e.context(format!(
+                    "the base image could not be downloaded. To build without the internet: download {name} on another machine and pass `--base PATH/{name}` (its sha256 is still checked against {sha256}), or set the recipe's base to that path; after one successful build `--offline` uses the cache ({})",
+                    cache.root.display()
+                ))
+            }
         }
     })?;
     Ok(())
@@ -338,13 +344,90 @@ pub fn detect_packing(path: &Path) -> Result<Packing> {
     let m = &magic[..n];
     Ok(if m.starts_with(&[0xFD, b'7', b'z', b'X', b'Z', 0]) {
         Packing::Xz
-    } else if m.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
+    } else if m.starts_with(&[0x28, 0xB5, 0x2F, 0xFD])
+        // A zstd skippable frame (magic 0x184D2A5?) first: the image identity `build` writes.
+        || (m.len() >= 4 && m[0] & 0xF0 == 0x50 && m[1..4] == [0x2A, 0x4D, 0x18])
+    {
         Packing::Zstd
     } else if m.starts_with(&[0x1F, 0x8B]) {
         Packing::Gzip
     } else {
         Packing::Raw
     })
+}
+
+impl Packing {
+    /// The compression's usual name, as its command is called.
+    pub fn name(self) -> &'static str {
+        match self {
+            Packing::Xz => "xz",
+            Packing::Zstd => "zstd",
+            Packing::Gzip => "gzip",
+            Packing::Raw => "none",
+        }
+    }
+
+    /// The command that unpacks a file of this kind and keeps the compressed one.
+    pub fn unpack_command(self) -> &'static str {
+        match self {
+            Packing::Xz => "xz -dk",
+            Packing::Zstd => "zstd -d",
+            Packing::Gzip => "gunzip -k",
+            Packing::Raw => "cp",
+        }
+    }
+}
+
+/// Refuse a compressed file where `command` needs the raw image: one line saying it is
+/// compressed and what to run instead.
+pub fn require_raw(path: &Path, command: &str) -> Result<()> {
+    let packing = detect_packing(path)?;
+    if packing == Packing::Raw {
+        return Ok(());
+    }
+    let raw = match path.extension().and_then(|e| e.to_str()) {
+        Some("zst" | "xz" | "gz") => path.with_extension(""),
+        _ => PathBuf::from("IMAGE.img"),
+    };
+    bail!(
+        "{} is compressed ({}): `{command}` reads the raw image; run `{} {}` and then `{command} {}`",
+        path.display(),
+        packing.name(),
+        packing.unpack_command(),
+        path.display(),
+        raw.display()
+    )
+}
+
+/// Magic number of the zstd skippable frame that carries the raw image's sha256 (skippable
+/// frames 0x184D2A50-5F are skipped by every zstd decoder, so the file stays a plain .zst).
+const IMAGE_ID_FRAME_MAGIC: u32 = 0x184D_2A5E;
+
+/// The words before the raw image's sha256 in that frame.
+const IMAGE_ID_PREFIX: &str = "imagebuild image sha256 ";
+
+/// The zstd skippable frame that records `image_sha256` at the start of a .zst `build` writes.
+pub fn image_id_frame(image_sha256: &str) -> Vec<u8> {
+    let body = format!("{IMAGE_ID_PREFIX}{image_sha256}\n");
+    let mut f = IMAGE_ID_FRAME_MAGIC.to_le_bytes().to_vec();
+    f.extend((body.len() as u32).to_le_bytes());
+    f.extend(body.as_bytes());
+    f
+}
+
+/// The sha256 of the raw image a compressed file holds, when the file says (a .zst written by
+/// `imagebuild build` does); None for anything else.
+pub fn packed_image_sha256(path: &Path) -> Option<String> {
+    let mut head = [0u8; 8 + IMAGE_ID_PREFIX.len() + 64];
+    File::open(path).ok()?.read_exact(&mut head).ok()?;
+    if u32::from_le_bytes(head[..4].try_into().ok()?) != IMAGE_ID_FRAME_MAGIC {
+        return None;
+    }
+    let body = std::str::from_utf8(&head[8..]).ok()?;
+    let h = body.strip_prefix(IMAGE_ID_PREFIX)?;
+    h.bytes()
+        .all(|b| b.is_ascii_hexdigit())
+        .then(|| h.to_ascii_lowercase())
 }
 
 /// A streaming reader of the decompressed bytes of `input`.

@@ -201,6 +201,11 @@ pub fn prepare(
     let text = std::fs::read_to_string(cluster_toml)
         .with_context(|| format!("reading {}", cluster_toml.display()))?;
     let text = apply_overrides(&text, cluster_toml, options, stdin)?;
+    if let Err(e) = firstboot::config::ClusterConfig::from_toml_str(&text, cluster_toml) {
+        if let Some(msg) = set_errors(&e, &options.sets) {
+            bail!("{msg}");
+        }
+    }
     let cluster = ClusterFile::checked(text, cluster_toml.to_path_buf())?;
     let config = firstboot::config::ClusterConfig::from_toml_str(&cluster.text, cluster_toml)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -211,6 +216,32 @@ pub fn prepare(
         token: config.token.clone(),
         cluster,
     })
+}
+
+/// The problems a `--set` caused, said about the `--set` argument instead of lines of the edited
+/// file (which the user never wrote); None when no problem is in a key given with --set. The
+/// value is not echoed (it may be the token); the schema's fix is turned into a --set.
+fn set_errors(e: &firstboot::config::ConfigError, sets: &[String]) -> Option<String> {
+    let keys: Vec<&str> = sets
+        .iter()
+        .filter_map(|s| s.split_once('=').map(|(k, _)| k.trim()))
+        .collect();
+    let mut out = Vec::new();
+    for d in &e.diagnostics {
+        let Some(key) = keys
+            .iter()
+            .find(|k| **k == d.key || d.key.starts_with(&format!("{k}.")))
+        else {
+            continue;
+        };
+        let field = key.rsplit('.').next().unwrap_or(key);
+        let fix = match d.fix.strip_prefix(&format!("write {field} = ")) {
+            Some(v) => format!("--set {key}={}", v.trim_matches('"')),
+            None => d.fix.clone(),
+        };
+        out.push(format!("--set {key}=...: {}; {fix}", d.problem));
+    }
+    (!out.is_empty()).then(|| out.join("\n"))
 }
 
 /// The boot partition of an open image or card: (partition, its byte range).
@@ -339,9 +370,19 @@ pub fn stamp(target: &Path, cluster_toml: &Path, options: &StampOptions) -> Resu
 fn refresh_companions(image: &Path, start: u64, end: u64) -> Result<()> {
     use crate::output::{with_suffix, write_synced};
     let bmap = with_suffix(image, ".bmap");
+    let sha = with_suffix(image, ".sha256");
+    // The whole image's new hash: written to IMAGE.sha256 and recorded in the map.
+    let hash = if bmap.is_file() || sha.is_file() {
+        Some(crate::source::sha256_file(image)?)
+    } else {
+        None
+    };
     if bmap.is_file() {
         match crate::bmap::Bmap::load(&bmap).and_then(|m| m.refreshed(image, start, end)) {
-            Ok(map) => write_synced(&bmap, map.to_xml().as_bytes())?,
+            Ok(mut map) => {
+                map.image_sha256 = hash.clone();
+                write_synced(&bmap, map.to_xml().as_bytes())?
+            }
             Err(e) => {
                 std::fs::remove_file(&bmap)
                     .with_context(|| format!("removing the stale {}", bmap.display()))?;
@@ -353,10 +394,8 @@ fn refresh_companions(image: &Path, start: u64, end: u64) -> Result<()> {
             }
         }
     }
-    let sha = with_suffix(image, ".sha256");
-    if sha.is_file() {
-        let hash = crate::source::sha256_file(image)?;
-        write_synced(&sha, crate::output::sha256_line(&hash, image).as_bytes())?;
+    if let (true, Some(hash)) = (sha.is_file(), &hash) {
+        write_synced(&sha, crate::output::sha256_line(hash, image).as_bytes())?;
     }
     for ext in [".zst", ".xz", ".gz"] {
         let packed = with_suffix(image, ext);
@@ -390,6 +429,27 @@ mod tests {
             &o,
             &mut stdin.as_bytes(),
         )
+    }
+
+    #[test]
+    fn set_errors_point_at_the_set_argument() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cluster.toml");
+        std::fs::write(&p, BASE).unwrap();
+        let opts = StampOptions {
+            sets: vec!["cluster.servers=2".into(), "cluster.name=Kit_07".into()],
+            ..Default::default()
+        };
+        let e = format!(
+            "{:#}",
+            prepare(&p, &opts, &mut std::io::empty()).unwrap_err()
+        );
+        assert!(e.contains("--set cluster.servers=...:"), "{e}");
+        assert!(e.contains("--set cluster.name=kit-07"), "{e}");
+        assert!(
+            !e.contains("cluster.toml:"),
+            "points at lines of the file: {e}"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub struct Verification {
 /// fsck.vfat -n on the boot partition (copied out: fsck.vfat takes no offset), e2fsck -fn on the
 /// root, then every file listed in the image manifest is hashed and compared.
 pub fn verify(image: &Path) -> Result<Verification> {
+    crate::source::require_raw(image, "imagebuild verify")?;
     let l = layout::recognize(image, None)?;
     let tmp =
         tempfile::NamedTempFile::new().context("creating a scratch file for the boot partition")?;
@@ -31,7 +32,7 @@ pub fn verify(image: &Path) -> Result<Verification> {
             .context("copying the boot partition out")?;
         dst.flush()?;
     }
-    let out = Command::new("fsck.vfat")
+    let out = Command::new(crate::rootfs::system_tool("fsck.vfat"))
         .arg("-n")
         .arg(tmp.path())
         .output()

@@ -814,7 +814,7 @@ fn stamping_an_image_keeps_its_bmap_and_sha256_true() {
     let bmap = imagebuild::output::with_suffix(&img, ".bmap");
     assert_eq!(
         Bmap::load(&bmap).unwrap(),
-        Bmap::for_image(&img).unwrap(),
+        Bmap::for_image(&img, None).unwrap(),
         "the rewritten bmap is not the stamped image's map"
     );
     let line = std::fs::read_to_string(imagebuild::output::with_suffix(&img, ".sha256")).unwrap();
@@ -1004,6 +1004,12 @@ fn the_readme_flash_sequence_makes_a_stamped_card() {
     eprintln!("{shown}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the README sequence failed");
     assert!(shown.contains("can be removed"), "{shown}");
+    // A loop device cannot be powered off: the card is flushed, said so, and left attached.
+    assert!(
+        shown.contains("not powered off: a loop device has nothing to power off"),
+        "{shown}"
+    );
+    assert!(card.path().exists(), "the loop device went away");
     let token = std::fs::read_to_string(dir.path().join("homelab.token")).unwrap();
     assert!(
         !shown.contains(token.trim()),
@@ -1141,4 +1147,277 @@ fn four_cards_four_kits_in_one_command() {
         a["cluster"]["token"].as_str(),
         b["cluster"]["token"].as_str()
     );
+}
+
+#[test]
+fn compressed_inputs_are_refused_in_one_line_or_paired_by_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = copy_with_companions(dir.path());
+    let zst = imagebuild::output::with_suffix(&img, ".zst");
+    // bmap, inspect and verify say in one line that the file is compressed and what to run.
+    for cmd in ["bmap", "inspect", "verify"] {
+        let out = run(ib().arg(cmd).arg(&zst));
+        assert_eq!(out.status.code(), Some(1), "{cmd} on a .zst");
+        let err = stderr_of(&out);
+        assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+        assert!(err.contains("is compressed (zstd)"), "{err}");
+        assert!(
+            err.contains(&format!("zstd -d {}", zst.display()))
+                && err.contains(&format!("imagebuild {cmd} {}", img.display())),
+            "{err}"
+        );
+    }
+    let xz = dir.path().join("node.img.xz");
+    let st = Command::new("xz")
+        .args(["-0", "-T1", "-k"])
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = run(ib().arg("inspect").arg(&xz));
+    assert!(stderr_of(&out)
+        .contains("is compressed (xz): `imagebuild inspect` reads the raw image; run `xz -dk"));
+
+    // The bmap and the .zst both record the image's sha256 ...
+    let whole = sha(&img);
+    let map = Bmap::load(&imagebuild::output::with_suffix(&img, ".bmap")).unwrap();
+    assert_eq!(map.image_sha256.as_deref(), Some(whole.as_str()));
+    assert_eq!(
+        imagebuild::source::packed_image_sha256(&zst).as_deref(),
+        Some(whole.as_str())
+    );
+    // ... which zstd and bmaptool skip over: the .zst is a plain zstd file.
+    let unpacked = Command::new("sh")
+        .arg("-c")
+        .arg(format!("zstd -dc {} | sha256sum", zst.display()))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&unpacked.stdout).starts_with(&whole));
+    let copy_to = dir.path().join("bmaptool.img");
+    let out = run(Command::new("bmaptool")
+        .arg("copy")
+        .arg("--bmap")
+        .arg(imagebuild::output::with_suffix(&img, ".bmap"))
+        .arg(&zst)
+        .arg(&copy_to));
+    assert!(
+        out.status.success(),
+        "bmaptool refused the .zst with its bmap"
+    );
+    assert_eq!(sha(&copy_to), whole);
+    // So flash pairs them: the .zst is written through its bmap.
+    let card = dir.path().join("card.img");
+    sparse(&card, map.image_size);
+    let out = run(ib()
+        .arg("flash")
+        .arg(&zst)
+        .arg(&card)
+        .args(["--to-file", "--yes"]));
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("(bmap "),
+        "not paired"
+    );
+    same_mapped(&map, &img, &card);
+
+    // A bmap of another image (the raw image stamped after compression) given with --bmap is
+    // refused before anything is written.
+    let other = dir.path().join("other.img");
+    copy(&img, &other);
+    let cfg = cluster_toml(dir.path(), &format!("token = \"{TOKEN}\""));
+    assert!(run(ib().arg("stamp").arg(&other).arg(&cfg))
+        .status
+        .success());
+    let out = run(ib().arg("bmap").arg(&other));
+    assert!(out.status.success());
+    let card2 = dir.path().join("card2.img");
+    sparse(&card2, map.image_size);
+    let before = sha(&card2);
+    let out = run(ib()
+        .arg("flash")
+        .arg(&zst)
+        .arg(&card2)
+        .arg("--bmap")
+        .arg(imagebuild::output::with_suffix(&other, ".bmap"))
+        .args(["--to-file", "--yes"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("describes another image than"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(sha(&card2), before, "the card was written");
+}
+
+#[test]
+fn the_example_token_is_warned_about_by_stamp_flash_and_inspect() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("node.img");
+    copy(built(), &img);
+    let cfg = cluster_toml(dir.path(), "token = \"example-token-replace-me\"");
+    let out = run(ib().arg("stamp").arg(&img).arg(&cfg));
+    assert!(out.status.success());
+    assert!(stderr_of(&out).contains("warning: the token is the placeholder from the examples"));
+    let out = run(ib().arg("inspect").arg(&img));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("warning: the token in the stamped cluster.toml is the placeholder"),
+        "{text}"
+    );
+    let j: serde_json::Value =
+        serde_json::from_slice(&run(ib().arg("inspect").arg(&img).arg("--json")).stdout).unwrap();
+    assert!(j["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w.as_str().unwrap().contains("placeholder")));
+    let card = dir.path().join("card.img");
+    sparse(&card, std::fs::metadata(built()).unwrap().len());
+    let out = run(ib()
+        .arg("flash")
+        .arg(built())
+        .arg(&card)
+        .args(["--to-file", "--yes", "--cluster"])
+        .arg(&cfg)
+        .arg("--tokens-dir")
+        .arg(dir.path()));
+    assert!(out.status.success());
+    // flash never lets a card carry it: the kit gets a fresh token, and says where it is kept.
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("is the placeholder from the examples, which no card may carry")
+            && err.contains(&format!("{}", dir.path().join("site-a.token").display())),
+        "{err}"
+    );
+    let kept = std::fs::read_to_string(dir.path().join("site-a.token")).unwrap();
+    let (off, _) = boot_offset(&card);
+    let files = dir.path().join("card-files");
+    std::fs::create_dir_all(&files).unwrap();
+    extract(&card, off, &["cluster.toml"], &files);
+    let stamped: toml::Table = std::fs::read_to_string(files.join("cluster.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(stamped["cluster"]["token"].as_str(), Some(kept.trim()));
+    assert_ne!(kept.trim(), "example-token-replace-me");
+    // A good token: no such warning anywhere.
+    let cfg = cluster_toml(dir.path(), &format!("token = \"{TOKEN}\""));
+    let out = run(ib().arg("stamp").arg(&img).arg(&cfg));
+    assert!(!stderr_of(&out).contains("placeholder"));
+    let out = run(ib().arg("inspect").arg(&img));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("placeholder"));
+}
+
+#[test]
+fn json_outputs_parse_and_exit_codes_match() {
+    let dir = tempfile::tempdir().unwrap();
+    // verify --json, found tools in sbin with a PATH that lacks it.
+    let out = run(ib()
+        .arg("verify")
+        .arg(built())
+        .arg("--json")
+        .env("PATH", "/usr/bin:/bin"));
+    assert_eq!(out.status.code(), Some(0));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("verify --json");
+    assert_eq!(j["filesystems_clean"], true);
+    assert!(j["files_checked"].as_u64().unwrap() > 0);
+    // boards --json
+    let out = run(ib()
+        .arg("boards")
+        .arg("--json")
+        .env("IMAGEBUILD_DATA_DIR", systests::repo_root()));
+    assert_eq!(out.status.code(), Some(0));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("boards --json");
+    let rpi5 = j["boards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "rpi5")
+        .expect("rpi5 listed");
+    assert_eq!(rpi5["arch"], "arm64");
+    assert!(j["bases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b["name"] == "raspios-lite-arm64"));
+    // firstboot check-config --json: ok and not ok, with the exit codes of the text mode.
+    let good = cluster_toml(dir.path(), &format!("token = \"{TOKEN}\""));
+    let out = run(Command::new(firstboot_bin())
+        .arg("check-config")
+        .arg(&good)
+        .arg("--json"));
+    assert_eq!(out.status.code(), Some(0));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check-config --json");
+    assert_eq!(j["ok"], true);
+    assert_eq!(j["name"], "site-a");
+    assert_eq!(j["servers"], 3);
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!("[cluster]\nname = \"site-a\"\ntoken = \"{TOKEN}\"\nservers = 2\n"),
+    )
+    .unwrap();
+    let out = run(Command::new(firstboot_bin())
+        .arg("check-config")
+        .arg(&bad)
+        .arg("--json"));
+    assert_eq!(out.status.code(), Some(1));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check-config --json");
+    assert_eq!(j["ok"], false);
+    assert!(j["error"].as_str().unwrap().contains("servers"));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(TOKEN));
+}
+
+#[test]
+fn set_errors_name_the_set_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("node.img");
+    copy(built(), &img);
+    let cfg = cluster_toml(dir.path(), &format!("token = \"{TOKEN}\""));
+    let out = run(ib()
+        .arg("stamp")
+        .arg(&img)
+        .arg(&cfg)
+        .args(["--set", "cluster.servers=4"]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(err.contains("--set cluster.servers=...:"), "{err}");
+    assert!(
+        !err.contains("cluster.toml:"),
+        "points at lines of the file: {err}"
+    );
+}
+
+#[test]
+fn docs_never_put_a_token_on_the_command_line() {
+    // `stamp` warns against `--set cluster.token=VALUE` (visible in ps): no doc may show it.
+    let root = systests::repo_root();
+    let mut files = vec![root.join("README.md"), root.join("imagebuild/README.md")];
+    for d in ["examples", "docs"] {
+        let out = Command::new("find")
+            .arg(root.join(d))
+            .arg("-type")
+            .arg("f")
+            .output()
+            .unwrap();
+        files.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(PathBuf::from),
+        );
+    }
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        for (i, line) in text.lines().enumerate() {
+            if let Some(at) = line.find("cluster.token=") {
+                let rest = &line[at + "cluster.token=".len()..];
+                assert!(
+                    rest.starts_with('-') || rest.starts_with("SECRET`"),
+                    "{}:{}: recommends a token on the command line: {line}",
+                    f.display(),
+                    i + 1
+                );
+            }
+        }
+    }
 }

@@ -1105,3 +1105,242 @@ fn config_txt_board_sections_and_4k_kernel() {
         &["board rpi4 has no kernel with 16 KiB pages"],
     );
 }
+
+/// Build with a given `--firstboot-bin` (instead of the fixture's fake one).
+fn build_with_firstboot(dir: &Path, recipe: &Path, firstboot: &Path) -> std::process::Output {
+    run(imagebuild(dir)
+        .arg("build")
+        .arg(recipe)
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .arg("--firstboot-bin")
+        .arg(firstboot)
+        .env("SOURCE_DATE_EPOCH", EPOCH))
+}
+
+#[test]
+fn firstboot_bin_must_be_a_static_elf_for_the_board_that_answers_version() {
+    use release::{tiny_elf, ElfArch};
+    let dir = scratch();
+    let b = base(dir.path(), Flavor::Trixie);
+    let r = recipe(dir.path(), &b.display().to_string(), "rpi4", "");
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        p
+    };
+    let cases: Vec<(PathBuf, &[&str])> = vec![
+        (
+            write("script", b"#!/bin/sh\necho firstboot 1.0.0\n"),
+            &[
+                "is not a program (not an ELF file",
+                "--target aarch64-unknown-linux-musl",
+            ],
+        ),
+        (
+            write(
+                "amd64",
+                &tiny_elf(ElfArch::X86_64, "firstboot 1.0.0\n", None),
+            ),
+            &["is a x86-64 program, but the board runs aarch64"],
+        ),
+        (
+            write(
+                "dynamic",
+                &tiny_elf(
+                    ElfArch::Aarch64,
+                    "firstboot 1.0.0\n",
+                    Some("/lib/ld-linux-aarch64.so.1"),
+                ),
+            ),
+            &[
+                "is dynamically linked (it needs /lib/ld-linux-aarch64.so.1)",
+                "must be static",
+            ],
+        ),
+        (
+            write(
+                "impostor",
+                &tiny_elf(ElfArch::Aarch64, "hello world\n", None),
+            ),
+            &[
+                "does not answer `--version` as firstboot does",
+                "hello world",
+            ],
+        ),
+    ];
+    let qemu = ["/usr/bin/qemu-aarch64-static", "/usr/bin/qemu-aarch64"]
+        .iter()
+        .any(|q| Path::new(q).exists());
+    for (bin, words) in cases {
+        if bin.ends_with("impostor") && !qemu {
+            eprintln!("skipping the --version case: qemu-aarch64-static is not installed");
+            continue;
+        }
+        let out = build_with_firstboot(dir.path(), &r, &bin);
+        fails_cleanly(dir.path(), out, words);
+    }
+    // The fixtures' fake is a static aarch64 ELF that answers --version: accepted, and its
+    // version lands in the build report (parsed from --json).
+    let out = run(imagebuild(dir.path())
+        .arg("build")
+        .arg(&r)
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .arg("--firstboot-bin")
+        .arg(dir.path().join("firstboot-fake"))
+        .arg("--json")
+        .env("SOURCE_DATE_EPOCH", EPOCH));
+    assert!(out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("build --json is JSON");
+    assert_eq!(j["versions"]["firstboot"], "0.0.0-fake");
+    assert_eq!(j["versions"]["k3s"], "v1.31.10+k3s1");
+    for k in ["image", "sha256", "bmap", "report"] {
+        let p = j["artifacts"][k].as_str().unwrap();
+        assert!(Path::new(p).is_file(), "artifact {k} {p} is missing");
+    }
+    let warnings = j["warnings"].as_array().expect("warnings is a list");
+    assert!(
+        !warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("placeholder")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn build_json_lists_the_warnings_and_the_example_token_is_one() {
+    let dir = scratch();
+    let b = base(dir.path(), Flavor::Trixie);
+    let r = recipe(dir.path(), &b.display().to_string(), "rpi4", "");
+    edit(
+        &r,
+        "token = \"fixture-token-0123456789\"",
+        "token = \"example-token-replace-me\"",
+    );
+    edit(&r, &format!("ssh_authorized_keys = [\"{KEY}\"]\n"), "");
+    let out = build(dir.path(), &r, &["--json"]);
+    assert!(out.status.success(), "warnings do not stop a build");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("build --json is JSON");
+    let warnings: Vec<String> = j["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("placeholder from the examples")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings.iter().any(|w| w.contains("nobody could log in")),
+        "{warnings:?}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: the token is the placeholder"),
+        "{err}"
+    );
+    // inspect says it too, about the card this image would make.
+    let img = dir.path().join("out/node.img");
+    let out = run(imagebuild(dir.path()).arg("inspect").arg(&img));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("warning: the token in the stamped cluster.toml is the placeholder"),
+        "{text}"
+    );
+    // inspect's text speaks the user's words, not Rust's.
+    assert!(text.contains("partition table: MBR (DOS)"), "{text}");
+    assert!(
+        text.contains("operating system: Raspberry Pi OS 13 (trixie)"),
+        "{text}"
+    );
+    for rust in ["Mbr", "RaspiosTrixie", "Some("] {
+        assert!(!text.contains(rust), "inspect printed {rust:?}:\n{text}");
+    }
+}
+
+#[test]
+fn first_run_errors_say_what_to_do() {
+    let dir = scratch();
+    let b = base(dir.path(), Flavor::Trixie);
+    // A read-only output folder is not "no room".
+    let r = recipe(dir.path(), &b.display().to_string(), "rpi4", "");
+    let out_dir = dir.path().join("out");
+    std::fs::set_permissions(
+        &out_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o555),
+    )
+    .unwrap();
+    let out = build(dir.path(), &r, &[]);
+    std::fs::set_permissions(
+        &out_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot write to the output directory"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("no room"),
+        "a read-only folder reported as full: {err}"
+    );
+
+    // e2fsprogs are found in /usr/sbin and /sbin with a PATH that has neither.
+    let out = run(imagebuild(dir.path())
+        .arg("build")
+        .arg(&r)
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .arg("--firstboot-bin")
+        .arg(dir.path().join("firstboot-fake"))
+        .env("PATH", "/usr/bin:/bin")
+        .env("SOURCE_DATE_EPOCH", EPOCH));
+    assert!(out.status.success(), "build without sbin on PATH failed");
+    let out = run(imagebuild(dir.path())
+        .arg("verify")
+        .arg(dir.path().join("out/node.img"))
+        .env("PATH", "/usr/bin:/bin"));
+    assert!(out.status.success(), "verify without sbin on PATH failed");
+    clear_out(dir.path());
+
+    // A local K3s mirror has version folders like a URL mirror; a missing asset names the
+    // expected path and the layout.
+    let mirror = dir.path().join("mirror");
+    release::make(&mirror.join("v1.31.10+k3s1"));
+    edit(&r, "mirror = \"release\"", "mirror = \"mirror\"");
+    let out = build(dir.path(), &r, &[]);
+    assert!(
+        out.status.success(),
+        "build from a versioned local mirror failed"
+    );
+    clear_out(dir.path());
+    std::fs::remove_file(mirror.join("v1.31.10+k3s1/k3s-arm64")).unwrap();
+    let out = build(dir.path(), &r, &[]);
+    let expected = format!("{}/v1.31.10+k3s1/k3s-arm64", mirror.display());
+    fails_cleanly(dir.path(), out, &[&expected, "one folder per version"]);
+
+    // A base that cannot be downloaded: how to build offline.
+    let r = recipe(
+        dir.path(),
+        "http://127.0.0.1:9/raspios.img.xz",
+        "rpi4",
+        &format!("base_sha256 = \"{}\"", "ab".repeat(32)),
+    );
+    let out = build(dir.path(), &r, &[]);
+    fails_cleanly(
+        dir.path(),
+        out,
+        &[
+            "could not be downloaded",
+            "--base PATH/raspios.img.xz",
+            "--offline",
+        ],
+    );
+}

@@ -97,10 +97,108 @@ pub fn serve_layout(release: &FakeRelease, root: &Path) -> PathBuf {
     root.into()
 }
 
-/// A stand-in firstboot binary (a shell script) for builds that do not test firstboot itself.
+/// A stand-in firstboot for builds that do not test firstboot itself: a real static aarch64 ELF
+/// (the boards of these tests are arm64) that prints `firstboot 0.0.0-fake`, so imagebuild's
+/// `--firstboot-bin` checks (ELF, architecture, static, `--version` under qemu-user) pass for the
+/// right reasons.
 pub fn fake_firstboot(dir: &Path) -> PathBuf {
     let p = dir.join("firstboot-fake");
-    std::fs::write(&p, "#!/bin/sh\necho \"firstboot 0.0.0-fake\"\n").expect("fake firstboot");
+    std::fs::write(
+        &p,
+        tiny_elf(ElfArch::Aarch64, "firstboot 0.0.0-fake\n", None),
+    )
+    .expect("fake firstboot");
     share(&p, 0o755);
     p
+}
+
+/// Architectures `tiny_elf` writes programs for.
+#[derive(Debug, Clone, Copy)]
+pub enum ElfArch {
+    /// ARM 64-bit (EM_AARCH64).
+    Aarch64,
+    /// x86-64 (EM_X86_64).
+    X86_64,
+}
+
+/// A minimal Linux ELF executable that writes `text` to standard output and exits 0 whatever
+/// its arguments: one PT_LOAD segment holding the code and the text, and a PT_INTERP naming
+/// `interpreter` when given (which makes it a dynamically linked program to any ELF reader).
+pub fn tiny_elf(arch: ElfArch, text: &str, interpreter: Option<&str>) -> Vec<u8> {
+    let len = text.len() as u32;
+    assert!(len < 4096);
+    let code: Vec<u8> = match arch {
+        ElfArch::Aarch64 => [
+            0xD280_0020u32,           // movz x0, #1 (stdout)
+            0x1000_00E1,              // adr x1, text (28 bytes ahead)
+            0xD280_0002 | (len << 5), // movz x2, #len
+            0xD280_0808,              // movz x8, #64 (write)
+            0xD400_0001,              // svc #0
+            0xD280_0000,              // movz x0, #0
+            0xD280_0BA8,              // movz x8, #93 (exit)
+            0xD400_0001,              // svc #0
+        ]
+        .iter()
+        .flat_map(|i| i.to_le_bytes())
+        .collect(),
+        ElfArch::X86_64 => {
+            let mut c = vec![0xb8, 1, 0, 0, 0]; // mov eax, 1 (write)
+            c.extend([0xbf, 1, 0, 0, 0]); // mov edi, 1
+            c.extend([0x48, 0x8d, 0x35, 0x10, 0, 0, 0]); // lea rsi, [rip + 16] (the text)
+            c.push(0xba); // mov edx, len
+            c.extend(len.to_le_bytes());
+            c.extend([0x0f, 0x05]); // syscall
+            c.extend([0xb8, 60, 0, 0, 0]); // mov eax, 60 (exit)
+            c.extend([0x31, 0xff]); // xor edi, edi
+            c.extend([0x0f, 0x05]); // syscall
+            c
+        }
+    };
+    let machine: u16 = match arch {
+        ElfArch::Aarch64 => 183,
+        ElfArch::X86_64 => 62,
+    };
+    let phnum: u64 = if interpreter.is_some() { 2 } else { 1 };
+    let code_off = 64 + 56 * phnum;
+    let base = 0x40_0000u64;
+    let mut body = code;
+    body.extend(text.as_bytes());
+    let interp_off = code_off + body.len() as u64;
+    if let Some(i) = interpreter {
+        body.extend(i.as_bytes());
+        body.push(0);
+    }
+    let total = code_off + body.len() as u64;
+    let mut f = Vec::new();
+    f.extend([0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
+    f.extend([0u8; 8]);
+    f.extend(2u16.to_le_bytes()); // ET_EXEC
+    f.extend(machine.to_le_bytes());
+    f.extend(1u32.to_le_bytes());
+    f.extend((base + code_off).to_le_bytes()); // entry
+    f.extend(64u64.to_le_bytes()); // phoff
+    f.extend(0u64.to_le_bytes()); // shoff
+    f.extend(0u32.to_le_bytes()); // flags
+    f.extend(64u16.to_le_bytes()); // ehsize
+    f.extend(56u16.to_le_bytes()); // phentsize
+    f.extend((phnum as u16).to_le_bytes());
+    f.extend(64u16.to_le_bytes()); // shentsize
+    f.extend(0u16.to_le_bytes()); // shnum
+    f.extend(0u16.to_le_bytes()); // shstrndx
+    let mut ph = |kind: u32, flags: u32, off: u64, size: u64, align: u64| {
+        f.extend(kind.to_le_bytes());
+        f.extend(flags.to_le_bytes());
+        f.extend(off.to_le_bytes());
+        f.extend((base + off).to_le_bytes());
+        f.extend((base + off).to_le_bytes());
+        f.extend(size.to_le_bytes());
+        f.extend(size.to_le_bytes());
+        f.extend(align.to_le_bytes());
+    };
+    if let Some(i) = interpreter {
+        ph(3, 4, interp_off, i.len() as u64 + 1, 1); // PT_INTERP
+    }
+    ph(1, 5, 0, total, 0x1000); // PT_LOAD, R+X, the whole file
+    f.extend(body);
+    f
 }

@@ -233,6 +233,7 @@ impl Validator<'_> {
     }
 
     fn check_label(&mut self, s: &Spanned<String>, key: &str, max: usize) {
+        // (see looks_like_token: such a value is reported without being echoed)
         let v = s.get_ref();
         let problem = if v.is_empty() {
             Some("it is empty".to_string())
@@ -250,6 +251,18 @@ impl Validator<'_> {
         } else {
             None
         };
+        if let (Some(_), true) = (&problem, looks_like_token(v)) {
+            // A token pasted into the wrong key: never echo it, not even lowercased.
+            let field = key.rsplit('.').next().unwrap_or(key);
+            self.report(
+                s,
+                key,
+                "the value looks like a cluster token (a secret), not a DNS label; it is not shown"
+                    .to_string(),
+                format!("write {field} = \"homelab\" (a short lowercase name) and put the token in [cluster] token or token_file"),
+            );
+            return;
+        }
         if let Some(p) = problem {
             let suggestion: String = v
                 .to_ascii_lowercase()
@@ -660,6 +673,23 @@ impl Validator<'_> {
     }
 }
 
+/// Whether an invalid name looks like a pasted token: a K3s secure token (`K10...::...`), or a
+/// long run of letters and digits mixing cases or with no word separator, as `imagebuild token`
+/// and `openssl rand` print. Such values are never echoed in errors.
+fn looks_like_token(v: &str) -> bool {
+    if v.contains("::") || (v.starts_with("K10") && v.len() > 20) {
+        return true;
+    }
+    let alnum = v.chars().filter(|c| c.is_ascii_alphanumeric()).count();
+    let digits = v.chars().filter(|c| c.is_ascii_digit()).count();
+    let upper = v.chars().any(|c| c.is_ascii_uppercase());
+    let lower = v.chars().any(|c| c.is_ascii_lowercase());
+    v.len() >= 16
+        && alnum * 10 >= v.len() * 8
+        && digits >= 3
+        && (upper && lower || !v.contains('-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -720,6 +750,29 @@ mod tests {
         let shown = e.to_string();
         assert!(shown.contains("cluster.token"), "{shown}");
         assert!(!shown.contains("s3cretshort"), "{shown}");
+    }
+
+    #[test]
+    fn a_token_pasted_into_the_name_is_never_echoed() {
+        // The token in the file is another one: the pasted value is not a known secret.
+        for pasted in [
+            "Zq3vX9tL2mR8wK4pN7bH",
+            "k3x9qv2m8w4p7b1n6z5t0r+Qz",
+            "K10abc::server:Zq3vX9tL2mR8",
+        ] {
+            let e = err(&GOOD.replace("name = \"homelab\"", &format!("name = \"{pasted}\"")));
+            let shown = e.to_string();
+            assert!(
+                !shown
+                    .to_ascii_lowercase()
+                    .contains(&pasted.to_ascii_lowercase()[..12]),
+                "{shown}"
+            );
+            assert!(shown.contains("looks like a cluster token"), "{shown}");
+        }
+        // An ordinary bad name is still echoed with its fix.
+        let e = err(&GOOD.replace("name = \"homelab\"", "name = \"Home_Lab\""));
+        assert!(e.to_string().contains("home-lab"), "{e}");
     }
 
     #[test]

@@ -81,23 +81,27 @@ pub struct NodePayload {
 /// Fetch, verify and lay out K3s and firstboot for a board of `arch`.
 pub fn assemble(
     k3s: &K3sSection,
-    arch: &str,
+    board: &crate::boards::Board,
     recipe_dir: &Path,
     data: &DataDir,
     cache: &Cache,
     offline: bool,
     options: &NodeOptions,
 ) -> Result<NodePayload> {
+    let arch = board.arch.as_str();
+    // A given firstboot is checked first: a wrong one fails before anything is downloaded.
+    let given = match &options.firstboot_bin {
+        Some(p) => Some((
+            p.clone(),
+            firstboot::check_given(p, arch, board.firstboot_may_be_dynamic)?,
+        )),
+        None => None,
+    };
     let mirror = Mirror::parse(&k3s.mirror, recipe_dir);
     let rel = release::obtain(&k3s.version, arch, &mirror, k3s.airgap, cache, offline)
         .with_context(|| format!("getting K3s {} for {arch}", k3s.version))?;
-    let (firstboot_bin, firstboot_version) = match &options.firstboot_bin {
-        Some(p) => {
-            if !p.is_file() {
-                bail!("--firstboot-bin {} is not a file", p.display());
-            }
-            (p.clone(), given_version(p))
-        }
+    let (firstboot_bin, firstboot_version) = match given {
+        Some(g) => g,
         None => (
             firstboot::build(arch, options.firstboot_target_dir.as_deref())?,
             firstboot::workspace_version().to_string(),
@@ -149,22 +153,4 @@ fn firstboot_layout(p: &mut Payload, bin: &Path, data: &DataDir) -> Result<()> {
     p.file(bin, FIRSTBOOT_BIN, 0o755);
     p.symlink(FIRSTBOOT_WANTS, FIRSTBOOT_UNIT);
     Ok(())
-}
-
-/// The version a prebuilt firstboot reports, when it runs here (same arch, or qemu-user via binfmt).
-fn given_version(bin: &Path) -> String {
-    std::process::Command::new(bin)
-        .arg("--version")
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .nth(1)
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "unknown (--firstboot-bin)".into())
 }

@@ -65,12 +65,42 @@ impl Mirror {
         }
     }
 
-    /// Where one asset of `version` is.
+    /// Where one asset of `version` is. A directory has the layout of a URL mirror, one folder
+    /// per version (`v1.31.10+k3s1/k3s-arm64`; the folder may also be spelled with `%2B` as
+    /// in a copied URL tree); a directory holding one release's assets directly is read too.
     pub fn locate(&self, version: &str, asset: &str) -> String {
         match self {
             Mirror::Url(base) => format!("{base}/{}/{asset}", version.replace('+', "%2B")),
-            Mirror::Dir(d) => d.join(asset).display().to_string(),
+            Mirror::Dir(d) => {
+                let candidates = [
+                    d.join(version).join(asset),
+                    d.join(version.replace('+', "%2B")).join(asset),
+                    d.join(asset),
+                ];
+                candidates
+                    .iter()
+                    .find(|p| p.is_file())
+                    .unwrap_or(&candidates[0])
+                    .display()
+                    .to_string()
+            }
         }
+    }
+
+    /// What a mirror must hold for `version`, said when something is missing.
+    pub fn layout_hint(&self, version: &str, names: &[&str]) -> String {
+        let (base, folder) = match self {
+            Mirror::Url(b) => (b.clone(), version.replace('+', "%2B")),
+            Mirror::Dir(d) => (d.display().to_string(), version.to_string()),
+        };
+        let files: Vec<String> = names
+            .iter()
+            .map(|n| format!("{base}/{folder}/{n}"))
+            .collect();
+        format!(
+            "a K3s mirror (a URL or a local directory, the same layout) holds one folder per version, as GitHub's release downloads do: {}",
+            files.join(", ")
+        )
     }
 }
 
@@ -169,7 +199,17 @@ fn checksums(
     airgap: bool,
 ) -> Result<String> {
     let where_ = mirror.locate(version, &names.sums);
+    let mut wanted = vec![names.sums.as_str(), names.binary.as_str()];
+    if airgap {
+        wanted.push(names.airgap.as_str());
+    }
     if let Mirror::Dir(_) = mirror {
+        if !Path::new(&where_).is_file() {
+            bail!(
+                "the K3s mirror directory has no {where_}; {}",
+                mirror.layout_hint(version, &wanted)
+            );
+        }
         return std::fs::read_to_string(&where_)
             .with_context(|| format!("reading the K3s checksum file {where_}"));
     }
@@ -179,10 +219,6 @@ fn checksums(
             .with_context(|| format!("reading {}", cached.display()));
     }
     if offline {
-        let mut wanted = vec![names.sums.as_str(), names.binary.as_str()];
-        if airgap {
-            wanted.push(names.airgap.as_str());
-        }
         bail!(
             "--offline: K3s {version} is not in the cache: {} are missing (no {}); build once online to fill the cache",
             wanted.join(", "),
@@ -194,7 +230,8 @@ fn checksums(
         .context("checksum cache path has no parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let partial = dir.join(format!(".partial-{}", std::process::id()));
-    fetch::download(&where_, None, &partial, &cached).map_err(|e| explain(e, &where_))?;
+    fetch::download(&where_, None, &partial, &cached)
+        .map_err(|e| explain(e, &where_, mirror.layout_hint(version, &wanted)))?;
     std::fs::read_to_string(&cached).with_context(|| format!("reading {}", cached.display()))
 }
 
@@ -210,7 +247,10 @@ fn asset(
     if let Mirror::Dir(_) = mirror {
         let path = PathBuf::from(&where_);
         if !path.is_file() {
-            bail!("K3s mirror directory has no {name}: {where_} is missing");
+            bail!(
+                "the K3s mirror directory has no {name}: {where_} is missing; {}",
+                mirror.layout_hint(version, &[name])
+            );
         }
         let actual = sha256_file(&path)?;
         mismatch(&where_, sha, &actual, name)?;
@@ -228,7 +268,8 @@ fn asset(
         );
     }
     let partial = cache.root.join("downloads").join(format!(".partial-{sha}"));
-    fetch::download(&where_, Some(sha), &partial, &cached).map_err(|e| explain(e, &where_))?;
+    fetch::download(&where_, Some(sha), &partial, &cached)
+        .map_err(|e| explain(e, &where_, mirror.layout_hint(version, &[name])))?;
     Ok(cached)
 }
 
@@ -241,7 +282,7 @@ fn mismatch(url: &str, want: &str, actual: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn explain(e: anyhow::Error, url: &str) -> anyhow::Error {
+fn explain(e: anyhow::Error, url: &str, layout: String) -> anyhow::Error {
     match e.downcast_ref::<FetchError>() {
         Some(FetchError::Mismatch {
             expected, actual, ..
@@ -253,9 +294,11 @@ fn explain(e: anyhow::Error, url: &str) -> anyhow::Error {
             }
         }
         Some(FetchError::Status { status, .. }) => {
-            anyhow!("K3s release asset {url} could not be downloaded: the server answered {status}; check [k3s] version and mirror")
+            anyhow!("K3s release asset {url} could not be downloaded: the server answered {status}; check [k3s] version and mirror: {layout}")
         }
-        None => e,
+        None => e.context(format!(
+            "K3s could not be downloaded. To build without the internet, set [k3s] mirror to a local directory ({layout}), or build once online and then with --offline (from the cache)"
+        )),
     }
 }
 

@@ -55,7 +55,7 @@ impl Rootfs {
     }
 
     fn tool(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
+        let mut c = Command::new(system_tool(program));
         // e2fsprogs take their clock from here: inode times and superblock write times are
         // then the build epoch, which makes the image reproducible.
         c.env("E2FSPROGS_FAKE_TIME", self.epoch.to_string());
@@ -418,6 +418,21 @@ fn resolve_link(link: &str, target: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
+/// Where a system tool such as `debugfs`, `e2fsck` or `fsck.vfat` is: on PATH, else in the
+/// sbin directories Debian installs them to, which a normal user's PATH often lacks.
+pub fn system_tool(program: &str) -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(
+            ["/usr/local/sbin", "/usr/sbin", "/sbin"]
+                .into_iter()
+                .map(std::path::PathBuf::from),
+        )
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| program.into())
+}
+
 #[cfg(test)]
 mod symlink_tests {
     use super::*;
@@ -450,7 +465,7 @@ mod symlink_tests {
         link("loop-b", "etc/loop-a");
         link("loop-a", "etc/loop-b");
         let image = dir.path().join("fs.img");
-        let made = Command::new("mke2fs")
+        let made = Command::new(system_tool("mke2fs"))
             .args(["-q", "-t", "ext4", "-d"])
             .arg(&tree)
             .arg(&image)
