@@ -586,6 +586,9 @@ impl Machine {
                 "--console=passive",
             ])
             .args(["--link-journal=no", "-M", &self.name])
+            // A Pi's root has CAP_NET_ADMIN (firstboot adds its dummy default route on a LAN
+            // without one); nspawn drops it unless told. It acts on the machine's own namespace.
+            .arg("--capability=CAP_NET_ADMIN")
             .arg(format!("--bind={}:/boot/firmware", self.boot.display()));
         let child = die_with_parent(&mut cmd)
             .stdin(Stdio::null())
