@@ -1,4 +1,4 @@
-//! systemd over D-Bus: start a unit (k3s.service / k3s-agent.service) and follow its ActiveState.
+//! systemd over D-Bus: start, restart, stop and disable a unit (k3s.service / k3s-agent.service) and follow its ActiveState.
 
 use std::time::Duration;
 use zbus::zvariant::OwnedObjectPath;
@@ -14,6 +14,22 @@ trait Systemd1Manager {
 
     /// LoadUnit(s name) -> o unit.
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+
+    /// RestartUnit(s name, s mode) -> o job.
+    fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+
+    /// StopUnit(s name, s mode) -> o job.
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+
+    /// DisableUnitFiles(as files, b runtime) -> a(sss) changes.
+    fn disable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+    ) -> zbus::Result<Vec<(String, String, String)>>;
+
+    /// Reload(): re-reads unit files and symlinks (what `systemctl disable` does after disabling).
+    fn reload(&self) -> zbus::Result<()>;
 }
 
 #[zbus::proxy(
@@ -91,6 +107,56 @@ impl Systemd {
         Ok(ActiveState::parse(&proxy.active_state().await?))
     }
 
+    /// Restarts `unit` (mode "replace"): stops it if running, then starts it; the job is queued.
+    pub async fn restart(&self, unit: &str) -> zbus::Result<()> {
+        self.manager.restart_unit(unit, "replace").await?;
+        Ok(())
+    }
+
+    /// Stops `unit` (mode "replace") and waits, up to `limit`, until it is no longer running.
+    pub async fn stop(&self, unit: &str, limit: Duration) -> zbus::Result<ActiveState> {
+        self.manager.stop_unit(unit, "replace").await?;
+        let start = tokio::time::Instant::now();
+        loop {
+            let state = self.active_state(unit).await?;
+            if matches!(state, ActiveState::Inactive | ActiveState::Failed)
+                || start.elapsed() >= limit
+            {
+                return Ok(state);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Removes every symlink that enables `unit` (as `systemctl disable` does, daemon reload
+    /// included when something was removed); returns the symlinks removed.
+    pub async fn disable(&self, unit: &str) -> zbus::Result<Vec<String>> {
+        let changes = self.manager.disable_unit_files(&[unit], false).await?;
+        if !changes.is_empty() {
+            self.manager.reload().await?;
+        }
+        Ok(changes.into_iter().map(|(_, link, _)| link).collect())
+    }
+
+    /// Follows `unit`'s ActiveState, polling every `poll`, until it is active or failed or
+    /// `limit` has passed; returns the last state seen.
+    pub async fn follow(
+        &self,
+        unit: &str,
+        limit: Duration,
+        poll: Duration,
+    ) -> zbus::Result<ActiveState> {
+        let start = tokio::time::Instant::now();
+        loop {
+            let state = self.active_state(unit).await?;
+            if state.is_settled() || start.elapsed() >= limit {
+                return Ok(state);
+            }
+            tracing::debug!(unit, ?state, "waiting for the unit");
+            tokio::time::sleep(poll).await;
+        }
+    }
+
     /// Starts `unit` (mode "replace"; starting an active unit is a no-op, so this is idempotent)
     /// and polls ActiveState every `poll` until it is active or failed, or `limit` has passed;
     /// returns the last state seen.
@@ -101,15 +167,7 @@ impl Systemd {
         poll: Duration,
     ) -> zbus::Result<ActiveState> {
         self.manager.start_unit(unit, "replace").await?;
-        let start = tokio::time::Instant::now();
-        loop {
-            let state = self.active_state(unit).await?;
-            if state.is_settled() || start.elapsed() >= limit {
-                return Ok(state);
-            }
-            tracing::debug!(unit, ?state, "waiting for the unit");
-            tokio::time::sleep(poll).await;
-        }
+        self.follow(unit, limit, poll).await
     }
 }
 

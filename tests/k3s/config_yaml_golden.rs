@@ -64,6 +64,18 @@ fn join_server() {
     );
 }
 
+/// `servers = 1`: the same cluster with one server runs K3s's default datastore, SQLite (no
+/// `cluster-init`; pkg/cluster/managed.go:125 picks etcd only for cluster-init or a join).
+#[test]
+fn single_server_init() {
+    let mut one = config();
+    one.servers = 1;
+    check(
+        "init-single-server",
+        &render(&one, &K3sRole::Init, &facts("a1b2c3", "198.18.0.11")),
+    );
+}
+
 #[test]
 fn agent() {
     let role = K3sRole::Agent {
@@ -109,7 +121,7 @@ fn cluster_wide_keys_match_between_servers() {
 
 #[test]
 fn golden_files_are_yaml_with_the_types_k3s_expects() {
-    for name in ["init", "join-server", "agent"] {
+    for name in ["init", "init-single-server", "join-server", "agent"] {
         let text = std::fs::read_to_string(golden_dir().join(format!("{name}.yaml"))).unwrap();
         let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
         let map = doc.as_mapping().expect("a mapping of flag names");
@@ -118,6 +130,8 @@ fn golden_files_are_yaml_with_the_types_k3s_expects() {
         if name == "init" {
             assert_eq!(doc["cluster-init"].as_bool(), Some(true));
             assert!(map.get("server").is_none());
+        } else if name == "init-single-server" {
+            assert!(map.get("cluster-init").is_none() && map.get("server").is_none());
         } else {
             assert!(doc["server"].as_str().unwrap().starts_with("https://"));
             assert!(doc["token"].as_str().unwrap().starts_with("K10"));

@@ -465,6 +465,7 @@ fn golden_files_pass_the_k3s_flag_parser() {
     let dir = systests::repo_root().join("tests/k3s/golden");
     for (name, sub) in [
         ("init", Subcommand::Server),
+        ("init-single-server", Subcommand::Server),
         ("join-server", Subcommand::Server),
         ("agent", Subcommand::Agent),
     ] {

@@ -309,18 +309,42 @@ fn assert_formed(lan: &Lan, token: &str, servers: usize, agents: usize) {
     assert_eq!(count("agent"), agents, "agents: {roles:?}");
 }
 
+/// `[k3s] extra` of the formation tests: a server-only key (`k3s agent` exits with "flag
+/// provided but not defined" on it, and so does the double) and a key both subcommands define.
+const EXTRA: &str = "[k3s]\nextra = { \"write-kubeconfig-mode\" = \"0640\", \"node-label\" = [\"site=machines\"] }\n";
+
 /// `n` machines flashed from one image (identical cards) on the base of `release` form a cluster
-/// of `min(n, 3)` servers.
+/// of `min(n, 3)` servers, with a `[k3s] extra` holding a server-only and a shared key (issue 14:
+/// with agents, the server-only key must reach servers only).
 fn identical_cards_form(release: Release, n: usize) {
     let _serial = ONE_LAN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let token = random_token();
     let servers = n.min(3);
-    let toml = cluster_toml("machines", &token, servers as u32, n as u32);
+    let toml = format!(
+        "{}\n{EXTRA}",
+        cluster_toml("machines", &token, servers as u32, n as u32)
+    );
     let mut lan = Lan::on(release);
     lan.boot_machines(&vec![toml; n]);
     let took = lan.wait_for(&format!("{n} machines ready"), FORMATION, Lan::all_ready);
     eprintln!("{release:?}: {n} machines ready after {took:?}");
     assert_formed(&lan, &token, servers, n - servers);
+    for m in &lan.machines {
+        let yaml = m.config_yaml().unwrap_or_default();
+        let agent = m.role().as_deref() == Some("agent");
+        assert!(
+            yaml.contains("node-label:\n  - \"site=machines\"\n"),
+            "{}: the shared extra key is missing:\n{yaml}",
+            m.name
+        );
+        assert_eq!(
+            yaml.contains("write-kubeconfig-mode: \"0640\""),
+            !agent,
+            "{} ({}): the server-only extra key must reach servers only:\n{yaml}",
+            m.name,
+            if agent { "agent" } else { "server" }
+        );
+    }
 }
 
 #[test]

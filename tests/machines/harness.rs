@@ -586,6 +586,9 @@ impl Machine {
                 "--console=passive",
             ])
             .args(["--link-journal=no", "-M", &self.name])
+            // A Pi's root has CAP_NET_ADMIN (firstboot adds its dummy default route on a LAN
+            // without one); nspawn drops it unless told. It acts on the machine's own namespace.
+            .arg("--capability=CAP_NET_ADMIN")
             .arg(format!("--bind={}:/boot/firmware", self.boot.display()));
         let child = die_with_parent(&mut cmd)
             .stdin(Stdio::null())
@@ -642,6 +645,18 @@ impl Machine {
             }
             sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Runs `script` with `sh -e` in the machine's network namespace (e.g. before it boots).
+    pub fn netns_sh(&self, script: &str, what: &str) {
+        self.anchor.sh(script, what);
+    }
+
+    /// `ip` run in the machine's network namespace, its output (from outside the machine: works
+    /// whether or not the machine's image has iproute2).
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = check(self.anchor.enter().arg("ip").args(args), "running ip");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// A one-paragraph account of the machine for failure messages.
@@ -901,6 +916,42 @@ impl Lan {
             boots: 0,
         });
         number - 1
+    }
+
+    /// Gives machine `i` (before it boots) a second interface `name`, a veth whose other end
+    /// sits in the bridge's namespace but on no bridge: its own link `<prefix>.1/24` with the
+    /// gateway `<prefix>.254`, which is not forwarded anywhere. The machine's default route moves
+    /// onto it, like a Pi on the cluster switch by `eth0` whose router is reached over `wlan0`.
+    pub fn add_uplink(&mut self, i: usize, name: &str, prefix: &str) {
+        let number = self.machines[i].number;
+        let outer = format!("u{number}");
+        check(
+            self.bridge.enter().args([
+                "ip",
+                "link",
+                "add",
+                &outer,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                name,
+                "netns",
+                &self.machines[i].anchor.pid().to_string(),
+            ]),
+            "creating the uplink veth pair",
+        );
+        self.bridge.sh(
+            &format!("ip addr add {prefix}.254/24 dev {outer}; ip link set {outer} up"),
+            "addressing the uplink's outer end",
+        );
+        self.machines[i].netns_sh(
+            &format!(
+                "ip addr add {prefix}.1/24 dev {name}; ip link set {name} up; \
+                 ip route replace default via {prefix}.254 dev {name}"
+            ),
+            "moving the default route to the uplink",
+        );
     }
 
     /// Adds one machine per cluster.toml and boots them all.

@@ -1,7 +1,8 @@
 //! Lifecycle step 7: write config.yaml, make sure there is a default route, start K3s and follow it.
 
 use super::config_yaml::{render, write_config_yaml, CONFIG_YAML_PATH};
-use super::{local_ca_hash, unit_for, CaHash, K3sRole, NodeFacts};
+use super::started_config::{self, decide, must_stop, ConfigDigest, UnitAction};
+use super::{local_ca_hash, other_unit, unit_for, CaHash, K3sRole, NodeFacts};
 use crate::config::ClusterConfig;
 use crate::default_route::{ensure_default_route, DefaultRoute};
 use crate::systemd::{ActiveState, Systemd};
@@ -29,7 +30,7 @@ pub enum BringUpError {
     #[error("adding a default route: {0}")]
     Route(std::io::Error),
     /// systemd refused or could not be reached.
-    #[error("starting K3s through systemd")]
+    #[error("starting, restarting or stopping K3s through systemd")]
     Systemd(#[from] zbus::Error),
     /// K3s is active but its CA file is unreadable.
     #[error("reading the cluster CA: {0}")]
@@ -37,14 +38,18 @@ pub enum BringUpError {
     /// Listing the network interfaces failed.
     #[error("listing network interfaces: {0}")]
     Interfaces(std::io::Error),
+    /// Hashing the K3s configuration or recording it failed.
+    #[error("recording which configuration K3s started with ({path}): {0}", path = started_config::STARTED_CONFIG_PATH)]
+    StartedConfig(std::io::Error),
     /// The node-ip fixed at first boot is on no interface any more.
     #[error("node-ip {0} (fixed in k3s-plan.json when the node joined) is on no interface any more, probably because DHCP gave this node another address; K3s's etcd cannot move to a new address, so K3s is not started. Fix: give this node its old address back (a DHCP reservation or a static address for its MAC), then reboot")]
     NodeIpGone(std::net::IpAddr),
 }
 
 /// Brings K3s up for `role`; safe to repeat after a crash at any point: config.yaml is
-/// rewritten only when it differs, the route only added when missing, and starting an active
-/// unit is a no-op. `live` is false when `root` is not the live system: then neither the
+/// rewritten only when it differs, the route only added when missing, the other role's unit
+/// stopped and disabled, and this role's unit started when stopped, restarted when it runs with
+/// another configuration than the one on disk (see [`super::started_config`]), else followed. `live` is false when `root` is not the live system: then neither the
 /// default route nor the interfaces (flannel-iface, node-ip still held) are looked at.
 pub async fn bring_up(
     root: &Path,
@@ -74,8 +79,35 @@ pub async fn bring_up(
     } else {
         None
     };
+    let other = other_unit(role);
+    if must_stop(&systemd.active_state(other).await?) {
+        tracing::warn!(
+            unit = other,
+            "the other role's K3s unit is running: stopping it"
+        );
+        let state = systemd.stop(other, Duration::from_secs(90)).await?;
+        tracing::info!(unit = other, ?state, "stopped");
+    }
+    for link in systemd.disable(other).await? {
+        tracing::warn!(unit = other, link, "disabled the other role's K3s unit");
+    }
     let unit = unit_for(role);
-    tracing::info!(unit, "starting K3s");
+    let on_disk = ConfigDigest::of_root(root).map_err(BringUpError::StartedConfig)?;
+    let started_with = started_config::load_started(root).map_err(BringUpError::StartedConfig)?;
+    let current = systemd.active_state(unit).await?;
+    let action = decide(&current, started_with, on_disk);
+    match action {
+        UnitAction::Restart => {
+            tracing::warn!(unit, state = ?current, "K3s runs with another configuration than config.yaml: restarting it");
+            systemd.restart(unit).await?;
+        }
+        UnitAction::Start => tracing::info!(unit, "starting K3s"),
+        UnitAction::Follow => tracing::debug!(unit, "K3s runs with this configuration"),
+    }
+    if action != UnitAction::Follow {
+        started_config::save_started(root, on_disk).map_err(BringUpError::StartedConfig)?;
+    }
+    // StartUnit after a restart or on a running unit is a no-op; it starts a stopped one.
     let state = systemd
         .start_and_follow(unit, limit, Duration::from_secs(1))
         .await?;

@@ -21,7 +21,7 @@ pub const CONFIG_YAML_PATH: &str = crate::paths::K3S_CONFIG_YAML;
 /// What this node runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum K3sRole {
-    /// The one elected node: `cluster-init`, short token.
+    /// The one elected node: short token; `cluster-init` (embedded etcd) unless `servers = 1`.
     Init,
     /// A server joining the init node with the secure token.
     JoinServer {
@@ -59,6 +59,36 @@ pub struct NodeFacts {
     pub flannel_iface: Option<String>,
 }
 
+/// The datastore the servers of a cluster run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Datastore {
+    /// K3s's default for a server started without `cluster-init` or `server`: SQLite through
+    /// kine (pkg/cluster/managed.go:125 picks embedded etcd only for cluster-init or a join).
+    /// For `servers = 1`: no etcd writing to an SD card, as the K3s docs advise.
+    Sqlite,
+    /// Embedded etcd: the init node runs `cluster-init`, the other servers join it.
+    Etcd,
+}
+
+impl Datastore {
+    /// `servers = 1` runs SQLite; more servers need etcd.
+    pub fn for_servers(servers: u8) -> Self {
+        if servers <= 1 {
+            Datastore::Sqlite
+        } else {
+            Datastore::Etcd
+        }
+    }
+
+    /// The word status shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Datastore::Sqlite => "sqlite",
+            Datastore::Etcd => "etcd",
+        }
+    }
+}
+
 /// Default kubeconfig mode: root-only, as the kubeconfig is a cluster-admin credential.
 const DEFAULT_KUBECONFIG_MODE: &str = "0600";
 
@@ -69,7 +99,9 @@ pub fn render(config: &ClusterConfig, role: &K3sRole, facts: &NodeFacts) -> Stri
     match role {
         K3sRole::Init => {
             y.scalar("token", &quote(config.token.expose()));
-            y.scalar("cluster-init", "true");
+            if Datastore::for_servers(config.servers) == Datastore::Etcd {
+                y.scalar("cluster-init", "true");
+            }
         }
         K3sRole::JoinServer {
             server_url,
@@ -110,6 +142,8 @@ pub fn render(config: &ClusterConfig, role: &K3sRole, facts: &NodeFacts) -> Stri
         if !config.k3s.extra.contains_key("write-kubeconfig-mode") {
             y.scalar("write-kubeconfig-mode", &quote(DEFAULT_KUBECONFIG_MODE));
         }
+        // Written for SQLite too (K3s takes and ignores them without etcd): a server converted
+        // to etcd later (cluster-init in a drop-in) gets the tuned timings and its snapshots.
         y.list("etcd-arg", &facts.etcd_args);
         y.scalar(
             "etcd-snapshot-schedule-cron",
@@ -347,6 +381,22 @@ mod tests {
         };
         assert_eq!(wide(&a), wide(&b));
         assert!(!wide(&a).is_empty());
+    }
+
+    #[test]
+    fn one_server_runs_sqlite_more_run_etcd() {
+        let one = ClusterConfig::from_toml_str(
+            "[cluster]\nname = \"lab\"\ntoken = \"unit-secret-abcdefgh\"\nservers = 1\nnodes = 3\n",
+            Path::new("/nonexistent/cluster.toml"),
+        )
+        .unwrap();
+        let y = render(&one, &K3sRole::Init, &facts());
+        assert!(!y.contains("cluster-init"), "{y}");
+        assert!(y.contains("token: \"unit-secret-abcdefgh\"\n"), "{y}");
+        let y = render(&config(), &K3sRole::Init, &facts());
+        assert!(y.contains("cluster-init: true\n"), "{y}");
+        assert_eq!(Datastore::for_servers(1), Datastore::Sqlite);
+        assert_eq!(Datastore::for_servers(3), Datastore::Etcd);
     }
 
     #[test]

@@ -6,9 +6,10 @@ pub mod flags;
 pub mod node_ip;
 pub mod plan;
 pub mod secure_token;
+pub mod started_config;
 
 pub use bring_up::{bring_up, BringUpError, BroughtUp};
-pub use config_yaml::{render, write_config_yaml, K3sRole, NodeFacts, CONFIG_YAML_PATH};
+pub use config_yaml::{render, write_config_yaml, Datastore, K3sRole, NodeFacts, CONFIG_YAML_PATH};
 pub use plan::K3sPlan;
 pub use secure_token::{CaHash, SecureToken};
 
@@ -26,6 +27,14 @@ pub fn unit_for(role: &K3sRole) -> &'static str {
     match role {
         K3sRole::Init | K3sRole::JoinServer { .. } => "k3s.service",
         K3sRole::Agent { .. } => "k3s-agent.service",
+    }
+}
+
+/// The unit of the role this node does not have: stopped and disabled when K3s is brought up.
+pub fn other_unit(role: &K3sRole) -> &'static str {
+    match role {
+        K3sRole::Init | K3sRole::JoinServer { .. } => "k3s-agent.service",
+        K3sRole::Agent { .. } => "k3s.service",
     }
 }
 

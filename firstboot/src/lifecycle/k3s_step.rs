@@ -295,6 +295,9 @@ impl K3sProgress {
             .k3s_role()
             .context("the K3s plan lacks the init node's address or CA hash")?;
         report.plan(&plan);
+        if !matches!(role, k3s::K3sRole::Agent { .. }) {
+            report.datastore(k3s::Datastore::for_servers(config.servers));
+        }
         report.phase(
             crate::status::Phase::StartingK3s,
             &format!("starting {}", k3s::unit_for(&role)),

@@ -24,6 +24,13 @@ pub struct Report {
     serving: bool,
 }
 
+/// What a `servers = 1` node says about its datastore (the steps are in docs/cluster-toml.md).
+const GROW_TO_ETCD: &str = "datastore: SQLite, K3s's default for one server (servers = 1; no etcd \
+on this node's storage). To grow to 3 servers later: put \"cluster-init: true\" in \
+/etc/rancher/k3s/config.yaml.d/50-etcd.yaml and run \"systemctl restart k3s\" (K3s moves the \
+SQLite data into embedded etcd), then join two servers to https://<this node-ip>:6443 with the \
+token in /var/lib/rancher/k3s/server/token (docs/cluster-toml.md, \"Growing to 3 servers\")";
+
 impl Report {
     /// A reporter continuing `state` (loaded from the state file, or fresh).
     pub fn new(root: PathBuf, state: NodeState, notifier: Notifier) -> Self {
@@ -182,6 +189,15 @@ impl Report {
             self.state.ca_hash = plan.ca_hash.clone();
         }
         self.save();
+    }
+
+    /// On a server: the datastore its K3s runs; on a SQLite server also how to grow to 3 servers.
+    pub fn datastore(&mut self, datastore: crate::k3s::Datastore) {
+        self.state.datastore = Some(datastore.as_str().to_string());
+        self.save();
+        if datastore == crate::k3s::Datastore::Sqlite {
+            self.note(GROW_TO_ETCD);
+        }
     }
 
     /// The init node's CA hash, known once K3s is active on it.

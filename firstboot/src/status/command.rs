@@ -79,6 +79,9 @@ pub fn table(s: &NodeState, now_unix: u64) -> String {
     if let Some(ca) = &s.ca_hash {
         rows.push(("ca sha256", ca.clone()));
     }
+    if let Some(d) = &s.datastore {
+        rows.push(("datastore", d.clone()));
+    }
     rows.push((
         "peers",
         // The same numbers as the JSON's peers_visible and peers_expected.

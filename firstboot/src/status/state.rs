@@ -140,6 +140,9 @@ pub struct NodeState {
     pub server_url: Option<String>,
     /// CA hash of the cluster (hex; public).
     pub ca_hash: Option<String>,
+    /// On servers: the datastore K3s runs, `sqlite` (servers = 1) or `etcd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datastore: Option<String>,
     /// Peers currently visible (this node excluded).
     pub peers_visible: u32,
     /// Nodes in the bootstrap electorate (`nodes`).
@@ -207,6 +210,7 @@ impl NodeState {
             init_node: None,
             server_url: None,
             ca_hash: None,
+            datastore: None,
             peers_visible: 0,
             peers_expected: 0,
             storage: StorageSummary::default(),
