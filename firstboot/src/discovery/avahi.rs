@@ -7,6 +7,10 @@ pub const AVAHI_BUS_NAME: &str = "org.freedesktop.Avahi";
 pub const IF_UNSPEC: i32 = -1;
 /// `AVAHI_PROTO_INET`: IPv4 only (the test LAN and our transport are IPv4).
 pub const PROTO_INET: i32 = 0;
+/// DNS class IN.
+pub const CLASS_IN: u16 = 1;
+/// DNS query type ANY (a "pattern" key for avahi: it matches every type of a name).
+pub const TYPE_ANY: u16 = 255;
 /// `AVAHI_LOOKUP_RESULT_LOCAL`: the record comes from this host.
 pub const LOOKUP_RESULT_LOCAL: u32 = 8;
 
@@ -83,6 +87,16 @@ pub mod server {
             service_type: &str,
             domain: &str,
             aprotocol: i32,
+            flags: u32,
+        ) -> zbus::Result<OwnedObjectPath>;
+        /// Creates a record browser for one DNS key that emits nothing until `Start`.
+        fn record_browser_prepare(
+            &self,
+            interface: i32,
+            protocol: i32,
+            name: &str,
+            clazz: u16,
+            record_type: u16,
             flags: u32,
         ) -> zbus::Result<OwnedObjectPath>;
         /// Server state changes (host name collision, restart of the daemon's own probing).
@@ -225,7 +239,26 @@ pub mod service_resolver {
     }
 }
 
+/// Record browsers (used only to make the daemon ask the LAN now, see `browse.rs`).
+pub mod record_browser {
+    use zbus::proxy;
+
+    /// `org.freedesktop.Avahi.RecordBrowser`: the records of one DNS key, from cache and network.
+    #[proxy(
+        interface = "org.freedesktop.Avahi.RecordBrowser",
+        default_service = "org.freedesktop.Avahi",
+        gen_blocking = false
+    )]
+    pub trait RecordBrowser {
+        /// Releases the browser.
+        fn free(&self) -> zbus::Result<()>;
+        /// Starts the lookup (and, for a key nobody browses yet, the daemon's first query).
+        fn start(&self) -> zbus::Result<()>;
+    }
+}
+
 pub use entry_group::EntryGroupProxy;
+pub use record_browser::RecordBrowserProxy;
 pub use server::ServerProxy;
 pub use service_browser::ServiceBrowserProxy;
 pub use service_resolver::ServiceResolverProxy;

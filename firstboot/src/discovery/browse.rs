@@ -5,8 +5,8 @@ use super::avahi::service_browser::{
 };
 use super::avahi::service_resolver::{Failure as ResolveFailure, Found};
 use super::avahi::{
-    ServiceBrowserProxy, ServiceResolverProxy, AVAHI_BUS_NAME, IF_UNSPEC, LOOKUP_RESULT_LOCAL,
-    PROTO_INET,
+    RecordBrowserProxy, ServiceBrowserProxy, ServiceResolverProxy, AVAHI_BUS_NAME, CLASS_IN,
+    IF_UNSPEC, LOOKUP_RESULT_LOCAL, PROTO_INET, TYPE_ANY,
 };
 use super::publish::{server, wait_for_daemon};
 use super::record::{classify, ClusterId, Peer, RecordKey};
@@ -23,6 +23,27 @@ use zbus::{MatchRule, MessageStream};
 
 /// Pause before a failed resolver is tried again while its instance is still listed.
 const RESOLVE_RETRY: Duration = Duration::from_secs(2);
+
+/// How often the browser asks the LAN again for every instance of the service type.
+///
+/// avahi-daemon asks once when a browse starts and then backs off (1, 3, 7, 15, 31, 63, 127 s,
+/// up to an hour, RFC 6762 5.2), and a node announces its records only when it registers them.
+/// So two groups of nodes that could not hear each other (a partition from power-on, a switch
+/// that came back) would otherwise find each other only at the next backed-off query, up to a
+/// minute or more later (issue 18: "learns of it within seconds"). Every `REFRESH_QUERY` the
+/// browser makes the daemon send one more query, see [`ask_the_lan`].
+///
+/// The cost is one small multicast query per node per period: a question plus the PTR records
+/// this node already knows, which every peer already listed takes as a known answer and so does
+/// not answer (RFC 6762 7.1); a peer that saw the same question in the last second does not even
+/// send its own (7.3). Five nodes: about one packet a second on the LAN, a few hundred bytes.
+/// This is the one place where we query more often than RFC 6762 5.2's backoff: a cluster's
+/// membership depends on it, and the traffic stays far below what K3s itself sends.
+pub const REFRESH_QUERY: Duration = Duration::from_secs(5);
+
+/// How long the query's record browser lives: past avahi's first query (sent 20-120 ms after the
+/// browser starts), before its second (1 s), so each refresh sends exactly one query.
+const REFRESH_HOLD: Duration = Duration::from_millis(500);
 
 /// What the browser reports, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,6 +142,7 @@ async fn session(conn: &zbus::Connection, classifier: &Classifier) -> zbus::Resu
     let mut removed = browser.receive_item_remove().await?;
     let mut failed = browser.receive_failure().await?;
     browser.start().await?;
+    let _refresh = RefreshTask(tokio::spawn(refresh_forever(conn.clone())));
     // One resolver per (interface, instance name); the sender cancels it.
     let mut resolvers: HashMap<(i32, String), oneshot::Sender<()>> = HashMap::new();
     let result = follow(
@@ -138,6 +160,61 @@ async fn session(conn: &zbus::Connection, classifier: &Classifier) -> zbus::Resu
     // However the session ended; if the daemon is gone, so is the browser.
     browser.free().await.ok();
     result
+}
+
+/// Stops the refresh queries when a browse session ends.
+struct RefreshTask(JoinHandle<()>);
+
+impl Drop for RefreshTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Asks the LAN again every [`REFRESH_QUERY`] while the session lasts.
+async fn refresh_forever(conn: zbus::Connection) {
+    loop {
+        tokio::time::sleep(REFRESH_QUERY).await;
+        if let Err(e) = ask_the_lan(&conn).await {
+            tracing::debug!("refresh query for {SERVICE_TYPE}: {e}");
+        }
+    }
+}
+
+/// Makes avahi-daemon send one multicast query for every instance of [`SERVICE_TYPE`] now.
+///
+/// Freeing and re-creating the service browser would not do it: avahi keeps a query's scheduler
+/// (its "querier") alive after its last user leaves until the querier's next backed-off expiry,
+/// and a new browser for the same key reuses it without asking (avahi-core/querier.c,
+/// `avahi_querier_add` and `avahi_querier_remove`). A record browser for type ANY of the same
+/// name is another key, so it gets a querier of its own whose first query goes out at once; the
+/// answers (the peers' PTR records, multicast because avahi queries from port 5353) land in the
+/// daemon's cache, where the long-lived service browser sees the new ones as `ItemNew`. Freed
+/// after [`REFRESH_HOLD`], the querier dies at its first expiry (1 s), so the next refresh gets
+/// a fresh one.
+async fn ask_the_lan(conn: &zbus::Connection) -> zbus::Result<()> {
+    let server = server(conn).await?;
+    let path = server
+        .record_browser_prepare(
+            IF_UNSPEC,
+            PROTO_INET,
+            &format!("{SERVICE_TYPE}.local"),
+            CLASS_IN,
+            TYPE_ANY,
+            0,
+        )
+        .await?;
+    let browser = RecordBrowserProxy::builder(conn)
+        .path(path)?
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
+    let started = browser.start().await;
+    if started.is_ok() {
+        tokio::time::sleep(REFRESH_HOLD).await;
+    }
+    browser.free().await?;
+    started
 }
 
 /// Follows the browser's signals, starting and cancelling resolvers, until the daemon goes away.
