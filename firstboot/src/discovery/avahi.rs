@@ -7,10 +7,6 @@ pub const AVAHI_BUS_NAME: &str = "org.freedesktop.Avahi";
 pub const IF_UNSPEC: i32 = -1;
 /// `AVAHI_PROTO_INET`: IPv4 only (the test LAN and our transport are IPv4).
 pub const PROTO_INET: i32 = 0;
-/// DNS class IN.
-pub const CLASS_IN: u16 = 1;
-/// DNS query type ANY (a "pattern" key for avahi: it matches every type of a name).
-pub const TYPE_ANY: u16 = 255;
 /// `AVAHI_LOOKUP_RESULT_LOCAL`: the record comes from this host.
 pub const LOOKUP_RESULT_LOCAL: u32 = 8;
 
@@ -89,16 +85,6 @@ pub mod server {
             aprotocol: i32,
             flags: u32,
         ) -> zbus::Result<OwnedObjectPath>;
-        /// Creates a record browser for one DNS key that emits nothing until `Start`.
-        fn record_browser_prepare(
-            &self,
-            interface: i32,
-            protocol: i32,
-            name: &str,
-            clazz: u16,
-            record_type: u16,
-            flags: u32,
-        ) -> zbus::Result<OwnedObjectPath>;
         /// Server state changes (host name collision, restart of the daemon's own probing).
         #[zbus(signal)]
         fn state_changed(&self, state: i32, error: String) -> zbus::Result<()>;
@@ -137,6 +123,18 @@ pub mod entry_group {
             host: &str,
             port: u16,
             txt: Vec<Vec<u8>>,
+        ) -> zbus::Result<()>;
+        /// Also lists a service added to this group under a subtype of its type (RFC 6763 7.1).
+        #[allow(clippy::too_many_arguments)]
+        fn add_service_subtype(
+            &self,
+            interface: i32,
+            protocol: i32,
+            flags: u32,
+            name: &str,
+            service_type: &str,
+            domain: &str,
+            subtype: &str,
         ) -> zbus::Result<()>;
         /// Replaces the TXT record of a published service.
         #[allow(clippy::too_many_arguments)]
@@ -239,26 +237,7 @@ pub mod service_resolver {
     }
 }
 
-/// Record browsers (used only to make the daemon ask the LAN now, see `browse.rs`).
-pub mod record_browser {
-    use zbus::proxy;
-
-    /// `org.freedesktop.Avahi.RecordBrowser`: the records of one DNS key, from cache and network.
-    #[proxy(
-        interface = "org.freedesktop.Avahi.RecordBrowser",
-        default_service = "org.freedesktop.Avahi",
-        gen_blocking = false
-    )]
-    pub trait RecordBrowser {
-        /// Releases the browser.
-        fn free(&self) -> zbus::Result<()>;
-        /// Starts the lookup (and, for a key nobody browses yet, the daemon's first query).
-        fn start(&self) -> zbus::Result<()>;
-    }
-}
-
 pub use entry_group::EntryGroupProxy;
-pub use record_browser::RecordBrowserProxy;
 pub use server::ServerProxy;
 pub use service_browser::ServiceBrowserProxy;
 pub use service_resolver::ServiceResolverProxy;

@@ -5,12 +5,12 @@ use super::avahi::service_browser::{
 };
 use super::avahi::service_resolver::{Failure as ResolveFailure, Found};
 use super::avahi::{
-    RecordBrowserProxy, ServiceBrowserProxy, ServiceResolverProxy, AVAHI_BUS_NAME, CLASS_IN,
-    IF_UNSPEC, LOOKUP_RESULT_LOCAL, PROTO_INET, TYPE_ANY,
+    ServiceBrowserProxy, ServiceResolverProxy, AVAHI_BUS_NAME, IF_UNSPEC, LOOKUP_RESULT_LOCAL,
+    PROTO_INET,
 };
 use super::publish::{server, wait_for_daemon};
 use super::record::{classify, ClusterId, Peer, RecordKey};
-use super::SERVICE_TYPE;
+use super::{REFRESH_SUBTYPE, SERVICE_TYPE};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -41,9 +41,10 @@ const RESOLVE_RETRY: Duration = Duration::from_secs(2);
 /// membership depends on it, and the traffic stays far below what K3s itself sends.
 pub const REFRESH_QUERY: Duration = Duration::from_secs(5);
 
-/// How long the query's record browser lives: past avahi's first query (sent 20-120 ms after the
-/// browser starts), before its second (1 s), so each refresh sends exactly one query.
-const REFRESH_HOLD: Duration = Duration::from_millis(500);
+/// How long a refresh's browser lives: past avahi's first query (sent 20-120 ms after the browser
+/// starts) and the peers' answers (delayed 20-120 ms, RFC 6762 6), before its second query (1 s),
+/// so each refresh sends exactly one query.
+const REFRESH_HOLD: Duration = Duration::from_millis(900);
 
 /// What the browser reports, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,19 +143,18 @@ async fn session(conn: &zbus::Connection, classifier: &Classifier) -> zbus::Resu
     let mut removed = browser.receive_item_remove().await?;
     let mut failed = browser.receive_failure().await?;
     browser.start().await?;
-    let _refresh = RefreshTask(tokio::spawn(refresh_forever(conn.clone())));
+    let (listed_tx, mut listed) = mpsc::channel(64);
+    let _refresh = RefreshTask(tokio::spawn(refresh_forever(conn.clone(), listed_tx)));
     // One resolver per (interface, instance name); the sender cancels it.
     let mut resolvers: HashMap<(i32, String), oneshot::Sender<()>> = HashMap::new();
-    let result = follow(
-        conn,
-        classifier,
-        &mut owner,
-        &mut added,
-        &mut removed,
-        &mut failed,
-        &mut resolvers,
-    )
-    .await;
+    let mut signals = Signals {
+        owner: &mut owner,
+        added: &mut added,
+        removed: &mut removed,
+        failed: &mut failed,
+        listed: &mut listed,
+    };
+    let result = follow(conn, classifier, &mut signals, &mut resolvers).await;
     // Dropping the cancel senders stops every resolver task.
     drop(resolvers);
     // However the session ended; if the daemon is gone, so is the browser.
@@ -171,62 +171,92 @@ impl Drop for RefreshTask {
     }
 }
 
-/// Asks the LAN again every [`REFRESH_QUERY`] while the session lasts.
-async fn refresh_forever(conn: zbus::Connection) {
+/// Asks the LAN again every [`REFRESH_QUERY`] while the session lasts; sends each instance the
+/// answers list as `(interface, name)`.
+async fn refresh_forever(conn: zbus::Connection, listed: mpsc::Sender<(i32, String)>) {
     loop {
         tokio::time::sleep(REFRESH_QUERY).await;
-        if let Err(e) = ask_the_lan(&conn).await {
-            tracing::debug!("refresh query for {SERVICE_TYPE}: {e}");
+        if let Err(e) = ask_the_lan(&conn, &listed).await {
+            tracing::debug!("refresh query for {REFRESH_SUBTYPE}: {e}");
+        }
+        if listed.is_closed() {
+            return;
         }
     }
 }
 
-/// Makes avahi-daemon send one multicast query for every instance of [`SERVICE_TYPE`] now.
+/// Makes avahi-daemon send one multicast query for every node now, and reports who answers.
 ///
 /// Freeing and re-creating the service browser would not do it: avahi keeps a query's scheduler
 /// (its "querier") alive after its last user leaves until the querier's next backed-off expiry,
 /// and a new browser for the same key reuses it without asking (avahi-core/querier.c,
-/// `avahi_querier_add` and `avahi_querier_remove`). A record browser for type ANY of the same
-/// name is another key, so it gets a querier of its own whose first query goes out at once; the
-/// answers (the peers' PTR records, multicast because avahi queries from port 5353) land in the
-/// daemon's cache, where the long-lived service browser sees the new ones as `ItemNew`. Freed
-/// after [`REFRESH_HOLD`], the querier dies at its first expiry (1 s), so the next refresh gets
-/// a fresh one.
-async fn ask_the_lan(conn: &zbus::Connection) -> zbus::Result<()> {
+/// `avahi_querier_add` and `avahi_querier_remove`); and avahi refuses record browsers for the
+/// pattern type ANY. Every node also lists itself under [`REFRESH_SUBTYPE`], another key: a
+/// browser for it gets a querier of its own whose first query goes out at once. Freed after
+/// [`REFRESH_HOLD`], the querier dies at its first expiry (1 s), so the next refresh gets a fresh
+/// one. The answers name the instances, which the caller resolves like the main browser's.
+async fn ask_the_lan(
+    conn: &zbus::Connection,
+    listed: &mpsc::Sender<(i32, String)>,
+) -> zbus::Result<()> {
     let server = server(conn).await?;
     let path = server
-        .record_browser_prepare(
-            IF_UNSPEC,
-            PROTO_INET,
-            &format!("{SERVICE_TYPE}.local"),
-            CLASS_IN,
-            TYPE_ANY,
-            0,
-        )
+        .service_browser_prepare(IF_UNSPEC, PROTO_INET, REFRESH_SUBTYPE, "", 0)
         .await?;
-    let browser = RecordBrowserProxy::builder(conn)
+    let browser = ServiceBrowserProxy::builder(conn)
         .path(path)?
         .cache_properties(CacheProperties::No)
         .build()
         .await?;
-    let started = browser.start().await;
-    if started.is_ok() {
-        tokio::time::sleep(REFRESH_HOLD).await;
+    let outcome = async {
+        let mut added = browser.receive_item_new().await?;
+        browser.start().await?;
+        let hold = tokio::time::sleep(REFRESH_HOLD);
+        tokio::pin!(hold);
+        loop {
+            tokio::select! {
+                _ = &mut hold => break Ok(()),
+                item = added.next() => {
+                    let Some(item) = item else { break Ok(()) };
+                    let args = item.args()?;
+                    if args.flags & LOOKUP_RESULT_LOCAL == 0
+                        && listed.send((args.interface, args.name.clone())).await.is_err()
+                    {
+                        break Ok(());
+                    }
+                }
+            }
+        }
     }
-    browser.free().await?;
-    started
+    .await;
+    browser.free().await.ok();
+    outcome
+}
+
+/// What a browse session follows: the daemon's presence, the browser's signals and the refresh
+/// queries' answers.
+struct Signals<'a, 'o> {
+    owner: &'a mut zbus::proxy::OwnerChangedStream<'o>,
+    added: &'a mut ItemNewStream,
+    removed: &'a mut ItemRemoveStream,
+    failed: &'a mut BrowseFailureStream,
+    listed: &'a mut mpsc::Receiver<(i32, String)>,
 }
 
 /// Follows the browser's signals, starting and cancelling resolvers, until the daemon goes away.
 async fn follow(
     conn: &zbus::Connection,
     classifier: &Classifier,
-    owner: &mut zbus::proxy::OwnerChangedStream<'_>,
-    added: &mut ItemNewStream,
-    removed: &mut ItemRemoveStream,
-    failed: &mut BrowseFailureStream,
+    signals: &mut Signals<'_, '_>,
     resolvers: &mut HashMap<(i32, String), oneshot::Sender<()>>,
 ) -> zbus::Result<()> {
+    let Signals {
+        owner,
+        added,
+        removed,
+        failed,
+        listed,
+    } = signals;
     loop {
         tokio::select! {
             _ = owner.next() => break Ok(()),
@@ -236,24 +266,15 @@ async fn follow(
                 if args.flags & LOOKUP_RESULT_LOCAL != 0 {
                     continue; // our own host's record
                 }
-                tracing::debug!(service = %args.name, "instance appeared");
-                let slot = (args.interface, args.name.clone());
-                if resolvers.contains_key(&slot) {
-                    continue;
-                }
-                let (cancel, cancelled) = oneshot::channel();
-                resolvers.insert(slot, cancel);
-                let appeared = PeerEvent::Appeared { service: args.name.clone() };
-                if classifier.events.send(appeared).await.is_err() {
+                if !appeared(conn, classifier, resolvers, args.interface, &args.name).await {
                     break Ok(());
                 }
-                tokio::spawn(resolve_while_listed(
-                    conn.clone(),
-                    args.interface,
-                    args.name.clone(),
-                    classifier.clone(),
-                    cancelled,
-                ));
+            }
+            Some((interface, name)) = listed.recv() => {
+                // A refresh's answer: new only if the main browser has not listed it yet.
+                if !appeared(conn, classifier, resolvers, interface, &name).await {
+                    break Ok(());
+                }
             }
             item = removed.next() => {
                 let Some(item) = item else { break Ok(()) };
@@ -274,6 +295,38 @@ async fn follow(
             }
         }
     }
+}
+
+/// An instance is listed: report it and resolve it, once per (interface, name); false when
+/// nobody listens any more.
+async fn appeared(
+    conn: &zbus::Connection,
+    classifier: &Classifier,
+    resolvers: &mut HashMap<(i32, String), oneshot::Sender<()>>,
+    interface: i32,
+    name: &str,
+) -> bool {
+    let slot = (interface, name.to_string());
+    if resolvers.contains_key(&slot) {
+        return true;
+    }
+    tracing::debug!(service = %name, "instance appeared");
+    let (cancel, cancelled) = oneshot::channel();
+    resolvers.insert(slot, cancel);
+    let appeared = PeerEvent::Appeared {
+        service: name.to_string(),
+    };
+    if classifier.events.send(appeared).await.is_err() {
+        return false;
+    }
+    tokio::spawn(resolve_while_listed(
+        conn.clone(),
+        interface,
+        name.to_string(),
+        classifier.clone(),
+        cancelled,
+    ));
+    true
 }
 
 /// Resolves one instance and re-reports on every record change until cancelled.
