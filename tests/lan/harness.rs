@@ -545,6 +545,43 @@ impl Lan {
         self.nodes.last_mut().expect("just pushed")
     }
 
+    /// Cuts the LAN in two: the nodes in `cut` (indexes into `nodes`) move to a second bridge.
+    ///
+    /// Like a failed link between two switches: every node keeps its carrier and its address
+    /// (the veth pairs stay up, only the bridge-side port changes bridge), so neither avahi-daemon
+    /// nor firstboot is told anything; they only stop hearing each other.
+    pub fn partition(&mut self, cut: &[usize]) {
+        let mut make = self.bridge.enter(&["-n"]);
+        make.args(["sh", "-e", "-c"]).arg(
+            "ip link show br1 >/dev/null 2>&1 || \
+             { ip link add br1 type bridge mcast_snooping 0; ip link set br1 up; }",
+        );
+        check(make, "creating the second bridge");
+        for &i in cut {
+            self.move_port(self.nodes[i].index, "br1");
+        }
+    }
+
+    /// Joins the two halves of a [`Lan::partition`] again.
+    pub fn heal(&mut self) {
+        for index in self.nodes.iter().map(|n| n.index).collect::<Vec<_>>() {
+            self.move_port(index, "br0");
+        }
+    }
+
+    fn move_port(&self, index: usize, bridge: &str) {
+        let mut cmd = self.bridge.enter(&["-n"]);
+        cmd.args([
+            "ip",
+            "link",
+            "set",
+            &format!("veth{index}"),
+            "master",
+            bridge,
+        ]);
+        check(cmd, "moving a node to another bridge");
+    }
+
     /// Starts tcpdump on the bridge (every frame of the LAN) and waits until it listens.
     pub fn start_capture(&mut self) {
         let mut cmd = self.bridge.enter(&["-n"]);

@@ -124,6 +124,18 @@ pub mod entry_group {
             port: u16,
             txt: Vec<Vec<u8>>,
         ) -> zbus::Result<()>;
+        /// Also lists a service added to this group under a subtype of its type (RFC 6763 7.1).
+        #[allow(clippy::too_many_arguments)]
+        fn add_service_subtype(
+            &self,
+            interface: i32,
+            protocol: i32,
+            flags: u32,
+            name: &str,
+            service_type: &str,
+            domain: &str,
+            subtype: &str,
+        ) -> zbus::Result<()>;
         /// Replaces the TXT record of a published service.
         #[allow(clippy::too_many_arguments)]
         fn update_service_txt(

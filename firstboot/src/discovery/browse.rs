@@ -10,7 +10,7 @@ use super::avahi::{
 };
 use super::publish::{server, wait_for_daemon};
 use super::record::{classify, ClusterId, Peer, RecordKey};
-use super::SERVICE_TYPE;
+use super::{REFRESH_SUBTYPE, SERVICE_TYPE};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,6 +23,28 @@ use zbus::{MatchRule, MessageStream};
 
 /// Pause before a failed resolver is tried again while its instance is still listed.
 const RESOLVE_RETRY: Duration = Duration::from_secs(2);
+
+/// How often the browser asks the LAN again for every instance of the service type.
+///
+/// avahi-daemon asks once when a browse starts and then backs off (1, 3, 7, 15, 31, 63, 127 s,
+/// up to an hour, RFC 6762 5.2), and a node announces its records only when it registers them.
+/// So two groups of nodes that could not hear each other (a partition from power-on, a switch
+/// that came back) would otherwise find each other only at the next backed-off query, up to a
+/// minute or more later (issue 18: "learns of it within seconds"). Every `REFRESH_QUERY` the
+/// browser makes the daemon send one more query, see [`ask_the_lan`].
+///
+/// The cost is one small multicast query per node per period: a question plus the PTR records
+/// this node already knows, which every peer already listed takes as a known answer and so does
+/// not answer (RFC 6762 7.1); a peer that saw the same question in the last second does not even
+/// send its own (7.3). Five nodes: about one packet a second on the LAN, a few hundred bytes.
+/// This is the one place where we query more often than RFC 6762 5.2's backoff: a cluster's
+/// membership depends on it, and the traffic stays far below what K3s itself sends.
+pub const REFRESH_QUERY: Duration = Duration::from_secs(5);
+
+/// How long a refresh's browser lives: past avahi's first query (sent 20-120 ms after the browser
+/// starts) and the peers' answers (delayed 20-120 ms, RFC 6762 6), before its second query (1 s),
+/// so each refresh sends exactly one query.
+const REFRESH_HOLD: Duration = Duration::from_millis(900);
 
 /// What the browser reports, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,18 +143,18 @@ async fn session(conn: &zbus::Connection, classifier: &Classifier) -> zbus::Resu
     let mut removed = browser.receive_item_remove().await?;
     let mut failed = browser.receive_failure().await?;
     browser.start().await?;
+    let (listed_tx, mut listed) = mpsc::channel(64);
+    let _refresh = RefreshTask(tokio::spawn(refresh_forever(conn.clone(), listed_tx)));
     // One resolver per (interface, instance name); the sender cancels it.
     let mut resolvers: HashMap<(i32, String), oneshot::Sender<()>> = HashMap::new();
-    let result = follow(
-        conn,
-        classifier,
-        &mut owner,
-        &mut added,
-        &mut removed,
-        &mut failed,
-        &mut resolvers,
-    )
-    .await;
+    let mut signals = Signals {
+        owner: &mut owner,
+        added: &mut added,
+        removed: &mut removed,
+        failed: &mut failed,
+        listed: &mut listed,
+    };
+    let result = follow(conn, classifier, &mut signals, &mut resolvers).await;
     // Dropping the cancel senders stops every resolver task.
     drop(resolvers);
     // However the session ended; if the daemon is gone, so is the browser.
@@ -140,16 +162,101 @@ async fn session(conn: &zbus::Connection, classifier: &Classifier) -> zbus::Resu
     result
 }
 
+/// Stops the refresh queries when a browse session ends.
+struct RefreshTask(JoinHandle<()>);
+
+impl Drop for RefreshTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Asks the LAN again every [`REFRESH_QUERY`] while the session lasts; sends each instance the
+/// answers list as `(interface, name)`.
+async fn refresh_forever(conn: zbus::Connection, listed: mpsc::Sender<(i32, String)>) {
+    loop {
+        tokio::time::sleep(REFRESH_QUERY).await;
+        if let Err(e) = ask_the_lan(&conn, &listed).await {
+            tracing::debug!("refresh query for {REFRESH_SUBTYPE}: {e}");
+        }
+        if listed.is_closed() {
+            return;
+        }
+    }
+}
+
+/// Makes avahi-daemon send one multicast query for every node now, and reports who answers.
+///
+/// Freeing and re-creating the service browser would not do it: avahi keeps a query's scheduler
+/// (its "querier") alive after its last user leaves until the querier's next backed-off expiry,
+/// and a new browser for the same key reuses it without asking (avahi-core/querier.c,
+/// `avahi_querier_add` and `avahi_querier_remove`); and avahi refuses record browsers for the
+/// pattern type ANY. Every node also lists itself under [`REFRESH_SUBTYPE`], another key: a
+/// browser for it gets a querier of its own whose first query goes out at once. Freed after
+/// [`REFRESH_HOLD`], the querier dies at its first expiry (1 s), so the next refresh gets a fresh
+/// one. The answers name the instances, which the caller resolves like the main browser's.
+async fn ask_the_lan(
+    conn: &zbus::Connection,
+    listed: &mpsc::Sender<(i32, String)>,
+) -> zbus::Result<()> {
+    let server = server(conn).await?;
+    let path = server
+        .service_browser_prepare(IF_UNSPEC, PROTO_INET, REFRESH_SUBTYPE, "", 0)
+        .await?;
+    let browser = ServiceBrowserProxy::builder(conn)
+        .path(path)?
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
+    let outcome = async {
+        let mut added = browser.receive_item_new().await?;
+        browser.start().await?;
+        let hold = tokio::time::sleep(REFRESH_HOLD);
+        tokio::pin!(hold);
+        loop {
+            tokio::select! {
+                _ = &mut hold => break Ok(()),
+                item = added.next() => {
+                    let Some(item) = item else { break Ok(()) };
+                    let args = item.args()?;
+                    if args.flags & LOOKUP_RESULT_LOCAL == 0
+                        && listed.send((args.interface, args.name.clone())).await.is_err()
+                    {
+                        break Ok(());
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    browser.free().await.ok();
+    outcome
+}
+
+/// What a browse session follows: the daemon's presence, the browser's signals and the refresh
+/// queries' answers.
+struct Signals<'a, 'o> {
+    owner: &'a mut zbus::proxy::OwnerChangedStream<'o>,
+    added: &'a mut ItemNewStream,
+    removed: &'a mut ItemRemoveStream,
+    failed: &'a mut BrowseFailureStream,
+    listed: &'a mut mpsc::Receiver<(i32, String)>,
+}
+
 /// Follows the browser's signals, starting and cancelling resolvers, until the daemon goes away.
 async fn follow(
     conn: &zbus::Connection,
     classifier: &Classifier,
-    owner: &mut zbus::proxy::OwnerChangedStream<'_>,
-    added: &mut ItemNewStream,
-    removed: &mut ItemRemoveStream,
-    failed: &mut BrowseFailureStream,
+    signals: &mut Signals<'_, '_>,
     resolvers: &mut HashMap<(i32, String), oneshot::Sender<()>>,
 ) -> zbus::Result<()> {
+    let Signals {
+        owner,
+        added,
+        removed,
+        failed,
+        listed,
+    } = signals;
     loop {
         tokio::select! {
             _ = owner.next() => break Ok(()),
@@ -159,24 +266,15 @@ async fn follow(
                 if args.flags & LOOKUP_RESULT_LOCAL != 0 {
                     continue; // our own host's record
                 }
-                tracing::debug!(service = %args.name, "instance appeared");
-                let slot = (args.interface, args.name.clone());
-                if resolvers.contains_key(&slot) {
-                    continue;
-                }
-                let (cancel, cancelled) = oneshot::channel();
-                resolvers.insert(slot, cancel);
-                let appeared = PeerEvent::Appeared { service: args.name.clone() };
-                if classifier.events.send(appeared).await.is_err() {
+                if !appeared(conn, classifier, resolvers, args.interface, &args.name).await {
                     break Ok(());
                 }
-                tokio::spawn(resolve_while_listed(
-                    conn.clone(),
-                    args.interface,
-                    args.name.clone(),
-                    classifier.clone(),
-                    cancelled,
-                ));
+            }
+            Some((interface, name)) = listed.recv() => {
+                // A refresh's answer: new only if the main browser has not listed it yet.
+                if !appeared(conn, classifier, resolvers, interface, &name).await {
+                    break Ok(());
+                }
             }
             item = removed.next() => {
                 let Some(item) = item else { break Ok(()) };
@@ -197,6 +295,38 @@ async fn follow(
             }
         }
     }
+}
+
+/// An instance is listed: report it and resolve it, once per (interface, name); false when
+/// nobody listens any more.
+async fn appeared(
+    conn: &zbus::Connection,
+    classifier: &Classifier,
+    resolvers: &mut HashMap<(i32, String), oneshot::Sender<()>>,
+    interface: i32,
+    name: &str,
+) -> bool {
+    let slot = (interface, name.to_string());
+    if resolvers.contains_key(&slot) {
+        return true;
+    }
+    tracing::debug!(service = %name, "instance appeared");
+    let (cancel, cancelled) = oneshot::channel();
+    resolvers.insert(slot, cancel);
+    let appeared = PeerEvent::Appeared {
+        service: name.to_string(),
+    };
+    if classifier.events.send(appeared).await.is_err() {
+        return false;
+    }
+    tokio::spawn(resolve_while_listed(
+        conn.clone(),
+        interface,
+        name.to_string(),
+        classifier.clone(),
+        cancelled,
+    ));
+    true
 }
 
 /// Resolves one instance and re-reports on every record change until cancelled.

@@ -10,6 +10,9 @@ pub mod transport;
 
 /// The DNS-SD service type every firstboot node publishes and browses.
 pub const SERVICE_TYPE: &str = "_k3s-firstboot._tcp";
+/// The subtype every node also lists itself under, so a browser can ask the LAN again without
+/// waiting for avahi's backed-off queries of [`SERVICE_TYPE`] (see `browse::REFRESH_QUERY`).
+pub const REFRESH_SUBTYPE: &str = "_node._sub._k3s-firstboot._tcp";
 
 pub use browse::{Browser, PeerEvent};
 pub use publish::Publisher;

@@ -4,7 +4,7 @@ use super::avahi::{
     EntryGroupProxy, GroupState, ServerProxy, IF_UNSPEC, PROTO_INET, SERVER_RUNNING,
 };
 use super::record::{Advert, RecordKey};
-use super::SERVICE_TYPE;
+use super::{REFRESH_SUBTYPE, SERVICE_TYPE};
 use futures_util::StreamExt;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -271,6 +271,17 @@ async fn add_and_commit(
             "",
             advert.port,
             advert.to_txt(key),
+        )
+        .await?;
+    group
+        .add_service_subtype(
+            IF_UNSPEC,
+            PROTO_INET,
+            0,
+            name,
+            SERVICE_TYPE,
+            "",
+            REFRESH_SUBTYPE,
         )
         .await?;
     group.commit().await
