@@ -9,6 +9,10 @@ mod wire;
 #[allow(dead_code)]
 mod double_config;
 
+#[path = "../k3s_double/etcd.rs"]
+#[allow(dead_code)]
+mod etcd;
+
 use firstboot::config::ClusterConfig;
 use firstboot::k3s::flags::Subcommand;
 use firstboot::k3s::{render, write_config_yaml, CaHash, K3sRole, NodeFacts, SecureToken};
@@ -25,7 +29,63 @@ struct Double {
     child: Child,
     root: PathBuf,
     notify: UnixDatagram,
+    /// Its etcd's client port (on 127.0.0.1).
+    etcd_port: u16,
+    env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
+}
+
+impl Double {
+    fn etcd(&self) -> String {
+        format!("http://127.0.0.1:{}", self.etcd_port)
+    }
+
+    /// `k3s kubectl ARGS` against this server; (exit success, stdout, stderr).
+    fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(systests::bin_path("k3s-double"))
+            .arg("kubectl")
+            .args(args)
+            .env("K3S_DOUBLE_ROOT", &self.root)
+            .env("K3S_DOUBLE_ETCD_CLIENT_PORT", self.etcd_port.to_string())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Starts the double again on the same root, ports and environment.
+    fn restart(&mut self, mode: &str, port: u16) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut cmd = Command::new(systests::bin_path("k3s-double"));
+        cmd.arg(mode)
+            .env("K3S_DOUBLE_ROOT", &self.root)
+            .env("K3S_DOUBLE_PORT", port.to_string())
+            .env("NOTIFY_SOCKET", self._dir.path().join("notify"));
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+    }
+}
+
+/// The etcd members a server's etcd lists.
+fn members(d: &Double) -> Vec<etcd::Member> {
+    rt().block_on(etcd::member_list(&d.etcd())).unwrap()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 impl Drop for Double {
@@ -66,8 +126,19 @@ fn spawn(mode: &str, yaml: &str, port: u16) -> Double {
     spawn_with(mode, yaml, port, &[])
 }
 
-/// Starts a double with config.yaml and `config.yaml.d/<name>` drop-ins.
+/// Starts a double with config.yaml and `config.yaml.d/<name>` drop-ins; READY at once and a
+/// 1 s learner tick unless `extra_env` says otherwise.
 fn spawn_with(mode: &str, yaml: &str, port: u16, drop_ins: &[(&str, &str)]) -> Double {
+    spawn_env(mode, yaml, port, drop_ins, &[])
+}
+
+fn spawn_env(
+    mode: &str,
+    yaml: &str,
+    port: u16,
+    drop_ins: &[(&str, &str)],
+    extra_env: &[(&str, &str)],
+) -> Double {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     write_config_yaml(&root, yaml).unwrap();
@@ -82,11 +153,29 @@ fn spawn_with(mode: &str, yaml: &str, port: u16, drop_ins: &[(&str, &str)]) -> D
     notify
         .set_read_timeout(Some(Duration::from_secs(120)))
         .unwrap();
-    let child = Command::new(systests::bin_path("k3s-double"))
-        .arg(mode)
+    let etcd_port = free_port();
+    let mut env: Vec<(String, String)> = vec![
+        ("K3S_DOUBLE_ETCD_CLIENT_PORT".into(), etcd_port.to_string()),
+        ("K3S_DOUBLE_ETCD_PEER_PORT".into(), free_port().to_string()),
+        ("K3S_DOUBLE_READY_DELAY".into(), "0".into()),
+        ("K3S_DOUBLE_LEARNER_TICK".into(), "1".into()),
+    ];
+    for (k, v) in extra_env {
+        env.retain(|(e, _)| e != k);
+        if !v.is_empty() {
+            env.push((k.to_string(), v.to_string()));
+        }
+    }
+    let mut cmd = Command::new(systests::bin_path("k3s-double"));
+    cmd.arg(mode)
         .env("K3S_DOUBLE_ROOT", &root)
         .env("K3S_DOUBLE_PORT", port.to_string())
         .env("NOTIFY_SOCKET", &sock_path)
+        .env_remove("K3S_DOUBLE_READY_DELAY");
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -95,6 +184,8 @@ fn spawn_with(mode: &str, yaml: &str, port: u16, drop_ins: &[(&str, &str)]) -> D
         child,
         root,
         notify,
+        etcd_port,
+        env,
         _dir: dir,
     }
 }
@@ -144,6 +235,30 @@ fn expect_refusal(d: Double) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!err.contains(SECRET), "token in the log: {err}");
     err
+}
+
+/// An agent that must keep retrying every 2 s without READY and without exiting (K3s
+/// pkg/agent/run.go:354-363); returns its log after about 5 s.
+fn expect_retrying(d: Double) -> String {
+    let mut d = d;
+    d.notify
+        .set_read_timeout(Some(Duration::from_millis(5500)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(d.notify.recv(&mut buf).is_err(), "the agent sent READY");
+    assert!(
+        d.child.try_wait().unwrap().is_none(),
+        "the agent exited instead of retrying"
+    );
+    let log = stop_and_log(d);
+    assert!(
+        log.matches("Failed to validate connection to cluster at")
+            .count()
+            >= 2,
+        "no retries: {log}"
+    );
+    assert!(!log.contains(SECRET), "token in the log: {log}");
+    log
 }
 
 fn data(root: &Path) -> PathBuf {
@@ -255,7 +370,7 @@ fn init_join_agent_and_refusals() {
     let err = expect_refusal(bad);
     assert!(err.contains("does not match"), "{err}");
 
-    // The right CA hash but the wrong password: the server refuses the agent.
+    // The right CA hash but the wrong password: the server refuses the agent, which retries.
     let wrong = spawn(
         "agent",
         &render(
@@ -268,7 +383,7 @@ fn init_join_agent_and_refusals() {
         ),
         free_port(),
     );
-    let err = expect_refusal(wrong);
+    let err = expect_retrying(wrong);
     assert!(err.contains("rejected the token"), "{err}");
 
     // Nobody logged the token, not even on success.
@@ -513,4 +628,468 @@ fn agent_with_server_only_extra_joins() {
     assert!(yaml.contains("node-label"), "{yaml}");
     let mut agent = spawn("agent", &yaml, free_port());
     wait_ready(&mut agent);
+}
+
+fn init_with(facts_name: &str) -> (Double, String, CaHash) {
+    let port = free_port();
+    let mut d = spawn(
+        "server",
+        &render(&config(SECRET), &K3sRole::Init, &facts(facts_name)),
+        port,
+    );
+    wait_ready(&mut d);
+    let ca_hash = CaHash::of_file(&data(&d.root).join(firstboot::k3s::SERVER_CA_FILE)).unwrap();
+    (d, format!("https://127.0.0.1:{port}"), ca_hash)
+}
+
+fn join_yaml(url: &str, ca_hash: CaHash, name: &str) -> String {
+    render(
+        &config(SECRET),
+        &K3sRole::JoinServer {
+            server_url: url.into(),
+            ca_hash,
+        },
+        &facts(name),
+    )
+}
+
+fn agent_of(url: &str, ca_hash: CaHash, name: &str) -> String {
+    render(
+        &config(SECRET),
+        &K3sRole::Agent {
+            server_url: url.into(),
+            ca_hash,
+        },
+        &facts(name),
+    )
+}
+
+// Rule: an agent with a wrong CA hash logs and retries every 2 s forever, the unit stays
+// activating (pkg/agent/run.go:354-363).
+#[test]
+fn agent_with_a_wrong_ca_hash_retries_every_2_s() {
+    let (_init, url, _) = init_with("lab-000001");
+    let forged = CaHash::of_bundle(b"a CA the attacker controls");
+    let log = expect_retrying(spawn(
+        "agent",
+        &agent_of(&url, forged, "lab-000002"),
+        free_port(),
+    ));
+    assert!(log.contains("token CA hash does not match"), "{log}");
+}
+
+// Rule: the CA's NotBefore is the clock of the double that created it, leaves copy it
+// (dynamiclistener cert.go:75-100, :136): a node whose clock is before it fails the TLS check.
+// The init's CA is made "in the future" (an init node whose clock was ahead), the agent's clock
+// is the host's: it must refuse and retry, as a real K3s agent behind the init's clock does.
+#[test]
+fn a_node_whose_clock_is_before_the_ca_fails_the_tls_check() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    let ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 3600;
+    params.not_before = time::OffsetDateTime::from_unix_timestamp(ahead).unwrap();
+    params.not_after = time::OffsetDateTime::from_unix_timestamp(ahead + 86_400).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = params.self_signed(&key).unwrap();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = render(&config(SECRET), &K3sRole::Init, &facts("lab-000001"));
+    let mut init = spawn("server", &yaml, port);
+    // Replace the CA before the double reads it: restart it on the same root with ours.
+    let _ = init.child.kill();
+    let _ = init.child.wait();
+    let tls = data(&init.root).join("server/tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    std::fs::write(tls.join("server-ca.crt"), ca.pem()).unwrap();
+    std::fs::write(tls.join("server-ca.key"), key.serialize_pem()).unwrap();
+    let _ = std::fs::remove_dir_all(data(&init.root).join("server/db"));
+    init.restart("server", port);
+    wait_ready(&mut init);
+    drop(dir);
+    let url = format!("https://127.0.0.1:{port}");
+    let ca_hash = CaHash::of_bundle(ca.pem().as_bytes());
+    let log = expect_retrying(spawn(
+        "agent",
+        &agent_of(&url, ca_hash, "lab-000002"),
+        free_port(),
+    ));
+    assert!(log.contains("certificate not valid yet"), "{log}");
+    // And the double's own CA: valid from its creation, not from 1975.
+    let (init2, _, _) = init_with("lab-000003");
+    let pem =
+        std::fs::read_to_string(data(&init2.root).join(firstboot::k3s::SERVER_CA_FILE)).unwrap();
+    let p = CertificateParams::from_ca_cert_pem(&pem).unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let nb = p.not_before.unix_timestamp();
+    assert!((now - 120..=now).contains(&nb), "NotBefore {nb}, now {now}");
+    let years = (p.not_after.unix_timestamp() - nb) / (365 * 86_400);
+    assert_eq!(years, 10);
+}
+
+// Rule: READY comes after K3S_DOUBLE_READY_DELAY seconds (default 5), not at once.
+#[test]
+fn ready_comes_after_the_configured_delay() {
+    for (delay, min) in [("2.5", 2.5), ("", 5.0)] {
+        let start = std::time::Instant::now();
+        let mut d = spawn_env(
+            "server",
+            &init_yaml(),
+            free_port(),
+            &[],
+            &[("K3S_DOUBLE_READY_DELAY", delay)],
+        );
+        wait_ready(&mut d);
+        let took = start.elapsed().as_secs_f64();
+        assert!(took >= min, "READY after {took} s with delay {delay:?}");
+    }
+}
+
+// Rule: cluster-init starts a one-member etcd as K3s embeds it: data under server/db/etcd, the
+// member named <node-name>-<8 hex> (etcd.go:694-712), peer URL on node-ip.
+#[test]
+fn cluster_init_starts_a_one_member_etcd() {
+    let (init, _, _) = init_with("lab-000001");
+    let m = members(&init);
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert!(!m[0].is_learner);
+    let name = std::fs::read_to_string(data(&init.root).join("server/db/etcd/name")).unwrap();
+    assert_eq!(m[0].name, name);
+    let suffix = name.strip_prefix("lab-000001-").expect("member name");
+    assert!(
+        suffix.len() == 8 && suffix.chars().all(|c| c.is_ascii_hexdigit()),
+        "{name}"
+    );
+    assert!(m[0].peer_urls[0].starts_with("http://127.0.0.1:"), "{m:?}");
+    assert!(data(&init.root).join("server/db/etcd/member/wal").is_dir());
+}
+
+// Rule: a joining server is added as a learner and promoted by the leader's tick
+// (etcd.go:622, :1177-1199); it sends READY only once it is a voter (Test, :210-223).
+#[test]
+fn a_joining_server_is_a_learner_until_promoted_and_ready_after() {
+    let (init, url, ca_hash) = init_with("lab-000001");
+    let mut j = spawn_env(
+        "server",
+        &join_yaml(&url, ca_hash, "lab-000002"),
+        free_port(),
+        &[],
+        &[("K3S_DOUBLE_LEARNER_TICK", "3")],
+    );
+    let mut saw_learner = false;
+    j.notify
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = members(&init);
+        if m.iter().any(|m| m.is_learner) {
+            saw_learner = true;
+        }
+        if j.notify.recv(&mut buf).is_ok() {
+            // READY: by now the joiner is a voter.
+            let m = members(&init);
+            assert_eq!(m.len(), 2, "{m:?}");
+            assert!(
+                m.iter().all(|m| !m.is_learner),
+                "READY before promotion: {m:?}"
+            );
+            break;
+        }
+        assert!(j.child.try_wait().unwrap().is_none(), "the joiner exited");
+        assert!(std::time::Instant::now() < deadline, "no READY");
+    }
+    assert!(saw_learner, "the joiner was never a learner");
+    assert!(stop_and_log(init).contains("Promoted learner lab-000002-"));
+}
+
+// Rule: etcd allows one learner at a time; K3s joiners retry every second on "too many learner
+// members" (etcd.go:498-520). Two servers joining together: never two learners, both end voters.
+#[test]
+fn two_servers_joining_together_are_learners_one_at_a_time() {
+    let (init, url, ca_hash) = init_with("lab-000001");
+    let slow = [("K3S_DOUBLE_LEARNER_TICK", "4")];
+    let a = spawn_env(
+        "server",
+        &join_yaml(&url, ca_hash, "lab-000002"),
+        free_port(),
+        &[],
+        &slow,
+    );
+    let b = spawn_env(
+        "server",
+        &join_yaml(&url, ca_hash, "lab-000003"),
+        free_port(),
+        &[],
+        &slow,
+    );
+    let mut buf = [0u8; 64];
+    a.notify
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    b.notify
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let (mut ra, mut rb) = (false, false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !(ra && rb) {
+        let m = members(&init);
+        assert!(m.iter().filter(|m| m.is_learner).count() <= 1, "{m:?}");
+        ra |= a.notify.recv(&mut buf).is_ok();
+        rb |= b.notify.recv(&mut buf).is_ok();
+        assert!(std::time::Instant::now() < deadline, "not both READY");
+    }
+    let m = members(&init);
+    assert_eq!(m.len(), 3);
+    assert!(m.iter().all(|m| !m.is_learner), "{m:?}");
+    let logs = stop_and_log(a) + &stop_and_log(b);
+    assert!(
+        logs.contains("Waiting for other members to finish joining etcd cluster: etcdserver: too many learner members"),
+        "{logs}"
+    );
+}
+
+// Rule: `server:` together with `cluster-init` joins (pkg/cluster/managed.go:125).
+#[test]
+fn server_with_cluster_init_joins() {
+    let (init, url, ca_hash) = init_with("lab-000001");
+    let yaml = format!(
+        "{}cluster-init: true\n",
+        join_yaml(&url, ca_hash, "lab-000002")
+    );
+    let mut j = spawn("server", &yaml, free_port());
+    wait_ready(&mut j);
+    assert_eq!(members(&init).len(), 2);
+}
+
+// Rule: a second server with a node name already in etcd is refused (etcd.go:606-617).
+#[test]
+fn a_server_with_a_duplicate_node_name_is_refused() {
+    let (_init, url, ca_hash) = init_with("lab-000001");
+    let err = expect_refusal(spawn(
+        "server",
+        &join_yaml(&url, ca_hash, "lab-000001"),
+        free_port(),
+    ));
+    assert!(err.contains("duplicate node name found"), "{err}");
+}
+
+// Rule: an agent whose node name is registered with another node password is refused and
+// retries (pkg/nodepassword Ensure; pkg/agent/config/config.go:57-74, :180-182).
+#[test]
+fn an_agent_with_a_duplicate_node_name_is_rejected() {
+    let (init, url, ca_hash) = init_with("lab-000001");
+    let d = spawn("agent", &agent_of(&url, ca_hash, "lab-000001"), free_port());
+    d.notify
+        .set_read_timeout(Some(Duration::from_secs(7)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        d.notify.recv(&mut buf).is_err(),
+        "READY with a duplicate name"
+    );
+    let log = stop_and_log(d);
+    assert!(log.contains("Node password rejected"), "{log}");
+    // A fresh name is fine, and the agent appears as a Ready node.
+    let mut ok = spawn("agent", &agent_of(&url, ca_hash, "lab-000002"), free_port());
+    wait_ready(&mut ok);
+    let (_, out, _) = init.kubectl(&["get", "node", "lab-000002", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"]["conditions"][0]["status"], "True", "{v}");
+}
+
+// Rule: servers compare K3s v1.31's critical arguments (pkg/daemons/config/types.go:169-189,
+// pkg/cluster/bootstrap.go:477-528) and refuse a mismatch.
+#[test]
+fn a_server_with_another_critical_argument_is_refused() {
+    let (_init, url, ca_hash) = init_with("lab-000001");
+    let yaml = format!(
+        "{}cluster-cidr: \"10.99.0.0/16\"\n",
+        join_yaml(&url, ca_hash, "lab-000002")
+    );
+    let err = expect_refusal(spawn("server", &yaml, free_port()));
+    assert!(
+        err.contains("critical configuration mismatched: cluster-cidr"),
+        "{err}"
+    );
+    assert!(
+        err.contains("critical configuration value mismatch between servers"),
+        "{err}"
+    );
+    // etcd-arg and tls-san are not critical.
+    let yaml = format!(
+        "{}etcd-arg:\n  - \"heartbeat-interval=600\"\n",
+        join_yaml(&url, ca_hash, "lab-000003")
+    );
+    let mut ok = spawn("server", &yaml, free_port());
+    wait_ready(&mut ok);
+}
+
+// Rule: `kubectl delete node` (not forced) removes the server's etcd member through the
+// finalizer (member_controller.go:112-134); the removed member's etcd stops and refuses to start
+// again until its data is cleared; then it rejoins as a new learner.
+#[test]
+fn a_deleted_server_loses_its_member_and_rejoins_only_with_cleared_data() {
+    let (init, url, ca_hash) = init_with("lab-000001");
+    let port = free_port();
+    let mut j = spawn("server", &join_yaml(&url, ca_hash, "lab-000002"), port);
+    wait_ready(&mut j);
+    assert_eq!(members(&init).len(), 2);
+    let (ok, out, err) = init.kubectl(&["delete", "node", "lab-000002"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(out, "node \"lab-000002\" deleted\n");
+    assert_eq!(members(&init).len(), 1);
+    let (ok, _, err) = init.kubectl(&["get", "node", "lab-000002", "-o", "json"]);
+    assert!(!ok && err.contains("NotFound"), "{err}");
+    // The removed member's etcd stops, and with it the server.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while j.child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed server kept running"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Restarted with its old data: refused again.
+    j.restart("server", port);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while j.child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed member started again"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(members(&init).len(), 1);
+    // Data cleared (as K3s requires): it joins again.
+    std::fs::remove_dir_all(data(&j.root).join("server/db")).unwrap();
+    j.restart("server", port);
+    wait_ready(&mut j);
+    let m = members(&init);
+    assert_eq!(m.len(), 2, "{m:?}");
+    assert!(m.iter().all(|m| !m.is_learner));
+}
+
+// Rule: `kubectl get nodes` shows Ready from the node's heartbeat: a Lease older than the 40 s
+// grace period is Ready=Unknown (node lifecycle controller).
+#[test]
+fn kubectl_get_nodes_ready_follows_the_heartbeat() {
+    let (init, _, _) = init_with("lab-000001");
+    let (ok, out, err) = init.kubectl(&["get", "nodes", "-o", "json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["items"][0]["metadata"]["name"], "lab-000001");
+    assert_eq!(v["items"][0]["status"]["conditions"][0]["status"], "True");
+    // A stale heartbeat for another node.
+    let ep = init.etcd();
+    let old = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        - 60;
+    let stamp = time::OffsetDateTime::from_unix_timestamp(old).unwrap();
+    let renew = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        stamp.year(),
+        u8::from(stamp.month()),
+        stamp.day(),
+        stamp.hour(),
+        stamp.minute(),
+        stamp.second()
+    );
+    rt().block_on(async {
+        let node =
+            serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "gone"}});
+        etcd::put_if(
+            &ep,
+            "/registry/minions/gone",
+            node.to_string().as_bytes(),
+            0,
+        )
+        .await
+        .unwrap();
+        let lease = serde_json::json!({"spec": {"renewTime": renew}});
+        etcd::put_if(
+            &ep,
+            "/registry/leases/kube-node-lease/gone",
+            lease.to_string().as_bytes(),
+            0,
+        )
+        .await
+        .unwrap();
+    });
+    let (_, out, _) = init.kubectl(&["get", "node", "gone", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"]["conditions"][0]["status"], "Unknown", "{v}");
+    assert_eq!(
+        v["status"]["conditions"][0]["lastHeartbeatTime"],
+        renew.as_str()
+    );
+}
+
+// Rule: ConfigMaps and Leases with resourceVersion compare-and-swap (the apiserver's
+// GuaranteedUpdate on etcd's mod revision): a stale resourceVersion is a Conflict.
+#[test]
+fn kubectl_configmap_and_lease_compare_and_swap() {
+    let (init, _, _) = init_with("lab-000001");
+    let dir = tempfile::tempdir().unwrap();
+    for kind in ["ConfigMap", "Lease"] {
+        let f = dir.path().join(format!("{kind}.json"));
+        let f = f.to_str().unwrap();
+        let body = |rv: Option<&str>, holder: &str| {
+            let mut v = serde_json::json!({"kind": kind, "metadata": {"name": "seats", "namespace": "kube-system"}});
+            if kind == "ConfigMap" {
+                v["data"] = serde_json::json!({"holder": holder});
+            } else {
+                v["spec"] = serde_json::json!({"holderIdentity": holder});
+            }
+            if let Some(rv) = rv {
+                v["metadata"]["resourceVersion"] = serde_json::json!(rv);
+            }
+            v.to_string()
+        };
+        std::fs::write(f, body(None, "a")).unwrap();
+        let (ok, out, err) = init.kubectl(&["create", "-f", f, "-o", "json"]);
+        assert!(ok, "{err}");
+        let rv1 = serde_json::from_str::<serde_json::Value>(&out).unwrap()["metadata"]
+            ["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (ok, _, err) = init.kubectl(&["create", "-f", f, "-o", "json"]);
+        assert!(!ok && err.contains("(AlreadyExists)"), "{err}");
+        let lower = kind.to_lowercase();
+        let (ok, out, _) =
+            init.kubectl(&["get", &lower, "seats", "-n", "kube-system", "-o", "json"]);
+        assert!(ok);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&out).unwrap()["metadata"]["resourceVersion"],
+            rv1.as_str()
+        );
+        std::fs::write(f, body(Some(&rv1), "b")).unwrap();
+        let (ok, out, err) = init.kubectl(&["replace", "-f", f, "-o", "json"]);
+        assert!(ok, "{err}");
+        let rv2 = serde_json::from_str::<serde_json::Value>(&out).unwrap()["metadata"]
+            ["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_ne!(rv1, rv2);
+        // The same stale version again: Conflict.
+        std::fs::write(f, body(Some(&rv1), "c")).unwrap();
+        let (ok, _, err) = init.kubectl(&["replace", "-f", f, "-o", "json"]);
+        assert!(!ok && err.contains("Error from server (Conflict)"), "{err}");
+        let (_, out, _) =
+            init.kubectl(&["get", &lower, "seats", "-n", "kube-system", "-o", "json"]);
+        assert!(out.contains("\"b\""), "{out}");
+    }
 }

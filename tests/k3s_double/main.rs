@@ -1,44 +1,77 @@
 //! k3s-double: a TEST DOUBLE for K3s (never shipped in an image) that mimics what firstboot relies on.
 //!
-//! Invoked like K3s as `k3s-double server` or `k3s-double agent`. It reads
-//! `/etc/rancher/k3s/config.yaml` (under `$K3S_DOUBLE_ROOT` when set) and then:
-//! - server with no `server:` (cluster-init): creates the cluster CA (kept across restarts),
-//!   writes `<data>/server/tls/server-ca.crt` and `<data>/server/token` =
-//!   `K10<sha256 of server-ca.crt>::server:<token>`, serves HTTPS with `/ping` ("pong"),
-//!   `/cacerts`, and the authenticated `/v1-k3s/server-bootstrap` and `/v1-k3s/config`;
-//! - server or agent with `server:`: fetches `/cacerts` without TLS verification, and with a
-//!   secure token refuses (exit 1) when its sha256 differs from the token's CA hash; then proves
-//!   the password over TLS verified by that CA; a joining server takes the CA and serves too;
-//! - sends READY=1 to `$NOTIFY_SOCKET` once up, then stays up until killed.
+//! Invoked like K3s as `k3s-double server`, `k3s-double agent` or `k3s-double kubectl ...`. It
+//! reads `/etc/rancher/k3s/config.yaml` (under `$K3S_DOUBLE_ROOT` when set) once, at start, and:
+//! - server with no `server:`: creates the cluster CA (kept across restarts; NotBefore = this
+//!   process's clock, `pki.rs`), writes `<data>/server/tls/server-ca.crt` and `<data>/server/token`
+//!   = `K10<sha256 of server-ca.crt>::server:<token>`; with `cluster-init` it starts a one-member
+//!   etcd (Debian's real etcd, `etcd.rs`), without it K3s's SQLite stands as a loopback-only store;
+//! - server with `server:` (with or without `cluster-init`: K3s joins, managed.go:125): fetches
+//!   `/cacerts` unverified, refuses (exit 1) a CA whose sha256 differs from the token's hash, takes
+//!   the CA over TLS verified by it, refuses a mismatch of K3s v1.31's critical arguments
+//!   (`critical_args`), refuses a node name already in etcd ("duplicate node name found"), adds
+//!   itself as an etcd learner (retrying while another learner is pending) and waits until the
+//!   leader promotes it; with etcd data on disk it starts as an existing member and asks nobody;
+//! - agent: validates the token like a joiner but on failure (wrong CA hash, wrong password,
+//!   server down, clock before the CA's NotBefore) logs and retries every 2 s forever, so the unit
+//!   stays activating (pkg/agent/run.go:354-363); a node name registered with another node
+//!   password is "Node password rejected", retried every 5 s (config.go:57-74, :180-182);
+//! - every node registers a Node object and renews its heartbeat Lease every 10 s in etcd
+//!   (agents through their server); the etcd leader promotes learners every 15 s and removes the
+//!   etcd member of a deleted Node (the finalizer), `store.rs`;
+//! - READY=1 to `$NOTIFY_SOCKET` only once etcd has this member as a voter and a leader, the node
+//!   is registered and flannel found its interface, plus `$K3S_DOUBLE_READY_DELAY` seconds
+//!   (default 5); then it stays up until killed. If etcd exits (a removed member's etcd does, and
+//!   refuses to start until `server/db` is cleared), the double exits 1, as K3s does.
 //!
-//! As strict as K3s (each rule cites its source in `config.rs` and `flannel.rs`): config.yaml and
-//! `config.yaml.d/*.yaml` are merged and read once, at start; `agent` exits on any key outside the
-//! agent flag table ("flag provided but not defined"), `server` skips unknown keys with K3s's
-//! warning; bad values for known flags fail; flannel exits when its interface has no IPv4.
+//! `k3s kubectl` subset (`kubectl.rs`), backed by the local server's etcd: `get nodes|node NAME
+//! -o json` (Ready from the heartbeat: True, or Unknown after 40 s), `delete node NAME`
+//! (non-forced: the finalizer removes the etcd member, kubectl waits), `get configmap|lease NAME
+//! [-n NS] -o json`, `create|replace -f FILE -o json` of a ConfigMap or Lease, where a stale
+//! `metadata.resourceVersion` is "Error from server (Conflict)". Nothing else.
 //!
-//! Still MORE LENIENT than K3s v1.31 (issue 14, not done; see k3s-fidelity audit section 10):
-//! READY comes at once (K3s: after learner promotion and apiserver readyz); an agent with a wrong
-//! CA hash exits 1 (K3s retries every 2 s forever, pkg/agent/run.go:349-361); certificates are
-//! valid 1975-4096 (K3s: NotBefore = CA creation time, dynamiclistener cert/cert.go:75-100);
-//! duplicate node names and critical-argument mismatches are not refused (etcd.go:613,
-//! bootstrap.go:429-472). Tests must not rely on these leniencies.
+//! As strict as K3s (each rule cites its source in `config.rs`, `flannel.rs`, `etcd.rs`,
+//! `store.rs`, `pki.rs` and below): config.yaml and `config.yaml.d/*.yaml` are merged and read
+//! once; `agent` exits on any key outside the agent flag table ("flag provided but not
+//! defined"), `server` skips unknown keys with K3s's warning; bad values for known flags fail;
+//! flannel exits when its interface has no IPv4; `/v1-k3s/server-bootstrap` and `/db/info` want
+//! the `server` user, `/v1-k3s/config` the `node` or `server` user.
 //!
-//! Test knobs: `K3S_DOUBLE_ROOT` (root prefix), `K3S_DOUBLE_PORT` (listen port, default 6443).
-//! The token is never printed.
+//! Still MORE LENIENT than K3s v1.31 (tests must not rely on these):
+//! - the cluster CA lives on disk only: K3s also keeps it in the datastore (bootstrap data) and
+//!   restores a deleted `server/tls` from there;
+//! - etcd speaks plain HTTP (K3s: mutual TLS with its own etcd CAs); a learner that never catches
+//!   up is not evicted after 5 min (etcd.go:1288-1340); a joiner does not wait for the container
+//!   runtime (air-gap image import) before joining etcd;
+//! - a SQLite server (no `cluster-init`) is not converted to etcd by a later `cluster-init`;
+//! - no memory-cgroup check and no 1980 clock check; Ready=Unknown is computed by kubectl from the
+//!   heartbeat's age (the apiserver's node controller writes it); agents stay with the server they
+//!   registered with (K3s's agent load balancer moves to another server).
+//!
+//! Test knobs: `K3S_DOUBLE_ROOT` (root prefix), `K3S_DOUBLE_PORT` (listen port, default 6443),
+//! `K3S_DOUBLE_ETCD_CLIENT_PORT`/`_PEER_PORT` (2379/2380), `K3S_DOUBLE_ETCD` (etcd program,
+//! /usr/bin/etcd), `K3S_DOUBLE_READY_DELAY` (seconds, default 5), `K3S_DOUBLE_LEARNER_TICK`
+//! (seconds, default 15 as K3s). The token is never printed.
 
 mod config;
+mod etcd;
 mod flannel;
+mod kubectl;
 mod pki;
+mod store;
 mod wire;
 
 use anyhow::{bail, Context, Result};
 use firstboot::k3s::flags::Subcommand;
 use firstboot::k3s::CaHash;
-use pki::{write_mode, ClusterCa};
+use pki::{unix_now, write_mode, ClusterCa};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 use wire::{Request, Response, Trust};
 
 /// What config.yaml says, as far as the double cares.
@@ -47,13 +80,17 @@ struct DoubleConfig {
     password: Option<String>,
     ca_hash: Option<CaHash>,
     server: Option<String>,
-    /// Kept for the log: with `server` set, K3s joins and ignores it (managed.go:125).
+    /// With `server` set, K3s joins and ignores it (managed.go:125).
     cluster_init: bool,
     node_name: String,
     /// `flannel-iface`, if set.
     flannel_iface: Option<String>,
     node_ip: Option<IpAddr>,
     tls_san: Vec<String>,
+    /// `etcd-arg` values.
+    etcd_args: Vec<String>,
+    /// K3s v1.31's critical control arguments, effective values (server only).
+    critical: BTreeMap<&'static str, String>,
 }
 
 fn log(msg: &str) {
@@ -61,14 +98,32 @@ fn log(msg: &str) {
 }
 
 fn main() -> ExitCode {
-    let mode = std::env::args().nth(1).unwrap_or_default();
-    let result = tokio::runtime::Builder::new_multi_thread()
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().cloned().unwrap_or_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()
-        .context("starting the runtime")
-        .and_then(|rt| rt.block_on(run(&mode)));
-    match result {
+        .build();
+    let rt = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            log(&format!("starting the runtime: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    if mode == "kubectl" {
+        return match rt.block_on(kubectl::run(&args[1..], unix_now)) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(kubectl::KubectlError(e)) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match rt.block_on(run(&mode)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log(&format!("level=fatal msg=\"{e:#}\""));
@@ -83,53 +138,184 @@ fn root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
+/// How long after it is up the double sends READY=1: `$K3S_DOUBLE_READY_DELAY` seconds
+/// (decimal), default 5. Real K3s sends READY after apiserver readyz and the startup hooks
+/// (pkg/cli/server/server.go:499-524; agents after image import, kubelet and flannel,
+/// pkg/agent/run.go:169-206): tens of seconds on a Pi. The default keeps machine tests short.
+fn ready_delay() -> Duration {
+    std::env::var("K3S_DOUBLE_READY_DELAY")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(Duration::from_secs(5))
+}
+
+/// K3s's learner-management tick (pkg/etcd/etcd.go:68 manageTickerTime, 15 s);
+/// `$K3S_DOUBLE_LEARNER_TICK` seconds for tests of the double.
+fn learner_tick() -> Duration {
+    std::env::var("K3S_DOUBLE_LEARNER_TICK")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(Duration::from_secs(15))
+}
+
 async fn run(mode: &str) -> Result<()> {
     let sub = match mode {
         "server" => Subcommand::Server,
         "agent" => Subcommand::Agent,
-        _ => bail!("usage: k3s-double server|agent (a test double of K3s)"),
+        _ => bail!("usage: k3s-double server|agent|kubectl (a test double of K3s)"),
     };
     // One crypto provider for the process; a second install attempt is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     // Read once: a running K3s never looks at config.yaml again.
-    let mut config = read_config(sub)?;
+    let config = read_config(sub)?;
     // The wall clock as this process sees it: machine tests check that a joiner's clock was
     // agreed with the init node's before K3s started.
-    let clock = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     log(&format!(
-        "starting {mode} as node {} with the clock at unix {clock}",
-        config.node_name
+        "starting {mode} as node {} with the clock at unix {}",
+        config.node_name,
+        unix_now()
     ));
     let data = root().join("var/lib/rancher/k3s");
-    let notifier = firstboot::status::Notifier::from_env();
-
     if mode == "agent" {
-        // pkg/cli/agent/agent.go Run: both are required.
-        let server = config.server.clone().context("--server is required")?;
-        let password = config.password.clone().context("--token is required")?;
-        let ca = trusted_ca(&server, &config).await?;
-        let (status, _) = wire::get(
+        run_agent(config, &data).await
+    } else {
+        run_server(config, &data).await
+    }
+}
+
+/// The node password kept in /etc/rancher/node/password (K3s ensureNodePassword,
+/// pkg/agent/config/config.go: created once, random, 0600).
+fn node_password() -> Result<String> {
+    let path = root().join("etc/rancher/node/password");
+    if let Ok(p) = std::fs::read_to_string(&path) {
+        if !p.trim().is_empty() {
+            return Ok(p.trim().to_string());
+        }
+    }
+    let p = random_password();
+    write_mode(&path, format!("{p}\n").as_bytes(), 0o600)?;
+    Ok(p)
+}
+
+/// K3s's "Node password rejected" (pkg/agent/config/config.go:180-182).
+const NODE_PASSWORD_REJECTED: &str = "Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password' may not match server node-passwd entry, try enabling a unique node name with the --with-node-id flag";
+
+async fn run_agent(config: DoubleConfig, data: &Path) -> Result<()> {
+    let notifier = firstboot::status::Notifier::from_env();
+    // pkg/cli/agent/agent.go Run: both are required.
+    let server = config.server.clone().context("--server is required")?;
+    let password = config.password.clone().context("--token is required")?;
+    // A wrong CA hash, a wrong password or a server that is not up: K3s logs and retries every
+    // 2 s forever; the unit stays "activating" (pkg/agent/run.go:354-363
+    // createProxyAndValidateToken).
+    let ca = loop {
+        match validate(&server, &config, &password).await {
+            Ok(ca) => break ca,
+            Err(e) => {
+                log(&format!(
+                    "level=error msg=\"Failed to validate connection to cluster at {server}: {e:#}\""
+                ));
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    // Agent configuration, retried every 5 s (pkg/agent/config/config.go:57-74 Get): the
+    // kubelet serving certificate request carries the node name and password; a name already
+    // registered with another password is refused (:180-182).
+    let node_pw = node_password()?;
+    loop {
+        let (status, body) = wire::request(
             &server,
-            "/v1-k3s/config",
-            Trust::Ca(ca),
+            "POST",
+            "/v1-k3s/serving-kubelet.crt",
+            Trust::Ca(ca.clone()),
             Some(("node", &password)),
+            &[
+                ("k3s-Node-Name", &config.node_name),
+                ("k3s-Node-Password", &node_pw),
+            ],
+            b"",
         )
         .await
-        .context("authenticating to the server")?;
-        if status != 200 {
-            bail!("the server rejected the token (HTTP {status})");
-        }
-        start_flannel(&config)?;
-        write_mode(&data.join("agent/server-url"), server.as_bytes(), 0o600)?;
-        log(&format!("agent joined {server}"));
-        notifier.ready("k3s-double agent running");
-        std::future::pending::<()>().await;
-        return Ok(());
+        .unwrap_or((0, b"no answer".to_vec()));
+        let e = match status {
+            200 => break,
+            403 => NODE_PASSWORD_REJECTED.to_string(),
+            s => format!(
+                "{server}/v1-k3s/serving-kubelet.crt: {s} {}",
+                String::from_utf8_lossy(&body)
+            ),
+        };
+        log(&format!(
+            "level=info msg=\"Waiting to retrieve agent configuration; server is not ready: {e}\""
+        ));
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
+    start_flannel(&config)?;
+    write_mode(&data.join("agent/server-url"), server.as_bytes(), 0o600)?;
+    // kubelet's heartbeat through the server (the double's own path: kubelet renews its Lease
+    // through the apiserver).
+    let name = config.node_name.clone();
+    let address = config.node_ip.map(|i| i.to_string()).unwrap_or_default();
+    let hb_server = server.clone();
+    tokio::spawn(async move {
+        loop {
+            let _ = wire::request(
+                &hb_server,
+                "POST",
+                "/v1-k3s/double/heartbeat",
+                Trust::Ca(ca.clone()),
+                Some(("node", &password)),
+                &[("k3s-Node-Name", &name), ("k3s-Node-IP", &address)],
+                b"",
+            )
+            .await;
+            tokio::time::sleep(Duration::from_secs(store::HEARTBEAT_SECS)).await;
+        }
+    });
+    log(&format!("agent joined {server}"));
+    tokio::time::sleep(ready_delay()).await;
+    notifier.ready("k3s-double agent running");
+    std::future::pending::<()>().await;
+    Ok(())
+}
 
+/// /cacerts checked against the token's hash, then the password proven over TLS verified by
+/// that CA (as the node user); returns the CA bundle.
+async fn validate(server: &str, config: &DoubleConfig, password: &str) -> Result<Vec<u8>> {
+    let ca = trusted_ca(server, config).await?;
+    let (status, _) = wire::get(
+        server,
+        "/v1-k3s/config",
+        Trust::Ca(ca.clone()),
+        Some(("node", password)),
+    )
+    .await
+    .context("authenticating to the server")?;
+    if status != 200 {
+        bail!("the server rejected the token (HTTP {status})");
+    }
+    Ok(ca)
+}
+
+/// State the server's routes share.
+struct Shared {
+    password: String,
+    ca_cert: String,
+    ca_key: String,
+    critical: BTreeMap<&'static str, String>,
+    /// The local etcd's client endpoint.
+    etcd: String,
+    /// False in SQLite mode: no etcd cluster to join.
+    etcd_cluster: bool,
+}
+
+async fn run_server(mut config: DoubleConfig, data: &Path) -> Result<()> {
+    let notifier = firstboot::status::Notifier::from_env();
     let tls_dir = data.join("server/tls");
     if config.cluster_init && config.server.is_some() {
         // K3s joins when both are set: JoinURL wins (pkg/cluster/managed.go:125).
@@ -145,13 +331,20 @@ async fn run(mode: &str) -> Result<()> {
         });
     }
     let password = config.password.clone().unwrap_or_default();
-    let ca = match &config.server {
-        Some(server) => {
+    // Embedded etcd with cluster-init or server (pkg/cluster/managed.go:110-129); neither is
+    // K3s's SQLite (kine). Once etcd data exists, both flags are ignored and the server starts
+    // as an existing member without asking anyone (pkg/etcd/etcd.go:455-476,
+    // pkg/cluster/bootstrap.go shouldBootstrapLoad).
+    let initialized = etcd::is_initialized(data);
+    let etcd_cluster = config.cluster_init || config.server.is_some() || initialized;
+    let joining = config.server.is_some() && !initialized;
+    let ca = match (&config.server, ClusterCa::load(&tls_dir)?) {
+        (Some(server), _) if joining => {
             let ca_pem = trusted_ca(server, &config).await?;
             let (status, body) = wire::get(
                 server,
                 "/v1-k3s/server-bootstrap",
-                Trust::Ca(ca_pem),
+                Trust::Ca(ca_pem.clone()),
                 Some(("server", &password)),
             )
             .await
@@ -159,8 +352,8 @@ async fn run(mode: &str) -> Result<()> {
             if status != 200 {
                 bail!("the server rejected the token (HTTP {status})");
             }
-            let v: serde_json::Value =
-                serde_json::from_slice(&body).context("parsing bootstrap data")?;
+            let v: Value = serde_json::from_slice(&body).context("parsing bootstrap data")?;
+            compare_config(server, &ca_pem, &password, &config.critical).await?;
             let ca = ClusterCa {
                 cert_pem: v["ca_cert"].as_str().unwrap_or_default().to_string(),
                 key_pem: v["ca_key"].as_str().unwrap_or_default().to_string(),
@@ -169,15 +362,13 @@ async fn run(mode: &str) -> Result<()> {
             log(&format!("joined cluster through {server}"));
             ca
         }
-        None => match ClusterCa::load(&tls_dir)? {
-            Some(ca) => ca,
-            None => {
-                let ca = ClusterCa::generate()?;
-                ca.store(&tls_dir)?;
-                log("cluster-init: created the cluster CA");
-                ca
-            }
-        },
+        (_, Some(ca)) => ca,
+        (_, None) => {
+            let ca = ClusterCa::generate()?;
+            ca.store(&tls_dir)?;
+            log("cluster-init: created the cluster CA");
+            ca
+        }
     };
     let hash = CaHash::of_bundle(ca.cert_pem.as_bytes());
     let token_text = format!("K10{}::server:{}", hash.to_hex(), password);
@@ -188,6 +379,10 @@ async fn run(mode: &str) -> Result<()> {
     )?;
 
     let listen_ip = config.node_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let address = config
+        .node_ip
+        .map(|i| i.to_string())
+        .unwrap_or_else(|| "127.0.0.1".into());
     let port: u16 = match std::env::var("K3S_DOUBLE_PORT") {
         Ok(p) => p.parse().context("K3S_DOUBLE_PORT")?,
         Err(_) => firstboot::k3s::API_PORT,
@@ -208,38 +403,386 @@ async fn run(mode: &str) -> Result<()> {
     log(&format!(
         "serving https on {listen_ip}:{port}, CA sha256 {hash}"
     ));
-    let ca_cert = ca.cert_pem.clone();
-    let ca_key = ca.key_pem.clone();
-    let route = Arc::new(move |req: &Request| -> Response {
-        let authed = req.password.as_deref() == Some(password.as_str());
-        let ok = |body: Vec<u8>| Response { status: 200, body };
-        match req.path.as_str() {
-            "/ping" => ok(b"pong".to_vec()),
-            "/cacerts" => ok(ca_cert.clone().into_bytes()),
-            "/v1-k3s/server-bootstrap" if authed => ok(serde_json::json!({
-                "ca_cert": ca_cert,
-                "ca_key": ca_key,
-            })
-            .to_string()
-            .into_bytes()),
-            "/v1-k3s/config" if authed => ok(b"{}".to_vec()),
-            "/v1-k3s/server-bootstrap" | "/v1-k3s/config" => Response {
-                status: 401,
-                body: b"Unauthorized".to_vec(),
-            },
-            _ => Response {
-                status: 404,
-                body: b"not found".to_vec(),
-            },
+    let ep = etcd::url("127.0.0.1", etcd::client_port());
+    let shared = Arc::new(Shared {
+        password: password.clone(),
+        ca_cert: ca.cert_pem.clone(),
+        ca_key: ca.key_pem.clone(),
+        critical: config.critical.clone(),
+        etcd: ep.clone(),
+        etcd_cluster,
+    });
+    let route = Arc::new(move |req: Request| -> wire::RouteFuture {
+        let shared = shared.clone();
+        Box::pin(async move { route(&shared, req).await })
+    });
+    let server_task = tokio::spawn(wire::serve(listener, chain, key, route));
+
+    // etcd, started from this (the main) thread so it dies with the process.
+    let member = if etcd_cluster {
+        let name = etcd::member_name(data, &config.node_name, false)?;
+        let launch = if initialized {
+            log("level=info msg=\"Starting etcd for existing cluster member\"");
+            etcd::Launch {
+                name: name.clone(),
+                data: data.to_path_buf(),
+                address: address.clone(),
+                initial_cluster: None,
+                state: "existing",
+                extra_args: config.etcd_args.clone(),
+            }
+        } else if let Some(server) = &config.server {
+            join_etcd(server, &ca, &password, &config, data, &name, &address).await?
+        } else {
+            log("level=info msg=\"Starting etcd for new cluster\"");
+            etcd::Launch {
+                name: name.clone(),
+                data: data.to_path_buf(),
+                address: address.clone(),
+                initial_cluster: None,
+                state: "new",
+                extra_args: config.etcd_args.clone(),
+            }
+        };
+        Some((name, launch))
+    } else {
+        None
+    };
+    let launch = match &member {
+        Some((_, l)) => l.clone(),
+        // SQLite mode: the double keeps its objects in a loopback-only, one-member etcd under
+        // server/db/state.db.d (standing in for kine's SQLite; no member is ever added).
+        None => {
+            log("level=info msg=\"Configuring sqlite3 database connection pooling\" (the double: a loopback-only store, no etcd cluster)");
+            etcd::Launch {
+                name: format!("{}-sqlite", config.node_name),
+                data: data.join("server/db/state.db.d"),
+                address: "127.0.0.1".into(),
+                initial_cluster: None,
+                state: "new",
+                extra_args: Vec::new(),
+            }
+        }
+    };
+    let mut child = etcd::spawn(&launch)?;
+    std::thread::spawn(move || {
+        let status = child.wait();
+        // K3s runs etcd in-process: etcd stopping stops K3s (a removed member's etcd exits
+        // with "the member has been permanently removed from the cluster").
+        log(&format!(
+            "level=fatal msg=\"etcd exited: {}\"",
+            status.map(|s| s.to_string()).unwrap_or_default()
+        ));
+        std::process::exit(1);
+    });
+    // ETCDReady: the member is a voter and there is a leader (etcd.go:210-223 Test), polled
+    // every 5 s by K3s (pkg/cluster/managed.go:25-51); every second here.
+    let mut last = String::new();
+    loop {
+        match etcd::test(&ep).await {
+            Ok(()) => break,
+            Err(e) => {
+                let e = format!("{e:#}");
+                if e != last {
+                    log(&format!("level=info msg=\"Waiting for etcd: {e}\""));
+                    last = e;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    log("level=info msg=\"etcd is ready: this member is a voter and there is a leader\"");
+    if etcd_cluster {
+        tokio::spawn(manage_learners(ep.clone()));
+        tokio::spawn(member_removal_controller(ep.clone()));
+    }
+    // The server's own kubelet registers the Node (and its node password) like an agent's.
+    let node_pw = node_password()?;
+    if !store::ensure_node_password(&ep, &config.node_name, &node_pw).await? {
+        // Servers retry agent configuration like agents (config.go:57-74).
+        loop {
+            log(&format!("level=info msg=\"Waiting to retrieve agent configuration; server is not ready: {NODE_PASSWORD_REJECTED}\""));
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if store::ensure_node_password(&ep, &config.node_name, &node_pw).await? {
+                break;
+            }
+        }
+    }
+    let member_name = member.as_ref().map(|(n, _)| n.clone());
+    store::register_node(
+        &ep,
+        &store::NodeInfo {
+            name: &config.node_name,
+            address: &address,
+            etcd_member: member_name.as_deref(),
+            server: true,
+        },
+        unix_now(),
+    )
+    .await?;
+    let hb_ep = ep.clone();
+    let hb_name = config.node_name.clone();
+    tokio::spawn(async move {
+        loop {
+            let _ = store::heartbeat(&hb_ep, &hb_name, unix_now()).await;
+            tokio::time::sleep(Duration::from_secs(store::HEARTBEAT_SECS)).await;
         }
     });
-    let server = tokio::spawn(wire::serve(listener, chain, key, route));
     // The server's embedded agent runs flannel too. K3s may send READY before flannel exits the
     // process (setup.go:106-110 runs in a goroutine); the double fails before READY so a test
     // cannot miss it.
     start_flannel(&config)?;
+    tokio::time::sleep(ready_delay()).await;
     notifier.ready("k3s-double server running");
-    server.await.context("server task")?
+    server_task.await.context("server task")?
+}
+
+/// The route table of the supervisor port (pkg/server/handlers/router.go at the pinned
+/// release): `/cacerts` and `/ping` open; `/v1-k3s/config` and `/v1-k3s/serving-kubelet.crt`
+/// for nodes and servers (`authed`, :36-44); `/v1-k3s/server-bootstrap` for servers only
+/// (`serverAuthed`, :54-58); `/db/info` for servers (pkg/etcd/etcd.go:718-720). The user is the
+/// token's: "node" for agents, "server" for servers (pkg/agent/run.go:350 WithUser("node")).
+async fn route(s: &Shared, req: Request) -> Response {
+    let pw_ok = req.password.as_deref() == Some(s.password.as_str());
+    let user = req.user.as_deref().unwrap_or_default();
+    let node = pw_ok && (user == "node" || user == "server");
+    let server = pw_ok && user == "server";
+    let ok = |body: Vec<u8>| Response { status: 200, body };
+    let status = |status: u16, body: &str| Response {
+        status,
+        body: body.as_bytes().to_vec(),
+    };
+    let path = req.path.split('?').next().unwrap_or_default();
+    match path {
+        "/ping" => ok(b"pong".to_vec()),
+        "/cacerts" => ok(s.ca_cert.clone().into_bytes()),
+        "/v1-k3s/server-bootstrap" if server => ok(json!({
+            "ca_cert": s.ca_cert,
+            "ca_key": s.ca_key,
+        })
+        .to_string()
+        .into_bytes()),
+        "/v1-k3s/config" if node => ok(json!({"CriticalControlArgs": s.critical})
+            .to_string()
+            .into_bytes()),
+        "/db/info" if server => {
+            if !s.etcd_cluster {
+                return status(500, "failed to get etcd MemberList: etcd not started");
+            }
+            match etcd::call(&s.etcd, "/v3/cluster/member/list", &json!({})).await {
+                Ok(v) => ok(json!({"members": v["members"]}).to_string().into_bytes()),
+                Err(e) => status(500, &format!("failed to get etcd MemberList: {e:#}")),
+            }
+        }
+        "/v1-k3s/serving-kubelet.crt" | "/v1-k3s/double/heartbeat" if req.method != "POST" => {
+            status(405, "method not allowed")
+        }
+        "/v1-k3s/serving-kubelet.crt" if node => {
+            let (Some(name), Some(pw)) =
+                (req.header("k3s-Node-Name"), req.header("k3s-Node-Password"))
+            else {
+                return status(400, "missing node name or password");
+            };
+            match store::ensure_node_password(&s.etcd, name, pw).await {
+                Ok(true) => ok(b"serving certificate (the double issues none)".to_vec()),
+                Ok(false) => status(403, "Forbidden"),
+                Err(e) => status(500, &format!("{e:#}")),
+            }
+        }
+        "/v1-k3s/double/heartbeat" if node => {
+            let Some(name) = req.header("k3s-Node-Name") else {
+                return status(400, "missing node name");
+            };
+            let address = req.header("k3s-Node-IP").unwrap_or_default();
+            let info = store::NodeInfo {
+                name,
+                address,
+                etcd_member: None,
+                server: false,
+            };
+            let now = unix_now();
+            match store::register_node(&s.etcd, &info, now).await {
+                Ok(()) => match store::heartbeat(&s.etcd, name, now).await {
+                    Ok(()) => ok(b"ok".to_vec()),
+                    Err(e) => status(500, &format!("{e:#}")),
+                },
+                Err(e) => status(500, &format!("{e:#}")),
+            }
+        }
+        "/v1-k3s/server-bootstrap"
+        | "/v1-k3s/config"
+        | "/db/info"
+        | "/v1-k3s/serving-kubelet.crt"
+        | "/v1-k3s/double/heartbeat" => status(401, "Unauthorized"),
+        _ => status(404, "not found"),
+    }
+}
+
+/// K3s compareConfig (pkg/cluster/bootstrap.go:477-528): a joining server fetches the
+/// cluster's `/v1-k3s/config` as a node and refuses to start when any critical control argument
+/// differs, warning with each argument's flag name.
+async fn compare_config(
+    server: &str,
+    ca: &[u8],
+    password: &str,
+    mine: &BTreeMap<&'static str, String>,
+) -> Result<()> {
+    let (status, body) = wire::get(
+        server,
+        "/v1-k3s/config",
+        Trust::Ca(ca.to_vec()),
+        Some(("node", password)),
+    )
+    .await?;
+    if status != 200 {
+        log(&format!(
+            "level=warning msg=\"Skipping cluster configuration validation: HTTP {status}\""
+        ));
+        return Ok(());
+    }
+    let v: Value = serde_json::from_slice(&body).context("parsing the cluster's config")?;
+    let mut mismatch = false;
+    for (flag, value) in mine {
+        if v["CriticalControlArgs"][*flag].as_str() != Some(value.as_str()) {
+            log(&format!(
+                "level=warning msg=\"critical configuration mismatched: {flag}\""
+            ));
+            mismatch = true;
+        }
+    }
+    if mismatch {
+        bail!("critical configuration value mismatch between servers");
+    }
+    Ok(())
+}
+
+/// K3s join (pkg/etcd/etcd.go:559-640): the member list from the server's `/db/info`, the
+/// duplicate-name check, MemberAddAsLearner through a member's client URL (retried every
+/// second while etcd answers "too many learner members" or is unhealthy, :498-520), then etcd
+/// started with the cluster it was added to.
+async fn join_etcd(
+    server: &str,
+    ca: &ClusterCa,
+    password: &str,
+    config: &DoubleConfig,
+    data: &Path,
+    name: &str,
+    address: &str,
+) -> Result<etcd::Launch> {
+    let peer_url = etcd::url(address, etcd::peer_port());
+    loop {
+        let (status, body) = wire::get(
+            server,
+            "/db/info",
+            Trust::Ca(ca.cert_pem.clone().into_bytes()),
+            Some(("server", password)),
+        )
+        .await
+        .context("retrieving the etcd member list")?;
+        if status != 200 {
+            log(&format!("level=info msg=\"Waiting to retrieve etcd cluster member list: {server}/db/info: HTTP {status} {}\"", String::from_utf8_lossy(&body)));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        let members = etcd::members_of(&serde_json::from_slice(&body)?);
+        let mut cluster = Vec::new();
+        let mut add = true;
+        for m in &members {
+            let member_name = if m.name.is_empty() && m.peer_urls.contains(&peer_url) {
+                name.to_string()
+            } else {
+                m.name.clone()
+            };
+            if member_name == name && m.peer_urls.contains(&peer_url) {
+                add = false;
+            }
+            if let Some(p) = m.peer_urls.first() {
+                cluster.push(format!("{member_name}={p}"));
+            }
+            if member_name != name && etcd::node_of_member(&member_name) == config.node_name {
+                // etcd.go:608-617: the name file goes, so a fixed node name gets a new member name.
+                let _ = std::fs::remove_file(etcd::db_dir(data).join("name"));
+                bail!("duplicate node name found, please use a unique name for this node");
+            }
+        }
+        if add {
+            let endpoint = members
+                .iter()
+                .flat_map(|m| m.client_urls.first())
+                .next()
+                .cloned()
+                .context("no etcd member with a client URL")?;
+            log(&format!(
+                "level=info msg=\"Adding member {name}={peer_url} to etcd cluster {cluster:?}\""
+            ));
+            if let Err(e) = etcd::add_learner(&endpoint, &peer_url).await {
+                let msg = format!("{e:#}");
+                if msg.contains("too many learner members") || msg.contains("unhealthy") {
+                    log(&format!("level=info msg=\"Waiting for other members to finish joining etcd cluster: {msg}\""));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                bail!("etcd cluster join failed: {msg}");
+            }
+            cluster.push(format!("{name}={peer_url}"));
+        }
+        return Ok(etcd::Launch {
+            name: name.to_string(),
+            data: data.to_path_buf(),
+            address: address.to_string(),
+            initial_cluster: Some(cluster.join(",")),
+            state: "existing",
+            extra_args: config.etcd_args.clone(),
+        });
+    }
+}
+
+/// K3s manageLearners (pkg/etcd/etcd.go:1177-1199, 1288-1296): every tick, the leader tries to
+/// promote each learner; etcd refuses one that has not caught up.
+async fn manage_learners(ep: String) {
+    let tick = learner_tick();
+    loop {
+        tokio::time::sleep(tick).await;
+        let Ok((me, leader, _)) = etcd::status(&ep).await else {
+            continue;
+        };
+        if me != leader {
+            continue;
+        }
+        let Ok(members) = etcd::member_list(&ep).await else {
+            continue;
+        };
+        for m in members.iter().filter(|m| m.is_learner) {
+            match etcd::promote(&ep, &m.id).await {
+                Ok(()) => log(&format!("level=info msg=\"Promoted learner {}\"", m.name)),
+                Err(e) => log(&format!(
+                    "level=debug msg=\"Unable to promote learner {}: {e:#}\"",
+                    m.name
+                )),
+            }
+        }
+    }
+}
+
+/// K3s's managed etcd member removal controller, on the etcd leader (K3s runs it as a
+/// leader-elected controller, etcd.go Register): deleted Nodes lose their etcd member, then
+/// their finalizer.
+async fn member_removal_controller(ep: String) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Ok((me, leader, _)) = etcd::status(&ep).await else {
+            continue;
+        };
+        if me != leader {
+            continue;
+        }
+        match store::finalize_deleted_nodes(&ep).await {
+            Ok(done) => done.iter().for_each(|d| log(d)),
+            Err(e) => log(&format!(
+                "level=error msg=\"managed-etcd-controller: {e:#}\""
+            )),
+        }
+    }
 }
 
 /// flannel's interface choice; fatal as in K3s when it has no IPv4 address.
@@ -249,6 +792,59 @@ fn start_flannel(config: &DoubleConfig) -> Result<()> {
         "level=info msg=\"The interface {iface} with ipv4 address {ip} will be used by flannel\""
     ));
     Ok(())
+}
+
+/// K3s v1.31's critical control arguments with their effective values (defaults filled in),
+/// pkg/daemons/config/types.go:169-189 `CriticalControlArgs`; `disable: servicelb` sets
+/// disable-service-lb (pkg/cli/server/server.go:425-427). Defaults from pkg/cli/cmds/server.go.
+fn critical_args(p: &config::Parsed) -> BTreeMap<&'static str, String> {
+    let slice = |name: &str, default: &str| {
+        let v = p.slice(name);
+        if v.is_empty() {
+            default.to_string()
+        } else {
+            v.join(",")
+        }
+    };
+    let string = |name: &str, default: &str| {
+        p.string(name)
+            .filter(|s| !s.is_empty())
+            .unwrap_or(default)
+            .to_string()
+    };
+    let boolean = |name: &str| p.bool(name).to_string();
+    let mut m = BTreeMap::new();
+    m.insert("cluster-cidr", slice("cluster-cidr", "10.42.0.0/16"));
+    m.insert("service-cidr", slice("service-cidr", "10.43.0.0/16"));
+    m.insert("cluster-dns", slice("cluster-dns", "10.43.0.10"));
+    m.insert("cluster-domain", string("cluster-domain", "cluster.local"));
+    m.insert(
+        "disable-cloud-controller",
+        boolean("disable-cloud-controller"),
+    );
+    m.insert(
+        "disable-helm-controller",
+        boolean("disable-helm-controller"),
+    );
+    m.insert("disable-network-policy", boolean("disable-network-policy"));
+    let servicelb =
+        p.bool("disable-service-lb") || p.slice("disable").iter().any(|d| d == "servicelb");
+    m.insert("disable-service-lb", servicelb.to_string());
+    m.insert("secrets-encryption", boolean("secrets-encryption"));
+    m.insert(
+        "secrets-encryption-provider",
+        string("secrets-encryption-provider", "aescbc"),
+    );
+    m.insert("embedded-registry", boolean("embedded-registry"));
+    m.insert("flannel-backend", string("flannel-backend", "vxlan"));
+    m.insert("flannel-ipv6-masq", boolean("flannel-ipv6-masq"));
+    m.insert("flannel-external-ip", boolean("flannel-external-ip"));
+    m.insert(
+        "egress-selector-mode",
+        string("egress-selector-mode", "agent"),
+    );
+    m.insert("supervisor-metrics", boolean("supervisor-metrics"));
+    m
 }
 
 /// Fetches `/cacerts` unverified and checks it against the token's CA hash, as K3s does.
@@ -353,7 +949,14 @@ fn read_config(mode: Subcommand) -> Result<DoubleConfig> {
         .string("server")
         .filter(|s| !s.is_empty())
         .map(str::to_string);
+    let critical = if mode == Subcommand::Server {
+        critical_args(&parsed)
+    } else {
+        BTreeMap::new()
+    };
     Ok(DoubleConfig {
+        etcd_args: parsed.slice("etcd-arg"),
+        critical,
         password,
         ca_hash,
         server,

@@ -8,6 +8,7 @@ use rcgen::{
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use time::OffsetDateTime;
 
 /// The cluster CA: certificate PEM exactly as stored (and served on /cacerts) plus its key.
 pub struct ClusterCa {
@@ -18,17 +19,18 @@ pub struct ClusterCa {
 }
 
 impl ClusterCa {
-    /// A fresh self-signed CA named like K3s's (`k3s-server-ca@<unix time>`).
+    /// A fresh self-signed CA named like K3s's (`k3s-server-ca@<unix time>`), valid from this
+    /// process's clock now for ten years, as K3s v1.31's (rancher/dynamiclistener v0.6.0-rc1
+    /// cert/cert.go:75-100 NewSelfSignedCACert: `NotBefore: now.UTC()`, no backdating,
+    /// `NotAfter: now.Add(duration365d * 10)`). A node whose clock is behind this fails the
+    /// TLS check ("certificate is not valid yet"), as on real K3s (k3s issues 6368, 411).
     pub fn generate() -> Result<Self> {
         let key = KeyPair::generate().context("generating the CA key")?;
-        // Not yet as strict as K3s: rcgen's default validity is 1975-4096, where K3s v1.31's CA has
-        // NotBefore = its creation time (rancher/dynamiclistener v0.6.0 cert/cert.go:75-100), so a
-        // joiner whose clock is behind the CA's creation is not refused here (issue 14, open).
         let mut params = CertificateParams::default();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = unix_now();
+        params.not_before = OffsetDateTime::from_unix_timestamp(now).context("the clock")?;
+        params.not_after =
+            OffsetDateTime::from_unix_timestamp(now + TEN_YEARS).context("the clock")?;
         params
             .distinguished_name
             .push(DnType::CommonName, format!("k3s-server-ca@{now}"));
@@ -83,6 +85,7 @@ impl ClusterCa {
         let ca_key = KeyPair::from_pem(&self.key_pem).context("parsing the CA key")?;
         let ca_params = CertificateParams::from_ca_cert_pem(&self.cert_pem)
             .context("parsing the CA certificate")?;
+        let ca_not_before = ca_params.not_before;
         let issuer: Certificate = ca_params
             .self_signed(&ca_key)
             .context("rebuilding the CA as issuer")?;
@@ -91,6 +94,12 @@ impl ClusterCa {
             .context("decoding the CA PEM")?;
         let key = KeyPair::generate().context("generating the serving key")?;
         let mut params = CertificateParams::default();
+        // Leaves copy the CA's NotBefore and last a year from now (dynamiclistener v0.6.0-rc1
+        // cert/cert.go:136 NewSignedCert: `NotBefore: caCert.NotBefore`,
+        // `NotAfter: time.Now().Add(duration365d)`).
+        params.not_before = ca_not_before;
+        params.not_after =
+            OffsetDateTime::from_unix_timestamp(unix_now() + YEAR).context("the clock")?;
         params.distinguished_name.push(DnType::CommonName, "k3s");
         for ip in ips {
             params.subject_alt_names.push(SanType::IpAddress(*ip));
@@ -104,6 +113,17 @@ impl ClusterCa {
             .signed_by(&key, &issuer, &ca_key)
             .context("signing the serving certificate")?;
         Ok((vec![cert.der().to_vec(), ca_der], key.serialize_der()))
+    }
+}
+
+const YEAR: i64 = 365 * 24 * 3600;
+const TEN_YEARS: i64 = 10 * YEAR;
+
+/// Unix seconds on this process's wall clock (a machine's fake clock included).
+pub fn unix_now() -> i64 {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
     }
 }
 

@@ -1,4 +1,5 @@
-//! Minimal HTTPS for the double: a server for /ping, /cacerts and two authenticated paths, and a GET client.
+//! Minimal HTTPS for the double: a server whose routes are async functions of the request, and a
+//! client (GET, POST, PUT with basic auth and extra headers).
 
 use anyhow::{anyhow, bail, Context, Result};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -8,13 +9,33 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A parsed request: path and the password from `Authorization: Basic user:password`.
+/// A parsed request.
 pub struct Request {
-    /// Request path.
+    /// Method (GET, POST, ...).
+    pub method: String,
+    /// Request path (with any query).
     pub path: String,
+    /// User part of basic auth, if any.
+    pub user: Option<String>,
     /// Password part of basic auth, if any.
     pub password: Option<String>,
+    /// Headers (names lower-cased).
+    pub headers: Vec<(String, String)>,
 }
+
+impl Request {
+    /// A header's value (name case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The future a route returns.
+pub type RouteFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>;
 
 /// A response: status code and body.
 pub struct Response {
@@ -32,7 +53,7 @@ pub async fn serve<F>(
     route: Arc<F>,
 ) -> Result<()>
 where
-    F: Fn(&Request) -> Response + Send + Sync + 'static,
+    F: Fn(Request) -> RouteFuture + Send + Sync + 'static,
 {
     let certs: Vec<CertificateDer<'static>> = chain.into_iter().map(CertificateDer::from).collect();
     let key = PrivateKeyDer::Pkcs8(key.into());
@@ -49,11 +70,11 @@ where
             let Ok(mut tls) = acceptor.accept(tcp).await else {
                 return;
             };
-            let Ok(head) = read_head(&mut tls).await else {
+            let Ok((head, body)) = read_message(&mut tls).await else {
                 return;
             };
-            let resp = match parse_request(&head) {
-                Some(req) => route(&req),
+            let resp = match parse_request(&head, body) {
+                Some(req) => route(req).await,
                 None => Response {
                     status: 400,
                     body: b"bad request".to_vec(),
@@ -61,8 +82,12 @@ where
             };
             let reason = match resp.status {
                 200 => "OK",
+                201 => "Created",
+                400 => "Bad Request",
                 401 => "Unauthorized",
+                403 => "Forbidden",
                 404 => "Not Found",
+                409 => "Conflict",
                 _ => "Error",
             };
             let mut out = format!(
@@ -78,35 +103,73 @@ where
     }
 }
 
-async fn read_head<S: AsyncReadExt + Unpin>(s: &mut S) -> Result<String> {
+/// Reads a request head and its Content-Length body.
+async fn read_message<S: AsyncReadExt + Unpin>(s: &mut S) -> Result<(String, Vec<u8>)> {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+    let mut chunk = [0u8; 4096];
+    let split = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
         let n = s.read(&mut chunk).await?;
         if n == 0 || buf.len() > 16 * 1024 {
             bail!("incomplete request");
         }
         buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let len: usize = head
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    if len > 1 << 20 {
+        bail!("request body too large");
     }
-    Ok(String::from_utf8_lossy(&buf).into_owned())
+    let mut body = buf[split + 4..].to_vec();
+    while body.len() < len {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("incomplete body");
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(len);
+    Ok((head, body))
 }
 
-fn parse_request(head: &str) -> Option<Request> {
+fn parse_request(head: &str, _body: Vec<u8>) -> Option<Request> {
     use base64::Engine;
     let mut lines = head.split("\r\n");
     let mut first = lines.next()?.split(' ');
-    if first.next()? != "GET" {
-        return None;
-    }
+    let method = first.next()?.to_string();
     let path = first.next()?.to_string();
-    let password = lines
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
-        .and_then(|(_, v)| v.trim().strip_prefix("Basic ").map(str::to_string))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let creds = headers
+        .iter()
+        .find(|(k, _)| k == "authorization")
+        .and_then(|(_, v)| v.strip_prefix("Basic ").map(str::to_string))
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
         .and_then(|raw| String::from_utf8(raw).ok())
-        .and_then(|up| up.split_once(':').map(|(_, p)| p.to_string()));
-    Some(Request { path, password })
+        .and_then(|up| {
+            up.split_once(':')
+                .map(|(u, p)| (u.to_string(), p.to_string()))
+        });
+    let (user, password) = match creds {
+        Some((u, p)) => (Some(u), Some(p)),
+        None => (None, None),
+    };
+    Some(Request {
+        method,
+        path,
+        user,
+        password,
+        headers,
+    })
 }
 
 /// How the client checks the server.
@@ -123,6 +186,19 @@ pub async fn get(
     path: &str,
     trust: Trust,
     auth: Option<(&str, &str)>,
+) -> Result<(u16, Vec<u8>)> {
+    request(server_url, "GET", path, trust, auth, &[], &[]).await
+}
+
+/// Sends one request (method, path, basic auth, extra headers, body) to `server_url`.
+pub async fn request(
+    server_url: &str,
+    method: &str,
+    path: &str,
+    trust: Trust,
+    auth: Option<(&str, &str)>,
+    headers: &[(&str, &str)],
+    body: &[u8],
 ) -> Result<(u16, Vec<u8>)> {
     use base64::Engine;
     use rustls::pki_types::pem::PemObject;
@@ -172,13 +248,21 @@ pub async fn get(
         .connect(name, tcp)
         .await
         .with_context(|| format!("TLS handshake with {host_port}"))?;
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
     if let Some((user, password)) = auth {
         let b = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         req.push_str(&format!("Authorization: Basic {b}\r\n"));
     }
     req.push_str("\r\n");
-    tls.write_all(req.as_bytes()).await?;
+    let mut out = req.into_bytes();
+    out.extend_from_slice(body);
+    tls.write_all(&out).await?;
     let mut raw = Vec::new();
     // A peer that closes without close_notify still sent a complete, length-delimited answer.
     if let Err(e) = tls.read_to_end(&mut raw).await {

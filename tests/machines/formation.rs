@@ -307,6 +307,44 @@ fn assert_formed(lan: &Lan, token: &str, servers: usize, agents: usize) {
         "servers: {roles:?}"
     );
     assert_eq!(count("agent"), agents, "agents: {roles:?}");
+    assert_k3s_sees_every_node(lan, &hostnames, servers);
+}
+
+/// The K3s side, through the double's `k3s kubectl` on the init node (backed by its real etcd):
+/// every machine is a Ready Node, and exactly `servers` of them carry an etcd member (a server
+/// is READY only once its member is a voter).
+fn assert_k3s_sees_every_node(lan: &Lan, hostnames: &BTreeSet<String>, servers: usize) {
+    let init = lan
+        .machines
+        .iter()
+        .find(|m| m.role().as_deref() == Some("init"))
+        .expect("an init machine");
+    let out = init
+        .exec("k3s", &["kubectl", "get", "nodes", "-o", "json"])
+        .expect("the init machine runs");
+    assert!(
+        out.status.success(),
+        "k3s kubectl get nodes: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("kubectl's JSON");
+    let items = v["items"].as_array().cloned().unwrap_or_default();
+    let names: BTreeSet<String> = items
+        .iter()
+        .filter_map(|n| n["metadata"]["name"].as_str().map(String::from))
+        .collect();
+    assert_eq!(&names, hostnames, "K3s nodes");
+    for n in &items {
+        assert_eq!(
+            n["status"]["conditions"][0]["status"], "True",
+            "not Ready: {n}"
+        );
+    }
+    let members = items
+        .iter()
+        .filter(|n| !n["metadata"]["annotations"]["etcd.k3s.cattle.io/node-name"].is_null())
+        .count();
+    assert_eq!(members, servers, "etcd members: {v}");
 }
 
 /// `[k3s] extra` of the formation tests: a server-only key (`k3s agent` exits with "flag

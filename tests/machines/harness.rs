@@ -52,6 +52,8 @@ const TOOLS: &[&str] = &[
     "fsck.vfat",
     "debootstrap",
     "journalctl",
+    // The K3s double's servers run Debian's etcd (package etcd-server), bound into each machine.
+    "etcd",
 ];
 /// The LAN's prefix (inside the test's own namespaces only).
 pub const SUBNET: &str = "198.18.1";
@@ -589,7 +591,11 @@ impl Machine {
             // A Pi's root has CAP_NET_ADMIN (firstboot adds its dummy default route on a LAN
             // without one); nspawn drops it unless told. It acts on the machine's own namespace.
             .arg("--capability=CAP_NET_ADMIN")
-            .arg(format!("--bind={}:/boot/firmware", self.boot.display()));
+            .arg(format!("--bind={}:/boot/firmware", self.boot.display()))
+            // The K3s double runs Debian's etcd as K3s embeds its own: the host's binary, bound
+            // read-only (it needs only libc; a Pi has no etcd of its own, K3s carries it, so it
+            // is the double's part, not the OS image's, and the image cache key stays the same).
+            .arg("--bind-ro=/usr/bin/etcd");
         let child = die_with_parent(&mut cmd)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("cloning the log handle"))

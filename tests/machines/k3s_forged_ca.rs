@@ -1,7 +1,8 @@
 //! Issue 8 on machines: a joiner refuses a server whose CA does not match the CA hash of the
 //! init node's signed announcement. Two machines form; then the K3s server at the init node's
-//! address gets another CA (a rogue server in its place: the init's CA is deleted and K3s
-//! restarted, so it makes a new one), while the init node's firstboot still announces the
+//! address gets another CA (a rogue server in its place: the init's CA and datastore are deleted
+//! and K3s restarted, so it makes a new one; real K3s would restore a CA deleted alone from its
+//! datastore), while the init node's firstboot still announces the
 //! original hash. The third machine, booted then, joins with that hash and must refuse.
 
 mod harness;
@@ -40,7 +41,12 @@ fn a_joiner_refuses_a_server_with_another_ca() {
     // The rogue server: same address, another CA.
     for step in [
         vec!["systemctl", "stop", "k3s.service"],
-        vec!["rm", "-rf", "/var/lib/rancher/k3s/server/tls"],
+        vec![
+            "rm",
+            "-rf",
+            "/var/lib/rancher/k3s/server/tls",
+            "/var/lib/rancher/k3s/server/db",
+        ],
         vec!["systemctl", "start", "k3s.service"],
     ] {
         let out = init
