@@ -41,7 +41,7 @@ pub fn build(arch: &str, target_dir: Option<&Path>) -> Result<PathBuf> {
         target_dir.display()
     ));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
+    let mut child = Command::new(cargo)
         .current_dir(&root)
         .args(["build", "-p", "firstboot", "--release", "--target", target])
         .arg("--target-dir")
@@ -54,12 +54,19 @@ pub fn build(arch: &str, target_dir: Option<&Path>) -> Result<PathBuf> {
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
-        .output()
+        .spawn()
         .context(
             "running cargo to build firstboot (is cargo installed? else pass --firstboot-bin)",
         )?;
+    // A cold cross-build compiles about a hundred crates for minutes: say how far it is.
+    let stderr = child.stderr.take().context("cargo's stderr")?;
+    let err = follow_cargo(std::io::BufReader::new(stderr));
+    let status = child
+        .wait()
+        .context("waiting for cargo building firstboot")?;
+    let out = CargoOutcome { status, err };
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = &out.err;
         if target_missing(&err) {
             bail!(
                 "building firstboot needs the Rust target {target}, which is not installed: run `rustup target add {target}` (once), or pass --firstboot-bin PATH (a static {target} build of firstboot)"
@@ -80,6 +87,50 @@ pub fn build(arch: &str, target_dir: Option<&Path>) -> Result<PathBuf> {
 }
 
 /// Whether cargo's error output says the standard library of the target is missing.
+/// What the firstboot build left: its exit status and everything it said on stderr.
+struct CargoOutcome {
+    status: std::process::ExitStatus,
+    err: String,
+}
+
+/// How many crates between two progress lines when stderr is not a terminal (a CI log).
+const PROGRESS_EVERY: usize = 25;
+
+/// Reads cargo's stderr to its end, reporting the crates it compiles; returns all of it.
+fn follow_cargo(stderr: impl std::io::BufRead) -> String {
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stderr().is_terminal();
+    let mut all = String::new();
+    let mut compiled = 0usize;
+    for line in stderr.lines() {
+        let Ok(line) = line else { break };
+        if let Some(krate) = compiling(&line) {
+            compiled += 1;
+            if terminal {
+                let mut e = std::io::stderr().lock();
+                let _ = write!(e, "\rfirstboot: compiling crate {compiled}: {krate:<40}");
+                let _ = e.flush();
+            } else if compiled % PROGRESS_EVERY == 0 {
+                say(&format!("firstboot: {compiled} crates compiled ({krate})"));
+            }
+        }
+        all.push_str(&line);
+        all.push('\n');
+    }
+    if terminal && compiled > 0 {
+        eprintln!();
+    }
+    if compiled > 0 {
+        say(&format!("firstboot: built ({compiled} crates compiled)"));
+    }
+    all
+}
+
+/// The crate a line of cargo's output starts compiling, e.g. `serde v1.0.0`.
+fn compiling(line: &str) -> Option<&str> {
+    line.trim_start().strip_prefix("Compiling ")
+}
+
 fn target_missing(stderr: &str) -> bool {
     stderr.contains("target may not be installed")
         || stderr.contains("can't find crate for `core`")
@@ -255,6 +306,20 @@ pub fn check_given(bin: &Path, arch: &str, dynamic_ok: bool) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cargo_output_is_followed_to_its_end_and_counts_crates() {
+        let out = "   Compiling libc v0.2.1\n   Compiling serde v1.0.0\n    Finished `release`\nerror: x\n";
+        let all = follow_cargo(std::io::Cursor::new(out));
+        assert_eq!(
+            all,
+            out.replace("\n", "\n"),
+            "every line is kept for the error report"
+        );
+        assert_eq!(compiling("   Compiling serde v1.0.0"), Some("serde v1.0.0"));
+        assert_eq!(compiling("    Finished `release`"), None);
+        assert_eq!(compiling("warning: Compiling is a word"), None);
+    }
 
     #[test]
     fn a_missing_rust_target_is_recognized() {
