@@ -311,11 +311,7 @@ mod tests {
     fn cargo_output_is_followed_to_its_end_and_counts_crates() {
         let out = "   Compiling libc v0.2.1\n   Compiling serde v1.0.0\n    Finished `release`\nerror: x\n";
         let all = follow_cargo(std::io::Cursor::new(out));
-        assert_eq!(
-            all,
-            out.replace("\n", "\n"),
-            "every line is kept for the error report"
-        );
+        assert_eq!(all, out, "every line is kept for the error report");
         assert_eq!(compiling("   Compiling serde v1.0.0"), Some("serde v1.0.0"));
         assert_eq!(compiling("    Finished `release`"), None);
         assert_eq!(compiling("warning: Compiling is a word"), None);
