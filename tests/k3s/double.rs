@@ -902,9 +902,21 @@ fn an_agent_with_a_duplicate_node_name_is_rejected() {
     // A fresh name is fine, and the agent appears as a Ready node.
     let mut ok = spawn("agent", &agent_of(&url, ca_hash, "lab-000002"), free_port());
     wait_ready(&mut ok);
-    let (_, out, _) = init.kubectl(&["get", "node", "lab-000002", "-o", "json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["status"]["conditions"][0]["status"], "True", "{v}");
+    // READY is the agent being up, not its first node status (K3s's kubelet posts that after
+    // the unit is active), so the node turns Ready shortly after, on its first heartbeat.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out, _) = init.kubectl(&["get", "node", "lab-000002", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if v["status"]["conditions"][0]["status"] == "True" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not Ready 20 s after READY: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 // Rule: servers compare K3s v1.31's critical arguments (pkg/daemons/config/types.go:169-189,

@@ -319,27 +319,39 @@ fn assert_k3s_sees_every_node(lan: &Lan, hostnames: &BTreeSet<String>, servers: 
         .iter()
         .find(|m| m.role().as_deref() == Some("init"))
         .expect("an init machine");
-    let out = init
-        .exec("k3s", &["kubectl", "get", "nodes", "-o", "json"])
-        .expect("the init machine runs");
-    assert!(
-        out.status.success(),
-        "k3s kubectl get nodes: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("kubectl's JSON");
-    let items = v["items"].as_array().cloned().unwrap_or_default();
-    let names: BTreeSet<String> = items
-        .iter()
-        .filter_map(|n| n["metadata"]["name"].as_str().map(String::from))
-        .collect();
-    assert_eq!(&names, hostnames, "K3s nodes");
-    for n in &items {
-        assert_eq!(
-            n["status"]["conditions"][0]["status"], "True",
-            "not Ready: {n}"
+    // A node turns Ready on its first heartbeat, shortly after its unit is active (K3s's kubelet
+    // posts node status after the agent is up), so the last machine may need a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (v, items) = loop {
+        let out = init
+            .exec("k3s", &["kubectl", "get", "nodes", "-o", "json"])
+            .expect("the init machine runs");
+        assert!(
+            out.status.success(),
+            "k3s kubectl get nodes: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-    }
+        let v: Value = serde_json::from_slice(&out.stdout).expect("kubectl's JSON");
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        let names: BTreeSet<String> = items
+            .iter()
+            .filter_map(|n| n["metadata"]["name"].as_str().map(String::from))
+            .collect();
+        let ready = items
+            .iter()
+            .all(|n| n["status"]["conditions"][0]["status"] == "True");
+        if (&names == hostnames && ready) || std::time::Instant::now() > deadline {
+            assert_eq!(&names, hostnames, "K3s nodes");
+            for n in &items {
+                assert_eq!(
+                    n["status"]["conditions"][0]["status"], "True",
+                    "not Ready 30 s after every machine was ready: {n}"
+                );
+            }
+            break (v, items);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     let members = items
         .iter()
         .filter(|n| !n["metadata"]["annotations"]["etcd.k3s.cattle.io/node-name"].is_null())

@@ -67,7 +67,7 @@ pub fn build(arch: &str, target_dir: Option<&Path>) -> Result<PathBuf> {
     let out = CargoOutcome { status, err };
     if !out.status.success() {
         let err = &out.err;
-        if target_missing(&err) {
+        if target_missing(err) {
             bail!(
                 "building firstboot needs the Rust target {target}, which is not installed: run `rustup target add {target}` (once), or pass --firstboot-bin PATH (a static {target} build of firstboot)"
             );
@@ -110,7 +110,7 @@ fn follow_cargo(stderr: impl std::io::BufRead) -> String {
                 let mut e = std::io::stderr().lock();
                 let _ = write!(e, "\rfirstboot: compiling crate {compiled}: {krate:<40}");
                 let _ = e.flush();
-            } else if compiled % PROGRESS_EVERY == 0 {
+            } else if compiled.is_multiple_of(PROGRESS_EVERY) {
                 say(&format!("firstboot: {compiled} crates compiled ({krate})"));
             }
         }
