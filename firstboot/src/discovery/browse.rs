@@ -127,18 +127,27 @@ async fn browse_forever(
     }
 }
 
+/// A service browser for `service_type` (IPv4, all interfaces) that emits nothing until `Start`.
+async fn prepare_browser(
+    conn: &zbus::Connection,
+    service_type: &str,
+) -> zbus::Result<ServiceBrowserProxy<'static>> {
+    let path = server(conn)
+        .await?
+        .service_browser_prepare(IF_UNSPEC, PROTO_INET, service_type, "", 0)
+        .await?;
+    ServiceBrowserProxy::builder(conn)
+        .path(path)?
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+}
+
 /// One browse against one avahi-daemon instance; returns when the daemon goes away.
 async fn session(conn: &zbus::Connection, classifier: &Classifier) -> zbus::Result<()> {
     let server = server(conn).await?;
     let mut owner = server.inner().receive_owner_changed().await?;
-    let path = server
-        .service_browser_prepare(IF_UNSPEC, PROTO_INET, SERVICE_TYPE, "", 0)
-        .await?;
-    let browser = ServiceBrowserProxy::builder(conn)
-        .path(path)?
-        .cache_properties(CacheProperties::No)
-        .build()
-        .await?;
+    let browser = prepare_browser(conn, SERVICE_TYPE).await?;
     let mut added = browser.receive_item_new().await?;
     let mut removed = browser.receive_item_remove().await?;
     let mut failed = browser.receive_failure().await?;
@@ -199,15 +208,7 @@ async fn ask_the_lan(
     conn: &zbus::Connection,
     listed: &mpsc::Sender<(i32, String)>,
 ) -> zbus::Result<()> {
-    let server = server(conn).await?;
-    let path = server
-        .service_browser_prepare(IF_UNSPEC, PROTO_INET, REFRESH_SUBTYPE, "", 0)
-        .await?;
-    let browser = ServiceBrowserProxy::builder(conn)
-        .path(path)?
-        .cache_properties(CacheProperties::No)
-        .build()
-        .await?;
+    let browser = prepare_browser(conn, REFRESH_SUBTYPE).await?;
     let outcome = async {
         let mut added = browser.receive_item_new().await?;
         browser.start().await?;
