@@ -193,6 +193,33 @@ fn assert_named_before_mdns(m: &Machine) {
     );
 }
 
+/// firstboot.service was not held back by a network wait that can only time out: on Raspberry
+/// Pi OS trixie the first boot's `preset-all` enables `systemd-networkd-wait-online.service`
+/// (Debian's 90-systemd.preset), systemd-networkd manages no link (NetworkManager does; in the
+/// test base the harness configures `eth0`), and wait-online holds `network-online.target`,
+/// which firstboot.service and the K3s units are ordered after, for its full 2-minute timeout.
+/// The image's drop-in runs it only when systemd-networkd has a network to configure; this
+/// checks that no boot of the machine waited for it.
+fn assert_no_network_wait_timeout(m: &Machine) {
+    let entries = m.journal_entries();
+    let waited: Vec<&Value> = entries
+        .iter()
+        .filter(|e| {
+            (e["_SYSTEMD_UNIT"] == "systemd-networkd-wait-online.service"
+                || e["UNIT"] == "systemd-networkd-wait-online.service")
+                && !message(e).contains("skipped")
+        })
+        .collect();
+    assert!(
+        waited.is_empty(),
+        "{}: systemd-networkd-wait-online ran and held network-online.target (firstboot.service \
+         and K3s wait for it; it times out after 2 minutes when NetworkManager, not networkd, \
+         manages the network):\n{}",
+        m.name,
+        lines(&waited)
+    );
+}
+
 /// Everything issue 10 asks of a formed cluster, checked on every machine.
 fn assert_formed(lan: &Lan, token: &str, servers: usize, agents: usize) {
     let mut roles = Vec::new();
@@ -252,6 +279,7 @@ fn assert_formed(lan: &Lan, token: &str, servers: usize, agents: usize) {
         hostnames.insert(hostname);
         assert_k3s_waited_for_the_role(m, &role);
         assert_named_before_mdns(m);
+        assert_no_network_wait_timeout(m);
         m.check_boot_partition();
         let scrubbed = m
             .boot_file("cluster.toml")
