@@ -141,7 +141,8 @@ impl Report {
         } else {
             line
         };
-        self.state.peers_visible = status.visible as u32;
+        // The election's view holds this node too; the state file counts the others.
+        self.state.peers_visible = status.visible.saturating_sub(1) as u32;
         self.state.peers_expected = status.nodes as u32;
         if line != self.last_line {
             self.say(&line);
@@ -149,9 +150,10 @@ impl Report {
         }
     }
 
-    /// After the decision the core's view holds undecided nodes only: count verified peers.
+    /// After the decision the core's view holds undecided nodes only: count verified peers (the
+    /// table never lists this node's own record).
     fn peer_counts(&mut self, status: &ElectionStatus, peers: &PeerSummary) {
-        let (visible, expected) = (peers.verified.len() as u32 + 1, status.nodes as u32);
+        let (visible, expected) = (peers.verified.len() as u32, status.nodes as u32);
         if (self.state.peers_visible, self.state.peers_expected) != (visible, expected) {
             self.state.peers_visible = visible;
             self.state.peers_expected = expected;
@@ -397,5 +399,28 @@ mod tests {
         let raw = std::fs::read_to_string(NodeState::path(dir.path())).unwrap();
         assert!(!raw.contains(secret));
         assert!(!report.last_line.contains(secret));
+    }
+
+    /// Issue 18: with 2 of 5 nodes up, the state said 2 "other nodes visible" (this node counted
+    /// among the others), which reads as 3 of 5, a majority that does not exist.
+    #[test]
+    fn peer_counts_leave_this_node_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut report = Report::new(
+            dir.path().to_path_buf(),
+            NodeState::new(),
+            Notifier::to_socket(None),
+        );
+        let mut two_of_five = status(2, None);
+        two_of_five.nodes = 5;
+        two_of_five.quorum = 3;
+        report.election(&two_of_five, &no_peers());
+        assert_eq!(report.state().peers_visible, 1);
+        assert_eq!(report.state().peers_expected, 5);
+        // After the role, the count comes from the peer table, which never lists this node.
+        let mut decided = two_of_five.clone();
+        decided.role = Some(Role::ClusterInit);
+        report.election(&decided, &no_peers());
+        assert_eq!(report.state().peers_visible, 0);
     }
 }

@@ -84,10 +84,13 @@ pub fn table(s: &NodeState, now_unix: u64) -> String {
     }
     rows.push((
         "peers",
-        // The same numbers as the JSON's peers_visible and peers_expected.
+        // From the JSON's peers_visible (the others) and peers_expected (all nodes).
         format!(
-            "{} other nodes visible; {} nodes expected (this node included)",
-            s.peers_visible, s.peers_expected
+            "{} of {} nodes visible (this node and {} other{})",
+            s.peers_visible + 1,
+            s.peers_expected,
+            s.peers_visible,
+            if s.peers_visible == 1 { "" } else { "s" }
         ),
     ));
     let st = &s.storage;
@@ -162,7 +165,7 @@ mod tests {
                 assert!(text.contains("state      electing\n"), "{text}");
                 assert!(text.contains("init node  000000000000beef\n"), "{text}");
                 assert!(
-                    text.contains("1 other nodes visible; 3 nodes expected"),
+                    text.contains("2 of 3 nodes visible (this node and 1 other)"),
                     "{text}"
                 );
                 assert!(text.contains("p99 8.0 ms"), "{text}");
@@ -195,7 +198,7 @@ mod tests {
                     assert_eq!(v["peers_expected"], 7);
                 } else {
                     assert!(
-                        text.contains("4 other nodes visible; 7 nodes expected"),
+                        text.contains("5 of 7 nodes visible (this node and 4 others)"),
                         "{text}"
                     );
                 }
