@@ -150,9 +150,10 @@ pub fn image() -> Result<PathBuf> {
     if path.exists() {
         return Ok(path);
     }
+    let stage1 = host_stage()?;
     eprintln!(
-        "vm: building the arm64 test base {} (debootstrap {SUITE} arm64, second stage under \
-         qemu-system-aarch64: once, many minutes under TCG)",
+        "vm: building the arm64 test base {} (second stage under qemu-system-aarch64: once, \
+         many minutes under TCG)",
         path.display()
     );
     let work = tempfile::Builder::new()
@@ -160,8 +161,49 @@ pub fn image() -> Result<PathBuf> {
         .tempdir_in(&dir)
         .context("creating the base work dir")?;
     let partial = work.path().join("base.img");
-    build(work.path(), &partial)?;
+    run(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(stage1.join("disk.img"))
+        .arg(&partial))?;
+    guest_stage(
+        &stage1.join("vmlinuz"),
+        &stage1.join("stage2.cpio"),
+        work.path(),
+        &partial,
+    )?;
     std::fs::rename(&partial, &path).context("moving the base into the cache")?;
+    // The unfinished disk is of no further use.
+    std::fs::remove_dir_all(&stage1).ok();
+    Ok(path)
+}
+
+/// The host's part, cached on its own (it needs no emulated machine, so it can run while
+/// another test holds the machine): `<cache>/vm-base-stage1-<key>/` with `disk.img` (the laid
+/// out disk, the unfinished tree in its ext4), `vmlinuz` and `stage2.cpio`.
+pub fn host_stage() -> Result<PathBuf> {
+    let dir = cache_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("vm-base-stage1-{}", key()));
+    let lock_file =
+        std::fs::File::create(dir.join("vm-base-stage1.lock")).context("creating the lock")?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .context("locking the VM base cache")?;
+    if path.is_dir() {
+        return Ok(path);
+    }
+    eprintln!(
+        "vm: debootstrap --foreign {SUITE} arm64 into {}",
+        path.display()
+    );
+    let work = tempfile::Builder::new()
+        .prefix("vm-base-stage1-build-")
+        .tempdir_in(&dir)
+        .context("creating the base work dir")?;
+    let out = work.path().join("out");
+    std::fs::create_dir_all(&out)?;
+    build(work.path(), &out)?;
+    std::fs::rename(&out, &path).context("moving the first stage into the cache")?;
     Ok(path)
 }
 
@@ -257,8 +299,9 @@ echo "VM-BASE-STAGE2 rc=$rc"
 poweroff -f
 "#;
 
-/// Debootstraps, lays out the disk and finishes the tree inside the emulated machine.
-fn build(work: &Path, out: &Path) -> Result<()> {
+/// Debootstraps and lays out the disk: `disk.img`, `vmlinuz` and `stage2.cpio` into `out_dir`.
+fn build(work: &Path, out_dir: &Path) -> Result<()> {
+    let out = &out_dir.join("disk.img");
     let root = work.join("rootfs");
     run(Command::new("nice")
         .arg("debootstrap")
@@ -281,7 +324,8 @@ fn build(work: &Path, out: &Path) -> Result<()> {
         .arg(cached_deb(&root, "busybox-static_")?)
         .arg(&busybox_dir))?;
     let vmlinuz = find_prefixed(&kernel_dir.join("boot"), "vmlinuz-")?;
-    let initrd = work.join("stage2.cpio");
+    std::fs::copy(&vmlinuz, out_dir.join("vmlinuz"))?;
+    let initrd = out_dir.join("stage2.cpio");
     write_stage2_initramfs(&kernel_dir, &busybox_dir, &initrd)?;
 
     let id = disk_id();
@@ -359,9 +403,13 @@ fn build(work: &Path, out: &Path) -> Result<()> {
         .arg(out)
         .arg(format!("{}k", ROOT_SIZE / 1024)))
     .context("writing the unfinished root filesystem")?;
-    // The unpacked tree is in the image now.
-    std::fs::remove_dir_all(&root).ok();
+    Ok(())
+}
 
+/// Boots the disk `out` in the emulated machine, whose init runs debootstrap's second stage and
+/// the shaping script, then checks the result.
+fn guest_stage(vmlinuz: &Path, initrd: &Path, work: &Path, out: &Path) -> Result<()> {
+    let root_start = BOOT_START + BOOT_SIZE;
     let console = work.join("stage2-console.log");
     eprintln!(
         "vm: second stage running in qemu-system-aarch64; console: {}",
@@ -392,9 +440,9 @@ fn build(work: &Path, out: &Path) -> Result<()> {
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .arg("-kernel")
-        .arg(&vmlinuz)
+        .arg(vmlinuz)
         .arg("-initrd")
-        .arg(&initrd)
+        .arg(initrd)
         .args(["-append", "console=ttyAMA0 rdinit=/init panic=-1"])
         .arg("-drive")
         .arg(format!("file={},format=raw,if=virtio", out.display()))
