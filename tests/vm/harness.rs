@@ -316,8 +316,8 @@ impl Vm {
         writeln!(log, "\n===== vm harness: boot, cmdline: {cmdline}")?;
         drop(log);
         let _ = std::fs::remove_file(&self.monitor);
-        let child = Command::new("nice")
-            .args(["-n", "10", "qemu-system-aarch64"])
+        // Not niced here: the caller nices the run (`nice -n 10 cargo test ...`).
+        let child = Command::new("qemu-system-aarch64")
             .args([
                 "-M",
                 "virt",

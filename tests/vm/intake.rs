@@ -8,7 +8,8 @@
 //! Slow, so gated: `VM_TESTS=1` (root, qemu-system-arm, gcc-aarch64-linux-gnu; see
 //! tests/debian-packages.txt). The first run builds the arm64 base (debootstrap's second stage
 //! under TCG, tens of minutes, cached); each test then boots one machine (a few minutes under TCG
-//! on 2 cores). Run: `VM_TESTS=1 cargo test -p systests --test vm_intake -- --nocapture`.
+//! on 2 cores). Run: `VM_TESTS=1 nice -n 10 cargo test -p systests --test vm_intake -- --nocapture`
+//! (on a shared machine under its lock: `flock /work/coord/heavy.lock ...`).
 
 #[path = "harness.rs"]
 mod harness;
