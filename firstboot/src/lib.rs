@@ -27,6 +27,7 @@ pub mod intake;
 pub mod k3s;
 pub mod keys;
 pub mod lifecycle;
+pub mod manifest;
 pub mod model;
 pub mod paths;
 pub mod status;

@@ -13,13 +13,11 @@ use crate::rootfs::{overlay, user, Rootfs};
 use crate::source::{self, BaseSource, Cache};
 use crate::{cluster, epoch, interrupt};
 use anyhow::{bail, Context, Result};
+use firstboot::manifest::{self, ImageManifest, ManifestFile};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-
-/// Where the image manifest lives inside the root filesystem.
-pub const IMAGE_MANIFEST: &str = "/etc/firstboot/image.json";
 
 /// How to run a build: the recipe plus command-line overrides and extra payload.
 #[derive(Debug, Clone, Default)]
@@ -294,7 +292,7 @@ pub fn run_recipe(recipe: &Recipe, options: BuildOptions) -> Result<BuildReport>
     };
     payload.extend(options.payload.clone());
     let manifest = image_manifest(recipe, &raw.source_sha256, epoch, &versions, &payload)?;
-    payload.bytes(IMAGE_MANIFEST, manifest, 0o644);
+    payload.bytes(manifest::ABSOLUTE_PATH, manifest.to_vec(), 0o644);
 
     // Grow the filesystem so payload plus free_space fit, then write the payload.
     let free_space = recipe.image.free_space.0;
@@ -767,7 +765,7 @@ fn image_manifest(
     epoch: i64,
     versions: &Versions,
     payload: &Payload,
-) -> Result<Vec<u8>> {
+) -> Result<ImageManifest> {
     // A later entry for the same path replaces an earlier one, as in the image itself.
     let mut files = std::collections::BTreeMap::new();
     for e in &payload.entries {
@@ -784,25 +782,27 @@ fn image_manifest(
             let secret = e
                 .dest
                 .starts_with("/etc/NetworkManager/system-connections/");
-            files.insert(e.dest.clone(), serde_json::json!({
-                "path": e.dest,
-                "sha256": if secret { serde_json::Value::Null } else { serde_json::Value::String(sha) },
-                "mode": format!("{:04o}", e.mode),
-                "uid": e.uid,
-                "gid": e.gid,
-            }));
+            files.insert(
+                e.dest.clone(),
+                ManifestFile {
+                    path: e.dest.clone(),
+                    sha256: (!secret).then_some(sha),
+                    mode: format!("{:04o}", e.mode),
+                    uid: e.uid,
+                    gid: e.gid,
+                },
+            );
         }
     }
-    // build_time is the clock floor firstboot reads: integer unix seconds, nothing else.
-    let doc = serde_json::json!({
-        "schema": 2,
-        "build_time": epoch,
-        "build_time_rfc3339": epoch::rfc3339(epoch),
-        "board": recipe.image.board,
-        "media": recipe.image.media,
-        "base_sha256": base_sha,
-        "versions": versions,
-        "files": files.into_values().collect::<Vec<_>>(),
-    });
-    Ok(serde_json::to_vec_pretty(&doc)?)
+    Ok(ImageManifest {
+        schema: manifest::SCHEMA,
+        // build_time is the clock floor firstboot reads: integer unix seconds, nothing else.
+        build_time: u64::try_from(epoch).context("the build time is before 1970")?,
+        build_time_rfc3339: epoch::rfc3339(epoch),
+        board: recipe.image.board.clone(),
+        media: recipe.image.media,
+        base_sha256: base_sha.to_string(),
+        versions: versions.clone(),
+        files: files.into_values().collect(),
+    })
 }
