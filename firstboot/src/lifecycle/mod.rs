@@ -384,18 +384,11 @@ fn ram_mib() -> u32 {
 
 /// Timer-jitter seed: random per boot, mixed with the node id so two nodes never share one.
 fn seed(node: u64) -> u64 {
-    let mut bytes = [0u8; 8];
-    let random = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .is_ok();
+    let random = crate::host::random::bytes::<8>().ok();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let base = if random {
-        u64::from_le_bytes(bytes)
-    } else {
-        nanos
-    };
+    let base = random.map_or(nanos, u64::from_le_bytes);
     base ^ node.rotate_left(17)
 }

@@ -5,7 +5,7 @@ use super::etcd::EtcdTuning;
 use super::plan::{find_snapshot_candidates, TuningPlan};
 use super::probe::{ProbeResult, StorageProbe};
 use super::score::storage_score;
-use super::sysfs;
+use crate::host::mountinfo;
 use anyhow::Context;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -46,7 +46,7 @@ pub fn assess(
     profile: Profile,
 ) -> anyhow::Result<StorageAssessment> {
     let dir = existing_dir(&probe.dir);
-    let mounts = sysfs::mounts().context("reading the mount table")?;
+    let mounts = mountinfo::mounts().context("reading the mount table")?;
     let (kind, disk) = detect_kind(sysfs_root, &dir, &mounts)
         .with_context(|| format!("finding the device of {}", dir.display()))?;
     let result = StorageProbe {

@@ -1,6 +1,7 @@
 //! Device class: what kind of disk holds the data directory (from sysfs) and how fast it syncs.
 
-use super::sysfs::{self, Disk, Mount};
+use crate::host::mountinfo::Mount;
+use crate::host::sysfs::{self, Disk};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 

@@ -7,7 +7,8 @@
 //! power loss and the move resumes instead of refusing.
 
 use super::apply::{under, write_if_changed};
-use super::sysfs::{self, Mount};
+use crate::host::mountinfo::{self, Mount};
+use crate::host::sysfs;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -209,7 +210,7 @@ impl Host {
             root: root.into(),
             sysfs: "/sys".into(),
             dev_dir: "/dev".into(),
-            mounts: sysfs::mounts()?,
+            mounts: mountinfo::mounts()?,
         })
     }
 }
@@ -323,11 +324,7 @@ fn format_uuid(b: &[u8]) -> String {
 }
 
 fn random_uuid() -> anyhow::Result<String> {
-    use std::io::Read;
-    let mut b = [0u8; 16];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .map_err(anyhow::Error::from)?;
+    let mut b = crate::host::random::bytes::<16>()?;
     b[6] = (b[6] & 0x0f) | 0x40; // version 4
     b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
     Ok(format_uuid(&b))
