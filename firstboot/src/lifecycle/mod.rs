@@ -30,8 +30,7 @@ use crate::paths::Paths;
 use crate::status::led::open_led;
 use crate::status::state::{NodeState, Phase};
 use crate::status::Notifier;
-use crate::storage::class::Profile;
-use crate::storage::data_device::DataDeviceChoice;
+
 use crate::storage::setup::StorageSetup;
 use anyhow::Context;
 use k3s_step::{K3sProgress, StorageChoice, Wake};
@@ -337,19 +336,10 @@ async fn steps(
 
 /// The storage step's settings from `[storage]`.
 fn storage_setup(paths: &Paths, config: &ClusterConfig) -> StorageSetup {
-    use crate::config::{DataDevice, StorageProfile};
     StorageSetup {
         root: paths.root().to_path_buf(),
-        profile: match config.storage.profile {
-            StorageProfile::Auto => Profile::Auto,
-            StorageProfile::Sd => Profile::Sd,
-            StorageProfile::Ssd => Profile::Ssd,
-        },
-        data_device: match &config.storage.data_device {
-            DataDevice::None => DataDeviceChoice::Keep,
-            DataDevice::Auto => DataDeviceChoice::Auto,
-            DataDevice::Path(p) => DataDeviceChoice::Device(p.clone()),
-        },
+        profile: config.storage.profile,
+        data_device: config.storage.data_device.clone(),
         data_device_force: config.storage.data_device_force,
     }
 }

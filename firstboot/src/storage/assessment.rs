@@ -1,10 +1,11 @@
 //! StorageAssessment: probe, classify, score and plan for one data directory, in one call.
 
-use super::class::{detect_kind, Profile, Speed, StorageClass};
+use super::class::{detect_kind, Speed, StorageClass};
 use super::etcd::EtcdTuning;
 use super::plan::{find_snapshot_candidates, TuningPlan};
 use super::probe::{ProbeResult, StorageProbe};
 use super::score::storage_score;
+use crate::config::StorageProfile;
 use crate::host::mountinfo;
 use anyhow::Context;
 use serde::Serialize;
@@ -43,7 +44,7 @@ pub fn existing_dir(dir: &Path) -> PathBuf {
 pub fn assess(
     probe: &StorageProbe,
     sysfs_root: &Path,
-    profile: Profile,
+    profile: StorageProfile,
 ) -> anyhow::Result<StorageAssessment> {
     let dir = existing_dir(&probe.dir);
     let mounts = mountinfo::mounts().context("reading the mount table")?;
@@ -109,7 +110,7 @@ mod tests {
             max_bytes: 100 * 2300,
             ..StorageProbe::new(t.path())
         };
-        let a = assess(&probe, Path::new("/sys"), Profile::Sd).unwrap();
+        let a = assess(&probe, Path::new("/sys"), StorageProfile::Sd).unwrap();
         assert_eq!(a.probe.writes, 100);
         assert_eq!(a.class.kind, crate::storage::class::DeviceKind::Sd);
         assert_eq!(a.score, storage_score(a.class));
