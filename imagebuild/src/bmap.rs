@@ -1,7 +1,7 @@
 //! Block maps (bmap 2.0, as read by Debian's `bmaptool`): which blocks of an image hold data, with
 //! a sha256 per mapped range, so flashing writes only those and can verify each one.
 
-use crate::output::{self, stretches};
+use crate::io::{self, stretches};
 use crate::progress::Meter;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -389,7 +389,7 @@ impl Bmap {
 pub fn write_for(image: &Path, bmap_path: &Path, known_sha256: Option<&str>) -> Result<Bmap> {
     crate::source::require_raw(image, "imagebuild bmap")?;
     let map = Bmap::for_image(image, known_sha256)?;
-    output::write_synced(bmap_path, map.to_xml().as_bytes())?;
+    io::write_synced(bmap_path, map.to_xml().as_bytes())?;
     Ok(map)
 }
 

@@ -20,6 +20,7 @@ pub mod fetch;
 pub mod flash;
 pub mod inspect;
 pub mod interrupt;
+pub mod io;
 pub mod kits;
 pub mod layout;
 pub mod output;
