@@ -34,3 +34,4 @@ pub mod stamp;
 pub mod suggest;
 pub mod token;
 pub mod verify;
+pub mod xml;

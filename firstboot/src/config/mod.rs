@@ -1,7 +1,7 @@
 //! The `cluster.toml` contract (schema version 1): raw serde structs validated into [`ClusterConfig`].
 //!
 //! Reading goes in three steps: a schema walk over the TOML document (unknown keys, value kinds,
-//! "did you mean"), serde into the span-carrying [`raw`] structs, then [`validate`] into the
+//! "did you mean"), serde into the span-carrying `raw` structs, then `validate` into the
 //! typed [`ClusterConfig`] that the rest of the program uses. Every error names the file, line,
 //! column and key, and none ever contains the token.
 

@@ -7,7 +7,7 @@
 //! restores its fsync'd state (a node that has a role never elects again), the K3s plan is read
 //! back, config.yaml is rewritten only when it differs and starting an active unit is a no-op.
 //!
-//! K3s (steps 7 and 8, in [`k3s_step`]): the init node starts `k3s.service` with cluster-init;
+//! K3s (steps 7 and 8, in `k3s_step`): the init node starts `k3s.service` with cluster-init;
 //! once it is active it answers joiners' queries with its signed announcement (CA hash, clock,
 //! API address, etcd timing; see [`crate::announce`]) and tells the election it serves, so seats
 //! are granted one at a time. A joiner queries the init node until a verified answer arrives,
