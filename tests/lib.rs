@@ -56,6 +56,32 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether `tool` is on PATH or in one of the directories `also`.
+pub fn has_tool(tool: &str, also: &[&str]) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
+        .unwrap_or(false)
+        || also
+            .iter()
+            .any(|d| std::path::Path::new(d).join(tool).exists())
+}
+
+/// Why a root test that runs `tools` cannot run here, if it cannot: not root (`needs_root_for`
+/// says what for), or a tool found neither on PATH nor in `also`.
+pub fn root_and_tools_missing(
+    needs_root_for: &str,
+    tools: &[&str],
+    also: &[&str],
+) -> Option<String> {
+    if !is_root() {
+        return Some(format!("needs root ({needs_root_for})"));
+    }
+    tools
+        .iter()
+        .find(|t| !has_tool(t, also))
+        .map(|t| format!("{t} is not installed"))
+}
+
 /// Prints why a test is skipped, in a form that stands out in CI logs.
 pub fn skip(test: &str, why: &str) {
     eprintln!("SKIPPED {test}: {why}");

@@ -11,15 +11,11 @@
 //! 3. before K3s first starts on a joiner, step forward (never back) to within
 //!    [`INIT_AGREEMENT`] of the init node's clock, taken from its signed announcement.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 /// How close a joiner's clock must be to the init node's before K3s starts.
 pub const INIT_AGREEMENT: Duration = Duration::from_secs(2);
-/// The image manifest, relative to the root prefix.
-pub const IMAGE_MANIFEST_PATH: &str = crate::paths::IMAGE_MANIFEST;
-/// Field of the image manifest holding the build time (unix seconds).
-pub const BUILD_TIME_FIELD: &str = "build_time";
 
 const USEC_PER_SEC: i64 = 1_000_000;
 
@@ -92,13 +88,8 @@ pub struct ClockSettled {
 #[derive(Debug, thiserror::Error)]
 pub enum ClockError {
     /// The image manifest is unreadable or malformed.
-    #[error("reading {path}: {reason}")]
-    Manifest {
-        /// The manifest path.
-        path: PathBuf,
-        /// What was wrong.
-        reason: String,
-    },
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
     /// timedated could not be reached or refused.
     #[error("talking to systemd-timedated")]
     Bus(#[from] zbus::Error),
@@ -107,30 +98,7 @@ pub enum ClockError {
 /// Reads `build_time` (unix seconds) from the image manifest under `root`; `Ok(None)` when the
 /// image has no manifest (not built by imagebuild).
 pub fn image_build_time(root: &Path) -> Result<Option<u64>, ClockError> {
-    let path = root.join(IMAGE_MANIFEST_PATH);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(ClockError::Manifest {
-                path,
-                reason: e.to_string(),
-            })
-        }
-    };
-    let fail = |reason: String| ClockError::Manifest {
-        path: path.clone(),
-        reason,
-    };
-    // The manifest belongs to imagebuild and has many fields; only this one matters here.
-    let doc: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| fail(e.to_string()))?;
-    match doc.get(BUILD_TIME_FIELD) {
-        None => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| fail(format!("{BUILD_TIME_FIELD} is not unix seconds: {v}"))),
-    }
+    Ok(crate::manifest::ImageManifest::load(root)?.map(|m| m.build_time))
 }
 
 /// The current wall clock in unix µs.
@@ -326,17 +294,24 @@ mod tests {
 
     #[test]
     fn build_time_comes_from_the_image_manifest() {
+        use crate::manifest::{ImageManifest, Media, Versions, PATH, SCHEMA};
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(image_build_time(dir.path()).unwrap(), None);
-        let p = dir.path().join(IMAGE_MANIFEST_PATH);
+        let p = dir.path().join(PATH);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(
-            &p,
-            r#"{"build_time": 1780000000, "k3s": {"version": "v1.31.10+k3s1"}}"#,
-        )
-        .unwrap();
+        let manifest = ImageManifest {
+            schema: SCHEMA,
+            build_time: 1_780_000_000,
+            build_time_rfc3339: "2026-05-28T20:26:40Z".into(),
+            board: "rpi4".into(),
+            media: Media::Sd,
+            base_sha256: String::new(),
+            versions: Versions::default(),
+            files: Vec::new(),
+        };
+        std::fs::write(&p, manifest.to_vec()).unwrap();
         assert_eq!(image_build_time(dir.path()).unwrap(), Some(1_780_000_000));
-        std::fs::write(&p, r#"{"build_time": "yesterday"}"#).unwrap();
+        std::fs::write(&p, r#"{"schema": 2, "build_time": "yesterday"}"#).unwrap();
         assert!(image_build_time(dir.path()).is_err());
         std::fs::write(&p, "not json").unwrap();
         assert!(image_build_time(dir.path()).is_err());

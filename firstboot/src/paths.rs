@@ -29,6 +29,24 @@ pub const JOURNALD_DROPIN: &str = "etc/systemd/journald.conf.d/60-firstboot-stor
 pub const SYSCTL_DROPIN: &str = "etc/sysctl.d/60-firstboot-writeback.conf";
 /// udev rule of the storage tuning (I/O scheduler).
 pub const UDEV_RULE: &str = "etc/udev/rules.d/60-firstboot-io-scheduler.rules";
+/// K3s unit drop-ins of the storage tuning (I/O priority), server and agent.
+pub const K3S_IO_DROPINS: [&str; 2] = [
+    "etc/systemd/system/k3s.service.d/60-firstboot-io.conf",
+    "etc/systemd/system/k3s-agent.service.d/60-firstboot-io.conf",
+];
+/// K3s unit drop-ins that keep K3s off the SD card when the data disk is missing.
+pub const K3S_DATA_DEVICE_DROPINS: [&str; 2] = [
+    "etc/systemd/system/k3s.service.d/60-firstboot-data-device.conf",
+    "etc/systemd/system/k3s-agent.service.d/60-firstboot-data-device.conf",
+];
+/// The record of the K3s configuration firstboot last started the unit with.
+pub const K3S_STARTED_CONFIG: &str = "var/lib/firstboot/k3s-started-config";
+/// The static table of hostnames (`127.0.1.1` names this node).
+pub const HOSTS: &str = "etc/hosts";
+/// The filesystem table (mount options, the data device).
+pub const FSTAB: &str = "etc/fstab";
+/// Raspberry Pi OS bookworm's swap file configuration.
+pub const DPHYS_SWAPFILE: &str = "etc/dphys-swapfile";
 
 /// The root prefix and the boot partition directory, and every path derived from them.
 #[derive(Debug, Clone, PartialEq, Eq)]

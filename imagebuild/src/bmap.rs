@@ -1,7 +1,7 @@
 //! Block maps (bmap 2.0, as read by Debian's `bmaptool`): which blocks of an image hold data, with
 //! a sha256 per mapped range, so flashing writes only those and can verify each one.
 
-use crate::output::{self, stretches};
+use crate::io::{self, stretches};
 use crate::progress::Meter;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -217,18 +217,23 @@ impl Bmap {
 
     /// Parse bmap 2.x XML and check its BmapFileChecksum.
     pub fn parse(text: &str) -> Result<Bmap> {
-        let body = strip_comments(text);
-        let version = body
-            .find("<bmap")
-            .and_then(|i| body[i..].find("version=\"").map(|j| i + j + 9))
-            .and_then(|i| body[i..].find('"').map(|j| &body[i..i + j]))
+        let root = crate::xml::parse(text)
+            .context("this is not a bmap file: it is not well-formed XML")?;
+        let version = (root.name == "bmap")
+            .then(|| root.attribute("version"))
+            .flatten()
             .context("no <bmap version=\"...\"> element: this is not a bmap file")?;
         if !version.starts_with("2.") {
             bail!("bmap version {version} is not supported (only 2.x, with sha256 checksums); recreate it with `bmaptool create` or `imagebuild bmap`");
         }
-        let number = |name: &str| -> Result<u64> {
-            tag(&body, name)
+        let text_of = |name: &str| -> Result<String> {
+            Ok(root
+                .element(name)
                 .with_context(|| format!("the bmap has no <{name}>"))?
+                .text())
+        };
+        let number = |name: &str| -> Result<u64> {
+            text_of(name)?
                 .parse::<u64>()
                 .with_context(|| format!("the bmap's <{name}> is not a number"))
         };
@@ -237,38 +242,29 @@ impl Bmap {
         if block_size == 0 {
             bail!("the bmap's <BlockSize> is 0");
         }
-        let kind = tag(&body, "ChecksumType").context("the bmap has no <ChecksumType>")?;
+        let kind = text_of("ChecksumType")?;
         if kind != "sha256" {
             bail!("the bmap uses {kind} checksums; only sha256 is supported");
         }
-        let file_sum =
-            tag(&body, "BmapFileChecksum").context("the bmap has no <BmapFileChecksum>")?;
+        let file_sum = text_of("BmapFileChecksum")?;
         if file_sum.len() != SHA256_HEX {
             bail!("the bmap's <BmapFileChecksum> is not a sha256");
         }
-        let zeroed = text.replacen(file_sum, &"0".repeat(SHA256_HEX), 1);
+        // The format defines this checksum over the file's bytes with its own value zeroed.
+        let zeroed = text.replacen(&file_sum, &"0".repeat(SHA256_HEX), 1);
         if hex::encode(Sha256::digest(zeroed.as_bytes())) != file_sum {
             bail!("the bmap file is damaged: its BmapFileChecksum does not match its contents");
         }
         let mut ranges = Vec::new();
-        let mut rest = body.as_str();
-        while let Some(i) = rest.find("<Range") {
-            rest = &rest[i + 6..];
-            let close = rest
-                .find('>')
-                .context("an unterminated <Range> in the bmap")?;
-            let attrs = &rest[..close];
-            let end = rest
-                .find("</Range>")
-                .context("a <Range> without </Range> in the bmap")?;
-            let blocks = rest[close + 1..end].trim();
-            rest = &rest[end..];
-            let sha256 = attrs
-                .find("chksum=\"")
-                .map(|j| &attrs[j + 8..])
-                .and_then(|a| a.find('"').map(|k| a[..k].to_string()))
+        // A map of an image without data may have no <BlockMap> at all.
+        let listed = root.elements("BlockMap").flat_map(|m| m.elements("Range"));
+        for range in listed {
+            let blocks = range.text();
+            let sha256 = range
+                .attribute("chksum")
+                .map(str::to_string)
                 .with_context(|| format!("bmap range {blocks} has no chksum"))?;
-            let (a, b) = blocks.split_once('-').unwrap_or((blocks, blocks));
+            let (a, b) = blocks.split_once('-').unwrap_or((&blocks, &blocks));
             let first: u64 = a
                 .trim()
                 .parse()
@@ -289,11 +285,9 @@ impl Bmap {
                 sha256,
             });
         }
-        let image_sha256 = text.find(IMAGE_SHA256_NOTE).and_then(|i| {
-            let h = text[i + IMAGE_SHA256_NOTE.len()..].trim_start();
-            let h = h.get(..SHA256_HEX)?;
-            h.bytes()
-                .all(|b| b.is_ascii_hexdigit())
+        let image_sha256 = root.comments().find_map(|c| {
+            let h = c.trim().strip_prefix(IMAGE_SHA256_NOTE)?.trim();
+            (h.len() == SHA256_HEX && h.bytes().all(|b| b.is_ascii_hexdigit()))
                 .then(|| h.to_ascii_lowercase())
         });
         Ok(Bmap {
@@ -389,29 +383,8 @@ impl Bmap {
 pub fn write_for(image: &Path, bmap_path: &Path, known_sha256: Option<&str>) -> Result<Bmap> {
     crate::source::require_raw(image, "imagebuild bmap")?;
     let map = Bmap::for_image(image, known_sha256)?;
-    output::write_synced(bmap_path, map.to_xml().as_bytes())?;
+    io::write_synced(bmap_path, map.to_xml().as_bytes())?;
     Ok(map)
-}
-
-fn strip_comments(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("<!--") {
-        out.push_str(&rest[..i]);
-        match rest[i..].find("-->") {
-            Some(j) => rest = &rest[i + j + 3..],
-            None => return out,
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-fn tag<'a>(body: &'a str, name: &str) -> Option<&'a str> {
-    let open = format!("<{name}>");
-    let i = body.find(&open)? + open.len();
-    let j = body[i..].find(&format!("</{name}>"))?;
-    Some(body[i..i + j].trim())
 }
 
 #[cfg(test)]

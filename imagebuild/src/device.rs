@@ -8,8 +8,8 @@ use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-/// A device number as `major:minor`, the form /proc/self/mountinfo and sysfs use.
-type DevNo = (u32, u32);
+use firstboot::host::mountinfo::{mounts, unescape};
+use firstboot::host::sysfs::{self, read_devno, split_dev as devno, DevNo};
 
 /// What a target path is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,18 +134,8 @@ impl Target {
     }
 }
 
-fn devno(rdev: u64) -> DevNo {
-    (libc::major(rdev), libc::minor(rdev))
-}
-
 fn sysfs_dir(dev: DevNo) -> Option<PathBuf> {
-    std::fs::canonicalize(format!("/sys/dev/block/{}:{}", dev.0, dev.1)).ok()
-}
-
-fn read_devno(dir: &Path) -> Option<DevNo> {
-    let s = std::fs::read_to_string(dir.join("dev")).ok()?;
-    let (a, b) = s.trim().split_once(':')?;
-    Some((a.parse().ok()?, b.parse().ok()?))
+    sysfs::block_dir(Path::new("/sys"), dev)
 }
 
 /// The whole disk a device belongs to (itself when it is not a partition).
@@ -208,56 +198,12 @@ pub fn system_disks() -> BTreeSet<DevNo> {
     if let Ok(m) = std::fs::metadata("/") {
         disks_under(devno(m.dev()), &mut out, 0);
     }
-    if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
-        for m in parse_mountinfo(&text) {
-            if m.mount_point == "/" {
-                disks_under(m.dev, &mut out, 0);
-            }
+    for m in mounts().unwrap_or_default() {
+        if m.mount_point == Path::new("/") {
+            disks_under(m.dev, &mut out, 0);
         }
     }
     out
-}
-
-/// One line of /proc/self/mountinfo, the parts we use.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Mount {
-    dev: DevNo,
-    mount_point: String,
-    source: String,
-}
-
-fn parse_mountinfo(text: &str) -> Vec<Mount> {
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let (a, b) = f.get(2)?.split_once(':')?;
-            let sep = f.iter().position(|x| *x == "-")?;
-            Some(Mount {
-                dev: (a.parse().ok()?, b.parse().ok()?),
-                mount_point: unescape(f.get(4)?),
-                source: unescape(f.get(sep + 2).copied().unwrap_or("")),
-            })
-        })
-        .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal `\NNN`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Refuse a disk that is the system disk, a partition, mounted, swapped on, or held by dm/md.
@@ -282,15 +228,13 @@ pub fn check_disk_unused(path: &Path, dev: DevNo) -> Result<()> {
         bail!("refusing to write to {shown}: it holds the running system's root filesystem (/)");
     }
     let members = disk_and_partitions(&dir, dev);
-    let mountinfo =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    for m in parse_mountinfo(&mountinfo) {
+    for m in mounts().context("reading /proc/self/mountinfo")? {
         if let Some((_, name)) = members.iter().find(|(d, _)| *d == m.dev) {
             bail!(
                 "refusing to write to {shown}: /dev/{name} is mounted at {} (source {}); unmount it first (umount {})",
-                m.mount_point,
+                m.mount_point.display(),
                 m.source,
-                m.mount_point
+                m.mount_point.display()
             );
         }
     }
@@ -409,14 +353,11 @@ pub fn describe(name: &str) -> DiskInfo {
     let size = sysfs_text(&dir.join("size")).parse::<u64>().unwrap_or(0) * 512;
     let removable = sysfs_text(&dir.join("removable")) == "1";
     let mut mounted = Vec::new();
-    if let (Some(devno), Ok(text)) = (
-        read_devno(&dir),
-        std::fs::read_to_string("/proc/self/mountinfo"),
-    ) {
+    if let (Some(devno), Ok(table)) = (read_devno(&dir), mounts()) {
         let members = disk_and_partitions(&real, devno);
-        for m in parse_mountinfo(&text) {
+        for m in table {
             if members.iter().any(|(d, _)| *d == m.dev) {
-                mounted.push(m.mount_point);
+                mounted.push(m.mount_point.to_string_lossy().into_owned());
             }
         }
     }
@@ -469,18 +410,6 @@ pub fn candidate_drives() -> Vec<DiskInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_lines_are_read() {
-        let text = "36 35 98:0 /mnt1 /mnt\\040x rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n22 1 259:2 / / rw shared:1 - ext4 /dev/nvme0n1p2 rw\n";
-        let m = parse_mountinfo(text);
-        assert_eq!(m.len(), 2);
-        assert_eq!(m[0].dev, (98, 0));
-        assert_eq!(m[0].mount_point, "/mnt x");
-        assert_eq!(m[0].source, "/dev/root");
-        assert_eq!(m[1].mount_point, "/");
-        assert_eq!(m[1].source, "/dev/nvme0n1p2");
-    }
 
     #[test]
     fn the_root_disk_is_a_system_disk() {

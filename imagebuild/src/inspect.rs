@@ -1,10 +1,10 @@
 //! `imagebuild inspect`: what an image holds, as text or JSON.
 
 use crate::boot::{self, BootPartition};
-use crate::build::IMAGE_MANIFEST;
 use crate::layout;
 use crate::rootfs::Rootfs;
 use anyhow::{Context, Result};
+use firstboot::manifest::{ImageManifest, ABSOLUTE_PATH as IMAGE_MANIFEST};
 use serde::Serialize;
 use std::fs::File;
 use std::path::Path;
@@ -37,7 +37,7 @@ pub struct Inspection {
     /// /etc/machine-id exactly as stored (empty, "uninitialized", or an id).
     pub machine_id: Option<String>,
     /// /etc/firstboot/image.json, when present.
-    pub image_manifest: Option<serde_json::Value>,
+    pub image_manifest: Option<ImageManifest>,
     /// Every file the image manifest declares, with its owner and mode as found in the image.
     pub declared_files: Vec<DeclaredFile>,
     /// The K3s and firstboot payload: versions and what is missing.
@@ -63,19 +63,16 @@ pub struct PayloadCheck {
     pub firstboot_enabled: bool,
 }
 
-fn check_payload(rootfs: &Rootfs, manifest: Option<&serde_json::Value>) -> Result<PayloadCheck> {
+fn check_payload(rootfs: &Rootfs, manifest: Option<&ImageManifest>) -> Result<PayloadCheck> {
     use crate::payload::{
         AIRGAP_DIR, FIRSTBOOT_BIN, FIRSTBOOT_UNIT, FIRSTBOOT_WANTS, K3S_BIN, K3S_LINKS,
         K3S_SCRIPTS, K3S_UNITS,
     };
-    let versions = manifest.map(|m| &m["versions"]);
-    let text = |k: &str| {
-        versions
-            .and_then(|v| v[k].as_str())
-            .filter(|s| !s.is_empty())
-            .map(String::from)
+    let versions = manifest.map(|m| &m.versions);
+    let text = |v: fn(&crate::payload::Versions) -> &String| {
+        versions.map(v).filter(|s| !s.is_empty()).cloned()
     };
-    let airgap_expected = versions.and_then(|v| v["airgap"].as_bool()) == Some(true);
+    let airgap_expected = versions.is_some_and(|v| v.airgap);
     let wants = "/etc/systemd/system/multi-user.target.wants";
     let dirs: std::collections::BTreeSet<String> =
         ["/usr/local/bin", "/etc/systemd/system", wants, AIRGAP_DIR]
@@ -107,8 +104,8 @@ fn check_payload(rootfs: &Rootfs, manifest: Option<&serde_json::Value>) -> Resul
         .map(String::from)
         .collect();
     Ok(PayloadCheck {
-        k3s_version: text("k3s"),
-        firstboot_version: text("firstboot"),
+        k3s_version: text(|v| &v.k3s),
+        firstboot_version: text(|v| &v.firstboot),
         airgap_expected,
         missing,
         k3s_units_enabled,
@@ -137,19 +134,11 @@ pub struct DeclaredFile {
     pub matches: bool,
 }
 
-fn declared_files(rootfs: &Rootfs, manifest: &serde_json::Value) -> Result<Vec<DeclaredFile>> {
-    let entries: Vec<(String, String, u32, u32)> = manifest["files"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|f| {
-            Some((
-                f["path"].as_str()?.to_string(),
-                f["mode"].as_str()?.to_string(),
-                f["uid"].as_u64()? as u32,
-                f["gid"].as_u64()? as u32,
-            ))
-        })
+fn declared_files(rootfs: &Rootfs, manifest: &ImageManifest) -> Result<Vec<DeclaredFile>> {
+    let entries: Vec<(String, String, u32, u32)> = manifest
+        .files
+        .iter()
+        .map(|f| (f.path.clone(), f.mode.clone(), f.uid, f.gid))
         .collect();
     let dirs: std::collections::BTreeSet<String> = entries
         .iter()
@@ -226,9 +215,15 @@ pub fn inspect(image: &Path) -> Result<Inspection> {
     let machine_id = rootfs
         .read_file("/etc/machine-id")?
         .map(|b| String::from_utf8_lossy(&b).into_owned());
-    let image_manifest = match rootfs.read_file(IMAGE_MANIFEST)? {
-        Some(b) => serde_json::from_slice(&b).ok(),
-        None => None,
+    let (image_manifest, manifest_warning) = match rootfs.read_file(IMAGE_MANIFEST)? {
+        Some(b) => match ImageManifest::from_slice(&b, std::path::Path::new(IMAGE_MANIFEST)) {
+            Ok(m) => (Some(m), None),
+            Err(e) => (None, Some(e.to_string())),
+        },
+        None => (
+            None,
+            Some(format!("no {IMAGE_MANIFEST}: not built by imagebuild")),
+        ),
     };
     let declared = match &image_manifest {
         Some(m) => declared_files(&rootfs, m)?,
@@ -268,9 +263,7 @@ pub fn inspect(image: &Path) -> Result<Inspection> {
             d.found_gid.map_or("-".into(), |g| g.to_string())
         ));
     }
-    if image_manifest.is_none() {
-        warnings.push(format!("no {IMAGE_MANIFEST}: not built by imagebuild"));
-    }
+    warnings.extend(manifest_warning);
     let payload = check_payload(&rootfs, image_manifest.as_ref())?;
     for m in &payload.missing {
         warnings.push(format!("payload: {m} is missing"));
@@ -375,12 +368,9 @@ impl Inspection {
             }
         ));
         if let Some(m) = &self.image_manifest {
-            let built = m["build_time"]
-                .as_i64()
-                .map_or_else(|| "?".to_string(), crate::epoch::rfc3339);
             s.push_str(&format!(
-                "built: {built} board {}\n",
-                m["board"].as_str().unwrap_or("?"),
+                "built: {} board {}\n",
+                m.build_time_rfc3339, m.board,
             ));
         }
         let p = &self.payload;

@@ -6,16 +6,9 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// Boot media the image is for: selects config.txt lines and tuning defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Media {
-    /// SD card or eMMC.
-    #[default]
-    Sd,
-    /// NVMe or USB SSD.
-    Ssd,
-}
+/// Boot media the image is for: selects config.txt lines and tuning defaults (the manifest's
+/// type, so the recipe and `image.json` speak of media the same way).
+pub use firstboot::manifest::Media;
 
 /// Compression of an extra copy of the output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]

@@ -368,7 +368,8 @@ pub fn stamp(target: &Path, cluster_toml: &Path, options: &StampOptions) -> Resu
 /// IMAGE.sha256 so they describe the stamped image, and warn about compressed copies beside it,
 /// which still hold the image as it was before.
 fn refresh_companions(image: &Path, start: u64, end: u64) -> Result<()> {
-    use crate::output::{with_suffix, write_synced};
+    use crate::io::write_synced;
+    use crate::output::with_suffix;
     let bmap = with_suffix(image, ".bmap");
     let sha = with_suffix(image, ".sha256");
     // The whole image's new hash: written to IMAGE.sha256 and recorded in the map.

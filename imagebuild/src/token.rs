@@ -1,28 +1,14 @@
 //! New cluster tokens, from the operating system's random number generator.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 /// Random bytes in a token: 160 bits, shown as 40 hex digits.
 const TOKEN_BYTES: usize = 20;
 
 /// A new random cluster token that firstboot's schema accepts.
 pub fn new_token() -> Result<String> {
-    let mut bytes = [0u8; TOKEN_BYTES];
-    let mut filled = 0;
-    while filled < bytes.len() {
-        // SAFETY: getrandom writes at most `len` bytes into the buffer slice we pass.
-        let n = unsafe {
-            libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            bail!("reading the system random number generator: {e}");
-        }
-        filled += n as usize;
-    }
+    let bytes = firstboot::host::random::bytes::<TOKEN_BYTES>()
+        .context("reading the system random number generator (/dev/urandom)")?;
     let token = hex::encode(bytes);
     if let Some(p) = firstboot::config::Token::problem(&token) {
         bail!("internal error: a generated token was refused: {p}");

@@ -1,9 +1,9 @@
 //! `imagebuild verify`: fsck both filesystems and check the payload against the image manifest.
 
-use crate::build::IMAGE_MANIFEST;
 use crate::layout;
 use crate::rootfs::Rootfs;
 use anyhow::{bail, Context, Result};
+use firstboot::manifest::{ImageManifest, ABSOLUTE_PATH as IMAGE_MANIFEST};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -48,11 +48,11 @@ pub fn verify(image: &Path) -> Result<Verification> {
     let Some(manifest) = rootfs.read_file(IMAGE_MANIFEST)? else {
         bail!("{IMAGE_MANIFEST} is missing: this image was not built by imagebuild, so there is no payload to check");
     };
-    let doc: serde_json::Value =
-        serde_json::from_slice(&manifest).context("parsing the image manifest")?;
+    let manifest = ImageManifest::from_slice(&manifest, std::path::Path::new(IMAGE_MANIFEST))?;
     let mut checked = 0;
-    for f in doc["files"].as_array().into_iter().flatten() {
-        let (Some(path), Some(want)) = (f["path"].as_str(), f["sha256"].as_str()) else {
+    for f in &manifest.files {
+        // Secrets are listed without a hash: nothing to compare.
+        let (path, Some(want)) = (f.path.as_str(), f.sha256.as_deref()) else {
             continue;
         };
         let Some(data) = rootfs.read_file(path)? else {

@@ -30,16 +30,10 @@ const HOSTNAMED: &str = "/lib/systemd/systemd-hostnamed";
 
 /// Returns why the LAN tests cannot run here, if they cannot.
 pub fn skip_reason() -> Option<String> {
-    if !systests::is_root() {
-        return Some("needs root (network, mount and UTS namespaces)".into());
-    }
-    for tool in TOOLS {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
-            .unwrap_or(false);
-        if !found {
-            return Some(format!("{tool} is not installed"));
-        }
+    if let Some(why) =
+        systests::root_and_tools_missing("network, mount and UTS namespaces", TOOLS, &[])
+    {
+        return Some(why);
     }
     if !Path::new(HOSTNAMED).exists() {
         return Some(format!("{HOSTNAMED} is not installed"));

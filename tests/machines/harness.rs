@@ -62,20 +62,11 @@ pub const GATEWAY: &str = "198.18.1.254";
 
 /// Returns why the machine tests cannot run here, if they cannot.
 pub fn skip_reason() -> Option<String> {
-    if !systests::is_root() {
-        return Some("needs root (systemd-nspawn, network namespaces, loop mounts)".into());
-    }
-    for tool in TOOLS {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
-            .unwrap_or(false)
-            || Path::new("/usr/sbin").join(tool).exists()
-            || Path::new("/sbin").join(tool).exists();
-        if !found {
-            return Some(format!("{tool} is not installed"));
-        }
-    }
-    None
+    systests::root_and_tools_missing(
+        "systemd-nspawn, network namespaces, loop mounts",
+        TOOLS,
+        &["/usr/sbin", "/sbin"],
+    )
 }
 
 /// A random cluster token that is easy to search for in files and logs.

@@ -83,13 +83,12 @@ pub fn install_fake_clock(m: &Machine, behind_secs: i64) {
 /// lets the clock fall below it) to `unix`: the test image is built minutes before the test,
 /// a real one days or weeks before the cards boot.
 pub fn set_build_time(m: &Machine, unix: i64) {
-    let path = m.root.join("etc/firstboot/image.json");
-    let mut v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).expect("reading image.json"))
-            .expect("parsing image.json");
-    v["build_time"] = serde_json::json!(unix);
-    std::fs::write(&path, serde_json::to_vec_pretty(&v).expect("json"))
-        .expect("writing image.json");
+    use firstboot::manifest::{ImageManifest, PATH};
+    let mut manifest = ImageManifest::load(&m.root)
+        .expect("reading image.json")
+        .expect("the machine's image has an image.json");
+    manifest.build_time = u64::try_from(unix).expect("a build time after 1970");
+    std::fs::write(m.root.join(PATH), manifest.to_vec()).expect("writing image.json");
 }
 
 /// The machine's clock minus the host's, in nanoseconds (its fake clock's offset).

@@ -180,25 +180,20 @@ fn release_from_http_mirror_is_verified_installed_and_reused_offline() {
     );
 
     // The manifest: integer build time (firstboot's clock floor), versions, payload hashes.
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&debugfs_cat(&img, off, "/etc/firstboot/image.json")).unwrap();
-    assert_eq!(
-        manifest["build_time"].as_u64(),
-        Some(EPOCH.parse().unwrap())
-    );
-    assert_eq!(manifest["versions"]["k3s"], release::VERSION);
-    assert_eq!(manifest["versions"]["firstboot"], "0.0.0-fake");
-    assert_eq!(manifest["versions"]["base"], "trixie.img");
+    let manifest = read_manifest(&img, off);
+    assert_eq!(manifest.build_time, EPOCH.parse::<u64>().unwrap());
+    assert_eq!(manifest.versions.k3s, release::VERSION);
+    assert_eq!(manifest.versions.firstboot, "0.0.0-fake");
+    assert_eq!(manifest.versions.base, "trixie.img");
     let file_sha = |p: &str| {
-        manifest["files"]
-            .as_array()
-            .unwrap()
+        manifest
+            .files
             .iter()
-            .find(|f| f["path"] == p)
-            .unwrap_or_else(|| panic!("{p} not in the manifest"))["sha256"]
-            .as_str()
+            .find(|f| f.path == p)
+            .unwrap_or_else(|| panic!("{p} not in the manifest"))
+            .sha256
+            .clone()
             .unwrap()
-            .to_string()
     };
     assert_eq!(file_sha("/usr/local/bin/k3s"), rel.binary_sha256);
     assert_eq!(
@@ -452,9 +447,16 @@ fn firstboot_built_from_the_workspace_is_static_aarch64_and_runs() {
 }
 
 fn report_manifest_version(img: &Path, off: u64) -> String {
-    let m: serde_json::Value =
-        serde_json::from_slice(&debugfs_cat(img, off, "/etc/firstboot/image.json")).unwrap();
-    m["versions"]["firstboot"].as_str().unwrap().to_string()
+    read_manifest(img, off).versions.firstboot
+}
+
+/// The image's `/etc/firstboot/image.json`, parsed by firstboot's own reader.
+fn read_manifest(img: &Path, off: u64) -> firstboot::manifest::ImageManifest {
+    firstboot::manifest::ImageManifest::from_slice(
+        &debugfs_cat(img, off, firstboot::manifest::ABSOLUTE_PATH),
+        Path::new(firstboot::manifest::ABSOLUTE_PATH),
+    )
+    .unwrap()
 }
 
 #[test]

@@ -46,7 +46,7 @@ fn blkid(dev: &Path, tag: &str) -> String {
 }
 
 fn mount_source(target: &Path) -> Option<String> {
-    let mounts = firstboot::storage::sysfs::mounts().unwrap();
+    let mounts = firstboot::host::mountinfo::mounts().unwrap();
     mounts
         .into_iter()
         .find(|m| m.mount_point == target)
@@ -259,7 +259,7 @@ fn a_mounted_disk_other_than_the_data_disk_is_a_snapshot_candidate() {
     let dev = LoopDevice::create(&t.path().join("snap.img"), 32 << 20).unwrap();
     let mnt = t.path().join("mnt");
     let mounted = devices::MountedLoop::ext4(dev, &mnt).unwrap();
-    let mounts = firstboot::storage::sysfs::mounts().unwrap();
+    let mounts = firstboot::host::mountinfo::mounts().unwrap();
     let name = mounted
         .device
         .path

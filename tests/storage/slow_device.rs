@@ -10,8 +10,9 @@ mod devices;
 
 use delayed_disk::{DelayedDisk, Delays};
 use devices::{blkio_v1_root, cgroup2_io_root, LoopDevice, MountedLoop, ThrottledCgroup};
+use firstboot::config::StorageProfile;
 use firstboot::storage::assessment::assess;
-use firstboot::storage::class::{DeviceKind, Profile, Speed};
+use firstboot::storage::class::{DeviceKind, Speed};
 use firstboot::storage::probe::{ProbeResult, StorageProbe};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -133,7 +134,7 @@ fn fuse_delayed_loop_device_is_classified_slow() {
         let a = assess(
             &StorageProbe::new(&dev.dir),
             Path::new("/sys"),
-            Profile::Auto,
+            StorageProfile::Auto,
         )
         .unwrap();
         let served = (

@@ -90,14 +90,11 @@ pub enum AnnounceError {
     Malformed(&'static str),
 }
 
-/// The key of announcement frames (one [`MacKey`] of the token's keys).
-pub type AnnounceKey = MacKey;
-
 /// Encodes and checks frames of one cluster.
 #[derive(Clone, Debug)]
 pub struct AnnounceCodec {
     cluster: ClusterId,
-    key: AnnounceKey,
+    key: MacKey,
 }
 
 impl AnnounceCodec {
@@ -286,7 +283,7 @@ mod tests {
         // A forger who knows the public cluster id but not the token.
         let forger = AnnounceCodec {
             cluster: c.cluster,
-            key: AnnounceKey::announce(b"a-guessed-token-000000"),
+            key: MacKey::announce(b"a-guessed-token-000000"),
         };
         let forged = forger.encode(&announcement("198.18.0.66:6443"));
         assert_eq!(c.decode(&forged), Err(AnnounceError::BadMac));

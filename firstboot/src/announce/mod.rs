@@ -21,8 +21,5 @@ pub const ANNOUNCE_PORT: u16 = crate::discovery::FRAME_PORT + 1;
 
 /// A fresh random nonce from the kernel's generator.
 pub fn fresh_nonce() -> std::io::Result<Nonce> {
-    let mut bytes = [0u8; frame::NONCE_LEN];
-    let mut urandom = std::fs::File::open("/dev/urandom")?;
-    std::io::Read::read_exact(&mut urandom, &mut bytes)?;
-    Ok(Nonce(bytes))
+    Ok(Nonce(crate::host::random::bytes::<{ frame::NONCE_LEN }>()?))
 }

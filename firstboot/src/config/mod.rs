@@ -1,7 +1,7 @@
 //! The `cluster.toml` contract (schema version 1): raw serde structs validated into [`ClusterConfig`].
 //!
 //! Reading goes in three steps: a schema walk over the TOML document (unknown keys, value kinds,
-//! "did you mean"), serde into the span-carrying [`raw`] structs, then [`validate`] into the
+//! "did you mean"), serde into the span-carrying `raw` structs, then `validate` into the
 //! typed [`ClusterConfig`] that the rest of the program uses. Every error names the file, line,
 //! column and key, and none ever contains the token.
 
@@ -89,10 +89,12 @@ pub struct K3sSettings {
     pub extra: BTreeMap<String, toml::Value>,
 }
 
-/// `[storage] profile`
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `[storage] profile`: measure, or force the SD or SSD tuning (the storage step uses it as is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum StorageProfile {
     /// Measure the device and decide.
+    #[default]
     Auto,
     /// Treat the device as an SD card whatever the probe says.
     Sd,
@@ -100,15 +102,44 @@ pub enum StorageProfile {
     Ssd,
 }
 
-/// `[storage] data_device`
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `[storage] data_device` (the storage step uses it as is).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum DataDevice {
     /// Keep `/var/lib/rancher` on the root filesystem.
+    #[default]
     None,
     /// Use the one empty non-boot disk if there is exactly one.
     Auto,
     /// Use this block device.
     Path(PathBuf),
+}
+
+impl std::str::FromStr for StorageProfile {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(StorageProfile::Auto),
+            "sd" => Ok(StorageProfile::Sd),
+            "ssd" => Ok(StorageProfile::Ssd),
+            other => Err(format!(
+                "unknown storage profile {other:?}: expected auto, sd or ssd"
+            )),
+        }
+    }
+}
+
+impl std::str::FromStr for DataDevice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "" => Ok(DataDevice::None),
+            "auto" => Ok(DataDevice::Auto),
+            p if p.starts_with("/dev/") => Ok(DataDevice::Path(PathBuf::from(p))),
+            other => Err(format!(
+                "data_device {other:?} must be \"\", \"auto\" or a device path under /dev/"
+            )),
+        }
+    }
 }
 
 /// `[storage]`

@@ -33,7 +33,7 @@ pub fn with_hostname(text: &str, hostname: &str) -> String {
 /// Rewrites `<root>/etc/hosts` (atomically, mode 0644) when its `127.0.1.1` line does not name
 /// `hostname` yet; returns true if it changed.
 pub fn update_hosts(root: &Path, hostname: &str) -> io::Result<bool> {
-    let path = root.join("etc/hosts");
+    let path = root.join(crate::paths::HOSTS);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {

@@ -21,7 +21,11 @@ pub async fn set_hostname_and_hosts(
     set_hostname(conn, hostname)
         .await
         .context("setting the hostname through systemd-hostnamed")?;
-    hosts::update_hosts(root, hostname)
-        .with_context(|| format!("naming {hostname} in {}", root.join("etc/hosts").display()))?;
+    hosts::update_hosts(root, hostname).with_context(|| {
+        format!(
+            "naming {hostname} in {}",
+            root.join(crate::paths::HOSTS).display()
+        )
+    })?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use crate::paths::Paths;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::Path;
 
 pub use crate::model::NodeId;
@@ -84,8 +84,7 @@ fn persisted_id(paths: &Paths) -> io::Result<NodeId> {
             return Ok(id);
         }
     }
-    let mut random = [0u8; 8];
-    fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+    let random = crate::host::random::bytes::<8>()?;
     // All-zero is not an id; eight random zero bytes are as good as impossible, but cheap to avoid.
     let id = NodeId(u64::from_be_bytes(random).max(1));
     let dir = paths.state_dir();

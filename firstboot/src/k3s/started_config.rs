@@ -32,7 +32,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// Where the record lives, relative to the root prefix.
-pub const STARTED_CONFIG_PATH: &str = "var/lib/firstboot/k3s-started-config";
+pub const STARTED_CONFIG_PATH: &str = crate::paths::K3S_STARTED_CONFIG;
 
 /// SHA-256 over the K3s configuration files as K3s reads them.
 #[derive(Clone, Copy, PartialEq, Eq)]

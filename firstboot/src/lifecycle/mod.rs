@@ -7,7 +7,7 @@
 //! restores its fsync'd state (a node that has a role never elects again), the K3s plan is read
 //! back, config.yaml is rewritten only when it differs and starting an active unit is a no-op.
 //!
-//! K3s (steps 7 and 8, in [`k3s_step`]): the init node starts `k3s.service` with cluster-init;
+//! K3s (steps 7 and 8, in `k3s_step`): the init node starts `k3s.service` with cluster-init;
 //! once it is active it answers joiners' queries with its signed announcement (CA hash, clock,
 //! API address, etcd timing; see [`crate::announce`]) and tells the election it serves, so seats
 //! are granted one at a time. A joiner queries the init node until a verified answer arrives,
@@ -30,8 +30,7 @@ use crate::paths::Paths;
 use crate::status::led::open_led;
 use crate::status::state::{NodeState, Phase};
 use crate::status::Notifier;
-use crate::storage::class::Profile;
-use crate::storage::data_device::DataDeviceChoice;
+
 use crate::storage::setup::StorageSetup;
 use anyhow::Context;
 use k3s_step::{K3sProgress, StorageChoice, Wake};
@@ -337,19 +336,10 @@ async fn steps(
 
 /// The storage step's settings from `[storage]`.
 fn storage_setup(paths: &Paths, config: &ClusterConfig) -> StorageSetup {
-    use crate::config::{DataDevice, StorageProfile};
     StorageSetup {
         root: paths.root().to_path_buf(),
-        profile: match config.storage.profile {
-            StorageProfile::Auto => Profile::Auto,
-            StorageProfile::Sd => Profile::Sd,
-            StorageProfile::Ssd => Profile::Ssd,
-        },
-        data_device: match &config.storage.data_device {
-            DataDevice::None => DataDeviceChoice::Keep,
-            DataDevice::Auto => DataDeviceChoice::Auto,
-            DataDevice::Path(p) => DataDeviceChoice::Device(p.clone()),
-        },
+        profile: config.storage.profile,
+        data_device: config.storage.data_device.clone(),
         data_device_force: config.storage.data_device_force,
     }
 }
@@ -384,18 +374,11 @@ fn ram_mib() -> u32 {
 
 /// Timer-jitter seed: random per boot, mixed with the node id so two nodes never share one.
 fn seed(node: u64) -> u64 {
-    let mut bytes = [0u8; 8];
-    let random = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .is_ok();
+    let random = crate::host::random::bytes::<8>().ok();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let base = if random {
-        u64::from_le_bytes(bytes)
-    } else {
-        nanos
-    };
+    let base = random.map_or(nanos, u64::from_le_bytes);
     base ^ node.rotate_left(17)
 }

@@ -19,10 +19,7 @@ pub const SYSCTL_DROPIN: &str = crate::paths::SYSCTL_DROPIN;
 /// udev rule owned by firstboot.
 pub const UDEV_RULE: &str = crate::paths::UDEV_RULE;
 /// K3s unit drop-ins owned by firstboot (server and agent).
-pub const K3S_DROPINS: [&str; 2] = [
-    "etc/systemd/system/k3s.service.d/60-firstboot-io.conf",
-    "etc/systemd/system/k3s-agent.service.d/60-firstboot-io.conf",
-];
+pub const K3S_DROPINS: [&str; 2] = crate::paths::K3S_IO_DROPINS;
 /// Swap generators found on Raspberry Pi OS (trixie's rpi-swap) and Debian (zram-generator).
 const SWAP_GENERATORS: [&str; 2] = ["rpi-swap-generator", "zram-generator"];
 
@@ -234,7 +231,7 @@ fn tune_fstab(
     data_dir: &Path,
     out: &mut AppliedTuning,
 ) -> anyhow::Result<()> {
-    let path = root.join("etc/fstab");
+    let path = root.join(crate::paths::FSTAB);
     let Ok(text) = std::fs::read_to_string(&path) else {
         out.notes
             .push("no /etc/fstab: mount options left alone".into());
@@ -248,7 +245,7 @@ fn tune_fstab(
         ));
     }
     if write_if_changed(&path, tuned.as_bytes(), 0o644)? {
-        out.changed.push(PathBuf::from("etc/fstab"));
+        out.changed.push(PathBuf::from(crate::paths::FSTAB));
         out.remount = mount_point;
     }
     Ok(())
@@ -347,7 +344,7 @@ fn tune_options(options: &str, plan: &TuningPlan, ext4: bool) -> String {
 
 fn swap_off(root: &Path, out: &mut AppliedTuning) -> anyhow::Result<()> {
     // Bookworm: dphys-swapfile sizes the file from CONF_SWAPSIZE; 0 plus a mask stops it.
-    let conf = root.join("etc/dphys-swapfile");
+    let conf = root.join(crate::paths::DPHYS_SWAPFILE);
     if let Ok(text) = std::fs::read_to_string(&conf) {
         let mut lines: Vec<String> = text
             .lines()
@@ -357,7 +354,7 @@ fn swap_off(root: &Path, out: &mut AppliedTuning) -> anyhow::Result<()> {
         lines.push("CONF_SWAPSIZE=0".into());
         let new = lines.join("\n") + "\n";
         if write_if_changed(&conf, new.as_bytes(), 0o644)? {
-            out.changed.push("etc/dphys-swapfile".into());
+            out.changed.push(crate::paths::DPHYS_SWAPFILE.into());
         }
         mask(root, "etc/systemd/system/dphys-swapfile.service", out)?;
     }

@@ -1,11 +1,12 @@
 //! StorageAssessment: probe, classify, score and plan for one data directory, in one call.
 
-use super::class::{detect_kind, Profile, Speed, StorageClass};
+use super::class::{detect_kind, Speed, StorageClass};
 use super::etcd::EtcdTuning;
 use super::plan::{find_snapshot_candidates, TuningPlan};
 use super::probe::{ProbeResult, StorageProbe};
 use super::score::storage_score;
-use super::sysfs;
+use crate::config::StorageProfile;
+use crate::host::mountinfo;
 use anyhow::Context;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -43,10 +44,10 @@ pub fn existing_dir(dir: &Path) -> PathBuf {
 pub fn assess(
     probe: &StorageProbe,
     sysfs_root: &Path,
-    profile: Profile,
+    profile: StorageProfile,
 ) -> anyhow::Result<StorageAssessment> {
     let dir = existing_dir(&probe.dir);
-    let mounts = sysfs::mounts().context("reading the mount table")?;
+    let mounts = mountinfo::mounts().context("reading the mount table")?;
     let (kind, disk) = detect_kind(sysfs_root, &dir, &mounts)
         .with_context(|| format!("finding the device of {}", dir.display()))?;
     let result = StorageProbe {
@@ -109,7 +110,7 @@ mod tests {
             max_bytes: 100 * 2300,
             ..StorageProbe::new(t.path())
         };
-        let a = assess(&probe, Path::new("/sys"), Profile::Sd).unwrap();
+        let a = assess(&probe, Path::new("/sys"), StorageProfile::Sd).unwrap();
         assert_eq!(a.probe.writes, 100);
         assert_eq!(a.class.kind, crate::storage::class::DeviceKind::Sd);
         assert_eq!(a.score, storage_score(a.class));

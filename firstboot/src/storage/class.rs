@@ -1,6 +1,8 @@
 //! Device class: what kind of disk holds the data directory (from sysfs) and how fast it syncs.
 
-use super::sysfs::{self, Disk, Mount};
+use crate::config::StorageProfile;
+use crate::host::mountinfo::Mount;
+use crate::host::sysfs::{self, Disk};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -98,43 +100,16 @@ impl std::fmt::Display for StorageClass {
     }
 }
 
-/// The `[storage] profile` setting: measure, or force the SD or SSD tuning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Profile {
-    /// Use the detected kind and the measured speed.
-    #[default]
-    Auto,
-    /// Tune as for a slow SD card whatever was measured.
-    Sd,
-    /// Tune as for a fast SSD whatever was measured.
-    Ssd,
-}
-
-impl std::str::FromStr for Profile {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Profile::Auto),
-            "sd" => Ok(Profile::Sd),
-            "ssd" => Ok(Profile::Ssd),
-            other => Err(format!(
-                "unknown storage profile {other:?}: expected auto, sd or ssd"
-            )),
-        }
-    }
-}
-
-impl Profile {
+impl StorageProfile {
     /// The class the tuning uses: the measured one, or the forced one.
     pub fn resolve(self, measured: StorageClass) -> StorageClass {
         match self {
-            Profile::Auto => measured,
-            Profile::Sd => StorageClass {
+            StorageProfile::Auto => measured,
+            StorageProfile::Sd => StorageClass {
                 kind: DeviceKind::Sd,
                 speed: Speed::Slow,
             },
-            Profile::Ssd => StorageClass {
+            StorageProfile::Ssd => StorageClass {
                 kind: DeviceKind::Ssd,
                 speed: Speed::Fast,
             },
@@ -289,11 +264,14 @@ pub(crate) mod tests {
             kind: DeviceKind::Nvme,
             speed: Speed::Fast,
         };
-        assert_eq!(Profile::Auto.resolve(nvme), nvme);
-        assert_eq!(Profile::Sd.resolve(nvme).kind, DeviceKind::Sd);
-        assert_eq!("ssd".parse::<Profile>().unwrap(), Profile::Ssd);
+        assert_eq!(StorageProfile::Auto.resolve(nvme), nvme);
+        assert_eq!(StorageProfile::Sd.resolve(nvme).kind, DeviceKind::Sd);
+        assert_eq!(
+            "ssd".parse::<StorageProfile>().unwrap(),
+            StorageProfile::Ssd
+        );
         assert!("hdd"
-            .parse::<Profile>()
+            .parse::<StorageProfile>()
             .unwrap_err()
             .contains("auto, sd or ssd"));
     }

@@ -1,8 +1,8 @@
 //! `firstboot probe-storage`: measure the data directory's device and print the assessment.
 
 use super::assessment::{assess, StorageAssessment};
-use super::class::Profile;
 use super::probe::StorageProbe;
+use crate::config::StorageProfile;
 use std::path::{Path, PathBuf};
 
 /// Arguments of `firstboot probe-storage`.
@@ -23,7 +23,11 @@ pub fn run(args: &ProbeStorageArgs) -> anyhow::Result<()> {
 
 /// Probe `dir`, classify and plan, and print the result (human-readable or JSON) to stdout.
 pub fn run_probe_storage(dir: &Path, json: bool) -> anyhow::Result<()> {
-    let a = assess(&StorageProbe::new(dir), Path::new("/sys"), Profile::Auto)?;
+    let a = assess(
+        &StorageProbe::new(dir),
+        Path::new("/sys"),
+        StorageProfile::Auto,
+    )?;
     if json {
         println!("{}", serde_json::to_string_pretty(&a)?);
     } else {

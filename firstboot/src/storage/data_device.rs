@@ -7,7 +7,9 @@
 //! power loss and the move resumes instead of refusing.
 
 use super::apply::{under, write_if_changed};
-use super::sysfs::{self, Mount};
+use crate::config;
+use crate::host::mountinfo::{self, Mount};
+use crate::host::sysfs;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -18,37 +20,8 @@ pub const DATA_DIR: &str = crate::paths::RANCHER_DIR;
 /// Label of the filesystem we create.
 pub const LABEL: &str = "k3s-data";
 /// K3s unit drop-ins that keep K3s off the SD card when the data disk is missing.
-pub const K3S_MOUNT_DROPINS: [&str; 2] = [
-    "etc/systemd/system/k3s.service.d/60-firstboot-data-device.conf",
-    "etc/systemd/system/k3s-agent.service.d/60-firstboot-data-device.conf",
-];
+pub const K3S_MOUNT_DROPINS: [&str; 2] = crate::paths::K3S_DATA_DEVICE_DROPINS;
 const MIB: u64 = 1024 * 1024;
-
-/// The `[storage] data_device` setting.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum DataDeviceChoice {
-    /// `""`: keep the data where it is.
-    #[default]
-    Keep,
-    /// `"auto"`: the single empty non-boot disk, if there is exactly one.
-    Auto,
-    /// An explicit device such as `/dev/sda`.
-    Device(PathBuf),
-}
-
-impl std::str::FromStr for DataDeviceChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "" => Ok(DataDeviceChoice::Keep),
-            "auto" => Ok(DataDeviceChoice::Auto),
-            p if p.starts_with("/dev/") => Ok(DataDeviceChoice::Device(PathBuf::from(p))),
-            other => Err(format!(
-                "data_device {other:?} must be \"\", \"auto\" or a device path under /dev/"
-            )),
-        }
-    }
-}
 
 /// What was found on a disk that is not empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,7 +182,7 @@ impl Host {
             root: root.into(),
             sysfs: "/sys".into(),
             dev_dir: "/dev".into(),
-            mounts: sysfs::mounts()?,
+            mounts: mountinfo::mounts()?,
         })
     }
 }
@@ -323,11 +296,7 @@ fn format_uuid(b: &[u8]) -> String {
 }
 
 fn random_uuid() -> anyhow::Result<String> {
-    use std::io::Read;
-    let mut b = [0u8; 16];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .map_err(anyhow::Error::from)?;
+    let mut b = crate::host::random::bytes::<16>()?;
     b[6] = (b[6] & 0x0f) | 0x40; // version 4
     b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
     Ok(format_uuid(&b))
@@ -335,7 +304,7 @@ fn random_uuid() -> anyhow::Result<String> {
 
 /// The UUID our fstab entry for the data directory names, if there is one.
 pub fn fstab_uuid(root: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(root.join("etc/fstab")).ok()?;
+    let text = std::fs::read_to_string(root.join(crate::paths::FSTAB)).ok()?;
     text.lines()
         .filter(|l| !l.trim_start().starts_with('#'))
         .find_map(|l| {
@@ -417,11 +386,14 @@ fn auto_candidates(host: &Host) -> Vec<String> {
 }
 
 /// Resolve `choice` to a device: None for `Keep`, or for `Auto` when no empty disk exists.
-pub fn choose(host: &Host, choice: &DataDeviceChoice) -> Result<Option<PathBuf>, DataDeviceError> {
+pub fn choose(
+    host: &Host,
+    choice: &config::DataDevice,
+) -> Result<Option<PathBuf>, DataDeviceError> {
     match choice {
-        DataDeviceChoice::Keep => Ok(None),
-        DataDeviceChoice::Device(p) => Ok(Some(p.clone())),
-        DataDeviceChoice::Auto => {
+        config::DataDevice::None => Ok(None),
+        config::DataDevice::Path(p) => Ok(Some(p.clone())),
+        config::DataDevice::Auto => {
             let ours = fstab_uuid(&host.root);
             let mut usable = Vec::new();
             for name in auto_candidates(host) {
@@ -547,7 +519,7 @@ fn format(device: &Path, uuid: &str) -> anyhow::Result<()> {
 /// Replace any entry for the data directory by ours; `nofail` keeps the node reachable when the
 /// disk is missing, and the K3s drop-in keeps K3s from starting on the SD card then.
 fn write_fstab(root: &Path, uuid: &str) -> anyhow::Result<()> {
-    let path = root.join("etc/fstab");
+    let path = root.join(crate::paths::FSTAB);
     let text = std::fs::read_to_string(&path).unwrap_or_default();
     let mut lines: Vec<String> = text
         .lines()
@@ -709,18 +681,18 @@ mod tests {
     #[test]
     fn choice_parses_the_config_value() {
         assert_eq!(
-            "".parse::<DataDeviceChoice>().unwrap(),
-            DataDeviceChoice::Keep
+            "".parse::<config::DataDevice>().unwrap(),
+            config::DataDevice::None
         );
         assert_eq!(
-            "auto".parse::<DataDeviceChoice>().unwrap(),
-            DataDeviceChoice::Auto
+            "auto".parse::<config::DataDevice>().unwrap(),
+            config::DataDevice::Auto
         );
         assert_eq!(
-            "/dev/sda".parse::<DataDeviceChoice>().unwrap(),
-            DataDeviceChoice::Device("/dev/sda".into())
+            "/dev/sda".parse::<config::DataDevice>().unwrap(),
+            config::DataDevice::Path("/dev/sda".into())
         );
-        assert!("sda".parse::<DataDeviceChoice>().is_err());
+        assert!("sda".parse::<config::DataDevice>().is_err());
     }
 
     /// A fake host whose `auto` sees disks `names` (files in a dev dir, sizes in sysfs).
@@ -759,7 +731,7 @@ mod tests {
             ],
         );
         assert_eq!(
-            choose(&host, &DataDeviceChoice::Auto).unwrap(),
+            choose(&host, &config::DataDevice::Auto).unwrap(),
             Some(t.path().join("dev/sdb"))
         );
     }
@@ -768,14 +740,14 @@ mod tests {
     fn auto_refuses_ambiguity_and_accepts_none() {
         let t = tempfile::tempdir().unwrap();
         let host = fake_host(t.path(), &[("sda", None), ("nvme0n1", None)]);
-        let err = choose(&host, &DataDeviceChoice::Auto).unwrap_err();
+        let err = choose(&host, &config::DataDevice::Auto).unwrap_err();
         assert!(matches!(&err, DataDeviceError::Ambiguous { candidates } if candidates.len() == 2));
         assert!(err
             .to_string()
             .contains("name one in [storage] data_device"));
         let t2 = tempfile::tempdir().unwrap();
         let host = fake_host(t2.path(), &[("sda", Some(b"\x01"))]);
-        assert_eq!(choose(&host, &DataDeviceChoice::Auto).unwrap(), None);
+        assert_eq!(choose(&host, &config::DataDevice::Auto).unwrap(), None);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 
 use super::class::{DeviceKind, Speed, StorageClass};
 use super::score::storage_score;
-use super::sysfs::{self, Mount};
+use crate::host::mountinfo::Mount;
+use crate::host::sysfs;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

@@ -5,9 +5,10 @@
 
 use super::apply::{activate, activation_commands, apply, AppliedTuning};
 use super::assessment::{assess, StorageAssessment};
-use super::class::Profile;
-use super::data_device::{self, DataDevice, DataDeviceChoice, Host};
+use super::data_device::{self, DataDevice, Host};
 use super::probe::StorageProbe;
+use crate::config;
+use crate::config::StorageProfile;
 use anyhow::Context;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -18,9 +19,9 @@ pub struct StorageSetup {
     /// Root prefix (`/` on a node; a tree in tests).
     pub root: PathBuf,
     /// `[storage] profile`.
-    pub profile: Profile,
+    pub profile: StorageProfile,
     /// `[storage] data_device`.
-    pub data_device: DataDeviceChoice,
+    pub data_device: config::DataDevice,
     /// `[storage] data_device_force`.
     pub data_device_force: bool,
 }
@@ -85,8 +86,8 @@ mod tests {
         .unwrap();
         let setup = StorageSetup {
             root: t.path().into(),
-            profile: Profile::Sd,
-            data_device: DataDeviceChoice::Keep,
+            profile: StorageProfile::Sd,
+            data_device: config::DataDevice::None,
             data_device_force: false,
         };
         let first = setup.run().unwrap();

@@ -13,7 +13,6 @@ use crate::rootfs::{overlay, payload::Payload};
 use crate::source::Cache;
 use anyhow::{bail, Context, Result};
 use release::{K3sRelease, Mirror};
-use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// Where the K3s binary goes.
@@ -56,18 +55,8 @@ pub struct NodeOptions {
     pub firstboot_target_dir: Option<PathBuf>,
 }
 
-/// Versions of what the image carries, recorded in the image manifest.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct Versions {
-    /// K3s release.
-    pub k3s: String,
-    /// firstboot version.
-    pub firstboot: String,
-    /// The base image (catalog name, path or URL).
-    pub base: String,
-    /// Whether the air-gap images archive is included.
-    pub airgap: bool,
-}
+/// Versions of what the image carries: the manifest's type.
+pub use ::firstboot::manifest::Versions;
 
 /// The assembled node payload and what it holds.
 #[derive(Debug, Clone)]

@@ -1,10 +1,14 @@
-//! Block devices as the kernel shows them: /sys/dev/block, /sys/block and /proc/self/mountinfo.
+//! Block devices as sysfs shows them: `/sys/dev/block`, `/sys/block` and their attributes.
 //!
 //! Every function takes the sysfs root as a path so tests can build a fake tree; on a node it is
 //! `/sys`.
 
+use super::mountinfo::{mount_of, Mount};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+/// A device number as `major:minor`, the form mountinfo and sysfs use.
+pub type DevNo = (u32, u32);
 
 /// The whole disk holding a filesystem, with the sysfs facts used to classify it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,78 +21,6 @@ pub struct Disk {
     pub sysfs_dir: PathBuf,
 }
 
-/// One line of `/proc/self/mountinfo`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
-    /// `major:minor` of the mounted filesystem (anonymous for btrfs, overlay, tmpfs).
-    pub dev: (u32, u32),
-    /// Where it is mounted.
-    pub mount_point: PathBuf,
-    /// Filesystem type, e.g. `ext4`.
-    pub fs_type: String,
-    /// Mount source, e.g. `/dev/mmcblk0p2`.
-    pub source: String,
-    /// Per-mount options, e.g. `rw,noatime`.
-    pub options: String,
-}
-
-/// Parse `/proc/self/mountinfo` text; malformed lines are skipped.
-pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let l: Vec<&str> = left.split(' ').collect();
-            let r: Vec<&str> = right.split(' ').collect();
-            let (maj, min) = l.get(2)?.split_once(':')?;
-            Some(Mount {
-                dev: (maj.parse().ok()?, min.parse().ok()?),
-                mount_point: PathBuf::from(unescape(l.get(4)?)),
-                options: l.get(5)?.to_string(),
-                fs_type: r.first()?.to_string(),
-                source: unescape(r.get(1)?),
-            })
-        })
-        .collect()
-}
-
-/// Read and parse this process's mount table.
-pub fn mounts() -> std::io::Result<Vec<Mount>> {
-    Ok(parse_mountinfo(&std::fs::read_to_string(
-        "/proc/self/mountinfo",
-    )?))
-}
-
-/// mountinfo escapes space, tab, newline and backslash as three octal digits.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal {
-            Some(d) if b[i] == b'\\' => {
-                out.push(d.iter().fold(0u8, |v, c| v.wrapping_mul(8) + (c - b'0')));
-                i += 4;
-            }
-            _ => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The mount whose mount point is the longest prefix of `path` (which should be canonical).
-pub fn mount_of<'a>(mounts: &'a [Mount], path: &Path) -> Option<&'a Mount> {
-    mounts
-        .iter()
-        .filter(|m| path.starts_with(&m.mount_point))
-        .max_by_key(|m| m.mount_point.as_os_str().len())
-}
-
 /// Split a `dev_t` into major and minor (glibc/musl encoding).
 pub fn split_dev(dev: u64) -> (u32, u32) {
     let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff);
@@ -96,10 +28,22 @@ pub fn split_dev(dev: u64) -> (u32, u32) {
     (major as u32, minor as u32)
 }
 
+/// The canonical sysfs directory of block device `major:minor` (a disk or a partition), or None
+/// when sysfs has no block device for it.
+pub fn block_dir(sysfs: &Path, dev: DevNo) -> Option<PathBuf> {
+    std::fs::canonicalize(sysfs.join(format!("dev/block/{}:{}", dev.0, dev.1))).ok()
+}
+
+/// The `major:minor` a block device's sysfs directory states in its `dev` attribute.
+pub fn read_devno(dir: &Path) -> Option<DevNo> {
+    let text = attr(dir, "dev")?;
+    let (a, b) = text.split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
 /// The whole disk behind `major:minor`, or None when sysfs has no block device for it.
-pub fn disk_of_dev(sysfs: &Path, dev: (u32, u32)) -> Option<Disk> {
-    let link = sysfs.join(format!("dev/block/{}:{}", dev.0, dev.1));
-    let dir = std::fs::canonicalize(link).ok()?;
+pub fn disk_of_dev(sysfs: &Path, dev: DevNo) -> Option<Disk> {
+    let dir = block_dir(sysfs, dev)?;
     let name = dir.file_name()?.to_string_lossy().into_owned();
     if dir.join("partition").exists() {
         let parent = dir.parent()?;
@@ -175,26 +119,6 @@ pub fn is_usb(disk_dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_mountinfo_lines() {
-        let text = "29 1 179:2 / / rw,noatime shared:1 - ext4 /dev/mmcblk0p2 rw\n\
-                    40 29 8:1 / /mnt/usb\\040disk rw,relatime shared:7 - ext4 /dev/sda1 rw\n\
-                    garbage\n";
-        let m = parse_mountinfo(text);
-        assert_eq!(m.len(), 2);
-        assert_eq!(m[0].dev, (179, 2));
-        assert_eq!(m[0].source, "/dev/mmcblk0p2");
-        assert_eq!(m[1].mount_point, PathBuf::from("/mnt/usb disk"));
-        assert_eq!(
-            mount_of(&m, Path::new("/mnt/usb disk/x")).map(|m| m.dev),
-            Some((8, 1))
-        );
-        assert_eq!(
-            mount_of(&m, Path::new("/var")).map(|m| m.dev),
-            Some((179, 2))
-        );
-    }
 
     #[test]
     fn splits_dev_t() {

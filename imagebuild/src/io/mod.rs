@@ -1,0 +1,26 @@
+//! The file and device primitives the build, bmap, flash and stamp code share: byte-range copies
+//! ([`copy`]), data and hole extents ([`extents`]), hashing while writing ([`hash`]) and synced
+//! writes.
+
+pub mod copy;
+pub mod extents;
+pub mod hash;
+
+pub use copy::copy_range;
+pub use extents::{stretches, Stretch};
+pub use hash::append_and_hash;
+
+use anyhow::{Context, Result};
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+/// Write `contents` to `path` and flush it to disk.
+pub fn write_synced(path: &Path, contents: &[u8]) -> Result<()> {
+    let mut f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(contents)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.sync_all()
+        .with_context(|| format!("flushing {}", path.display()))?;
+    Ok(())
+}
