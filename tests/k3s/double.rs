@@ -139,8 +139,21 @@ fn spawn_env(
     drop_ins: &[(&str, &str)],
     extra_env: &[(&str, &str)],
 ) -> Double {
+    spawn_prepared(mode, yaml, port, drop_ins, extra_env, &|_| {})
+}
+
+/// [`spawn_env`] after `prepare` put files under the double's root.
+fn spawn_prepared(
+    mode: &str,
+    yaml: &str,
+    port: u16,
+    drop_ins: &[(&str, &str)],
+    extra_env: &[(&str, &str)],
+    prepare: &dyn Fn(&Path),
+) -> Double {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
+    prepare(&root);
     write_config_yaml(&root, yaml).unwrap();
     for (name, text) in drop_ins {
         let d = root.join("etc/rancher/k3s/config.yaml.d");
@@ -1104,4 +1117,73 @@ fn kubectl_configmap_and_lease_compare_and_swap() {
             init.kubectl(&["get", &lower, "seats", "-n", "kube-system", "-o", "json"]);
         assert!(out.contains("\"b\""), "{out}");
     }
+}
+
+/// A CA pair in a joiner's `server/tls` (a standalone K3s that ran there), with its mtime.
+fn stale_ca(root: &Path, mtime: std::time::SystemTime) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    let tls = data(root).join("server/tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    for (name, text) in [
+        ("server-ca.crt", cert.pem()),
+        ("server-ca.key", key.serialize_pem()),
+    ] {
+        std::fs::write(tls.join(name), text).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(tls.join(name))
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+    }
+}
+
+// Rule: a joiner whose server/tls holds other CA files than the cluster's, newer on disk than the
+// datastore's copy by 3 s or more, exits; older ones are replaced from the datastore (K3s
+// ReconcileBootstrapData, pkg/cluster/bootstrap.go:307-345, isNewerFile :357-391,
+// systemTimeSkew :203). A standalone K3s's files are "newer" when it ran after the init node
+// made its CA or on a clock ahead of the init node's (firstboot never steps a clock back):
+// firstboot must set them aside (k3s/stale_data.rs), K3s will not.
+#[test]
+fn a_joiner_with_a_newer_stale_ca_on_disk_is_refused_and_an_older_one_replaced() {
+    let (init, url, ca_hash) = init_with("lab-000001");
+    let hour = Duration::from_secs(3600);
+    let newer = std::time::SystemTime::now() + hour;
+    let err = expect_refusal(spawn_prepared(
+        "server",
+        &join_yaml(&url, ca_hash, "lab-000002"),
+        free_port(),
+        &[],
+        &[],
+        &|root| stale_ca(root, newer),
+    ));
+    assert!(
+        err.contains("server-ca.crt")
+            && err.contains(
+                "newer than datastore and could cause a cluster outage. Remove the file(s) from disk and restart to be recreated from datastore."
+            ),
+        "{err}"
+    );
+
+    let older = std::time::SystemTime::now() - hour;
+    let mut j = spawn_prepared(
+        "server",
+        &join_yaml(&url, ca_hash, "lab-000003"),
+        free_port(),
+        &[],
+        &[],
+        &|root| stale_ca(root, older),
+    );
+    wait_ready(&mut j);
+    let ca_file = firstboot::k3s::SERVER_CA_FILE;
+    assert_eq!(
+        std::fs::read(data(&j.root).join(ca_file)).unwrap(),
+        std::fs::read(data(&init.root).join(ca_file)).unwrap(),
+        "the older stale CA was not replaced by the cluster's"
+    );
+    let log = stop_and_log(j);
+    assert!(log.contains("will be updated from the datastore"), "{log}");
 }

@@ -8,7 +8,9 @@
 //!   etcd (Debian's real etcd, `etcd.rs`), without it K3s's SQLite stands as a loopback-only store;
 //! - server with `server:` (with or without `cluster-init`: K3s joins, managed.go:125): fetches
 //!   `/cacerts` unverified, refuses (exit 1) a CA whose sha256 differs from the token's hash, takes
-//!   the CA over TLS verified by it, refuses a mismatch of K3s v1.31's critical arguments
+//!   the CA over TLS verified by it, refuses a CA pair already in `server/tls` that differs and is
+//!   newer than the cluster's (K3s's bootstrap reconcile; an older one is replaced), refuses a
+//!   mismatch of K3s v1.31's critical arguments
 //!   (`critical_args`), refuses a node name already in etcd ("duplicate node name found"), adds
 //!   itself as an etcd learner (retrying while another learner is pending) and waits until the
 //!   leader promotes it; with etcd data on disk it starts as an existing member and asks nobody;
@@ -312,6 +314,8 @@ struct Shared {
     etcd: String,
     /// False in SQLite mode: no etcd cluster to join.
     etcd_cluster: bool,
+    /// `<data>/server/tls`, whose files' mtimes are the bootstrap data's timestamps.
+    tls_dir: PathBuf,
 }
 
 async fn run_server(mut config: DoubleConfig, data: &Path) -> Result<()> {
@@ -358,7 +362,7 @@ async fn run_server(mut config: DoubleConfig, data: &Path) -> Result<()> {
                 cert_pem: v["ca_cert"].as_str().unwrap_or_default().to_string(),
                 key_pem: v["ca_key"].as_str().unwrap_or_default().to_string(),
             };
-            ca.store(&tls_dir)?;
+            reconcile_bootstrap(&tls_dir, &ca, v["timestamp"].as_i64().unwrap_or_default())?;
             log(&format!("joined cluster through {server}"));
             ca
         }
@@ -411,6 +415,7 @@ async fn run_server(mut config: DoubleConfig, data: &Path) -> Result<()> {
         critical: config.critical.clone(),
         etcd: ep.clone(),
         etcd_cluster,
+        tls_dir: tls_dir.clone(),
     });
     let route = Arc::new(move |req: Request| -> wire::RouteFuture {
         let shared = shared.clone();
@@ -537,6 +542,74 @@ async fn run_server(mut config: DoubleConfig, data: &Path) -> Result<()> {
     server_task.await.context("server task")?
 }
 
+/// K3s's systemTimeSkew (pkg/cluster/bootstrap.go:203): seconds a file on disk may be newer
+/// than the datastore's copy before it counts as newer.
+const SYSTEM_TIME_SKEW: i64 = 3;
+
+/// A file's mtime in unix seconds.
+fn mtime_unix(path: &Path) -> Option<i64> {
+    let m = std::fs::metadata(path).ok()?.modified().ok()?;
+    Some(match m.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    })
+}
+
+/// K3s ReconcileBootstrapData for a joiner (pkg/cluster/bootstrap.go:228-350): with no cert
+/// directory on disk the bootstrap data is written (:231-245); otherwise each file that differs
+/// is compared by time (isNewerFile :357-391): newer on disk by `SYSTEM_TIME_SKEW` or more is
+/// fatal (:343-344), else it is updated from the datastore with its timestamp as mtime
+/// (pkg/bootstrap/bootstrap.go:80-90 WriteToDiskFromStorage, os.Chtimes). The double's bootstrap
+/// data is the CA pair only (K3s: every file of server/cred, server/tls and server/tls/etcd).
+fn reconcile_bootstrap(tls_dir: &Path, ca: &ClusterCa, timestamp: i64) -> Result<()> {
+    let files = [
+        ("server-ca.crt", ca.cert_pem.as_bytes()),
+        ("server-ca.key", ca.key_pem.as_bytes()),
+    ];
+    let dir_empty = std::fs::read_dir(tls_dir)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true);
+    if !dir_empty {
+        let mut newer = Vec::new();
+        for (name, content) in files {
+            let path = tls_dir.join(name);
+            match std::fs::read(&path) {
+                Ok(on_disk) if on_disk == content => {}
+                Ok(_) => {
+                    if mtime_unix(&path).unwrap_or_default() - timestamp >= SYSTEM_TIME_SKEW {
+                        newer.push(path.display().to_string());
+                    } else {
+                        log(&format!(
+                            "level=warning msg=\"{} will be updated from the datastore.\"",
+                            path.display()
+                        ));
+                    }
+                }
+                Err(_) => log(&format!(
+                    "level=warning msg=\"{} doesn't exist. continuing...\"",
+                    path.display()
+                )),
+            }
+        }
+        if !newer.is_empty() {
+            bail!(
+                "{} newer than datastore and could cause a cluster outage. Remove the file(s) from disk and restart to be recreated from datastore.",
+                newer.join(", ")
+            );
+        }
+    }
+    ca.store(tls_dir)?;
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(timestamp.max(0) as u64);
+    for (name, _) in files {
+        std::fs::File::options()
+            .write(true)
+            .open(tls_dir.join(name))
+            .and_then(|f| f.set_times(std::fs::FileTimes::new().set_accessed(t).set_modified(t)))
+            .with_context(|| format!("setting the times of {name}"))?;
+    }
+    Ok(())
+}
+
 /// The route table of the supervisor port (pkg/server/handlers/router.go at the pinned
 /// release): `/cacerts` and `/ping` open; `/v1-k3s/config` and `/v1-k3s/serving-kubelet.crt`
 /// for nodes and servers (`authed`, :36-44); `/v1-k3s/server-bootstrap` for servers only
@@ -556,9 +629,12 @@ async fn route(s: &Shared, req: Request) -> Response {
     match path {
         "/ping" => ok(b"pong".to_vec()),
         "/cacerts" => ok(s.ca_cert.clone().into_bytes()),
+        // Each bootstrap file carries its mtime on the serving server as its timestamp
+        // (pkg/bootstrap/bootstrap.go:40-50 ReadFromDisk, `Timestamp: info.ModTime()`).
         "/v1-k3s/server-bootstrap" if server => ok(json!({
             "ca_cert": s.ca_cert,
             "ca_key": s.ca_key,
+            "timestamp": mtime_unix(&s.tls_dir.join("server-ca.crt")).unwrap_or_default(),
         })
         .to_string()
         .into_bytes()),

@@ -128,3 +128,90 @@ fn a_lan_without_a_default_route_forms() {
     let init = init_machine(&lan);
     assert!(ca_file_hash(init).is_some());
 }
+
+/// Audit finding 8c: node-ip is fixed in `k3s-plan.json` when a node joins, and etcd advertises
+/// it (K3s v1.31.4 pkg/cli/server/server.go:250-307 sets the private and advertise addresses
+/// from node-ip), so a server whose DHCP lease moved cannot rejoin its cluster under another
+/// address. firstboot refuses to start K3s on such a node and says why and what to do in status,
+/// rather than starting K3s on an address the node no longer has (which crash-loops the unit
+/// while status keeps saying "starting").
+#[test]
+fn a_server_whose_address_changed_refuses_to_start_k3s_and_says_why() {
+    if skip("a_server_whose_address_changed_refuses_to_start_k3s_and_says_why") {
+        return;
+    }
+    let token = random_token();
+    let toml = cluster_toml("machines", &token, 3, 3);
+    let mut lan = Lan::new();
+    for _ in 0..3 {
+        lan.add_machine(&toml);
+    }
+    for i in 0..3 {
+        lan.boot(i);
+    }
+    let took = lan.wait_for("3 machines ready", FORMATION, Lan::all_ready);
+    eprintln!("3 machines ready after {took:?}");
+    let victim = lan
+        .machines
+        .iter()
+        .position(|m| m.role().as_deref() == Some("server"))
+        .expect("a joined server among 3 servers");
+    let old = lan.machines[victim].address();
+    let config_before = lan.machines[victim].config_yaml().expect("config.yaml");
+    assert!(
+        config_before.contains(&format!("node-ip: \"{old}\"\n")),
+        "{config_before}"
+    );
+
+    // Power cut; the DHCP server hands out another address while the machine is off.
+    lan.power_off(victim);
+    let new = format!("{}.{}", harness::SUBNET, 100 + victim);
+    lan.machines[victim].netns_sh(
+        &format!(
+            "ip addr flush dev eth0; ip addr add {new}/24 dev eth0; \
+             ip route replace default via {}",
+            harness::GATEWAY
+        ),
+        "giving the machine another address",
+    );
+    lan.boot(victim);
+    let took = lan.wait_for(
+        "the readdressed server to report failed",
+        Duration::from_secs(120),
+        |lan| {
+            matches!(
+                phase_on_disk(&lan.machines[victim]).as_deref(),
+                Some("failed")
+            )
+        },
+    );
+    eprintln!("the readdressed server failed {took:?} after boot");
+    let m = &lan.machines[victim];
+    let status = m.status().expect("status");
+    let errors = status["errors"].to_string();
+    assert!(
+        errors.contains(&format!("node-ip {old}"))
+            && errors.contains("on no interface any more")
+            && errors.contains("DHCP reservation"),
+        "status does not name the lost address and the fix: {status}"
+    );
+    // K3s never started on this boot (the units have no [Install]; only firstboot starts them).
+    assert_eq!(m.unit_state("k3s.service"), "inactive", "{}", m.report());
+    assert_eq!(
+        m.config_yaml().as_deref(),
+        Some(config_before.as_str()),
+        "config.yaml was rewritten"
+    );
+    // The other two servers are unaffected.
+    for (i, other) in lan.machines.iter().enumerate() {
+        if i != victim {
+            assert_eq!(
+                other.phase().as_deref(),
+                Some("ready"),
+                "{}",
+                other.report()
+            );
+            assert!(other.unit_active("k3s.service"), "{}", other.report());
+        }
+    }
+}

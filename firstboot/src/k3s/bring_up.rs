@@ -1,6 +1,7 @@
 //! Lifecycle step 7: write config.yaml, make sure there is a default route, start K3s and follow it.
 
 use super::config_yaml::{render, write_config_yaml, CONFIG_YAML_PATH};
+use super::stale_data;
 use super::started_config::{self, decide, must_stop, ConfigDigest, UnitAction};
 use super::{local_ca_hash, other_unit, unit_for, CaHash, K3sRole, NodeFacts};
 use crate::config::ClusterConfig;
@@ -18,6 +19,8 @@ pub struct BroughtUp {
     pub route: Option<DefaultRoute>,
     /// On the init node once active: the CA hash to announce to joiners.
     pub ca_hash: Option<CaHash>,
+    /// Where a server data directory that firstboot's K3s did not create was moved this round.
+    pub set_aside: Option<std::path::PathBuf>,
 }
 
 /// Why K3s could not be brought up.
@@ -41,6 +44,9 @@ pub enum BringUpError {
     /// Hashing the K3s configuration or recording it failed.
     #[error("recording which configuration K3s started with ({path}): {0}", path = started_config::STARTED_CONFIG_PATH)]
     StartedConfig(std::io::Error),
+    /// Checking for, or setting aside, a stale K3s server data directory failed.
+    #[error("setting aside a K3s server data directory that firstboot's K3s did not create ({path}): {0}", path = super::stale_data::SERVER_DATA_MARKER)]
+    StaleData(std::io::Error),
     /// The node-ip fixed at first boot is on no interface any more.
     #[error("node-ip {0} (fixed in k3s-plan.json when the node joined) is on no interface any more, probably because DHCP gave this node another address; K3s's etcd cannot move to a new address, so K3s is not started. Fix: give this node its old address back (a DHCP reservation or a static address for its MAC), then reboot")]
     NodeIpGone(std::net::IpAddr),
@@ -49,7 +55,9 @@ pub enum BringUpError {
 /// Brings K3s up for `role`; safe to repeat after a crash at any point: config.yaml is
 /// rewritten only when it differs, the route only added when missing, the other role's unit
 /// stopped and disabled, and this role's unit started when stopped, restarted when it runs with
-/// another configuration than the one on disk (see [`super::started_config`]), else followed. `live` is false when `root` is not the live system: then neither the
+/// another configuration than the one on disk (see [`super::started_config`]), else followed;
+/// on a server's first bring-up a stale server data directory is set aside first (see
+/// [`super::stale_data`]). `live` is false when `root` is not the live system: then neither the
 /// default route nor the interfaces (flannel-iface, node-ip still held) are looked at.
 pub async fn bring_up(
     root: &Path,
@@ -92,6 +100,28 @@ pub async fn bring_up(
         tracing::warn!(unit = other, link, "disabled the other role's K3s unit");
     }
     let unit = unit_for(role);
+    let mut set_aside = None;
+    if !matches!(role, K3sRole::Agent { .. }) {
+        // K3s never starts over on data it finds (see super::stale_data): a server directory
+        // from before firstboot's first server start is moved away with K3s stopped.
+        if stale_data::is_stale(root).map_err(BringUpError::StaleData)? {
+            if must_stop(&systemd.active_state(unit).await?) {
+                tracing::warn!(
+                    unit,
+                    "K3s runs on a data directory firstboot did not create: stopping it"
+                );
+                systemd.stop(unit, Duration::from_secs(90)).await?;
+            }
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default();
+            let to = stale_data::set_aside(root, unix).map_err(BringUpError::StaleData)?;
+            tracing::warn!(to = %to.display(), "moved a stale K3s server data directory aside");
+            set_aside = Some(to);
+        }
+        stale_data::claim(root).map_err(BringUpError::StaleData)?;
+    }
     let on_disk = ConfigDigest::of_root(root).map_err(BringUpError::StartedConfig)?;
     let started_with = started_config::load_started(root).map_err(BringUpError::StartedConfig)?;
     let current = systemd.active_state(unit).await?;
@@ -121,5 +151,6 @@ pub async fn bring_up(
         state,
         route,
         ca_hash,
+        set_aside,
     })
 }

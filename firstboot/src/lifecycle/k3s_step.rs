@@ -339,6 +339,14 @@ impl K3sProgress {
         let up = ended
             .context("joining the K3s bring-up task")?
             .context("bringing up K3s")?;
+        if let Some(to) = &up.set_aside {
+            report.note(&format!(
+                "a K3s server data directory this node's K3s had before firstboot chose its role \
+                 (a standalone or earlier cluster) was moved to {} so K3s starts clean; delete \
+                 it once nothing in it is needed",
+                to.display()
+            ));
+        }
         let plan = self.plan.as_ref().context("no K3s plan")?;
         let unit = plan.k3s_role().map(|r| k3s::unit_for(&r)).unwrap_or("k3s");
         if up.state != ActiveState::Active {
