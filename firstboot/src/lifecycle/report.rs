@@ -184,7 +184,11 @@ impl Report {
     /// The K3s plan is fixed: node address, server and CA hash (public) go to status.
     pub fn plan(&mut self, plan: &K3sPlan) {
         self.state.node_ip = Some(plan.node_ip.to_string());
-        self.state.server_url = plan.server.map(crate::k3s::plan::server_url);
+        self.state.server_url = plan
+            .servers
+            .first()
+            .copied()
+            .map(crate::k3s::plan::server_url);
         if plan.ca_hash.is_some() {
             self.state.ca_hash = plan.ca_hash.clone();
         }
