@@ -29,6 +29,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod model;
 pub mod paths;
+pub mod seat_book;
 pub mod status;
 pub mod storage;
 pub mod suggest;
