@@ -116,7 +116,7 @@ fn three_nodes_ready_with_the_announced_ca_and_a_late_clock_stepped_forward() {
         .unwrap_or_default();
     let stepped = notes
         .iter()
-        .filter(|n| n.contains("behind the init node") && n.contains("stepped forward"))
+        .filter(|n| n.contains("behind the serving server") && n.contains("stepped forward"))
         .find_map(|n| {
             n.strip_prefix("clock was ")?
                 .split(" s behind")
@@ -154,7 +154,7 @@ fn three_nodes_ready_with_the_announced_ca_and_a_late_clock_stepped_forward() {
     for other in lan.machines.iter().filter(|o| o.name != m.name) {
         let notes = other.status().expect("status")["notes"].to_string();
         assert!(
-            !notes.contains("behind the init node"),
+            !notes.contains("behind the serving server"),
             "{}: {notes}",
             other.name
         );
