@@ -221,14 +221,14 @@ impl Timedate {
             InitAgreement::StepForward(delta) => {
                 tracing::warn!(
                     delta_ms = delta / 1000,
-                    "clock is behind the init node; stepping forward"
+                    "clock is behind the serving server; stepping forward"
                 );
                 self.step_by(delta).await?;
             }
             InitAgreement::Ahead(delta) => {
                 tracing::warn!(
                     delta_ms = delta / 1000,
-                    "clock is ahead of the init node; not stepping back"
+                    "clock is ahead of the serving server; not stepping back"
                 );
             }
             InitAgreement::Agrees => {}

@@ -31,6 +31,7 @@ pub mod lifecycle;
 pub mod manifest;
 pub mod model;
 pub mod paths;
+pub mod seat_book;
 pub mod status;
 pub mod storage;
 pub mod suggest;

@@ -1187,3 +1187,130 @@ fn a_joiner_with_a_newer_stale_ca_on_disk_is_refused_and_an_older_one_replaced()
     let log = stop_and_log(j);
     assert!(log.contains("will be updated from the datastore"), "{log}");
 }
+
+/// firstboot's seat store on this double's `k3s kubectl` (the ConfigMap CAS it relies on).
+fn seat_store(d: &Double) -> firstboot::seat_book::SeatStore {
+    use firstboot::seat_book::{Kubectl, SeatStore};
+    SeatStore::new(Kubectl::with_program(
+        systests::bin_path("k3s-double"),
+        vec![
+            (
+                "K3S_DOUBLE_ROOT".into(),
+                d.root.to_string_lossy().into_owned(),
+            ),
+            (
+                "K3S_DOUBLE_ETCD_CLIENT_PORT".into(),
+                d.etcd_port.to_string(),
+            ),
+        ],
+    ))
+}
+
+// Rule (SPEC 4.4, issue 18): seats after formation are granted by resourceVersion
+// compare-and-swap on a ConfigMap: writers racing for seats are serialized by the apiserver's
+// Conflict, so at most one join is in progress and never more than `servers` seats are held,
+// however many servers grant at once.
+#[test]
+fn concurrent_seat_grants_never_exceed_servers_and_grant_one_join_at_a_time() {
+    use firstboot::election::NodeId;
+    use firstboot::seat_book::{GrantRefused, SeatBook, SeatHolder};
+    use std::sync::Barrier;
+    const SERVERS: usize = 3;
+    const WRITERS: u64 = 6;
+    let (init, _, _) = init_with("lab-000001");
+    let store = seat_store(&init);
+    let formed = || {
+        SeatBook::formed(vec![SeatHolder {
+            node: NodeId(1),
+            name: "lab-000001".into(),
+            granted_at: 0,
+        }])
+    };
+    let mut conflicts = 0;
+    let mut granted = Vec::new();
+    // Each round: WRITERS servers each try to grant a seat to their own candidate at once.
+    for round in 0..3u64 {
+        let barrier = Barrier::new(WRITERS as usize);
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..WRITERS)
+                .map(|w| {
+                    let (store, barrier) = (&store, &barrier);
+                    let candidate = NodeId(100 + round * 10 + w);
+                    s.spawn(move || {
+                        barrier.wait();
+                        let updated = store
+                            .update(formed, |book| {
+                                match book.grant(candidate, "cand", 1, SERVERS) {
+                                    Ok(next) => (Ok(candidate), Some(next)),
+                                    Err(why) => (Err(why), None),
+                                }
+                            })
+                            .expect("the store answers");
+                        (updated.outcome, updated.conflicts)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        conflicts += results.iter().map(|(_, c)| c).sum::<usize>();
+        let winners: Vec<NodeId> = results.iter().filter_map(|(o, _)| o.clone().ok()).collect();
+        let (book, _) = store.read().unwrap().expect("written");
+        eprintln!("round {round}: winners {winners:?}, book {book:?}");
+        assert!(book.holders.len() <= SERVERS, "{book:?}");
+        if round < 2 {
+            assert_eq!(winners.len(), 1, "one join at a time: {results:?}");
+            assert_eq!(book.pending.as_ref().map(|p| p.node), Some(winners[0]));
+            for (outcome, _) in &results {
+                if let Err(why) = outcome {
+                    assert_eq!(*why, GrantRefused::JoinInProgress(winners[0]));
+                }
+            }
+            granted.push(winners[0]);
+            // The winner's join completes: the next seat may be granted.
+            store
+                .update(formed, |book| ((), book.joined(winners[0])))
+                .unwrap();
+        } else {
+            assert!(winners.is_empty(), "all seats held: {results:?}");
+            assert!(results
+                .iter()
+                .all(|(o, _)| *o == Err(GrantRefused::Full { servers: SERVERS })));
+        }
+    }
+    let (book, _) = store.read().unwrap().unwrap();
+    let holders: Vec<NodeId> = book.holders.iter().map(|h| h.node).collect();
+    assert_eq!(holders, [vec![NodeId(1)], granted].concat());
+    // The race was real: writers lost compare-and-swaps and decided again on the newer book.
+    eprintln!("{conflicts} conflicting writes redone");
+    assert!(
+        conflicts > 0,
+        "no writer ever lost a race: nothing was tested"
+    );
+}
+
+// Rule: a write carrying the resourceVersion of a book that changed since is refused (409),
+// never applied; the store then decides on the current book.
+#[test]
+fn a_stale_seat_book_write_is_a_conflict() {
+    use firstboot::election::NodeId;
+    use firstboot::seat_book::{KubectlError, SeatBook, StoreError};
+    let (init, _, _) = init_with("lab-000001");
+    let store = seat_store(&init);
+    assert!(store.read().unwrap().is_none());
+    store.write(&SeatBook::default(), None).unwrap();
+    let (book, v1) = store.read().unwrap().unwrap();
+    let a = book.grant(NodeId(2), "lab-2", 1, 3).unwrap();
+    let b = book.grant(NodeId(3), "lab-3", 1, 3).unwrap();
+    store.write(&a, Some(&v1)).unwrap();
+    let e = store.write(&b, Some(&v1)).unwrap_err();
+    assert!(
+        matches!(e, StoreError::Kubectl(KubectlError::Conflict(_))),
+        "{e}"
+    );
+    let e = store.write(&b, None).unwrap_err();
+    assert!(
+        matches!(e, StoreError::Kubectl(KubectlError::AlreadyExists(_))),
+        "{e}"
+    );
+    assert_eq!(store.read().unwrap().unwrap().0, a);
+}

@@ -18,6 +18,65 @@ use std::time::{Duration, Instant};
 
 /// How soon after a partition heals the cut-off nodes must know their roles (issue 18).
 const HEAL_BOUND: Duration = Duration::from_secs(15);
+/// How soon a new node must know its role once the init node is gone (issue 18, "Done when").
+const LATE_BOUND: Duration = Duration::from_secs(30);
+
+/// Three nodes form a cluster (every seat taken); then the init node's firstboot and
+/// avahi-daemon are killed (a power cut: no goodbye). A fourth node booted afterwards gets its
+/// role within 30 s from a live server, and names that server as the one it got it from.
+/// Before any serving server answered joiners, it waited for the dead init node for ever.
+#[test]
+fn new_node_gets_a_role_from_a_live_server_after_the_init_node_died() {
+    if !can_run("new_node_gets_a_role_from_a_live_server_after_the_init_node_died") {
+        return;
+    }
+    let _serial = formation_lock();
+    let mut lan = Lan::new();
+    let spec = ClusterSpec::new("homelab", 3, 3);
+    add_cluster_nodes(&mut lan, &spec, 4);
+    for node in lan.nodes.iter_mut().take(3) {
+        start_node(node);
+    }
+    let first = wait_roles(&lan, &[0, 1, 2]);
+    let init = check_roles(&first, 3, 0);
+    let init_index = first
+        .iter()
+        .position(|r| r["node"].as_str() == Some(init.as_str()))
+        .expect("the init is one of the three");
+    // Let the servers hear that every seat holder serves, then cut the init's power.
+    sleep(Duration::from_secs(5));
+    lan.nodes[init_index].kill("firstboot");
+    lan.nodes[init_index].kill_avahi();
+    let killed = Instant::now();
+    start_node(&mut lan.nodes[3]);
+    let deadline = killed + LATE_BOUND;
+    let late = loop {
+        if let Some(role) = role_of(&lan.nodes[3]) {
+            break role;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new node had no role {LATE_BOUND:?} after the init node died"
+        );
+        sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "new node's role {:.1} s after the init died: {late}",
+        killed.elapsed().as_secs_f64()
+    );
+    assert_eq!(late["role"], "agent", "all seats are taken: {late}");
+    assert_eq!(late["join"].as_str(), Some(init.as_str()), "{late}");
+    let live: Vec<&str> = first
+        .iter()
+        .filter(|r| r["node"].as_str() != Some(init.as_str()))
+        .filter_map(|r| r["node"].as_str())
+        .collect();
+    let via = late["via"].as_str().unwrap_or_default();
+    assert!(
+        live.contains(&via),
+        "role from a live server {live:?}: {late}"
+    );
+}
 
 /// A 2|3 partition from power-on: the three form the cluster (a majority of five), the two wait.
 /// Healed 60 s after formation (when Avahi's browse queries have backed off to a minute or more

@@ -58,6 +58,15 @@ fn a_joiner_refuses_a_server_with_another_ca() {
     assert_ne!(rogue, announced);
     assert!(init.unit_active("k3s.service"));
     let init_address = init.address();
+    // Any serving server answers joiners (issue 18): silence the honest server's firstboot, so
+    // the rogue at the init's address is the only server the joiner can ask.
+    let honest = (0..2)
+        .find(|&i| lan.machines[i].name != init.name)
+        .expect("two machines formed");
+    let out = lan.machines[honest]
+        .exec("systemctl", &["stop", "firstboot.service"])
+        .expect("the honest server runs");
+    assert!(out.status.success(), "{out:?}");
 
     lan.boot(2);
     let joiner = &lan.machines[2];

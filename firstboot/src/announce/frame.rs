@@ -4,10 +4,16 @@
 //! (16), body, HMAC-SHA256 over everything before it (32), under a key derived from the token with
 //! its own label (so no election frame can pass for an announcement, nor the other way round).
 //!
-//! - Query (joiner -> init): body = the init node addressed (u64).
-//! - Announcement (init -> joiner): echoes the query's nonce; body = CA hash (32), the init's
-//!   wall clock in unix µs when it answered (i64), its K3s API address (family 4|6, address,
-//!   port u16), and the cluster's etcd timing (heartbeat ms u32, election timeout ms u32).
+//! - Query (joiner -> server): body = the server addressed (u64).
+//! - Announcement (serving server -> joiner): echoes the query's nonce; body = CA hash (32), the
+//!   server's wall clock in unix µs when it answered (i64), the cluster's etcd timing (heartbeat
+//!   ms u32, election timeout ms u32), then the K3s API addresses of the servers serving now:
+//!   a count (u8, 1 to [`MAX_ANNOUNCED_SERVERS`]) and each address (family 4|6, address, port
+//!   u16), the answering server's own first.
+//!
+//! Version 1 (up to issue 18's first step) had only the init node's address; a node of that
+//! release and one of this one ignore each other's frames (the version byte), so a cluster is
+//! upgraded whole (an image is built for all its cards).
 
 use crate::election::{ClusterId, NodeId, CLUSTER_ID_LEN};
 use crate::k3s::CaHash;
@@ -16,9 +22,11 @@ use crate::storage::etcd::EtcdTuning;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Version of this wire format; frames of any other version are rejected.
-pub const ANNOUNCE_VERSION: u8 = 1;
-/// Largest frame accepted or produced, in bytes (the largest real one is 146).
-pub const MAX_ANNOUNCE_FRAME: usize = 192;
+pub const ANNOUNCE_VERSION: u8 = 2;
+/// Largest frame accepted or produced, in bytes (the largest real one, seven IPv6 servers, is 260).
+pub const MAX_ANNOUNCE_FRAME: usize = 320;
+/// Most server addresses an announcement carries: the largest `servers` cluster.toml allows.
+pub const MAX_ANNOUNCED_SERVERS: usize = 7;
 /// Length of a query nonce in bytes.
 pub const NONCE_LEN: usize = 16;
 
@@ -31,33 +39,34 @@ const KIND_ANNOUNCEMENT: u8 = 2;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Nonce(pub [u8; NONCE_LEN]);
 
-/// What the init node tells joiners once K3s is active on it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a serving server tells joiners once K3s is active on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Announcement {
     /// SHA-256 of the cluster CA bundle as `/cacerts` serves it.
     pub ca_hash: CaHash,
-    /// The init node's wall clock when it answered, unix µs.
+    /// The answering server's wall clock when it answered, unix µs.
     pub clock_usec: i64,
-    /// Where its K3s API listens (`https://<api>`).
-    pub api: SocketAddr,
     /// The cluster's etcd timing, decided once by the init node.
     pub etcd: EtcdTuning,
+    /// The K3s API addresses (`https://<api>`) of the servers serving now, the answering
+    /// server's own first; never empty, at most [`MAX_ANNOUNCED_SERVERS`] are sent.
+    pub servers: Vec<SocketAddr>,
 }
 
 /// The two frame kinds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {
-    /// A joiner asks `init` for its announcement.
+    /// A joiner asks the server `to` for its announcement.
     Query {
-        /// The init node addressed (signed, so a query cannot be redirected).
-        init: NodeId,
+        /// The server addressed (signed, so a query cannot be redirected).
+        to: NodeId,
     },
-    /// The init node's answer.
+    /// A serving server's answer.
     Announcement(Announcement),
 }
 
 /// One authenticated frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
     /// Who sent it.
     pub sender: NodeId,
@@ -124,23 +133,28 @@ impl AnnounceCodec {
         out.extend_from_slice(&frame.sender.0.to_be_bytes());
         out.extend_from_slice(&frame.nonce.0);
         match &frame.body {
-            Body::Query { init } => out.extend_from_slice(&init.0.to_be_bytes()),
+            Body::Query { to } => out.extend_from_slice(&to.0.to_be_bytes()),
             Body::Announcement(a) => {
                 out.extend_from_slice(a.ca_hash.as_bytes());
                 out.extend_from_slice(&a.clock_usec.to_be_bytes());
-                match a.api.ip() {
-                    IpAddr::V4(ip) => {
-                        out.push(4);
-                        out.extend_from_slice(&ip.octets());
-                    }
-                    IpAddr::V6(ip) => {
-                        out.push(6);
-                        out.extend_from_slice(&ip.octets());
-                    }
-                }
-                out.extend_from_slice(&a.api.port().to_be_bytes());
                 out.extend_from_slice(&a.etcd.heartbeat_ms.to_be_bytes());
                 out.extend_from_slice(&a.etcd.election_timeout_ms.to_be_bytes());
+                let servers = &a.servers[..a.servers.len().min(MAX_ANNOUNCED_SERVERS)];
+                // MAX_ANNOUNCED_SERVERS is below 256, so the count fits a byte.
+                out.push(servers.len() as u8);
+                for api in servers {
+                    match api.ip() {
+                        IpAddr::V4(ip) => {
+                            out.push(4);
+                            out.extend_from_slice(&ip.octets());
+                        }
+                        IpAddr::V6(ip) => {
+                            out.push(6);
+                            out.extend_from_slice(&ip.octets());
+                        }
+                    }
+                    out.extend_from_slice(&api.port().to_be_bytes());
+                }
             }
         }
         let tag = self.key.sign(&out);
@@ -174,28 +188,35 @@ impl AnnounceCodec {
         let nonce = Nonce(r.array()?);
         let body = match kind {
             KIND_QUERY => Body::Query {
-                init: NodeId(u64::from_be_bytes(r.array()?)),
+                to: NodeId(u64::from_be_bytes(r.array()?)),
             },
             KIND_ANNOUNCEMENT => {
                 let ca_hash = CaHash::from_bytes(r.array()?);
                 let clock_usec = i64::from_be_bytes(r.array()?);
-                let ip = match r.array::<1>()?[0] {
-                    4 => IpAddr::V4(Ipv4Addr::from(r.array::<4>()?)),
-                    6 => IpAddr::V6(Ipv6Addr::from(r.array::<16>()?)),
-                    _ => return Err(AnnounceError::Malformed("unknown address family")),
-                };
-                let port = u16::from_be_bytes(r.array()?);
                 let etcd = EtcdTuning {
                     heartbeat_ms: u32::from_be_bytes(r.array()?),
                     election_timeout_ms: u32::from_be_bytes(r.array()?),
                 }
                 .validate()
                 .map_err(|_| AnnounceError::Malformed("etcd timing out of range"))?;
+                let count = usize::from(r.array::<1>()?[0]);
+                if count == 0 || count > MAX_ANNOUNCED_SERVERS {
+                    return Err(AnnounceError::Malformed("server count out of range"));
+                }
+                let mut servers = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let ip = match r.array::<1>()?[0] {
+                        4 => IpAddr::V4(Ipv4Addr::from(r.array::<4>()?)),
+                        6 => IpAddr::V6(Ipv6Addr::from(r.array::<16>()?)),
+                        _ => return Err(AnnounceError::Malformed("unknown address family")),
+                    };
+                    servers.push(SocketAddr::new(ip, u16::from_be_bytes(r.array()?)));
+                }
                 Body::Announcement(Announcement {
                     ca_hash,
                     clock_usec,
-                    api: SocketAddr::new(ip, port),
                     etcd,
+                    servers,
                 })
             }
             _ => return Err(AnnounceError::Malformed("unknown kind")),
@@ -239,14 +260,18 @@ mod tests {
     }
 
     fn announcement(api: &str) -> Frame {
+        announcing(&[api])
+    }
+
+    fn announcing(servers: &[&str]) -> Frame {
         Frame {
             sender: NodeId(0x10),
             nonce: Nonce([7; NONCE_LEN]),
             body: Body::Announcement(Announcement {
                 ca_hash: CaHash::of_bundle(b"cluster CA"),
                 clock_usec: 1_780_000_000_000_000,
-                api: api.parse().unwrap(),
                 etcd: EtcdTuning::SLOW_STORAGE,
+                servers: servers.iter().map(|s| s.parse().unwrap()).collect(),
             }),
         }
     }
@@ -257,17 +282,60 @@ mod tests {
         let query = Frame {
             sender: NodeId(0x20),
             nonce: Nonce([1; NONCE_LEN]),
-            body: Body::Query { init: NodeId(0x10) },
+            body: Body::Query { to: NodeId(0x10) },
         };
         for frame in [
             query,
             announcement("198.18.0.10:6443"),
             announcement("[2001:db8::1]:6443"),
+            announcing(&["198.18.0.11:6443", "[2001:db8::2]:6443", "198.18.0.12:6443"]),
         ] {
             let bytes = c.encode(&frame);
             assert!(bytes.len() <= MAX_ANNOUNCE_FRAME, "{}", bytes.len());
             assert_eq!(c.decode(&bytes), Ok(frame));
         }
+    }
+
+    #[test]
+    fn the_largest_server_list_fits_and_longer_lists_are_cut_to_it() {
+        let c = codec();
+        let v6: Vec<String> = (1..=9).map(|i| format!("[2001:db8::{i}]:6443")).collect();
+        let all: Vec<&str> = v6.iter().map(String::as_str).collect();
+        let largest = announcing(&all[..MAX_ANNOUNCED_SERVERS]);
+        let bytes = c.encode(&largest);
+        assert_eq!(bytes.len(), 260);
+        assert!(bytes.len() <= MAX_ANNOUNCE_FRAME);
+        assert_eq!(c.decode(&bytes), Ok(largest.clone()));
+        // A sender with more servers than any cluster has sends the first seven.
+        assert_eq!(c.decode(&c.encode(&announcing(&all))), Ok(largest));
+    }
+
+    #[test]
+    fn a_server_count_out_of_range_is_refused_even_when_signed() {
+        let c = codec();
+        let bytes = c.encode(&announcement("198.18.0.10:6443"));
+        // The count byte follows header, CA hash, clock and etcd timing.
+        let count_at = HEADER_LEN + 32 + 8 + 8;
+        for count in [0u8, 8, 255] {
+            let mut forged = bytes[..bytes.len() - MAC_LEN].to_vec();
+            forged[count_at] = count;
+            let tag = c.key.sign(&forged);
+            forged.extend_from_slice(&tag);
+            assert_eq!(
+                c.decode(&forged),
+                Err(AnnounceError::Malformed("server count out of range")),
+                "count {count}"
+            );
+        }
+        // A count promising more addresses than the frame holds.
+        let mut short = bytes[..bytes.len() - MAC_LEN].to_vec();
+        short[count_at] = 2;
+        let tag = c.key.sign(&short);
+        short.extend_from_slice(&tag);
+        assert_eq!(
+            c.decode(&short),
+            Err(AnnounceError::Malformed("truncated field"))
+        );
     }
 
     #[test]

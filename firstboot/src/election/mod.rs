@@ -32,6 +32,10 @@
 //! - A node with an open fate answers each undecided hello with the elected `Init`, so while a fate
 //!   stays open (x dead after its Go was accepted) that traffic continues at the hello rate.
 //! - A granted seat is never revoked, so a seat holder that never joins holds up the next seats.
+//! - Only the init node grants seats; serving servers relay its roster in their hellos (a
+//!   server keeps its copy durably), so a late node gets its role from any serving server (and
+//!   [`Node::role_via`] names it), but a seat still free when the init dies is never granted
+//!   here: seats after formation belong to the cluster's own store ([`crate::seat_book`]).
 //! - A node booting after the cluster exists learns it from any decided peer's hello (decided
 //!   nodes answer an undecided hello at once); it proposes only after `settle_ms`. The driver should
 //!   also pass what discovery already knows (authenticated TXT records, as [`Body::Hello`] through

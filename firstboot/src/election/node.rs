@@ -33,7 +33,11 @@ pub struct Node<R: Rules = Paxos> {
     max_round: u32,
     last_now: Millis,
     timers: TimerTable,
+    /// The longest roster heard for the decided init: from the init itself or relayed by a
+    /// serving seat holder (rosters only grow and all are prefixes of the init's).
     init_roster: Vec<NodeId>,
+    /// Who sent `init_roster`: the live node a late joiner got its role from.
+    roster_via: Option<NodeId>,
     rules: R,
 }
 
@@ -65,10 +69,10 @@ impl<R: Rules> Node<R> {
         timers.set(Timer::Resend, now);
         timers.set(Timer::Retry, now);
         timers.set(Timer::Settle, now.after(config.timing.settle_ms));
-        let init_roster = if state.role == Some(Role::ClusterInit) {
-            state.roster.clone()
-        } else {
-            Vec::new()
+        // The init keeps the roster; a server keeps the copy it relays once serving.
+        let init_roster = match state.role {
+            Some(Role::ClusterInit | Role::Server { .. }) => state.roster.clone(),
+            _ => Vec::new(),
         };
         Node {
             rank: config.rank,
@@ -86,6 +90,7 @@ impl<R: Rules> Node<R> {
             last_now: now,
             timers,
             init_roster,
+            roster_via: None,
             rules,
         }
     }
@@ -369,12 +374,61 @@ impl<R: Rules> Node<R> {
                 Body::JoinAsAgent { node: sender },
             );
         }
-        if self.final_value() == Some(Value::Init(sender))
-            && hello.roster.len() > self.init_roster.len()
-        {
+        if self.is_roster_source(sender, &hello) && hello.roster.len() > self.init_roster.len() {
             // The roster only grows; an older (shorter) one is stale.
             self.init_roster = hello.roster;
             self.init_roster.truncate(self.servers);
+            self.roster_via = Some(sender);
+            if matches!(self.state.role, Some(Role::Server { .. })) {
+                // Kept durably, so this server can relay it after a restart with the init gone.
+                self.state.roster = self.init_roster.clone();
+                self.persist();
+            }
+        }
+    }
+
+    /// Whether `sender`'s hello carries the decided init's roster: the init's own, or a copy
+    /// relayed by a serving seat holder (any serving server answers joiners, SPEC 4.4). Only the
+    /// init grants seats, so every copy is a prefix of its roster.
+    fn is_roster_source(&self, sender: NodeId, hello: &Hello) -> bool {
+        let Some(Value::Init(init)) = self.final_value() else {
+            return false;
+        };
+        if hello.decided != Some(Value::Init(init)) {
+            return false;
+        }
+        sender == init
+            || (hello.serving
+                && hello.roster.first() == Some(&init)
+                && hello.roster.contains(&sender))
+    }
+
+    /// The servers a joiner may ask for the announcement, and a server lists in its own: the
+    /// seat holders of the init's roster (this node's copy) other than this node that said they
+    /// serve and were heard within the view's TTL, the node this one got its role from first.
+    /// Without a roster (a pinned agent, or a role restored from disk), every serving peer.
+    pub fn serving_servers(&self, now: Millis) -> Vec<NodeId> {
+        let mut servers: Vec<NodeId> = if self.init_roster.is_empty() {
+            self.peers.serving_now(now).collect()
+        } else {
+            self.init_roster
+                .iter()
+                .copied()
+                .filter(|node| *node != self.id() && self.peers.serves_now(now, *node))
+                .collect()
+        };
+        if let Some(at) = servers.iter().position(|n| Some(*n) == self.roster_via) {
+            servers[..=at].rotate_right(1);
+        }
+        servers
+    }
+
+    /// The live node whose hello gave this node its role (the init itself, or a serving server
+    /// relaying the init's roster); `None` for the init and for a role restored from disk.
+    pub fn role_via(&self) -> Option<NodeId> {
+        match self.state.role {
+            Some(Role::Server { .. } | Role::Agent { .. }) => self.roster_via,
+            _ => None,
         }
     }
 
@@ -735,6 +789,7 @@ impl<R: Rules> Node<R> {
         self.timers.stop(Timer::Abandon);
         self.max_round = 0;
         self.init_roster.clear();
+        self.roster_via = None;
         self.persist();
         self.timers.set(Timer::Hello, now);
     }
@@ -753,6 +808,7 @@ impl<R: Rules> Node<R> {
         let role = if init == self.id() {
             self.state.roster = vec![init];
             self.init_roster = vec![init];
+            self.roster_via = None;
             Some(Role::ClusterInit)
         } else {
             seats::role_for(
@@ -765,7 +821,11 @@ impl<R: Rules> Node<R> {
         };
         if let Some(role) = role {
             self.state.role = Some(role);
-            tracing::debug!(node = %self.id(), epoch = self.state.epoch, ?role, "grant: role taken");
+            if matches!(role, Role::Server { .. }) {
+                self.state.roster = self.init_roster.clone();
+            }
+            tracing::debug!(node = %self.id(), epoch = self.state.epoch, ?role,
+                via = ?self.roster_via, "grant: role taken");
             self.persist();
             self.emit_after_persist(Event::Role(role));
             self.timers.set(Timer::Hello, now);
@@ -805,6 +865,7 @@ impl<R: Rules> Node<R> {
         }
         let role = Role::Agent { join: init };
         self.state.role = Some(role);
+        self.roster_via = Some(init);
         tracing::debug!(node = %self.id(), ?role, "grant: told to join as an agent");
         self.persist();
         self.emit_after_persist(Event::Role(role));
@@ -837,10 +898,11 @@ impl<R: Rules> Node<R> {
     }
 
     fn send_hello(&mut self, to: Destination) {
-        let roster = if self.state.role == Some(Role::ClusterInit) {
-            self.state.roster.clone()
-        } else {
-            Vec::new()
+        // The init's roster, or a serving server's copy of it (relayed to late joiners).
+        let roster = match self.state.role {
+            Some(Role::ClusterInit) => self.state.roster.clone(),
+            Some(Role::Server { .. }) if self.state.serving => self.init_roster.clone(),
+            _ => Vec::new(),
         };
         let hello = Hello {
             pin: self.rank.pin,
@@ -1200,6 +1262,83 @@ mod tests {
         assert!(!bodies
             .iter()
             .any(|(to, _)| *to == Destination::Node(NodeId(3))));
+    }
+
+    fn decided_hello(serving: bool, roster: &[u64]) -> Body {
+        Body::Hello(Hello {
+            pin: RolePin::Auto,
+            storage: 50,
+            ram_mib: 1024,
+            decided: Some(Value::Init(NodeId(7))),
+            serving,
+            wants_seat: false,
+            roster: roster.iter().copied().map(NodeId).collect(),
+        })
+    }
+
+    #[test]
+    fn a_late_node_takes_its_role_from_a_serving_server_when_the_init_is_gone() {
+        let mut late = Node::new(config(9, 3), Millis(0), None);
+        // It learns Go from server 2 (the init, 7, is never heard).
+        late.handle_datagram(Millis(10), &frame(3, 2, decided_hello(false, &[])))
+            .expect("genuine frame");
+        persist_all(&mut late);
+        assert_eq!(late.status(Millis(10)).role, None);
+        // Rosters that are not a serving seat holder's copy of the init's are not taken: from a
+        // node outside the roster, from a server not serving yet, from a roster of another init.
+        late.handle_datagram(Millis(20), &frame(3, 4, decided_hello(true, &[7, 2, 3])))
+            .expect("genuine frame");
+        late.handle_datagram(Millis(21), &frame(3, 3, decided_hello(false, &[7, 2, 3])))
+            .expect("genuine frame");
+        late.handle_datagram(Millis(22), &frame(3, 3, decided_hello(true, &[8, 2, 3])))
+            .expect("genuine frame");
+        persist_all(&mut late);
+        assert_eq!(late.status(Millis(22)).role, None);
+        assert!(std::iter::from_fn(|| late.poll_event()).all(|e| !matches!(e, Event::Role(_))));
+        // Server 3 serves and relays the full roster: every seat is taken, so an agent.
+        late.handle_datagram(Millis(30), &frame(3, 3, decided_hello(true, &[7, 2, 3])))
+            .expect("genuine frame");
+        persist_all(&mut late);
+        let agent = Role::Agent { join: NodeId(7) };
+        assert!(std::iter::from_fn(|| late.poll_event()).any(|e| e == Event::Role(agent)));
+        assert_eq!(late.role_via(), Some(NodeId(3)));
+    }
+
+    #[test]
+    fn a_serving_server_relays_the_roster_and_keeps_it_across_a_restart() {
+        let mut server = Node::new(config(2, 3), Millis(0), None);
+        server
+            .handle_datagram(Millis(10), &frame(3, 7, decided_hello(true, &[7, 2])))
+            .expect("genuine frame");
+        persist_all(&mut server);
+        let role = Role::Server { join: NodeId(7) };
+        assert!(std::iter::from_fn(|| server.poll_event()).any(|e| e == Event::Role(role)));
+        assert_eq!(server.role_via(), Some(NodeId(7)));
+        let relayed = |node: &mut Node, at: u64| -> Vec<Vec<NodeId>> {
+            node.handle_timeout(Millis(at));
+            persist_all(node);
+            drain_transmits(node)
+                .iter()
+                .filter_map(|t| match decode(3, t).body {
+                    Body::Hello(h) => Some(h.roster),
+                    _ => None,
+                })
+                .collect()
+        };
+        // Not serving yet: nothing relayed.
+        assert!(relayed(&mut server, 2_000).iter().all(Vec::is_empty));
+        server.report_serving(Millis(2_100));
+        // The init grants the last seat; the server's copy grows and is persisted.
+        server
+            .handle_datagram(Millis(2_200), &frame(3, 7, decided_hello(true, &[7, 2, 3])))
+            .expect("genuine frame");
+        let request = server.poll_persist().expect("the copy is persisted");
+        assert_eq!(request.state.roster, [7, 2, 3].map(NodeId));
+        server.persisted(request.seq);
+        assert!(relayed(&mut server, 4_000).contains(&[7, 2, 3].map(NodeId).to_vec()));
+        // Restarted with the init gone: it relays the copy it kept.
+        let mut restarted = Node::new(config(2, 3), Millis(0), Some(request.state));
+        assert!(relayed(&mut restarted, 1).contains(&[7, 2, 3].map(NodeId).to_vec()));
     }
 
     /// Persists everything asked for, then returns the bodies sent and the events released.

@@ -111,6 +111,21 @@ impl PeerView {
         self.peers.get(&node).is_some_and(|p| p.serving)
     }
 
+    /// `node` said it serves and was heard within the TTL before `now`.
+    pub(super) fn serves_now(&self, now: Millis, node: NodeId) -> bool {
+        self.peers
+            .get(&node)
+            .is_some_and(|p| p.serving && p.last_heard.after(self.ttl_ms) > now)
+    }
+
+    /// Peers that said they serve and were heard within the TTL before `now`.
+    pub(super) fn serving_now(&self, now: Millis) -> impl Iterator<Item = NodeId> + '_ {
+        self.peers
+            .iter()
+            .filter(move |(node, _)| self.serves_now(now, **node))
+            .map(|(node, _)| *node)
+    }
+
     fn fresh(&self, now: Millis, epoch: u32) -> impl Iterator<Item = &Peer> + '_ {
         let ttl = self.ttl_ms;
         self.peers

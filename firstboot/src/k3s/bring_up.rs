@@ -17,7 +17,7 @@ pub struct BroughtUp {
     pub state: ActiveState,
     /// What was done about the default route (`None`: not managed, e.g. under a test root).
     pub route: Option<DefaultRoute>,
-    /// On the init node once active: the CA hash to announce to joiners.
+    /// On a server once active: the CA hash to announce to joiners.
     pub ca_hash: Option<CaHash>,
     /// Where a server data directory that firstboot's K3s did not create was moved this round.
     pub set_aside: Option<std::path::PathBuf>,
@@ -142,7 +142,9 @@ pub async fn bring_up(
         .start_and_follow(unit, limit, Duration::from_secs(1))
         .await?;
     let ca_hash = match (role, &state) {
-        (K3sRole::Init, ActiveState::Active) => {
+        // Every server holds the cluster CA (K3s bootstraps it to joined servers), so every
+        // serving server can announce it to joiners.
+        (K3sRole::Init | K3sRole::JoinServer { .. }, ActiveState::Active) => {
             Some(local_ca_hash(root).map_err(BringUpError::Ca)?)
         }
         _ => None,

@@ -1,9 +1,11 @@
 //! Lifecycle steps 7 and 8 in the daemon: plan, clock agreement, bring-up rounds, the announcement exchange.
 //!
 //! The election driver keeps running while K3s starts (hellos, seat grants), so everything
-//! here is either quick or a spawned task the main loop selects on. The init node answers
-//! announcement queries only once K3s is active on it (so the CA hash exists); a joiner queries
-//! the init node it was told to join once a second until a verified answer comes back.
+//! here is either quick or a spawned task the main loop selects on. Every server (the init node
+//! or a joined server) answers announcement queries once K3s is active on it (so its CA hash
+//! exists), with the API addresses of the servers serving now; a joiner queries the servers it
+//! believes serve, one a second in turn, until a verified answer comes back, and joins the
+//! server that answered.
 
 use super::report::Report;
 use crate::announce::{
@@ -51,10 +53,12 @@ pub struct K3sProgress {
     plan: Option<K3sPlan>,
     wait: Option<AnnouncementWait>,
     next_query: Instant,
+    /// Queries sent so far (picks the next server to ask in turn).
+    queries: usize,
     task: Option<JoinHandle<Result<BroughtUp, BringUpError>>>,
     retry_at: Option<Instant>,
     started: Instant,
-    /// The init node's CA hash once K3s is active on it: from then on it answers queries.
+    /// This server's CA hash once K3s is active on it: from then on it answers queries.
     ca_hash: Option<CaHash>,
     ready: bool,
 }
@@ -92,6 +96,7 @@ impl K3sProgress {
             plan: None,
             wait: None,
             next_query: Instant::now(),
+            queries: 0,
             task: None,
             retry_at: None,
             started: Instant::now(),
@@ -128,8 +133,8 @@ impl K3sProgress {
         }
     }
 
-    /// The role is known: resume a persisted plan, make the init node's, or wait for the init
-    /// node's announcement.
+    /// The role is known: resume a persisted plan, make the init node's, or wait for a serving
+    /// server's announcement.
     pub fn on_role(
         &mut self,
         role: Role,
@@ -148,7 +153,7 @@ impl K3sProgress {
                 let plan = K3sPlan {
                     role,
                     node_ip: node_ip::node_ip(any_peer).context("finding the LAN address")?,
-                    server: None,
+                    servers: Vec::new(),
                     ca_hash: None,
                     etcd: self.storage.etcd.unwrap_or(EtcdTuning::K3S_DEFAULT),
                     snapshot_dir: self.storage.snapshot_dir.clone(),
@@ -156,28 +161,34 @@ impl K3sProgress {
                 plan.save(paths.root())?;
                 self.start(plan, paths, config, report)
             }
-            Role::Server { join } | Role::Agent { join } => {
-                self.wait = Some(AnnouncementWait::new(self.me, join));
+            Role::Server { .. } | Role::Agent { .. } => {
+                self.wait = Some(AnnouncementWait::new(self.me));
                 self.next_query = Instant::now();
                 report.phase(
                     crate::status::Phase::Joining,
-                    &format!("waiting for the init node {join} to announce its cluster CA"),
+                    "waiting for a serving server to announce the cluster CA",
                 );
                 Ok(())
             }
         }
     }
 
-    /// A joiner's query timer: ask the init node again (when its address is known).
-    pub async fn send_query(&mut self, init_addr: Option<SocketAddr>) -> anyhow::Result<()> {
+    /// A joiner's query timer: ask the next of `servers` (the servers the election believes
+    /// serve, with their frame addresses), in turn, so a dead one is skipped within seconds.
+    pub async fn send_query(&mut self, servers: &[(NodeId, SocketAddr)]) -> anyhow::Result<()> {
         self.next_query = Instant::now() + QUERY_INTERVAL;
-        let (Some(wait), Some(addr)) = (self.wait.as_mut(), init_addr) else {
+        let Some(wait) = self.wait.as_mut() else {
             return Ok(());
         };
+        if servers.is_empty() {
+            return Ok(());
+        }
+        let (server, addr) = servers[self.queries % servers.len()];
+        self.queries = self.queries.wrapping_add(1);
         let nonce = announce::fresh_nonce().context("reading /dev/urandom for a nonce")?;
         let frame = self
             .codec
-            .encode(&wait.query(nonce, std::time::Instant::now()));
+            .encode(&wait.query(server, nonce, std::time::Instant::now()));
         let to = SocketAddr::new(addr.ip(), ANNOUNCE_PORT);
         if let Err(e) = self.socket.send(to, &frame).await {
             tracing::debug!(%to, error = %e, "sending an announcement query failed");
@@ -185,18 +196,16 @@ impl K3sProgress {
         Ok(())
     }
 
-    /// The init node a waiting joiner queries.
-    pub fn awaited_init(&self) -> Option<NodeId> {
-        self.wait.as_ref().map(AnnouncementWait::init)
-    }
-
-    /// A datagram on the announcement port. The init node answers authentic queries addressed
-    /// to it once ready; a waiting joiner takes a verified answer to one of its queries, agrees
-    /// with the init node's clock and starts K3s. Anything else is dropped.
+    /// A datagram on the announcement port. A ready server answers authentic queries addressed
+    /// to it, listing itself and `serving` (the other servers serving now, as the election sees
+    /// them); a waiting joiner takes a verified answer to one of its queries, agrees with that
+    /// server's clock and starts K3s. Anything else is dropped.
+    #[allow(clippy::too_many_arguments)]
     pub async fn on_datagram(
         &mut self,
         from: SocketAddr,
         bytes: &[u8],
+        serving: &[IpAddr],
         conn: Option<&zbus::Connection>,
         paths: &Paths,
         config: &ClusterConfig,
@@ -210,7 +219,7 @@ impl K3sProgress {
             }
         };
         match frame.body {
-            Body::Query { init } => self.answer(from, &frame, init).await,
+            Body::Query { to } => self.answer(from, &frame, to, serving, config).await,
             Body::Announcement(_) => {
                 let Some(wait) = self.wait.as_mut() else {
                     return Ok(());
@@ -222,19 +231,19 @@ impl K3sProgress {
                         return Ok(());
                     }
                 };
-                let init = wait.init();
-                tracing::info!(%init, ca = %heard.announcement.ca_hash, rtt_ms = heard.rtt.as_millis() as u64,
-                    "verified the init node's announcement");
+                let server = heard.from;
+                tracing::info!(%server, ca = %heard.announcement.ca_hash, rtt_ms = heard.rtt.as_millis() as u64,
+                    servers = ?heard.announcement.servers, "verified a serving server's announcement");
                 if let Some(conn) = conn {
-                    // Before K3s first starts: certificates it creates must be valid on the init node.
+                    // Before K3s first starts: certificates it creates must be valid on the servers.
                     let timedate = Timedate::new(conn)
                         .await
                         .context("connecting to systemd-timedated")?;
                     let agreement = timedate
                         .agree_with_init(now_usec().saturating_add(heard.offset_usec))
                         .await
-                        .context("agreeing with the init node's clock")?;
-                    report.clock_agreement(agreement, init);
+                        .context("agreeing with the serving server's clock")?;
+                    report.clock_agreement(agreement, server);
                 }
                 let plan = self.joiner_plan(&heard)?;
                 plan.save(paths.root())?;
@@ -244,11 +253,18 @@ impl K3sProgress {
         }
     }
 
-    async fn answer(&self, from: SocketAddr, query: &Frame, init: NodeId) -> anyhow::Result<()> {
+    async fn answer(
+        &self,
+        from: SocketAddr,
+        query: &Frame,
+        to: NodeId,
+        serving: &[IpAddr],
+        config: &ClusterConfig,
+    ) -> anyhow::Result<()> {
         let (Some(ca_hash), Some(plan)) = (self.ca_hash, self.plan.as_ref()) else {
             return Ok(());
         };
-        if init != self.me || plan.role != Role::ClusterInit {
+        if to != self.me || matches!(plan.role, Role::Agent { .. }) {
             return Ok(());
         }
         let frame = Frame {
@@ -257,8 +273,8 @@ impl K3sProgress {
             body: Body::Announcement(Announcement {
                 ca_hash,
                 clock_usec: now_usec(),
-                api: SocketAddr::new(plan.node_ip, k3s::API_PORT),
                 etcd: plan.etcd,
+                servers: announced_servers(plan.node_ip, serving, config.servers),
             }),
         };
         if let Err(e) = self.socket.send(from, &self.codec.encode(&frame)).await {
@@ -272,11 +288,15 @@ impl K3sProgress {
     fn joiner_plan(&self, heard: &Heard) -> anyhow::Result<K3sPlan> {
         let a = &heard.announcement;
         let role = self.role.context("no role while joining")?;
+        let first = a
+            .servers
+            .first()
+            .context("an announcement without servers")?;
         Ok(K3sPlan {
             role,
-            node_ip: node_ip::address_towards(a.api.ip())
-                .context("finding the address that routes to the init node")?,
-            server: Some(a.api),
+            node_ip: node_ip::address_towards(first.ip())
+                .context("finding the address that routes to the serving server")?,
+            servers: a.servers.clone(),
             ca_hash: Some(a.ca_hash.to_hex()),
             etcd: a.etcd,
             snapshot_dir: self.storage.snapshot_dir.clone(),
@@ -293,7 +313,7 @@ impl K3sProgress {
     ) -> anyhow::Result<()> {
         let role = plan
             .k3s_role()
-            .context("the K3s plan lacks the init node's address or CA hash")?;
+            .context("the K3s plan lacks a server address or the CA hash")?;
         report.plan(&plan);
         if !matches!(role, k3s::K3sRole::Agent { .. }) {
             report.datastore(k3s::Datastore::for_servers(config.servers));
@@ -313,7 +333,7 @@ impl K3sProgress {
         let plan = self.plan.as_ref().context("no K3s plan")?;
         let role = plan
             .k3s_role()
-            .context("the K3s plan lacks the init node's address or CA hash")?;
+            .context("the K3s plan lacks a server address or the CA hash")?;
         let facts = plan.facts(&self.hostname);
         let root = paths.root().to_path_buf();
         let config = config.clone();
@@ -328,7 +348,7 @@ impl K3sProgress {
         Ok(())
     }
 
-    /// A bring-up round ended: ready once active (the init node reads its CA hash and starts
+    /// A bring-up round ended: ready once active (a server reads its CA hash and starts
     /// answering queries; the caller then reports serving to the election, see
     /// [`K3sProgress::is_ready`]), otherwise say so and go another round.
     pub fn on_round_ended(
@@ -368,8 +388,21 @@ impl K3sProgress {
                 "ready: cluster-init server; announcing CA {} to joiners",
                 self.ca_hash.map(|c| c.to_hex()).unwrap_or_default()
             ),
-            Role::Server { join } => format!("ready: server joined {join}"),
-            Role::Agent { join } => format!("ready: agent joined {join}"),
+            Role::Server { .. } => format!(
+                "ready: server joined through {}; announcing CA {} to joiners",
+                plan.servers
+                    .first()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
+                self.ca_hash.map(|c| c.to_hex()).unwrap_or_default()
+            ),
+            Role::Agent { .. } => format!(
+                "ready: agent joined through {}",
+                plan.servers
+                    .first()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            ),
         };
         if !self.ready {
             self.ready = true;
@@ -381,5 +414,39 @@ impl K3sProgress {
     /// The retry timer fired: start the next round.
     pub fn on_retry(&mut self, paths: &Paths, config: &ClusterConfig) -> anyhow::Result<()> {
         self.spawn_round(paths, config)
+    }
+}
+
+/// The API addresses an announcement lists: this server's own first, then the other servers
+/// serving now, at most `servers` (the cluster's seat count) and never one twice.
+fn announced_servers(me: IpAddr, serving: &[IpAddr], servers: u8) -> Vec<SocketAddr> {
+    let mut list = vec![SocketAddr::new(me, k3s::API_PORT)];
+    for ip in serving {
+        let api = SocketAddr::new(*ip, k3s::API_PORT);
+        if !list.contains(&api) {
+            list.push(api);
+        }
+    }
+    list.truncate(usize::from(servers.max(1)).min(announce::frame::MAX_ANNOUNCED_SERVERS));
+    list
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_announcement_lists_this_server_first_and_at_most_the_seat_count() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let me = ip("198.18.0.11");
+        let others = [ip("198.18.0.12"), ip("198.18.0.11"), ip("198.18.0.13")];
+        let list = announced_servers(me, &others, 3);
+        let want: Vec<SocketAddr> = ["198.18.0.11:6443", "198.18.0.12:6443", "198.18.0.13:6443"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(list, want);
+        assert_eq!(announced_servers(me, &others, 1), want[..1]);
+        assert_eq!(announced_servers(me, &[], 3), want[..1]);
     }
 }

@@ -8,11 +8,13 @@
 //! back, config.yaml is rewritten only when it differs and starting an active unit is a no-op.
 //!
 //! K3s (steps 7 and 8, in `k3s_step`): the init node starts `k3s.service` with cluster-init;
-//! once it is active it answers joiners' queries with its signed announcement (CA hash, clock,
-//! API address, etcd timing; see [`crate::announce`]) and tells the election it serves, so seats
-//! are granted one at a time. A joiner queries the init node until a verified answer arrives,
-//! steps its clock forward to the init node's if it is more than 2 s behind, and starts
-//! `k3s.service` or `k3s-agent.service` with the secure token `K10<CA hash>::server:<token>`.
+//! once it is active it tells the election it serves, so seats are granted one at a time. Every
+//! server whose K3s is active answers joiners' queries with its signed announcement (CA hash,
+//! clock, etcd timing, the API addresses of the servers serving now; see [`crate::announce`]). A
+//! joiner queries the servers the election sees serving, in turn, until a verified answer
+//! arrives, steps its clock forward to that server's if it is more than 2 s behind, and starts
+//! `k3s.service` or `k3s-agent.service` joining that server with the secure token
+//! `K10<CA hash>::server:<token>`.
 
 mod k3s_step;
 mod report;
@@ -266,7 +268,7 @@ async fn steps(
                     report.role(r, &hostname, &driver.status());
                     report.init_node(r.init_node(id));
                     match k3s.as_mut() {
-                        None => println!("{}", role_json(r, id, &hostname)),
+                        None => println!("{}", role_json(r, id, &hostname, driver.role_via())),
                         Some(k3s) => {
                             let peer = driver.any_peer_addr().map(|a| a.ip());
                             k3s.on_role(r, paths, config, peer, report)?;
@@ -309,11 +311,19 @@ async fn steps(
                 match wake {
                     Wake::Datagram(received) => {
                         let (from, bytes) = received.context("receiving an announcement frame")?;
-                        k3s.on_datagram(from, &bytes, timedate_bus, paths, config, report).await?;
+                        let serving: Vec<std::net::IpAddr> =
+                            driver.serving_servers().iter().map(|(_, a)| a.ip()).collect();
+                        k3s.on_datagram(from, &bytes, &serving, timedate_bus, paths, config, report)
+                            .await?;
                     }
                     Wake::Query => {
-                        let addr = k3s.awaited_init().and_then(|init| driver.peer_addr(init));
-                        k3s.send_query(addr).await?;
+                        let mut servers = driver.serving_servers();
+                        if servers.is_empty() {
+                            // Nothing heard serving yet (e.g. a pinned agent's early role): the init.
+                            let init = role.map(|r| r.init_node(id));
+                            servers.extend(init.and_then(|i| Some((i, driver.peer_addr(i)?))));
+                        }
+                        k3s.send_query(&servers).await?;
                     }
                     Wake::RoundEnded(ended) => {
                         k3s.on_round_ended(ended, report)?;
@@ -344,8 +354,9 @@ fn storage_setup(paths: &Paths, config: &ClusterConfig) -> StorageSetup {
     }
 }
 
-/// The one-line JSON `--until role` prints: role, this node, its hostname and whom it joins.
-fn role_json(role: Role, id: NodeId, hostname: &str) -> serde_json::Value {
+/// The one-line JSON `--until role` prints: role, this node, its hostname, the cluster's init
+/// node (`join`) and the live node it got the role from (`via`: the init or a serving server).
+fn role_json(role: Role, id: NodeId, hostname: &str, via: Option<NodeId>) -> serde_json::Value {
     let join = match role {
         Role::ClusterInit => None,
         Role::Server { join } | Role::Agent { join } => Some(join.to_string()),
@@ -355,6 +366,7 @@ fn role_json(role: Role, id: NodeId, hostname: &str) -> serde_json::Value {
         "node": id.to_string(),
         "hostname": hostname,
         "join": join,
+        "via": via.map(|v| v.to_string()),
     })
 }
 

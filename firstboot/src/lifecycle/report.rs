@@ -186,7 +186,11 @@ impl Report {
     /// The K3s plan is fixed: node address, server and CA hash (public) go to status.
     pub fn plan(&mut self, plan: &K3sPlan) {
         self.state.node_ip = Some(plan.node_ip.to_string());
-        self.state.server_url = plan.server.map(crate::k3s::plan::server_url);
+        self.state.server_url = plan
+            .servers
+            .first()
+            .copied()
+            .map(crate::k3s::plan::server_url);
         if plan.ca_hash.is_some() {
             self.state.ca_hash = plan.ca_hash.clone();
         }
@@ -202,22 +206,23 @@ impl Report {
         }
     }
 
-    /// The init node's CA hash, known once K3s is active on it.
+    /// The cluster CA hash, known once K3s is active on a server (or from the announcement).
     pub fn ca_hash(&mut self, ca: CaHash) {
         self.state.ca_hash = Some(ca.to_hex());
         self.save();
     }
 
-    /// What agreeing with the init node's clock did; kept as a note when it stepped or could not.
-    pub fn clock_agreement(&mut self, agreement: InitAgreement, init: NodeId) {
+    /// What agreeing with the cluster's clock did; kept as a note when it stepped or could not.
+    /// `server` is the serving server whose announcement the clock was compared with.
+    pub fn clock_agreement(&mut self, agreement: InitAgreement, server: NodeId) {
         let line = match agreement {
             InitAgreement::Agrees => return,
             InitAgreement::StepForward(usec) => format!(
-                "clock was {:.1} s behind the init node {init}: stepped forward",
+                "clock was {:.1} s behind the serving server {server}: stepped forward",
                 usec as f64 / 1e6
             ),
             InitAgreement::Ahead(usec) => format!(
-                "clock is {:.1} s ahead of the init node {init}: not stepped back; check NTP",
+                "clock is {:.1} s ahead of the serving server {server}: not stepped back; check NTP",
                 usec as f64 / 1e6
             ),
         };

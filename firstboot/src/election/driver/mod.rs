@@ -100,6 +100,21 @@ impl ElectionDriver {
         self.node.status(self.now())
     }
 
+    /// The servers serving now as the core sees them (see [`Node::serving_servers`]), with
+    /// their frame addresses; those whose address is unknown are left out.
+    pub fn serving_servers(&self) -> Vec<(NodeId, SocketAddr)> {
+        self.node
+            .serving_servers(self.now())
+            .into_iter()
+            .filter_map(|node| Some((node, self.peer_addr(node)?)))
+            .collect()
+    }
+
+    /// The live node whose hello gave this node its role (see [`Node::role_via`]).
+    pub fn role_via(&self) -> Option<NodeId> {
+        self.node.role_via()
+    }
+
     /// What discovery sees: verified peers, foreign and unverified counts.
     pub fn peers(&self) -> PeerSummary {
         self.table.summary()

@@ -1,13 +1,19 @@
 //! This node's K3s plan, fixed once and persisted, so a restart renders the same config.yaml.
 //!
 //! The init node fixes its plan when it takes the role (its address, the cluster's etcd timing);
-//! a joiner once it has verified the init node's announcement and agreed with its clock. After a
-//! restart the plan is read back instead of being decided again: a joiner does not wait for the
+//! a joiner once it has verified a serving server's announcement and agreed with its clock. After
+//! a restart the plan is read back instead of being decided again: a joiner does not wait for the
 //! announcement twice, and nothing that K3s already saw (node-ip, etcd args) can change.
+//!
+//! A joiner's plan keeps the API addresses of the servers that served when it joined (the
+//! answering server first, which config.yaml's `server:` names), not the init node's: the init
+//! may be long gone. Plans of older releases (one `server`) are upconverted by [`legacy`].
 
-use super::{CaHash, K3sRole, NodeFacts};
+pub mod legacy;
+
 use crate::durable::JsonFile;
 use crate::election::{NodeId, Role};
+use crate::k3s::{CaHash, K3sRole, NodeFacts};
 use crate::storage::etcd::EtcdTuning;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
@@ -24,9 +30,10 @@ pub struct K3sPlan {
     pub role: Role,
     /// This node's LAN address (`node-ip`).
     pub node_ip: IpAddr,
-    /// The init node's K3s API address (joiners only).
-    pub server: Option<SocketAddr>,
-    /// The cluster CA hash from the init node's announcement (joiners only), hex.
+    /// The K3s API addresses of the servers serving when this node joined, the one that
+    /// answered first (joiners only; empty on the init node).
+    pub servers: Vec<SocketAddr>,
+    /// The cluster CA hash from a serving server's announcement (joiners only), hex.
     pub ca_hash: Option<String>,
     /// The cluster's etcd timing, decided by the init node.
     pub etcd: EtcdTuning,
@@ -42,7 +49,7 @@ impl K3sPlan {
 
     /// The plan of an earlier run, if it was made for `role`; any other plan is ignored.
     pub fn load_for(root: &Path, role: Role) -> anyhow::Result<Option<K3sPlan>> {
-        let plan = Self::file(root).load()?;
+        let plan = Self::file(root).load_with(legacy::read)?;
         Ok(plan.filter(|plan| plan.role == role))
     }
 
@@ -60,7 +67,7 @@ impl K3sPlan {
         match self.role {
             Role::ClusterInit => Some(K3sRole::Init),
             Role::Server { .. } | Role::Agent { .. } => {
-                let server_url = server_url(self.server?);
+                let server_url = server_url(*self.servers.first()?);
                 let ca_hash = CaHash::from_hex(self.ca_hash.as_deref()?)?;
                 Some(if matches!(self.role, Role::Server { .. }) {
                     K3sRole::JoinServer {
@@ -89,7 +96,7 @@ impl K3sPlan {
         }
     }
 
-    /// The init node joined (`None` on the init node itself).
+    /// The cluster's init node (`None` on the init node itself); K3s joined `servers[0]`.
     pub fn init_node(&self) -> Option<NodeId> {
         match self.role {
             Role::ClusterInit => None,
@@ -111,7 +118,10 @@ mod tests {
         K3sPlan {
             role: Role::Server { join: NodeId(9) },
             node_ip: "198.18.0.12".parse().unwrap(),
-            server: Some("198.18.0.10:6443".parse().unwrap()),
+            servers: vec![
+                "198.18.0.10:6443".parse().unwrap(),
+                "198.18.0.11:6443".parse().unwrap(),
+            ],
             ca_hash: Some(CaHash::of_bundle(b"ca").to_hex()),
             etcd: EtcdTuning::SLOW_STORAGE,
             snapshot_dir: None,
@@ -182,6 +192,9 @@ mod tests {
         let mut broken = joiner();
         broken.ca_hash = Some("not hex".into());
         assert_eq!(broken.k3s_role(), None);
+        let mut serverless = joiner();
+        serverless.servers.clear();
+        assert_eq!(serverless.k3s_role(), None);
         assert_eq!(
             server_url("[2001:db8::1]:6443".parse().unwrap()),
             "https://[2001:db8::1]:6443"

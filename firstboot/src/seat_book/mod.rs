@@ -1,0 +1,26 @@
+//! Server seats after formation (SPEC 4.4): a book kept in the cluster's own etcd, as the ConfigMap `kube-system/firstboot-seats`.
+//!
+//! The bootstrap election (4.2) grants the first seats, because there is no cluster yet. Once the
+//! init node serves, K3s's etcd is the strongly consistent store that survives the loss of any
+//! minority of servers, so seat decisions made after formation live there: [`SeatBook`] (seat
+//! holders, the one join in progress, removed nodes) is the ConfigMap's content, and every change
+//! is a read-modify-write with the apiserver's resourceVersion compare-and-swap ([`SeatStore`],
+//! through `k3s kubectl` on a serving server): a writer whose read is stale gets a Conflict (409),
+//! reads again and decides again. So two servers granting at once cannot both succeed, a grant
+//! holds once written even if its writer dies the next moment, and the book's own rules
+//! ([`book`]) keep at most `servers` holders and one join at a time.
+//!
+//! Layout: [`book`] (the pure rules), [`kubectl`] (running `k3s kubectl`, its errors),
+//! [`store`] (the ConfigMap and the CAS loop).
+//!
+//! Not yet done (issue 18): the daemon does not consult the book yet (post-formation grants still
+//! come from the election's roster), nothing expires a join that never completes, and the
+//! replacement loop (`replace_after`) that would `release` a dead server's seat does not exist.
+
+pub mod book;
+pub mod kubectl;
+pub mod store;
+
+pub use book::{GrantRefused, PendingJoin, RemovedNode, SeatBook, SeatHolder};
+pub use kubectl::{Kubectl, KubectlError};
+pub use store::{SeatStore, StoreError, Updated, CONFIGMAP_NAME, CONFIGMAP_NAMESPACE};
