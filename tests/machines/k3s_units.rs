@@ -174,7 +174,15 @@ fn stale_standalone_server_data_is_set_aside_before_joining() {
     }
     let took = lan.wait_for("3 machines ready", FORMATION, Lan::all_ready);
     eprintln!("3 machines with stale standalone K3s data ready after {took:?}");
-    let mut hostnames = std::collections::BTreeSet::new();
+    // The outcome first: one cluster of three etcd members, not three standalone ones.
+    let hostnames: std::collections::BTreeSet<String> =
+        lan.machines.iter().map(|m| m.hostname()).collect();
+    let init = init_machine(&lan);
+    let (names, members) = nodes_and_members(init, &hostnames);
+    let names: std::collections::BTreeSet<String> = names.into_iter().collect();
+    assert_eq!(names, hostnames, "the cluster's Nodes\n{}", lan.report());
+    assert_eq!(members, 3, "etcd members of the cluster\n{}", lan.report());
+    // Then how: each machine ran standalone first and its stale data was set aside, said in status.
     for (n, m) in lan.machines.iter().enumerate() {
         let starts = started_as(m, "k3s.service");
         assert_eq!(
@@ -195,11 +203,5 @@ fn stale_standalone_server_data_is_set_aside_before_joining() {
             status["notes"].to_string().contains(&aside[0]),
             "no status note on the stale data moved aside: {status}"
         );
-        hostnames.insert(m.hostname());
     }
-    let init = init_machine(&lan);
-    let (names, members) = nodes_and_members(init, &hostnames);
-    let names: std::collections::BTreeSet<String> = names.into_iter().collect();
-    assert_eq!(names, hostnames, "the cluster's Nodes\n{}", lan.report());
-    assert_eq!(members, 3, "etcd members of the cluster\n{}", lan.report());
 }
