@@ -51,6 +51,16 @@ fn outcome(lan: &Lan, m: &Machine, token: &str) -> String {
     let init = init_machine(lan);
     let ca = ca_file_hash(init).unwrap_or_default();
     let mut yaml = m.config_yaml().unwrap_or_default();
+    // Any serving server answers a joiner (issue 18), so `server:` may name the init node or
+    // another server: both are the same outcome.
+    for s in lan.machines.iter().filter(|s| {
+        matches!(s.role().as_deref(), Some("init") | Some("server")) && s.name != m.name
+    }) {
+        yaml = yaml.replace(
+            &format!("server: \"https://{}:6443\"", s.address()),
+            "server: \"https://<a-server>:6443\"",
+        );
+    }
     // Longest first, so an address is not replaced inside another.
     let mut names: Vec<(String, String)> = vec![
         (token.to_string(), "<token>".into()),

@@ -1055,6 +1055,10 @@ mod tests {
             .with_writer(move || writer.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, || {
+            // Other tests' threads may have registered these callsites while only the no-op
+            // dispatcher existed, racing this dispatcher's registration (the interest cache is
+            // global); recompute every callsite's interest now that this one is live.
+            tracing::callsite::rebuild_interest_cache();
             let mut node = Node::new(config(7, 1), Millis(0), None);
             node.handle_timeout(Millis(1500));
             persist_all(&mut node);
