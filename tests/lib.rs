@@ -94,3 +94,6 @@ pub const HOLD_ELECTED_ENV: &str = "FIRSTBOOT_TEST_HOLD_ELECTED_MS";
 /// The deterministic election simulator (shared by the `election_sim` test and `election-bench`).
 #[path = "election/sim.rs"]
 pub mod election_sim;
+
+/// The Raspberry Pi OS disk layout of the test bases (machines and VMs).
+pub mod raspios_disk;

@@ -22,7 +22,6 @@
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -83,10 +82,8 @@ pub const PACKAGES: &[&str] = &[
     "kmod",
     "procps",
 ];
-/// Byte offset of the boot partition (Raspberry Pi OS aligns to 8 MiB).
-pub const BOOT_START: u64 = 8 << 20;
-/// Size of the boot partition, as on Raspberry Pi OS (mtools needs FAT32 to have >= 65525 clusters).
-pub const BOOT_SIZE: u64 = 512 << 20;
+use systests::raspios_disk;
+pub use systests::raspios_disk::{BOOT_SIZE, BOOT_START};
 /// Bytes of headroom in the root filesystem beyond the debootstrapped tree.
 const ROOT_HEADROOM: u64 = 192 << 20;
 const ALIGN: u64 = 8 << 20;
@@ -111,6 +108,7 @@ pub fn key(release: Release) -> String {
         MIRROR,
         &PACKAGES.join(","),
         include_str!("base.rs"),
+        include_str!("../raspios_disk.rs"),
     ] {
         h.update(part.as_bytes());
         h.update([0]);
@@ -254,76 +252,25 @@ fn build(release: Release, work: &Path, out: &Path) -> Result<()> {
 
     let root_size = (du_bytes(&root)? * 13 / 10 + ROOT_HEADROOM).div_ceil(ALIGN) * ALIGN;
     let root_start = BOOT_START + BOOT_SIZE;
-    let total = root_start + root_size;
-    std::fs::File::create(out)?.set_len(total)?;
-    let table = format!(
-        "label: dos\nlabel-id: {id}\nunit: sectors\n\nstart={}, size={}, type=c\nstart={}, size={}, type=83\n",
-        BOOT_START / 512,
-        BOOT_SIZE / 512,
-        root_start / 512,
-        root_size / 512
-    );
-    let mut child = Command::new("sfdisk")
-        .args(["--no-reread", "--no-tell-kernel", "-q"])
-        .arg(out)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running sfdisk")?;
-    child
-        .stdin
-        .take()
-        .context("sfdisk stdin")?
-        .write_all(table.as_bytes())?;
-    let o = child.wait_with_output()?;
-    if !o.status.success() {
-        bail!("sfdisk failed: {}", String::from_utf8_lossy(&o.stderr));
-    }
-
-    run(Command::new("mkfs.vfat")
-        .args(["-F", "32", "-n", "bootfs"])
-        .arg("--offset")
-        .arg((BOOT_START / 512).to_string())
-        .arg(out)
-        .arg((BOOT_SIZE / 1024).to_string()))?;
-    let boot = work.join("boot");
     // Bookworm resizes through the init= hook; trixie's initramfs and rpi-resize.service act on
     // the `resize` word (pi-gen arm64 stage1 cmdline.txt).
     let first_boot_word = match release {
         Release::Bookworm => "quiet init=/usr/lib/raspberrypi-sys-mods/firstboot",
         Release::Trixie => "resize",
     };
-    put(
-        &boot,
-        "cmdline.txt",
-        format!(
-            "console=serial0,115200 console=tty1 root=PARTUUID={part}-02 rootfstype=ext4 fsck.repair=yes rootwait {first_boot_word}\n"
-        )
-        .as_bytes(),
+    raspios_disk::write(
+        &raspios_disk::Disk {
+            id: &id,
+            root_size,
+            cmdline: &format!(
+                "console=serial0,115200 console=tty1 root=PARTUUID={part}-02 rootfstype=ext4 fsck.repair=yes rootwait {first_boot_word}\n"
+            ),
+            config_txt: "# Test base (amd64 machines under systemd-nspawn): shaped like Raspberry Pi OS.\n[all]\n",
+            root: &root,
+        },
+        work,
+        out,
     )?;
-    put(
-        &boot,
-        "config.txt",
-        b"# Test base (amd64 machines under systemd-nspawn): shaped like Raspberry Pi OS.\n[all]\n",
-    )?;
-    run(Command::new("mcopy")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .arg("-i")
-        .arg(format!("{}@@{}", out.display(), BOOT_START))
-        .arg(boot.join("cmdline.txt"))
-        .arg(boot.join("config.txt"))
-        .arg("::"))?;
-
-    run(Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-L", "rootfs"])
-        .arg("-E")
-        .arg(format!("offset={root_start}"))
-        .arg("-d")
-        .arg(&root)
-        .arg(out)
-        .arg(format!("{}k", root_size / 1024)))
-    .context("writing the root filesystem")?;
 
     run(Command::new("e2fsck")
         .arg("-fn")

@@ -32,7 +32,6 @@
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -57,10 +56,8 @@ pub const PACKAGES: &[&str] = &[
     "dosfstools",
     "busybox-static",
 ];
-/// Byte offset of the boot partition (Raspberry Pi OS aligns to 8 MiB).
-pub const BOOT_START: u64 = 8 << 20;
-/// Size of the boot partition, as on Raspberry Pi OS (FAT32 needs >= 65525 clusters).
-pub const BOOT_SIZE: u64 = 512 << 20;
+use systests::raspios_disk;
+pub use systests::raspios_disk::{BOOT_SIZE, BOOT_START};
 /// The root partition: the installed tree (~700 MiB with the kernel) plus room for imagebuild.
 const ROOT_SIZE: u64 = 2048 << 20;
 /// The modules the second stage's initramfs loads (with their dependencies) unless built in;
@@ -89,7 +86,13 @@ pub fn cache_dir() -> PathBuf {
 /// The cache key of the base: sha256 over every input that shapes it.
 pub fn key() -> String {
     let mut h = Sha256::new();
-    for part in [SUITE, MIRROR, &PACKAGES.join(","), include_str!("base.rs")] {
+    for part in [
+        SUITE,
+        MIRROR,
+        &PACKAGES.join(","),
+        include_str!("base.rs"),
+        include_str!("../raspios_disk.rs"),
+    ] {
         h.update(part.as_bytes());
         h.update([0]);
     }
@@ -338,71 +341,20 @@ fn build(work: &Path, out_dir: &Path) -> Result<()> {
     )?;
 
     // The disk, as Raspberry Pi OS lays it out.
-    let root_start = BOOT_START + BOOT_SIZE;
-    let total = root_start + ROOT_SIZE;
-    std::fs::File::create(out)?.set_len(total)?;
-    let table = format!(
-        "label: dos\nlabel-id: {id}\nunit: sectors\n\nstart={}, size={}, type=c\nstart={}, size={}, type=83\n",
-        BOOT_START / 512,
-        BOOT_SIZE / 512,
-        root_start / 512,
-        ROOT_SIZE / 512
-    );
-    let mut child = Command::new("sfdisk")
-        .args(["--no-reread", "--no-tell-kernel", "-q"])
-        .arg(out)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running sfdisk")?;
-    child
-        .stdin
-        .take()
-        .context("sfdisk stdin")?
-        .write_all(table.as_bytes())?;
-    let o = child.wait_with_output()?;
-    if !o.status.success() {
-        bail!("sfdisk failed: {}", String::from_utf8_lossy(&o.stderr));
-    }
-    run(Command::new("mkfs.vfat")
-        .args(["-F", "32", "-n", "bootfs"])
-        .arg("--offset")
-        .arg((BOOT_START / 512).to_string())
-        .arg(out)
-        .arg((BOOT_SIZE / 1024).to_string()))?;
-    let boot = work.join("boot");
-    put(
-        &boot,
-        "cmdline.txt",
-        format!(
-            "console=serial0,115200 console=tty1 root=PARTUUID={part}-02 rootfstype=ext4 fsck.repair=yes rootwait resize\n"
-        )
-        .as_bytes(),
-        0o644,
-    )?;
-    put(
-        &boot,
-        "config.txt",
-        b"# Test base (arm64 VMs under qemu virt): shaped like Raspberry Pi OS trixie.\n[all]\n",
-        0o644,
-    )?;
-    run(Command::new("mcopy")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .arg("-i")
-        .arg(format!("{}@@{}", out.display(), BOOT_START))
-        .arg(boot.join("cmdline.txt"))
-        .arg(boot.join("config.txt"))
-        .arg("::"))?;
-    run(Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-L", "rootfs"])
-        .arg("-E")
-        .arg(format!("offset={root_start}"))
-        .arg("-d")
-        .arg(&root)
-        .arg(out)
-        .arg(format!("{}k", ROOT_SIZE / 1024)))
-    .context("writing the unfinished root filesystem")?;
+    raspios_disk::write(
+        &raspios_disk::Disk {
+            id: &id,
+            root_size: ROOT_SIZE,
+            cmdline: &format!(
+                "console=serial0,115200 console=tty1 root=PARTUUID={part}-02 rootfstype=ext4 fsck.repair=yes rootwait resize\n"
+            ),
+            config_txt: "# Test base (arm64 VMs under qemu virt): shaped like Raspberry Pi OS trixie.\n[all]\n",
+            root: &root,
+        },
+        work,
+        out,
+    )
+    .context("writing the unfinished disk")?;
     Ok(())
 }
 
