@@ -23,7 +23,7 @@
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// The Raspberry Pi OS release a base imitates (its Debian suite). Host-built test binaries run in
 /// both: bookworm matches the host's glibc, trixie's is newer (glibc is backward compatible).
@@ -82,7 +82,7 @@ pub const PACKAGES: &[&str] = &[
     "kmod",
     "procps",
 ];
-use systests::raspios_disk;
+use systests::raspios_disk::{self, run};
 pub use systests::raspios_disk::{BOOT_SIZE, BOOT_START};
 /// Bytes of headroom in the root filesystem beyond the debootstrapped tree.
 const ROOT_HEADROOM: u64 = 192 << 20;
@@ -147,21 +147,6 @@ pub fn image(release: Release) -> Result<PathBuf> {
     build(release, work.path(), &partial)?;
     std::fs::rename(&partial, &path).context("moving the base into the cache")?;
     Ok(path)
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
 }
 
 fn put(dir: &Path, rel: &str, bytes: &[u8]) -> Result<()> {

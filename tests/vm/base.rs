@@ -56,7 +56,7 @@ pub const PACKAGES: &[&str] = &[
     "dosfstools",
     "busybox-static",
 ];
-use systests::raspios_disk;
+use systests::raspios_disk::{self, run};
 pub use systests::raspios_disk::{BOOT_SIZE, BOOT_START};
 /// The root partition: the installed tree (~700 MiB with the kernel) plus room for imagebuild.
 const ROOT_SIZE: u64 = 2048 << 20;
@@ -208,21 +208,6 @@ pub fn host_stage() -> Result<PathBuf> {
     build(work.path(), &out)?;
     std::fs::rename(&out, &path).context("moving the first stage into the cache")?;
     Ok(path)
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
 }
 
 fn put(dir: &Path, rel: &str, bytes: &[u8], mode: u32) -> Result<()> {
