@@ -1403,3 +1403,57 @@ fn racing_seat_keepers_grant_a_freed_seat_exactly_once() {
     assert_eq!(holders, vec![NodeId(2), NodeId(3), grants[0]]);
     assert_eq!(book.pending.map(|p| p.node), Some(grants[0]));
 }
+
+// Rule (SPEC 4.4, issue 18): only one server heals at a time: the firstboot-healer Lease is
+// taken by compare-and-swap, so of servers trying at once exactly one holds it; the holder
+// renews it, the others cannot take it until it expires.
+#[test]
+fn the_healer_lease_has_one_holder() {
+    use firstboot::healer::lease::acquire;
+    use firstboot::seat_book::Kubectl;
+    use std::sync::Barrier;
+    let (init, _, _) = init_with("lab-000001");
+    let kubectl = Kubectl::with_program(
+        systests::bin_path("k3s-double"),
+        vec![
+            (
+                "K3S_DOUBLE_ROOT".into(),
+                init.root.to_string_lossy().into_owned(),
+            ),
+            (
+                "K3S_DOUBLE_ETCD_CLIENT_PORT".into(),
+                init.etcd_port.to_string(),
+            ),
+        ],
+    );
+    let barrier = Barrier::new(4);
+    let won: Vec<bool> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|k| {
+                let (kubectl, barrier) = (&kubectl, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    acquire(kubectl, &format!("server-{k}"), 1_000, 30).unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    eprintln!("won: {won:?}");
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+    let holder = format!("server-{}", won.iter().position(|w| *w).unwrap());
+    let other = if holder == "server-0" {
+        "server-1"
+    } else {
+        "server-0"
+    };
+    assert!(acquire(&kubectl, &holder, 1_010, 30).unwrap(), "renewal");
+    assert!(
+        !acquire(&kubectl, other, 1_020, 30).unwrap(),
+        "taken while held"
+    );
+    assert!(
+        acquire(&kubectl, other, 1_040, 30).unwrap(),
+        "expired, taken"
+    );
+}
