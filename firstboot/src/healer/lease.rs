@@ -121,7 +121,7 @@ fn rfc3339_micro(unix: i64) -> String {
 }
 
 /// Unix seconds of `YYYY-MM-DDTHH:MM:SS[.frac]Z` (what the apiserver prints), else `None`.
-fn parse_rfc3339(text: &str) -> Option<i64> {
+pub(crate) fn parse_rfc3339(text: &str) -> Option<i64> {
     let (date, time) = text.strip_suffix('Z')?.split_once('T')?;
     let mut date = date.split('-').map(|p| p.parse::<i64>().ok());
     let (y, m, d) = (date.next()??, date.next()??, date.next()??);

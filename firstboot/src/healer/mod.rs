@@ -18,6 +18,7 @@
 //! promotion, no deletion through kubectl); only the decision and the Lease's rules exist.
 
 pub mod lease;
+pub mod nodes;
 
 use crate::election::Rank;
 use crate::model::NodeId;
