@@ -792,8 +792,8 @@ async fn join_etcd(
                 "level=info msg=\"Adding member {name}={peer_url} to etcd cluster {cluster:?}\""
             ));
             // K3s's join gives its etcd client every member's client URL (pkg/etcd/etcd.go
-            // join: getClient(clientCtx, e.config, clientURLs...)), and the client's balancer
-            // skips a dead member: so does the double, trying each in turn while unreachable.
+            // join, :566-571: ClientURLs, then getClient(clientCtx, e.config, clientURLs...)),
+            // and the client's balancer skips a dead member: the double tries each in turn.
             let mut added = Err(anyhow::anyhow!("no etcd member reachable"));
             for endpoint in &endpoints {
                 added = etcd::add_learner(endpoint, &peer_url).await;
