@@ -22,6 +22,7 @@ pub mod default_route;
 pub mod discovery;
 pub mod durable;
 pub mod election;
+pub mod healer;
 pub mod host;
 pub mod identity;
 pub mod intake;

@@ -1330,3 +1330,130 @@ fn a_stale_seat_book_write_is_a_conflict() {
     );
     assert_eq!(store.read().unwrap().unwrap().0, a);
 }
+
+// Rule (SPEC 4.4, issue 18): after a seat is released, serving servers' seat keepers racing
+// for it (each seeing a different new card ask) grant it exactly once: one keeper's round
+// grants, every other round reads the winner's book and waits for that join. A server other
+// than the init never creates the book.
+#[test]
+fn racing_seat_keepers_grant_a_freed_seat_exactly_once() {
+    use firstboot::election::{NodeId, Rank, RolePin};
+    use firstboot::seat_book::{Asker, Decision, SeatKeeper};
+    use std::sync::Barrier;
+    const KEEPERS: u64 = 4;
+    let (init, _, _) = init_with("lab-000001");
+    let store = seat_store(&init);
+    let server = SeatKeeper::new(store.clone(), NodeId(2), "lab-000002", false, 3);
+    assert_eq!(server.round(&[], &[], 1).unwrap(), None);
+    assert!(store.read().unwrap().is_none(), "a server created the book");
+    // The init creates the book holding its own seat, then grants nodes 2 and 3 in turn.
+    let first = SeatKeeper::new(store.clone(), NodeId(1), "lab-000001", true, 3);
+    let ask = |node: u64| Asker {
+        rank: Rank {
+            pin: RolePin::Auto,
+            storage: 50,
+            ram_mib: 1024,
+            node: NodeId(node),
+        },
+        name: format!("lab-{node:06}"),
+    };
+    let (d, _) = first.round(&[ask(2)], &[], 2).unwrap().unwrap();
+    assert_eq!(d, Decision::Grant(NodeId(2)));
+    let (d, _) = first.round(&[ask(3)], &[NodeId(2)], 3).unwrap().unwrap();
+    assert_eq!(d, Decision::Joined(NodeId(2)));
+    let (d, _) = first.round(&[ask(3)], &[NodeId(2)], 4).unwrap().unwrap();
+    assert_eq!(d, Decision::Grant(NodeId(3)));
+    let serving = [NodeId(2), NodeId(3)];
+    let (d, book) = server.round(&[], &serving, 5).unwrap().unwrap();
+    assert_eq!(d, Decision::Joined(NodeId(3)));
+    assert_eq!(book.holders.len(), 3);
+    // The init is removed (its seat released), as the healer will do.
+    let (book, version) = store.read().unwrap().unwrap();
+    store
+        .write(&book.release(NodeId(1), 6).unwrap(), Some(&version))
+        .unwrap();
+    let barrier = Barrier::new(KEEPERS as usize);
+    let decisions: Vec<Decision> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..KEEPERS)
+            .map(|k| {
+                let keeper = SeatKeeper::new(store.clone(), NodeId(2 + k % 2), "srv", false, 3);
+                let (barrier, asker) = (&barrier, ask(100 + k));
+                s.spawn(move || {
+                    barrier.wait();
+                    keeper.round(&[asker], &serving, 7).unwrap().unwrap().0
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    eprintln!("decisions: {decisions:?}");
+    let grants: Vec<NodeId> = decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Grant(n) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(grants.len(), 1, "{decisions:?}");
+    assert!(decisions
+        .iter()
+        .all(|d| matches!(d, Decision::Grant(_)) || *d == Decision::Wait(grants[0])));
+    let (book, _) = store.read().unwrap().unwrap();
+    let holders: Vec<NodeId> = book.holders.iter().map(|h| h.node).collect();
+    assert_eq!(holders, vec![NodeId(2), NodeId(3), grants[0]]);
+    assert_eq!(book.pending.map(|p| p.node), Some(grants[0]));
+}
+
+// Rule (SPEC 4.4, issue 18): only one server heals at a time: the firstboot-healer Lease is
+// taken by compare-and-swap, so of servers trying at once exactly one holds it; the holder
+// renews it, the others cannot take it until it expires.
+#[test]
+fn the_healer_lease_has_one_holder() {
+    use firstboot::healer::lease::acquire;
+    use firstboot::seat_book::Kubectl;
+    use std::sync::Barrier;
+    let (init, _, _) = init_with("lab-000001");
+    let kubectl = Kubectl::with_program(
+        systests::bin_path("k3s-double"),
+        vec![
+            (
+                "K3S_DOUBLE_ROOT".into(),
+                init.root.to_string_lossy().into_owned(),
+            ),
+            (
+                "K3S_DOUBLE_ETCD_CLIENT_PORT".into(),
+                init.etcd_port.to_string(),
+            ),
+        ],
+    );
+    let barrier = Barrier::new(4);
+    let won: Vec<bool> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|k| {
+                let (kubectl, barrier) = (&kubectl, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    acquire(kubectl, &format!("server-{k}"), 1_000, 30).unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    eprintln!("won: {won:?}");
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+    let holder = format!("server-{}", won.iter().position(|w| *w).unwrap());
+    let other = if holder == "server-0" {
+        "server-1"
+    } else {
+        "server-0"
+    };
+    assert!(acquire(&kubectl, &holder, 1_010, 30).unwrap(), "renewal");
+    assert!(
+        !acquire(&kubectl, other, 1_020, 30).unwrap(),
+        "taken while held"
+    );
+    assert!(
+        acquire(&kubectl, other, 1_040, 30).unwrap(),
+        "expired, taken"
+    );
+}

@@ -782,16 +782,27 @@ async fn join_etcd(
             }
         }
         if add {
-            let endpoint = members
+            let endpoints: Vec<String> = members
                 .iter()
                 .flat_map(|m| m.client_urls.first())
-                .next()
                 .cloned()
-                .context("no etcd member with a client URL")?;
+                .collect();
+            anyhow::ensure!(!endpoints.is_empty(), "no etcd member with a client URL");
             log(&format!(
                 "level=info msg=\"Adding member {name}={peer_url} to etcd cluster {cluster:?}\""
             ));
-            if let Err(e) = etcd::add_learner(&endpoint, &peer_url).await {
+            // K3s's join gives its etcd client every member's client URL (pkg/etcd/etcd.go
+            // join, :566-571: ClientURLs, then getClient(clientCtx, e.config, clientURLs...)),
+            // and the client's balancer skips a dead member: the double tries each in turn.
+            let mut added = Err(anyhow::anyhow!("no etcd member reachable"));
+            for endpoint in &endpoints {
+                added = etcd::add_learner(endpoint, &peer_url).await;
+                match &added {
+                    Err(e) if format!("{e:#}").contains("connecting to etcd at") => continue,
+                    _ => break,
+                }
+            }
+            if let Err(e) = added {
                 let msg = format!("{e:#}");
                 if msg.contains("too many learner members") || msg.contains("unhealthy") {
                     log(&format!("level=info msg=\"Waiting for other members to finish joining etcd cluster: {msg}\""));

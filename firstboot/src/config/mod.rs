@@ -41,6 +41,9 @@ pub struct ClusterConfig {
     pub servers: u8,
     /// Bootstrap electorate: how many nodes share this token at first boot.
     pub nodes: u8,
+    /// How long a server must be gone (not Ready in K3s, not seen on the LAN) before it is
+    /// removed and its seat refilled (SPEC 4.4); `None` when `replace_after = "off"`.
+    pub replace_after: Option<Duration>,
     /// Per-card overrides.
     pub node: NodeSettings,
     /// Settings passed into K3s's config.yaml.

@@ -27,6 +27,7 @@ pub(crate) struct RawCluster {
     pub token_file: Option<Spanned<String>>,
     pub servers: Option<Spanned<i64>>,
     pub nodes: Option<Spanned<i64>>,
+    pub replace_after: Option<Spanned<String>>,
 }
 
 /// `[node]`

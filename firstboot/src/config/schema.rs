@@ -60,6 +60,7 @@ pub(crate) const SECTIONS: &[(&str, &[KeySpec])] = &[
             key("token_file", Kind::Str, "token_file = \"cluster-token\""),
             key("servers", Kind::Int, "servers = 3"),
             key("nodes", Kind::Int, "nodes = 5"),
+            key("replace_after", Kind::Str, "replace_after = \"30m\""),
         ],
     ),
     (

@@ -209,6 +209,7 @@ impl Validator<'_> {
             None => servers,
         };
 
+        let replace_after = self.replace_after(cluster.replace_after.clone());
         let node = self.node(raw.node.unwrap_or_default());
         let k3s = self.k3s(raw.k3s.unwrap_or_default());
         let storage = self.storage(raw.storage.unwrap_or_default());
@@ -223,6 +224,7 @@ impl Validator<'_> {
             token_source,
             servers,
             nodes,
+            replace_after,
             node,
             k3s,
             storage,
@@ -633,6 +635,35 @@ impl Validator<'_> {
         }
     }
 
+    /// `cluster.replace_after`: a duration from 10 s to 30 days, or "off".
+    fn replace_after(&mut self, raw: Option<Spanned<String>>) -> Option<Duration> {
+        if raw
+            .as_ref()
+            .is_some_and(|s| s.get_ref().trim().eq_ignore_ascii_case("off"))
+        {
+            return None;
+        }
+        let default = Duration::from_secs(30 * 60);
+        if let Some(s) = &raw {
+            if duration::parse_duration(s.get_ref()).is_err() {
+                self.report(
+                    s,
+                    "cluster.replace_after",
+                    format!("\"{}\" is neither a duration nor \"off\"", s.get_ref()),
+                    "write replace_after = \"30m\" (units: ms, s, m, h, d), or \"off\" to never replace a gone server",
+                );
+                return Some(default);
+            }
+        }
+        Some(self.duration(
+            raw,
+            "cluster.replace_after",
+            default,
+            Duration::from_secs(10),
+            Duration::from_secs(30 * 86400),
+        ))
+    }
+
     fn timeouts(&mut self, raw: super::raw::RawTimeouts) -> Timeouts {
         let bootstrap = self.duration(
             raw.bootstrap,
@@ -699,6 +730,53 @@ mod tests {
 
     fn err(text: &str) -> ConfigError {
         ClusterConfig::from_toml_str(text, Path::new("/boot/firmware/cluster.toml")).unwrap_err()
+    }
+
+    #[test]
+    fn replace_after_defaults_to_30m_and_off_disables_it() {
+        let with = |line: &str| {
+            ClusterConfig::from_toml_str(
+                &format!("[cluster]\nname = \"lab\"\ntoken = \"0123456789abcdefXYZ\"\n{line}\n"),
+                Path::new("c.toml"),
+            )
+        };
+        assert_eq!(
+            with("").unwrap().replace_after,
+            Some(Duration::from_secs(1800))
+        );
+        assert_eq!(with("replace_after = \"off\"").unwrap().replace_after, None);
+        assert_eq!(with("replace_after = \"OFF\"").unwrap().replace_after, None);
+        assert_eq!(
+            with("replace_after = \"20s\"").unwrap().replace_after,
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(
+            with("replace_after = \"1h30m\"").unwrap().replace_after,
+            Some(Duration::from_secs(5400))
+        );
+        for (bad, problem, fix) in [
+            ("\"never\"", "neither a duration nor \"off\"", "\"off\""),
+            (
+                "\"5s\"",
+                "must be between 10s and 30d",
+                "replace_after = \"30m\"",
+            ),
+            (
+                "\"31d\"",
+                "must be between 10s and 30d",
+                "replace_after = \"30m\"",
+            ),
+        ] {
+            let e = with(&format!("replace_after = {bad}")).unwrap_err();
+            let d = &e.diagnostics[0];
+            assert_eq!(
+                (d.line, d.key.as_str()),
+                (4, "cluster.replace_after"),
+                "{d:?}"
+            );
+            assert!(d.problem.contains(problem), "{bad}: {}", d.problem);
+            assert!(d.fix.contains(fix), "{bad}: {}", d.fix);
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! Layout (big-endian): magic `FBEL`, version, cluster id (16), epoch (u32), sender (u64),
 //! kind (u8), body length (u16), body, HMAC-SHA256 over everything before it (32). Paxos bodies
 //! start with their instance (0 = the epoch's leader, 1 = its fate), so no frame of one instance can
-//! be replayed into the other. Version 2 added the instance byte and the fate instance.
+//! be replayed into the other. Version 2 added the instance byte and the fate instance;
+//! kind 9 (`SeatGranted`, seats after formation) came later within version 2: a node without it
+//! drops the frame as malformed, and a joiner then waits for its seat as before.
 
 use super::auth::{ClusterId, ProtocolKey, CLUSTER_ID_LEN, MAC_LEN};
 use super::paxos::{Ballot, Value};
@@ -91,6 +93,12 @@ pub enum Body {
         /// The candidate addressed (frames can be replayed to anyone, so the target is signed).
         node: NodeId,
     },
+    /// From a serving server to a seat candidate, after formation: the cluster's seat book
+    /// ([`crate::seat_book`]) holds a server seat for you, join as a server.
+    SeatGranted {
+        /// The candidate addressed (signed, like [`Body::JoinAsAgent`]).
+        node: NodeId,
+    },
 }
 
 /// Which of an epoch's two consensus instances a Paxos message belongs to.
@@ -165,6 +173,7 @@ mod kind {
     pub const ACCEPTED: u8 = 6;
     pub const DECIDED: u8 = 7;
     pub const JOIN_AS_AGENT: u8 = 8;
+    pub const SEAT_GRANTED: u8 = 9;
 }
 
 const FLAG_SERVING: u8 = 1;
@@ -206,6 +215,7 @@ impl Body {
             Body::Accepted { .. } => kind::ACCEPTED,
             Body::Decided { .. } => kind::DECIDED,
             Body::JoinAsAgent { .. } => kind::JOIN_AS_AGENT,
+            Body::SeatGranted { .. } => kind::SEAT_GRANTED,
         }
     }
 
@@ -278,7 +288,9 @@ impl Body {
                 out.push(instance.to_wire());
                 put_value(out, *value);
             }
-            Body::JoinAsAgent { node } => out.extend_from_slice(&node.0.to_be_bytes()),
+            Body::JoinAsAgent { node } | Body::SeatGranted { node } => {
+                out.extend_from_slice(&node.0.to_be_bytes())
+            }
         }
     }
 }
@@ -422,6 +434,7 @@ impl<'a> Reader<'a> {
                 value: self.value()?,
             },
             kind::JOIN_AS_AGENT => Body::JoinAsAgent { node: self.node()? },
+            kind::SEAT_GRANTED => Body::SeatGranted { node: self.node()? },
             _ => return Err(DecodeError::Malformed("unknown message kind")),
         };
         if !self.bytes.is_empty() {
@@ -554,6 +567,7 @@ mod tests {
                 value: Value::Init(NodeId(u64::MAX)),
             },
             Body::JoinAsAgent { node: NodeId(5) },
+            Body::SeatGranted { node: NodeId(6) },
         ]
     }
 

@@ -32,10 +32,14 @@
 //! - A node with an open fate answers each undecided hello with the elected `Init`, so while a fate
 //!   stays open (x dead after its Go was accepted) that traffic continues at the hello rate.
 //! - A granted seat is never revoked, so a seat holder that never joins holds up the next seats.
-//! - Only the init node grants seats; serving servers relay its roster in their hellos (a
-//!   server keeps its copy durably), so a late node gets its role from any serving server (and
-//!   [`Node::role_via`] names it), but a seat still free when the init dies is never granted
-//!   here: seats after formation belong to the cluster's own store ([`crate::seat_book`]).
+//! - Only the init node grants seats from the election alone; serving servers relay its roster in
+//!   their hellos (a server keeps its copy durably), so a late node gets its role from any
+//!   serving server (and [`Node::role_via`] names it). In a full run ([`Node::use_seat_book`])
+//!   the election grants nothing by itself: every seat is written to the cluster's seat book
+//!   ([`crate::seat_book`]) first, by any serving server's keeper, which then tells the node
+//!   (`SeatGranted`; the init also adds it to its roster). While the book has a free seat,
+//!   servers relay the roster without the removed nodes, so a new card waits for that seat
+//!   instead of reading a full roster as "join as an agent".
 //! - A node booting after the cluster exists learns it from any decided peer's hello (decided
 //!   nodes answer an undecided hello at once); it proposes only after `settle_ms`. The driver should
 //!   also pass what discovery already knows (authenticated TXT records, as [`Body::Hello`] through
@@ -132,7 +136,7 @@ pub use instance::Acceptors;
 pub use message::{
     Body, DecodeError, Envelope, Hello, Instance, MAX_FRAME, MAX_ROSTER, PROTOCOL_VERSION,
 };
-pub use node::Node;
+pub use node::{BookView, Node};
 pub use paxos::{Acceptor, Ballot, Value};
 pub use rank::Rank;
 pub use rules::{Paxos, Rules};

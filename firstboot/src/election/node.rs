@@ -38,7 +38,22 @@ pub struct Node<R: Rules = Paxos> {
     init_roster: Vec<NodeId>,
     /// Who sent `init_roster`: the live node a late joiner got its role from.
     roster_via: Option<NodeId>,
+    /// Seats are granted through the cluster's seat book (SPEC 4.4), not by the init alone.
+    book_mode: bool,
+    /// The seat book as the daemon last read it (on a serving server in book mode).
+    book: Option<BookView>,
     rules: R,
+}
+
+/// What a serving server knows of the cluster's seat book ([`crate::seat_book::SeatBook`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BookView {
+    /// Seat holders (the pending joiner included).
+    pub holders: Vec<NodeId>,
+    /// Whether a server join is in progress.
+    pub pending: bool,
+    /// Nodes removed from the cluster (their seats released).
+    pub removed: Vec<NodeId>,
 }
 
 impl Node {
@@ -91,6 +106,8 @@ impl<R: Rules> Node<R> {
             timers,
             init_roster,
             roster_via: None,
+            book_mode: false,
+            book: None,
             rules,
         }
     }
@@ -190,6 +207,11 @@ impl<R: Rules> Node<R> {
             Body::JoinAsAgent { node } => {
                 if node == self.id() {
                     self.join_as_agent(now, sender);
+                }
+            }
+            Body::SeatGranted { node } => {
+                if node == self.id() {
+                    self.take_granted_seat(now, sender);
                 }
             }
         }
@@ -847,11 +869,27 @@ impl<R: Rules> Node<R> {
         if self.state.role != Some(Role::ClusterInit) || !self.state.serving {
             return false;
         }
-        let free = self.servers.saturating_sub(self.state.roster.len());
+        let held = if self.book_mode {
+            // Unknown until the daemon has read the book: tell nobody anything yet.
+            match &self.book {
+                Some(book) => book.holders.len(),
+                None => return false,
+            }
+        } else {
+            self.state.roster.len()
+        };
+        let free = self.servers.saturating_sub(held);
         let mut candidates: Vec<Rank> = self.seat_candidates(now).collect();
         candidates.sort_unstable_by(|a, b| b.cmp(a));
         if self.state.agents.contains(&node) {
             return true;
+        }
+        if self
+            .book
+            .as_ref()
+            .is_some_and(|book| book.holders.contains(&node))
+        {
+            return false;
         }
         candidates
             .iter()
@@ -859,13 +897,17 @@ impl<R: Rules> Node<R> {
             .is_some_and(|position| position >= free)
     }
 
-    fn join_as_agent(&mut self, now: Millis, init: NodeId) {
-        if self.final_value() != Some(Value::Init(init)) || self.state.role.is_some() {
+    fn join_as_agent(&mut self, now: Millis, sender: NodeId) {
+        let Some(Value::Init(init)) = self.final_value() else {
+            return;
+        };
+        // From the init (formation), or from any serving server whose seat book is full.
+        if (sender != init && !self.peers.is_serving(sender)) || self.state.role.is_some() {
             return;
         }
         let role = Role::Agent { join: init };
         self.state.role = Some(role);
-        self.roster_via = Some(init);
+        self.roster_via = Some(sender);
         tracing::debug!(node = %self.id(), ?role, "grant: told to join as an agent");
         self.persist();
         self.emit_after_persist(Event::Role(role));
@@ -873,7 +915,7 @@ impl<R: Rules> Node<R> {
     }
 
     fn grant_seat(&mut self, now: Millis) {
-        if self.state.role != Some(Role::ClusterInit) || !self.state.serving {
+        if self.book_mode || self.state.role != Some(Role::ClusterInit) || !self.state.serving {
             return;
         }
         let candidates = self.seat_candidates(now);
@@ -891,6 +933,93 @@ impl<R: Rules> Node<R> {
         }
     }
 
+    /// Seats are granted through the cluster's seat book from now on (a full run, where K3s's
+    /// etcd keeps the book): the init no longer grants seats by itself; the daemon grants them
+    /// with [`Node::seat_granted`] after writing them to the book. Call before reporting serving.
+    pub fn use_seat_book(&mut self) {
+        self.book_mode = true;
+    }
+
+    /// The seat book as the daemon read it now (book mode, on a serving server).
+    pub fn set_seat_book(&mut self, now: Millis, book: BookView) {
+        self.last_now = self.last_now.max(now);
+        self.book = Some(book);
+        self.progress(now);
+    }
+
+    /// Ranks of the nodes asking for a server seat now (for the daemon's seat keeper): decided
+    /// for this cluster's init, no role yet, not pinned to agent, not told to join as an agent.
+    pub fn seat_askers(&self, now: Millis) -> Vec<Rank> {
+        self.peers
+            .seat_askers(now, self.state.epoch, self.final_value())
+            .filter(|rank| rank.pin != RolePin::Agent && !self.state.agents.contains(&rank.node))
+            .collect()
+    }
+
+    /// The peers that said they serve, heard within the view's TTL.
+    pub fn serving_peers(&self, now: Millis) -> Vec<NodeId> {
+        self.peers.serving_now(now).collect()
+    }
+
+    /// The seat book holds a seat for `node` (written by compare-and-swap before this call):
+    /// tell it to join as a server. The init also adds it to the election's roster while that
+    /// has room, so nodes that learn roles from the roster see the seat too.
+    pub fn seat_granted(&mut self, now: Millis, node: NodeId) {
+        self.last_now = self.last_now.max(now);
+        if !self.book_mode || !self.state.serving || node == self.id() {
+            return;
+        }
+        match self.state.role {
+            Some(Role::ClusterInit) => {
+                if !self.state.roster.contains(&node) && self.state.roster.len() < self.servers {
+                    self.state.roster.push(node);
+                    self.init_roster = self.state.roster.clone();
+                    tracing::debug!(node = %self.id(), seat = %node,
+                        roster = self.state.roster.len(), "grant: server seat (book)");
+                    self.persist();
+                    self.timers.set(Timer::Hello, now);
+                }
+            }
+            Some(Role::Server { .. }) => {}
+            _ => return,
+        }
+        self.send_after_persist(Destination::Node(node), Body::SeatGranted { node });
+    }
+
+    /// The seat book is full: tell an asking `node` to join as an agent (any serving server may,
+    /// after formation; being an agent never touches etcd's membership).
+    pub fn tell_join_as_agent(&mut self, now: Millis, node: NodeId) {
+        self.last_now = self.last_now.max(now);
+        if !self.book_mode || !self.state.serving || node == self.id() {
+            return;
+        }
+        if !self.state.agents.contains(&node) {
+            self.state.agents.push(node);
+            self.persist();
+        }
+        self.send_after_persist(Destination::Node(node), Body::JoinAsAgent { node });
+    }
+
+    /// A serving server told this node that the seat book holds a seat for it.
+    fn take_granted_seat(&mut self, now: Millis, sender: NodeId) {
+        let Some(Value::Init(init)) = self.final_value() else {
+            return;
+        };
+        if self.state.role.is_some()
+            || self.rank.pin == RolePin::Agent
+            || !self.peers.is_serving(sender)
+        {
+            return;
+        }
+        let role = Role::Server { join: init };
+        self.state.role = Some(role);
+        self.roster_via = Some(sender);
+        tracing::debug!(node = %self.id(), ?role, via = %sender, "grant: seat from the book");
+        self.persist();
+        self.emit_after_persist(Event::Role(role));
+        self.timers.set(Timer::Hello, now);
+    }
+
     fn wants_seat(&self) -> bool {
         matches!(self.final_value(), Some(Value::Init(init)) if init != self.id())
             && self.state.role.is_none()
@@ -899,11 +1028,19 @@ impl<R: Rules> Node<R> {
 
     fn send_hello(&mut self, to: Destination) {
         // The init's roster, or a serving server's copy of it (relayed to late joiners).
-        let roster = match self.state.role {
+        let mut roster = match self.state.role {
             Some(Role::ClusterInit) => self.state.roster.clone(),
             Some(Role::Server { .. }) if self.state.serving => self.init_roster.clone(),
             _ => Vec::new(),
         };
+        if let Some(book) = self.book.as_ref().filter(|_| self.book_mode) {
+            if book.holders.len() < self.servers {
+                // A seat is free in the book: relay the roster without the removed nodes, so that
+                // a new card does not read it as full and take an agent's role; it waits for a
+                // grant from the book instead (a roster without the init is not taken at all).
+                roster.retain(|node| !book.removed.contains(node));
+            }
+        }
         let hello = Hello {
             pin: self.rank.pin,
             storage: self.rank.storage,
@@ -1343,6 +1480,186 @@ mod tests {
         // Restarted with the init gone: it relays the copy it kept.
         let mut restarted = Node::new(config(2, 3), Millis(0), Some(request.state));
         assert!(relayed(&mut restarted, 1).contains(&[7, 2, 3].map(NodeId).to_vec()));
+    }
+
+    fn asking_hello(storage: u8) -> Body {
+        Body::Hello(Hello {
+            pin: RolePin::Auto,
+            storage,
+            ram_mib: 1024,
+            decided: Some(Value::Init(NodeId(7))),
+            serving: false,
+            wants_seat: true,
+            roster: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn in_book_mode_the_init_grants_only_the_seats_the_book_holds() {
+        let mut x = Node::new(config(7, 1), Millis(0), None);
+        x.use_seat_book();
+        x.handle_timeout(Millis(1500));
+        persist_all(&mut x);
+        x.report_serving(Millis(1600));
+        persist_all(&mut x);
+        drain_transmits(&mut x);
+        for (node, storage) in [(2, 200), (3, 100)] {
+            x.handle_datagram(Millis(1700), &frame(1, node, asking_hello(storage)))
+                .expect("genuine frame");
+        }
+        // Nobody gets a seat (or an agent's role) from the election alone.
+        persist_all(&mut x);
+        assert!(drain_transmits(&mut x).iter().all(|t| !matches!(
+            decode(1, t).body,
+            Body::JoinAsAgent { .. } | Body::SeatGranted { .. }
+        )));
+        assert_eq!(x.seat_askers(Millis(1700)).len(), 2);
+        // The keeper wrote node 2's seat to the book: the roster grows, node 2 is told, after
+        // the roster is durable.
+        x.set_seat_book(
+            Millis(1800),
+            BookView {
+                holders: vec![NodeId(7), NodeId(2)],
+                pending: true,
+                removed: Vec::new(),
+            },
+        );
+        x.seat_granted(Millis(1800), NodeId(2));
+        let request = x.poll_persist().expect("the grant is persisted");
+        assert_eq!(request.state.roster, [7, 2].map(NodeId));
+        assert!(
+            drain_transmits(&mut x).is_empty(),
+            "nothing before the persist"
+        );
+        x.persisted(request.seq);
+        persist_all(&mut x);
+        let told: Vec<Transmit> = drain_transmits(&mut x);
+        assert!(told.iter().any(|t| t.to == Destination::Node(NodeId(2))
+            && decode(1, t).body == Body::SeatGranted { node: NodeId(2) }));
+        // Node 3 is not excess while the book has a free seat: no agent's role for it.
+        assert!(told.iter().all(|t| t.to != Destination::Node(NodeId(3))));
+    }
+
+    /// A server of roster [7, 2, 3] (this is 2), serving, in book mode.
+    fn serving_book_server() -> Node {
+        let mut server = Node::new(config(2, 3), Millis(0), None);
+        server.use_seat_book();
+        server
+            .handle_datagram(Millis(10), &frame(3, 7, decided_hello(true, &[7, 2, 3])))
+            .expect("genuine frame");
+        persist_all(&mut server);
+        server.report_serving(Millis(20));
+        persist_all(&mut server);
+        drain_transmits(&mut server);
+        server
+    }
+
+    fn relayed_rosters(node: &mut Node, at: u64) -> Vec<Vec<NodeId>> {
+        node.handle_timeout(Millis(at));
+        persist_all(node);
+        drain_transmits(node)
+            .iter()
+            .filter_map(|t| match decode(3, t).body {
+                Body::Hello(h) => Some(h.roster),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_freed_seat_is_not_relayed_as_full_and_a_new_card_takes_it_from_the_book() {
+        let mut server = serving_book_server();
+        assert!(relayed_rosters(&mut server, 2_000).contains(&[7, 2, 3].map(NodeId).to_vec()));
+        // The dead init 7 was removed and its seat released: the relayed roster leaves it out.
+        server.set_seat_book(
+            Millis(2_100),
+            BookView {
+                holders: vec![NodeId(2), NodeId(3)],
+                pending: false,
+                removed: vec![NodeId(7)],
+            },
+        );
+        let rosters = relayed_rosters(&mut server, 4_000);
+        assert!(
+            rosters.contains(&[2, 3].map(NodeId).to_vec()),
+            "{rosters:?}"
+        );
+
+        // A new card hears that roster: it is not the init's, so the card waits for a seat.
+        let mut card = Node::new(config(9, 3), Millis(0), None);
+        card.handle_datagram(Millis(10), &frame(3, 2, decided_hello(true, &[2, 3])))
+            .expect("genuine frame");
+        persist_all(&mut card);
+        assert_eq!(card.status(Millis(10)).role, None);
+        // A grant from a node not heard serving, or addressed to another node, is ignored.
+        card.handle_datagram(
+            Millis(11),
+            &frame(3, 5, Body::SeatGranted { node: NodeId(9) }),
+        )
+        .expect("genuine frame");
+        card.handle_datagram(
+            Millis(12),
+            &frame(3, 2, Body::SeatGranted { node: NodeId(8) }),
+        )
+        .expect("genuine frame");
+        persist_all(&mut card);
+        assert_eq!(card.status(Millis(12)).role, None);
+        // The serving server's grant (after its keeper wrote the book) gives the seat.
+        server.set_seat_book(
+            Millis(4_100),
+            BookView {
+                holders: vec![NodeId(2), NodeId(3), NodeId(9)],
+                pending: true,
+                removed: vec![NodeId(7)],
+            },
+        );
+        server.seat_granted(Millis(4_100), NodeId(9));
+        persist_all(&mut server);
+        let grant = drain_transmits(&mut server)
+            .into_iter()
+            .find(|t| t.to == Destination::Node(NodeId(9)))
+            .expect("the card is told");
+        assert_eq!(
+            decode(3, &grant).body,
+            Body::SeatGranted { node: NodeId(9) }
+        );
+        card.handle_datagram(Millis(20), &grant.frame)
+            .expect("genuine frame");
+        persist_all(&mut card);
+        let role = Role::Server { join: NodeId(7) };
+        assert!(std::iter::from_fn(|| card.poll_event()).any(|e| e == Event::Role(role)));
+        assert_eq!(card.role_via(), Some(NodeId(2)));
+        // With the book full again, the server relays the election's roster unchanged.
+        assert!(relayed_rosters(&mut server, 6_000).contains(&[7, 2, 3].map(NodeId).to_vec()));
+    }
+
+    #[test]
+    fn any_serving_server_sends_a_new_card_to_an_agent_role_when_the_book_is_full() {
+        let mut server = serving_book_server();
+        server.tell_join_as_agent(Millis(30), NodeId(9));
+        persist_all(&mut server);
+        let told = drain_transmits(&mut server)
+            .into_iter()
+            .find(|t| t.to == Destination::Node(NodeId(9)))
+            .expect("the card is told");
+        let mut card = Node::new(config(9, 3), Millis(0), None);
+        card.handle_datagram(Millis(10), &frame(3, 5, decided_hello(false, &[])))
+            .expect("genuine frame");
+        // From a node not serving: ignored.
+        card.handle_datagram(
+            Millis(11),
+            &frame(3, 5, Body::JoinAsAgent { node: NodeId(9) }),
+        )
+        .expect("genuine frame");
+        persist_all(&mut card);
+        assert_eq!(card.status(Millis(11)).role, None);
+        card.handle_datagram(Millis(12), &frame(3, 2, decided_hello(true, &[2, 3])))
+            .expect("genuine frame");
+        card.handle_datagram(Millis(13), &told.frame)
+            .expect("genuine frame");
+        persist_all(&mut card);
+        let agent = Role::Agent { join: NodeId(7) };
+        assert!(std::iter::from_fn(|| card.poll_event()).any(|e| e == Event::Role(agent)));
     }
 
     /// Persists everything asked for, then returns the bodies sent and the events released.

@@ -23,12 +23,13 @@ use crate::clock::{image_build_time, Timedate};
 use crate::config::ClusterConfig;
 use crate::discovery::{Advert, Browser, Publisher, UdpTransport, FRAME_PORT};
 use crate::election::{
-    ElectionConfig, ElectionDriver, ElectionStore, Event, PersistHook, Rank, Timing,
+    BookView, ElectionConfig, ElectionDriver, ElectionStore, Event, PersistHook, Rank, Timing,
 };
 use crate::identity::{hostname_for, node_id, set_hostname_and_hosts};
 use crate::keys::TokenKeys;
 use crate::model::{NodeId, Role};
 use crate::paths::Paths;
+use crate::seat_book::{Asker, Decision, Kubectl, SeatKeeper, SeatStore};
 use crate::status::led::open_led;
 use crate::status::state::{NodeState, Phase};
 use crate::status::Notifier;
@@ -39,6 +40,8 @@ use k3s_step::{K3sProgress, StorageChoice, Wake};
 use report::Report;
 use std::time::Duration;
 
+/// How often a serving server's seat keeper reads the seat book and grants (SPEC 4.4).
+const SEAT_ROUND: Duration = Duration::from_secs(3);
 /// How often the clock step polls timedated while waiting for NTP.
 const NTP_POLL: Duration = Duration::from_secs(1);
 /// The storage score a node ranks with when `--no-storage` skips the probe: the "other device"
@@ -241,6 +244,10 @@ async fn steps(
     let store = ElectionStore::new(&paths.state_dir());
     let mut driver =
         ElectionDriver::start(election_config, store, transport, browser, hook).await?;
+    if args.until.is_none() {
+        // K3s's etcd keeps the seat book: seats are granted through it (SPEC 4.4).
+        driver.use_seat_book();
+    }
     report.phase(Phase::Electing, "electing the cluster-init node");
 
     // Steps 7 and 8 (unless the run stops at the role).
@@ -258,6 +265,10 @@ async fn steps(
     // Past `timeouts.bootstrap` without a role the node says it is blocked, and keeps trying.
     let blocked_at = tokio::time::Instant::now() + config.timeouts.bootstrap;
     let mut blocked = false;
+    // Once this server serves: its seat keeper (a round every SEAT_ROUND).
+    let mut keeper: Option<SeatKeeper> = None;
+    let mut seat_round = tokio::time::interval(SEAT_ROUND);
+    seat_round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         for event in pending.drain(..) {
             match event {
@@ -295,6 +306,19 @@ async fn steps(
             pending.extend(driver.report_serving().await?);
             continue;
         }
+        if keeper.is_none() && k3s.is_some() && report.serving() {
+            if let Some(r @ (Role::ClusterInit | Role::Server { .. })) = role {
+                let store = SeatStore::new(Kubectl::for_root(paths.root()));
+                let init = r == Role::ClusterInit;
+                keeper = Some(SeatKeeper::new(
+                    store,
+                    id,
+                    &hostname,
+                    init,
+                    config.servers.into(),
+                ));
+            }
+        }
         report.election(&driver.status(), &driver.peers());
         let overdue = role.is_none() && !blocked;
         let k3s_wake = async {
@@ -331,6 +355,10 @@ async fn steps(
                     Wake::Retry => k3s.on_retry(paths, config)?,
                 }
             }
+            _ = seat_round.tick(), if keeper.is_some() => {
+                let Some(keeper) = keeper.clone() else { continue };
+                pending.extend(keep_seats(&keeper, &mut driver, config).await?);
+            }
             () = tokio::time::sleep_until(blocked_at), if overdue => {
                 blocked = true;
                 report.blocked(config.timeouts.bootstrap, &driver.status());
@@ -342,6 +370,69 @@ async fn steps(
             }
         }
     }
+}
+
+/// One seat keeper round (kubectl runs off the loop's thread): read the book, decide, write by
+/// compare-and-swap, then tell the election what the book says. A failed round (K3s restarting,
+/// the apiserver busy) is logged and tried again next round.
+async fn keep_seats(
+    keeper: &SeatKeeper,
+    driver: &mut ElectionDriver,
+    config: &ClusterConfig,
+) -> anyhow::Result<Vec<Event>> {
+    let names: std::collections::BTreeMap<NodeId, String> = driver
+        .peers()
+        .verified
+        .into_iter()
+        .map(|p| (p.advert.node, p.service))
+        .collect();
+    let askers: Vec<Asker> = driver
+        .seat_askers()
+        .into_iter()
+        .map(|rank| Asker {
+            name: names
+                .get(&rank.node)
+                .cloned()
+                .unwrap_or_else(|| hostname_for(&config.name, rank.node, None)),
+            rank,
+        })
+        .collect();
+    let serving = driver.serving_peers();
+    let keeper = keeper.clone();
+    let now = unix_now();
+    let round = tokio::task::spawn_blocking(move || keeper.round(&askers, &serving, now))
+        .await
+        .context("joining the seat keeper")?;
+    let (decision, book) = match round {
+        Ok(Some(done)) => done,
+        Ok(None) => return Ok(Vec::new()),
+        Err(e) => {
+            tracing::warn!(error = %e, "seat keeper round failed; retrying");
+            return Ok(Vec::new());
+        }
+    };
+    if decision != Decision::Idle {
+        tracing::info!(?decision, holders = book.holders.len(), "seat keeper");
+    }
+    let view = BookView {
+        holders: book.holders.iter().map(|h| h.node).collect(),
+        pending: book.pending.is_some(),
+        removed: book.removed.iter().map(|r| r.node).collect(),
+    };
+    let (grant, agents) = match decision {
+        Decision::Grant(node) => (Some(node), Vec::new()),
+        Decision::Agents(nodes) => (None, nodes),
+        Decision::Idle | Decision::Joined(_) | Decision::Wait(_) => (None, Vec::new()),
+    };
+    driver.seat_round(view, grant, &agents).await
+}
+
+/// Seconds since the epoch (the seat book's times).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// The storage step's settings from `[storage]`.

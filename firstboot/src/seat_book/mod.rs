@@ -10,17 +10,27 @@
 //! holds once written even if its writer dies the next moment, and the book's own rules
 //! ([`book`]) keep at most `servers` holders and one join at a time.
 //!
-//! Layout: [`book`] (the pure rules), [`kubectl`] (running `k3s kubectl`, its errors),
-//! [`store`] (the ConfigMap and the CAS loop).
+//! Layout: [`book`] (the pure rules), [`keeper`] (what a serving server decides each round, and
+//! the round through the store), [`kubectl`] (running `k3s kubectl`, its errors), [`store`] (the
+//! ConfigMap and the CAS loop).
 //!
-//! Not yet done (issue 18): the daemon does not consult the book yet (post-formation grants still
-//! come from the election's roster), nothing expires a join that never completes, and the
-//! replacement loop (`replace_after`) that would `release` a dead server's seat does not exist.
+//! In a full run every serving server runs a [`SeatKeeper`] round every 3 s (the daemon, in
+//! `lifecycle`): the init creates the book holding its own seat before it grants any other, and
+//! from then on every seat (during formation too) is written to the book before the election
+//! tells the node (`SeatGranted`, or the init's roster). `--until role` runs (no K3s) keep the
+//! election's own grants.
+//!
+//! Not yet done (issue 18): nothing expires a join that never completes (a pending joiner that
+//! dies holds up further grants until the healer removes it), a cluster formed by an older
+//! firstboot (no book) grants no seat after formation, and nothing yet `release`s a dead
+//! server's seat in the daemon (no healer loop).
 
 pub mod book;
+pub mod keeper;
 pub mod kubectl;
 pub mod store;
 
 pub use book::{GrantRefused, PendingJoin, RemovedNode, SeatBook, SeatHolder};
+pub use keeper::{Asker, Decision, SeatKeeper};
 pub use kubectl::{Kubectl, KubectlError};
 pub use store::{SeatStore, StoreError, Updated, CONFIGMAP_NAME, CONFIGMAP_NAMESPACE};

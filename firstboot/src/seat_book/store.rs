@@ -111,31 +111,50 @@ impl SeatStore {
     pub fn update<T>(
         &self,
         initial: impl Fn() -> SeatBook,
-        mut decide: impl FnMut(&SeatBook) -> (T, Option<SeatBook>),
+        decide: impl FnMut(&SeatBook) -> (T, Option<SeatBook>),
     ) -> Result<Updated<T>, StoreError> {
+        self.update_from(Some(&initial), decide)
+            .map(|updated| updated.expect("an initial book is given"))
+    }
+
+    /// [`SeatStore::update`] on a book that exists: `None` (nothing decided, nothing written)
+    /// while none is stored, for writers that must never create it.
+    pub fn update_existing<T>(
+        &self,
+        decide: impl FnMut(&SeatBook) -> (T, Option<SeatBook>),
+    ) -> Result<Option<Updated<T>>, StoreError> {
+        self.update_from(None, decide)
+    }
+
+    fn update_from<T>(
+        &self,
+        initial: Option<&dyn Fn() -> SeatBook>,
+        mut decide: impl FnMut(&SeatBook) -> (T, Option<SeatBook>),
+    ) -> Result<Option<Updated<T>>, StoreError> {
         let mut conflicts = 0;
         while conflicts < MAX_ATTEMPTS {
-            let (book, version) = match self.read()? {
-                Some((book, version)) => (book, Some(version)),
-                None => (initial(), None),
+            let (book, version) = match (self.read()?, initial) {
+                (Some((book, version)), _) => (book, Some(version)),
+                (None, Some(initial)) => (initial(), None),
+                (None, None) => return Ok(None),
             };
             let (outcome, next) = decide(&book);
             let Some(next) = next.filter(|next| *next != book || version.is_none()) else {
-                return Ok(Updated {
+                return Ok(Some(Updated {
                     book,
                     outcome,
                     wrote: false,
                     conflicts,
-                });
+                }));
             };
             match self.write(&next, version.as_deref()) {
                 Ok(()) => {
-                    return Ok(Updated {
+                    return Ok(Some(Updated {
                         book: next,
                         outcome,
                         wrote: true,
                         conflicts,
-                    })
+                    }))
                 }
                 Err(StoreError::Kubectl(
                     KubectlError::Conflict(_) | KubectlError::AlreadyExists(_),

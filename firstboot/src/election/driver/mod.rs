@@ -14,8 +14,8 @@ use crate::discovery::record::PeerClass;
 use crate::discovery::table::PeerSummary;
 use crate::discovery::{Browser, FrameTransport, PeerEvent, PeerTable, UdpTransport};
 use crate::election::{
-    Body, Destination, ElectionConfig, ElectionStatus, Envelope, Event, Hello, Millis, Node,
-    NodeId, PersistedState,
+    Body, BookView, Destination, ElectionConfig, ElectionStatus, Envelope, Event, Hello, Millis,
+    Node, NodeId, PersistedState, Rank,
 };
 use anyhow::Context;
 use std::collections::BTreeMap;
@@ -128,6 +128,40 @@ impl ElectionDriver {
     /// Any authenticated peer's address (to find the local address that routes to the LAN).
     pub fn any_peer_addr(&self) -> Option<SocketAddr> {
         self.addrs.values().next().copied()
+    }
+
+    /// Seats are granted through the cluster's seat book (see [`Node::use_seat_book`]).
+    pub fn use_seat_book(&mut self) {
+        self.node.use_seat_book();
+    }
+
+    /// The nodes asking for a server seat now (see [`Node::seat_askers`]).
+    pub fn seat_askers(&self) -> Vec<Rank> {
+        self.node.seat_askers(self.now())
+    }
+
+    /// The peers heard serving now.
+    pub fn serving_peers(&self) -> Vec<NodeId> {
+        self.node.serving_peers(self.now())
+    }
+
+    /// A seat keeper's round ended: the book it saw, the seats it holds for `grant` and the
+    /// askers it sends to agent roles; sends what follows.
+    pub async fn seat_round(
+        &mut self,
+        book: BookView,
+        grant: Option<NodeId>,
+        agents: &[NodeId],
+    ) -> anyhow::Result<Vec<Event>> {
+        let now = self.now();
+        self.node.set_seat_book(now, book);
+        if let Some(node) = grant {
+            self.node.seat_granted(now, node);
+        }
+        for node in agents {
+            self.node.tell_join_as_agent(now, *node);
+        }
+        self.drain().await
     }
 
     /// Tells the core this node's role is up (K3s active, or the stand-in of `--until role`).

@@ -1,0 +1,224 @@
+//! The seat keeper: what a serving server does with the seat book each round (pure [`decide`]) and the round itself through the store ([`SeatKeeper`]).
+//!
+//! Every serving server runs a keeper once K3s serves (the bootstrap election grants nothing by
+//! itself in a full run, see [`crate::election::Node::use_seat_book`]). A round reads the book,
+//! decides on it and writes the decision by compare-and-swap, so two keepers deciding at once
+//! cannot both write: the loser reads again and decides on the winner's book. A decision is one
+//! of: end the pending join once its node serves; repeat a grant to a holder that still asks (its
+//! first notice was lost, or came from a keeper that died); grant the one free seat to the best
+//! asker; send the askers to agent roles when every seat is held; wait while a join is in progress.
+//! The election frames that tell a node its seat (`SeatGranted`) are sent only after the book
+//! holds the seat, so a grant survives the keeper's death the next moment.
+
+use super::book::{GrantRefused, SeatBook, SeatHolder};
+use super::store::{SeatStore, StoreError};
+use crate::election::Rank;
+use crate::model::NodeId;
+
+/// A node asking for a server seat (its signed hello said so).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Asker {
+    /// Its rank inputs (best first: SSD before SD, then RAM, then id).
+    pub rank: Rank,
+    /// Its K3s node name (hostname), as discovery knows it.
+    pub name: String,
+}
+
+/// What a keeper round decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Nobody asks and no join completed.
+    Idle,
+    /// The pending join of this node completed (it serves): the next join may begin.
+    Joined(NodeId),
+    /// This node holds a seat in the book: tell it to join as a server.
+    Grant(NodeId),
+    /// Every seat is held: tell these askers to join as agents.
+    Agents(Vec<NodeId>),
+    /// This node's join is in progress: the askers wait for it.
+    Wait(NodeId),
+}
+
+/// The keeper's decision on `book`: the outcome and the book to write (`None`: unchanged).
+/// `serving` are the nodes heard serving now; `now` in unix seconds.
+pub fn decide(
+    book: &SeatBook,
+    askers: &[Asker],
+    serving: &[NodeId],
+    servers: usize,
+    now: i64,
+) -> (Decision, Option<SeatBook>) {
+    if let Some(pending) = &book.pending {
+        if serving.contains(&pending.node) {
+            return (Decision::Joined(pending.node), book.joined(pending.node));
+        }
+    }
+    // A holder still asking did not hear its grant: repeat it (no write).
+    if let Some(asker) = askers.iter().find(|a| book.holds(a.rank.node)) {
+        return (Decision::Grant(asker.rank.node), None);
+    }
+    let Some(best) = askers.iter().max_by_key(|a| a.rank) else {
+        return (Decision::Idle, None);
+    };
+    match book.grant(best.rank.node, &best.name, now, servers) {
+        Ok(next) => (Decision::Grant(best.rank.node), Some(next)),
+        Err(GrantRefused::Full { .. }) => (
+            Decision::Agents(askers.iter().map(|a| a.rank.node).collect()),
+            None,
+        ),
+        Err(GrantRefused::JoinInProgress(node)) => (Decision::Wait(node), None),
+    }
+}
+
+/// One serving server's keeper, through the seat store.
+#[derive(Clone, Debug)]
+pub struct SeatKeeper {
+    store: SeatStore,
+    me: SeatHolder,
+    init: bool,
+    servers: usize,
+}
+
+impl SeatKeeper {
+    /// The keeper of node `me` (named `name`); `init` when it is the cluster-init node, the only
+    /// one that creates the book (holding just its own seat, before it grants any other).
+    pub fn new(store: SeatStore, me: NodeId, name: &str, init: bool, servers: usize) -> Self {
+        SeatKeeper {
+            store,
+            me: SeatHolder {
+                node: me,
+                name: name.to_string(),
+                granted_at: 0,
+            },
+            init,
+            servers,
+        }
+    }
+
+    /// One round at `now` (unix seconds): the decision and the book as stored afterwards;
+    /// `None` on a non-init server while no book exists yet (the init creates it before its
+    /// first grant, so no other server can exist without one).
+    pub fn round(
+        &self,
+        askers: &[Asker],
+        serving: &[NodeId],
+        now: i64,
+    ) -> Result<Option<(Decision, SeatBook)>, StoreError> {
+        let decide = |book: &SeatBook| decide(book, askers, serving, self.servers, now);
+        let updated = if self.init {
+            let me = SeatHolder {
+                granted_at: now,
+                ..self.me.clone()
+            };
+            self.store
+                .update(|| SeatBook::formed(vec![me.clone()]), decide)?
+        } else {
+            match self.store.update_existing(decide)? {
+                Some(updated) => updated,
+                None => return Ok(None),
+            }
+        };
+        Ok(Some((updated.outcome, updated.book)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RolePin;
+
+    fn asker(node: u64, storage: u8) -> Asker {
+        Asker {
+            rank: Rank {
+                pin: RolePin::Auto,
+                storage,
+                ram_mib: 1024,
+                node: NodeId(node),
+            },
+            name: format!("lab-{node}"),
+        }
+    }
+
+    fn holders(nodes: &[u64]) -> SeatBook {
+        SeatBook::formed(
+            nodes
+                .iter()
+                .map(|n| SeatHolder {
+                    node: NodeId(*n),
+                    name: format!("lab-{n}"),
+                    granted_at: 1,
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn the_best_asker_gets_the_free_seat_ssd_first() {
+        let book = holders(&[1, 2]);
+        let (decision, next) = decide(
+            &book,
+            &[asker(7, 30), asker(4, 90)],
+            &[1, 2].map(NodeId),
+            3,
+            50,
+        );
+        assert_eq!(decision, Decision::Grant(NodeId(4)));
+        let next = next.expect("the grant is written");
+        assert!(next.holds(NodeId(4)) && !next.holds(NodeId(7)));
+        assert_eq!(
+            next.pending.as_ref().map(|p| (p.node, p.since)),
+            Some((NodeId(4), 50))
+        );
+    }
+
+    #[test]
+    fn one_join_at_a_time_then_the_next() {
+        let book = holders(&[1]).grant(NodeId(4), "lab-4", 10, 3).unwrap();
+        // Node 4 got its grant but does not serve yet: node 5 waits, node 4 is told again.
+        let serving = [NodeId(1)];
+        assert_eq!(
+            decide(&book, &[asker(5, 90)], &serving, 3, 11),
+            (Decision::Wait(NodeId(4)), None)
+        );
+        assert_eq!(
+            decide(&book, &[asker(4, 90), asker(5, 90)], &serving, 3, 11),
+            (Decision::Grant(NodeId(4)), None)
+        );
+        // Node 4 serves: its join ends (one write), then node 5 gets the last seat.
+        let serving = [NodeId(1), NodeId(4)];
+        let (decision, next) = decide(&book, &[asker(5, 90)], &serving, 3, 12);
+        assert_eq!(decision, Decision::Joined(NodeId(4)));
+        let next = next.unwrap();
+        assert_eq!(next.pending, None);
+        let (decision, full) = decide(&next, &[asker(5, 90)], &serving, 3, 13);
+        assert_eq!(decision, Decision::Grant(NodeId(5)));
+        assert_eq!(full.unwrap().holders.len(), 3);
+    }
+
+    #[test]
+    fn a_full_book_sends_askers_to_agents_and_nobody_idles_into_a_write() {
+        let book = holders(&[1, 2, 3]);
+        let serving = [1, 2, 3].map(NodeId);
+        assert_eq!(
+            decide(&book, &[asker(4, 90), asker(5, 10)], &serving, 3, 9),
+            (Decision::Agents(vec![NodeId(4), NodeId(5)]), None)
+        );
+        assert_eq!(decide(&book, &[], &serving, 3, 9), (Decision::Idle, None));
+    }
+
+    #[test]
+    fn a_released_seat_is_granted_once_and_never_beyond_servers() {
+        let book = holders(&[1, 2, 3]).release(NodeId(1), 20).unwrap();
+        let serving = [2, 3].map(NodeId);
+        // A tie on storage and RAM: the lowest id wins.
+        let (decision, next) = decide(&book, &[asker(9, 90), asker(8, 90)], &serving, 3, 21);
+        assert_eq!(decision, Decision::Grant(NodeId(8)));
+        let next = next.unwrap();
+        assert_eq!(next.holders.len(), 3);
+        // A second keeper deciding on the written book grants nothing more.
+        assert_eq!(
+            decide(&next, &[asker(9, 90)], &serving, 3, 21),
+            (Decision::Wait(NodeId(8)), None)
+        );
+    }
+}
