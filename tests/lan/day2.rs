@@ -5,8 +5,7 @@
 //! as in `formation.rs`. A partition is a failed link between two switches: the nodes keep their
 //! carrier (see `Lan::partition`), so only multicast DNS itself can tell them the others are back.
 
-mod formation_support;
-mod harness;
+use systests::lan::{formation_support, harness};
 
 use formation_support::{
     add_cluster_nodes, can_run, check_roles, formation_lock, role_of, start_node, wait_roles,

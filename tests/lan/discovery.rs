@@ -1,6 +1,6 @@
 //! Discovery on a real virtual LAN: publish, browse, verify, survive restarts and collisions, leak nothing.
 
-mod harness;
+use systests::lan::harness;
 
 use harness::{contains, random_token, skip_reason, Lan, Node};
 use serde_json::Value;

@@ -8,8 +8,7 @@
 //! builds) with `HOLD_ELECTED_ENV`, which holds whichever node wins the first epoch right there
 //! (see `held_firstboot.rs`).
 
-mod formation_support;
-mod harness;
+use systests::lan::{formation_support, harness};
 
 use formation_support::{
     add_cluster_nodes, all_role_lines, assert_one_cluster, can_run, election_state, formation_lock,

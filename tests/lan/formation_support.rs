@@ -1,15 +1,13 @@
 //! Shared by the formation tests and the formation benchmark: configs, starting `firstboot run`, roles.
 
-#![allow(dead_code)] // the test and the benchmark use different parts
-
-use crate::harness::{self, firstboot_bin, random_token, skip_reason, Lan, Node};
+use super::harness::{self, firstboot_bin, random_token, skip_reason, Lan, Node};
+use crate::HOLD_ELECTED_ENV;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
-use systests::HOLD_ELECTED_ENV;
 
 /// Liveness bound of a formation on a loaded CI machine (not a speed goal: see formation-bench).
 const ROLE_WAIT: Duration = Duration::from_secs(120);

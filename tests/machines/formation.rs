@@ -1,7 +1,7 @@
 //! Machines form a cluster: node images built by imagebuild, booted under systemd-nspawn on one
 //! LAN, with nothing typed on any of them (issue 10).
 
-mod harness;
+use systests::machines::harness;
 
 use harness::base::Release;
 use harness::{cluster_toml, random_token, Lan, Machine};

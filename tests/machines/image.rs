@@ -13,11 +13,7 @@
 //!
 //! The image is cached beside the base, keyed by the sha256 of every input.
 
-#![allow(dead_code)] // each test uses a different part of the machines harness
-
-#[path = "base.rs"]
-pub mod base;
-
+use super::base;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -29,15 +25,17 @@ pub const K3S_VERSION: &str = "v1.31.10+k3s1";
 pub const BOARD: &str = "test-amd64";
 
 fn machines_dir() -> PathBuf {
-    systests::repo_root().join("tests/machines")
+    crate::repo_root().join("tests/machines")
 }
 
 /// The K3s test double binary: cargo's own for tests of this package, else built like firstboot.
 pub fn k3s_double_bin() -> Result<PathBuf> {
-    match option_env!("CARGO_BIN_EXE_k3s-double") {
-        Some(p) => Ok(PathBuf::from(p)),
-        None => workspace_bin("systests", "k3s-double"),
+    // Cargo builds a package's binaries before its integration tests, which run from `deps/`.
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    if exe.parent().is_some_and(|dir| dir.ends_with("deps")) {
+        return Ok(crate::bin_path("k3s-double"));
     }
+    workspace_bin("systests", "k3s-double")
 }
 
 /// The host `firstboot` binary next to this test's profile directory, built first if needed.
@@ -84,7 +82,7 @@ fn workspace_bin(package: &str, bin: &str) -> Result<PathBuf> {
             cmd.env("CARGO_TARGET_DIR", target_dir);
         }
         let status = cmd
-            .current_dir(systests::repo_root())
+            .current_dir(crate::repo_root())
             .status()
             .with_context(|| format!("running cargo build -p {package} --bin {bin}"))?;
         if !status.success() {
@@ -139,10 +137,10 @@ fn write_data_dir(dir: &Path) -> Result<()> {
         boards.join(format!("{BOARD}.toml")),
     )?;
     std::fs::copy(
-        systests::repo_root().join("boards/bases.toml"),
+        crate::repo_root().join("boards/bases.toml"),
         boards.join("bases.toml"),
     )?;
-    std::os::unix::fs::symlink(systests::repo_root().join("overlays"), dir.join("overlays"))?;
+    std::os::unix::fs::symlink(crate::repo_root().join("overlays"), dir.join("overlays"))?;
     Ok(())
 }
 
@@ -158,7 +156,7 @@ pub fn node_image(release: base::Release) -> Result<PathBuf> {
     h.update(std::fs::read(k3s_double_bin()?).context("reading k3s-double")?);
     hash_tree(&mut h, &machines_dir().join("overlay"))?;
     hash_tree(&mut h, &machines_dir().join("board"))?;
-    hash_tree(&mut h, &systests::repo_root().join("overlays"))?;
+    hash_tree(&mut h, &crate::repo_root().join("overlays"))?;
     h.update(include_str!("image.rs").as_bytes());
     let key = hex::encode(h.finalize())[..16].to_string();
 

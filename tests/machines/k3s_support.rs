@@ -1,9 +1,7 @@
 //! Shared by the K3s machine tests (`k3s_*.rs`): finding the init machine, the CA on disk, a
 //! per-machine fake wall clock, and killing firstboot inside a machine.
 
-#![allow(dead_code)] // each test uses a different part
-
-use crate::harness::{Lan, Machine};
+use super::harness::{Lan, Machine};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::process::Command;
@@ -15,9 +13,9 @@ pub const FAKE_CLOCK_OFFSET: &str = "etc/fake-clock-offset-ns";
 
 /// True (after printing why) when the machine tests cannot run here.
 pub fn skip(test: &str) -> bool {
-    match crate::harness::skip_reason() {
+    match super::harness::skip_reason() {
         Some(why) => {
-            systests::skip(test, &why);
+            crate::skip(test, &why);
             true
         }
         None => false,
@@ -54,7 +52,7 @@ pub fn phase_on_disk(m: &Machine) -> Option<String> {
 /// Gives machine `m` (before it boots) its own wall clock, `behind_secs` behind the host's:
 /// builds `k3s_fake_clock.c` and preloads it into every process of the machine.
 pub fn install_fake_clock(m: &Machine, behind_secs: i64) {
-    let source = systests::repo_root().join("tests/machines/k3s_fake_clock.c");
+    let source = crate::repo_root().join("tests/machines/k3s_fake_clock.c");
     let lib = m.root.join("usr/local/lib/libfakeclock.so");
     let out = Command::new("cc")
         .args(["-O2", "-shared", "-fPIC", "-o"])

@@ -1,14 +1,8 @@
 //! System tests of the K3s and firstboot payload of `imagebuild build`: a generated release served
 //! on 127.0.0.1, checksum refusal, offline builds, the firstboot binary, units and their enablement.
 
-#[path = "../image/fixture.rs"]
-mod fixture;
-#[path = "../image/http.rs"]
-mod http;
-#[path = "release.rs"]
-mod release;
-#[path = "../image/support.rs"]
-mod support;
+use systests::image::{fixture, http, support};
+use systests::payload::release;
 
 use fixture::{Flavor, Spec};
 use std::path::{Path, PathBuf};

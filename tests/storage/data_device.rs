@@ -1,8 +1,7 @@
 //! data_device on real loop devices (root only): an empty disk is formatted, filled with the old
 //! data directory and mounted under a test root; a disk holding anything is refused untouched.
 
-#[path = "devices.rs"]
-mod devices;
+use systests::storage::devices;
 
 use devices::{run, LoopDevice};
 use firstboot::storage::data_device::{move_data_to, DataDeviceError, Host, Signature, LABEL};

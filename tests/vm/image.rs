@@ -11,11 +11,7 @@
 //!
 //! Cached beside the base, keyed by the sha256 of every input.
 
-#![allow(dead_code)] // each test uses a different part of the VM harness
-
-#[path = "base.rs"]
-pub mod base;
-
+use super::base;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -29,7 +25,7 @@ pub const BOARD: &str = "rpi4";
 pub const TARGET: &str = "aarch64-unknown-linux-musl";
 
 fn vm_dir() -> PathBuf {
-    systests::repo_root().join("tests/vm")
+    crate::repo_root().join("tests/vm")
 }
 
 /// `<target>/<profile>` of the running program.
@@ -62,7 +58,7 @@ fn cargo(args: &[&str]) -> Command {
             cmd.env_remove(name.as_ref());
         }
     }
-    cmd.current_dir(systests::repo_root());
+    cmd.current_dir(crate::repo_root());
     cmd
 }
 
@@ -160,15 +156,15 @@ pub fn node_image() -> Result<PathBuf> {
     let imagebuild = imagebuild_bin()?;
     // The firstboot imagebuild will install (built here so its bytes key the cache; imagebuild
     // finds the same build in the same target directory).
-    let firstboot = systests::shipped_aarch64_firstboot();
+    let firstboot = crate::shipped_aarch64_firstboot();
     let mut h = Sha256::new();
     h.update(base::key().as_bytes());
     for bin in [&imagebuild, &firstboot, &double] {
         h.update(std::fs::read(bin).with_context(|| format!("reading {}", bin.display()))?);
     }
     hash_tree(&mut h, &vm_dir().join("overlay"))?;
-    hash_tree(&mut h, &systests::repo_root().join("boards"))?;
-    hash_tree(&mut h, &systests::repo_root().join("overlays"))?;
+    hash_tree(&mut h, &crate::repo_root().join("boards"))?;
+    hash_tree(&mut h, &crate::repo_root().join("overlays"))?;
     h.update(include_str!("image.rs").as_bytes());
     let key = hex::encode(h.finalize())[..16].to_string();
 
@@ -216,7 +212,7 @@ pub fn node_image() -> Result<PathBuf> {
     let output = work.path().join("node.img");
     let run = Command::new(&imagebuild)
         .arg("--data-dir")
-        .arg(systests::repo_root())
+        .arg(crate::repo_root())
         .arg("build")
         .arg(&recipe)
         .arg("-o")
