@@ -1,6 +1,7 @@
 //! Shared by the formation tests and the formation benchmark: configs, starting `firstboot run`, roles.
 
-use super::harness::{self, firstboot_bin, random_token, skip_reason, Lan, Node};
+pub use super::harness::can_run;
+use super::harness::{firstboot_bin, random_token, Lan, Node};
 use crate::HOLD_ELECTED_ENV;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -33,20 +34,6 @@ impl ClusterSpec {
             token: random_token(),
             nodes,
             servers,
-        }
-    }
-}
-
-/// Skips (printing why) unless the LAN can be built here; builds firstboot.
-pub fn can_run(test: &str) -> bool {
-    match skip_reason() {
-        Some(reason) => {
-            println!("skipping {test}: {reason}");
-            false
-        }
-        None => {
-            harness::build_firstboot();
-            true
         }
     }
 }

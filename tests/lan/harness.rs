@@ -39,6 +39,20 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
+/// Skips (printing why) unless the LAN can be built here; builds firstboot.
+pub fn can_run(test: &str) -> bool {
+    match skip_reason() {
+        Some(reason) => {
+            println!("skipping {test}: {reason}");
+            false
+        }
+        None => {
+            build_firstboot();
+            true
+        }
+    }
+}
+
 /// Builds the `firstboot` binary the tests run (cargo only builds the tested package's own
 /// binaries); a no-op when it is current. Serialized so parallel tests do not race on it.
 /// Built as shipped, without features (the hold some tests need is in `firstboot-held`).
@@ -199,7 +213,7 @@ fn check(mut cmd: Command, what: &str) -> Output {
 
 /// One node: namespaces, daemons, the programs it runs, its files.
 pub struct Node {
-    /// Node number (1-based); its address is 198.18.0.<index>.
+    /// Node number (1-based); its address is `198.18.0.<index>`.
     pub index: usize,
     /// Directory holding its root prefix, configs and logs.
     pub dir: PathBuf,
