@@ -97,7 +97,7 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 fn sha(path: &Path) -> String {
-    imagebuild::source::sha256_file(path).unwrap()
+    imagebuild::io::sha256_file(path).unwrap()
 }
 
 fn copy(from: &Path, to: &Path) {

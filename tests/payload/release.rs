@@ -20,7 +20,8 @@ pub struct FakeRelease {
     pub airgap_sha256: String,
 }
 
-fn sha256(bytes: &[u8]) -> String {
+/// sha256 of `bytes` as hex.
+pub fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
