@@ -112,6 +112,9 @@ pub mod lan {
     pub mod harness;
 }
 
+/// Building and caching the node image of the machine and VM tests.
+pub mod node_image;
+
 /// The nspawn machines: their base images, the node image, the harness, the K3s tests' helpers.
 pub mod machines {
     pub mod base;
