@@ -45,6 +45,43 @@ pub fn formation_lock() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The opening of a formation test: `None` (having printed why) when the LAN cannot run here;
+/// else the formation lock, held, and a LAN with `count` nodes of a new cluster `homelab` of
+/// `nodes` nodes and `servers` servers.
+pub fn homelab_lan(
+    test: &str,
+    nodes: u8,
+    servers: u8,
+    count: usize,
+) -> Option<(MutexGuard<'static, ()>, Lan, ClusterSpec)> {
+    if !can_run(test) {
+        return None;
+    }
+    let serial = formation_lock();
+    let mut lan = Lan::new();
+    let spec = ClusterSpec::new("homelab", nodes, servers);
+    add_cluster_nodes(&mut lan, &spec, count);
+    Some((serial, lan, spec))
+}
+
+/// Polls `found` every 100 ms until it gives a value; panics with `what` once `bound` has passed
+/// since `since`.
+pub fn wait_until<T>(
+    since: Instant,
+    bound: Duration,
+    what: &str,
+    mut found: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = since + bound;
+    loop {
+        if let Some(value) = found() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        sleep(Duration::from_millis(100));
+    }
+}
+
 /// The firstboot binary: beside a test's `deps/` directory, or beside a benchmark program.
 pub fn firstboot_path() -> PathBuf {
     let beside_tests = firstboot_bin();
