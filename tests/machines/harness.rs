@@ -66,6 +66,17 @@ pub fn skip_reason() -> Option<String> {
     )
 }
 
+/// True (after printing why) when the machine tests cannot run here.
+pub fn skip(test: &str) -> bool {
+    match skip_reason() {
+        Some(why) => {
+            crate::skip(test, &why);
+            true
+        }
+        None => false,
+    }
+}
+
 /// A random cluster token that is easy to search for in files and logs.
 pub fn random_token() -> String {
     let mut bytes = [0u8; 12];

@@ -11,16 +11,7 @@ pub const SERVER_CA: &str = "var/lib/rancher/k3s/server/tls/server-ca.crt";
 /// The offset file of the fake clock (see `k3s_fake_clock.c`).
 pub const FAKE_CLOCK_OFFSET: &str = "etc/fake-clock-offset-ns";
 
-/// True (after printing why) when the machine tests cannot run here.
-pub fn skip(test: &str) -> bool {
-    match super::harness::skip_reason() {
-        Some(why) => {
-            crate::skip(test, &why);
-            true
-        }
-        None => false,
-    }
-}
+pub use super::harness::skip;
 
 /// The machine whose firstboot reports the init role.
 pub fn init_machine(lan: &Lan) -> &Machine {
