@@ -97,3 +97,53 @@ pub mod election_sim;
 
 /// The Raspberry Pi OS disk layout of the test bases (machines and VMs).
 pub mod raspios_disk;
+
+/// The K3s test double's parts that its tests drive directly (the `k3s-double` program uses them
+/// from here).
+pub mod k3s_double {
+    pub mod config;
+    pub mod etcd;
+    pub mod wire;
+}
+
+/// The virtual LAN of namespaced nodes and the formation tests' helpers on it.
+pub mod lan {
+    pub mod formation_support;
+    pub mod harness;
+}
+
+/// Building and caching the node image of the machine and VM tests.
+pub mod node_image;
+
+/// The nspawn machines: their base images, the node image, the harness, the K3s tests' helpers.
+pub mod machines {
+    pub mod base;
+    pub mod harness;
+    pub mod image;
+    pub mod k3s_support;
+}
+
+/// The emulated arm64 machine: its base image, the node image and the harness.
+pub mod vm {
+    pub mod base;
+    pub mod harness;
+    pub mod image;
+}
+
+/// The image tests' fixtures: base images, a file server, the imagebuild binary and checks.
+pub mod image {
+    pub mod fixture;
+    pub mod http;
+    pub mod support;
+}
+
+/// The payload tests' generated K3s release.
+pub mod payload {
+    pub mod release;
+}
+
+/// The storage tests' devices: loop devices, throttled cgroups, a slow FUSE disk.
+pub mod storage {
+    pub mod delayed_disk;
+    pub mod devices;
+}

@@ -406,7 +406,7 @@ mod tests {
         assert_eq!(map.image_size, 10 << 20);
         assert!(map.mapped_blocks() < map.blocks_count() / 2, "{map:?}");
         assert!(map.ranges.iter().any(|r| r.first == 0));
-        let whole = crate::source::sha256_file(&p).unwrap();
+        let whole = crate::io::sha256_file(&p).unwrap();
         assert_eq!(map.image_sha256.as_deref(), Some(whole.as_str()));
         let xml = map.to_xml();
         assert_eq!(Bmap::parse(&xml).unwrap(), map);

@@ -2,7 +2,6 @@
 
 use crate::progress::{Meter, MeteredReader};
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
@@ -71,7 +70,7 @@ pub fn download(url: &str, expected: Option<&str>, partial: &Path, dest: &Path) 
             }
         }
     }
-    let actual = crate::source::sha256_file(partial)?;
+    let actual = crate::io::sha256_file(partial)?;
     if let Some(want) = expected {
         if !want.eq_ignore_ascii_case(&actual) {
             // A corrupt partial must not be resumed next time.
@@ -138,9 +137,4 @@ fn attempt_once(client: &reqwest::blocking::Client, url: &str, partial: &Path) -
         }
     }
     Ok(())
-}
-
-/// sha256 of an in-memory document.
-pub fn sha256_bytes(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
 }

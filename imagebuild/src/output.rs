@@ -81,11 +81,6 @@ impl Drop for PendingOutputs {
     }
 }
 
-/// sha256 of a file as hex.
-pub fn sha256_of(path: &Path) -> Result<String> {
-    crate::source::sha256_file(path)
-}
-
 /// Write a compressed copy of `src` (whose sha256 is `src_sha256`) to `dst`: zstd multithreaded,
 /// led by a skippable frame that records `src_sha256` (so `flash` pairs a bmap with this file by
 /// content), or xz level 6.

@@ -5,9 +5,9 @@
 //! rebuild from the same source finds the raw image and neither downloads nor decompresses.
 
 use crate::boards::{BaseImage, Catalog, OsFamily};
+use crate::io::sha256_file;
 use crate::progress::{say, Meter, MeteredReader};
 use anyhow::{anyhow, bail, Context, Result};
-use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -229,62 +229,6 @@ fn check_sha(what: String, want: &str, actual: &str) -> Result<()> {
         bail!("sha256 mismatch for {what}: expected {want}, got {actual}. The file is corrupt, truncated or a different release: download it again, or fix base_sha256 (catalog entries pin it in boards/bases.toml)");
     }
     Ok(())
-}
-
-/// sha256 of a file, streamed with progress. Holes are hashed as zeros without reading them.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    use std::os::unix::fs::FileExt;
-    use std::os::unix::io::AsRawFd;
-    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let len = f.metadata()?.len();
-    let mut meter = Meter::new(&format!("checking sha256 of {}", short(path)), Some(len));
-    let mut h = Sha256::new();
-    let zeros = vec![0u8; 1 << 20];
-    let mut buf = vec![0u8; 1 << 20];
-    let fd = f.as_raw_fd();
-    let mut pos: u64 = 0;
-    while pos < len {
-        crate::interrupt::check()?;
-        // SAFETY: lseek on an open descriptor has no memory-safety preconditions.
-        let data = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_DATA) };
-        let data = if data < 0 {
-            len
-        } else {
-            (data as u64).min(len)
-        };
-        let mut z = data - pos;
-        while z > 0 {
-            let n = z.min(zeros.len() as u64) as usize;
-            h.update(&zeros[..n]);
-            z -= n as u64;
-            meter.add(n as u64);
-        }
-        pos = data;
-        if pos >= len {
-            break;
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_HOLE) };
-        let hole = if hole < 0 {
-            len
-        } else {
-            (hole as u64).min(len)
-        };
-        while pos < hole {
-            let want = ((hole - pos) as usize).min(buf.len());
-            let n = f
-                .read_at(&mut buf[..want], pos)
-                .with_context(|| format!("reading {}", path.display()))?;
-            if n == 0 {
-                bail!("{} shrank while being hashed", path.display());
-            }
-            h.update(&buf[..n]);
-            pos += n as u64;
-            meter.add(n as u64);
-        }
-    }
-    meter.finish();
-    Ok(hex::encode(h.finalize()))
 }
 
 fn short(p: &Path) -> String {

@@ -374,7 +374,7 @@ fn refresh_companions(image: &Path, start: u64, end: u64) -> Result<()> {
     let sha = with_suffix(image, ".sha256");
     // The whole image's new hash: written to IMAGE.sha256 and recorded in the map.
     let hash = if bmap.is_file() || sha.is_file() {
-        Some(crate::source::sha256_file(image)?)
+        Some(crate::io::sha256_file(image)?)
     } else {
         None
     };

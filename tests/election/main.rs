@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use firstboot::election::{
-    Ballot, Body, ClusterId, Envelope, Hello, Instance, NodeId, ProtocolKey, RolePin, Value,
-    MAX_FRAME,
+    Ballot, Body, ClusterId, Envelope, Hello, Instance, NodeId, RolePin, Value, MAX_FRAME,
 };
+use firstboot::keys::MacKey;
 use systests::election_sim::{run, Flaw, Outcome, Rng, Scenario};
 
 const CI_SEEDS: u64 = 10_000;
@@ -233,7 +233,7 @@ fn outcome_traces_dump() {
 fn decoder_rejects_garbage_and_mutations_without_panicking() {
     let token = b"fuzzing-token-0123";
     let cluster = ClusterId::derive(token, 5, 3);
-    let key = ProtocolKey::election(token);
+    let key = MacKey::election(token);
     let ballot = Ballot {
         round: 9,
         node: NodeId(77),

@@ -10,8 +10,9 @@ use std::rc::Rc;
 
 use firstboot::election::{
     Body, ClusterId, Destination, ElectionConfig, Envelope, EpochState, Event, Hello, Instance,
-    Millis, Node, NodeId, PersistedState, ProtocolKey, Rank, Role, RolePin, Rules, Timing, Value,
+    Millis, Node, NodeId, PersistedState, Rank, Role, RolePin, Rules, Timing, Value,
 };
+use firstboot::keys::MacKey;
 
 /// A deliberate safety flaw, so the simulator can prove that it catches one. It lives here, in
 /// the test crate: `firstboot` only exposes the [`Rules`] a flaw breaks, never a broken rule.
@@ -499,7 +500,7 @@ struct World<'a> {
     index: BTreeMap<NodeId, usize>,
     ledger: Ledger,
     cluster: ClusterId,
-    key: ProtocolKey,
+    key: MacKey,
     random_crashes_left: u32,
     recent_frames: Vec<Rc<[u8]>>,
     quiet_at: u64,
@@ -913,7 +914,7 @@ impl World<'_> {
                 .map(|_| self.rng.next_u64() as u8)
                 .collect(),
             // Right cluster id, wrong key.
-            1 => envelope.encode(&self.cluster, &ProtocolKey::election(ROGUE_TOKEN)),
+            1 => envelope.encode(&self.cluster, &MacKey::election(ROGUE_TOKEN)),
             // Same token but another cluster id (another `nodes`): a replay from another cluster.
             2 => {
                 let other = ClusterId::derive(TOKEN, self.scenario.nodes.wrapping_add(1), 1);
@@ -1202,7 +1203,7 @@ pub fn run(scenario: &Scenario) -> Outcome {
         index,
         ledger: Ledger::default(),
         cluster: ClusterId::derive(TOKEN, scenario.nodes, scenario.servers),
-        key: ProtocolKey::election(TOKEN),
+        key: MacKey::election(TOKEN),
         random_crashes_left: scenario.random_crashes,
         recent_frames: Vec::new(),
         quiet_at,

@@ -9,8 +9,7 @@
 //! the time of `imagebuild stamp` on the image (median of 7). Last, 4 cards side by side: one
 //! `flash` of 4 cards in parallel, 4 flashes in sequence, and `bmaptool copy` 4 times.
 
-#[path = "../image/fixture.rs"]
-mod fixture;
+use systests::image::fixture;
 
 use anyhow::{bail, Context, Result};
 use imagebuild::flash::{flash, FlashOptions};

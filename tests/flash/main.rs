@@ -1,12 +1,8 @@
 //! System tests of `imagebuild flash`, `stamp`, `token` and the bmap written with every build,
 //! checked with the reference tools: bmaptool, fsck.vfat, mtools and `firstboot check-config`.
 
-#[path = "../image/fixture.rs"]
-mod fixture;
-#[path = "../payload/release.rs"]
-mod release;
-#[path = "../image/support.rs"]
-mod support;
+use systests::image::{fixture, support};
+use systests::payload::release;
 
 use fixture::{Flavor, Spec};
 use imagebuild::bmap::Bmap;
@@ -101,7 +97,7 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 fn sha(path: &Path) -> String {
-    imagebuild::source::sha256_file(path).unwrap()
+    imagebuild::io::sha256_file(path).unwrap()
 }
 
 fn copy(from: &Path, to: &Path) {

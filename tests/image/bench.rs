@@ -11,8 +11,7 @@
 //!
 //! and prints both times and the ratio.
 
-#[path = "fixture.rs"]
-mod fixture;
+use systests::image::fixture;
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};

@@ -1,13 +1,7 @@
 //! System tests of `imagebuild build`, `inspect` and `verify` on generated fixture images.
 
-#[path = "fixture.rs"]
-mod fixture;
-#[path = "http.rs"]
-mod http;
-#[path = "../payload/release.rs"]
-mod release;
-#[path = "support.rs"]
-mod support;
+use systests::image::{fixture, http, support};
+use systests::payload::release;
 
 use fixture::{Flavor, Spec};
 use std::path::{Path, PathBuf};

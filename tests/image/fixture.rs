@@ -5,8 +5,6 @@
 //! img@@offset` for the FAT boot partition, `mke2fs -d DIR -E offset=N` for the ext4 root, and
 //! `debugfs -w` to set owners (mke2fs -d copies the caller's uid).
 
-#![allow(dead_code)]
-
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};

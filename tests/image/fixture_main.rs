@@ -1,7 +1,6 @@
 //! `image-fixture FLAVOR OUT [ROOT_MIB [FILLER_MIB]]`: write a fixture base image (no root needed).
 
-#[path = "fixture.rs"]
-mod fixture;
+use systests::image::fixture;
 
 use anyhow::{bail, Context, Result};
 

@@ -1,7 +1,5 @@
 //! A tiny HTTP/1.0 file server on 127.0.0.1 for download tests (optionally slow).
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -1,7 +1,5 @@
 //! Helpers shared by the image tests: the imagebuild binary, unprivileged runs, and real-tool checks.
 
-#![allow(dead_code)]
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -23,7 +21,7 @@ pub fn imagebuild_bin() -> PathBuf {
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "-q", "-p", "imagebuild", "--bin", "imagebuild"])
             .env("CARGO_TARGET_DIR", &target_dir)
-            .current_dir(systests::repo_root());
+            .current_dir(crate::repo_root());
         if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
             cmd.arg("--release");
         }
@@ -50,8 +48,8 @@ fn unprivileged_kit() -> (PathBuf, PathBuf) {
     static KIT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     KIT.get_or_init(|| {
         let bin = imagebuild_bin();
-        if !systests::is_root() {
-            return (bin, systests::repo_root());
+        if !crate::is_root() {
+            return (bin, crate::repo_root());
         }
         // One place per build of imagebuild (worktrees and test binaries running at the same
         // time must not delete each other's kit), refreshed by every run.
@@ -72,7 +70,7 @@ fn unprivileged_kit() -> (PathBuf, PathBuf) {
         for d in ["boards", "overlays"] {
             let st = Command::new("cp")
                 .arg("-r")
-                .arg(systests::repo_root().join(d))
+                .arg(crate::repo_root().join(d))
                 .arg(&kit)
                 .status()
                 .expect("cp");
@@ -93,7 +91,7 @@ fn unprivileged_kit() -> (PathBuf, PathBuf) {
 /// An imagebuild command that runs unprivileged: as `nobody` when the test runs as root.
 pub fn imagebuild(home: &Path) -> Command {
     let (bin, data) = unprivileged_kit();
-    let mut cmd = if systests::is_root() {
+    let mut cmd = if crate::is_root() {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
         c.arg(bin);

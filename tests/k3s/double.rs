@@ -1,18 +1,6 @@
 //! The K3s test double against config.yaml files rendered by firstboot: init, joining server,
 //! agent, and joiners that must refuse (forged CA hash, wrong token). All traffic on 127.0.0.1.
 
-#[path = "../k3s_double/wire.rs"]
-#[allow(dead_code)]
-mod wire;
-
-#[path = "../k3s_double/config.rs"]
-#[allow(dead_code)]
-mod double_config;
-
-#[path = "../k3s_double/etcd.rs"]
-#[allow(dead_code)]
-mod etcd;
-
 use firstboot::config::ClusterConfig;
 use firstboot::k3s::flags::Subcommand;
 use firstboot::k3s::{render, write_config_yaml, CaHash, K3sRole, NodeFacts, SecureToken};
@@ -21,6 +9,8 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use systests::k3s_double::config as double_config;
+use systests::k3s_double::{etcd, wire};
 
 const SECRET: &str = "double-secret-Vw83nRq1zz";
 

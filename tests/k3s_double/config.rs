@@ -184,7 +184,7 @@ fn to_slice(v: &Value) -> Vec<Value> {
 
 /// Parses the arguments as `k3s <sub>` does. `server` first drops keys it does not define,
 /// with K3s's warning (parser.go:73-96, only commands in defaultparser.go:18 ValidFlags); any
-/// remaining unknown flag is urfave/cli's "flag provided but not defined: -<key>" (Go's flag
+/// remaining unknown flag is urfave/cli's `flag provided but not defined: -<key>` (Go's flag
 /// package), which is fatal for `k3s agent`. Bad values fail as urfave/cli's Go flag parsing
 /// does (`firstboot::k3s::flags::Flag::check_value`).
 pub fn parse_args(sub: Subcommand, args: &[String], warn: &dyn Fn(&str)) -> Result<Parsed> {

@@ -55,13 +55,12 @@
 //! /usr/bin/etcd), `K3S_DOUBLE_READY_DELAY` (seconds, default 5), `K3S_DOUBLE_LEARNER_TICK`
 //! (seconds, default 15 as K3s). The token is never printed.
 
-mod config;
-mod etcd;
 mod flannel;
 mod kubectl;
 mod pki;
 mod store;
-mod wire;
+
+use systests::k3s_double::{config, etcd, wire};
 
 use anyhow::{bail, Context, Result};
 use firstboot::k3s::flags::Subcommand;

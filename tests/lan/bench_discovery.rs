@@ -3,7 +3,7 @@
 //!
 //! Run as root: `cargo build -p systests --bins && target/debug/lan-discovery-bench [sizes...]`.
 
-mod harness;
+use systests::lan::harness;
 
 use harness::{random_token, skip_reason, Lan};
 use std::collections::BTreeSet;

@@ -5,14 +5,9 @@
 //! as in `formation.rs`. A partition is a failed link between two switches: the nodes keep their
 //! carrier (see `Lan::partition`), so only multicast DNS itself can tell them the others are back.
 
-mod formation_support;
-mod harness;
+use systests::lan::formation_support;
 
-use formation_support::{
-    add_cluster_nodes, can_run, check_roles, formation_lock, role_of, start_node, wait_roles,
-    ClusterSpec,
-};
-use harness::Lan;
+use formation_support::{check_roles, homelab_lan, role_of, start_node, wait_roles, wait_until};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -27,13 +22,14 @@ const LATE_BOUND: Duration = Duration::from_secs(30);
 /// Before any serving server answered joiners, it waited for the dead init node for ever.
 #[test]
 fn new_node_gets_a_role_from_a_live_server_after_the_init_node_died() {
-    if !can_run("new_node_gets_a_role_from_a_live_server_after_the_init_node_died") {
+    let Some((_serial, mut lan, _spec)) = homelab_lan(
+        "new_node_gets_a_role_from_a_live_server_after_the_init_node_died",
+        3,
+        3,
+        4,
+    ) else {
         return;
-    }
-    let _serial = formation_lock();
-    let mut lan = Lan::new();
-    let spec = ClusterSpec::new("homelab", 3, 3);
-    add_cluster_nodes(&mut lan, &spec, 4);
+    };
     for node in lan.nodes.iter_mut().take(3) {
         start_node(node);
     }
@@ -49,17 +45,12 @@ fn new_node_gets_a_role_from_a_live_server_after_the_init_node_died() {
     lan.nodes[init_index].kill_avahi();
     let killed = Instant::now();
     start_node(&mut lan.nodes[3]);
-    let deadline = killed + LATE_BOUND;
-    let late = loop {
-        if let Some(role) = role_of(&lan.nodes[3]) {
-            break role;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the new node had no role {LATE_BOUND:?} after the init node died"
-        );
-        sleep(Duration::from_millis(100));
-    };
+    let late = wait_until(
+        killed,
+        LATE_BOUND,
+        &format!("the new node had no role {LATE_BOUND:?} after the init node died"),
+        || role_of(&lan.nodes[3]),
+    );
     eprintln!(
         "new node's role {:.1} s after the init died: {late}",
         killed.elapsed().as_secs_f64()
@@ -83,13 +74,14 @@ fn new_node_gets_a_role_from_a_live_server_after_the_init_node_died() {
 /// and nothing is announced), the two get their roles within 15 s.
 #[test]
 fn partition_healed_a_minute_after_formation_rejoins_within_15s() {
-    if !can_run("partition_healed_a_minute_after_formation_rejoins_within_15s") {
+    let Some((_serial, mut lan, _spec)) = homelab_lan(
+        "partition_healed_a_minute_after_formation_rejoins_within_15s",
+        5,
+        3,
+        5,
+    ) else {
         return;
-    }
-    let _serial = formation_lock();
-    let mut lan = Lan::new();
-    let spec = ClusterSpec::new("homelab", 5, 3);
-    add_cluster_nodes(&mut lan, &spec, 5);
+    };
     lan.partition(&[3, 4]);
     let started = Instant::now();
     for node in lan.nodes.iter_mut() {
@@ -111,17 +103,17 @@ fn partition_healed_a_minute_after_formation_rejoins_within_15s() {
     }
     lan.heal();
     let healed = Instant::now();
-    let deadline = healed + HEAL_BOUND;
-    loop {
-        if [3, 4].iter().all(|&i| role_of(&lan.nodes[i]).is_some()) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the two cut-off nodes had no role {HEAL_BOUND:?} after the partition healed"
-        );
-        sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        healed,
+        HEAL_BOUND,
+        &format!("the two cut-off nodes had no role {HEAL_BOUND:?} after the partition healed"),
+        || {
+            [3, 4]
+                .iter()
+                .all(|&i| role_of(&lan.nodes[i]).is_some())
+                .then_some(())
+        },
+    );
     eprintln!(
         "roles {:.1} s after the heal",
         healed.elapsed().as_secs_f64()

@@ -1,8 +1,8 @@
 //! Discovery on a real virtual LAN: publish, browse, verify, survive restarts and collisions, leak nothing.
 
-mod harness;
+use systests::lan::harness;
 
-use harness::{contains, random_token, skip_reason, Lan, Node};
+use harness::{can_run, contains, random_token, Lan, Node};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -14,20 +14,6 @@ const BROWSE_SECS: u64 = 3;
 
 fn lan_node_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_lan-node"))
-}
-
-/// Skips (printing why) unless the LAN can be built here.
-fn can_run(test: &str) -> bool {
-    match skip_reason() {
-        Some(reason) => {
-            println!("skipping {test}: {reason}");
-            false
-        }
-        None => {
-            harness::build_firstboot();
-            true
-        }
-    }
 }
 
 /// The node id the harness's fake board serial gives node `index`.

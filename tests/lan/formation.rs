@@ -8,13 +8,12 @@
 //! builds) with `HOLD_ELECTED_ENV`, which holds whichever node wins the first epoch right there
 //! (see `held_firstboot.rs`).
 
-mod formation_support;
-mod harness;
+use systests::lan::{formation_support, harness};
 
 use formation_support::{
     add_cluster_nodes, all_role_lines, assert_one_cluster, can_run, election_state, formation_lock,
-    node_id, node_number, node_state, role_in, role_of, start_held_node, start_node, start_node_as,
-    wait_any_log_line, wait_roles, write_config, ClusterSpec,
+    homelab_lan, node_id, node_number, node_state, role_in, role_of, start_held_node, start_node,
+    start_node_as, wait_any_log_line, wait_roles, write_config, ClusterSpec,
 };
 use harness::{contains, random_token, Lan};
 use serde_json::Value;
@@ -23,13 +22,11 @@ use std::time::Duration;
 
 #[test]
 fn three_nodes_three_servers_elect_one_init() {
-    if !can_run("three_nodes_three_servers_elect_one_init") {
+    let Some((_serial, mut lan, _spec)) =
+        homelab_lan("three_nodes_three_servers_elect_one_init", 3, 3, 3)
+    else {
         return;
-    }
-    let _serial = formation_lock();
-    let mut lan = Lan::new();
-    let spec = ClusterSpec::new("homelab", 3, 3);
-    add_cluster_nodes(&mut lan, &spec, 3);
+    };
     for node in lan.nodes.iter_mut() {
         start_node(node);
     }
@@ -39,13 +36,11 @@ fn three_nodes_three_servers_elect_one_init() {
 
 #[test]
 fn five_nodes_three_servers_two_agents() {
-    if !can_run("five_nodes_three_servers_two_agents") {
+    let Some((_serial, mut lan, _spec)) =
+        homelab_lan("five_nodes_three_servers_two_agents", 5, 3, 5)
+    else {
         return;
-    }
-    let _serial = formation_lock();
-    let mut lan = Lan::new();
-    let spec = ClusterSpec::new("homelab", 5, 3);
-    add_cluster_nodes(&mut lan, &spec, 5);
+    };
     for node in lan.nodes.iter_mut() {
         start_node(node);
     }
@@ -108,13 +103,11 @@ fn assert_one_cluster_of(roles: &[serde_json::Value], servers: usize, agents: us
 
 #[test]
 fn late_node_joins_the_formed_cluster() {
-    if !can_run("late_node_joins_the_formed_cluster") {
+    let Some((_serial, mut lan, _spec)) =
+        homelab_lan("late_node_joins_the_formed_cluster", 3, 3, 4)
+    else {
         return;
-    }
-    let _serial = formation_lock();
-    let mut lan = Lan::new();
-    let spec = ClusterSpec::new("homelab", 3, 3);
-    add_cluster_nodes(&mut lan, &spec, 4);
+    };
     for node in lan.nodes.iter_mut().take(3) {
         start_node(node);
     }
@@ -352,13 +345,11 @@ fn avahi_restart_mid_vote_still_forms() {
 
 #[test]
 fn capture_of_a_formation_holds_no_token() {
-    if !can_run("capture_of_a_formation_holds_no_token") {
+    let Some((_serial, mut lan, spec)) =
+        homelab_lan("capture_of_a_formation_holds_no_token", 3, 3, 3)
+    else {
         return;
-    }
-    let _serial = formation_lock();
-    let mut lan = Lan::new();
-    let spec = ClusterSpec::new("homelab", 3, 3);
-    add_cluster_nodes(&mut lan, &spec, 3);
+    };
     lan.start_capture();
     for node in lan.nodes.iter_mut() {
         start_node(node);
@@ -395,13 +386,11 @@ fn capture_of_a_formation_holds_no_token() {
 
 #[test]
 fn killed_and_restarted_nodes_keep_their_roles() {
-    if !can_run("killed_and_restarted_nodes_keep_their_roles") {
+    let Some((_serial, mut lan, _spec)) =
+        homelab_lan("killed_and_restarted_nodes_keep_their_roles", 3, 3, 3)
+    else {
         return;
-    }
-    let _serial = formation_lock();
-    let mut lan = Lan::new();
-    let spec = ClusterSpec::new("homelab", 3, 3);
-    add_cluster_nodes(&mut lan, &spec, 3);
+    };
     for node in lan.nodes.iter_mut() {
         start_node(node);
     }

@@ -4,8 +4,7 @@
 //! Run as root: `cargo build -p firstboot -p systests --bins && target/debug/formation-bench
 //! [--runs N] [sizes...]` (servers = 3, nodes = size; median and range of N runs per size).
 
-mod formation_support;
-mod harness;
+use systests::lan::{formation_support, harness};
 
 use formation_support::{
     check_roles, firstboot_path, role_of, start_node, write_config, ClusterSpec,

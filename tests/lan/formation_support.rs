@@ -1,15 +1,14 @@
 //! Shared by the formation tests and the formation benchmark: configs, starting `firstboot run`, roles.
 
-#![allow(dead_code)] // the test and the benchmark use different parts
-
-use crate::harness::{self, firstboot_bin, random_token, skip_reason, Lan, Node};
+pub use super::harness::can_run;
+use super::harness::{firstboot_bin, random_token, Lan, Node};
+use crate::HOLD_ELECTED_ENV;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
-use systests::HOLD_ELECTED_ENV;
 
 /// Liveness bound of a formation on a loaded CI machine (not a speed goal: see formation-bench).
 const ROLE_WAIT: Duration = Duration::from_secs(120);
@@ -39,25 +38,48 @@ impl ClusterSpec {
     }
 }
 
-/// Skips (printing why) unless the LAN can be built here; builds firstboot.
-pub fn can_run(test: &str) -> bool {
-    match skip_reason() {
-        Some(reason) => {
-            println!("skipping {test}: {reason}");
-            false
-        }
-        None => {
-            harness::build_firstboot();
-            true
-        }
-    }
-}
-
 /// Formations run one at a time: each is a LAN of daemons, and a 2-core CI box running several
 /// at once would only measure its own overload.
 pub fn formation_lock() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The opening of a formation test: `None` (having printed why) when the LAN cannot run here;
+/// else the formation lock, held, and a LAN with `count` nodes of a new cluster `homelab` of
+/// `nodes` nodes and `servers` servers.
+pub fn homelab_lan(
+    test: &str,
+    nodes: u8,
+    servers: u8,
+    count: usize,
+) -> Option<(MutexGuard<'static, ()>, Lan, ClusterSpec)> {
+    if !can_run(test) {
+        return None;
+    }
+    let serial = formation_lock();
+    let mut lan = Lan::new();
+    let spec = ClusterSpec::new("homelab", nodes, servers);
+    add_cluster_nodes(&mut lan, &spec, count);
+    Some((serial, lan, spec))
+}
+
+/// Polls `found` every 100 ms until it gives a value; panics with `what` once `bound` has passed
+/// since `since`.
+pub fn wait_until<T>(
+    since: Instant,
+    bound: Duration,
+    what: &str,
+    mut found: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = since + bound;
+    loop {
+        if let Some(value) = found() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        sleep(Duration::from_millis(100));
+    }
 }
 
 /// The firstboot binary: beside a test's `deps/` directory, or beside a benchmark program.

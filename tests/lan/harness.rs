@@ -3,8 +3,6 @@
 //! (systemd-hostnamed, activated by that dbus-daemon, writes `/etc/hostname` there) and an address
 //! from 198.18.0.0/15. Everything is torn down on drop, also when a test panics.
 
-#![allow(dead_code)] // each test file uses a different part of the harness
-
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -31,7 +29,7 @@ const HOSTNAMED: &str = "/lib/systemd/systemd-hostnamed";
 /// Returns why the LAN tests cannot run here, if they cannot.
 pub fn skip_reason() -> Option<String> {
     if let Some(why) =
-        systests::root_and_tools_missing("network, mount and UTS namespaces", TOOLS, &[])
+        crate::root_and_tools_missing("network, mount and UTS namespaces", TOOLS, &[])
     {
         return Some(why);
     }
@@ -39,6 +37,20 @@ pub fn skip_reason() -> Option<String> {
         return Some(format!("{HOSTNAMED} is not installed"));
     }
     None
+}
+
+/// Skips (printing why) unless the LAN can be built here; builds firstboot.
+pub fn can_run(test: &str) -> bool {
+    match skip_reason() {
+        Some(reason) => {
+            println!("skipping {test}: {reason}");
+            false
+        }
+        None => {
+            build_firstboot();
+            true
+        }
+    }
 }
 
 /// Builds the `firstboot` binary the tests run (cargo only builds the tested package's own
@@ -61,7 +73,7 @@ pub fn build_firstboot() {
             cmd.env("CARGO_TARGET_DIR", target_dir);
         }
         let status = cmd
-            .current_dir(systests::repo_root())
+            .current_dir(crate::repo_root())
             .status()
             .expect("running cargo build");
         assert!(status.success(), "building firstboot failed");
@@ -201,7 +213,7 @@ fn check(mut cmd: Command, what: &str) -> Output {
 
 /// One node: namespaces, daemons, the programs it runs, its files.
 pub struct Node {
-    /// Node number (1-based); its address is 198.18.0.<index>.
+    /// Node number (1-based); its address is `198.18.0.<index>`.
     pub index: usize,
     /// Directory holding its root prefix, configs and logs.
     pub dir: PathBuf,
@@ -622,6 +634,12 @@ impl Lan {
             }
         }
         logs
+    }
+}
+
+impl Default for Lan {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

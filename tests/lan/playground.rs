@@ -5,8 +5,7 @@
 //! (which stays resident after its role), or with `--bare` only its dbus-daemon and avahi-daemon.
 //! The LAN lives until Enter, Ctrl-C (SIGINT or SIGTERM) or `--secs`; set `LAN_KEEP=1` to keep its files afterwards.
 
-mod formation_support;
-mod harness;
+use systests::lan::{formation_support, harness};
 
 use formation_support::{add_cluster_nodes, firstboot_path, role_of, start_node, ClusterSpec};
 use harness::{skip_reason, Lan};

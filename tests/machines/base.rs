@@ -18,8 +18,6 @@
 //! `<target>/machines-cache/base-<key>.img`, the key hashing every input (suite, mirror,
 //! packages and this file's source), so a second run never debootstraps again.
 
-#![allow(dead_code)] // each test uses a different part of the machines harness
-
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -82,8 +80,8 @@ pub const PACKAGES: &[&str] = &[
     "kmod",
     "procps",
 ];
-use systests::raspios_disk::{self, run};
-pub use systests::raspios_disk::{BOOT_SIZE, BOOT_START};
+use crate::raspios_disk::{self, run};
+pub use crate::raspios_disk::{BOOT_SIZE, BOOT_START};
 /// Bytes of headroom in the root filesystem beyond the debootstrapped tree.
 const ROOT_HEADROOM: u64 = 192 << 20;
 const ALIGN: u64 = 8 << 20;

@@ -3,8 +3,7 @@
 //! CI runs it once before the machine tests; `cargo run -p systests --bin machine-base` by hand
 //! (both bases), or `... -- trixie` / `... -- bookworm` for one.
 
-#[path = "base.rs"]
-mod base;
+use systests::machines::base;
 
 fn main() -> anyhow::Result<()> {
     if !systests::is_root() {

@@ -6,7 +6,7 @@
 //! With `--runs N`, every size forms N times in a row, each run on fresh copies of the node image;
 //! it prints every run, the median and the slowest run's ratio to the median.
 
-mod harness;
+use systests::machines::harness;
 
 use harness::base::Release;
 use harness::{cluster_toml, random_token, Lan};

@@ -1,10 +1,10 @@
 //! Machines form a cluster: node images built by imagebuild, booted under systemd-nspawn on one
 //! LAN, with nothing typed on any of them (issue 10).
 
-mod harness;
+use systests::machines::harness;
 
 use harness::base::Release;
-use harness::{cluster_toml, random_token, Lan, Machine};
+use harness::{cluster_toml, random_token, skip, Lan, Machine};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -18,16 +18,6 @@ static ONE_LAN_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// instant and avahi-daemon walks raspberrypi-2, -3, ... in lockstep until its conflict rate
 /// limit, with firstboot waiting for avahi before it publishes.
 const FORMATION: Duration = Duration::from_secs(300);
-
-fn skip(test: &str) -> bool {
-    match harness::skip_reason() {
-        Some(why) => {
-            systests::skip(test, &why);
-            true
-        }
-        None => false,
-    }
-}
 
 /// The K3s unit a role runs.
 fn k3s_unit(role: &str) -> &'static str {

@@ -12,16 +12,13 @@
 //! Everything is torn down on drop, also when a test panics: no processes, namespaces or mounts
 //! are left. `MACHINES_KEEP=1` keeps the machines' directory for a post-mortem.
 //!
-//! In a test: `mod harness;`, then `Lan::new()`, `add_machine(cluster_toml)` / `boot(i)` (or
-//! `boot_machines(&tomls)`), `wait_for(what, timeout, |lan| ..)`, `power_off(i)` and `boot(i)`
-//! again; read `lan.machines[i]`: `status()`, `state()`, `phase()`, `role()`, `unit_active(u)`,
-//! `journal(unit)`, `config_yaml()`, `hostname()`, `boot_file(name)`, `exec(program, args)`.
+//! In a test: `use systests::machines::harness;`, then `Lan::new()`, `add_machine(cluster_toml)`
+//! / `boot(i)` (or `boot_machines(&tomls)`), `wait_for(what, timeout, |lan| ..)`, `power_off(i)`
+//! and `boot(i)` again; read `lan.machines[i]`: `status()`, `state()`, `phase()`, `role()`,
+//! `unit_active(u)`, `journal(unit)`, `config_yaml()`, `hostname()`, `boot_file(name)`,
+//! `exec(program, args)`.
 
-#![allow(dead_code)] // each test uses a different part of the harness
-
-#[path = "image.rs"]
-pub mod image;
-pub use image::base;
+pub use super::{base, image};
 
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -62,11 +59,22 @@ pub const GATEWAY: &str = "198.18.1.254";
 
 /// Returns why the machine tests cannot run here, if they cannot.
 pub fn skip_reason() -> Option<String> {
-    systests::root_and_tools_missing(
+    crate::root_and_tools_missing(
         "systemd-nspawn, network namespaces, loop mounts",
         TOOLS,
         &["/usr/sbin", "/sbin"],
     )
+}
+
+/// True (after printing why) when the machine tests cannot run here.
+pub fn skip(test: &str) -> bool {
+    match skip_reason() {
+        Some(why) => {
+            crate::skip(test, &why);
+            true
+        }
+        None => false,
+    }
 }
 
 /// A random cluster token that is easy to search for in files and logs.

@@ -13,31 +13,28 @@
 //!
 //! The image is cached beside the base, keyed by the sha256 of every input.
 
-#![allow(dead_code)] // each test uses a different part of the machines harness
-
-#[path = "base.rs"]
-pub mod base;
-
+use super::base;
+use crate::node_image::{self, hash_tree, NodeImage};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-/// The K3s version the generated release claims to be.
-pub const K3S_VERSION: &str = "v1.31.10+k3s1";
+pub use crate::node_image::K3S_VERSION;
 /// Name of the test board profile.
 pub const BOARD: &str = "test-amd64";
 
 fn machines_dir() -> PathBuf {
-    systests::repo_root().join("tests/machines")
+    crate::repo_root().join("tests/machines")
 }
 
 /// The K3s test double binary: cargo's own for tests of this package, else built like firstboot.
 pub fn k3s_double_bin() -> Result<PathBuf> {
-    match option_env!("CARGO_BIN_EXE_k3s-double") {
-        Some(p) => Ok(PathBuf::from(p)),
-        None => workspace_bin("systests", "k3s-double"),
+    // Cargo builds a package's binaries before its integration tests, which run from `deps/`.
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    if exe.parent().is_some_and(|dir| dir.ends_with("deps")) {
+        return Ok(crate::bin_path("k3s-double"));
     }
+    workspace_bin("systests", "k3s-double")
 }
 
 /// The host `firstboot` binary next to this test's profile directory, built first if needed.
@@ -56,27 +53,7 @@ fn workspace_bin(package: &str, bin: &str) -> Result<PathBuf> {
     static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if !built.iter().any(|b| b == bin) {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
-        // What cargo set for THIS program (`cargo run`/`cargo test` of systests) describes the
-        // systests package, not the one built here: inherited, it changes the environment the
-        // build's rustc invocations see and cargo recompiles crates and so rebuilds the node image
-        // on every run (issue 20).
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if name == "OUT_DIR"
-                || name.starts_with("CARGO_PKG_")
-                || name.starts_with("CARGO_MANIFEST_")
-                || name.starts_with("CARGO_BIN_")
-                || name.starts_with("CARGO_CRATE_")
-                || name.starts_with("CARGO_PRIMARY_")
-                || name.starts_with("CARGO_TARGET_TMPDIR")
-                || name.starts_with("CARGO_RUSTC_CURRENT_DIR")
-            {
-                cmd.env_remove(name.as_ref());
-            }
-        }
+        let mut cmd = node_image::cargo(&["build", "--quiet", "-p", package, "--bin", bin]);
         if profile.ends_with("release") {
             cmd.arg("--release");
         }
@@ -84,7 +61,6 @@ fn workspace_bin(package: &str, bin: &str) -> Result<PathBuf> {
             cmd.env("CARGO_TARGET_DIR", target_dir);
         }
         let status = cmd
-            .current_dir(systests::repo_root())
             .status()
             .with_context(|| format!("running cargo build -p {package} --bin {bin}"))?;
         if !status.success() {
@@ -99,39 +75,8 @@ fn workspace_bin(package: &str, bin: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn hash_tree(h: &mut Sha256, dir: &Path) -> Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .collect::<std::io::Result<_>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let p = e.path();
-        h.update(e.file_name().as_encoded_bytes());
-        let meta = std::fs::symlink_metadata(&p)?;
-        if meta.is_dir() {
-            hash_tree(h, &p)?;
-        } else if meta.file_type().is_symlink() {
-            h.update(std::fs::read_link(&p)?.as_os_str().as_encoded_bytes());
-        } else {
-            h.update(std::fs::read(&p)?);
-            h.update(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()).to_le_bytes());
-        }
-    }
-    Ok(())
-}
-
-/// Writes a K3s release for amd64 into `dir` whose `k3s` is the test double.
-fn write_release(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let binary = std::fs::read(k3s_double_bin()?).context("reading k3s-double")?;
-    std::fs::write(dir.join("k3s"), &binary)?;
-    let sums = format!("{}  k3s\n", hex::encode(Sha256::digest(&binary)));
-    std::fs::write(dir.join("sha256sum-amd64.txt"), sums)?;
-    Ok(())
-}
-
 /// Writes the data directory: test board, shipped bases catalog, repository overlays.
-fn write_data_dir(dir: &Path) -> Result<()> {
+fn write_data_dir(dir: &Path) -> Result<PathBuf> {
     let boards = dir.join("boards");
     std::fs::create_dir_all(&boards)?;
     std::fs::copy(
@@ -139,11 +84,11 @@ fn write_data_dir(dir: &Path) -> Result<()> {
         boards.join(format!("{BOARD}.toml")),
     )?;
     std::fs::copy(
-        systests::repo_root().join("boards/bases.toml"),
+        crate::repo_root().join("boards/bases.toml"),
         boards.join("bases.toml"),
     )?;
-    std::os::unix::fs::symlink(systests::repo_root().join("overlays"), dir.join("overlays"))?;
-    Ok(())
+    std::os::unix::fs::symlink(crate::repo_root().join("overlays"), dir.join("overlays"))?;
+    Ok(dir.to_path_buf())
 }
 
 /// The node image on the base of `release` (built by imagebuild, cached by its inputs' hash).
@@ -158,72 +103,23 @@ pub fn node_image(release: base::Release) -> Result<PathBuf> {
     h.update(std::fs::read(k3s_double_bin()?).context("reading k3s-double")?);
     hash_tree(&mut h, &machines_dir().join("overlay"))?;
     hash_tree(&mut h, &machines_dir().join("board"))?;
-    hash_tree(&mut h, &systests::repo_root().join("overlays"))?;
+    hash_tree(&mut h, &crate::repo_root().join("overlays"))?;
     h.update(include_str!("image.rs").as_bytes());
+    h.update(include_str!("../node_image.rs").as_bytes());
     let key = hex::encode(h.finalize())[..16].to_string();
-
-    let dir = base::cache_dir();
-    let prefix = format!("node-{}-", release.suite());
-    let path = dir.join(format!("{prefix}{key}.img"));
-    let lock_file = std::fs::File::create(dir.join("node.lock")).context("creating the lock")?;
-    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .context("locking the node image cache")?;
-    if path.exists() {
-        return Ok(path);
+    NodeImage {
+        what: "machines",
+        cache_dir: base::cache_dir(),
+        prefix: format!("node-{}-", release.suite()),
+        lock: "node.lock",
+        base,
+        board: BOARD,
+        overlay: machines_dir().join("overlay"),
+        imagebuild,
+        k3s_double: k3s_double_bin()?,
+        release_names: ("k3s", "sha256sum-amd64.txt"),
+        firstboot_bin: Some(firstboot),
+        key,
     }
-    // Older node images of this base are of no further use.
-    for e in std::fs::read_dir(&dir)?.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&prefix) && name.ends_with(".img") {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-    eprintln!("machines: building the node image {}", path.display());
-    let work = tempfile::Builder::new()
-        .prefix("node-build-")
-        .tempdir_in(&dir)
-        .context("creating the node work dir")?;
-    let release = work.path().join("release");
-    write_release(&release)?;
-    let data = work.path().join("data");
-    write_data_dir(&data)?;
-    let recipe = work.path().join("image.toml");
-    std::fs::write(
-        &recipe,
-        format!(
-            "[image]\nboard = \"{BOARD}\"\nmedia = \"sd\"\nbase = \"{base}\"\noutput = \"node.img\"\n\
-             free_space = \"256MiB\"\n\n[k3s]\nversion = \"{K3S_VERSION}\"\nmirror = \"{release}\"\n\
-             airgap = false\n\n[os]\nuser = \"pi\"\noverlays = [\"{overlay}\"]\n",
-            base = base.display(),
-            release = release.display(),
-            overlay = machines_dir().join("overlay").display(),
-        ),
-    )?;
-    // The imagebuild program, as a user runs it (in-process, its SIGINT/SIGTERM handler would
-    // outlive the build and keep a stopped test run from exiting).
-    let output = work.path().join("node.img");
-    let run = Command::new(&imagebuild)
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("build")
-        .arg(&recipe)
-        .arg("-o")
-        .arg(&output)
-        .arg("--cache-dir")
-        .arg(work.path().join("cache"))
-        .arg("--firstboot-bin")
-        .arg(&firstboot)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .context("running imagebuild build")?;
-    if !run.status.success() {
-        bail!(
-            "imagebuild build failed: {}{}",
-            String::from_utf8_lossy(&run.stdout),
-            String::from_utf8_lossy(&run.stderr)
-        );
-    }
-    std::fs::rename(&output, &path).context("moving the node image into the cache")?;
-    Ok(path)
+    .build_cached(write_data_dir)
 }

@@ -5,8 +5,7 @@
 //! datastore), while the init node's firstboot still announces the
 //! original hash. The third machine, booted then, joins with that hash and must refuse.
 
-mod harness;
-mod k3s_support;
+use systests::machines::{harness, k3s_support};
 
 use harness::{cluster_toml, random_token, Lan};
 use k3s_support::*;

@@ -2,8 +2,7 @@
 //! "ready", joiners use the CA hash of the init node's signed announcement in their secure
 //! token, and a node whose clock is an hour behind steps forward before K3s starts on it.
 
-mod harness;
-mod k3s_support;
+use systests::machines::{harness, k3s_support};
 
 use harness::{cluster_toml, random_token, Lan};
 use k3s_support::*;

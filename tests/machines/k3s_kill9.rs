@@ -12,8 +12,7 @@
 //! names, addresses, CA hash and token replaced), active units, one cluster-init in the
 //! whole run; and after the kill at "ready", config.yaml is not rewritten and K3s not restarted.
 
-mod harness;
-mod k3s_support;
+use systests::machines::{harness, k3s_support};
 
 use harness::{cluster_toml, random_token, Lan, Machine};
 use k3s_support::*;

@@ -1,9 +1,7 @@
 //! Shared by the K3s machine tests (`k3s_*.rs`): finding the init machine, the CA on disk, a
 //! per-machine fake wall clock, and killing firstboot inside a machine.
 
-#![allow(dead_code)] // each test uses a different part
-
-use crate::harness::{Lan, Machine};
+use super::harness::{Lan, Machine};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::process::Command;
@@ -13,16 +11,7 @@ pub const SERVER_CA: &str = "var/lib/rancher/k3s/server/tls/server-ca.crt";
 /// The offset file of the fake clock (see `k3s_fake_clock.c`).
 pub const FAKE_CLOCK_OFFSET: &str = "etc/fake-clock-offset-ns";
 
-/// True (after printing why) when the machine tests cannot run here.
-pub fn skip(test: &str) -> bool {
-    match crate::harness::skip_reason() {
-        Some(why) => {
-            systests::skip(test, &why);
-            true
-        }
-        None => false,
-    }
-}
+pub use super::harness::skip;
 
 /// The machine whose firstboot reports the init role.
 pub fn init_machine(lan: &Lan) -> &Machine {
@@ -54,7 +43,7 @@ pub fn phase_on_disk(m: &Machine) -> Option<String> {
 /// Gives machine `m` (before it boots) its own wall clock, `behind_secs` behind the host's:
 /// builds `k3s_fake_clock.c` and preloads it into every process of the machine.
 pub fn install_fake_clock(m: &Machine, behind_secs: i64) {
-    let source = systests::repo_root().join("tests/machines/k3s_fake_clock.c");
+    let source = crate::repo_root().join("tests/machines/k3s_fake_clock.c");
     let lib = m.root.join("usr/local/lib/libfakeclock.so");
     let out = Command::new("cc")
         .args(["-O2", "-shared", "-fPIC", "-o"])

@@ -2,8 +2,7 @@
 //! with another configuration than the one firstboot wrote is restarted; the other role's unit is
 //! stopped and disabled. And `servers = 1` runs K3s's default datastore, SQLite.
 
-mod harness;
-mod k3s_support;
+use systests::machines::{harness, k3s_support};
 
 use harness::{cluster_toml, random_token, Lan, Machine};
 use k3s_support::*;

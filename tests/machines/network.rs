@@ -5,8 +5,7 @@
 //! interface; fatal without an IPv4 address) and logs the interface and address flannel would
 //! use: that line is what these tests read, besides config.yaml and the routes.
 
-mod harness;
-mod k3s_support;
+use systests::machines::{harness, k3s_support};
 
 use harness::{cluster_toml, random_token, Lan, Machine};
 use k3s_support::*;

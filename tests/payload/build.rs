@@ -1,14 +1,8 @@
 //! System tests of the K3s and firstboot payload of `imagebuild build`: a generated release served
 //! on 127.0.0.1, checksum refusal, offline builds, the firstboot binary, units and their enablement.
 
-#[path = "../image/fixture.rs"]
-mod fixture;
-#[path = "../image/http.rs"]
-mod http;
-#[path = "release.rs"]
-mod release;
-#[path = "../image/support.rs"]
-mod support;
+use systests::image::{fixture, http, support};
+use systests::payload::release::{self, sha256};
 
 use fixture::{Flavor, Spec};
 use std::path::{Path, PathBuf};
@@ -57,11 +51,6 @@ fn build(dir: &Path, recipe: &Path, extra: &[&str]) -> std::process::Output {
         .arg(dir.join("firstboot-fake"))
         .args(extra)
         .env("SOURCE_DATE_EPOCH", EPOCH))
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// The build failed with all of `words` in its error and left nothing at the output.

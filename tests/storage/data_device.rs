@@ -1,12 +1,10 @@
 //! data_device on real loop devices (root only): an empty disk is formatted, filled with the old
 //! data directory and mounted under a test root; a disk holding anything is refused untouched.
 
-#[path = "devices.rs"]
-mod devices;
+use systests::storage::devices;
 
 use devices::{run, LoopDevice};
 use firstboot::storage::data_device::{move_data_to, DataDeviceError, Host, Signature, LABEL};
-use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::process::Command;
 
@@ -31,10 +29,6 @@ fn test_root(t: &Path) -> std::path::PathBuf {
     std::fs::create_dir_all(&images).unwrap();
     std::fs::write(images.join("airgap.tar.zst"), b"pretend images").unwrap();
     root
-}
-
-fn sha256_of(dev: &Path) -> String {
-    hex::encode(Sha256::digest(std::fs::read(dev).unwrap()))
 }
 
 fn blkid(dev: &Path, tag: &str) -> String {
@@ -141,7 +135,7 @@ fn assert_refused_untouched(dev: &Path, expect: impl Fn(&DataDeviceError) -> boo
     let root = test_root(t.path());
     let _unmount = Unmount(root.join("var/lib/rancher"));
     let fstab = std::fs::read(root.join("etc/fstab")).unwrap();
-    let before = sha256_of(dev);
+    let before = imagebuild::io::sha256_file_quiet(dev).unwrap();
     let err = move_data_to(&Host::system(&root).unwrap(), dev, false).unwrap_err();
     assert!(expect(&err), "unexpected error: {err}");
     let msg = err.to_string();
@@ -150,7 +144,11 @@ fn assert_refused_untouched(dev: &Path, expect: impl Fn(&DataDeviceError) -> boo
         msg.contains("data_device_force"),
         "the error says how to override: {msg}"
     );
-    assert_eq!(sha256_of(dev), before, "device bytes unchanged");
+    assert_eq!(
+        imagebuild::io::sha256_file_quiet(dev).unwrap(),
+        before,
+        "device bytes unchanged"
+    );
     assert_eq!(std::fs::read(root.join("etc/fstab")).unwrap(), fstab);
     assert_eq!(mount_source(&root.join("var/lib/rancher")), None);
 }

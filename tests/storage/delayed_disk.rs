@@ -4,9 +4,7 @@
 //! A loop device over that image turns every block write into a FUSE write and every cache flush
 //! (which each fdatasync on ext4 issues) into a FUSE fsync, so an ext4 filesystem on it behaves
 //! like an SD card with a slow controller: the delays are the device, the rest is the real kernel.
-//! Shared by `probe-bench` and the slow-device test through `#[path]`.
-
-#![allow(dead_code)]
+//! Used by `probe-bench` and the slow-device test.
 
 use anyhow::Context;
 use fuser::{
@@ -286,7 +284,7 @@ impl Drop for DelayedDisk {
 
 /// Why a delayed disk cannot be used here, if it cannot.
 pub fn unavailable() -> Option<String> {
-    if !systests::is_root() {
+    if !crate::is_root() {
         return Some("needs root for FUSE mounts and loop devices".into());
     }
     if !Path::new("/dev/fuse").exists() {

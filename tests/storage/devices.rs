@@ -1,9 +1,7 @@
 //! Test devices for the storage tests and benchmark: loop devices and I/O-throttled cgroups.
 //!
-//! Shared by `probe-bench` and the root-only tests through `#[path]`; everything it creates is
+//! Used by `probe-bench` and the root-only tests; everything it creates is
 //! removed on drop (unmount, detach, rmdir), in reverse order of creation.
-
-#![allow(dead_code)]
 
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};

@@ -22,10 +22,7 @@
 //! writes all 22 MiB, so on a slow device fio's p99 covers a longer stretch of time. Run it under
 //! `chrt -f 10` so that CPU scheduling stays out of the tail.
 
-#[path = "delayed_disk.rs"]
-mod delayed_disk;
-#[path = "devices.rs"]
-mod devices;
+use systests::storage::{delayed_disk, devices};
 
 use anyhow::Context;
 use delayed_disk::{DelayedDisk, Delays};

@@ -3,10 +3,7 @@
 //! test skips with the reason when its mechanism is missing), and a loop device over an image on
 //! a FUSE filesystem that delays every write and fsync (works wherever FUSE does).
 
-#[path = "delayed_disk.rs"]
-mod delayed_disk;
-#[path = "devices.rs"]
-mod devices;
+use systests::storage::{delayed_disk, devices};
 
 use delayed_disk::{DelayedDisk, Delays};
 use devices::{blkio_v1_root, cgroup2_io_root, LoopDevice, MountedLoop, ThrottledCgroup};

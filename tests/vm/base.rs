@@ -28,8 +28,6 @@
 //! Cached as `<target>/machines-cache/vm-base-arm64-<key>.img`, the key hashing every input
 //! (suite, mirror, packages, this file's source), under a file lock.
 
-#![allow(dead_code)] // each test uses a different part of the VM harness
-
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -56,8 +54,8 @@ pub const PACKAGES: &[&str] = &[
     "dosfstools",
     "busybox-static",
 ];
-use systests::raspios_disk::{self, run};
-pub use systests::raspios_disk::{BOOT_SIZE, BOOT_START};
+use crate::raspios_disk::{self, run};
+pub use crate::raspios_disk::{BOOT_SIZE, BOOT_START};
 /// The root partition: the installed tree (~700 MiB with the kernel) plus room for imagebuild.
 const ROOT_SIZE: u64 = 2048 << 20;
 /// The modules the second stage's initramfs loads (with their dependencies) unless built in;
@@ -106,7 +104,7 @@ pub fn disk_id() -> String {
 
 /// Why the VM tier cannot run here, if it cannot (for a printed skip).
 pub fn skip_reason() -> Option<String> {
-    if !systests::is_root() {
+    if !crate::is_root() {
         return Some("needs root (debootstrap, network namespaces)".into());
     }
     for tool in [

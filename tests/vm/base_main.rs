@@ -4,8 +4,7 @@
 //! tree under qemu-system-aarch64, many minutes under TCG); `... -- --host-stage` runs only the
 //! host's part (debootstrap --foreign, the disk layout), which needs no emulated machine.
 
-#[path = "base.rs"]
-mod base;
+use systests::vm::base;
 
 fn main() -> anyhow::Result<()> {
     if let Some(why) = base::skip_reason() {

@@ -19,11 +19,7 @@
 //! [`Vm::fat_file`] (mtools), [`Vm::root_file`] / [`Vm::root_mode`] (debugfs).
 //! `VM_KEEP=1` keeps the machine's directory for a post-mortem.
 
-#![allow(dead_code)] // each test uses a different part of the VM harness
-
-#[path = "image.rs"]
-pub mod image;
-pub use image::base;
+pub use super::{base, image};
 
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Seek, SeekFrom, Write};

@@ -11,8 +11,7 @@
 //! on 2 cores). Run: `VM_TESTS=1 nice -n 10 cargo test -p systests --test vm_intake -- --nocapture`
 //! (on a shared machine under its lock: `flock /work/coord/heavy.lock ...`).
 
-#[path = "harness.rs"]
-mod harness;
+use systests::vm::harness;
 
 use harness::{contains, image, Vm};
 use std::time::{Duration, Instant};

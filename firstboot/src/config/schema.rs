@@ -140,7 +140,7 @@ fn section_keys(section: &str) -> Option<&'static [KeySpec]> {
         .map(|(_, keys)| *keys)
 }
 
-/// The section a key name belongs to, for "this key belongs in [cluster]" hints.
+/// The section a key name belongs to, for "this key belongs in \[cluster\]" hints.
 fn home_of(key_name: &str) -> Option<&'static str> {
     SECTIONS
         .iter()

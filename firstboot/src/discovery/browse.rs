@@ -9,8 +9,9 @@ use super::avahi::{
     PROTO_INET,
 };
 use super::publish::{server, wait_for_daemon};
-use super::record::{classify, ClusterId, Peer, RecordKey};
+use super::record::{classify, ClusterId, Peer};
 use super::{REFRESH_SUBTYPE, SERVICE_TYPE};
+use crate::keys::MacKey;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -31,7 +32,7 @@ const RESOLVE_RETRY: Duration = Duration::from_secs(2);
 /// So two groups of nodes that could not hear each other (a partition from power-on, a switch
 /// that came back) would otherwise find each other only at the next backed-off query, up to a
 /// minute or more later (issue 18: "learns of it within seconds"). Every `REFRESH_QUERY` the
-/// browser makes the daemon send one more query, see [`ask_the_lan`].
+/// browser makes the daemon send one more query, see `ask_the_lan`.
 ///
 /// The cost is one small multicast query per node per period: a question plus the PTR records
 /// this node already knows, which every peer already listed takes as a known answer and so does
@@ -73,7 +74,7 @@ pub struct Browser {
 
 impl Browser {
     /// Starts browsing; records are classified against `cluster` and `key`.
-    pub fn spawn(conn: zbus::Connection, cluster: ClusterId, key: RecordKey) -> Self {
+    pub fn spawn(conn: zbus::Connection, cluster: ClusterId, key: MacKey) -> Self {
         let (tx, rx) = mpsc::channel(256);
         let task = tokio::spawn(browse_forever(conn, cluster, key, tx));
         Self { events: rx, task }
@@ -95,14 +96,14 @@ impl Drop for Browser {
 #[derive(Clone)]
 struct Classifier {
     cluster: ClusterId,
-    key: RecordKey,
+    key: MacKey,
     events: mpsc::Sender<PeerEvent>,
 }
 
 async fn browse_forever(
     conn: zbus::Connection,
     cluster: ClusterId,
-    key: RecordKey,
+    key: MacKey,
     events: mpsc::Sender<PeerEvent>,
 ) {
     let classifier = Classifier {

@@ -16,6 +16,6 @@ pub const REFRESH_SUBTYPE: &str = "_node._sub._k3s-firstboot._tcp";
 
 pub use browse::{Browser, PeerEvent};
 pub use publish::Publisher;
-pub use record::{Advert, ClusterId, Peer, PeerClass, RecordKey, RolePin};
+pub use record::{Advert, ClusterId, Peer, PeerClass, RolePin};
 pub use table::PeerTable;
 pub use transport::{FrameTransport, UdpTransport, FRAME_PORT, MAX_FRAME};

@@ -3,8 +3,9 @@
 use super::avahi::{
     EntryGroupProxy, GroupState, ServerProxy, IF_UNSPEC, PROTO_INET, SERVER_RUNNING,
 };
-use super::record::{Advert, RecordKey};
+use super::record::Advert;
 use super::{REFRESH_SUBTYPE, SERVICE_TYPE};
+use crate::keys::MacKey;
 use futures_util::StreamExt;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -27,7 +28,7 @@ pub struct Publisher {
 
 impl Publisher {
     /// Starts publishing `advert` under the service instance name `name` (alternatives on collision).
-    pub fn spawn(conn: zbus::Connection, name: String, advert: Advert, key: RecordKey) -> Self {
+    pub fn spawn(conn: zbus::Connection, name: String, advert: Advert, key: MacKey) -> Self {
         let (advert_tx, advert_rx) = watch::channel(advert);
         let (registered_tx, registered_rx) = watch::channel(None);
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -83,7 +84,7 @@ enum SessionEnd {
 async fn publish_forever(
     conn: zbus::Connection,
     mut name: String,
-    key: RecordKey,
+    key: MacKey,
     mut advert: watch::Receiver<Advert>,
     registered: watch::Sender<Option<String>>,
     mut stop: watch::Receiver<bool>,
@@ -153,7 +154,7 @@ pub(crate) async fn server(conn: &zbus::Connection) -> zbus::Result<ServerProxy<
 struct Session<'a> {
     conn: &'a zbus::Connection,
     name: &'a mut String,
-    key: &'a RecordKey,
+    key: &'a MacKey,
     advert: &'a mut watch::Receiver<Advert>,
     registered: &'a watch::Sender<Option<String>>,
     stop: &'a mut watch::Receiver<bool>,
@@ -258,7 +259,7 @@ async fn add_and_commit(
     group: &EntryGroupProxy<'_>,
     name: &str,
     advert: &Advert,
-    key: &RecordKey,
+    key: &MacKey,
 ) -> zbus::Result<()> {
     group
         .add_service(

@@ -20,9 +20,6 @@ pub fn cluster_id_from_hex(text: &str) -> Option<ClusterId> {
     Some(ClusterId(bytes.try_into().ok()?))
 }
 
-/// The key of TXT records (one [`MacKey`] of the token's keys).
-pub type RecordKey = MacKey;
-
 /// The token-derived values discovery uses (the id and the record key are two of them).
 pub type ClusterKeys = TokenKeys;
 
@@ -110,7 +107,7 @@ impl Advert {
     }
 
     /// The TXT record strings (`key=value`), the last one the MAC `h=`.
-    pub fn to_txt(&self, key: &RecordKey) -> Vec<Vec<u8>> {
+    pub fn to_txt(&self, key: &MacKey) -> Vec<Vec<u8>> {
         let fields = self.fields();
         let canonical = canonical(&fields);
         let tag = key.sign_parts(&[&(canonical.len() as u32).to_be_bytes(), &canonical]);
@@ -133,7 +130,7 @@ fn lookup<'a>(txt: &'a [Vec<u8>], key: &str) -> Option<&'a str> {
 }
 
 /// Parses and checks a TXT record against our cluster id and record key.
-pub fn classify(txt: &[Vec<u8>], ours: &ClusterId, key: &RecordKey) -> PeerClass {
+pub fn classify(txt: &[Vec<u8>], ours: &ClusterId, key: &MacKey) -> PeerClass {
     match parse_verified(txt, ours, key) {
         Ok(advert) if advert.cluster == *ours => PeerClass::Verified(advert),
         Ok(advert) => PeerClass::Foreign(advert.cluster),
@@ -148,11 +145,7 @@ enum Classified {
     Unverified(RecordError),
 }
 
-fn parse_verified(
-    txt: &[Vec<u8>],
-    ours: &ClusterId,
-    key: &RecordKey,
-) -> Result<Advert, Classified> {
+fn parse_verified(txt: &[Vec<u8>], ours: &ClusterId, key: &MacKey) -> Result<Advert, Classified> {
     let bad = Classified::Unverified;
     let get = |k: &'static str| lookup(txt, k).ok_or(bad(RecordError::Missing(k)));
     let cluster = cluster_id_from_hex(get("c")?).ok_or(bad(RecordError::Malformed("c")))?;

@@ -1,10 +1,11 @@
 //! The election's public types: its configuration, what the driver sends and persists, its events.
 
-use super::auth::{ClusterId, ProtocolKey};
+use super::auth::ClusterId;
 use super::paxos::Value;
 use super::rank::Rank;
 use super::state::PersistedState;
 use super::{NodeId, Role};
+use crate::keys::MacKey;
 
 /// Timer settings in milliseconds; the defaults suit a LAN.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,7 +52,7 @@ pub struct ElectionConfig {
     /// This cluster's id.
     pub cluster: ClusterId,
     /// Key authenticating frames.
-    pub key: ProtocolKey,
+    pub key: MacKey,
     /// Seed for timer jitter (any value; differs per node and per boot in practice).
     pub seed: u64,
     /// Timer settings.

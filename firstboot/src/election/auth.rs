@@ -47,12 +47,10 @@ impl fmt::Display for ClusterId {
     }
 }
 
-/// The key of election frames (one [`MacKey`](crate::keys::MacKey) of the token's keys).
-pub type ProtocolKey = crate::keys::MacKey;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::MacKey;
 
     #[test]
     fn cluster_id_depends_on_every_input() {
@@ -66,7 +64,7 @@ mod tests {
     #[test]
     fn key_and_cluster_id_are_domain_separated() {
         let token = b"0123456789abcdef";
-        let key = ProtocolKey::election(token);
+        let key = MacKey::election(token);
         let id = ClusterId::derive(token, 0, 0);
         // The id must not be a prefix of anything the key would produce for the same label.
         assert_ne!(&key.sign(CLUSTER_ID_LABEL)[..CLUSTER_ID_LEN], &id.0[..]);

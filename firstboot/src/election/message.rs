@@ -7,10 +7,11 @@
 //! kind 9 (`SeatGranted`, seats after formation) came later within version 2: a node without it
 //! drops the frame as malformed, and a joiner then waits for its seat as before.
 
-use super::auth::{ClusterId, ProtocolKey, CLUSTER_ID_LEN, MAC_LEN};
+use super::auth::{ClusterId, CLUSTER_ID_LEN, MAC_LEN};
 use super::paxos::{Ballot, Value};
 use super::NodeId;
 use super::RolePin;
+use crate::keys::MacKey;
 
 /// Version of this wire format; frames of any other version are rejected.
 pub const PROTOCOL_VERSION: u8 = 2;
@@ -446,7 +447,7 @@ impl<'a> Reader<'a> {
 
 impl Envelope {
     /// Serializes and signs this message for `cluster` (at most [`MAX_FRAME`] bytes).
-    pub fn encode(&self, cluster: &ClusterId, key: &ProtocolKey) -> Vec<u8> {
+    pub fn encode(&self, cluster: &ClusterId, key: &MacKey) -> Vec<u8> {
         let mut body = Vec::with_capacity(64);
         self.body.encode_into(&mut body);
         let mut frame = Vec::with_capacity(HEADER_LEN + body.len() + MAC_LEN);
@@ -468,7 +469,7 @@ impl Envelope {
     pub fn decode(
         frame: &[u8],
         cluster: &ClusterId,
-        key: &ProtocolKey,
+        key: &MacKey,
     ) -> Result<Envelope, DecodeError> {
         if frame.len() > MAX_FRAME {
             return Err(DecodeError::TooLong(frame.len()));
@@ -511,10 +512,10 @@ impl Envelope {
 mod tests {
     use super::*;
 
-    fn keys() -> (ClusterId, ProtocolKey) {
+    fn keys() -> (ClusterId, MacKey) {
         (
             ClusterId::derive(b"0123456789abcdef", 3, 3),
-            ProtocolKey::election(b"0123456789abcdef"),
+            MacKey::election(b"0123456789abcdef"),
         )
     }
 
@@ -603,7 +604,7 @@ mod tests {
             Envelope::decode(&frame, &other_cluster, &key),
             Err(DecodeError::ForeignCluster)
         );
-        let other_key = ProtocolKey::election(b"another token!!!!");
+        let other_key = MacKey::election(b"another token!!!!");
         assert_eq!(
             Envelope::decode(&frame, &cluster, &other_key),
             Err(DecodeError::BadMac)

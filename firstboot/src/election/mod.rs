@@ -80,7 +80,7 @@
 //!     nodes: 1,
 //!     servers: 1,
 //!     cluster: ClusterId::derive(token, 1, 1),
-//!     key: ProtocolKey::election(token),
+//!     key: MacKey::election(token),
 //!     seed: 42,
 //!     timing: Timing::default(),
 //! };
@@ -129,7 +129,7 @@ mod view;
 use serde::{Deserialize, Serialize};
 
 pub use api::{Destination, ElectionConfig, Event, PersistRequest, Timing, Transmit};
-pub use auth::{ClusterId, ProtocolKey, CLUSTER_ID_LEN, MAC_LEN};
+pub use auth::{ClusterId, CLUSTER_ID_LEN, MAC_LEN};
 pub use driver::{ElectionDriver, ElectionStore, PersistHook};
 pub use epoch::EpochState;
 pub use instance::Acceptors;

@@ -1,7 +1,7 @@
 //! The election state machine of one node: inputs in, polled outputs out; no sockets, clock or entropy.
 
 use super::api::{Destination, ElectionConfig, Event, PersistRequest, Timing, Transmit};
-use super::auth::{ClusterId, ProtocolKey};
+use super::auth::ClusterId;
 use super::instance::Acceptors;
 use super::jitter::Jitter;
 use super::message::{Body, DecodeError, Envelope, Hello, Instance, MAX_ROSTER};
@@ -15,6 +15,7 @@ use super::status::ElectionStatus;
 use super::timer::{Timer, TimerTable};
 use super::view::PeerView;
 use super::{Millis, NodeId, Role, RolePin};
+use crate::keys::MacKey;
 
 /// One node's election: feed it frames and timeouts, poll it for what to do.
 #[derive(Debug)]
@@ -23,7 +24,7 @@ pub struct Node<R: Rules = Paxos> {
     nodes: usize,
     servers: usize,
     cluster: ClusterId,
-    key: ProtocolKey,
+    key: MacKey,
     timing: Timing,
     jitter: Jitter,
     state: PersistedState,
@@ -1099,7 +1100,7 @@ mod tests {
             nodes,
             servers: 3,
             cluster: ClusterId::derive(TOKEN, nodes, 3),
-            key: ProtocolKey::election(TOKEN),
+            key: MacKey::election(TOKEN),
             seed: node,
             timing: Timing::default(),
         }
@@ -1113,7 +1114,7 @@ mod tests {
         }
         .encode(
             &ClusterId::derive(TOKEN, nodes, 3),
-            &ProtocolKey::election(TOKEN),
+            &MacKey::election(TOKEN),
         )
     }
 
@@ -1121,7 +1122,7 @@ mod tests {
         Envelope::decode(
             &transmit.frame,
             &ClusterId::derive(TOKEN, nodes, 3),
-            &ProtocolKey::election(TOKEN),
+            &MacKey::election(TOKEN),
         )
         .expect("the node's own frames decode")
     }

@@ -2,14 +2,12 @@
 //! [`ImageManifest`], with every declared file's sha256.
 
 use crate::epoch;
+use crate::io::{sha256_bytes, sha256_file_quiet};
 use crate::payload::Versions;
 use crate::recipe::Recipe;
 use crate::rootfs::payload::{EntryKind, Payload};
 use anyhow::{Context, Result};
 use firstboot::manifest::{self, ImageManifest, ManifestFile};
-use sha2::{Digest, Sha256};
-use std::fs::File;
-use std::path::Path;
 
 /// The image manifest: build time (the clock floor for first boot) and every file's sha256.
 pub(super) fn image_manifest(
@@ -26,8 +24,8 @@ pub(super) fn image_manifest(
             files.remove(&e.dest);
         }
         let sha = match &e.kind {
-            EntryKind::File(p) => Some(sha256_quiet(p)?),
-            EntryKind::Bytes(b) => Some(hex::encode(Sha256::digest(b))),
+            EntryKind::File(p) => Some(sha256_file_quiet(p)?),
+            EntryKind::Bytes(b) => Some(sha256_bytes(b)),
             _ => None,
         };
         if let Some(sha) = sha {
@@ -58,11 +56,4 @@ pub(super) fn image_manifest(
         versions: versions.clone(),
         files: files.into_values().collect(),
     })
-}
-
-fn sha256_quiet(path: &Path) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
-    Ok(hex::encode(h.finalize()))
 }

@@ -8,6 +8,9 @@
 //! `.sha256`, `.bmap`, compressed copy, report; renamed at the end). [`checks`] holds what the base
 //! must support. The byte-level primitives (copies, extents, hashing) are in [`crate::io`].
 
+// The stages are private; the links above are for `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
+
 mod base;
 mod boot;
 mod checks;

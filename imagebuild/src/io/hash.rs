@@ -1,9 +1,13 @@
-//! Hashing image bytes while they are written, so an image is never read back just to checksum it.
+//! sha256 in one place: of files (sparse-aware), of bytes, and of image bytes while they are
+//! written, so an image is never read back just to checksum it.
 
 use super::extents::{stretches, Stretch};
 use crate::progress::Meter;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
 use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 enum Piece {
     Data(Vec<u8>),
@@ -14,14 +18,12 @@ enum Piece {
 /// head already in `out` is hashed first, then every piece of `src` as it is written, so the
 /// image is never read back just to checksum it. A second thread hashes while this one copies.
 pub fn append_and_hash(out: &File, at: u64, src: &File, len: u64, label: &str) -> Result<String> {
-    use std::os::unix::fs::FileExt;
     const CHUNK: u64 = 4 << 20;
     if out.metadata()?.len() < at + len {
         out.set_len(at + len).context("sizing the output image")?;
     }
     let (tx, rx) = std::sync::mpsc::sync_channel::<Piece>(8);
     let hasher = std::thread::spawn(move || {
-        use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         let zeros = vec![0u8; CHUNK as usize];
         for piece in rx {
@@ -78,4 +80,58 @@ pub fn append_and_hash(out: &File, at: u64, src: &File, len: u64, label: &str) -
     result?;
     meter.finish();
     Ok(hash)
+}
+
+/// sha256 of a file as hex, streamed with progress. Holes are hashed as zeros without reading them.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let len = f.metadata()?.len();
+    let mut meter = Meter::new(&format!("checking sha256 of {}", short(path)), Some(len));
+    let mut h = Sha256::new();
+    let zeros = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; 1 << 20];
+    for st in stretches(&f, 0, len) {
+        crate::interrupt::check()?;
+        let end = st.offset + st.len;
+        let mut pos = st.offset;
+        while pos < end {
+            let want = ((end - pos) as usize).min(buf.len());
+            let n = if st.data {
+                let n = f
+                    .read_at(&mut buf[..want], pos)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                if n == 0 {
+                    bail!("{} shrank while being hashed", path.display());
+                }
+                h.update(&buf[..n]);
+                n
+            } else {
+                h.update(&zeros[..want]);
+                want
+            };
+            pos += n as u64;
+            meter.add(n as u64);
+        }
+    }
+    meter.finish();
+    Ok(hex::encode(h.finalize()))
+}
+
+/// sha256 of a file as hex, without progress output (small files).
+pub fn sha256_file_quiet(path: &Path) -> Result<String> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// sha256 of bytes in memory as hex.
+pub fn sha256_bytes(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+fn short(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.display().to_string())
 }

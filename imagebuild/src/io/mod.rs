@@ -1,5 +1,5 @@
 //! The file and device primitives the build, bmap, flash and stamp code share: byte-range copies
-//! ([`copy`]), data and hole extents ([`extents`]), hashing while writing ([`hash`]) and synced
+//! ([`copy`]), data and hole extents ([`extents`]), sha256 of files and bytes and while writing ([`hash`]) and synced
 //! writes.
 
 pub mod copy;
@@ -8,7 +8,7 @@ pub mod hash;
 
 pub use copy::copy_range;
 pub use extents::{stretches, Stretch};
-pub use hash::append_and_hash;
+pub use hash::{append_and_hash, sha256_bytes, sha256_file, sha256_file_quiet};
 
 use anyhow::{Context, Result};
 use std::fs::File;

@@ -5,8 +5,9 @@
 //! `k3s/<version>/sha256sum-<arch>.txt`, so an `--offline` build finds everything by name.
 
 use crate::fetch::{self, FetchError};
+use crate::io::sha256_file;
 use crate::progress::say;
-use crate::source::{sha256_file, Cache};
+use crate::source::Cache;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 
