@@ -9,8 +9,7 @@
 //! the powered-off init is still a voting member; the healer must remove the dead member first
 //! (SPEC 4.4), and the daemon does not run the healer yet.
 
-mod harness;
-mod k3s_support;
+use systests::machines::{harness, k3s_support};
 
 use harness::{cluster_toml, random_token, Lan};
 use k3s_support::*;
