@@ -73,6 +73,7 @@
 //!
 //! ```
 //! use firstboot::election::*;
+//! use firstboot::keys::MacKey;
 //!
 //! let token = b"a-cluster-token-of-16+-chars";
 //! let config = ElectionConfig {
