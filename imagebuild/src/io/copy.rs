@@ -3,6 +3,8 @@
 
 use crate::progress::Meter;
 use anyhow::{bail, Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::copy_file_range;
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 
@@ -42,52 +44,36 @@ pub fn copy_range(
         return Ok(true);
     }
     let mut meter = Meter::new(label, Some(len));
-    let in_fd = src.as_raw_fd();
-    let out_fd = dst.as_raw_fd();
-    let end = (src_off + len) as i64;
-    let mut pos = src_off as i64;
-    while pos < end {
-        crate::interrupt::check()?;
-        // SAFETY: lseek on an open descriptor has no memory-safety preconditions.
-        let data = unsafe { libc::lseek(in_fd, pos, libc::SEEK_DATA) };
-        if data < 0 || data >= end {
-            break; // the rest of the range is a hole
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(in_fd, data, libc::SEEK_HOLE) };
-        let hole = if hole < 0 { end } else { hole.min(end) };
-        let mut off_in = data as libc::loff_t;
-        let mut off_out = (data - src_off as i64 + dst_off as i64) as libc::loff_t;
-        let mut left = (hole - data) as usize;
+    // Holes are skipped: the output was sized above, so they read as zeros there too.
+    for stretch in super::extents::stretches(src, src_off, src_off + len)
+        .into_iter()
+        .filter(|s| s.data)
+    {
+        let mut off_in = stretch.offset as i64;
+        let mut off_out = (stretch.offset - src_off + dst_off) as i64;
+        let mut left = stretch.len as usize;
         while left > 0 {
             crate::interrupt::check()?;
             let chunk = left.min(64 << 20);
-            // SAFETY: the offsets point to live loff_t values; descriptors are open.
-            let mut n = unsafe {
-                libc::copy_file_range(in_fd, &mut off_in, out_fd, &mut off_out, chunk, 0)
-            };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                match err.raw_os_error() {
-                    // Across filesystems (older kernels) or where unsupported: copy by hand.
-                    Some(libc::EXDEV)
-                    | Some(libc::ENOSYS)
-                    | Some(libc::EOPNOTSUPP)
-                    | Some(libc::EINVAL) => {
-                        n = copy_by_hand(src, off_in as u64, dst, off_out as u64, chunk)? as isize;
-                        off_in += n as libc::loff_t;
-                        off_out += n as libc::loff_t;
-                    }
-                    _ => return Err(err).context("copying image data"),
+            let n = match copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), chunk) {
+                Ok(n) => n,
+                // Across filesystems (older kernels) or where unsupported: copy by hand.
+                Err(Errno::EXDEV | Errno::ENOSYS | Errno::EOPNOTSUPP | Errno::EINVAL) => {
+                    let n = copy_by_hand(src, off_in as u64, dst, off_out as u64, chunk)?;
+                    off_in += n as i64;
+                    off_out += n as i64;
+                    n
                 }
-            }
+                Err(e) => {
+                    return Err(std::io::Error::from(e)).context("copying image data");
+                }
+            };
             if n == 0 {
                 bail!("the source image ended early while copying");
             }
-            left -= n as usize;
+            left -= n;
             meter.add(n as u64);
         }
-        pos = hole;
     }
     meter.finish();
     Ok(false)

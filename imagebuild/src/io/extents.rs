@@ -1,5 +1,6 @@
 //! Where a file holds data and where it has holes (SEEK_DATA / SEEK_HOLE).
 
+use nix::unistd::{lseek, Whence};
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 
@@ -20,13 +21,8 @@ pub fn stretches(file: &File, start: u64, end: u64) -> Vec<Stretch> {
     let mut out = Vec::new();
     let mut pos = start;
     while pos < end {
-        // SAFETY: lseek on an open descriptor has no memory-safety preconditions.
-        let data = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_DATA) };
-        let data = if data < 0 {
-            end
-        } else {
-            (data as u64).min(end)
-        };
+        // ENXIO: no data after `pos`; any other error reads as a hole too (zeros are safe).
+        let data = lseek(fd, pos as i64, Whence::SeekData).map_or(end, |d| (d as u64).min(end));
         if data > pos {
             out.push(Stretch {
                 offset: pos,
@@ -37,13 +33,7 @@ pub fn stretches(file: &File, start: u64, end: u64) -> Vec<Stretch> {
         if data >= end {
             break;
         }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data as i64, libc::SEEK_HOLE) };
-        let hole = if hole < 0 {
-            end
-        } else {
-            (hole as u64).min(end)
-        };
+        let hole = lseek(fd, data as i64, Whence::SeekHole).map_or(end, |h| (h as u64).min(end));
         out.push(Stretch {
             offset: data,
             len: hole - data,
