@@ -87,8 +87,8 @@ pub fn write(disk: &Disk, work: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs `cmd`, failing with its output when it fails.
-pub fn run(cmd: &mut Command) -> Result<()> {
+/// Runs `cmd`, failing with its output when it fails; returns its stdout.
+pub fn run(cmd: &mut Command) -> Result<Vec<u8>> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -100,5 +100,5 @@ pub fn run(cmd: &mut Command) -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(())
+    Ok(out.stdout)
 }

@@ -70,20 +70,7 @@ fn mtools(program: &str) -> Command {
     c
 }
 
-fn checked(cmd: &mut Command) -> Result<Vec<u8>> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(out.stdout)
-}
+use crate::raspios_disk::run as checked;
 
 /// One emulated machine and its disk.
 pub struct Vm {

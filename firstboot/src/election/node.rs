@@ -1456,19 +1456,10 @@ mod tests {
         let role = Role::Server { join: NodeId(7) };
         assert!(std::iter::from_fn(|| server.poll_event()).any(|e| e == Event::Role(role)));
         assert_eq!(server.role_via(), Some(NodeId(7)));
-        let relayed = |node: &mut Node, at: u64| -> Vec<Vec<NodeId>> {
-            node.handle_timeout(Millis(at));
-            persist_all(node);
-            drain_transmits(node)
-                .iter()
-                .filter_map(|t| match decode(3, t).body {
-                    Body::Hello(h) => Some(h.roster),
-                    _ => None,
-                })
-                .collect()
-        };
         // Not serving yet: nothing relayed.
-        assert!(relayed(&mut server, 2_000).iter().all(Vec::is_empty));
+        assert!(relayed_rosters(&mut server, 2_000)
+            .iter()
+            .all(Vec::is_empty));
         server.report_serving(Millis(2_100));
         // The init grants the last seat; the server's copy grows and is persisted.
         server
@@ -1477,10 +1468,10 @@ mod tests {
         let request = server.poll_persist().expect("the copy is persisted");
         assert_eq!(request.state.roster, [7, 2, 3].map(NodeId));
         server.persisted(request.seq);
-        assert!(relayed(&mut server, 4_000).contains(&[7, 2, 3].map(NodeId).to_vec()));
+        assert!(relayed_rosters(&mut server, 4_000).contains(&[7, 2, 3].map(NodeId).to_vec()));
         // Restarted with the init gone: it relays the copy it kept.
         let mut restarted = Node::new(config(2, 3), Millis(0), Some(request.state));
-        assert!(relayed(&mut restarted, 1).contains(&[7, 2, 3].map(NodeId).to_vec()));
+        assert!(relayed_rosters(&mut restarted, 1).contains(&[7, 2, 3].map(NodeId).to_vec()));
     }
 
     fn asking_hello(storage: u8) -> Body {
