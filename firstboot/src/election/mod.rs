@@ -115,6 +115,7 @@ mod epoch;
 mod instance;
 mod jitter;
 pub mod legacy;
+mod membership;
 mod message;
 mod node;
 mod outbox;
@@ -134,6 +135,7 @@ pub use auth::{ClusterId, CLUSTER_ID_LEN, MAC_LEN};
 pub use driver::{ElectionDriver, ElectionStore, PersistHook};
 pub use epoch::EpochState;
 pub use instance::Acceptors;
+pub use membership::{Membership, Seen};
 pub use message::{
     Body, DecodeError, Envelope, Hello, Instance, MAX_FRAME, MAX_ROSTER, PROTOCOL_VERSION,
 };

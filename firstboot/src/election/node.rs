@@ -4,6 +4,7 @@ use super::api::{Destination, ElectionConfig, Event, PersistRequest, Timing, Tra
 use super::auth::ClusterId;
 use super::instance::Acceptors;
 use super::jitter::Jitter;
+use super::membership::Membership;
 use super::message::{Body, DecodeError, Envelope, Hello, Instance, MAX_ROSTER};
 use super::outbox::Outbox;
 use super::paxos::{Acceptor, Ballot, Phase, Proposal, Value, Verdict};
@@ -957,6 +958,26 @@ impl<R: Rules> Node<R> {
             .collect()
     }
 
+    /// The membership as this node sees it at `now` (status; SPEC 4.4).
+    pub fn membership(&self, now: Millis) -> Membership {
+        let mut seats = match self.book.as_ref().filter(|_| self.book_mode) {
+            Some(book) => book.holders.clone(),
+            None => self.init_roster.clone(),
+        };
+        if let Some(book) = &self.book {
+            seats.retain(|node| !book.removed.contains(node));
+        }
+        Membership {
+            me: self.id(),
+            role: self.state.role,
+            serving: self.state.serving,
+            seats,
+            peers: self.peers.seen(now).collect(),
+            servers: self.servers,
+            now,
+        }
+    }
+
     /// The peers that said they serve, heard within the view's TTL.
     pub fn serving_peers(&self, now: Millis) -> Vec<NodeId> {
         self.peers.serving_now(now).collect()
@@ -1166,6 +1187,10 @@ mod tests {
             })
         );
         assert_eq!(node.poll_event(), Some(Event::Role(Role::ClusterInit)));
+        // Status's membership: the init holds the first seat, alive; no quorum lost.
+        let m = node.membership(Millis(1500));
+        assert_eq!(m.seats, [NodeId(7)]);
+        assert_eq!((m.live_seats(), m.quorum_lost()), (1, false));
     }
 
     /// A writer into a shared buffer, for capturing the journal of a test.

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::membership::Seen;
 use super::message::Hello;
 use super::paxos::Value;
 use super::rank::Rank;
@@ -124,6 +125,16 @@ impl PeerView {
             .iter()
             .filter(move |(node, _)| self.serves_now(now, **node))
             .map(|(node, _)| *node)
+    }
+
+    /// Every peer heard, by node id: when last, whether within the TTL before `now`, serving.
+    pub(super) fn seen(&self, now: Millis) -> impl Iterator<Item = Seen> + '_ {
+        self.peers.iter().map(move |(node, p)| Seen {
+            node: *node,
+            last_heard: p.last_heard,
+            heard_now: p.last_heard.after(self.ttl_ms) > now,
+            serving: p.serving,
+        })
     }
 
     fn fresh(&self, now: Millis, epoch: u32) -> impl Iterator<Item = &Peer> + '_ {

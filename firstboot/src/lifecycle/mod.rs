@@ -319,7 +319,20 @@ async fn steps(
                 ));
             }
         }
-        report.election(&driver.status(), &driver.peers());
+        let peers = driver.peers();
+        report.election(&driver.status(), &peers);
+        let names = peers
+            .verified
+            .into_iter()
+            .map(|p| (p.advert.node, p.service))
+            .collect();
+        report.membership(
+            &driver.membership(),
+            &names,
+            &hostname,
+            config.replace_after,
+            unix_now().max(0) as u64,
+        );
         let overdue = role.is_none() && !blocked;
         let k3s_wake = async {
             match k3s.as_mut() {

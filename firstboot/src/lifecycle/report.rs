@@ -3,14 +3,16 @@
 use crate::clock::InitAgreement;
 use crate::config::Token;
 use crate::discovery::table::PeerSummary;
-use crate::election::{ElectionStatus, NodeId, Role, Value};
+use crate::election::{ElectionStatus, Membership, NodeId, Role, Value};
 use crate::k3s::{CaHash, K3sPlan};
 use crate::status::led::{LedPattern, NoLed, StatusLed};
-use crate::status::state::{NodeRole, NodeState, Phase};
+use crate::status::state::{Member, MembershipState, NodeRole, NodeState, Phase, QUORUM_LOST};
 use crate::status::Notifier;
 use crate::storage::setup::StorageOutcome;
 use crate::systemd::ActiveState;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The lifecycle's reporter; the token, once known, is redacted from everything it writes.
 pub struct Report {
@@ -22,6 +24,9 @@ pub struct Report {
     shown: Option<LedPattern>,
     last_line: String,
     serving: bool,
+    /// Members not heard within the view's TTL, and since when (unix seconds): fixed when first
+    /// seen gone, so the state file is not rewritten as the clock moves.
+    gone_since: BTreeMap<NodeId, u64>,
 }
 
 /// What a `servers = 1` node says about its datastore (the steps are in docs/cluster-toml.md).
@@ -43,6 +48,7 @@ impl Report {
             shown: None,
             last_line: String::new(),
             serving: false,
+            gone_since: BTreeMap::new(),
         }
     }
 
@@ -159,6 +165,110 @@ impl Report {
             self.state.peers_expected = expected;
             self.save();
         }
+    }
+
+    /// The membership as the election sees it now (`names`: hostnames by node id, from the
+    /// peer table); the state file is written only when it changes, and a lost or regained
+    /// quorum is said once, when it happens.
+    pub fn membership(
+        &mut self,
+        m: &Membership,
+        names: &BTreeMap<NodeId, String>,
+        hostname: &str,
+        replace_after: Option<Duration>,
+        now_unix: u64,
+    ) {
+        if m.seats.is_empty() && m.peers.is_empty() {
+            return;
+        }
+        for p in &m.peers {
+            if p.heard_now {
+                self.gone_since.remove(&p.node);
+            } else {
+                let since = now_unix.saturating_sub(m.secs_before_now(p.last_heard));
+                self.gone_since.entry(p.node).or_insert(since);
+            }
+        }
+        for seat in &m.seats {
+            // A seat holder this node never heard from counts as gone from the first look.
+            if !m.alive(*seat) && !m.peers.iter().any(|p| p.node == *seat) {
+                self.gone_since.entry(*seat).or_insert(now_unix);
+            }
+        }
+        let quorum_lost = m.quorum_lost();
+        let member = |node: NodeId, server: bool| {
+            let this_node = node == m.me;
+            let peer = m.peers.iter().find(|p| p.node == node);
+            let gone_since_unix = if this_node {
+                None
+            } else {
+                self.gone_since.get(&node).copied()
+            };
+            let replace_from_unix = match (server, gone_since_unix, replace_after) {
+                (true, Some(since), Some(after)) if !quorum_lost => {
+                    Some(since.saturating_add(after.as_secs()))
+                }
+                _ => None,
+            };
+            Member {
+                node: node.to_string(),
+                name: if this_node {
+                    Some(hostname.to_string())
+                } else {
+                    names.get(&node).cloned()
+                },
+                server,
+                this_node,
+                serving: if this_node {
+                    m.serving
+                } else {
+                    peer.is_some_and(|p| p.serving)
+                },
+                gone_since_unix,
+                replace_from_unix,
+            }
+        };
+        let mut members: Vec<Member> = m.seats.iter().map(|n| member(*n, true)).collect();
+        let mut others: Vec<NodeId> = m.peers.iter().map(|p| p.node).collect();
+        others.push(m.me);
+        others.sort();
+        others.dedup();
+        others.retain(|n| !m.seats.contains(n));
+        members.extend(others.into_iter().map(|n| member(n, false)));
+        let view = MembershipState {
+            servers: m.servers as u32,
+            live_servers: m.live_seats() as u32,
+            quorum_lost,
+            members,
+        };
+        let was_lost = self
+            .state
+            .membership
+            .as_ref()
+            .is_some_and(|old| old.quorum_lost);
+        if self.state.membership.as_ref() == Some(&view) {
+            return;
+        }
+        if quorum_lost && !was_lost {
+            tracing::error!(
+                live = view.live_servers,
+                seats = m.seats.len(),
+                "server quorum lost"
+            );
+            self.say(&format!(
+                "quorum lost: {} of {} servers alive; {QUORUM_LOST}",
+                view.live_servers,
+                m.seats.len()
+            ));
+        } else if was_lost && !quorum_lost {
+            self.say(&format!(
+                "quorum back: {} of {} servers alive",
+                view.live_servers,
+                m.seats.len()
+            ));
+        }
+        self.state.membership = Some(view);
+        self.save();
     }
 
     /// The role is known.
@@ -427,5 +537,82 @@ mod tests {
         decided.role = Some(Role::ClusterInit);
         report.election(&decided, &no_peers());
         assert_eq!(report.state().peers_visible, 0);
+    }
+
+    fn view(now: u64, heard: &[(u64, u64)], ttl_ms: u64) -> Membership {
+        Membership {
+            me: NodeId(1),
+            role: Some(Role::ClusterInit),
+            serving: true,
+            seats: vec![NodeId(1), NodeId(2), NodeId(3)],
+            peers: heard
+                .iter()
+                .map(|&(node, at)| crate::election::Seen {
+                    node: NodeId(node),
+                    last_heard: crate::election::Millis(at),
+                    heard_now: at + ttl_ms > now,
+                    serving: true,
+                })
+                .collect(),
+            servers: 3,
+            now: crate::election::Millis(now),
+        }
+    }
+
+    /// Issue 18: status shows who is gone since when, when the healer may replace it, and a
+    /// lost quorum on every node, said once; the gone time does not drift as the clock moves.
+    #[test]
+    fn membership_marks_gone_servers_once_and_says_a_lost_quorum() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut report = Report::new(
+            dir.path().to_path_buf(),
+            NodeState::new(),
+            Notifier::to_socket(None),
+        );
+        let names = BTreeMap::from([(NodeId(2), "pi-b".to_string())]);
+        let thirty_min = Some(Duration::from_secs(1800));
+        // Node 3 was last heard at 10 s, now is 40 s (unix 1,040): gone since unix 1,010.
+        report.membership(
+            &view(40_000, &[(2, 39_000), (3, 10_000)], 15_000),
+            &names,
+            "pi-a",
+            thirty_min,
+            1_040,
+        );
+        let m = report.state().membership.clone().unwrap();
+        assert_eq!((m.live_servers, m.quorum_lost), (2, false));
+        assert_eq!(m.members[0].name.as_deref(), Some("pi-a"));
+        assert!(m.members[0].this_node && m.members[0].serving);
+        assert_eq!(m.members[2].gone_since_unix, Some(1_010));
+        assert_eq!(m.members[2].replace_from_unix, Some(1_010 + 1_800));
+        // A second later (a rounding step away) nothing changes.
+        report.membership(
+            &view(41_500, &[(2, 41_000), (3, 10_000)], 15_000),
+            &names,
+            "pi-a",
+            thirty_min,
+            1_041,
+        );
+        assert_eq!(report.state().membership.as_ref(), Some(&m));
+        // Node 2 goes too: 1 of 3 alive, quorum lost, no replacement planned.
+        report.membership(
+            &view(60_000, &[(2, 41_000), (3, 10_000)], 15_000),
+            &names,
+            "pi-a",
+            thirty_min,
+            1_060,
+        );
+        let m = report.state().membership.clone().unwrap();
+        assert_eq!((m.live_servers, m.quorum_lost), (1, true));
+        assert!(m.members.iter().all(|x| x.replace_from_unix.is_none()));
+        assert!(
+            report
+                .last_line
+                .starts_with("quorum lost: 1 of 3 servers alive"),
+            "{}",
+            report.last_line
+        );
+        let saved = NodeState::load(dir.path()).unwrap().unwrap();
+        assert_eq!(saved.membership, Some(m));
     }
 }

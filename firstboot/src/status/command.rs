@@ -1,6 +1,6 @@
 //! `firstboot status [--json]`: the persisted state for humans (or scripts); never the token.
 
-use super::state::{NodeState, Phase};
+use super::state::{Member, MembershipState, NodeState, Phase, QUORUM_LOST};
 use anyhow::Context;
 use std::io::Write;
 use std::path::Path;
@@ -93,6 +93,9 @@ pub fn table(s: &NodeState, now_unix: u64) -> String {
             if s.peers_visible == 1 { "" } else { "s" }
         ),
     ));
+    if let Some(m) = &s.membership {
+        membership_rows(m, now_unix, &mut rows);
+    }
     let st = &s.storage;
     let mut storage = st.class.clone().unwrap_or_else(|| "not probed yet".into());
     if let (Some(p50), Some(p99)) = (st.fdatasync_p50_us, st.fdatasync_p99_us) {
@@ -123,6 +126,81 @@ pub fn table(s: &NodeState, now_unix: u64) -> String {
         format!("{} s ago", now_unix.saturating_sub(s.updated_unix)),
     ));
     rows.iter().map(|(k, v)| format!("{k:<10} {v}\n")).collect()
+}
+
+/// The servers (seat holders), the other members and the quorum, one row each.
+fn membership_rows(m: &MembershipState, now_unix: u64, rows: &mut Vec<(&str, String)>) {
+    let describe = |member: &Member| {
+        let name = member.name.clone().unwrap_or_else(|| member.node.clone());
+        let mut facts = Vec::new();
+        if member.this_node {
+            facts.push("this node".to_string());
+        }
+        match member.gone_since_unix {
+            Some(since) => {
+                facts.push(format!("gone {}", span(now_unix.saturating_sub(since))));
+                match member.replace_from_unix {
+                    Some(at) if at > now_unix => {
+                        facts.push(format!("replaced in {}", span(at - now_unix)));
+                    }
+                    Some(_) => facts.push("replacement due".into()),
+                    None => {}
+                }
+            }
+            None if member.serving => facts.push("serving".into()),
+            None => facts.push("joining".into()),
+        }
+        format!("{name} ({})", facts.join(", "))
+    };
+    let servers: Vec<String> = m
+        .members
+        .iter()
+        .filter(|x| x.server)
+        .map(describe)
+        .collect();
+    let others: Vec<String> = m
+        .members
+        .iter()
+        .filter(|x| !x.server)
+        .map(describe)
+        .collect();
+    rows.push((
+        "servers",
+        format!(
+            "{} of {} alive ({} seats): {}",
+            m.live_servers,
+            servers.len(),
+            m.servers,
+            if servers.is_empty() {
+                "none known yet".to_string()
+            } else {
+                servers.join(", ")
+            }
+        ),
+    ));
+    if !others.is_empty() {
+        rows.push(("others", others.join(", ")));
+    }
+    if m.quorum_lost {
+        rows.push((
+            "quorum",
+            format!(
+                "LOST: {} of {} servers alive; {QUORUM_LOST}",
+                m.live_servers,
+                servers.len()
+            ),
+        ));
+    }
+}
+
+/// A duration in seconds as "42s", "5m 3s", "2h 10m" or "3d 4h".
+fn span(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m {}s", secs / 60, secs % 60),
+        3600..86400 => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d {}h", secs / 86400, secs % 86400 / 3600),
+    }
 }
 
 #[cfg(test)]
@@ -204,6 +282,59 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn member(name: &str, server: bool, gone: Option<u64>, replace: Option<u64>) -> Member {
+        Member {
+            node: "00000000000000aa".into(),
+            name: Some(name.into()),
+            server,
+            this_node: name == "pi-a",
+            serving: gone.is_none(),
+            gone_since_unix: gone,
+            replace_from_unix: replace,
+        }
+    }
+
+    #[test]
+    fn membership_shows_who_is_gone_when_it_is_replaced_and_a_lost_quorum() {
+        let mut s = NodeState::new();
+        s.membership = Some(MembershipState {
+            servers: 3,
+            live_servers: 2,
+            quorum_lost: false,
+            members: vec![
+                member("pi-a", true, None, None),
+                member("pi-b", true, None, None),
+                member("pi-c", true, Some(1_000), Some(2_800)),
+                member("pi-d", false, None, None),
+            ],
+        });
+        let text = table(&s, 1_250);
+        assert!(
+            text.contains(
+                "servers    2 of 3 alive (3 seats): pi-a (this node, serving), \
+                 pi-b (serving), pi-c (gone 4m 10s, replaced in 25m 50s)\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("others     pi-d (serving)\n"), "{text}");
+        assert!(!text.contains("quorum"), "{text}");
+        let m = s.membership.as_mut().unwrap();
+        m.quorum_lost = true;
+        m.live_servers = 1;
+        m.members[1] = member("pi-b", true, Some(1_200), None);
+        m.members[2].replace_from_unix = None;
+        let text = table(&s, 1_250);
+        assert!(
+            text.contains("quorum     LOST: 1 of 3 servers alive; nothing is removed"),
+            "{text}"
+        );
+        assert!(text.contains("--cluster-reset-restore-path"), "{text}");
+        assert!(text.contains("pi-b (gone 50s)"), "{text}");
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["membership"]["quorum_lost"], true);
+        assert_eq!(json["membership"]["members"][2]["gone_since_unix"], 1_000);
     }
 
     #[test]

@@ -147,6 +147,9 @@ pub struct NodeState {
     pub peers_visible: u32,
     /// Nodes in the bootstrap electorate (`nodes`).
     pub peers_expected: u32,
+    /// The cluster's members as this node sees them on the LAN (once it knows any seat holder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership: Option<MembershipState>,
     /// Storage findings.
     pub storage: StorageSummary,
     /// Problems a human should act on (token redacted).
@@ -155,6 +158,48 @@ pub struct NodeState {
     pub notes: Vec<String>,
     /// Last write, unix seconds.
     pub updated_unix: u64,
+}
+
+/// What a node says when the live servers are no majority (SPEC 4.4): nothing automatic, and the
+/// procedure a person follows (docs/cluster-toml.md, "When the servers lose their quorum").
+pub const QUORUM_LOST: &str = "nothing is removed or promoted automatically (it could fork the \
+cluster). Bring the gone servers back, or restore etcd from a snapshot on one survivor: \
+systemctl stop k3s; k3s server --cluster-reset --cluster-reset-restore-path=SNAPSHOT \
+(docs/cluster-toml.md, \"When the servers lose their quorum\")";
+
+/// The membership view of `firstboot status` (SPEC 4.4): seen from the LAN, so every node has
+/// one, agents too, and it still answers when K3s cannot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipState {
+    /// Configured server seats (`servers`).
+    pub servers: u32,
+    /// Seat holders alive now (this node, or heard on the LAN within the view's TTL).
+    pub live_servers: u32,
+    /// The live seat holders are not a majority of the seats: etcd's quorum is lost and no node
+    /// removes or promotes anything by itself; a person restores from a snapshot.
+    pub quorum_lost: bool,
+    /// Seat holders first, in grant order; then every other node heard, by node id.
+    pub members: Vec<Member>,
+}
+
+/// One member of [`MembershipState`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its node id (hex).
+    pub node: String,
+    /// Its hostname (its mDNS service name), when known.
+    pub name: Option<String>,
+    /// It holds a server seat.
+    pub server: bool,
+    /// It is the node this state file belongs to.
+    pub this_node: bool,
+    /// It said it serves its K3s role.
+    pub serving: bool,
+    /// Not heard within the view's TTL since then (unix seconds); `None` while it is heard.
+    pub gone_since_unix: Option<u64>,
+    /// A gone server: from when the healer may replace it (`gone_since` + `replace_after`);
+    /// `None` for agents, with `replace_after = "off"`, or while the quorum is lost.
+    pub replace_from_unix: Option<u64>,
 }
 
 /// Why the state file could not be read or written.
@@ -213,6 +258,7 @@ impl NodeState {
             datastore: None,
             peers_visible: 0,
             peers_expected: 0,
+            membership: None,
             storage: StorageSummary::default(),
             errors: Vec::new(),
             notes: Vec::new(),

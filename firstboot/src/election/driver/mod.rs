@@ -14,8 +14,8 @@ use crate::discovery::record::PeerClass;
 use crate::discovery::table::PeerSummary;
 use crate::discovery::{Browser, FrameTransport, PeerEvent, PeerTable, UdpTransport};
 use crate::election::{
-    Body, BookView, Destination, ElectionConfig, ElectionStatus, Envelope, Event, Hello, Millis,
-    Node, NodeId, PersistedState, Rank,
+    Body, BookView, Destination, ElectionConfig, ElectionStatus, Envelope, Event, Hello,
+    Membership, Millis, Node, NodeId, PersistedState, Rank,
 };
 use anyhow::Context;
 use std::collections::BTreeMap;
@@ -108,6 +108,11 @@ impl ElectionDriver {
             .into_iter()
             .filter_map(|node| Some((node, self.peer_addr(node)?)))
             .collect()
+    }
+
+    /// The membership as this node sees it now (status; SPEC 4.4).
+    pub fn membership(&self) -> Membership {
+        self.node.membership(self.now())
     }
 
     /// The live node whose hello gave this node its role (see [`Node::role_via`]).
