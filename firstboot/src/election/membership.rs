@@ -7,6 +7,11 @@
 
 use super::{Millis, NodeId, Role};
 
+/// A peer not heard for this long counts as gone in the membership view: several hello periods
+/// and longer than the candidate view's TTL, so that a late hello or two on a busy LAN does not
+/// make a live server look gone (nor a quorum look lost).
+pub const GONE_AFTER_MS: u64 = 10_000;
+
 /// One peer this node has heard from (authenticated hellos only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Seen {
@@ -14,7 +19,7 @@ pub struct Seen {
     pub node: NodeId,
     /// When its last hello arrived.
     pub last_heard: Millis,
-    /// Heard within the view's TTL before now.
+    /// Heard within [`GONE_AFTER_MS`] before now.
     pub heard_now: bool,
     /// It said it serves its K3s role.
     pub serving: bool,
@@ -42,7 +47,7 @@ pub struct Membership {
 
 impl Membership {
     /// Whether `node` (a seat holder or any peer) is alive now: this node itself, or a peer heard
-    /// within the TTL.
+    /// within [`GONE_AFTER_MS`].
     pub fn alive(&self, node: NodeId) -> bool {
         node == self.me || self.peers.iter().any(|p| p.node == node && p.heard_now)
     }
@@ -59,7 +64,7 @@ impl Membership {
         !self.seats.is_empty() && self.live_seats() * 2 <= self.seats.len()
     }
 
-    /// Peers heard before but not within the TTL, with when they were last heard.
+    /// Peers heard before but not within [`GONE_AFTER_MS`], with when they were last heard.
     pub fn gone(&self) -> impl Iterator<Item = &Seen> + '_ {
         self.peers.iter().filter(|p| !p.heard_now)
     }

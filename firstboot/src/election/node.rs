@@ -4,7 +4,7 @@ use super::api::{Destination, ElectionConfig, Event, PersistRequest, Timing, Tra
 use super::auth::ClusterId;
 use super::instance::Acceptors;
 use super::jitter::Jitter;
-use super::membership::Membership;
+use super::membership::{Membership, GONE_AFTER_MS};
 use super::message::{Body, DecodeError, Envelope, Hello, Instance, MAX_ROSTER};
 use super::outbox::Outbox;
 use super::paxos::{Acceptor, Ballot, Phase, Proposal, Value, Verdict};
@@ -972,7 +972,7 @@ impl<R: Rules> Node<R> {
             role: self.state.role,
             serving: self.state.serving,
             seats,
-            peers: self.peers.seen(now).collect(),
+            peers: self.peers.seen(now, GONE_AFTER_MS).collect(),
             servers: self.servers,
             now,
         }

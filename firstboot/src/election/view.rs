@@ -127,12 +127,14 @@ impl PeerView {
             .map(|(node, _)| *node)
     }
 
-    /// Every peer heard, by node id: when last, whether within the TTL before `now`, serving.
-    pub(super) fn seen(&self, now: Millis) -> impl Iterator<Item = Seen> + '_ {
+    /// Every peer heard, by node id: when last, whether within `horizon_ms` (at least the TTL)
+    /// before `now`, serving.
+    pub(super) fn seen(&self, now: Millis, horizon_ms: u64) -> impl Iterator<Item = Seen> + '_ {
+        let horizon = horizon_ms.max(self.ttl_ms);
         self.peers.iter().map(move |(node, p)| Seen {
             node: *node,
             last_heard: p.last_heard,
-            heard_now: p.last_heard.after(self.ttl_ms) > now,
+            heard_now: p.last_heard.after(horizon) > now,
             serving: p.serving,
         })
     }

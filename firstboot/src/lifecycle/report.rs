@@ -24,7 +24,7 @@ pub struct Report {
     shown: Option<LedPattern>,
     last_line: String,
     serving: bool,
-    /// Members not heard within the view's TTL, and since when (unix seconds): fixed when first
+    /// Members not heard for 10 s or more, and since when (unix seconds): fixed when first
     /// seen gone, so the state file is not rewritten as the clock moves.
     gone_since: BTreeMap<NodeId, u64>,
 }

@@ -173,7 +173,7 @@ systemctl stop k3s; k3s server --cluster-reset --cluster-reset-restore-path=SNAP
 pub struct MembershipState {
     /// Configured server seats (`servers`).
     pub servers: u32,
-    /// Seat holders alive now (this node, or heard on the LAN within the view's TTL).
+    /// Seat holders alive now (this node, or heard on the LAN within the last 10 s).
     pub live_servers: u32,
     /// The live seat holders are not a majority of the seats: etcd's quorum is lost and no node
     /// removes or promotes anything by itself; a person restores from a snapshot.
@@ -195,7 +195,7 @@ pub struct Member {
     pub this_node: bool,
     /// It said it serves its K3s role.
     pub serving: bool,
-    /// Not heard within the view's TTL since then (unix seconds); `None` while it is heard.
+    /// Not heard for 10 s or more, since then (unix seconds); `None` while it is heard.
     pub gone_since_unix: Option<u64>,
     /// A gone server: from when the healer may replace it (`gone_since` + `replace_after`);
     /// `None` for agents, with `replace_after = "off"`, or while the quorum is lost.
