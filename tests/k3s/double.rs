@@ -1447,3 +1447,85 @@ fn the_healer_lease_has_one_holder() {
         "expired, taken"
     );
 }
+
+/// Now as the double writes times (RFC 3339, UTC, seconds), so they compare as strings.
+fn rfc3339_now() -> String {
+    let stamp = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        stamp.year(),
+        u8::from(stamp.month()),
+        stamp.day(),
+        stamp.hour(),
+        stamp.minute(),
+        stamp.second()
+    )
+}
+
+// Rule: an agent's load balancer learns the live apiservers from its server
+// (pkg/agent/config/config.go:95-123, pkg/server/router.go:310-324), keeps them in
+// agent/etc/k3s-agent-load-balancer.json (loadbalancer/config.go), fails over when its server's
+// connection fails (loadbalancer/servers.go:280-313), and a restarted agent whose configured
+// server is dead reaches a saved one. firstboot's agents join one server and rely on this when
+// that server's card dies (issue 18: agents keep working through the init's death).
+#[test]
+fn an_agent_moves_to_a_live_server_when_its_server_dies() {
+    let (init, url, ca_hash) = init_with("lab-000001");
+    let mut b = spawn(
+        "server",
+        &join_yaml(&url, ca_hash, "lab-000002"),
+        free_port(),
+    );
+    wait_ready(&mut b);
+    let mut c = spawn(
+        "server",
+        &join_yaml(&url, ca_hash, "lab-000003"),
+        free_port(),
+    );
+    wait_ready(&mut c);
+    let agent_port = free_port();
+    let mut agent = spawn("agent", &agent_of(&url, ca_hash, "lab-000004"), agent_port);
+    wait_ready(&mut agent);
+    let lb_file = data(&agent.root).join("agent/etc/k3s-agent-load-balancer.json");
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&lb_file).expect("the load balancer's file"))
+            .unwrap();
+    assert_eq!(saved["ServerURL"], url.as_str(), "{saved}");
+    assert_eq!(
+        saved["ServerAddresses"].as_array().map(Vec::len),
+        Some(3),
+        "all three apiservers learned: {saved}"
+    );
+    let init_log = stop_and_log(init);
+    let killed = rfc3339_now();
+    // A guard against a hang, not a speed goal: heartbeats come every 10 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let beat = loop {
+        let (ok, out, _) = b.kubectl(&["get", "node", "lab-000004", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let beat = v["status"]["conditions"][0]["lastHeartbeatTime"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if ok && beat > killed {
+            break beat;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "no agent heartbeat after its server died at {killed} (last {beat:?})\n--- agent:\n{}\n--- init:\n{init_log}",
+                stop_and_log(agent)
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    eprintln!("agent heartbeat at {beat}, its server died at {killed}");
+    // Restarted while its configured server is still dead: it reaches a saved one.
+    agent.restart("agent", agent_port);
+    wait_ready(&mut agent);
+    let log = stop_and_log(agent);
+    assert!(
+        log.contains("the load balancer moved"),
+        "no failover in the agent's log: {log}"
+    );
+    assert!(!log.contains(SECRET), "token in the log: {log}");
+}

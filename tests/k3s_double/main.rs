@@ -17,7 +17,9 @@
 //! - agent: validates the token like a joiner but on failure (wrong CA hash, wrong password,
 //!   server down, clock before the CA's NotBefore) logs and retries every 2 s forever, so the unit
 //!   stays activating (pkg/agent/run.go:354-363); a node name registered with another node
-//!   password is "Node password rejected", retried every 5 s (config.go:57-74, :180-182);
+//!   password is "Node password rejected", retried every 5 s (config.go:57-74, :180-182); its
+//!   load balancer (`agent_lb.rs`) learns the live apiservers (`/v1-k3s/apiservers`), keeps them
+//!   in `agent/etc/k3s-agent-load-balancer.json` and moves to another server when its own fails;
 //! - every node registers a Node object and renews its heartbeat Lease every 10 s in etcd
 //!   (agents through their server); the etcd leader promotes learners every 15 s and removes the
 //!   etcd member of a deleted Node (the finalizer), `store.rs`;
@@ -47,14 +49,16 @@
 //!   runtime (air-gap image import) before joining etcd;
 //! - a SQLite server (no `cluster-init`) is not converted to etcd by a later `cluster-init`;
 //! - no memory-cgroup check and no 1980 clock check; Ready=Unknown is computed by kubectl from the
-//!   heartbeat's age (the apiserver's node controller writes it); agents stay with the server they
-//!   registered with (K3s's agent load balancer moves to another server).
+//!   heartbeat's age (the apiserver's node controller writes it); the agent's load balancer is
+//!   no TCP proxy (each request goes to the current server) and lists servers by their Nodes'
+//!   heartbeats, not by the apiserver's master leases.
 //!
 //! Test knobs: `K3S_DOUBLE_ROOT` (root prefix), `K3S_DOUBLE_PORT` (listen port, default 6443),
 //! `K3S_DOUBLE_ETCD_CLIENT_PORT`/`_PEER_PORT` (2379/2380), `K3S_DOUBLE_ETCD` (etcd program,
 //! /usr/bin/etcd), `K3S_DOUBLE_READY_DELAY` (seconds, default 5), `K3S_DOUBLE_LEARNER_TICK`
 //! (seconds, default 15 as K3s). The token is never printed.
 
+mod agent_lb;
 mod flannel;
 mod kubectl;
 mod pki;
@@ -210,25 +214,32 @@ async fn run_agent(config: DoubleConfig, data: &Path) -> Result<()> {
     // pkg/cli/agent/agent.go Run: both are required.
     let server = config.server.clone().context("--server is required")?;
     let password = config.password.clone().context("--token is required")?;
+    // Every request goes through the agent's load balancer (`agent_lb.rs`): the configured
+    // server first, then the apiservers an earlier run of this agent learned.
+    let mut lb = agent_lb::AgentLb::load(data, &server);
     // A wrong CA hash, a wrong password or a server that is not up: K3s logs and retries every
     // 2 s forever; the unit stays "activating" (pkg/agent/run.go:354-363
     // createProxyAndValidateToken).
-    let ca = loop {
-        match validate(&server, &config, &password).await {
-            Ok(ca) => break ca,
-            Err(e) => {
-                log(&format!(
-                    "level=error msg=\"Failed to validate connection to cluster at {server}: {e:#}\""
-                ));
-                tokio::time::sleep(Duration::from_secs(2)).await;
+    let ca = 'validated: loop {
+        for url in lb.candidates() {
+            match validate(&url, &config, &password).await {
+                Ok(ca) => {
+                    lb.use_server(&url);
+                    break 'validated ca;
+                }
+                Err(e) => log(&format!(
+                    "level=error msg=\"Failed to validate connection to cluster at {url}: {e:#}\""
+                )),
             }
         }
+        tokio::time::sleep(Duration::from_secs(2)).await;
     };
     // Agent configuration, retried every 5 s (pkg/agent/config/config.go:57-74 Get): the
     // kubelet serving certificate request carries the node name and password; a name already
     // registered with another password is refused (:180-182).
     let node_pw = node_password()?;
     loop {
+        let server = lb.current().to_string();
         let (status, body) = wire::request(
             &server,
             "POST",
@@ -258,23 +269,34 @@ async fn run_agent(config: DoubleConfig, data: &Path) -> Result<()> {
     }
     start_flannel(&config)?;
     write_mode(&data.join("agent/server-url"), server.as_bytes(), 0o600)?;
-    // kubelet's heartbeat through the server (the double's own path: kubelet renews its Lease
-    // through the apiserver).
+    refresh_apiservers(&mut lb, &ca, &password).await;
+    // kubelet's heartbeat through the load balancer (the double's own path: kubelet renews its
+    // Lease through the apiserver); a server that fails is left for the next one, and each
+    // round refreshes the list of live apiservers (K3s watches the endpoints).
     let name = config.node_name.clone();
     let address = config.node_ip.map(|i| i.to_string()).unwrap_or_default();
-    let hb_server = server.clone();
     tokio::spawn(async move {
         loop {
-            let _ = wire::request(
-                &hb_server,
-                "POST",
-                "/v1-k3s/double/heartbeat",
-                Trust::Ca(ca.clone()),
-                Some(("node", &password)),
-                &[("k3s-Node-Name", &name), ("k3s-Node-IP", &address)],
-                b"",
-            )
-            .await;
+            for url in lb.candidates() {
+                let beat = wire::request(
+                    &url,
+                    "POST",
+                    "/v1-k3s/double/heartbeat",
+                    Trust::Ca(ca.clone()),
+                    Some(("node", &password)),
+                    &[("k3s-Node-Name", &name), ("k3s-Node-IP", &address)],
+                    b"",
+                )
+                .await;
+                if matches!(beat, Ok((200, _))) {
+                    lb.use_server(&url);
+                    refresh_apiservers(&mut lb, &ca, &password).await;
+                    break;
+                }
+                log(&format!(
+                    "level=info msg=\"Server {url}->failed from failed dial\""
+                ));
+            }
             tokio::time::sleep(Duration::from_secs(store::HEARTBEAT_SECS)).await;
         }
     });
@@ -283,6 +305,25 @@ async fn run_agent(config: DoubleConfig, data: &Path) -> Result<()> {
     notifier.ready("k3s-double agent running");
     std::future::pending::<()>().await;
     Ok(())
+}
+
+/// Asks the current server for the live apiservers and gives them to the load balancer; a
+/// failure keeps the list it has.
+async fn refresh_apiservers(lb: &mut agent_lb::AgentLb, ca: &[u8], password: &str) {
+    let answer = wire::get(
+        lb.current(),
+        "/v1-k3s/apiservers",
+        Trust::Ca(ca.to_vec()),
+        Some(("node", password)),
+    )
+    .await;
+    let list = match answer {
+        Ok((200, body)) => serde_json::from_slice::<Vec<String>>(&body).unwrap_or_default(),
+        _ => return,
+    };
+    if let Err(e) = lb.update(list) {
+        log(&format!("level=warning msg=\"Error updating load balancer k3s-agent-load-balancer config: {e:#}\""));
+    }
 }
 
 /// /cacerts checked against the token's hash, then the password proven over TLS verified by
@@ -513,6 +554,7 @@ async fn run_server(mut config: DoubleConfig, data: &Path) -> Result<()> {
         }
     }
     let member_name = member.as_ref().map(|(n, _)| n.clone());
+    let supervisor = format!("{address}:{port}");
     store::register_node(
         &ep,
         &store::NodeInfo {
@@ -520,6 +562,7 @@ async fn run_server(mut config: DoubleConfig, data: &Path) -> Result<()> {
             address: &address,
             etcd_member: member_name.as_deref(),
             server: true,
+            supervisor: Some(&supervisor),
         },
         unix_now(),
     )
@@ -649,6 +692,11 @@ async fn route(s: &Shared, req: Request) -> Response {
                 Err(e) => status(500, &format!("failed to get etcd MemberList: {e:#}")),
             }
         }
+        // The live apiservers' addresses, for the agent's load balancer (router.go:65, 310-324).
+        "/v1-k3s/apiservers" if node => match store::apiservers(&s.etcd, unix_now()).await {
+            Ok(list) => ok(json!(list).to_string().into_bytes()),
+            Err(e) => status(500, &format!("{e:#}")),
+        },
         "/v1-k3s/serving-kubelet.crt" | "/v1-k3s/double/heartbeat" if req.method != "POST" => {
             status(405, "method not allowed")
         }
@@ -674,6 +722,7 @@ async fn route(s: &Shared, req: Request) -> Response {
                 address,
                 etcd_member: None,
                 server: false,
+                supervisor: None,
             };
             let now = unix_now();
             match store::register_node(&s.etcd, &info, now).await {
@@ -686,6 +735,7 @@ async fn route(s: &Shared, req: Request) -> Response {
         }
         "/v1-k3s/server-bootstrap"
         | "/v1-k3s/config"
+        | "/v1-k3s/apiservers"
         | "/db/info"
         | "/v1-k3s/serving-kubelet.crt"
         | "/v1-k3s/double/heartbeat" => status(401, "Unauthorized"),

@@ -164,7 +164,15 @@ pub struct NodeInfo<'a> {
     /// A server's etcd member name (servers with etcd only).
     pub etcd_member: Option<&'a str>,
     pub server: bool,
+    /// A server's supervisor address (`host:port`) agents may reach it at.
+    pub supervisor: Option<&'a str>,
 }
+
+/// The double's own annotation for a server's supervisor address. K3s lists apiservers from the
+/// `kubernetes` Endpoints, which each apiserver keeps up to date under a master lease
+/// (pkg/server/router.go:310-324 apiserversHandler); the double reads its servers' Nodes
+/// instead, so tests can run several servers on one address with different ports.
+pub const SUPERVISOR_ANNOTATION: &str = "k3s-double.test/supervisor";
 
 /// Creates or refreshes the Node object (kubelet registration; K3s's etcd metadata controller
 /// adds the member annotations and the etcd label, pkg/etcd/metadata_controller.go, and the
@@ -188,6 +196,9 @@ pub async fn register_node(ep: &str, n: &NodeInfo<'_>, now: i64) -> Result<()> {
             md["labels"]["node-role.kubernetes.io/control-plane"] = json!("true");
             md["labels"]["node-role.kubernetes.io/master"] = json!("true");
         }
+        if let Some(address) = n.supervisor {
+            md["annotations"][SUPERVISOR_ANNOTATION] = json!(address);
+        }
         if let Some(member) = n.etcd_member {
             md["labels"][ETCD_ROLE_LABEL] = json!("true");
             md["annotations"][MEMBER_NAME_ANNOTATION] = json!(member);
@@ -208,6 +219,26 @@ pub async fn register_node(ep: &str, n: &NodeInfo<'_>, now: i64) -> Result<()> {
             return Ok(());
         }
     }
+}
+
+/// The supervisor addresses of the servers whose heartbeat is within the grace period (the
+/// endpoints of live apiservers), sorted.
+pub async fn apiservers(ep: &str, now: i64) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for node in read_all(ep, "/registry/minions/").await? {
+        let Some(address) = node["metadata"]["annotations"][SUPERVISOR_ANNOTATION].as_str() else {
+            continue;
+        };
+        let name = node["metadata"]["name"].as_str().unwrap_or_default();
+        let renew = read(ep, &key("leases", Some("kube-node-lease"), name))
+            .await?
+            .and_then(|l| l["spec"]["renewTime"].as_str().and_then(parse_rfc3339));
+        if renew.is_some_and(|t| now - t <= GRACE_SECS) {
+            out.push(address.to_string());
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Renews the node's Lease in kube-node-lease (kubelet's heartbeat).
