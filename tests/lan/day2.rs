@@ -7,7 +7,10 @@
 
 use systests::lan::formation_support;
 
-use formation_support::{check_roles, homelab_lan, role_of, start_node, wait_roles, wait_until};
+use formation_support::{
+    check_roles, firstboot_path, homelab_lan, node_state, role_of, start_node, wait_roles,
+    wait_until,
+};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -130,4 +133,99 @@ fn partition_healed_a_minute_after_formation_rejoins_within_15s() {
             "an early node changed its role"
         );
     }
+}
+
+/// How soon every survivor must say that the quorum is lost once two of three servers are gone:
+/// the membership view counts a peer gone after 10 s without a hello.
+const QUORUM_BOUND: Duration = Duration::from_secs(25);
+
+/// Issue 18, "2 of 3 servers gone": three servers form the cluster and all see 3 of 3 seats
+/// alive, no quorum lost; then two lose power (firstboot and avahi-daemon killed, no goodbye).
+/// The survivor's status says within 25 s that the quorum is lost (1 of 3 servers alive), marks
+/// both gone with no replacement planned, and names the restore; `firstboot status` prints it.
+#[test]
+fn two_of_three_servers_gone_the_survivor_says_the_quorum_is_lost() {
+    let Some((_serial, mut lan, _spec)) = homelab_lan(
+        "two_of_three_servers_gone_the_survivor_says_the_quorum_is_lost",
+        3,
+        3,
+        3,
+    ) else {
+        return;
+    };
+    for node in lan.nodes.iter_mut() {
+        start_node(node);
+    }
+    let roles = wait_roles(&lan, &[0, 1, 2]);
+    check_roles(&roles, 3, 0);
+    let membership = |lan: &systests::lan::harness::Lan, i: usize| {
+        node_state(&lan.nodes[i])["membership"].clone()
+    };
+    let formed = Instant::now();
+    wait_until(
+        formed,
+        QUORUM_BOUND,
+        "not every node saw 3 of 3 server seats alive after formation",
+        || {
+            (0..3)
+                .all(|i| membership(&lan, i)["live_servers"] == 3)
+                .then_some(())
+        },
+    );
+    for i in 0..3 {
+        let m = membership(&lan, i);
+        assert_eq!(m["quorum_lost"], false, "node{}: {m}", i + 1);
+        assert_eq!(
+            m["members"].as_array().map(Vec::len),
+            Some(3),
+            "node{}: {m}",
+            i + 1
+        );
+    }
+    for i in [0, 1] {
+        lan.nodes[i].kill("firstboot");
+        lan.nodes[i].kill_avahi();
+    }
+    let killed = Instant::now();
+    let lost = loop {
+        let m = membership(&lan, 2);
+        if m["quorum_lost"] == true {
+            break m;
+        }
+        assert!(
+            killed.elapsed() < QUORUM_BOUND,
+            "the survivor did not say the quorum is lost {QUORUM_BOUND:?} after 2 of 3 servers \
+             died: {m}"
+        );
+        sleep(Duration::from_millis(200));
+    };
+    eprintln!(
+        "quorum lost said {:.1} s after the two died",
+        killed.elapsed().as_secs_f64()
+    );
+    assert_eq!(lost["live_servers"], 1, "{lost}");
+    let gone: Vec<&serde_json::Value> = lost["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| !m["gone_since_unix"].is_null())
+        .collect();
+    assert_eq!(gone.len(), 2, "both dead servers gone: {lost}");
+    assert!(
+        gone.iter().all(|m| m["replace_from_unix"].is_null()),
+        "no replacement planned without a quorum: {lost}"
+    );
+    let out = lan.nodes[2]
+        .command(&firstboot_path())
+        .arg("--root")
+        .arg(&lan.nodes[2].root)
+        .arg("status")
+        .output()
+        .expect("running firstboot status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("quorum     LOST: 1 of 3 servers alive")
+            && text.contains("--cluster-reset-restore-path"),
+        "status does not say the quorum is lost: {text}"
+    );
 }
