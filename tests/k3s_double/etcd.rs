@@ -186,7 +186,9 @@ impl std::fmt::Display for EtcdError {
 
 impl std::error::Error for EtcdError {}
 
-/// POSTs JSON to etcd's gateway at `endpoint` (`http://host:port`) and returns the answer.
+/// POSTs JSON to etcd's gateway at `endpoint` (`http://host:port`) and returns the answer, or
+/// fails after 20 s: K3s gives its etcd join (member list and MemberAddAsLearner) a 20 s context
+/// (pkg/etcd/etcd.go:558) and exits fatally when it runs out (:515-517).
 pub async fn call(endpoint: &str, path: &str, body: &Value) -> Result<Value> {
     let hostport = endpoint
         .strip_prefix("http://")
@@ -206,9 +208,9 @@ pub async fn call(endpoint: &str, path: &str, body: &Value) -> Result<Value> {
         tcp.read_to_end(&mut raw).await?;
         Ok::<_, anyhow::Error>(raw)
     };
-    let raw = tokio::time::timeout(Duration::from_secs(10), fut)
+    let raw = tokio::time::timeout(Duration::from_secs(20), fut)
         .await
-        .map_err(|_| anyhow!("etcd at {hostport} did not answer {path} within 10 s"))??;
+        .map_err(|_| anyhow!("etcd at {hostport} did not answer {path} within 20 s"))??;
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
