@@ -1,107 +1,338 @@
-//! Issue 18 on machines (real systemd, the K3s double with real etcd): server seats after
-//! formation come from the cluster's seat book, granted by any serving server. Three of five
-//! seats are filled at formation; the init machine is powered off for good; a new card booted
-//! afterwards gets the fourth seat from a live server's seat keeper and serves (its etcd member
-//! promoted), and the book in etcd records it.
-//!
-//! Ignored for now: in two runs the card got its server seat from a live server's keeper and
-//! joined that server, but real etcd refused its learner ("etcdserver: unhealthy cluster") while
-//! the powered-off init is still a voting member; the healer must remove the dead member first
-//! (SPEC 4.4), and the daemon does not run the healer yet.
+//! Issue 18 on machines (real systemd, the K3s double with real etcd): the cluster replaces a
+//! dead server. Three servers and one agent form (`servers = 3`, `nodes = 5`,
+//! `replace_after = "20s"`); the init machine is powered off for good; a new card boots. The card
+//! waits for the dead server's seat (the book is full) instead of becoming an agent; the healer
+//! (on the live server holding the `firstboot-healer` Lease) deletes the dead init's Node after
+//! `replace_after`, non-forced, so the double's finalizer removes its etcd member; then it
+//! releases the seat in the book, a live server's seat keeper grants it to the card, and the
+//! card joins as a server. etcd ends with 3 voting members, all alive, and never has more than 3
+//! voting members meanwhile (a sampler reads the member list every 500 ms throughout).
 
+use systests::k3s_double::etcd;
 use systests::machines::{harness, k3s_support};
 
-use harness::{cluster_toml, random_token, Lan};
+use harness::{cluster_toml, random_token, Lan, Machine};
 use k3s_support::*;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// How long formation and the late join may each take (no speed assertion).
 const WAIT: Duration = Duration::from_secs(300);
+/// `[cluster] replace_after` of this test.
+const REPLACE_AFTER: &str = "20s";
+
+/// Runs `f` on a thread inside the network namespace of the process `pid` (a machine's PID 1),
+/// with a small async runtime for the double's etcd client.
+fn in_netns<T: Send + 'static>(
+    pid: u32,
+    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<T>>>>
+        + Send
+        + 'static,
+) -> anyhow::Result<T> {
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the netns thread panicked"))?
+}
+
+/// etcd's member list as the machine with PID 1 `pid` sees it (its own etcd, on loopback).
+fn members(pid: u32) -> anyhow::Result<Vec<etcd::Member>> {
+    in_netns(pid, || {
+        Box::pin(async { etcd::member_list(&etcd::url("127.0.0.1", 2379)).await })
+    })
+}
+
+/// Whether the member answers on its client URL with a leader, as a voter (from `pid`'s netns).
+fn member_alive(pid: u32, member: &etcd::Member) -> bool {
+    let Some(url) = member.client_urls.first().cloned() else {
+        return false;
+    };
+    in_netns(pid, move || Box::pin(async move { etcd::test(&url).await })).is_ok()
+}
+
+/// "name(voter)" / "name(learner)" of each member, for messages.
+fn describe(members: &[etcd::Member]) -> Vec<String> {
+    members
+        .iter()
+        .map(|m| {
+            let kind = if m.is_learner { "learner" } else { "voter" };
+            format!("{}({kind})", m.name)
+        })
+        .collect()
+}
+
+/// The seat book (`kube-system/firstboot-seats`) through the double's `k3s kubectl` on `m`.
+fn book(m: &Machine) -> Option<serde_json::Value> {
+    let out = m.exec(
+        "/usr/bin/timeout",
+        &[
+            "20",
+            "/usr/local/bin/k3s",
+            "kubectl",
+            "get",
+            "configmap",
+            "firstboot-seats",
+            "-n",
+            "kube-system",
+            "-o",
+            "json",
+        ],
+    )?;
+    let map: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    serde_json::from_str(map["data"]["seats.json"].as_str()?).ok()
+}
+
+/// The Node names K3s has, through `k3s kubectl` on `m`.
+fn node_names(m: &Machine) -> Option<Vec<String>> {
+    let out = m.exec(
+        "/usr/bin/timeout",
+        &[
+            "20",
+            "/usr/local/bin/k3s",
+            "kubectl",
+            "get",
+            "nodes",
+            "-o",
+            "json",
+        ],
+    )?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(
+        v["items"]
+            .as_array()?
+            .iter()
+            .filter_map(|n| n["metadata"]["name"].as_str().map(String::from))
+            .collect(),
+    )
+}
+
+/// What the sampler saw: the most voters at once, and each distinct list with when.
+#[derive(Default)]
+struct Seen {
+    most_voters: usize,
+    lists: Vec<(Duration, Vec<String>)>,
+}
+
+/// Samples the member list on a live server every 500 ms until stopped: each distinct list
+/// with when it was seen, and the most voters ever seen.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    fn start(pids: Vec<u32>) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let (s, v) = (stop.clone(), seen.clone());
+        let start = Instant::now();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                // Whichever live server answers (either may be busy for a moment).
+                if let Some(list) = pids.iter().find_map(|p| members(*p).ok()) {
+                    let voters = list.iter().filter(|m| !m.is_learner).count();
+                    let names = describe(&list);
+                    let mut seen = v.lock().unwrap();
+                    seen.most_voters = seen.most_voters.max(voters);
+                    if seen.lists.last().map(|(_, l)| l) != Some(&names) {
+                        seen.lists.push((start.elapsed(), names));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        Sampler {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling: the most voters seen and the history of lists.
+    fn finish(mut self) -> (usize, String) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let seen = self.seen.lock().unwrap();
+        let history = seen
+            .lists
+            .iter()
+            .map(|(at, l)| format!("  +{:.1}s {}", at.as_secs_f64(), l.join(" ")))
+            .collect::<Vec<_>>()
+            .join("\n");
+        (seen.most_voters, history)
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
 
 #[test]
-#[ignore = "needs the healer loop (issue 18, not done): real etcd refuses the card's learner \
-            ('etcdserver: unhealthy cluster') while the dead init is still a member; the seat \
-            grant itself works (two runs: the card got its server role from a live server)"]
-fn a_card_booted_after_the_init_died_gets_a_free_seat_from_a_live_server() {
-    if skip("a_card_booted_after_the_init_died_gets_a_free_seat_from_a_live_server") {
+fn a_dead_init_is_removed_after_replace_after_and_a_new_card_takes_its_seat() {
+    if skip("a_dead_init_is_removed_after_replace_after_and_a_new_card_takes_its_seat") {
         return;
     }
     let token = random_token();
-    // servers = 5, nodes = 5: three machines are a majority of the electorate and fill three
-    // seats; two seats stay free.
-    let toml = cluster_toml("machines", &token, 5, 5);
+    // nodes = 5: the four formed machines and the card are all expected voters of the election.
+    let toml = cluster_toml("machines", &token, 3, 5).replace(
+        "nodes = 5\n",
+        &format!("nodes = 5\nreplace_after = \"{REPLACE_AFTER}\"\n"),
+    );
+    assert!(toml.contains("replace_after"), "{toml}");
     let mut lan = Lan::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         lan.add_machine(&toml);
     }
-    for i in 0..3 {
+    for i in 0..4 {
         lan.boot(i);
     }
-    let took = lan.wait_for("3 machines ready", WAIT, Lan::all_ready);
-    eprintln!("3 machines ready after {took:?}");
-    let init = lan
+    let took = lan.wait_for("4 machines ready", WAIT, Lan::all_ready);
+    eprintln!("4 machines ready after {took:?}");
+    let roles: Vec<String> = lan
         .machines
         .iter()
-        .position(|m| m.role().as_deref() == Some("init"))
-        .expect("an init machine");
-    let live = (0..3).find(|i| *i != init).unwrap();
-    let book = |lan: &Lan| -> Option<serde_json::Value> {
-        let out = lan.machines[live].exec(
-            "/usr/local/bin/k3s",
-            &[
-                "kubectl",
-                "get",
-                "configmap",
-                "firstboot-seats",
-                "-n",
-                "kube-system",
-                "-o",
-                "json",
-            ],
-        )?;
-        let map: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        serde_json::from_str(map["data"]["seats.json"].as_str()?).ok()
-    };
-    // The formation's seats are in the book (written before each node was told).
+        .map(|m| m.role().unwrap_or_default())
+        .collect();
+    let count = |r: &str| roles.iter().filter(|x| x.as_str() == r).count();
+    assert_eq!(
+        (count("init"), count("server"), count("agent")),
+        (1, 2, 1),
+        "formed roles (init, server, agent): {roles:?}\n{}",
+        lan.report()
+    );
+    let init = roles.iter().position(|r| r == "init").unwrap();
+    let live: Vec<usize> = (0..4).filter(|i| roles[*i] == "server").collect();
+    let init_name = lan.machines[init].hostname();
     lan.wait_for("the book holds the 3 formation seats", WAIT, |lan| {
-        book(lan).is_some_and(|b| b["holders"].as_array().map(Vec::len) == Some(3))
+        book(&lan.machines[live[0]])
+            .is_some_and(|b| b["holders"].as_array().map(Vec::len) == Some(3))
     });
+    let pids: Vec<u32> = live
+        .iter()
+        .map(|i| lan.machines[*i].pid1().expect("a live server runs"))
+        .collect();
+    let formed = members(pids[0]).expect("the member list");
+    assert_eq!(
+        formed.iter().filter(|m| !m.is_learner).count(),
+        3,
+        "voters after formation: {:?}",
+        describe(&formed)
+    );
+    let sampler = Sampler::start(pids.clone());
 
     lan.power_off(init);
+    let off = Instant::now();
+    eprintln!("powered off the init {init_name}");
     let card = lan.add_machine(&toml);
     lan.boot(card);
+
+    // The dead init's Node and its etcd member are removed (by the healer, after replace_after).
+    let took = lan.wait_for("the dead init's etcd member removed", WAIT, |lan| {
+        let gone =
+            node_names(&lan.machines[live[0]]).is_some_and(|names| !names.contains(&init_name));
+        gone && members(pids[0])
+            .is_ok_and(|l| l.iter().all(|m| etcd::node_of_member(&m.name) != init_name))
+    });
+    let removed_after = off.elapsed();
+    eprintln!("the dead init's Node and member were gone {removed_after:?} after its power-off ({took:?} of waiting)");
+    assert!(
+        removed_after >= Duration::from_secs(20),
+        "removed {removed_after:?} after the power-off, before replace_after ({REPLACE_AFTER})"
+    );
+
     let took = lan.wait_for("the new card ready", WAIT, |lan| {
         lan.machines[card].phase().as_deref() == Some("ready")
     });
-    eprintln!("the card booted after the init's death was ready after {took:?}");
+    eprintln!(
+        "the card was ready {:?} after the init's power-off ({took:?} of waiting)",
+        off.elapsed()
+    );
     assert_eq!(
         lan.machines[card].role().as_deref(),
         Some("server"),
-        "{}",
+        "the card's role (it must take the dead init's seat)\n{}",
         lan.machines[card].report()
     );
-    let card_name = status_str(&lan.machines[card], "node_name").expect("the card's node name");
-    lan.wait_for("the card's join ended in the book", WAIT, |lan| {
-        book(lan).is_some_and(|b| b["pending"].is_null())
+    let card_name = lan.machines[card].hostname();
+    let yaml = lan.machines[card].config_yaml().expect("config.yaml");
+    let init_addr = lan.machines[init].address();
+    assert!(
+        !yaml.contains(&format!("https://{init_addr}:6443")),
+        "the card joined the dead init {init_addr}:\n{yaml}"
+    );
+
+    // etcd: 3 voting members, no learner, all alive: the two live servers and the card.
+    let mut expected: Vec<String> = live
+        .iter()
+        .map(|i| lan.machines[*i].hostname())
+        .chain([card_name.clone()])
+        .collect();
+    expected.sort();
+    lan.wait_for("etcd: 3 voters, the card's among them", WAIT, |_| {
+        members(pids[0]).is_ok_and(|l| {
+            let mut voters: Vec<String> = l
+                .iter()
+                .filter(|m| !m.is_learner)
+                .map(|m| etcd::node_of_member(&m.name).to_string())
+                .collect();
+            voters.sort();
+            voters == expected && l.len() == 3
+        })
     });
-    let b = book(&lan).expect("the book");
-    eprintln!("book: {b}");
-    let holders: Vec<&str> = b["holders"]
+    let (most_voters, history) = sampler.finish();
+    let last = members(pids[0]).expect("the member list");
+    for m in &last {
+        assert!(
+            member_alive(pids[0], m),
+            "member {} does not answer as a voter with a leader: {:?}",
+            m.name,
+            describe(&last)
+        );
+    }
+    eprintln!("member lists seen:\n{history}");
+    assert!(
+        most_voters <= 3,
+        "{most_voters} voting members at once (at most servers = 3); lists seen:\n{history}"
+    );
+
+    // The book: the card holds the dead init's seat; the init is recorded as removed.
+    let b = book(&lan.machines[live[0]]).expect("the book");
+    let mut holders: Vec<String> = b["holders"]
         .as_array()
         .unwrap()
         .iter()
-        .filter_map(|h| h["name"].as_str())
+        .filter_map(|h| h["name"].as_str().map(String::from))
         .collect();
-    assert_eq!(holders.len(), 4, "{b}");
-    assert!(
-        holders.contains(&card_name.as_str()),
-        "the card {card_name} is not a holder: {b}"
+    holders.sort();
+    assert_eq!(holders, expected, "seat holders: {b}");
+    assert!(b["pending"].is_null(), "a join still pending: {b}");
+    assert_eq!(
+        b["removed"].as_array().map(Vec::len),
+        Some(1),
+        "removed nodes: {b}"
     );
-    // The card's K3s joined a live server (the init is gone).
-    let init_addr = lan.machines[init].address();
-    let yaml = lan.machines[card].config_yaml().expect("config.yaml");
+    // It was firstboot's healer that deleted the Node (non-forced), on a live server.
+    let deleted_by_healer = live.iter().any(|i| {
+        lan.machines[*i]
+            .journal(Some("firstboot.service"))
+            .lines()
+            .any(|l| l.contains("healer: deleting the Node") && l.contains(&init_name))
+    });
     assert!(
-        !yaml.contains(&format!("https://{init_addr}:6443")),
-        "the card joined the dead init:\n{yaml}"
+        deleted_by_healer,
+        "no live server's firstboot logged deleting {init_name}'s Node\n{}",
+        lan.report()
     );
 }

@@ -38,8 +38,9 @@
 //!   the election grants nothing by itself: every seat is written to the cluster's seat book
 //!   ([`crate::seat_book`]) first, by any serving server's keeper, which then tells the node
 //!   (`SeatGranted`; the init also adds it to its roster). While the book has a free seat,
-//!   servers relay the roster without the removed nodes, so a new card waits for that seat
-//!   instead of reading a full roster as "join as an agent".
+//!   servers relay the roster without the removed nodes, and while a holder is gone (not heard
+//!   serving) without that holder, so a new card waits for that seat instead of reading a full
+//!   roster as "join as an agent" (the seat keepers then grant, wait or send it to an agent).
 //! - A node booting after the cluster exists learns it from any decided peer's hello (decided
 //!   nodes answer an undecided hello at once); it proposes only after `settle_ms`. The driver should
 //!   also pass what discovery already knows (authenticated TXT records, as [`Body::Hello`] through

@@ -872,8 +872,10 @@ impl<R: Rules> Node<R> {
             return false;
         }
         let held = if self.book_mode {
-            // Unknown until the daemon has read the book: tell nobody anything yet.
+            // Unknown until the daemon has read the book: tell nobody anything yet. Nor while
+            // a holder is gone: its seat may be freed, the seat keepers decide.
             match &self.book {
+                Some(book) if self.gone_holders(book).is_some() => return false,
                 Some(book) => book.holders.len(),
                 None => return false,
             }
@@ -1042,6 +1044,22 @@ impl<R: Rules> Node<R> {
         self.timers.set(Timer::Hello, now);
     }
 
+    /// Book holders (other than this node) not heard serving now, when the book's joins are
+    /// complete; `None` when there are none (a joining holder does not serve yet: not gone).
+    fn gone_holders(&self, book: &BookView) -> Option<Vec<NodeId>> {
+        if book.pending {
+            return None;
+        }
+        let me = self.id();
+        let gone: Vec<NodeId> = book
+            .holders
+            .iter()
+            .copied()
+            .filter(|h| *h != me && !self.peers.serves_now(self.last_now, *h))
+            .collect();
+        (!gone.is_empty()).then_some(gone)
+    }
+
     fn wants_seat(&self) -> bool {
         matches!(self.final_value(), Some(Value::Init(init)) if init != self.id())
             && self.state.role.is_none()
@@ -1061,6 +1079,11 @@ impl<R: Rules> Node<R> {
                 // a new card does not read it as full and take an agent's role; it waits for a
                 // grant from the book instead (a roster without the init is not taken at all).
                 roster.retain(|node| !book.removed.contains(node));
+            } else if let Some(gone) = self.gone_holders(book) {
+                // A holder is gone (not heard serving): the healer may free its seat, so the
+                // roster is relayed without it and a new card asks the seat keepers instead of
+                // reading a full roster as "join as an agent" (they grant, wait or say agent).
+                roster.retain(|node| !gone.contains(node));
             }
         }
         let hello = Hello {
@@ -1648,6 +1671,44 @@ mod tests {
         assert_eq!(card.role_via(), Some(NodeId(2)));
         // With the book full again, the server relays the election's roster unchanged.
         assert!(relayed_rosters(&mut server, 6_000).contains(&[7, 2, 3].map(NodeId).to_vec()));
+    }
+
+    #[test]
+    fn a_gone_holders_seat_is_not_relayed_as_full() {
+        let mut server = serving_book_server();
+        let hear = |server: &mut Node, at: u64, from: u64| {
+            server
+                .handle_datagram(Millis(at), &frame(3, from, decided_hello(true, &[7, 2, 3])))
+                .expect("genuine frame");
+        };
+        hear(&mut server, 1_000, 7);
+        hear(&mut server, 1_000, 3);
+        server.set_seat_book(
+            Millis(1_000),
+            BookView {
+                holders: [7, 2, 3].map(NodeId).to_vec(),
+                pending: false,
+                removed: Vec::new(),
+            },
+        );
+        assert!(relayed_rosters(&mut server, 2_000).contains(&[7, 2, 3].map(NodeId).to_vec()));
+        // 3 keeps announcing, the init 7 fell silent (powered off) past the view's TTL: the
+        // roster leaves it out, so a new card does not read a full roster as an agent's role.
+        hear(&mut server, 5_500, 3);
+        let rosters = relayed_rosters(&mut server, 6_000);
+        assert!(
+            rosters.contains(&[2, 3].map(NodeId).to_vec())
+                && rosters.iter().all(|r| !r.contains(&NodeId(7))),
+            "{rosters:?}"
+        );
+        let mut card = Node::new(config(9, 3), Millis(0), None);
+        card.handle_datagram(Millis(10), &frame(3, 2, decided_hello(true, &[2, 3])))
+            .expect("genuine frame");
+        persist_all(&mut card);
+        assert_eq!(card.status(Millis(10)).role, None, "the card must wait");
+        // 7 is heard serving again: the full roster again.
+        hear(&mut server, 6_500, 7);
+        assert!(relayed_rosters(&mut server, 8_000).contains(&[7, 2, 3].map(NodeId).to_vec()));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! Node, a release of a released seat are no-ops), so a leader that lost its Lease unknowingly
 //! for one round cannot over-grant: seats still go through the seat book's CAS.
 
-use crate::seat_book::{Kubectl, KubectlError};
+use crate::seat_book::{KubectlError, Run};
 use serde_json::{json, Value};
 
 /// The Lease's name.
@@ -49,7 +49,7 @@ pub fn next_holder(
 
 /// Whether this server holds the Lease after one attempt at `now` (take or renew by CAS).
 /// A lost race is `Ok(false)`.
-pub fn acquire(kubectl: &Kubectl, me: &str, now: i64, duration: i64) -> Result<bool, KubectlError> {
+pub fn acquire(kubectl: &dyn Run, me: &str, now: i64, duration: i64) -> Result<bool, KubectlError> {
     let get = [
         "get",
         "lease",
@@ -108,7 +108,7 @@ fn parse(lease: &Value) -> Option<LeaseSpec> {
 }
 
 /// `renewTime` is a MicroTime: `2006-01-02T15:04:05.000000Z`.
-fn rfc3339_micro(unix: i64) -> String {
+pub(crate) fn rfc3339_micro(unix: i64) -> String {
     let days = unix.div_euclid(86_400);
     let secs = unix.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);

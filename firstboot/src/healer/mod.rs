@@ -14,11 +14,17 @@
 //! progress, and nothing at all while the live seat holders are not a majority of the holders
 //! (quorum lost: any removal or grant could fork the cluster; status names the restore instead).
 //!
-//! Not yet done (issue 18): the daemon does not run this decision (no healer loop, no agent
-//! promotion, no deletion through kubectl); only the decision and the Lease's rules exist.
+//! The daemon runs this decision on every serving server in its own thread ([`round`]): the
+//! Lease holder deletes the gone server's Node (`k3s kubectl delete node NAME --wait=false`) and
+//! then releases its seat in the book; the seat keeper grants the freed seat to a new card,
+//! which waits for it meanwhile instead of becoming an agent.
+//!
+//! Not yet done (issue 18): promoting an agent (the decision names it, the loop only logs it);
+//! a removed server that comes back does not clear its etcd data by itself.
 
 pub mod lease;
 pub mod nodes;
+pub mod round;
 
 use crate::election::Rank;
 use crate::model::NodeId;

@@ -15,6 +15,10 @@
 //! arrives, steps its clock forward to that server's if it is more than 2 s behind, and starts
 //! `k3s.service` or `k3s-agent.service` joining that server with the secure token
 //! `K10<CA hash>::server:<token>`.
+//!
+//! Day 2 (SPEC 4.4), on every serving server: a seat keeper round every 3 s (its kubectl calls
+//! in a blocking task the loop does not wait for), and the healer in its own thread
+//! ([`crate::healer::round`]), fed the LAN view every keeper round.
 
 mod k3s_step;
 mod report;
@@ -25,11 +29,15 @@ use crate::discovery::{Advert, Browser, Publisher, UdpTransport, FRAME_PORT};
 use crate::election::{
     BookView, ElectionConfig, ElectionDriver, ElectionStore, Event, PersistHook, Rank, Timing,
 };
+use crate::healer::round::{Healer, LanView};
+use crate::healer::AgentView;
 use crate::identity::{hostname_for, node_id, set_hostname_and_hosts};
 use crate::keys::TokenKeys;
 use crate::model::{NodeId, Role};
 use crate::paths::Paths;
-use crate::seat_book::{Asker, Decision, Kubectl, SeatKeeper, SeatStore};
+use crate::seat_book::{
+    Asker, Decision, Kubectl, Run, SeatBook, SeatKeeper, SeatStore, StoreError,
+};
 use crate::status::led::open_led;
 use crate::status::state::{NodeState, Phase};
 use crate::status::Notifier;
@@ -38,6 +46,7 @@ use crate::storage::setup::StorageSetup;
 use anyhow::Context;
 use k3s_step::{K3sProgress, StorageChoice, Wake};
 use report::Report;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How often a serving server's seat keeper reads the seat book and grants (SPEC 4.4).
@@ -265,8 +274,11 @@ async fn steps(
     // Past `timeouts.bootstrap` without a role the node says it is blocked, and keeps trying.
     let blocked_at = tokio::time::Instant::now() + config.timeouts.bootstrap;
     let mut blocked = false;
-    // Once this server serves: its seat keeper (a round every SEAT_ROUND).
+    // Once this server serves: its seat keeper (a round every SEAT_ROUND, its kubectl calls in a
+    // blocking task the loop does not wait for) and its healer (own thread, fed the LAN view).
     let mut keeper: Option<SeatKeeper> = None;
+    let mut keeper_task: Option<tokio::task::JoinHandle<KeeperRound>> = None;
+    let mut healer_view: Option<Arc<Mutex<LanView>>> = None;
     let mut seat_round = tokio::time::interval(SEAT_ROUND);
     seat_round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -308,15 +320,14 @@ async fn steps(
         }
         if keeper.is_none() && k3s.is_some() && report.serving() {
             if let Some(r @ (Role::ClusterInit | Role::Server { .. })) = role {
-                let store = SeatStore::new(Kubectl::for_root(paths.root()));
+                let kubectl: Arc<dyn Run> = Arc::new(Kubectl::for_root(paths.root()));
+                let store = SeatStore::shared(kubectl.clone());
                 let init = r == Role::ClusterInit;
-                keeper = Some(SeatKeeper::new(
-                    store,
-                    id,
-                    &hostname,
-                    init,
-                    config.servers.into(),
-                ));
+                keeper = Some(
+                    SeatKeeper::new(store, id, &hostname, init, config.servers.into())
+                        .replacing(config.replace_after.is_some()),
+                );
+                healer_view = start_healer(kubectl, id, config);
             }
         }
         let peers = driver.peers();
@@ -368,9 +379,20 @@ async fn steps(
                     Wake::Retry => k3s.on_retry(paths, config)?,
                 }
             }
-            _ = seat_round.tick(), if keeper.is_some() => {
+            _ = seat_round.tick(), if keeper.is_some() && keeper_task.is_none() => {
                 let Some(keeper) = keeper.clone() else { continue };
-                pending.extend(keep_seats(&keeper, &mut driver, config).await?);
+                keeper_task = Some(start_keeper_round(keeper, &driver, config));
+                if let Some(view) = &healer_view {
+                    let lan = lan_view(&driver);
+                    if let Ok(mut shared) = view.lock() {
+                        *shared = lan;
+                    }
+                }
+            }
+            round = async { keeper_task.as_mut().expect("guarded").await }, if keeper_task.is_some() => {
+                keeper_task = None;
+                let round = round.context("joining the seat keeper")?;
+                pending.extend(finish_keeper_round(round, &mut driver).await?);
             }
             () = tokio::time::sleep_until(blocked_at), if overdue => {
                 blocked = true;
@@ -385,14 +407,16 @@ async fn steps(
     }
 }
 
-/// One seat keeper round (kubectl runs off the loop's thread): read the book, decide, write by
-/// compare-and-swap, then tell the election what the book says. A failed round (K3s restarting,
-/// the apiserver busy) is logged and tried again next round.
-async fn keep_seats(
-    keeper: &SeatKeeper,
-    driver: &mut ElectionDriver,
+/// What a seat keeper round returns from its blocking task.
+type KeeperRound = Result<Option<(Decision, SeatBook)>, StoreError>;
+
+/// Starts one seat keeper round in a blocking task (its kubectl calls never hold up the loop):
+/// read the book, decide on what the election sees now, write by compare-and-swap.
+fn start_keeper_round(
+    keeper: SeatKeeper,
+    driver: &ElectionDriver,
     config: &ClusterConfig,
-) -> anyhow::Result<Vec<Event>> {
+) -> tokio::task::JoinHandle<KeeperRound> {
     let names: std::collections::BTreeMap<NodeId, String> = driver
         .peers()
         .verified
@@ -411,11 +435,16 @@ async fn keep_seats(
         })
         .collect();
     let serving = driver.serving_peers();
-    let keeper = keeper.clone();
     let now = unix_now();
-    let round = tokio::task::spawn_blocking(move || keeper.round(&askers, &serving, now))
-        .await
-        .context("joining the seat keeper")?;
+    tokio::task::spawn_blocking(move || keeper.round(&askers, &serving, now))
+}
+
+/// A seat keeper round ended: tell the election what the book says. A failed round (K3s
+/// restarting, the apiserver busy) is logged and tried again next round.
+async fn finish_keeper_round(
+    round: KeeperRound,
+    driver: &mut ElectionDriver,
+) -> anyhow::Result<Vec<Event>> {
     let (decision, book) = match round {
         Ok(Some(done)) => done,
         Ok(None) => return Ok(Vec::new()),
@@ -435,9 +464,62 @@ async fn keep_seats(
     let (grant, agents) = match decision {
         Decision::Grant(node) => (Some(node), Vec::new()),
         Decision::Agents(nodes) => (None, nodes),
-        Decision::Idle | Decision::Joined(_) | Decision::Wait(_) => (None, Vec::new()),
+        Decision::Idle | Decision::Joined(_) | Decision::Wait(_) | Decision::Replacing(_) => {
+            (None, Vec::new())
+        }
     };
     driver.seat_round(view, grant, &agents).await
+}
+
+/// Starts this server's healer thread (SPEC 4.4) unless `replace_after = "off"`; the LAN view
+/// it reads, which the loop refreshes every seat round.
+fn start_healer(
+    kubectl: Arc<dyn Run>,
+    id: NodeId,
+    config: &ClusterConfig,
+) -> Option<Arc<Mutex<LanView>>> {
+    let Some(after) = config.replace_after else {
+        tracing::info!("healer off (replace_after = \"off\"): gone servers are never replaced");
+        return None;
+    };
+    let healer = Healer::new(kubectl, id, config.servers.into(), Some(after));
+    let view = Arc::new(Mutex::new(LanView::default()));
+    match crate::healer::round::spawn(healer, view.clone()) {
+        Ok(_) => {
+            tracing::info!(replace_after_secs = after.as_secs(), "healer started");
+            Some(view)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not start the healer thread; gone servers are not replaced");
+            None
+        }
+    }
+}
+
+/// What the election and discovery see now, for the healer: nodes heard serving, new cards
+/// asking for a seat, agents with their ranks (from their signed records).
+fn lan_view(driver: &ElectionDriver) -> LanView {
+    let agents = driver
+        .peers()
+        .verified
+        .into_iter()
+        // A node's record says its role word once it has one (`Role::word`).
+        .filter(|p| p.advert.state == "agent")
+        .map(|p| AgentView {
+            rank: Rank {
+                pin: p.advert.role,
+                storage: p.advert.storage,
+                ram_mib: p.advert.ram_mib,
+                node: p.advert.node,
+            },
+            name: p.service,
+        })
+        .collect();
+    LanView {
+        heard: driver.serving_peers(),
+        new_cards: driver.seat_askers().into_iter().map(|r| r.node).collect(),
+        agents,
+    }
 }
 
 /// Seconds since the epoch (the seat book's times).

@@ -37,16 +37,22 @@ pub enum Decision {
     Agents(Vec<NodeId>),
     /// This node's join is in progress: the askers wait for it.
     Wait(NodeId),
+    /// Every seat is held but this holder is not heard serving: the askers wait (they are not
+    /// sent to agent roles) until the healer frees its seat (`replace_after`) or it comes back.
+    Replacing(NodeId),
 }
 
 /// The keeper's decision on `book`: the outcome and the book to write (`None`: unchanged).
-/// `serving` are the nodes heard serving now; `now` in unix seconds.
+/// `serving` are the nodes heard serving now (the keeper's own included); `now` in unix
+/// seconds; `replacing`: gone servers are replaced (`replace_after` is not "off"), so a new card
+/// asking while a holder is gone waits for that seat instead of becoming an agent.
 pub fn decide(
     book: &SeatBook,
     askers: &[Asker],
     serving: &[NodeId],
     servers: usize,
     now: i64,
+    replacing: bool,
 ) -> (Decision, Option<SeatBook>) {
     if let Some(pending) = &book.pending {
         if serving.contains(&pending.node) {
@@ -62,10 +68,16 @@ pub fn decide(
     };
     match book.grant(best.rank.node, &best.name, now, servers) {
         Ok(next) => (Decision::Grant(best.rank.node), Some(next)),
-        Err(GrantRefused::Full { .. }) => (
-            Decision::Agents(askers.iter().map(|a| a.rank.node).collect()),
-            None,
-        ),
+        Err(GrantRefused::Full { .. }) => {
+            let gone = book.holders.iter().find(|h| !serving.contains(&h.node));
+            match gone {
+                Some(gone) if replacing => (Decision::Replacing(gone.node), None),
+                _ => (
+                    Decision::Agents(askers.iter().map(|a| a.rank.node).collect()),
+                    None,
+                ),
+            }
+        }
         Err(GrantRefused::JoinInProgress(node)) => (Decision::Wait(node), None),
     }
 }
@@ -77,6 +89,7 @@ pub struct SeatKeeper {
     me: SeatHolder,
     init: bool,
     servers: usize,
+    replacing: bool,
 }
 
 impl SeatKeeper {
@@ -92,7 +105,15 @@ impl SeatKeeper {
             },
             init,
             servers,
+            replacing: false,
         }
+    }
+
+    /// This keeper's cluster replaces gone servers (`replace_after` is not "off"): askers wait
+    /// for a gone holder's seat instead of becoming agents (see [`decide`]).
+    pub fn replacing(mut self, replacing: bool) -> Self {
+        self.replacing = replacing;
+        self
     }
 
     /// One round at `now` (unix seconds): the decision and the book as stored afterwards;
@@ -104,7 +125,10 @@ impl SeatKeeper {
         serving: &[NodeId],
         now: i64,
     ) -> Result<Option<(Decision, SeatBook)>, StoreError> {
-        let decide = |book: &SeatBook| decide(book, askers, serving, self.servers, now);
+        // This server serves too (it runs the keeper only while it does).
+        let serving: Vec<NodeId> = serving.iter().copied().chain([self.me.node]).collect();
+        let decide =
+            |book: &SeatBook| decide(book, askers, &serving, self.servers, now, self.replacing);
         let updated = if self.init {
             let me = SeatHolder {
                 granted_at: now,
@@ -161,6 +185,7 @@ mod tests {
             &[1, 2].map(NodeId),
             3,
             50,
+            true,
         );
         assert_eq!(decision, Decision::Grant(NodeId(4)));
         let next = next.expect("the grant is written");
@@ -177,20 +202,20 @@ mod tests {
         // Node 4 got its grant but does not serve yet: node 5 waits, node 4 is told again.
         let serving = [NodeId(1)];
         assert_eq!(
-            decide(&book, &[asker(5, 90)], &serving, 3, 11),
+            decide(&book, &[asker(5, 90)], &serving, 3, 11, true),
             (Decision::Wait(NodeId(4)), None)
         );
         assert_eq!(
-            decide(&book, &[asker(4, 90), asker(5, 90)], &serving, 3, 11),
+            decide(&book, &[asker(4, 90), asker(5, 90)], &serving, 3, 11, true),
             (Decision::Grant(NodeId(4)), None)
         );
         // Node 4 serves: its join ends (one write), then node 5 gets the last seat.
         let serving = [NodeId(1), NodeId(4)];
-        let (decision, next) = decide(&book, &[asker(5, 90)], &serving, 3, 12);
+        let (decision, next) = decide(&book, &[asker(5, 90)], &serving, 3, 12, true);
         assert_eq!(decision, Decision::Joined(NodeId(4)));
         let next = next.unwrap();
         assert_eq!(next.pending, None);
-        let (decision, full) = decide(&next, &[asker(5, 90)], &serving, 3, 13);
+        let (decision, full) = decide(&next, &[asker(5, 90)], &serving, 3, 13, true);
         assert_eq!(decision, Decision::Grant(NodeId(5)));
         assert_eq!(full.unwrap().holders.len(), 3);
     }
@@ -200,10 +225,30 @@ mod tests {
         let book = holders(&[1, 2, 3]);
         let serving = [1, 2, 3].map(NodeId);
         assert_eq!(
-            decide(&book, &[asker(4, 90), asker(5, 10)], &serving, 3, 9),
+            decide(&book, &[asker(4, 90), asker(5, 10)], &serving, 3, 9, true),
             (Decision::Agents(vec![NodeId(4), NodeId(5)]), None)
         );
-        assert_eq!(decide(&book, &[], &serving, 3, 9), (Decision::Idle, None));
+        assert_eq!(
+            decide(&book, &[], &serving, 3, 9, true),
+            (Decision::Idle, None)
+        );
+    }
+
+    #[test]
+    fn a_new_card_waits_for_a_gone_holders_seat_unless_replacement_is_off() {
+        let book = holders(&[1, 2, 3]);
+        // Server 1 is not heard serving (powered off): the card waits for its seat, which the
+        // healer frees after replace_after; it is not made an agent for good.
+        let serving = [2, 3].map(NodeId);
+        assert_eq!(
+            decide(&book, &[asker(4, 90)], &serving, 3, 9, true),
+            (Decision::Replacing(NodeId(1)), None)
+        );
+        // replace_after = "off": nothing will free the seat, the card joins as an agent.
+        assert_eq!(
+            decide(&book, &[asker(4, 90)], &serving, 3, 9, false),
+            (Decision::Agents(vec![NodeId(4)]), None)
+        );
     }
 
     #[test]
@@ -211,13 +256,13 @@ mod tests {
         let book = holders(&[1, 2, 3]).release(NodeId(1), 20).unwrap();
         let serving = [2, 3].map(NodeId);
         // A tie on storage and RAM: the lowest id wins.
-        let (decision, next) = decide(&book, &[asker(9, 90), asker(8, 90)], &serving, 3, 21);
+        let (decision, next) = decide(&book, &[asker(9, 90), asker(8, 90)], &serving, 3, 21, true);
         assert_eq!(decision, Decision::Grant(NodeId(8)));
         let next = next.unwrap();
         assert_eq!(next.holders.len(), 3);
         // A second keeper deciding on the written book grants nothing more.
         assert_eq!(
-            decide(&next, &[asker(9, 90)], &serving, 3, 21),
+            decide(&next, &[asker(9, 90)], &serving, 3, 21, true),
             (Decision::Wait(NodeId(8)), None)
         );
     }

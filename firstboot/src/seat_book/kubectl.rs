@@ -56,6 +56,26 @@ impl Kubectl {
         args: &[&str],
         stdin: Option<&[u8]>,
     ) -> Result<serde_json::Value, KubectlError> {
+        Run::json(self, args, stdin)
+    }
+}
+
+/// Something that runs `kubectl ARGS` and returns what it printed on success: [`Kubectl`] in
+/// the product, an in-memory apiserver in unit tests of the code that drives kubectl.
+pub trait Run: Send + Sync + std::fmt::Debug {
+    /// Runs `kubectl ARGS` with `stdin` (for `-f -`); its stdout, or the classified error.
+    fn output(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Vec<u8>, KubectlError>;
+
+    /// [`Run::output`] parsed as the JSON asked for (`-o json`).
+    fn json(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<serde_json::Value, KubectlError> {
+        let out = self.output(args, stdin)?;
+        serde_json::from_slice(&out)
+            .map_err(|e| KubectlError::Output(format!("{e}: {}", String::from_utf8_lossy(&out))))
+    }
+}
+
+impl Run for Kubectl {
+    fn output(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Vec<u8>, KubectlError> {
         let mut cmd = Command::new(&self.program);
         cmd.arg("kubectl")
             .args(args)
@@ -79,9 +99,7 @@ impl Kubectl {
         if !out.status.success() {
             return Err(classify(String::from_utf8_lossy(&out.stderr).trim()));
         }
-        serde_json::from_slice(&out.stdout).map_err(|e| {
-            KubectlError::Output(format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
-        })
+        Ok(out.stdout)
     }
 }
 

@@ -20,10 +20,13 @@
 //! tells the node (`SeatGranted`, or the init's roster). `--until role` runs (no K3s) keep the
 //! election's own grants.
 //!
-//! Not yet done (issue 18): nothing expires a join that never completes (a pending joiner that
-//! dies holds up further grants until the healer removes it), a cluster formed by an older
-//! firstboot (no book) grants no seat after formation, and nothing yet `release`s a dead
-//! server's seat in the daemon (no healer loop).
+//! A dead server's seat is released by the healer ([`crate::healer`]) once its Node and etcd
+//! member are gone; until then a keeper keeps new cards waiting for it
+//! ([`Decision::Replacing`]) rather than sending them to agent roles.
+//!
+//! Not yet done (issue 18): a cluster formed by an older firstboot (no book) grants no seat
+//! after formation; a pending joiner that dies is released only by the healer, after
+//! `replace_after`.
 
 pub mod book;
 pub mod keeper;
@@ -32,5 +35,5 @@ pub mod store;
 
 pub use book::{GrantRefused, PendingJoin, RemovedNode, SeatBook, SeatHolder};
 pub use keeper::{Asker, Decision, SeatKeeper};
-pub use kubectl::{Kubectl, KubectlError};
+pub use kubectl::{Kubectl, KubectlError, Run};
 pub use store::{SeatStore, StoreError, Updated, CONFIGMAP_NAME, CONFIGMAP_NAMESPACE};

@@ -1,8 +1,9 @@
 //! The seat book as the ConfigMap `kube-system/firstboot-seats`, changed only by compare-and-swap on its resourceVersion.
 
 use super::book::SeatBook;
-use super::kubectl::{Kubectl, KubectlError};
+use super::kubectl::{KubectlError, Run};
 use serde_json::json;
+use std::sync::Arc;
 
 /// The ConfigMap's name.
 pub const CONFIGMAP_NAME: &str = "firstboot-seats";
@@ -16,7 +17,7 @@ const MAX_ATTEMPTS: usize = 50;
 /// The seat book in the cluster's etcd, through `k3s kubectl` on a serving server.
 #[derive(Clone, Debug)]
 pub struct SeatStore {
-    kubectl: Kubectl,
+    kubectl: Arc<dyn Run>,
 }
 
 /// What one [`SeatStore::update`] did.
@@ -47,8 +48,13 @@ pub enum StoreError {
 }
 
 impl SeatStore {
-    /// A store reached through `kubectl`.
-    pub fn new(kubectl: Kubectl) -> SeatStore {
+    /// A store reached through `kubectl` (a [`super::Kubectl`] in the product).
+    pub fn new(kubectl: impl Run + 'static) -> SeatStore {
+        SeatStore::shared(Arc::new(kubectl))
+    }
+
+    /// A store reached through a runner shared with other users (the healer's).
+    pub fn shared(kubectl: Arc<dyn Run>) -> SeatStore {
         SeatStore { kubectl }
     }
 

@@ -1,0 +1,217 @@
+//! The healer loop on a serving server: every [`ROUND`], take or renew the `firstboot-healer`
+//! Lease, read the Nodes and the seat book through `k3s kubectl`, decide ([`super::decide`]) on
+//! them and on the LAN view the daemon hands over, and carry out the one action.
+//!
+//! It runs in its own thread ([`spawn`]), so its kubectl calls (each a process and an apiserver
+//! round trip, seconds when etcd is busy) never hold up the daemon's loop; the daemon only
+//! replaces the shared [`LanView`] now and then.
+//!
+//! The actions, each logged with the node's name and why:
+//! - delete a gone holder's Node with `k3s kubectl delete node NAME --wait=false`: never forced,
+//!   so K3s's finalizer removes its etcd member before the object goes; the next rounds see the
+//!   deletion in progress and wait;
+//! - once the Node object is gone (so is its member), release the holder's seat in the book by
+//!   compare-and-swap; the seat keeper grants it to a new card asking for a seat;
+//! - promoting an agent is not done yet (logged, nothing happens).
+
+use super::{decide, lease, nodes, Action, AgentView, Inputs, Why};
+use crate::model::NodeId;
+use crate::seat_book::{KubectlError, Run, SeatStore, StoreError};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often the healer runs a round.
+pub const ROUND: Duration = Duration::from_secs(5);
+/// The Lease's duration: a holder that missed this many seconds of renewals (four rounds) lost
+/// it to the next server that asks.
+pub const LEASE_SECS: i64 = 20;
+
+/// What the daemon sees of the LAN, handed to the healer (replaced as a whole).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LanView {
+    /// Nodes heard on the LAN now (authenticated announcements within the election view's TTL).
+    pub heard: Vec<NodeId>,
+    /// New cards asking for a server seat now.
+    pub new_cards: Vec<NodeId>,
+    /// Agents seen on the LAN, with their ranks.
+    pub agents: Vec<AgentView>,
+}
+
+/// What one round did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// `replace_after = "off"`: no round at all (no kubectl call).
+    Off,
+    /// Another server holds the Lease: it heals, this one does nothing.
+    NotLeader,
+    /// No seat book in the cluster yet (the init writes it once it serves).
+    NoBook,
+    /// The decision, carried out (a deletion requested, a seat released) or nothing to do.
+    Decided(Action),
+}
+
+/// Why a round failed (tried again next round).
+#[derive(Debug, thiserror::Error)]
+pub enum HealError {
+    /// kubectl failed (K3s restarting, the apiserver busy).
+    #[error(transparent)]
+    Kubectl(#[from] KubectlError),
+    /// The seat book could not be read or changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One serving server's healer.
+#[derive(Debug)]
+pub struct Healer {
+    kubectl: Arc<dyn Run>,
+    store: SeatStore,
+    me: NodeId,
+    servers: usize,
+    replace_after: Option<i64>,
+    /// When each node was last heard on the LAN by this healer, unix seconds.
+    lan_seen: BTreeMap<NodeId, i64>,
+    /// The last decision logged, so a steady state is logged once.
+    last: Option<Action>,
+}
+
+impl Healer {
+    /// The healer of server `me` in a cluster of `servers` seats; `replace_after` `None` when
+    /// "off".
+    pub fn new(
+        kubectl: Arc<dyn Run>,
+        me: NodeId,
+        servers: usize,
+        replace_after: Option<Duration>,
+    ) -> Healer {
+        Healer {
+            store: SeatStore::shared(kubectl.clone()),
+            kubectl,
+            me,
+            servers,
+            replace_after: replace_after.map(|d| d.as_secs() as i64),
+            lan_seen: BTreeMap::new(),
+            last: None,
+        }
+    }
+
+    /// One round at `now` (unix seconds) on what the LAN shows.
+    pub fn round(&mut self, lan: &LanView, now: i64) -> Result<Outcome, HealError> {
+        for node in lan.heard.iter().chain([&self.me]) {
+            self.lan_seen.insert(*node, now);
+        }
+        if self.replace_after.is_none() {
+            return Ok(Outcome::Off);
+        }
+        let me = self.me.to_string();
+        if !lease::acquire(&*self.kubectl, &me, now, LEASE_SECS)? {
+            self.last = None;
+            return Ok(Outcome::NotLeader);
+        }
+        let list = self.kubectl.json(&["get", "nodes", "-o", "json"], None)?;
+        let nodes = nodes::parse_nodes(&list);
+        let Some((book, _)) = self.store.read()? else {
+            return Ok(Outcome::NoBook);
+        };
+        let action = decide(&Inputs {
+            servers: self.servers,
+            replace_after: self.replace_after,
+            now,
+            nodes: &nodes,
+            lan_seen: &self.lan_seen,
+            book: &book,
+            new_cards: &lan.new_cards,
+            agents: &lan.agents,
+        });
+        match &action {
+            Action::DeleteNode { node, name } => {
+                let after = self.replace_after.unwrap_or_default();
+                tracing::info!(node = %name, id = %node,
+                    why = %format!("not Ready in K3s and not heard on the LAN for {after} s (replace_after)"),
+                    "healer: deleting the Node of a gone server (not forced: K3s's finalizer removes its etcd member)");
+                match self
+                    .kubectl
+                    .output(&["delete", "node", name, "--wait=false"], None)
+                {
+                    Ok(_) | Err(KubectlError::NotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Action::Release(node) => {
+                let name = book
+                    .holders
+                    .iter()
+                    .find(|h| h.node == *node)
+                    .map_or(String::new(), |h| h.name.clone());
+                // By compare-and-swap on the book as it is when written: a seat another
+                // healer released meanwhile is not released twice.
+                let updated = self
+                    .store
+                    .update_existing(|book| ((), book.release(*node, now)))?;
+                let released = updated.is_some_and(|u| u.wrote);
+                tracing::info!(node = %name, id = %node, released,
+                    why = "its Node object and etcd member are gone",
+                    "healer: released the seat of a removed server");
+            }
+            Action::Promote { node, name } => {
+                if self.last.as_ref() != Some(&action) {
+                    tracing::warn!(node = %name, id = %node,
+                        why = "a seat is free, no new card asks for it and this agent is the best Ready one",
+                        "healer: promoting an agent is not implemented yet (issue 18); the seat stays free for a new card");
+                }
+            }
+            Action::Nothing(why) => {
+                if self.last.as_ref() != Some(&action) {
+                    log_nothing(why);
+                }
+            }
+        }
+        self.last = Some(action.clone());
+        Ok(Outcome::Decided(action))
+    }
+}
+
+/// Logs a decision to do nothing (once per change): quorum lost loudly, the rest quietly.
+fn log_nothing(why: &Why) {
+    match why {
+        Why::QuorumLost { alive, holders } => tracing::warn!(alive, holders,
+            "healer: quorum lost (fewer live seat holders than a majority): no automatic removal or promotion; restore from a snapshot"),
+        Why::Waiting(node, left) => tracing::info!(id = %node, seconds_left = left,
+            "healer: a server is gone (not Ready, not heard on the LAN); replacing it after replace_after"),
+        Why::Deleting(name) => tracing::info!(node = %name,
+            "healer: waiting for a Node deletion (K3s's finalizer removes its etcd member)"),
+        Why::NewCardWaiting(node) => tracing::info!(id = %node,
+            "healer: a seat is free; the seat keeper grants it to the new card asking"),
+        other => tracing::debug!(why = ?other, "healer: nothing to do"),
+    }
+}
+
+/// Runs `healer` in its own thread: a round every [`ROUND`] on the latest `view`; a failed
+/// round is logged and tried again.
+pub fn spawn(
+    mut healer: Healer,
+    view: Arc<Mutex<LanView>>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("healer".into())
+        .spawn(move || loop {
+            let lan = view.lock().map(|v| v.clone()).unwrap_or_default();
+            if let Err(e) = healer.round(&lan, unix_now()) {
+                tracing::warn!(error = %e, "healer round failed; retrying");
+            }
+            std::thread::sleep(ROUND);
+        })
+}
+
+/// Seconds since the epoch.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+#[path = "round_tests.rs"]
+mod tests;
