@@ -286,7 +286,7 @@ fn baseline(i: &Inputs, work: &Path) -> Result<()> {
 }
 
 /// The zstd level imagebuild compresses with (the floor runs `zstd -T0` at the same level).
-const ZSTD_LEVEL: i32 = 10;
+const ZSTD_LEVEL: i32 = imagebuild::output::DEFAULT_ZSTD_LEVEL;
 
 /// One `imagebuild` build of `recipe` as `nobody`, timed.
 fn timed_build(work: &Path, recipe: &Path, cache: &Path) -> Result<f64> {
