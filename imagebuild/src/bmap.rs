@@ -1,8 +1,7 @@
 //! Block maps (bmap 2.0, as read by Debian's `bmaptool`): which blocks of an image hold data, with
 //! a sha256 per mapped range, so flashing writes only those and can verify each one.
 
-use crate::io::{self, stretches};
-use crate::progress::Meter;
+use crate::io;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -17,15 +16,6 @@ const SHA256_HEX: usize = 64;
 
 /// The words before the whole image's sha256 in the comment of the maps we write.
 const IMAGE_SHA256_NOTE: &str = "sha256 of the whole image (imagebuild):";
-
-fn hash_zeros(h: &mut Sha256, mut n: u64) {
-    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-    while n > 0 {
-        let k = n.min(ZEROS.len() as u64) as usize;
-        h.update(&ZEROS[..k]);
-        n -= k as u64;
-    }
-}
 
 /// A run of mapped blocks `first..=last` and the sha256 of their bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,77 +72,10 @@ impl Bmap {
     }
 
     /// The map of an image file from its holes (SEEK_DATA/SEEK_HOLE), each range hashed; the
-    /// whole image's sha256 is `known_sha256` when the caller has it, else computed on the way.
+    /// whole image's sha256 is `known_sha256` when the caller has it, else computed in the same
+    /// read ([`io::digest`]).
     pub fn for_image(image: &Path, known_sha256: Option<&str>) -> Result<Bmap> {
-        let file = File::open(image).with_context(|| format!("opening {}", image.display()))?;
-        let image_size = file.metadata()?.len();
-        let bs = BLOCK_SIZE;
-        // Data stretches widened to whole blocks; neighbours sharing a block merge.
-        let mut blocks: Vec<(u64, u64)> = Vec::new();
-        for st in stretches(&file, 0, image_size)
-            .into_iter()
-            .filter(|s| s.data)
-        {
-            if st.len == 0 {
-                continue;
-            }
-            let first = st.offset / bs;
-            let last = (st.offset + st.len - 1) / bs;
-            match blocks.last_mut() {
-                Some((_, l)) if first <= *l + 1 => *l = (*l).max(last),
-                _ => blocks.push((first, last)),
-            }
-        }
-        let mut map = Bmap {
-            image_size,
-            block_size: bs,
-            ranges: Vec::with_capacity(blocks.len()),
-            image_sha256: None,
-        };
-        // The whole image's hash on the way: the gaps between ranges are holes (zeros).
-        let mut whole = Sha256::new();
-        let mut hashed_to = 0u64;
-        let total: u64 = blocks
-            .iter()
-            .map(|&(f, l)| ((l + 1) * bs).min(image_size) - f * bs)
-            .sum();
-        let mut meter = Meter::new("block map: hashing mapped data", Some(total));
-        let mut buf = vec![0u8; 4 << 20];
-        for (first, last) in blocks {
-            crate::interrupt::check()?;
-            let mut h = Sha256::new();
-            let (start, end) = (first * bs, ((last + 1) * bs).min(image_size));
-            if known_sha256.is_none() {
-                hash_zeros(&mut whole, start - hashed_to);
-            }
-            let mut pos = start;
-            while pos < end {
-                let n = ((end - pos) as usize).min(buf.len());
-                file.read_exact_at(&mut buf[..n], pos)
-                    .with_context(|| format!("reading {}", image.display()))?;
-                h.update(&buf[..n]);
-                if known_sha256.is_none() {
-                    whole.update(&buf[..n]);
-                }
-                pos += n as u64;
-                meter.add(n as u64);
-            }
-            hashed_to = end;
-            map.ranges.push(BlockRange {
-                first,
-                last,
-                sha256: hex::encode(h.finalize()),
-            });
-        }
-        map.image_sha256 = Some(match known_sha256 {
-            Some(h) => h.to_ascii_lowercase(),
-            None => {
-                hash_zeros(&mut whole, image_size - hashed_to);
-                hex::encode(whole.finalize())
-            }
-        });
-        meter.finish();
-        Ok(map)
+        Ok(io::digest::digest(image, known_sha256, None)?.map)
     }
 
     /// The bmap 2.0 XML text, with BmapFileChecksum filled in.
@@ -330,17 +253,7 @@ impl Bmap {
             }
         }
         let (lo_b, hi_b) = (lo * bs, ((hi + 1) * bs).min(image_size));
-        let mut blocks: Vec<(u64, u64)> = Vec::new();
-        for st in stretches(&file, lo_b, hi_b).into_iter().filter(|s| s.data) {
-            if st.len == 0 {
-                continue;
-            }
-            let (first, last) = (st.offset / bs, (st.offset + st.len - 1) / bs);
-            match blocks.last_mut() {
-                Some((_, l)) if first <= *l + 1 => *l = (*l).max(last),
-                _ => blocks.push((first, last)),
-            }
-        }
+        let blocks = io::digest::mapped_blocks(&file, lo_b, hi_b, bs);
         let mut fresh = Vec::new();
         let mut buf = vec![0u8; 1 << 20];
         for (first, last) in blocks {

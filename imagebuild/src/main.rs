@@ -314,6 +314,7 @@ fn run(cli: Cli) -> Result<()> {
                 no_bmap,
                 yes,
                 to_file,
+                direct: None,
             };
             let batch = imagebuild::flash::flash_cards(&image, cards, &options)
                 .with_context(|| format!("flashing {}", image.display()))?;

@@ -1,10 +1,9 @@
 //! Publishing outputs atomically: a temporary name until everything succeeded, then renames.
 
-use crate::progress::{Meter, MeteredReader};
 use crate::recipe::Compression;
 use anyhow::{Context, Result};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 /// Files being written under temporary names next to their final paths; removed unless committed.
@@ -81,39 +80,110 @@ impl Drop for PendingOutputs {
     }
 }
 
-/// Write a compressed copy of `src` (whose sha256 is `src_sha256`) to `dst`: zstd multithreaded,
-/// led by a skippable frame that records `src_sha256` (so `flash` pairs a bmap with this file by
-/// content), or xz level 6.
-pub fn compress(src: &Path, dst: &Path, how: Compression, src_sha256: &str) -> Result<()> {
-    let input = File::open(src).with_context(|| format!("opening {}", src.display()))?;
-    let len = input.metadata()?.len();
-    let mut out =
-        BufWriter::new(File::create(dst).with_context(|| format!("creating {}", dst.display()))?);
-    let mut meter = Meter::new(&format!("compressing ({how:?})"), Some(len));
-    let mut reader = BufReader::with_capacity(1 << 20, MeteredReader::new(input, &mut meter));
-    match how {
-        Compression::None => return Ok(()),
-        Compression::Zstd => {
-            out.write_all(&crate::source::image_id_frame(src_sha256))
-                .with_context(|| format!("writing {}", dst.display()))?;
-            let mut enc = zstd::stream::write::Encoder::new(out, 10).context("starting zstd")?;
-            // Worker count does not change zstd's output bytes, so the result stays reproducible.
-            let threads = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1) as u32;
-            enc.multithread(threads).context("starting zstd workers")?;
-            enc.include_checksum(true)?;
-            std::io::copy(&mut reader, &mut enc).context("compressing with zstd")?;
-            enc.finish()?.flush().context("finishing the .zst file")?;
-        }
-        Compression::Xz => {
-            let mut enc = xz2::write::XzEncoder::new(out, 6);
-            std::io::copy(&mut reader, &mut enc).context("compressing with xz")?;
-            enc.finish()?.flush().context("finishing the .xz file")?;
+/// zstd level of the compressed copy when the recipe sets none: chosen by image-build-bench's
+/// figures (issue 20; see imagebuild/README.md).
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// xz preset of the compressed copy when the recipe sets none.
+pub const DEFAULT_XZ_LEVEL: i32 = 6;
+
+/// The compressed copy of an image being written, fed the image's bytes in order: zstd
+/// multithreaded behind a skippable frame that records the image's sha256 (so `flash` pairs a
+/// bmap with this file by content), or xz. The sha256 is known only once every byte went
+/// through, so the frame is written as a placeholder of the same length and filled in by
+/// [`Packer::finish`].
+pub struct Packer {
+    dst: PathBuf,
+    how: Compression,
+    enc: Encoder,
+}
+
+enum Encoder {
+    Zstd(zstd::stream::write::Encoder<'static, BufWriter<File>>),
+    Xz(xz2::write::XzEncoder<BufWriter<File>>),
+}
+
+impl Packer {
+    /// Start `dst` as the `how` copy at `level`; None for [`Compression::None`].
+    pub fn start(dst: &Path, how: Compression, level: i32) -> Result<Option<Packer>> {
+        let create = || -> Result<BufWriter<File>> {
+            Ok(BufWriter::with_capacity(
+                1 << 20,
+                File::create(dst).with_context(|| format!("creating {}", dst.display()))?,
+            ))
+        };
+        let enc = match how {
+            Compression::None => return Ok(None),
+            Compression::Zstd => {
+                let mut out = create()?;
+                out.write_all(&crate::source::image_id_frame(&"0".repeat(64)))
+                    .with_context(|| format!("writing {}", dst.display()))?;
+                let mut enc =
+                    zstd::stream::write::Encoder::new(out, level).context("starting zstd")?;
+                // Worker count does not change zstd's output bytes, so the result stays
+                // reproducible.
+                let threads = std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1) as u32;
+                enc.multithread(threads).context("starting zstd workers")?;
+                enc.include_checksum(true)?;
+                Encoder::Zstd(enc)
+            }
+            Compression::Xz => {
+                let preset = u32::try_from(level).context("xz preset out of range")?;
+                Encoder::Xz(xz2::write::XzEncoder::new(create()?, preset))
+            }
+        };
+        Ok(Some(Packer {
+            dst: dst.to_path_buf(),
+            how,
+            enc,
+        }))
+    }
+
+    /// The compression's name, for progress lines.
+    pub fn name(&self) -> &'static str {
+        match self.how {
+            Compression::Zstd => "zstd",
+            Compression::Xz => "xz",
+            Compression::None => "none",
         }
     }
-    meter.finish();
-    Ok(())
+
+    /// The next bytes of the image.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let r = match &mut self.enc {
+            Encoder::Zstd(e) => e.write_all(bytes),
+            Encoder::Xz(e) => e.write_all(bytes),
+        };
+        r.with_context(|| format!("compressing into {}", self.dst.display()))
+    }
+
+    /// End the stream, record `image_sha256` in the zstd frame, flush to disk.
+    pub fn finish(self, image_sha256: &str) -> Result<()> {
+        let what = || format!("finishing {}", self.dst.display());
+        let file = match self.enc {
+            Encoder::Zstd(e) => {
+                let file = e
+                    .finish()
+                    .with_context(what)?
+                    .into_inner()
+                    .map_err(|e| e.into_error())
+                    .with_context(what)?;
+                use std::os::unix::fs::FileExt;
+                file.write_all_at(&crate::source::image_id_frame(image_sha256), 0)
+                    .with_context(what)?;
+                file
+            }
+            Encoder::Xz(e) => e
+                .finish()
+                .with_context(what)?
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .with_context(what)?,
+        };
+        file.sync_all().with_context(what)
+    }
 }
 
 /// The `sha256sum`-format line for a file.

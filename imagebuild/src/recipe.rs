@@ -54,12 +54,50 @@ pub struct ImageSection {
     /// Extra compressed copy.
     #[serde(default)]
     pub compress: Compression,
+    /// Level of the compressed copy (zstd 1-19, xz 0-9); absent = the default of `compress`.
+    #[serde(default)]
+    pub compress_level: Option<i32>,
     /// Free space guaranteed in the root filesystem after the payload.
     #[serde(default = "default_free_space")]
     pub free_space: ByteSize,
     /// Kernel page size; absent = the board's default kernel.
     #[serde(default)]
     pub kernel_page_size: Option<PageSize>,
+}
+
+impl ImageSection {
+    /// The level of the compressed copy: the recipe's `compress_level`, else the default of
+    /// its compression (zstd [`crate::output::DEFAULT_ZSTD_LEVEL`], xz 6).
+    pub fn compress_level(&self) -> i32 {
+        self.compress_level.unwrap_or(match self.compress {
+            Compression::Xz => crate::output::DEFAULT_XZ_LEVEL,
+            _ => crate::output::DEFAULT_ZSTD_LEVEL,
+        })
+    }
+}
+
+/// `compress_level` must fit `compress`: zstd 1-19, xz 0-9, nothing without compression.
+fn check_compress_level(image: &ImageSection) -> Result<()> {
+    let Some(level) = image.compress_level else {
+        return Ok(());
+    };
+    let (name, range, default) = match image.compress {
+        Compression::None => bail!(
+            "[image] compress_level = {level} is set but compress is \"none\", so nothing is compressed: \
+             set compress = \"zstd\" (levels 1-19) or compress = \"xz\" (levels 0-9), or remove compress_level"
+        ),
+        Compression::Zstd => ("zstd", 1..=19, crate::output::DEFAULT_ZSTD_LEVEL),
+        Compression::Xz => ("xz", 0..=9, crate::output::DEFAULT_XZ_LEVEL),
+    };
+    if !range.contains(&level) {
+        bail!(
+            "[image] compress_level = {level} is out of range for {name}: use {} (fastest) to {} (smallest), \
+             or remove it for the default {default}",
+            range.start(),
+            range.end()
+        );
+    }
+    Ok(())
 }
 
 fn default_free_space() -> ByteSize {
@@ -213,6 +251,7 @@ const RECIPE_KEYS: &[&str] = &[
     "base_sha256",
     "output",
     "compress",
+    "compress_level",
     "free_space",
     "kernel_page_size",
     "version",
@@ -262,6 +301,7 @@ impl Recipe {
             Some(t) => Some(ClusterSource::Inline(t)),
         };
         let where_ = path.display().to_string();
+        check_compress_level(&raw.image).map_err(|e| anyhow::anyhow!("{where_}: {e}"))?;
         check_wifi(&raw.os.wifi).map_err(|e| anyhow::anyhow!("{where_}: {e}"))?;
         check_login(&raw.os).map_err(|e| anyhow::anyhow!("{where_}: {e}"))?;
         check_timezone_name(&raw.os.timezone).map_err(|e| anyhow::anyhow!("{where_}: {e}"))?;
@@ -501,6 +541,42 @@ token = "0123456789abcdef0123"
         assert_eq!(r.overlays, vec!["overlays/sd-tuning".to_string()]);
         assert!(matches!(r.cluster, Some(ClusterSource::Inline(_))));
         assert_eq!(r.resolve("out/x.img"), PathBuf::from("/r/out/x.img"));
+    }
+
+    #[test]
+    fn compress_level_is_checked_against_compress() {
+        let r = Recipe::parse(GOOD, Path::new("image.toml")).unwrap();
+        assert_eq!(r.image.compress_level(), crate::output::DEFAULT_ZSTD_LEVEL);
+        let set = |c: &str, l: &str| {
+            GOOD.replace(
+                "compress = \"zstd\"",
+                &format!("compress = \"{c}\"\ncompress_level = {l}"),
+            )
+        };
+        let r = Recipe::parse(&set("zstd", "19"), Path::new("image.toml")).unwrap();
+        assert_eq!(r.image.compress_level(), 19);
+        let r = Recipe::parse(&set("xz", "0"), Path::new("image.toml")).unwrap();
+        assert_eq!(r.image.compress_level(), 0);
+        let e = err(&set("zstd", "20"));
+        assert!(
+            e.contains("compress_level = 20 is out of range for zstd: use 1 (fastest) to 19"),
+            "{e}"
+        );
+        let e = err(&set("xz", "10"));
+        assert!(
+            e.contains("out of range for xz: use 0 (fastest) to 9"),
+            "{e}"
+        );
+        let e = err(&set("none", "3"));
+        assert!(
+            e.contains("compress is \"none\", so nothing is compressed"),
+            "{e}"
+        );
+        let e = err(&set("zstd", "\"high\""));
+        assert!(
+            e.contains("image.toml:8:") && e.contains("expected i32"),
+            "{e}"
+        );
     }
 
     #[test]

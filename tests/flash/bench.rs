@@ -1,13 +1,21 @@
-//! `flash-bench`: flash time with the bmap versus a full copy of a built image, and stamp time.
+//! `flash-bench`: flash time with the bmap versus a full copy of a built image, each against
+//! `bmaptool copy` and `dd` on the same image and target, and stamp time.
 //!
 //!   cargo run --release -p systests --bin flash-bench [-- WORKDIR]
 //!
 //! Builds a realistic image from a fixture base (2.5 GiB root filesystem, ~600 MiB of files),
 //! then flashes it with `imagebuild::flash` (write, fsync, read-back verify) twice: with its
 //! bmap and with `--no-bmap`. As root the target is a loop device over a sparse file (a block
-//! device, as a card would be); otherwise a plain file. Prints both times and the ratio, then
-//! the time of `imagebuild stamp` on the image (median of 7). Last, 4 cards side by side: one
-//! `flash` of 4 cards in parallel, 4 flashes in sequence, and `bmaptool copy` 4 times.
+//! device, as a card would be); otherwise a plain file. Write and read-back are compared
+//! separately, side by side in this run:
+//!   - with the bmap: the write against `bmaptool copy` (which checks the image's ranges as it
+//!     reads them and does not read the card back), the read-back against `dd` reading every
+//!     mapped range of the same target to /dev/null (page cache dropped first, as flash does);
+//!   - without: the write against `dd bs=4M conv=fsync`, the read-back against `dd` reading the
+//!     image's length of the target.
+//!
+//! Then the time of `imagebuild stamp` on the image (median of 7). Last, 4 cards side by side:
+//! one `flash` of 4 cards in parallel, 4 flashes in sequence, and `bmaptool copy` 4 times.
 
 use systests::image::fixture;
 
@@ -90,7 +98,8 @@ fn main() -> Result<()> {
     } else {
         "plain file (not root)"
     };
-    let (dev, _l1) = target(&work, "target-bmap.img", report.size + (64 << 20))?;
+    let tlen = report.size + (64 << 20);
+    let (dev, _l1) = target(&work, "target-bmap.img", tlen)?;
     let with_bmap = flash(
         &img,
         &dev,
@@ -100,8 +109,22 @@ fn main() -> Result<()> {
             ..Default::default()
         },
     )?;
+    let dd_ranges = dd_read_ranges(&dev, &map);
     drop(_l1);
-    let (dev, _l2) = target(&work, "target-full.img", report.size + (64 << 20))?;
+    // The same flash through the page cache instead of O_DIRECT (block devices only).
+    let (dev, _l5) = target(&work, "target-buffered.img", tlen)?;
+    let buffered = flash(
+        &img,
+        &dev,
+        &FlashOptions {
+            yes: true,
+            to_file: true,
+            direct: Some(false),
+            ..Default::default()
+        },
+    )?;
+    drop(_l5);
+    let (dev, _l2) = target(&work, "target-full.img", tlen)?;
     let full = flash(
         &img,
         &dev,
@@ -115,6 +138,41 @@ fn main() -> Result<()> {
     drop(_l2);
     let t_bmap = with_bmap.write_time + with_bmap.verify_time;
     let t_full = full.write_time + full.verify_time;
+    let (dev, _l3) = target(&work, "target-bmaptool.img", tlen)?;
+    let bmaptool = timed(
+        Command::new("bmaptool")
+            .arg("-q")
+            .arg("copy")
+            .arg("--bmap")
+            .arg(imagebuild::output::with_suffix(&img, ".bmap"))
+            .arg(&img)
+            .arg(&dev),
+    );
+    drop(_l3);
+    let (dev, _l4) = target(&work, "target-dd.img", tlen)?;
+    let dd_write = timed(
+        Command::new("dd")
+            .arg(format!("if={}", img.display()))
+            .arg(format!("of={}", dev.display()))
+            .args(["bs=4M", "conv=fsync,notrunc", "status=none"]),
+    );
+    drop_cache(&dev)?;
+    let dd_read = timed(
+        Command::new("dd")
+            .arg(format!("if={}", dev.display()))
+            .args(["of=/dev/null", "bs=4M", "iflag=count_bytes", "status=none"])
+            .arg(format!("count={}", report.size)),
+    );
+    drop(_l4);
+    for f in [
+        "target-bmap.img",
+        "target-full.img",
+        "target-bmaptool.img",
+        "target-dd.img",
+        "target-buffered.img",
+    ] {
+        let _ = std::fs::remove_file(work.join(f));
+    }
 
     // Stamp: the same image, new settings each time (median of 7 runs of the CLI's library call).
     let mut times = Vec::new();
@@ -158,6 +216,54 @@ fn main() -> Result<()> {
         "ratio full/bmap:  {:8.2}x",
         secs(t_full) / secs(t_bmap).max(1e-9)
     );
+    let show = |what: &str, ours: Duration, theirs: &Result<Duration>, name: &str| match theirs {
+        Ok(t) => println!(
+            "  {what:28} imagebuild {:7.2} s | {name:38} {:7.2} s | ratio {:.2}",
+            secs(ours),
+            secs(*t),
+            secs(ours) / secs(*t).max(1e-9)
+        ),
+        Err(e) => println!(
+            "  {what:28} imagebuild {:7.2} s | {name}: not run ({e:#})",
+            secs(ours)
+        ),
+    };
+    println!(
+        "with bmap, write+fsync through the page cache instead of O_DIRECT: {:.2} s (O_DIRECT {:.2} s; imagebuild's default on block devices: {}), read-back {:.2} s",
+        secs(buffered.write_time),
+        secs(with_bmap.write_time),
+        if imagebuild::flash::DIRECT_BY_DEFAULT {
+            "O_DIRECT"
+        } else {
+            "page cache"
+        },
+        secs(buffered.verify_time)
+    );
+    println!("side by side, same image, same kind of target:");
+    show(
+        "with bmap, write+fsync:",
+        with_bmap.write_time,
+        &bmaptool,
+        "bmaptool copy (no read-back)",
+    );
+    show(
+        "with bmap, read-back:",
+        with_bmap.verify_time,
+        &dd_ranges,
+        &format!("dd of the {} mapped ranges", map.ranges.len()),
+    );
+    show(
+        "no bmap, write+fsync:",
+        full.write_time,
+        &dd_write,
+        "dd bs=4M conv=fsync",
+    );
+    show(
+        "no bmap, read-back:",
+        full.verify_time,
+        &dd_read,
+        "dd bs=4M of the image's length",
+    );
     println!(
         "stamp:            {:8.1} ms median ({:.1} .. {:.1} ms over {} runs)",
         secs(times[times.len() / 2]) * 1000.0,
@@ -166,10 +272,49 @@ fn main() -> Result<()> {
         times.len()
     );
     four_cards(&work, &img, report.size)?;
-    for f in ["target-bmap.img", "target-full.img"] {
-        let _ = std::fs::remove_file(work.join(f));
-    }
     Ok(())
+}
+
+/// Run a command to completion, timed; an error when it cannot run or fails.
+fn timed(cmd: &mut Command) -> Result<Duration> {
+    let t = Instant::now();
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(t.elapsed())
+}
+
+/// Forget the target's cached pages (`dd iflag=nocache count=0`), as flash does before reading back.
+fn drop_cache(dev: &Path) -> Result<()> {
+    timed(
+        Command::new("dd")
+            .arg(format!("if={}", dev.display()))
+            .args(["iflag=nocache", "count=0", "status=none"]),
+    )?;
+    Ok(())
+}
+
+/// `dd` reading every mapped range of the bmap from `dev` to /dev/null, one dd per range.
+fn dd_read_ranges(dev: &Path, map: &imagebuild::bmap::Bmap) -> Result<Duration> {
+    drop_cache(dev)?;
+    let t = Instant::now();
+    for r in &map.ranges {
+        let (start, end) = map.span(r);
+        timed(
+            Command::new("dd")
+                .arg(format!("if={}", dev.display()))
+                .args([
+                    "of=/dev/null",
+                    "bs=4M",
+                    "iflag=skip_bytes,count_bytes",
+                    "status=none",
+                ])
+                .arg(format!("skip={start}"))
+                .arg(format!("count={}", end - start)),
+        )?;
+    }
+    Ok(t.elapsed())
 }
 
 /// 4 cards written by one `flash_cards` call (one read of the image, 4 writers), by 4 calls in

@@ -417,6 +417,87 @@ fn same_epoch_gives_the_same_image() {
     );
 }
 
+#[test]
+fn compress_level_sets_the_zstd_level_and_a_bad_one_is_refused() {
+    let dir = scratch();
+    let b = base(dir.path(), Flavor::Trixie);
+    let mut sizes = Vec::new();
+    for level in [1, 19] {
+        let r = recipe(
+            dir.path(),
+            &b.display().to_string(),
+            "rpi4",
+            &format!("compress = \"zstd\"\ncompress_level = {level}"),
+        );
+        let name = format!("l{level}.img");
+        let out = dir.path().join("out").join(&name);
+        assert!(build(dir.path(), &r, &["-o", out.to_str().unwrap()])
+            .status
+            .success());
+        let sum = std::fs::read_to_string(dir.path().join(format!("out/{name}.sha256"))).unwrap();
+        let unpacked = Command::new("sh")
+            .arg("-c")
+            .arg(format!("zstd -dc out/{name}.zst | sha256sum"))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&unpacked.stdout)
+                .starts_with(sum.split_whitespace().next().unwrap()),
+            "the level-{level} .zst does not hold the image"
+        );
+        sizes.push(
+            std::fs::metadata(format!("{}.zst", out.display()))
+                .unwrap()
+                .len(),
+        );
+    }
+    assert!(
+        sizes[1] < sizes[0],
+        "level 19 ({} bytes) is not smaller than level 1 ({} bytes)",
+        sizes[1],
+        sizes[0]
+    );
+    for e in std::fs::read_dir(dir.path().join("out")).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let r = recipe(
+        dir.path(),
+        &b.display().to_string(),
+        "rpi4",
+        "compress = \"zstd\"\ncompress_level = 22",
+    );
+    let out = dir.path().join("out/bad.img");
+    fails_cleanly(
+        dir.path(),
+        build(dir.path(), &r, &["-o", out.to_str().unwrap()]),
+        &["compress_level = 22 is out of range for zstd: use 1 (fastest) to 19"],
+    );
+}
+
+#[test]
+fn an_unchanged_local_base_is_hashed_once() {
+    let dir = scratch();
+    let b = base(dir.path(), Flavor::Trixie);
+    // A base written in the last 2 s is not remembered (kernel timestamps are coarse).
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let r = recipe(dir.path(), &b.display().to_string(), "rpi4", "");
+    let remembered = "unchanged since it was hashed";
+    let stderr = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+    let first = build(dir.path(), &r, &[]);
+    assert!(first.status.success());
+    assert!(!stderr(&first).contains(remembered), "{}", stderr(&first));
+    let second = build(dir.path(), &r, &[]);
+    assert!(second.status.success());
+    assert!(stderr(&second).contains(remembered), "{}", stderr(&second));
+    // Touched (same bytes, new mtime and ctime): hashed again.
+    let st = Command::new("touch").arg(&b).status().unwrap();
+    assert!(st.success());
+    let third = build(dir.path(), &r, &[]);
+    assert!(third.status.success());
+    assert!(!stderr(&third).contains(remembered), "{}", stderr(&third));
+}
+
 fn append(path: &Path, text: &str) {
     let mut t = std::fs::read_to_string(path).unwrap();
     t.push_str(text);

@@ -3,9 +3,10 @@
 //! [`plan`] (recipe, board, outputs, overlays: all checked first) → [`base`] (fetch, verify,
 //! decompress and recognize the upstream image; fetch K3s and firstboot) → [`rootfs`] (partition 2
 //! in a scratch file: user setup, node payload, image manifest from [`manifest`], grown and
-//! written) → [`disk`] (the base's head, partition 2 grown) → [`boot`] (cmdline.txt, config.txt,
-//! ssh, first user, cluster.toml) → [`publish`] (root filesystem into the image, hashed on the way;
-//! `.sha256`, `.bmap`, compressed copy, report; renamed at the end). [`checks`] holds what the base
+//! written) → [`disk`] (the root filesystem becomes partition 2, in place where the filesystem
+//! can insert a range; the base's head in front; partition 2 grown) → [`boot`] (cmdline.txt,
+//! config.txt, ssh, first user, cluster.toml) → [`publish`] (one read of the image: sha256,
+//! `.bmap`, compressed copy; report; renamed at the end). [`checks`] holds what the base
 //! must support. The byte-level primitives (copies, extents, hashing) are in [`crate::io`].
 
 // The stages are private; the links above are for `cargo doc --document-private-items`.
@@ -99,6 +100,9 @@ pub struct BuildReport {
     pub compressed: Option<PathBuf>,
     /// Whether the base's partitions were copied by reflink (copy-on-write filesystems).
     pub reflinked: bool,
+    /// Whether the edited root filesystem became partition 2 in place (FALLOC_FL_INSERT_RANGE on
+    /// ext4 and xfs), so its bytes were written once; else it was copied in.
+    pub rootfs_in_place: bool,
     /// The files written beside the image.
     pub artifacts: Artifacts,
     /// Versions of what the image carries (K3s, firstboot, base).

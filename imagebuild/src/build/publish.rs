@@ -1,9 +1,6 @@
-//! Stage 6, publishing: the edited root filesystem written into partition 2 and the image hashed
-//! on the way, then `.sha256`, `.bmap`, the compressed copy and the JSON report beside it; every
-//! file under a temporary name until all exist, then renamed.
-//!
-//! Each output is one function over the finished image, so the passes over its bytes (hash,
-//! block map, compression) are visible here in order.
+//! Stage 6, publishing: one read of the finished image yields its sha256, the `.bmap` with every
+//! range's checksum and the compressed copy ([`crate::io::digest`]); then `.sha256` and the
+//! JSON report beside it; every file under a temporary name until all exist, then renamed.
 
 use super::base::Base;
 use super::boot::BootEdits;
@@ -11,16 +8,14 @@ use super::disk::GrownDisk;
 use super::plan::BuildPlan;
 use super::rootfs::EditedRootfs;
 use super::{Artifacts, BuildReport};
-use crate::io::{append_and_hash, write_synced};
-use crate::output::{self, with_suffix, PendingOutputs};
+use crate::io::write_synced;
+use crate::output::{self, with_suffix, Packer, PendingOutputs};
 use crate::progress::say;
 use crate::recipe::{Compression, Recipe};
 use crate::{epoch, interrupt};
 use anyhow::{Context, Result};
-use std::fs::{File, OpenOptions};
-use std::path::{Path, PathBuf};
 
-/// Write the root filesystem into the image, then every output beside it, and commit them all.
+/// Every output beside the finished image from one read of it, then commit them all.
 pub fn publish(
     recipe: &Recipe,
     plan: BuildPlan,
@@ -30,19 +25,35 @@ pub fn publish(
     boot: BootEdits,
     mut pending: PendingOutputs,
 ) -> Result<BuildReport> {
-    let sha = write_rootfs(base, &rootfs, &disk)?;
     let image = &disk.path;
     let output_path = &plan.output_path;
     let size = std::fs::metadata(image)?.len();
-    let sha_path = checksum_file(&mut pending, output_path, &sha)?;
-    let bmap_path = block_map(&mut pending, image, output_path, &sha)?;
-    let compressed = compressed_copy(
-        &mut pending,
-        recipe.image.compress,
-        image,
-        output_path,
-        &sha,
+    std::fs::File::open(image)
+        .and_then(|f| f.sync_all())
+        .context("flushing the image")?;
+    let compressed_path = match recipe.image.compress {
+        Compression::None => None,
+        Compression::Zstd => Some(with_suffix(output_path, ".zst")),
+        Compression::Xz => Some(with_suffix(output_path, ".xz")),
+    };
+    let packer = match &compressed_path {
+        Some(p) => {
+            let tmp = pending.add(p);
+            Packer::start(&tmp, recipe.image.compress, recipe.image.compress_level())?
+        }
+        None => None,
+    };
+    let digest = crate::io::digest::digest(image, None, packer)?;
+    interrupt::check()?;
+    let sha = digest.sha256;
+    let sha_path = with_suffix(output_path, ".sha256");
+    write_synced(
+        &pending.add(&sha_path),
+        output::sha256_line(&sha, output_path).as_bytes(),
     )?;
+    let bmap_path = with_suffix(output_path, ".bmap");
+    write_synced(&pending.add(&bmap_path), digest.map.to_xml().as_bytes())?;
+    let compressed = compressed_path;
     let json_path = with_suffix(output_path, ".json");
     let mut warnings = plan.warnings;
     warnings.extend(rootfs.warnings);
@@ -69,6 +80,7 @@ pub fn publish(
         entries: rootfs.entries,
         compressed: compressed.clone(),
         reflinked: rootfs.reflinked && disk.reflinked,
+        rootfs_in_place: disk.rootfs_in_place,
         artifacts: Artifacts {
             image: output_path.clone(),
             sha256: sha_path,
@@ -88,65 +100,4 @@ pub fn publish(
         report.sha256
     ));
     Ok(report)
-}
-
-/// The edited root filesystem goes into partition 2, the whole image checksummed on the way;
-/// the scratch file is removed after. Returns the image's sha256.
-fn write_rootfs(base: &Base, rootfs: &EditedRootfs, disk: &GrownDisk) -> Result<String> {
-    let sha = {
-        let out = OpenOptions::new().read(true).write(true).open(&disk.path)?;
-        let root_file = File::open(&rootfs.path)?;
-        let sha = append_and_hash(
-            &out,
-            base.layout.root.start,
-            &root_file,
-            rootfs.len,
-            "writing the root filesystem",
-        )?;
-        out.sync_all().context("flushing the image")?;
-        sha
-    };
-    std::fs::remove_file(&rootfs.path).context("removing the scratch root filesystem")?;
-    interrupt::check()?;
-    Ok(sha)
-}
-
-/// `IMAGE.sha256` in sha256sum format.
-fn checksum_file(pending: &mut PendingOutputs, output_path: &Path, sha: &str) -> Result<PathBuf> {
-    let sha_path = with_suffix(output_path, ".sha256");
-    let sha_tmp = pending.add(&sha_path);
-    write_synced(&sha_tmp, output::sha256_line(sha, output_path).as_bytes())?;
-    Ok(sha_path)
-}
-
-/// `IMAGE.bmap`, the image's data ranges with their checksums (bmap 2.0).
-fn block_map(
-    pending: &mut PendingOutputs,
-    image: &Path,
-    output_path: &Path,
-    sha: &str,
-) -> Result<PathBuf> {
-    let bmap_path = with_suffix(output_path, ".bmap");
-    let bmap_tmp = pending.add(&bmap_path);
-    crate::bmap::write_for(image, &bmap_tmp, Some(sha))?;
-    Ok(bmap_path)
-}
-
-/// `IMAGE.zst` or `IMAGE.xz` when the recipe asks for one.
-fn compressed_copy(
-    pending: &mut PendingOutputs,
-    how: Compression,
-    image: &Path,
-    output_path: &Path,
-    sha: &str,
-) -> Result<Option<PathBuf>> {
-    let ext = match how {
-        Compression::None => return Ok(None),
-        Compression::Zstd => ".zst",
-        Compression::Xz => ".xz",
-    };
-    let path = with_suffix(output_path, ext);
-    let ctmp = pending.add(&path);
-    output::compress(image, &ctmp, how, sha)?;
-    Ok(Some(path))
 }

@@ -3,7 +3,8 @@
 //! grown to fit them plus `free_space`, and everything written in one debugfs batch.
 //!
 //! A file of its own, because resize2fs on `image?offset=N` truncates the image file to the
-//! filesystem's size (e2fsprogs 1.47), so growing in place would destroy the image.
+//! filesystem's size (e2fsprogs 1.47), so growing in place would destroy the image. The next
+//! stage turns this file into the image without copying it where the filesystem allows.
 
 use super::base::Base;
 use super::checks::check_base_supports;

@@ -1,14 +1,17 @@
 //! The file and device primitives the build, bmap, flash and stamp code share: byte-range copies
-//! ([`copy`]), data and hole extents ([`extents`]), sha256 of files and bytes and while writing ([`hash`]) and synced
-//! writes.
+//! ([`copy`]), data and hole extents ([`extents`]), sha256 of files and bytes ([`hash`]), the one
+//! read of a finished image that yields its sha256, block map and compressed copy ([`digest`]),
+//! and synced writes.
 
+pub mod aligned;
 pub mod copy;
+pub mod digest;
 pub mod extents;
 pub mod hash;
 
 pub use copy::copy_range;
 pub use extents::{stretches, Stretch};
-pub use hash::{append_and_hash, sha256_bytes, sha256_file, sha256_file_quiet};
+pub use hash::{sha256_bytes, sha256_file, sha256_file_quiet};
 
 use anyhow::{Context, Result};
 use std::fs::File;

@@ -3,11 +3,16 @@
 //! Cache layout (XDG cache dir, `imagebuild/`): `downloads/<sha256>` holds files as published,
 //! `raw/<sha256>.img` the decompressed, sparse raw image of the source whose sha256 names it. A
 //! rebuild from the same source finds the raw image and neither downloads nor decompresses.
+//! `identity/` remembers the sha256 of local bases by file identity ([`identity`]), so an
+//! unchanged local base is not hashed again.
+
+pub mod identity;
 
 use crate::boards::{BaseImage, Catalog, OsFamily};
 use crate::io::sha256_file;
 use crate::progress::{say, Meter, MeteredReader};
 use anyhow::{anyhow, bail, Context, Result};
+use identity::HashMemo;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -177,7 +182,17 @@ pub fn obtain(source: &BaseSource, cache: &Cache, offline: bool) -> Result<RawBa
     // Not cached yet: get the published file and check it before anything reads it.
     let (file, sha) = match source {
         BaseSource::Path { path, sha256 } => {
-            let actual = sha256_file(path)?;
+            let memo = HashMemo::new(&cache.root);
+            let actual = match memo.recall(path) {
+                Some(sha) => {
+                    say(&format!(
+                        "base: {} unchanged since it was hashed (same inode, size, mtime and ctime): sha256 {sha}",
+                        path.display()
+                    ));
+                    sha
+                }
+                None => memo.hash(path, sha256_file)?,
+            };
             if let Some(want) = sha256 {
                 check_sha(path.display().to_string(), want, &actual)?;
             }
