@@ -381,6 +381,28 @@ fn builds_each_layout_rootless_and_clean() {
     }
 }
 
+/// The SHA-256 in `out/<name>.sha256` (written by the build).
+fn published_sha256(dir: &Path, name: &str) -> String {
+    let line = std::fs::read_to_string(dir.join(format!("out/{name}.sha256"))).unwrap();
+    line.split_whitespace().next().unwrap().to_string()
+}
+
+/// The SHA-256 of `out/<name>.zst` decompressed by the zstd tool.
+fn zst_sha256(dir: &Path, name: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("zstd -dc out/{name}.zst | sha256sum"))
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "zstd -dc out/{name}.zst failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 #[test]
 fn same_epoch_gives_the_same_image() {
     let dir = scratch();
@@ -397,18 +419,13 @@ fn same_epoch_gives_the_same_image() {
         assert!(build(dir.path(), &r, &["-o", out.to_str().unwrap()])
             .status
             .success());
-        let line = std::fs::read_to_string(dir.path().join(format!("out/{name}.sha256"))).unwrap();
-        sums.push(line.split_whitespace().next().unwrap().to_string());
-        let unpacked = Command::new("sh")
-            .arg("-c")
-            .arg(format!("zstd -dc out/{name}.zst | sha256sum"))
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            String::from_utf8_lossy(&unpacked.stdout).starts_with(sums.last().unwrap().as_str()),
+        let sum = published_sha256(dir.path(), name);
+        assert_eq!(
+            zst_sha256(dir.path(), name),
+            sum,
             "the .zst does not hold the image"
         );
+        sums.push(sum);
         assert!(dir.path().join(format!("out/{name}.json")).is_file());
     }
     assert_eq!(
@@ -434,16 +451,9 @@ fn compress_level_sets_the_zstd_level_and_a_bad_one_is_refused() {
         assert!(build(dir.path(), &r, &["-o", out.to_str().unwrap()])
             .status
             .success());
-        let sum = std::fs::read_to_string(dir.path().join(format!("out/{name}.sha256"))).unwrap();
-        let unpacked = Command::new("sh")
-            .arg("-c")
-            .arg(format!("zstd -dc out/{name}.zst | sha256sum"))
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            String::from_utf8_lossy(&unpacked.stdout)
-                .starts_with(sum.split_whitespace().next().unwrap()),
+        assert_eq!(
+            zst_sha256(dir.path(), &name),
+            published_sha256(dir.path(), &name),
             "the level-{level} .zst does not hold the image"
         );
         sizes.push(

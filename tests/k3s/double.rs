@@ -1050,16 +1050,7 @@ fn kubectl_get_nodes_ready_follows_the_heartbeat() {
         .unwrap()
         .as_secs() as i64
         - 60;
-    let stamp = time::OffsetDateTime::from_unix_timestamp(old).unwrap();
-    let renew = format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        stamp.year(),
-        u8::from(stamp.month()),
-        stamp.day(),
-        stamp.hour(),
-        stamp.minute(),
-        stamp.second()
-    );
+    let renew = rfc3339(time::OffsetDateTime::from_unix_timestamp(old).unwrap());
     rt().block_on(async {
         let node =
             serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "gone"}});
@@ -1219,8 +1210,12 @@ fn a_joiner_with_a_newer_stale_ca_on_disk_is_refused_and_an_older_one_replaced()
 
 /// firstboot's seat store on this double's `k3s kubectl` (the ConfigMap CAS it relies on).
 fn seat_store(d: &Double) -> firstboot::seat_book::SeatStore {
-    use firstboot::seat_book::{Kubectl, SeatStore};
-    SeatStore::new(Kubectl::with_program(
+    firstboot::seat_book::SeatStore::new(kubectl_of(d))
+}
+
+/// firstboot's `k3s kubectl` runner aimed at this double's root and etcd.
+fn kubectl_of(d: &Double) -> firstboot::seat_book::Kubectl {
+    firstboot::seat_book::Kubectl::with_program(
         systests::bin_path("k3s-double"),
         vec![
             (
@@ -1232,7 +1227,7 @@ fn seat_store(d: &Double) -> firstboot::seat_book::SeatStore {
                 d.etcd_port.to_string(),
             ),
         ],
-    ))
+    )
 }
 
 // Rule (SPEC 4.4, issue 18): seats after formation are granted by resourceVersion
@@ -1423,22 +1418,9 @@ fn racing_seat_keepers_grant_a_freed_seat_exactly_once() {
 #[test]
 fn the_healer_lease_has_one_holder() {
     use firstboot::healer::lease::acquire;
-    use firstboot::seat_book::Kubectl;
     use std::sync::Barrier;
     let (init, _, _) = init_with("lab-000001");
-    let kubectl = Kubectl::with_program(
-        systests::bin_path("k3s-double"),
-        vec![
-            (
-                "K3S_DOUBLE_ROOT".into(),
-                init.root.to_string_lossy().into_owned(),
-            ),
-            (
-                "K3S_DOUBLE_ETCD_CLIENT_PORT".into(),
-                init.etcd_port.to_string(),
-            ),
-        ],
-    );
+    let kubectl = kubectl_of(&init);
     let barrier = Barrier::new(4);
     let won: Vec<bool> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
@@ -1471,9 +1453,8 @@ fn the_healer_lease_has_one_holder() {
     );
 }
 
-/// Now as the double writes times (RFC 3339, UTC, seconds), so they compare as strings.
-fn rfc3339_now() -> String {
-    let stamp = time::OffsetDateTime::now_utc();
+/// A time as the double writes times (RFC 3339, UTC, seconds), so they compare as strings.
+fn rfc3339(stamp: time::OffsetDateTime) -> String {
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
         stamp.year(),
@@ -1520,7 +1501,7 @@ fn an_agent_moves_to_a_live_server_when_its_server_dies() {
         "all three apiservers learned: {saved}"
     );
     let init_log = stop_and_log(init);
-    let killed = rfc3339_now();
+    let killed = rfc3339(time::OffsetDateTime::now_utc());
     // A guard against a hang, not a speed goal: heartbeats come every 10 s.
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let beat = loop {

@@ -68,42 +68,27 @@ fn describe(members: &[etcd::Member]) -> Vec<String> {
         .collect()
 }
 
+/// `k3s kubectl ARGS -o json` on `m` (bounded by `timeout 20`), parsed.
+fn kubectl_json(m: &Machine, args: &[&str]) -> Option<serde_json::Value> {
+    let mut argv = vec!["20", "/usr/local/bin/k3s", "kubectl"];
+    argv.extend_from_slice(args);
+    argv.extend_from_slice(&["-o", "json"]);
+    let out = m.exec("/usr/bin/timeout", &argv)?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
 /// The seat book (`kube-system/firstboot-seats`) through the double's `k3s kubectl` on `m`.
 fn book(m: &Machine) -> Option<serde_json::Value> {
-    let out = m.exec(
-        "/usr/bin/timeout",
-        &[
-            "20",
-            "/usr/local/bin/k3s",
-            "kubectl",
-            "get",
-            "configmap",
-            "firstboot-seats",
-            "-n",
-            "kube-system",
-            "-o",
-            "json",
-        ],
+    let map = kubectl_json(
+        m,
+        &["get", "configmap", "firstboot-seats", "-n", "kube-system"],
     )?;
-    let map: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     serde_json::from_str(map["data"]["seats.json"].as_str()?).ok()
 }
 
 /// The Node names K3s has, through `k3s kubectl` on `m`.
 fn node_names(m: &Machine) -> Option<Vec<String>> {
-    let out = m.exec(
-        "/usr/bin/timeout",
-        &[
-            "20",
-            "/usr/local/bin/k3s",
-            "kubectl",
-            "get",
-            "nodes",
-            "-o",
-            "json",
-        ],
-    )?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let v = kubectl_json(m, &["get", "nodes"])?;
     Some(
         v["items"]
             .as_array()?

@@ -5,7 +5,7 @@
 //! Seen from the LAN, not from K3s: it is the same on agents and servers, and it still answers
 //! when K3s cannot (a lost quorum stops the apiserver).
 
-use super::{Millis, NodeId, Role};
+use super::{Millis, NodeId};
 
 /// A peer not heard for this long counts as gone in the membership view: several hello periods
 /// and longer than the candidate view's TTL, so that a late hello or two on a busy LAN does not
@@ -30,8 +30,6 @@ pub struct Seen {
 pub struct Membership {
     /// This node.
     pub me: NodeId,
-    /// This node's role, once it has one.
-    pub role: Option<Role>,
     /// This node serves its K3s role.
     pub serving: bool,
     /// Server seat holders in grant order: the seat book's on a serving server that keeps it,
@@ -91,7 +89,6 @@ mod tests {
     fn membership(seats: &[u64], peers: Vec<Seen>) -> Membership {
         Membership {
             me: NodeId(1),
-            role: None,
             serving: true,
             seats: seats.iter().copied().map(NodeId).collect(),
             peers,

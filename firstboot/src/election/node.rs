@@ -971,7 +971,6 @@ impl<R: Rules> Node<R> {
         }
         Membership {
             me: self.id(),
-            role: self.state.role,
             serving: self.state.serving,
             seats,
             peers: self.peers.seen(now, GONE_AFTER_MS).collect(),
@@ -1408,23 +1407,12 @@ mod tests {
         x.report_serving(Millis(1600));
         persist_all(&mut x);
         drain_transmits(&mut x);
-        let candidate = |storage: u8| {
-            Body::Hello(Hello {
-                pin: RolePin::Auto,
-                storage,
-                ram_mib: 1024,
-                decided: Some(Value::Init(NodeId(7))),
-                serving: false,
-                wants_seat: true,
-                roster: Vec::new(),
-            })
-        };
         // servers = 3: the best candidate gets the next seat at once.
-        x.handle_datagram(Millis(1700), &frame(1, 2, candidate(200)))
+        x.handle_datagram(Millis(1700), &frame(1, 2, asking_hello(200)))
             .expect("genuine frame");
-        x.handle_datagram(Millis(1701), &frame(1, 3, candidate(100)))
+        x.handle_datagram(Millis(1701), &frame(1, 3, asking_hello(100)))
             .expect("genuine frame");
-        x.handle_datagram(Millis(1702), &frame(1, 4, candidate(10)))
+        x.handle_datagram(Millis(1702), &frame(1, 4, asking_hello(10)))
             .expect("genuine frame");
         let request = x.poll_persist().expect("grants are persisted");
         assert_eq!(request.state.roster, vec![NodeId(7), NodeId(2)]);

@@ -542,7 +542,6 @@ mod tests {
     fn view(now: u64, heard: &[(u64, u64)], ttl_ms: u64) -> Membership {
         Membership {
             me: NodeId(1),
-            role: Some(Role::ClusterInit),
             serving: true,
             seats: vec![NodeId(1), NodeId(2), NodeId(3)],
             peers: heard
