@@ -118,6 +118,7 @@ pub mod node_image;
 /// The nspawn machines: their base images, the node image, the harness, the K3s tests' helpers.
 pub mod machines {
     pub mod base;
+    pub mod day2;
     pub mod harness;
     pub mod image;
     pub mod k3s_support;
