@@ -1,12 +1,14 @@
 //! Issue 18 on machines (real systemd, the K3s double with real etcd): the cluster replaces a
-//! dead server. Three servers and one agent form (`servers = 3`, `nodes = 5`,
-//! `replace_after = "20s"`); the init machine is powered off for good; a new card boots. The card
-//! waits for the dead server's seat (the book is full) instead of becoming an agent; the healer
-//! (on the live server holding the `firstboot-healer` Lease) deletes the dead init's Node after
-//! `replace_after`, non-forced, so the double's finalizer removes its etcd member; then it
-//! releases the seat in the book, a live server's seat keeper grants it to the card, and the
-//! card joins as a server. etcd ends with 3 voting members, all alive, and never has more than 3
-//! voting members meanwhile (a sampler reads the member list every 500 ms throughout).
+//! dead server, and two new cards competing for its seat get exactly one seat between them.
+//! Three servers and one agent form (`servers = 3`, `nodes = 6`, `replace_after = "20s"`); the
+//! init machine is powered off for good; two new cards boot at once. They wait for the dead
+//! server's seat (the book is full) instead of becoming agents; the healer (on the live server
+//! holding the `firstboot-healer` Lease) deletes the dead init's Node after `replace_after`,
+//! non-forced, so the double's finalizer removes its etcd member; then it releases the seat in
+//! the book, a live server's seat keeper grants it to the better card, that card joins as a
+//! server and the other, once the seat is held, as an agent. etcd ends with 3 voting members,
+//! all alive, and never has more than 3 voting members meanwhile (a sampler reads the member list
+//! every 500 ms throughout).
 
 use systests::k3s_double::etcd;
 use systests::machines::{day2::*, harness, k3s_support};
@@ -21,15 +23,15 @@ const WAIT: Duration = Duration::from_secs(300);
 const REPLACE_AFTER: &str = "20s";
 
 #[test]
-fn a_dead_init_is_removed_after_replace_after_and_a_new_card_takes_its_seat() {
-    if skip("a_dead_init_is_removed_after_replace_after_and_a_new_card_takes_its_seat") {
+fn a_dead_init_is_removed_after_replace_after_and_one_of_two_new_cards_takes_its_seat() {
+    if skip("a_dead_init_is_removed_after_replace_after_and_one_of_two_new_cards_takes_its_seat") {
         return;
     }
     let token = random_token();
-    // nodes = 5: the four formed machines and the card are all expected voters of the election.
-    let toml = cluster_toml("machines", &token, 3, 5).replace(
-        "nodes = 5\n",
-        &format!("nodes = 5\nreplace_after = \"{REPLACE_AFTER}\"\n"),
+    // nodes = 6: the four formed machines and the two cards.
+    let toml = cluster_toml("machines", &token, 3, 6).replace(
+        "nodes = 6\n",
+        &format!("nodes = 6\nreplace_after = \"{REPLACE_AFTER}\"\n"),
     );
     assert!(toml.contains("replace_after"), "{toml}");
     let mut lan = Lan::new();
@@ -76,8 +78,10 @@ fn a_dead_init_is_removed_after_replace_after_and_a_new_card_takes_its_seat() {
     lan.power_off(init);
     let off = Instant::now();
     eprintln!("powered off the init {init_name}");
-    let card = lan.add_machine(&toml);
-    lan.boot(card);
+    let cards = [lan.add_machine(&toml), lan.add_machine(&toml)];
+    for card in cards {
+        lan.boot(card);
+    }
 
     // The dead init's Node and its etcd member are removed (by the healer, after replace_after).
     let took = lan.wait_for("the dead init's etcd member removed", WAIT, |lan| {
@@ -93,26 +97,51 @@ fn a_dead_init_is_removed_after_replace_after_and_a_new_card_takes_its_seat() {
         "removed {removed_after:?} after the power-off, before replace_after ({REPLACE_AFTER})"
     );
 
-    let took = lan.wait_for("the new card ready", WAIT, |lan| {
-        lan.machines[card].phase().as_deref() == Some("ready")
+    let took = lan.wait_for("both new cards ready", WAIT, |lan| {
+        cards
+            .iter()
+            .all(|c| lan.machines[*c].phase().as_deref() == Some("ready"))
     });
     eprintln!(
-        "the card was ready {:?} after the init's power-off ({took:?} of waiting)",
+        "both cards were ready {:?} after the init's power-off ({took:?} of waiting)",
         off.elapsed()
     );
+    let card_roles: Vec<String> = cards
+        .iter()
+        .map(|c| lan.machines[*c].role().unwrap_or_default())
+        .collect();
+    let card_reports = || {
+        cards
+            .iter()
+            .map(|c| lan.machines[*c].report())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let winners: Vec<usize> = cards
+        .into_iter()
+        .filter(|c| lan.machines[*c].role().as_deref() == Some("server"))
+        .collect();
     assert_eq!(
-        lan.machines[card].role().as_deref(),
-        Some("server"),
-        "the card's role (it must take the dead init's seat)\n{}",
-        lan.machines[card].report()
+        winners.len(),
+        1,
+        "servers among the two cards (exactly one takes the dead init's seat): roles {card_roles:?}\n{}",
+        card_reports()
     );
-    let card_name = lan.machines[card].hostname();
-    let yaml = lan.machines[card].config_yaml().expect("config.yaml");
-    let init_addr = lan.machines[init].address();
     assert!(
-        !yaml.contains(&format!("https://{init_addr}:6443")),
-        "the card joined the dead init {init_addr}:\n{yaml}"
+        card_roles.iter().any(|r| r == "agent"),
+        "the card that lost the seat must join as an agent: roles {card_roles:?}\n{}",
+        card_reports()
     );
+    let card = winners[0];
+    let card_name = lan.machines[card].hostname();
+    let init_addr = lan.machines[init].address();
+    for c in cards {
+        let yaml = lan.machines[c].config_yaml().expect("config.yaml");
+        assert!(
+            !yaml.contains(&format!("https://{init_addr}:6443")),
+            "a card joined the dead init {init_addr}:\n{yaml}"
+        );
+    }
 
     // etcd: 3 voting members, no learner, all alive: the two live servers and the card.
     let mut expected: Vec<String> = live
@@ -146,6 +175,24 @@ fn a_dead_init_is_removed_after_replace_after_and_a_new_card_takes_its_seat() {
     assert!(
         most_voters <= 3,
         "{most_voters} voting members at once (at most servers = 3); lists seen:\n{history}"
+    );
+
+    // The agent kept working through the init's death: its Node is Ready with a heartbeat
+    // from after the power-off (the double's agent load balancer moved to a live server).
+    let agent = roles.iter().position(|r| r == "agent").unwrap();
+    let agent_name = lan.machines[agent].hostname();
+    let since_off = off.elapsed().as_secs() as i64;
+    let powered_off_at = host_unix() - since_off;
+    let nodes = kubectl_json(&lan.machines[live[0]], &["get", "nodes"])
+        .map(|v| firstboot::healer::nodes::parse_nodes(&v))
+        .unwrap_or_default();
+    let view = nodes.iter().find(|n| n.name == agent_name);
+    assert!(
+        view.is_some_and(
+            |v| v.ready == firstboot::healer::Ready::True && v.last_heartbeat > powered_off_at + 10
+        ),
+        "the formed agent {agent_name} is not Ready with a heartbeat after the init's power-off \
+         (at {powered_off_at}): {view:?}"
     );
 
     // The book: the card holds the dead init's seat; the init is recorded as removed.
