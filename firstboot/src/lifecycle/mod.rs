@@ -18,7 +18,9 @@
 //!
 //! Day 2 (SPEC 4.4), on every serving server: a seat keeper round every 3 s (its kubectl calls
 //! in a blocking task the loop does not wait for), and the healer in its own thread
-//! ([`crate::healer::round`]), fed the LAN view every keeper round.
+//! ([`crate::healer::round`]), fed the LAN view every keeper round. A keeper round also tells
+//! nodes the book lists as removed that still claim a server role; such a node sets its etcd
+//! data aside and rejoins through the seat book (`rejoin`).
 
 mod k3s_step;
 mod rejoin;
