@@ -84,7 +84,7 @@ pub fn clear_tombstoned(data: &Path, unix: u64) -> Result<Option<PathBuf>> {
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
     // Newest first; the 6th and older go (counted before this backup is made, as K3s does).
-    backups.sort_by(|a, b| b.0.cmp(&a.0));
+    backups.sort_by_key(|b| std::cmp::Reverse(b.0));
     for (_, old) in backups.iter().skip(5) {
         std::fs::remove_dir_all(old)?;
     }
