@@ -166,6 +166,35 @@ fn a_server_partitioned_past_replace_after_rejoins_with_fresh_etcd_data_and_neve
         healed.elapsed(),
         start.elapsed().as_secs_f64()
     );
+    // Its timeline from the heal on (firstboot and K3s), to see where the time went.
+    let keys = [
+        "removed",
+        "rejoin",
+        "restarting",
+        "stopped",
+        "tombstone",
+        "seat",
+        "grant",
+        "role",
+        "announcement",
+        "starting",
+        "learner",
+        "etcd is ready",
+        "ready:",
+        "phase",
+    ];
+    for unit in ["firstboot.service", "k3s.service"] {
+        let journal = lan.machines[away].journal(Some(unit));
+        let lines: Vec<&str> = journal
+            .lines()
+            .filter(|l| keys.iter().any(|k| l.to_lowercase().contains(k)))
+            .collect();
+        let tail = &lines[lines.len().saturating_sub(40)..];
+        eprintln!(
+            "{unit} on {away_name} (last matching lines):\n{}",
+            tail.join("\n")
+        );
+    }
     assert_eq!(
         lan.machines[away].role().as_deref(),
         Some("server"),
