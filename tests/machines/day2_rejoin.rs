@@ -8,7 +8,9 @@
 //! forgets its role and asks for a seat again; the book has the free seat (nobody else asked),
 //! so a seat keeper grants it and it joins again as a server with fresh etcd data. etcd ends with
 //! 3 voting members, all alive, the returning one among them; a sampler reads the member list
-//! every 500 ms throughout and never sees more than 3 voters; the canary is still there.
+//! every 500 ms throughout and never sees more than 3 voters; the canary is still there. The
+//! second test cuts off the cluster-init node instead: it must never run `cluster-init` again
+//! (a second cluster) and rejoins as a server the same way.
 
 use systests::k3s_double::etcd;
 use systests::machines::{day2::*, harness, k3s_support};
@@ -24,11 +26,32 @@ const REPLACE_AFTER: &str = "20s";
 /// The canary ConfigMap written before the partition.
 const CANARY: &str = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"rejoin-canary","namespace":"default"},"data":{"written":"before the partition"}}"#;
 
+/// The two tests run one after the other (each boots three machines).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_server_partitioned_past_replace_after_rejoins_with_fresh_etcd_data_and_never_a_fourth_voter() {
     if skip("a_server_partitioned_past_replace_after_rejoins_with_fresh_etcd_data_and_never_a_fourth_voter") {
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    partitioned_server_rejoins(false);
+}
+
+/// The cluster-init node partitioned away: it must never run `cluster-init` again (a second
+/// cluster); it rejoins through the seat book like any server.
+#[test]
+fn the_init_partitioned_past_replace_after_rejoins_as_a_server_and_never_inits_again() {
+    if skip("the_init_partitioned_past_replace_after_rejoins_as_a_server_and_never_inits_again") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    partitioned_server_rejoins(true);
+}
+
+/// Forms 3 servers, cuts one off (the init when `init_away`, else a joined server) past
+/// `replace_after`, heals it and checks its rejoin (see the module docs).
+fn partitioned_server_rejoins(init_away: bool) {
     let token = random_token();
     let toml = cluster_toml("machines", &token, 3, 3).replace(
         "nodes = 3\n",
@@ -54,9 +77,13 @@ fn a_server_partitioned_past_replace_after_rejoins_with_fresh_etcd_data_and_neve
         .iter()
         .position(|r| r == "init")
         .unwrap_or_else(|| panic!("no init: {roles:?}\n{}", lan.report()));
-    let away = (0..3)
-        .find(|i| roles[*i] == "server")
-        .unwrap_or_else(|| panic!("no server: {roles:?}\n{}", lan.report()));
+    let away = if init_away {
+        init
+    } else {
+        (0..3)
+            .find(|i| roles[*i] == "server")
+            .unwrap_or_else(|| panic!("no server: {roles:?}\n{}", lan.report()))
+    };
     let live: Vec<usize> = (0..3).filter(|i| *i != away).collect();
     let away_name = lan.machines[away].hostname();
     let names: Vec<String> = lan.machines.iter().map(|m| m.hostname()).collect();
@@ -166,33 +193,19 @@ fn a_server_partitioned_past_replace_after_rejoins_with_fresh_etcd_data_and_neve
         healed.elapsed(),
         start.elapsed().as_secs_f64()
     );
-    // Its timeline from the heal on (firstboot and K3s), to see where the time went.
-    let keys = [
-        "removed",
-        "rejoin",
-        "restarting",
-        "stopped",
-        "tombstone",
-        "seat",
-        "grant",
-        "role",
-        "announcement",
-        "starting",
-        "learner",
-        "etcd is ready",
-        "ready:",
-        "phase",
-    ];
+    // Its timeline from its removal on (firstboot and K3s), to see where the time went.
     for unit in ["firstboot.service", "k3s.service"] {
         let journal = lan.machines[away].journal(Some(unit));
-        let lines: Vec<&str> = journal
-            .lines()
-            .filter(|l| keys.iter().any(|k| l.to_lowercase().contains(k)))
-            .collect();
-        let tail = &lines[lines.len().saturating_sub(40)..];
+        let lines: Vec<&str> = journal.lines().collect();
+        let from = lines
+            .iter()
+            .rposition(|l| l.contains("removed from the cluster") || l.contains("tombstone"))
+            .unwrap_or(0);
+        let shown = &lines[from..];
+        let shown = &shown[..shown.len().min(80)];
         eprintln!(
-            "{unit} on {away_name} (last matching lines):\n{}",
-            tail.join("\n")
+            "{unit} on {away_name} from its removal on:\n{}",
+            shown.join("\n")
         );
     }
     assert_eq!(
@@ -255,6 +268,14 @@ fn a_server_partitioned_past_replace_after_rejoins_with_fresh_etcd_data_and_neve
         "the old etcd data is not under {set_aside}"
     );
 
+    if init_away {
+        // It never ran cluster-init again: its config joins a live server.
+        let yaml = lan.machines[away].config_yaml().expect("config.yaml");
+        assert!(
+            !yaml.contains("cluster-init") && yaml.lines().any(|l| l.starts_with("server:")),
+            "the returning init's config.yaml:\n{yaml}"
+        );
+    }
     // The book: all three hold seats again, no join pending, the removal recorded.
     let b = book(&lan.machines[live[0]]).expect("the book");
     let mut holders: Vec<String> = b["holders"]

@@ -838,7 +838,9 @@ impl<R: Rules> Node<R> {
         if !self.state.epoch_state.is_go() && !premature {
             return;
         }
-        let role = if init == self.id() {
+        // A cluster-init node removed while away never initializes again (a second cluster):
+        // it rejoins through the seat book like any other node.
+        let role = if init == self.id() && !self.rejoining {
             self.state.roster = vec![init];
             self.init_roster = vec![init];
             self.roster_via = None;
@@ -1100,11 +1102,14 @@ impl<R: Rules> Node<R> {
 
     /// This server was removed from the cluster while away and its etcd data set aside: drop
     /// its role (persisted, so a restarted node asks for a seat again through the seat book,
-    /// as a new card does) and the roster it relayed. A cluster-init node keeps its role: it
-    /// would run `cluster-init` again (see the lifecycle's rejoin step, which refuses it).
+    /// as a new card does) and the roster it kept. The cluster-init node too: from now on
+    /// ([`Node::rejoin_after_removal`]) it never initializes again, it asks for a seat.
     pub fn forget_role(&mut self, now: Millis) {
         self.last_now = self.last_now.max(now);
-        if !matches!(self.state.role, Some(Role::Server { .. })) {
+        if !matches!(
+            self.state.role,
+            Some(Role::Server { .. } | Role::ClusterInit)
+        ) {
             return;
         }
         tracing::debug!(node = %self.id(), role = ?self.state.role, "forgetting the role: removed from the cluster");
@@ -1118,13 +1123,14 @@ impl<R: Rules> Node<R> {
     }
 
     /// This node was removed from the cluster earlier and has no role yet: it takes a server
-    /// seat only from the seat book (`SeatGranted`), never from a roster that still names it.
+    /// seat only from the seat book (`SeatGranted`), never from a roster that still names it,
+    /// and, if the election made it the cluster-init node, never initializes again.
     pub fn rejoin_after_removal(&mut self) {
         self.rejoining = true;
     }
 
     fn wants_seat(&self) -> bool {
-        matches!(self.final_value(), Some(Value::Init(init)) if init != self.id())
+        matches!(self.final_value(), Some(Value::Init(init)) if init != self.id() || self.rejoining)
             && self.state.role.is_none()
             && self.rank.pin != RolePin::Agent
     }
@@ -1873,6 +1879,78 @@ mod tests {
         assert_eq!(
             y.status(Millis(10)).role,
             Some(Role::Agent { join: NodeId(7) })
+        );
+    }
+
+    #[test]
+    fn a_removed_init_never_initializes_again_and_rejoins_through_the_book() {
+        let mut x = Node::new(config(7, 1), Millis(0), None);
+        x.use_seat_book();
+        x.handle_timeout(Millis(1500));
+        persist_all(&mut x);
+        x.report_serving(Millis(1600));
+        persist_all(&mut x);
+        assert_eq!(x.status(Millis(1600)).role, Some(Role::ClusterInit));
+        x.handle_datagram(Millis(1700), &frame(1, 2, decided_hello(true, &[7, 2, 3])))
+            .expect("genuine frame");
+        std::iter::from_fn(|| x.poll_event()).for_each(drop);
+        x.handle_datagram(
+            Millis(1800),
+            &frame(
+                1,
+                2,
+                Body::Removed {
+                    node: NodeId(7),
+                    at: 100,
+                },
+            ),
+        )
+        .expect("genuine frame");
+        assert_eq!(
+            x.poll_event(),
+            Some(Event::Removed {
+                at: 100,
+                via: NodeId(2)
+            })
+        );
+        x.forget_role(Millis(1900));
+        let request = x.poll_persist().expect("the forgotten role is persisted");
+        assert_eq!(request.state.role, None);
+        x.persisted(request.seq);
+        let restart = |rejoining: bool| {
+            let mut x = Node::new(config(7, 1), Millis(0), Some(request.state.clone()));
+            x.use_seat_book();
+            if rejoining {
+                x.rejoin_after_removal();
+            }
+            x.handle_timeout(Millis(1500));
+            persist_all(&mut x);
+            x
+        };
+        // Without the rejoin flag it would run cluster-init again: a second cluster.
+        assert_eq!(
+            restart(false).status(Millis(1500)).role,
+            Some(Role::ClusterInit)
+        );
+        let mut x = restart(true);
+        assert_eq!(x.status(Millis(1500)).role, None);
+        assert!(drain_transmits(&mut x)
+            .iter()
+            .any(|t| matches!(decode(1, t).body, Body::Hello(h) if h.wants_seat)));
+        // A roster naming it (its old seat) gives it nothing; the book's grant gives a seat.
+        x.handle_datagram(Millis(1600), &frame(1, 2, decided_hello(true, &[7, 2, 3])))
+            .expect("genuine frame");
+        persist_all(&mut x);
+        assert_eq!(x.status(Millis(1600)).role, None);
+        x.handle_datagram(
+            Millis(1700),
+            &frame(1, 2, Body::SeatGranted { node: NodeId(7) }),
+        )
+        .expect("genuine frame");
+        persist_all(&mut x);
+        assert_eq!(
+            x.status(Millis(1700)).role,
+            Some(Role::Server { join: NodeId(7) })
         );
     }
 

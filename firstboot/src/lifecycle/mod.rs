@@ -266,7 +266,7 @@ async fn steps(
         tracing::warn!(error = %e, "unreadable {}; ignored", rejoin::REMOVED_RECORD);
         None
     });
-    if removed_before.is_some() {
+    if rejoin::was_removed(paths.root()) {
         driver.rejoin_after_removal();
     }
     report.phase(Phase::Electing, "electing the cluster-init node");

@@ -26,9 +26,10 @@
 //!    card does and never takes its old seat from a roster; a seat keeper grants it the free
 //!    seat (`SeatGranted`), or tells it to join as an agent when the seat was refilled.
 //!
-//! The cluster-init node is not rejoined this way (its election would elect it init again and
-//! run `cluster-init`: a second cluster): it stops K3s, sets the data aside and says in status
-//! that it needs a person (not done yet, issue 18).
+//! The cluster-init node rejoins the same way: once `removed.json` exists (written before the
+//! role is forgotten) its election never makes it the init again (that would run
+//! `cluster-init`: a second cluster, which is what K3s itself would do at its next start with
+//! the tombstone and no `server`, pkg/etcd/etcd.go:490-491), it asks for a seat instead.
 
 use super::report::Report;
 use crate::durable::write_atomic;
@@ -56,6 +57,12 @@ pub struct RemovedRecord {
     pub handled_at: i64,
     /// Where `server/db` was moved (`None`: there was none).
     pub set_aside: Option<PathBuf>,
+}
+
+/// Whether this node was ever removed (the record exists, readable or not): then it never
+/// takes a seat but from the seat book, and never initializes a cluster again.
+pub fn was_removed(root: &Path) -> bool {
+    root.join(REMOVED_RECORD).symlink_metadata().is_ok()
 }
 
 /// The last removal handled, if any.
@@ -108,8 +115,6 @@ pub enum Handled {
     Ignored,
     /// The data was set aside and the role forgotten: restart the daemon now.
     Restart,
-    /// The cluster-init node: data set aside, K3s stopped, a person must act.
-    Stopped,
 }
 
 /// Handles [`Event::Removed`] (the steps in the module docs). `role` is this node's role.
@@ -153,12 +158,6 @@ pub async fn on_removed(
         || "there was no etcd data to set aside".to_string(),
         |p| format!("its etcd data was moved to {}", p.display()),
     );
-    if role == Some(Role::ClusterInit) {
-        report.note(&format!(
-            "removed from the cluster while away (server {via} said so; removal recorded at unix {at}); {moved} and K3s was stopped. This was the cluster-init node: rejoining it automatically is not done yet (issue 18); re-flash the card to join it as a new node"
-        ));
-        return Ok(Handled::Stopped);
-    }
     driver.forget_role().await.context("forgetting the role")?;
     report.note(&format!(
         "removed from the cluster while away (server {via} said so; removal recorded at unix {at}); {moved}; rejoining through the seat book (a free seat, else as an agent)"
