@@ -53,6 +53,10 @@
 //!   up is not evicted after 5 min (etcd.go:1288-1340); a joiner does not wait for the container
 //!   runtime (air-gap image import) before joining etcd;
 //! - a SQLite server (no `cluster-init`) is not converted to etcd by a later `cluster-init`;
+//! - a removal is recognized by etcd's log line, so the tombstone is also written for a member
+//!   removed while connected (etcd stops itself with the same text, untyped; K3s may then exit
+//!   "etcd stopped", executor/etcd.go:51-52, and write the tombstone only at its next start,
+//!   when the peers refuse it): the double rejoins one restart earlier;
 //! - no memory-cgroup check and no 1980 clock check; Ready=Unknown is computed by kubectl from the
 //!   heartbeat's age (the apiserver's node controller writes it); the agent's load balancer is
 //!   no TCP proxy (each request goes to the current server) and lists servers by their Nodes'
