@@ -852,6 +852,8 @@ impl World<'_> {
             }
             // Late nodes beyond `nodes` are voters too until they learn the decision: harmless.
             Event::QuorumRaised { .. } => {}
+            // Only serving servers in seat-book mode send `Removed`; the simulator runs none.
+            Event::Removed { .. } => self.fail(format!("{me:?} was told it was removed")),
         }
     }
 

@@ -989,48 +989,67 @@ fn a_server_with_another_critical_argument_is_refused() {
 }
 
 // Rule: `kubectl delete node` (not forced) removes the server's etcd member through the
-// finalizer (member_controller.go:112-134); the removed member's etcd stops and refuses to start
-// again until its data is cleared; then it rejoins as a new learner.
+// finalizer (member_controller.go:112-134); etcd reports the removal, and K3s writes
+// `server/db/etcd/tombstone`, closes etcd and keeps running without a datastore
+// (pkg/daemons/executor/etcd.go:36-45); restarted, it moves `server/db/etcd` to
+// `etcd-backup-<unix>` and joins again as a new member through `server` (pkg/etcd/etcd.go:656-664).
 #[test]
-fn a_deleted_server_loses_its_member_and_rejoins_only_with_cleared_data() {
+fn a_deleted_server_loses_its_member_and_a_restart_rejoins_with_its_old_data_backed_up() {
     let (init, url, ca_hash) = init_with("lab-000001");
     let port = free_port();
     let mut j = spawn("server", &join_yaml(&url, ca_hash, "lab-000002"), port);
     wait_ready(&mut j);
     assert_eq!(members(&init).len(), 2);
+    let db = data(&j.root).join("server/db");
+    let old_name = std::fs::read_to_string(db.join("etcd/name")).unwrap();
     let (ok, out, err) = init.kubectl(&["delete", "node", "lab-000002"]);
     assert!(ok, "{out}{err}");
     assert_eq!(out, "node \"lab-000002\" deleted\n");
     assert_eq!(members(&init).len(), 1);
     let (ok, _, err) = init.kubectl(&["get", "node", "lab-000002", "-o", "json"]);
     assert!(!ok && err.contains("NotFound"), "{err}");
-    // The removed member's etcd stops, and with it the server.
+    // etcd reports the removal: the tombstone is written and the server keeps running.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while j.child.try_wait().unwrap().is_none() {
+    while !db.join("etcd/tombstone").exists() {
         assert!(
             std::time::Instant::now() < deadline,
-            "the removed server kept running"
+            "no tombstone after the removal"
+        );
+        assert!(
+            j.child.try_wait().unwrap().is_none(),
+            "the removed server exited"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    // Restarted with its old data: refused again.
-    j.restart("server", port);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while j.child.try_wait().unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the removed member started again"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        j.child.try_wait().unwrap().is_none(),
+        "the removed server exited"
+    );
     assert_eq!(members(&init).len(), 1);
-    // Data cleared (as K3s requires): it joins again.
-    std::fs::remove_dir_all(data(&j.root).join("server/db")).unwrap();
+    // Restarted: the old data is moved aside (not deleted) and it joins as a new member.
     j.restart("server", port);
     wait_ready(&mut j);
     let m = members(&init);
     assert_eq!(m.len(), 2, "{m:?}");
-    assert!(m.iter().all(|m| !m.is_learner));
+    assert!(
+        m.iter().all(|m| !m.is_learner && m.name != old_name.trim()),
+        "{m:?}"
+    );
+    assert!(!db.join("etcd/tombstone").exists());
+    let backups: Vec<PathBuf> = std::fs::read_dir(&db)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("etcd-backup-")
+        })
+        .collect();
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    assert!(backups[0].join("member/wal").is_dir() && backups[0].join("tombstone").exists());
 }
 
 // Rule: `kubectl get nodes` shows Ready from the node's heartbeat: a Lease older than the 40 s

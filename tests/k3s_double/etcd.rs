@@ -56,6 +56,43 @@ pub fn db_dir(data: &Path) -> PathBuf {
     data.join("server/db/etcd")
 }
 
+/// The line etcd 3.4 logs when its peers refuse it as a removed member (rafthttp's
+/// `errMemberRemoved`, answered with 410 Gone, reported as a "server error"); K3s receives
+/// the same error typed (`rafthttp.ErrMemberRemoved`) from its embedded etcd.
+pub const MEMBER_REMOVED: &str = "the member has been permanently removed from the cluster";
+
+/// K3s's tombstone: written in the etcd data dir when etcd reports this member removed
+/// (pkg/daemons/executor/etcd.go:36-45).
+pub fn tombstone(data: &Path) -> PathBuf {
+    db_dir(data).join("tombstone")
+}
+
+/// K3s's start with a tombstone (pkg/etcd/etcd.go:656-664 Register): the etcd data dir is moved
+/// to `etcd-backup-<unix>` beside it, keeping the 5 newest such backups (backupDirWithRetention,
+/// :1573-1612; maxBackupRetention :81), so the server joins again as a new member. Returns
+/// where the data went, `None` without a tombstone.
+pub fn clear_tombstoned(data: &Path, unix: u64) -> Result<Option<PathBuf>> {
+    if !tombstone(data).exists() {
+        return Ok(None);
+    }
+    let dir = db_dir(data);
+    let parent = dir.parent().context("the etcd dir has a parent")?;
+    let mut backups: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(parent)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("etcd-backup"))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    // Newest first; the 6th and older go (counted before this backup is made, as K3s does).
+    backups.sort_by_key(|b| std::cmp::Reverse(b.0));
+    for (_, old) in backups.iter().skip(5) {
+        std::fs::remove_dir_all(old)?;
+    }
+    let to = parent.join(format!("etcd-backup-{unix}"));
+    std::fs::rename(&dir, &to)?;
+    Ok(Some(to))
+}
+
 /// K3s IsInitialized: the member's WAL directory exists.
 pub fn is_initialized(data: &Path) -> bool {
     db_dir(data).join("member/wal").is_dir()
@@ -161,6 +198,8 @@ pub fn spawn(l: &Launch) -> Result<std::process::Child> {
         cmd.arg(format!("--{}", a.trim_start_matches('-')));
     }
     cmd.stdin(std::process::Stdio::null());
+    // The caller reads etcd's log (and passes it on): K3s learns a removal from etcd itself.
+    cmd.stderr(std::process::Stdio::piped());
     // SAFETY: only prctl between fork and exec (async-signal-safe).
     unsafe {
         cmd.pre_exec(|| {

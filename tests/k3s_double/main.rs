@@ -25,8 +25,13 @@
 //!   etcd member of a deleted Node (the finalizer), `store.rs`;
 //! - READY=1 to `$NOTIFY_SOCKET` only once etcd has this member as a voter and a leader, the node
 //!   is registered and flannel found its interface, plus `$K3S_DOUBLE_READY_DELAY` seconds
-//!   (default 5); then it stays up until killed. If etcd exits (a removed member's etcd does, and
-//!   refuses to start until `server/db` is cleared), the double exits 1, as K3s does.
+//!   (default 5); then it stays up until killed. If etcd exits, the double exits 1, as K3s
+//!   does (pkg/daemons/executor/etcd.go:51-54), except when etcd said this member was removed
+//!   (its peers refuse it: 410 Gone, "the member has been permanently removed from the
+//!   cluster"): then, as K3s (:36-45), it writes `server/db/etcd/tombstone` and stays up
+//!   without a datastore; at its next start it moves `server/db/etcd` to
+//!   `server/db/etcd-backup-<unix>` (the 5 newest kept) and joins again as a new member through
+//!   `server`, or starts a new cluster without it (pkg/etcd/etcd.go:656-664, :1573-1612).
 //!
 //! `k3s kubectl` subset (`kubectl.rs`), backed by the local server's etcd: `get nodes|node NAME
 //! -o json` (Ready from the heartbeat: True, or Unknown after 40 s), `delete node NAME`
@@ -48,6 +53,10 @@
 //!   up is not evicted after 5 min (etcd.go:1288-1340); a joiner does not wait for the container
 //!   runtime (air-gap image import) before joining etcd;
 //! - a SQLite server (no `cluster-init`) is not converted to etcd by a later `cluster-init`;
+//! - a removal is recognized by etcd's log line, so the tombstone is also written for a member
+//!   removed while connected (etcd stops itself with the same text, untyped; K3s may then exit
+//!   "etcd stopped", executor/etcd.go:51-52, and write the tombstone only at its next start,
+//!   when the peers refuse it): the double rejoins one restart earlier;
 //! - no memory-cgroup check and no 1980 clock check; Ready=Unknown is computed by kubectl from the
 //!   heartbeat's age (the apiserver's node controller writes it); the agent's load balancer is
 //!   no TCP proxy (each request goes to the current server) and lists servers by their Nodes'
@@ -375,6 +384,12 @@ async fn run_server(mut config: DoubleConfig, data: &Path) -> Result<()> {
         });
     }
     let password = config.password.clone().unwrap_or_default();
+    // A tombstone (this member was removed, see the etcd watcher below): K3s moves the etcd
+    // data aside and joins again as a new member through `server` (pkg/etcd/etcd.go:656-664;
+    // without `server` it starts a new cluster: managed.go:91, etcd.go:490-491).
+    if let Some(to) = etcd::clear_tombstoned(data, unix_now().max(0) as u64)? {
+        log(&format!("level=info msg=\"tombstone file has been detected, removing data dir to rejoin the cluster\" (moved to {})", to.display()));
+    }
     // Embedded etcd with cluster-init or server (pkg/cluster/managed.go:110-129); neither is
     // K3s's SQLite (kine). Once etcd data exists, both flags are ignored and the server starts
     // as an existing member without asking anyone (pkg/etcd/etcd.go:455-476,
@@ -510,10 +525,44 @@ async fn run_server(mut config: DoubleConfig, data: &Path) -> Result<()> {
         }
     };
     let mut child = etcd::spawn(&launch)?;
+    // etcd's log passes through to the double's; a removal is noticed on the way.
+    let removed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = child.stderr.take().map(|stderr| {
+        let removed = removed.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains(etcd::MEMBER_REMOVED) {
+                    removed.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                eprintln!("{line}");
+            }
+        })
+    });
+    let tombstone = etcd::tombstone(&launch.data);
     std::thread::spawn(move || {
         let status = child.wait();
-        // K3s runs etcd in-process: etcd stopping stops K3s (a removed member's etcd exits
-        // with "the member has been permanently removed from the cluster").
+        if let Some(reader) = reader {
+            let _ = reader.join();
+        }
+        if removed.load(std::sync::atomic::Ordering::SeqCst) {
+            // K3s on etcd's ErrMemberRemoved (pkg/daemons/executor/etcd.go:36-45): writes the
+            // tombstone, closes etcd and keeps running (no exit: the unit stays active, its
+            // apiserver without a datastore) until someone restarts it.
+            if let Err(e) = write_mode(&tombstone, b"", 0o600) {
+                log(&format!(
+                    "level=fatal msg=\"Failed to write tombstone file to {}: {e}\"",
+                    tombstone.display()
+                ));
+                std::process::exit(1);
+            }
+            log("level=info msg=\"This node has been removed from the cluster - please restart k3s to rejoin the cluster\"");
+            return;
+        }
+        // K3s runs etcd in-process: etcd stopping otherwise stops K3s (executor/etcd.go:51-54).
         log(&format!(
             "level=fatal msg=\"etcd exited: {}\"",
             status.map(|s| s.to_string()).unwrap_or_default()

@@ -980,6 +980,26 @@ impl Lan {
         self.machines[i].stop();
     }
 
+    /// Cuts machine `i` off the LAN: its veth leaves the bridge (its link stays up, as behind a
+    /// switch port that drops everything), so it hears nobody and nobody hears it until
+    /// [`Lan::heal`].
+    pub fn partition(&self, i: usize) {
+        let number = self.machines[i].number;
+        self.bridge.sh(
+            &format!("ip link set v{number} nomaster"),
+            "taking the machine's veth off the bridge",
+        );
+    }
+
+    /// Puts machine `i` back on the LAN after [`Lan::partition`].
+    pub fn heal(&self, i: usize) {
+        let number = self.machines[i].number;
+        self.bridge.sh(
+            &format!("ip link set v{number} master br0 up"),
+            "putting the machine's veth back on the bridge",
+        );
+    }
+
     /// Polls `done` every 250 ms until it holds; panics after `timeout` with every machine's
     /// status and journal tail. Returns the time it took.
     pub fn wait_for(

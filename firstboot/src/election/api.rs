@@ -106,4 +106,13 @@ pub enum Event {
         /// The quorum now required.
         quorum: usize,
     },
+    /// A serving server says the seat book records this server as removed (its Node and etcd
+    /// member deleted while it was away): set its etcd data aside and rejoin through the seat
+    /// book (see [`crate::election::Node::forget_role`]).
+    Removed {
+        /// When the book recorded the removal, unix seconds.
+        at: i64,
+        /// The serving server that said so.
+        via: NodeId,
+    },
 }

@@ -5,7 +5,8 @@
 //! start with their instance (0 = the epoch's leader, 1 = its fate), so no frame of one instance can
 //! be replayed into the other. Version 2 added the instance byte and the fate instance;
 //! kind 9 (`SeatGranted`, seats after formation) came later within version 2: a node without it
-//! drops the frame as malformed, and a joiner then waits for its seat as before.
+//! drops the frame as malformed, and a joiner then waits for its seat as before. Kind 10
+//! (`Removed`, a server removed while away) came after it, likewise.
 
 use super::auth::{ClusterId, CLUSTER_ID_LEN, MAC_LEN};
 use super::paxos::{Ballot, Value};
@@ -100,6 +101,16 @@ pub enum Body {
         /// The candidate addressed (signed, like [`Body::JoinAsAgent`]).
         node: NodeId,
     },
+    /// From a serving server to a node heard claiming a server role: the cluster's seat book
+    /// records it as removed (its Node and etcd member were deleted while it was away, its seat
+    /// released), so it must set its etcd data aside and ask for a seat again.
+    Removed {
+        /// The removed node addressed (signed, like [`Body::SeatGranted`]).
+        node: NodeId,
+        /// When the book recorded the removal, unix seconds (a replayed old frame names an
+        /// older removal than the one a rejoined node already handled).
+        at: i64,
+    },
 }
 
 /// Which of an epoch's two consensus instances a Paxos message belongs to.
@@ -175,6 +186,7 @@ mod kind {
     pub const DECIDED: u8 = 7;
     pub const JOIN_AS_AGENT: u8 = 8;
     pub const SEAT_GRANTED: u8 = 9;
+    pub const REMOVED: u8 = 10;
 }
 
 const FLAG_SERVING: u8 = 1;
@@ -217,6 +229,7 @@ impl Body {
             Body::Decided { .. } => kind::DECIDED,
             Body::JoinAsAgent { .. } => kind::JOIN_AS_AGENT,
             Body::SeatGranted { .. } => kind::SEAT_GRANTED,
+            Body::Removed { .. } => kind::REMOVED,
         }
     }
 
@@ -291,6 +304,10 @@ impl Body {
             }
             Body::JoinAsAgent { node } | Body::SeatGranted { node } => {
                 out.extend_from_slice(&node.0.to_be_bytes())
+            }
+            Body::Removed { node, at } => {
+                out.extend_from_slice(&node.0.to_be_bytes());
+                out.extend_from_slice(&at.to_be_bytes());
             }
         }
     }
@@ -436,6 +453,10 @@ impl<'a> Reader<'a> {
             },
             kind::JOIN_AS_AGENT => Body::JoinAsAgent { node: self.node()? },
             kind::SEAT_GRANTED => Body::SeatGranted { node: self.node()? },
+            kind::REMOVED => Body::Removed {
+                node: self.node()?,
+                at: i64::from_be_bytes(self.array()?),
+            },
             _ => return Err(DecodeError::Malformed("unknown message kind")),
         };
         if !self.bytes.is_empty() {
@@ -569,6 +590,10 @@ mod tests {
             },
             Body::JoinAsAgent { node: NodeId(5) },
             Body::SeatGranted { node: NodeId(6) },
+            Body::Removed {
+                node: NodeId(7),
+                at: 1_790_000_000,
+            },
         ]
     }
 

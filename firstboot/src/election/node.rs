@@ -44,6 +44,9 @@ pub struct Node<R: Rules = Paxos> {
     book_mode: bool,
     /// The seat book as the daemon last read it (on a serving server in book mode).
     book: Option<BookView>,
+    /// This node was removed from the cluster and rejoins ([`Node::rejoin_after_removal`]): a
+    /// roster naming it is stale (its old seat), so only the seat book grants it a seat again.
+    rejoining: bool,
     rules: R,
 }
 
@@ -110,6 +113,7 @@ impl<R: Rules> Node<R> {
             roster_via: None,
             book_mode: false,
             book: None,
+            rejoining: false,
             rules,
         }
     }
@@ -214,6 +218,11 @@ impl<R: Rules> Node<R> {
             Body::SeatGranted { node } => {
                 if node == self.id() {
                     self.take_granted_seat(now, sender);
+                }
+            }
+            Body::Removed { node, at } => {
+                if node == self.id() {
+                    self.on_removed(sender, at);
                 }
             }
         }
@@ -829,19 +838,23 @@ impl<R: Rules> Node<R> {
         if !self.state.epoch_state.is_go() && !premature {
             return;
         }
-        let role = if init == self.id() {
+        // A cluster-init node removed while away never initializes again (a second cluster):
+        // it rejoins through the seat book like any other node.
+        let role = if init == self.id() && !self.rejoining {
             self.state.roster = vec![init];
             self.init_roster = vec![init];
             self.roster_via = None;
             Some(Role::ClusterInit)
         } else {
-            seats::role_for(
-                self.rank.pin,
-                self.id(),
-                init,
-                &self.init_roster,
-                self.servers,
-            )
+            // A node rejoining after its removal never takes its old seat from a roster.
+            let me = self.id();
+            let roster: Vec<NodeId> = self
+                .init_roster
+                .iter()
+                .copied()
+                .filter(|node| !self.rejoining || *node != me)
+                .collect();
+            seats::role_for(self.rank.pin, me, init, &roster, self.servers)
         };
         if let Some(role) = role {
             self.state.role = Some(role);
@@ -1059,8 +1072,65 @@ impl<R: Rules> Node<R> {
         (!gone.is_empty()).then_some(gone)
     }
 
+    /// The seat book records `node` as removed (at `at`, unix seconds) and it is heard claiming
+    /// to serve: tell it (any serving server in book mode may; the node decides what to do).
+    pub fn tell_removed(&mut self, now: Millis, node: NodeId, at: i64) {
+        self.last_now = self.last_now.max(now);
+        if !self.book_mode
+            || !self.state.serving
+            || node == self.id()
+            || !self.peers.serves_now(now, node)
+        {
+            return;
+        }
+        self.send_after_persist(Destination::Node(node), Body::Removed { node, at });
+    }
+
+    /// A serving server said the book records this node as removed: only a server role cares
+    /// (an agent's rejoin never touched etcd), and only a sender heard serving is believed.
+    fn on_removed(&mut self, sender: NodeId, at: i64) {
+        if !matches!(
+            self.state.role,
+            Some(Role::Server { .. } | Role::ClusterInit)
+        ) || !self.peers.is_serving(sender)
+        {
+            return;
+        }
+        tracing::debug!(node = %self.id(), via = %sender, at, "told: removed from the cluster");
+        self.outbox.emit_now(Event::Removed { at, via: sender });
+    }
+
+    /// This server was removed from the cluster while away and its etcd data set aside: drop
+    /// its role (persisted, so a restarted node asks for a seat again through the seat book,
+    /// as a new card does) and the roster it kept. The cluster-init node too: from now on
+    /// ([`Node::rejoin_after_removal`]) it never initializes again, it asks for a seat.
+    pub fn forget_role(&mut self, now: Millis) {
+        self.last_now = self.last_now.max(now);
+        if !matches!(
+            self.state.role,
+            Some(Role::Server { .. } | Role::ClusterInit)
+        ) {
+            return;
+        }
+        tracing::debug!(node = %self.id(), role = ?self.state.role, "forgetting the role: removed from the cluster");
+        self.state.role = None;
+        self.state.serving = false;
+        self.state.roster.clear();
+        self.init_roster.clear();
+        self.roster_via = None;
+        self.rejoining = true;
+        self.persist();
+    }
+
+    /// This node was removed from the cluster earlier and has no role yet: it takes a server
+    /// seat only from the seat book (`SeatGranted`), never from a roster that still names it,
+    /// and, if the election made it the cluster-init node, never initializes again.
+    pub fn rejoin_after_removal(&mut self) {
+        self.rejoining = true;
+    }
+
     fn wants_seat(&self) -> bool {
-        matches!(self.final_value(), Some(Value::Init(init)) if init != self.id())
+        matches!(self.final_value(), Some(Value::Init(init)) if init != self.id() || self.rejoining)
             && self.state.role.is_none()
             && self.rank.pin != RolePin::Agent
     }
@@ -1697,6 +1767,191 @@ mod tests {
         // 7 is heard serving again: the full roster again.
         hear(&mut server, 6_500, 7);
         assert!(relayed_rosters(&mut server, 8_000).contains(&[7, 2, 3].map(NodeId).to_vec()));
+    }
+
+    #[test]
+    fn a_removed_server_is_told_forgets_its_role_and_takes_a_seat_only_from_the_book() {
+        let mut server = serving_book_server();
+        // Server 3 of roster [7, 2, 3], serving, hears server 2 serving.
+        let mut x = Node::new(config(3, 3), Millis(0), None);
+        x.use_seat_book();
+        x.handle_datagram(Millis(10), &frame(3, 7, decided_hello(true, &[7, 2, 3])))
+            .expect("genuine frame");
+        persist_all(&mut x);
+        x.report_serving(Millis(20));
+        persist_all(&mut x);
+        x.handle_datagram(Millis(30), &frame(3, 2, decided_hello(true, &[7, 2, 3])))
+            .expect("genuine frame");
+        assert_eq!(
+            x.status(Millis(30)).role,
+            Some(Role::Server { join: NodeId(7) })
+        );
+        std::iter::from_fn(|| x.poll_event()).for_each(drop);
+        // Node 9 (removed too) is not heard claiming to serve: not told; 3 is heard: told.
+        server
+            .handle_datagram(Millis(40), &frame(3, 3, decided_hello(true, &[7, 2, 3])))
+            .expect("genuine frame");
+        server.tell_removed(Millis(50), NodeId(9), 90);
+        server.tell_removed(Millis(50), NodeId(3), 100);
+        persist_all(&mut server);
+        let told: Vec<Transmit> = drain_transmits(&mut server)
+            .into_iter()
+            .filter(|t| matches!(decode(3, t).body, Body::Removed { .. }))
+            .collect();
+        assert_eq!(told.len(), 1);
+        assert_eq!(told[0].to, Destination::Node(NodeId(3)));
+        // From a node not heard serving, or addressed to another node: ignored.
+        for (sender, node) in [(5, 3), (2, 4)] {
+            x.handle_datagram(
+                Millis(55),
+                &frame(
+                    3,
+                    sender,
+                    Body::Removed {
+                        node: NodeId(node),
+                        at: 100,
+                    },
+                ),
+            )
+            .expect("genuine frame");
+        }
+        assert!(x.poll_event().is_none());
+        x.handle_datagram(Millis(60), &told[0].frame)
+            .expect("genuine frame");
+        assert_eq!(
+            x.poll_event(),
+            Some(Event::Removed {
+                at: 100,
+                via: NodeId(2)
+            })
+        );
+        // The daemon set the data aside: the role is forgotten durably, serving too.
+        x.forget_role(Millis(70));
+        let request = x.poll_persist().expect("the forgotten role is persisted");
+        assert_eq!(request.state.role, None);
+        assert!(!request.state.serving && request.state.roster.is_empty());
+        x.persisted(request.seq);
+
+        // Restarted: a roster that still names it (its old seat) gives it no role...
+        let restart = |rejoining: bool| {
+            let mut x = Node::new(config(3, 3), Millis(0), Some(request.state.clone()));
+            x.use_seat_book();
+            if rejoining {
+                x.rejoin_after_removal();
+            }
+            x.handle_datagram(Millis(10), &frame(3, 7, decided_hello(true, &[7, 2, 3])))
+                .expect("genuine frame");
+            persist_all(&mut x);
+            x
+        };
+        let mut x = restart(true);
+        assert_eq!(x.status(Millis(10)).role, None, "it must ask the seat book");
+        // (without the rejoin flag the stale roster would have made it a server again)
+        assert_eq!(
+            restart(false).status(Millis(10)).role,
+            Some(Role::Server { join: NodeId(7) })
+        );
+        // ...it asks for a seat, and takes the one the book grants.
+        x.handle_timeout(Millis(2_000));
+        persist_all(&mut x);
+        assert!(drain_transmits(&mut x)
+            .iter()
+            .any(|t| matches!(decode(3, t).body, Body::Hello(h) if h.wants_seat && !h.serving)));
+        x.handle_datagram(Millis(2_100), &frame(3, 2, decided_hello(true, &[7, 2, 3])))
+            .expect("genuine frame");
+        x.handle_datagram(
+            Millis(2_200),
+            &frame(3, 2, Body::SeatGranted { node: NodeId(3) }),
+        )
+        .expect("genuine frame");
+        persist_all(&mut x);
+        assert_eq!(
+            x.status(Millis(2_200)).role,
+            Some(Role::Server { join: NodeId(7) })
+        );
+        // Had the seat been refilled (a full roster without it): an agent.
+        let mut y = Node::new(config(3, 3), Millis(0), Some(request.state));
+        y.use_seat_book();
+        y.rejoin_after_removal();
+        y.handle_datagram(Millis(10), &frame(3, 7, decided_hello(true, &[7, 2, 9, 3])))
+            .expect("genuine frame");
+        persist_all(&mut y);
+        assert_eq!(
+            y.status(Millis(10)).role,
+            Some(Role::Agent { join: NodeId(7) })
+        );
+    }
+
+    #[test]
+    fn a_removed_init_never_initializes_again_and_rejoins_through_the_book() {
+        let mut x = Node::new(config(7, 1), Millis(0), None);
+        x.use_seat_book();
+        x.handle_timeout(Millis(1500));
+        persist_all(&mut x);
+        x.report_serving(Millis(1600));
+        persist_all(&mut x);
+        assert_eq!(x.status(Millis(1600)).role, Some(Role::ClusterInit));
+        x.handle_datagram(Millis(1700), &frame(1, 2, decided_hello(true, &[7, 2, 3])))
+            .expect("genuine frame");
+        std::iter::from_fn(|| x.poll_event()).for_each(drop);
+        x.handle_datagram(
+            Millis(1800),
+            &frame(
+                1,
+                2,
+                Body::Removed {
+                    node: NodeId(7),
+                    at: 100,
+                },
+            ),
+        )
+        .expect("genuine frame");
+        assert_eq!(
+            x.poll_event(),
+            Some(Event::Removed {
+                at: 100,
+                via: NodeId(2)
+            })
+        );
+        x.forget_role(Millis(1900));
+        let request = x.poll_persist().expect("the forgotten role is persisted");
+        assert_eq!(request.state.role, None);
+        x.persisted(request.seq);
+        let restart = |rejoining: bool| {
+            let mut x = Node::new(config(7, 1), Millis(0), Some(request.state.clone()));
+            x.use_seat_book();
+            if rejoining {
+                x.rejoin_after_removal();
+            }
+            x.handle_timeout(Millis(1500));
+            persist_all(&mut x);
+            x
+        };
+        // Without the rejoin flag it would run cluster-init again: a second cluster.
+        assert_eq!(
+            restart(false).status(Millis(1500)).role,
+            Some(Role::ClusterInit)
+        );
+        let mut x = restart(true);
+        assert_eq!(x.status(Millis(1500)).role, None);
+        assert!(drain_transmits(&mut x)
+            .iter()
+            .any(|t| matches!(decode(1, t).body, Body::Hello(h) if h.wants_seat)));
+        // A roster naming it (its old seat) gives it nothing; the book's grant gives a seat.
+        x.handle_datagram(Millis(1600), &frame(1, 2, decided_hello(true, &[7, 2, 3])))
+            .expect("genuine frame");
+        persist_all(&mut x);
+        assert_eq!(x.status(Millis(1600)).role, None);
+        x.handle_datagram(
+            Millis(1700),
+            &frame(1, 2, Body::SeatGranted { node: NodeId(7) }),
+        )
+        .expect("genuine frame");
+        persist_all(&mut x);
+        assert_eq!(
+            x.status(Millis(1700)).role,
+            Some(Role::Server { join: NodeId(7) })
+        );
     }
 
     #[test]

@@ -19,8 +19,11 @@
 //! then releases its seat in the book; the seat keeper grants the freed seat to a new card,
 //! which waits for it meanwhile instead of becoming an agent.
 //!
-//! Not yet done (issue 18): promoting an agent (the decision names it, the loop only logs it);
-//! a removed server that comes back does not clear its etcd data by itself.
+//! A released seat's former holder stays listed under the book's `removed`; when it comes back
+//! (a healed partition), the seat keepers tell it, and it sets its etcd data aside and rejoins
+//! through the seat book (`lifecycle/rejoin.rs`).
+//!
+//! Not yet done (issue 18): promoting an agent (the decision names it, the loop only logs it).
 
 pub mod lease;
 pub mod nodes;

@@ -18,9 +18,12 @@
 //!
 //! Day 2 (SPEC 4.4), on every serving server: a seat keeper round every 3 s (its kubectl calls
 //! in a blocking task the loop does not wait for), and the healer in its own thread
-//! ([`crate::healer::round`]), fed the LAN view every keeper round.
+//! ([`crate::healer::round`]), fed the LAN view every keeper round. A keeper round also tells
+//! nodes the book lists as removed that still claim a server role; such a node sets its etcd
+//! data aside and rejoins through the seat book (`rejoin`).
 
 mod k3s_step;
+mod rejoin;
 mod report;
 
 use crate::clock::{image_build_time, Timedate};
@@ -257,6 +260,15 @@ async fn steps(
         // K3s's etcd keeps the seat book: seats are granted through it (SPEC 4.4).
         driver.use_seat_book();
     }
+    // Removed from the cluster earlier (see `rejoin`): a seat only from the book, never the
+    // old one from a roster.
+    let removed_before = rejoin::load(paths.root()).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "unreadable {}; ignored", rejoin::REMOVED_RECORD);
+        None
+    });
+    if rejoin::was_removed(paths.root()) {
+        driver.rejoin_after_removal();
+    }
     report.phase(Phase::Electing, "electing the cluster-init node");
 
     // Steps 7 and 8 (unless the run stops at the role).
@@ -286,6 +298,14 @@ async fn steps(
             match event {
                 Event::Role(r) if role.is_none() => {
                     role = Some(r);
+                    if let Some(removed) = &removed_before {
+                        report.note(&format!(
+                            "rejoined as {} after the removal recorded at unix {} (etcd data set aside: {})",
+                            r.word(),
+                            removed.at,
+                            removed.set_aside.as_ref().map_or("none".into(), |p| p.display().to_string())
+                        ));
+                    }
                     advert.state = r.word().into();
                     publisher.update(advert.clone());
                     report.role(r, &hostname, &driver.status());
@@ -304,6 +324,15 @@ async fn steps(
                 }
                 Event::QuorumRaised { seen, quorum } => {
                     report.quorum_raised(seen, quorum);
+                }
+                removed @ Event::Removed { .. } => {
+                    let handled =
+                        rejoin::on_removed(removed, role, &conn, paths, &mut driver, report)
+                            .await?;
+                    if handled == rejoin::Handled::Restart {
+                        publisher.withdraw().await;
+                        return Err(rejoin::restart_daemon());
+                    }
                 }
             }
         }
@@ -468,7 +497,23 @@ async fn finish_keeper_round(
             (None, Vec::new())
         }
     };
-    driver.seat_round(view, grant, &agents).await
+    let mut events = driver.seat_round(view, grant, &agents).await?;
+    // Removed nodes heard claiming a server role are told (they rejoin, see `rejoin`).
+    let agents: Vec<NodeId> = lan_view(driver)
+        .agents
+        .iter()
+        .map(|a| a.rank.node)
+        .collect();
+    let removed: Vec<(NodeId, i64)> = book
+        .removed
+        .iter()
+        .filter(|r| !book.holds(r.node) && !agents.contains(&r.node))
+        .map(|r| (r.node, r.at))
+        .collect();
+    if !removed.is_empty() {
+        events.extend(driver.tell_removed(&removed).await?);
+    }
+    Ok(events)
 }
 
 /// Starts this server's healer thread (SPEC 4.4) unless `replace_after = "off"`; the LAN view

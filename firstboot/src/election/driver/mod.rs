@@ -169,6 +169,29 @@ impl ElectionDriver {
         self.drain().await
     }
 
+    /// Tells each of `removed` (node, when the seat book recorded its removal) heard claiming
+    /// to serve that it was removed (see [`Node::tell_removed`]); sends what follows.
+    pub async fn tell_removed(&mut self, removed: &[(NodeId, i64)]) -> anyhow::Result<Vec<Event>> {
+        let now = self.now();
+        for (node, at) in removed {
+            self.node.tell_removed(now, *node, *at);
+        }
+        self.drain().await
+    }
+
+    /// This server was removed and its etcd data set aside: forget its role, durably (see
+    /// [`Node::forget_role`]).
+    pub async fn forget_role(&mut self) -> anyhow::Result<Vec<Event>> {
+        let now = self.now();
+        self.node.forget_role(now);
+        self.drain().await
+    }
+
+    /// This node rejoins after its removal (see [`Node::rejoin_after_removal`]).
+    pub fn rejoin_after_removal(&mut self) {
+        self.node.rejoin_after_removal();
+    }
+
     /// Tells the core this node's role is up (K3s active, or the stand-in of `--until role`).
     pub async fn report_serving(&mut self) -> anyhow::Result<Vec<Event>> {
         let now = self.now();
