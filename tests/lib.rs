@@ -117,6 +117,7 @@ pub mod node_image;
 
 /// The nspawn machines: their base images, the node image, the harness, the K3s tests' helpers.
 pub mod machines {
+    pub mod arp;
     pub mod base;
     pub mod day2;
     pub mod harness;
