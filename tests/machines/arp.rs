@@ -172,11 +172,12 @@ struct Socket {
 
 impl Socket {
     fn open(iface: &str) -> std::io::Result<Socket> {
-        let text = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))?;
-        let mut mac = [0u8; 6];
-        for (b, part) in mac.iter_mut().zip(text.trim().split(':')) {
-            *b = u8::from_str_radix(part, 16).map_err(std::io::Error::other)?;
-        }
+        // From netlink (this thread's namespace), not /sys (the mount namespace's).
+        let mac = nix::ifaddrs::getifaddrs()
+            .map_err(std::io::Error::from)?
+            .filter(|a| a.interface_name == iface)
+            .find_map(|a| a.address?.as_link_addr()?.addr())
+            .ok_or_else(|| std::io::Error::other(format!("{iface} has no MAC address")))?;
         let index = nix::net::if_::if_nametoindex(iface).map_err(std::io::Error::from)? as i32;
         // SAFETY: socket() takes plain integers; the result is checked.
         let fd = unsafe {
