@@ -12,7 +12,10 @@
 
 use systests::k3s_double::wire;
 use systests::machines::arp::{mac_text, ArpSampler, Mac};
-use systests::machines::{day2::in_netns, harness, k3s_support};
+use systests::machines::{
+    day2::{in_netns, member_alive, members},
+    harness, k3s_support,
+};
 
 use harness::{cluster_toml, random_token, Lan, Machine, GATEWAY};
 use k3s_support::*;
@@ -193,9 +196,21 @@ fn the_fixed_address_has_one_holder_moves_within_15_s_and_never_answers_from_two
         // The server comes back for the next run.
         lan.boot(old);
         up[old] = true;
-        lan.wait_for("the powered-off server ready again", WAIT, |lan| {
-            lan.machines[old].phase().as_deref() == Some("ready")
-        });
+        // Back as a voter: its state file says "ready" from before the power-off until the
+        // new run writes, so the test waits for its etcd instead: all 3 members answer.
+        lan.wait_for(
+            "the powered-off server's etcd back, 3 members alive",
+            WAIT,
+            |lan| {
+                let m = &lan.machines[old];
+                m.unit_active("k3s.service")
+                    && m.pid1().is_some_and(|pid| {
+                        members(pid).is_ok_and(|l| {
+                            l.len() == 3 && l.iter().all(|x| !x.is_learner && member_alive(pid, x))
+                        })
+                    })
+            },
+        );
         assert_eq!(holders(&lan, &up).len(), 1, "run {run}: holders after");
     }
     let secs: Vec<String> = times
