@@ -123,6 +123,7 @@ pub mod machines {
     pub mod harness;
     pub mod image;
     pub mod k3s_support;
+    pub mod mdns;
 }
 
 /// The emulated arm64 machine: its base image, the node image and the harness.

@@ -8,10 +8,13 @@
 //!   row (the powered-off server comes back between runs); the failover times are printed.
 //! - Partitioning the holder from the other servers (the test host still reaches all of them):
 //!   the holder, whose etcd lost its quorum, lets the address go before the majority takes it.
+//! - The holder publishes `machines.local` (the cluster's name) over mDNS, pointing at the
+//!   address; after the last failover it still answers with the address.
 //! - Never two MACs for the address in the same 100 ms, over the whole test.
 
 use systests::k3s_double::wire;
 use systests::machines::arp::{mac_text, ArpSampler, Mac};
+use systests::machines::mdns;
 use systests::machines::{
     day2::{in_netns, member_alive, members},
     harness, k3s_support,
@@ -81,6 +84,24 @@ fn cacerts_via_address(bridge_pid: u32, ca: &[u8]) -> anyhow::Result<Vec<u8>> {
     })
 }
 
+/// `machines.local` looked up over mDNS from the test host (the bridge's namespace).
+fn resolve_cluster_name(bridge_pid: u32) -> Vec<Ipv4Addr> {
+    std::thread::spawn(move || {
+        let ns =
+            std::fs::File::open(format!("/proc/{bridge_pid}/ns/net")).expect("the bridge's netns");
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("entering the bridge's netns");
+        mdns::resolve_v4(
+            "machines.local",
+            GATEWAY.parse().unwrap(),
+            Duration::from_secs(2),
+        )
+        .expect("an mDNS query")
+    })
+    .join()
+    .expect("the mDNS thread")
+}
+
 /// Blackhole routes between machine `a` and every machine in `others` (both directions):
 /// unicast between them is dropped; ARP and multicast still pass, the test host reaches all.
 fn cut(lan: &Lan, a: usize, others: &[usize], add: bool) {
@@ -143,6 +164,17 @@ fn the_fixed_address_has_one_holder_moves_within_15_s_and_never_answers_from_two
         body, ca,
         "/cacerts through the fixed address is not the cluster CA"
     );
+    // The holder publishes the cluster's name, pointing at the address.
+    let mut names = Vec::new();
+    lan.wait_for(
+        "machines.local answers over mDNS",
+        Duration::from_secs(20),
+        |_| {
+            names = resolve_cluster_name(bridge);
+            !names.is_empty()
+        },
+    );
+    assert_eq!(names, vec![address], "machines.local over mDNS");
     let status = lan.machines[holder].status().expect("status");
     assert_eq!(
         status["api_address"]["held_here"], true,
@@ -256,6 +288,11 @@ fn the_fixed_address_has_one_holder_moves_within_15_s_and_never_answers_from_two
         holders(&lan, &up)
     );
 
+    assert_eq!(
+        resolve_cluster_name(bridge),
+        vec![address],
+        "machines.local over mDNS after the failovers and the partition"
+    );
     let seen = arp.finish();
     eprintln!(
         "ARP: {} requests, {} periods answered; owners:\n{}",

@@ -281,6 +281,8 @@ async fn steps(
     let mut healer_view: Option<Arc<Mutex<LanView>>> = None;
     // The fixed registration address's holder on this server (`api_address` set).
     let mut api_address: Option<Arc<Mutex<crate::api_address::Shared>>> = None;
+    // `<name>.local` while this server holds the fixed address.
+    let mut cluster_name: Option<crate::discovery::name::Published> = None;
     let mut seat_round = tokio::time::interval(SEAT_ROUND);
     seat_round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -337,6 +339,23 @@ async fn steps(
         if let (Some(address), Some(shared)) = (config.api_address, &api_address) {
             let held = shared.lock().map(|s| s.clone()).unwrap_or_default();
             report.api_address(address, &held);
+            // The holder also publishes `<name>.local` -> the address over mDNS.
+            match (held.holding, cluster_name.take()) {
+                (true, None) => {
+                    match crate::discovery::name::publish(&conn, &config.name, address.into()).await
+                    {
+                        Ok(p) => {
+                            tracing::info!(name = %format!("{}.local", config.name), %address, "published the cluster's name");
+                            cluster_name = Some(p);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not publish the cluster's name over mDNS; retrying")
+                        }
+                    }
+                }
+                (false, Some(p)) => p.withdraw().await,
+                (_, kept) => cluster_name = kept,
+            }
         }
         let peers = driver.peers();
         report.election(&driver.status(), &peers);
