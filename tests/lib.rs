@@ -117,11 +117,13 @@ pub mod node_image;
 
 /// The nspawn machines: their base images, the node image, the harness, the K3s tests' helpers.
 pub mod machines {
+    pub mod arp;
     pub mod base;
     pub mod day2;
     pub mod harness;
     pub mod image;
     pub mod k3s_support;
+    pub mod mdns;
 }
 
 /// The emulated arm64 machine: its base image, the node image and the harness.

@@ -15,6 +15,7 @@
 //! ([`election::PersistHook`]) from the test crate.
 
 pub mod announce;
+pub mod api_address;
 pub mod cgroup;
 pub mod clock;
 pub mod config;

@@ -101,6 +101,8 @@ struct DoubleConfig {
     flannel_iface: Option<String>,
     node_ip: Option<IpAddr>,
     tls_san: Vec<String>,
+    /// `bind-address`, if set (K3s's default: every address).
+    bind_address: Option<IpAddr>,
     /// `etcd-arg` values.
     etcd_args: Vec<String>,
     /// K3s v1.31's critical control arguments, effective values (server only).
@@ -437,7 +439,15 @@ async fn run_server(mut config: DoubleConfig, data: &Path) -> Result<()> {
         0o600,
     )?;
 
-    let listen_ip = config.node_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    // The supervisor listens on `bind-address`, by default on every address
+    // (pkg/cli/server/server.go:140 copies --bind-address, default "0.0.0.0" per
+    // pkg/cli/cmds/agent.go:256; pkg/cluster/https.go:44 listens with util.ListenWithLoopback,
+    // which returns the wildcard listener as is, pkg/util/net.go:354-357): a server answers on
+    // any address its interfaces hold, such as a fixed registration address. node-ip is not
+    // where it listens (etcd is: a node-ip gone from the interfaces fails there, etcd.rs).
+    let listen_ip = config
+        .bind_address
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let address = config
         .node_ip
         .map(|i| i.to_string())
@@ -1160,5 +1170,6 @@ fn read_config(mode: Subcommand) -> Result<DoubleConfig> {
             .filter(|s| !s.is_empty())
             .map(str::to_string),
         tls_san: parsed.slice("tls-san"),
+        bind_address: parsed.string("bind-address").and_then(|s| s.parse().ok()),
     })
 }

@@ -972,12 +972,32 @@ impl Lan {
 
     /// Powers machine `i` on (systemd boots as PID 1 in the container).
     pub fn boot(&mut self, i: usize) {
+        self.cable(i, true);
         self.machines[i].start();
     }
 
-    /// Powers machine `i` off the hard way (SIGKILL to all its processes, as a power cut).
+    /// Powers machine `i` off the hard way (SIGKILL to all its processes, as a power cut). Its
+    /// network interface goes dark too: the namespace that held the machine's processes outlives
+    /// them, and its kernel would otherwise still answer ARP for the machine's addresses and
+    /// reset connections to them, which a Pi without power never does.
     pub fn power_off(&mut self, i: usize) {
         self.machines[i].stop();
+        self.cable(i, false);
+    }
+
+    /// Machine `i`'s link on the bridge (the switch port) up or down.
+    fn cable(&self, i: usize, up: bool) {
+        let number = self.machines[i].number;
+        self.bridge.sh(
+            &format!("ip link set v{number} {}", if up { "up" } else { "down" }),
+            "switching the machine's link",
+        );
+    }
+
+    /// The PID of a process in the bridge's network namespace: the LAN's gateway host
+    /// (`198.18.1.254` on `br0`), from which a test can watch the LAN as another host on it.
+    pub fn bridge_pid(&self) -> u32 {
+        self.bridge.pid()
     }
 
     /// Cuts machine `i` off the LAN: its veth leaves the bridge (its link stays up, as behind a

@@ -44,6 +44,9 @@ pub struct ClusterConfig {
     /// How long a server must be gone (not Ready in K3s, not seen on the LAN) before it is
     /// removed and its seat refilled (SPEC 4.4); `None` when `replace_after = "off"`.
     pub replace_after: Option<Duration>,
+    /// The fixed registration address (SPEC 4.5): one serving server holds it at a time; `None`
+    /// when `api_address` is not set.
+    pub api_address: Option<std::net::Ipv4Addr>,
     /// Per-card overrides.
     pub node: NodeSettings,
     /// Settings passed into K3s's config.yaml.

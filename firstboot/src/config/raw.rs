@@ -28,6 +28,7 @@ pub(crate) struct RawCluster {
     pub servers: Option<Spanned<i64>>,
     pub nodes: Option<Spanned<i64>>,
     pub replace_after: Option<Spanned<String>>,
+    pub api_address: Option<Spanned<String>>,
 }
 
 /// `[node]`

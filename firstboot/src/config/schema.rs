@@ -61,6 +61,7 @@ pub(crate) const SECTIONS: &[(&str, &[KeySpec])] = &[
             key("servers", Kind::Int, "servers = 3"),
             key("nodes", Kind::Int, "nodes = 5"),
             key("replace_after", Kind::Str, "replace_after = \"30m\""),
+            key("api_address", Kind::Str, "api_address = \"192.168.1.240\""),
         ],
     ),
     (

@@ -210,6 +210,7 @@ impl Validator<'_> {
         };
 
         let replace_after = self.replace_after(cluster.replace_after.clone());
+        let api_address = self.api_address(cluster.api_address.clone());
         let node = self.node(raw.node.unwrap_or_default());
         let k3s = self.k3s(raw.k3s.unwrap_or_default());
         let storage = self.storage(raw.storage.unwrap_or_default());
@@ -225,6 +226,7 @@ impl Validator<'_> {
             servers,
             nodes,
             replace_after,
+            api_address,
             node,
             k3s,
             storage,
@@ -635,6 +637,51 @@ impl Validator<'_> {
         }
     }
 
+    /// `cluster.api_address`: one IPv4 unicast address (a free one on the nodes' LAN).
+    fn api_address(&mut self, raw: Option<Spanned<String>>) -> Option<std::net::Ipv4Addr> {
+        let s = raw?;
+        let text = s.get_ref().trim();
+        let fix = "write a free IPv4 address of the nodes' LAN, outside the DHCP pool, e.g. api_address = \"192.168.1.240\"";
+        match text.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(a))
+                if !(a.is_unspecified()
+                    || a.is_loopback()
+                    || a.is_multicast()
+                    || a.is_broadcast()
+                    || a.is_link_local()) =>
+            {
+                Some(a)
+            }
+            Ok(std::net::IpAddr::V6(_)) => {
+                self.report(
+                    &s,
+                    "cluster.api_address",
+                    format!("\"{text}\" is an IPv6 address; the fixed address is announced with ARP, IPv4 only"),
+                    fix,
+                );
+                None
+            }
+            Ok(_) => {
+                self.report(
+                    &s,
+                    "cluster.api_address",
+                    format!("\"{text}\" is not a unicast address a server can hold"),
+                    fix,
+                );
+                None
+            }
+            Err(_) => {
+                self.report(
+                    &s,
+                    "cluster.api_address",
+                    format!("\"{text}\" is not an IPv4 address"),
+                    fix,
+                );
+                None
+            }
+        }
+    }
+
     /// `cluster.replace_after`: a duration from 10 s to 30 days, or "off".
     fn replace_after(&mut self, raw: Option<Spanned<String>>) -> Option<Duration> {
         if raw
@@ -776,6 +823,43 @@ mod tests {
             );
             assert!(d.problem.contains(problem), "{bad}: {}", d.problem);
             assert!(d.fix.contains(fix), "{bad}: {}", d.fix);
+        }
+    }
+
+    #[test]
+    fn api_address_is_one_ipv4_unicast_address() {
+        let with = |line: &str| {
+            ClusterConfig::from_toml_str(
+                &format!("[cluster]\nname = \"lab\"\ntoken = \"0123456789abcdefXYZ\"\n{line}\n"),
+                Path::new("c.toml"),
+            )
+        };
+        assert_eq!(with("").unwrap().api_address, None);
+        assert_eq!(
+            with("api_address = \"198.18.1.240\"").unwrap().api_address,
+            Some("198.18.1.240".parse().unwrap())
+        );
+        for (bad, problem) in [
+            ("\"fd00::1\"", "IPv6"),
+            ("\"127.0.0.1\"", "not a unicast address"),
+            ("\"224.0.0.251\"", "not a unicast address"),
+            ("\"0.0.0.0\"", "not a unicast address"),
+            ("\"k3s.lan\"", "not an IPv4 address"),
+            ("\"198.18.1.240/24\"", "not an IPv4 address"),
+        ] {
+            let e = with(&format!("api_address = {bad}")).unwrap_err();
+            let d = &e.diagnostics[0];
+            assert_eq!(
+                (d.line, d.key.as_str()),
+                (4, "cluster.api_address"),
+                "{d:?}"
+            );
+            assert!(d.problem.contains(problem), "{bad}: {}", d.problem);
+            assert!(
+                d.fix.contains("api_address = \"192.168.1.240\""),
+                "{bad}: {}",
+                d.fix
+            );
         }
     }
 

@@ -136,6 +136,15 @@ pub mod entry_group {
             domain: &str,
             subtype: &str,
         ) -> zbus::Result<()>;
+        /// Adds an address record `name` -> `address` (with its reverse PTR unless flagged).
+        fn add_address(
+            &self,
+            interface: i32,
+            protocol: i32,
+            flags: u32,
+            name: &str,
+            address: &str,
+        ) -> zbus::Result<()>;
         /// Replaces the TXT record of a published service.
         #[allow(clippy::too_many_arguments)]
         fn update_service_txt(

@@ -2,6 +2,7 @@
 
 pub mod avahi;
 pub mod browse;
+pub mod name;
 pub mod peers;
 pub mod publish;
 pub mod record;

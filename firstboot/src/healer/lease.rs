@@ -50,15 +50,19 @@ pub fn next_holder(
 /// Whether this server holds the Lease after one attempt at `now` (take or renew by CAS).
 /// A lost race is `Ok(false)`.
 pub fn acquire(kubectl: &dyn Run, me: &str, now: i64, duration: i64) -> Result<bool, KubectlError> {
-    let get = [
-        "get",
-        "lease",
-        LEASE_NAME,
-        "-n",
-        LEASE_NAMESPACE,
-        "-o",
-        "json",
-    ];
+    acquire_named(kubectl, LEASE_NAME, me, now, duration)
+}
+
+/// [`acquire`] for the Lease `kube-system/NAME` (the same rules hold the fixed registration
+/// address, [`crate::api_address`]).
+pub fn acquire_named(
+    kubectl: &dyn Run,
+    name: &str,
+    me: &str,
+    now: i64,
+    duration: i64,
+) -> Result<bool, KubectlError> {
+    let get = ["get", "lease", name, "-n", LEASE_NAMESPACE, "-o", "json"];
     let (current, version) = match kubectl.json(&get, None) {
         Ok(lease) => (
             parse(&lease),
@@ -75,7 +79,7 @@ pub fn acquire(kubectl: &dyn Run, me: &str, now: i64, duration: i64) -> Result<b
     let mut lease = json!({
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
-        "metadata": {"name": LEASE_NAME, "namespace": LEASE_NAMESPACE},
+        "metadata": {"name": name, "namespace": LEASE_NAMESPACE},
         "spec": {
             "holderIdentity": next.holder,
             "leaseDurationSeconds": next.duration,

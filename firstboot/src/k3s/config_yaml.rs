@@ -125,10 +125,14 @@ pub fn render(config: &ClusterConfig, role: &K3sRole, facts: &NodeFacts) -> Stri
     }
     let is_server = !matches!(role, K3sRole::Agent { .. });
     if is_server {
+        // The node's own names, then the cluster's fixed registration address and name (SPEC
+        // 4.5: the server holding them serves the API there), then the user's.
         let mut sans = vec![
             facts.node_ip.to_string(),
             format!("{}.local", facts.hostname),
         ];
+        sans.extend(config.api_address.map(|a| a.to_string()));
+        sans.push(format!("{}.local", config.name));
         for s in &config.k3s.tls_san {
             if !sans.contains(s) {
                 sans.push(s.clone());

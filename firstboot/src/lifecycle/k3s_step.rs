@@ -110,6 +110,11 @@ impl K3sProgress {
         self.ready
     }
 
+    /// This node's `node-ip`, once its plan is fixed.
+    pub fn node_ip(&self) -> Option<std::net::IpAddr> {
+        self.plan.as_ref().map(|p| p.node_ip)
+    }
+
     /// Waits for whichever of this step's inputs comes first (never returns if none is pending).
     pub async fn wake(&mut self) -> Wake {
         let waiting = self.wait.is_some();

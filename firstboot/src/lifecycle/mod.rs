@@ -291,6 +291,10 @@ async fn steps(
     let mut keeper: Option<SeatKeeper> = None;
     let mut keeper_task: Option<tokio::task::JoinHandle<KeeperRound>> = None;
     let mut healer_view: Option<Arc<Mutex<LanView>>> = None;
+    // The fixed registration address's holder on this server (`api_address` set).
+    let mut api_address: Option<Arc<Mutex<crate::api_address::Shared>>> = None;
+    // `<name>.local` while this server holds the fixed address.
+    let mut cluster_name: Option<crate::discovery::name::Published> = None;
     let mut seat_round = tokio::time::interval(SEAT_ROUND);
     seat_round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -356,7 +360,30 @@ async fn steps(
                     SeatKeeper::new(store, id, &hostname, init, config.servers.into())
                         .replacing(config.replace_after.is_some()),
                 );
+                let node_ip = k3s.as_ref().and_then(|k| k.node_ip());
+                api_address = start_api_address(kubectl.clone(), id, config, node_ip);
                 healer_view = start_healer(kubectl, id, config);
+            }
+        }
+        if let (Some(address), Some(shared)) = (config.api_address, &api_address) {
+            let held = shared.lock().map(|s| s.clone()).unwrap_or_default();
+            report.api_address(address, &held);
+            // The holder also publishes `<name>.local` -> the address over mDNS.
+            match (held.holding, cluster_name.take()) {
+                (true, None) => {
+                    match crate::discovery::name::publish(&conn, &config.name, address.into()).await
+                    {
+                        Ok(p) => {
+                            tracing::info!(name = %format!("{}.local", config.name), %address, "published the cluster's name");
+                            cluster_name = Some(p);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not publish the cluster's name over mDNS; retrying")
+                        }
+                    }
+                }
+                (false, Some(p)) => p.withdraw().await,
+                (_, kept) => cluster_name = kept,
             }
         }
         let peers = driver.peers();
@@ -536,6 +563,36 @@ fn start_healer(
         }
         Err(e) => {
             tracing::error!(error = %e, "could not start the healer thread; gone servers are not replaced");
+            None
+        }
+    }
+}
+
+/// Starts this server's holder of the fixed registration address (SPEC 4.5) when `api_address`
+/// is set, on the interface holding `node_ip`.
+fn start_api_address(
+    kubectl: Arc<dyn Run>,
+    id: NodeId,
+    config: &ClusterConfig,
+    node_ip: Option<std::net::IpAddr>,
+) -> Option<Arc<Mutex<crate::api_address::Shared>>> {
+    let address = config.api_address?;
+    let iface = node_ip.and_then(|ip| crate::k3s::node_ip::interface_holding(ip).ok().flatten());
+    let Some(name) = iface else {
+        tracing::error!(%address, ?node_ip, "no interface holds node-ip: this server cannot hold the fixed address");
+        return None;
+    };
+    let ops = crate::api_address::iface::Interface {
+        name: name.clone(),
+        address,
+    };
+    match crate::api_address::spawn(kubectl, id.to_string(), ops) {
+        Ok(shared) => {
+            tracing::info!(%address, interface = %name, "fixed registration address: this server competes for it");
+            Some(shared)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not start the fixed address holder");
             None
         }
     }

@@ -271,6 +271,26 @@ impl Report {
         self.save();
     }
 
+    /// The fixed registration address as this server's holder sees it now.
+    pub fn api_address(&mut self, address: std::net::Ipv4Addr, held: &crate::api_address::Shared) {
+        let view = crate::status::state::ApiAddressState {
+            address: address.to_string(),
+            held_here: held.holding,
+            since_unix: held.since_unix,
+        };
+        if self.state.api_address.as_ref() == Some(&view) {
+            return;
+        }
+        let was = self.state.api_address.as_ref().is_some_and(|a| a.held_here);
+        if view.held_here && !was {
+            self.say(&format!("holds the fixed address {address}"));
+        } else if was && !view.held_here {
+            self.say(&format!("no longer holds the fixed address {address}"));
+        }
+        self.state.api_address = Some(view);
+        self.save();
+    }
+
     /// The role is known.
     pub fn role(&mut self, role: Role, hostname: &str, status: &ElectionStatus) {
         self.state.role = Some(NodeRole::from(role));

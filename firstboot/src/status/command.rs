@@ -82,6 +82,20 @@ pub fn table(s: &NodeState, now_unix: u64) -> String {
     if let Some(d) = &s.datastore {
         rows.push(("datastore", d.clone()));
     }
+    if let Some(a) = &s.api_address {
+        let since = a
+            .since_unix
+            .map(|t| format!(" for {}", span(now_unix.saturating_sub(t))))
+            .unwrap_or_default();
+        rows.push((
+            "api address",
+            if a.held_here {
+                format!("{} held by this server{since}", a.address)
+            } else {
+                format!("{} held by another server", a.address)
+            },
+        ));
+    }
     rows.push((
         "peers",
         // From the JSON's peers_visible (the others) and peers_expected (all nodes).

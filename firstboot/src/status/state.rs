@@ -150,6 +150,9 @@ pub struct NodeState {
     /// The cluster's members as this node sees them on the LAN (once it knows any seat holder).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub membership: Option<MembershipState>,
+    /// The fixed registration address (`api_address`), on servers: whether this one holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_address: Option<ApiAddressState>,
     /// Storage findings.
     pub storage: StorageSummary,
     /// Problems a human should act on (token redacted).
@@ -180,6 +183,17 @@ pub struct MembershipState {
     pub quorum_lost: bool,
     /// Seat holders first, in grant order; then every other node heard, by node id.
     pub members: Vec<Member>,
+}
+
+/// The fixed registration address as one server sees it (SPEC 4.5).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiAddressState {
+    /// The address (`[cluster] api_address`).
+    pub address: String,
+    /// This server holds it now (it is on this server's interface).
+    pub held_here: bool,
+    /// Since when this server holds it (unix seconds).
+    pub since_unix: Option<u64>,
 }
 
 /// One member of [`MembershipState`].
@@ -259,6 +273,7 @@ impl NodeState {
             peers_visible: 0,
             peers_expected: 0,
             membership: None,
+            api_address: None,
             storage: StorageSummary::default(),
             errors: Vec::new(),
             notes: Vec::new(),
