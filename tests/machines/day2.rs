@@ -1,12 +1,40 @@
-//! Shared by the day-2 machine tests (`seat_book.rs`, `day2_*.rs`): etcd's member list as a
-//! machine sees it, a sampler of it, and the seat book and Node names through the double's
-//! `k3s kubectl`.
+//! Shared by the day-2 and operations machine tests (`seat_book.rs`, `day2_*.rs`, `ops_*.rs`):
+//! a cluster.toml with one more line and a formed LAN, etcd's member list as a machine sees it,
+//! a sampler of it, and the seat book and Node names through the double's `k3s kubectl`.
 
-use super::harness::Machine;
+use super::harness::{cluster_toml, random_token, Lan, Machine};
 use crate::k3s_double::etcd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// A cluster.toml (cluster "machines", a fresh token) for `servers` and `nodes` with one more
+/// `[cluster]` line, such as `replace_after = "20s"`.
+pub fn cluster_toml_with(servers: u32, nodes: u32, line: &str) -> String {
+    let nodes_line = format!("nodes = {nodes}\n");
+    let toml = cluster_toml("machines", &random_token(), servers, nodes)
+        .replace(&nodes_line, &format!("{nodes_line}{line}\n"));
+    assert!(toml.contains(line), "{toml}");
+    toml
+}
+
+/// Adds `count` machines with `toml` to `lan`, boots them and waits (up to `wait`) until all are
+/// ready; their roles ("init", "server", "agent"), in machine order.
+pub fn form(lan: &mut Lan, toml: &str, count: usize, wait: Duration) -> Vec<String> {
+    let first = lan.machines.len();
+    for _ in 0..count {
+        lan.add_machine(toml);
+    }
+    for i in first..first + count {
+        lan.boot(i);
+    }
+    let took = lan.wait_for(&format!("{count} machines ready"), wait, Lan::all_ready);
+    eprintln!("{count} machines ready after {took:?}");
+    lan.machines
+        .iter()
+        .map(|m| m.role().unwrap_or_default())
+        .collect()
+}
 
 /// Runs `f` on a thread inside the network namespace of the process `pid` (a machine's PID 1),
 /// with a small async runtime for the double's etcd client.

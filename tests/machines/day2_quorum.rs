@@ -10,7 +10,7 @@
 
 use systests::machines::{day2::*, harness, k3s_support};
 
-use harness::{cluster_toml, random_token, Lan};
+use harness::Lan;
 use k3s_support::*;
 use std::time::{Duration, Instant};
 
@@ -29,29 +29,13 @@ fn two_of_three_servers_powered_off_no_removal_no_promotion_every_survivor_says_
     ) {
         return;
     }
-    let token = random_token();
-    let toml = cluster_toml("machines", &token, 3, 4).replace(
-        "nodes = 4\n",
-        &format!(
-            "nodes = 4\nreplace_after = \"{}s\"\n",
-            REPLACE_AFTER.as_secs()
-        ),
+    let toml = cluster_toml_with(
+        3,
+        4,
+        &format!("replace_after = \"{}s\"", REPLACE_AFTER.as_secs()),
     );
-    assert!(toml.contains("replace_after"), "{toml}");
     let mut lan = Lan::new();
-    for _ in 0..4 {
-        lan.add_machine(&toml);
-    }
-    for i in 0..4 {
-        lan.boot(i);
-    }
-    let took = lan.wait_for("4 machines ready", WAIT, Lan::all_ready);
-    eprintln!("4 machines ready after {took:?}");
-    let roles: Vec<String> = lan
-        .machines
-        .iter()
-        .map(|m| m.role().unwrap_or_default())
-        .collect();
+    let roles = form(&mut lan, &toml, 4, WAIT);
     let find = |r: &str| roles.iter().position(|x| x == r);
     let (Some(init), Some(agent)) = (find("init"), find("agent")) else {
         panic!(

@@ -15,7 +15,7 @@
 use systests::k3s_double::etcd;
 use systests::machines::{day2::*, harness, k3s_support};
 
-use harness::{cluster_toml, random_token, Lan};
+use harness::Lan;
 use k3s_support::*;
 use std::time::{Duration, Instant};
 
@@ -52,27 +52,10 @@ fn the_init_partitioned_past_replace_after_rejoins_as_a_server_and_never_inits_a
 /// Forms 3 servers, cuts one off (the init when `init_away`, else a joined server) past
 /// `replace_after`, heals it and checks its rejoin (see the module docs).
 fn partitioned_server_rejoins(init_away: bool) {
-    let token = random_token();
-    let toml = cluster_toml("machines", &token, 3, 3).replace(
-        "nodes = 3\n",
-        &format!("nodes = 3\nreplace_after = \"{REPLACE_AFTER}\"\n"),
-    );
-    assert!(toml.contains("replace_after"), "{toml}");
+    let toml = cluster_toml_with(3, 3, &format!("replace_after = \"{REPLACE_AFTER}\""));
     let mut lan = Lan::new();
     let start = Instant::now();
-    for _ in 0..3 {
-        lan.add_machine(&toml);
-    }
-    for i in 0..3 {
-        lan.boot(i);
-    }
-    let took = lan.wait_for("3 machines ready", WAIT, Lan::all_ready);
-    eprintln!("3 machines ready after {took:?}");
-    let roles: Vec<String> = lan
-        .machines
-        .iter()
-        .map(|m| m.role().unwrap_or_default())
-        .collect();
+    let roles = form(&mut lan, &toml, 3, WAIT);
     let init = roles
         .iter()
         .position(|r| r == "init")

@@ -16,11 +16,11 @@ use systests::k3s_double::wire;
 use systests::machines::arp::{mac_text, ArpSampler, Mac};
 use systests::machines::mdns;
 use systests::machines::{
-    day2::{in_netns, member_alive, members},
+    day2::{cluster_toml_with, form, in_netns, member_alive, members},
     harness, k3s_support,
 };
 
-use harness::{cluster_toml, random_token, Lan, Machine, GATEWAY};
+use harness::{Lan, Machine, GATEWAY};
 use k3s_support::*;
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -118,21 +118,9 @@ fn the_fixed_address_has_one_holder_moves_within_15_s_and_never_answers_from_two
     if skip("the_fixed_address_has_one_holder_moves_within_15_s_and_never_answers_from_two_macs") {
         return;
     }
-    let token = random_token();
-    let toml = cluster_toml("machines", &token, 3, 3).replace(
-        "nodes = 3\n",
-        &format!("nodes = 3\napi_address = \"{ADDRESS}\"\n"),
-    );
-    assert!(toml.contains("api_address"), "{toml}");
+    let toml = cluster_toml_with(3, 3, &format!("api_address = \"{ADDRESS}\""));
     let mut lan = Lan::new();
-    for _ in 0..3 {
-        lan.add_machine(&toml);
-    }
-    for i in 0..3 {
-        lan.boot(i);
-    }
-    let took = lan.wait_for("3 machines ready", WAIT, Lan::all_ready);
-    eprintln!("3 machines ready after {took:?}");
+    form(&mut lan, &toml, 3, WAIT);
     let mut up = vec![true; 3];
     let macs: Vec<Mac> = lan.machines.iter().map(mac_of).collect();
     let who = |mac: &Mac| {

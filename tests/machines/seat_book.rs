@@ -13,7 +13,7 @@
 use systests::k3s_double::etcd;
 use systests::machines::{day2::*, harness, k3s_support};
 
-use harness::{cluster_toml, random_token, Lan};
+use harness::Lan;
 use k3s_support::*;
 use std::time::{Duration, Instant};
 
@@ -27,27 +27,10 @@ fn a_dead_init_is_removed_after_replace_after_and_one_of_two_new_cards_takes_its
     if skip("a_dead_init_is_removed_after_replace_after_and_one_of_two_new_cards_takes_its_seat") {
         return;
     }
-    let token = random_token();
     // nodes = 6: the four formed machines and the two cards.
-    let toml = cluster_toml("machines", &token, 3, 6).replace(
-        "nodes = 6\n",
-        &format!("nodes = 6\nreplace_after = \"{REPLACE_AFTER}\"\n"),
-    );
-    assert!(toml.contains("replace_after"), "{toml}");
+    let toml = cluster_toml_with(3, 6, &format!("replace_after = \"{REPLACE_AFTER}\""));
     let mut lan = Lan::new();
-    for _ in 0..4 {
-        lan.add_machine(&toml);
-    }
-    for i in 0..4 {
-        lan.boot(i);
-    }
-    let took = lan.wait_for("4 machines ready", WAIT, Lan::all_ready);
-    eprintln!("4 machines ready after {took:?}");
-    let roles: Vec<String> = lan
-        .machines
-        .iter()
-        .map(|m| m.role().unwrap_or_default())
-        .collect();
+    let roles = form(&mut lan, &toml, 4, WAIT);
     let count = |r: &str| roles.iter().filter(|x| x.as_str() == r).count();
     assert_eq!(
         (count("init"), count("server"), count("agent")),
