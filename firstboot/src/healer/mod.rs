@@ -24,10 +24,11 @@
 
 pub mod lease;
 pub mod nodes;
+pub mod promotion;
 pub mod round;
 
 use crate::election::Rank;
-use crate::model::NodeId;
+use crate::model::{NodeId, RolePin};
 use crate::seat_book::SeatBook;
 use std::collections::BTreeMap;
 
@@ -99,13 +100,17 @@ pub enum Action {
     },
     /// The holder's Node (and etcd member) is gone: release its seat in the book.
     Release(NodeId),
-    /// A seat is free and no new card asks: promote this agent to a server.
+    /// A seat is free and no new card asks: promote this agent to a server (grant it the seat
+    /// in the book; the seat keepers tell it, see [`promotion`]).
     Promote {
         /// The agent.
         node: NodeId,
         /// Its Node name.
         name: String,
     },
+    /// The agent granted a seat still announces itself as an agent after
+    /// [`promotion::timeout`]: it never took the promotion up, so its grant is withdrawn.
+    Withdraw(NodeId),
 }
 
 /// Why the healer does nothing.
@@ -196,6 +201,9 @@ pub fn decide(inputs: &Inputs) -> Action {
                 return Action::Release(*n);
             }
         }
+        if let Some(action) = promotion::pending(inputs, pending, replace_after) {
+            return action;
+        }
         return Action::Nothing(Why::JoinInProgress(pending.node));
     }
     // The holder gone longest first.
@@ -232,7 +240,10 @@ pub fn decide(inputs: &Inputs) -> Action {
         .agents
         .iter()
         .filter(|a| {
-            !book.holds(a.rank.node) && node(&a.name).is_some_and(|v| v.ready == Ready::True)
+            // An agent pinned by `[node] role = "agent"` is never made a server.
+            a.rank.pin != RolePin::Agent
+                && !book.holds(a.rank.node)
+                && node(&a.name).is_some_and(|v| v.ready == Ready::True)
         })
         .max_by_key(|a| a.rank)
         .map_or(Action::Nothing(Why::NoCandidate), |a| Action::Promote {
