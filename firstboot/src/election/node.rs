@@ -1765,13 +1765,19 @@ mod tests {
             .handle_datagram(Millis(10), &frame(3, 2, decided_hello(true, &[7, 2, 3])))
             .expect("genuine frame");
         agent
-            .handle_datagram(Millis(11), &frame(3, 2, Body::JoinAsAgent { node: NodeId(9) }))
+            .handle_datagram(
+                Millis(11),
+                &frame(3, 2, Body::JoinAsAgent { node: NodeId(9) }),
+            )
             .expect("genuine frame");
         persist_all(&mut agent);
         agent.report_serving(Millis(12));
         persist_all(&mut agent);
         let _ = std::iter::from_fn(|| agent.poll_event()).count();
-        assert_eq!(agent.status(Millis(12)).role, Some(Role::Agent { join: NodeId(7) }));
+        assert_eq!(
+            agent.status(Millis(12)).role,
+            Some(Role::Agent { join: NodeId(7) })
+        );
         agent
     }
 
@@ -1782,13 +1788,22 @@ mod tests {
         // From a node not heard serving, or for another node: ignored.
         for (from, to) in [(5, 9), (2, 8)] {
             agent
-                .handle_datagram(Millis(20), &frame(3, from, Body::SeatGranted { node: NodeId(to) }))
+                .handle_datagram(
+                    Millis(20),
+                    &frame(3, from, Body::SeatGranted { node: NodeId(to) }),
+                )
                 .expect("genuine frame");
         }
         persist_all(&mut agent);
-        assert_eq!(agent.status(Millis(20)).role, Some(Role::Agent { join: NodeId(7) }));
+        assert_eq!(
+            agent.status(Millis(20)).role,
+            Some(Role::Agent { join: NodeId(7) })
+        );
         agent
-            .handle_datagram(Millis(30), &frame(3, 2, Body::SeatGranted { node: NodeId(9) }))
+            .handle_datagram(
+                Millis(30),
+                &frame(3, 2, Body::SeatGranted { node: NodeId(9) }),
+            )
             .expect("genuine frame");
         // The new role is released only once it is durable, and it no longer serves.
         assert_eq!(agent.poll_event(), None);
@@ -1798,6 +1813,9 @@ mod tests {
         agent.persisted(request.seq);
         persist_all(&mut agent);
         assert!(std::iter::from_fn(|| agent.poll_event()).any(|e| e == Event::Role(server)));
+        // Its next hello (due at once) says it does not serve.
+        agent.handle_timeout(Millis(30));
+        persist_all(&mut agent);
         let hellos: Vec<Hello> = drain_transmits(&mut agent)
             .iter()
             .filter_map(|t| match decode(3, t).body {
@@ -1805,12 +1823,18 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert!(!hellos.is_empty() && hellos.iter().all(|h| !h.serving), "{hellos:?}");
+        assert!(
+            !hellos.is_empty() && hellos.iter().all(|h| !h.serving),
+            "{hellos:?}"
+        );
         // A restart continues as a server; a repeated grant changes nothing.
         let mut restarted = Node::new(config(9, 3), Millis(0), Some(request.state));
         assert_eq!(restarted.poll_event(), Some(Event::Role(server)));
         agent
-            .handle_datagram(Millis(40), &frame(3, 2, Body::SeatGranted { node: NodeId(9) }))
+            .handle_datagram(
+                Millis(40),
+                &frame(3, 2, Body::SeatGranted { node: NodeId(9) }),
+            )
             .expect("genuine frame");
         assert_eq!(agent.poll_persist().map(|r| r.state.role), None);
         // Serving again once K3s runs as a server.
@@ -1823,7 +1847,10 @@ mod tests {
         for (book_mode, pin) in [(false, RolePin::Auto), (true, RolePin::Agent)] {
             let mut agent = serving_agent(book_mode, pin);
             agent
-                .handle_datagram(Millis(30), &frame(3, 2, Body::SeatGranted { node: NodeId(9) }))
+                .handle_datagram(
+                    Millis(30),
+                    &frame(3, 2, Body::SeatGranted { node: NodeId(9) }),
+                )
                 .expect("genuine frame");
             persist_all(&mut agent);
             assert_eq!(

@@ -42,7 +42,11 @@ pub fn pending(inputs: &Inputs, pending: &PendingJoin, replace_after: i64) -> Op
         // Still heard announcing itself as an agent: it has not taken the grant up.
         return (waited >= timeout(replace_after)).then_some(Action::Withdraw(pending.node));
     }
-    let holder = inputs.book.holders.iter().find(|h| h.node == pending.node)?;
+    let holder = inputs
+        .book
+        .holders
+        .iter()
+        .find(|h| h.node == pending.node)?;
     let view = inputs.nodes.iter().find(|n| n.name == holder.name)?;
     if view.ready == Ready::True {
         return None;

@@ -298,7 +298,9 @@ async fn steps(
                         }
                     }
                 }
-                Event::Role(r @ Role::Server { .. }) if matches!(role, Some(Role::Agent { .. })) => {
+                Event::Role(r @ Role::Server { .. })
+                    if matches!(role, Some(Role::Agent { .. })) =>
+                {
                     // Promoted (SPEC 4.4): the server role is durable in the election's state.
                     tracing::info!(via = ?driver.role_via(), "promoted from agent to server: a serving server says the seat book holds a seat for this node");
                     role = Some(r);

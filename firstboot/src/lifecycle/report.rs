@@ -558,7 +558,10 @@ mod tests {
         assert!(!report.serving());
         report.role(server, "lab-9", &status(3, None));
         let saved = NodeState::load(dir.path()).unwrap().unwrap();
-        assert_eq!((saved.role, saved.promoted_unix), (Some(NodeRole::Server), Some(1_000)));
+        assert_eq!(
+            (saved.role, saved.promoted_unix),
+            (Some(NodeRole::Server), Some(1_000))
+        );
         // Killed between the election's durable promotion and the state file: the next run
         // reads role agent from the file and gets the server's role from the election.
         let mut before = NodeState::new();

@@ -272,7 +272,10 @@ mod tests {
         let mut out = Vec::new();
         run(&StatusArgs { json: true }, dir.path(), &mut out, 1_130).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!((v["role"].as_str(), v["promoted_unix"].as_u64()), (Some("server"), Some(1_000)));
+        assert_eq!(
+            (v["role"].as_str(), v["promoted_unix"].as_u64()),
+            (Some("server"), Some(1_000))
+        );
         let mut out = Vec::new();
         run(&StatusArgs { json: false }, dir.path(), &mut out, 1_130).unwrap();
         let text = String::from_utf8(out).unwrap();
