@@ -101,27 +101,35 @@ fn a_dead_server_with_no_new_card_is_replaced_by_promoting_the_agent() {
         .chain([agent_name.clone()])
         .collect();
     expected.sort();
-    let took = lan.wait_for("etcd: 3 voters, the promoted agent's among them", WAIT, |_| {
-        members(pids[0]).is_ok_and(|l| {
-            let mut voters: Vec<String> = l
-                .iter()
-                .filter(|m| !m.is_learner)
-                .map(|m| etcd::node_of_member(&m.name).to_string())
-                .collect();
-            voters.sort();
-            voters == expected && l.len() == 3
-        })
-    });
+    let took = lan.wait_for(
+        "etcd: 3 voters, the promoted agent's among them",
+        WAIT,
+        |_| {
+            members(pids[0]).is_ok_and(|l| {
+                let mut voters: Vec<String> = l
+                    .iter()
+                    .filter(|m| !m.is_learner)
+                    .map(|m| etcd::node_of_member(&m.name).to_string())
+                    .collect();
+                voters.sort();
+                voters == expected && l.len() == 3
+            })
+        },
+    );
     let voting_after = off.elapsed();
     eprintln!(
         "the promoted agent {agent_name} was a voting member {voting_after:?} after the power-off \
          ({:?} after the dead init's removal; {took:?} of waiting)",
         voting_after.saturating_sub(removed_after)
     );
-    let took = lan.wait_for("the promoted agent reports ready as a server", WAIT, |lan| {
-        let m = &lan.machines[agent];
-        m.phase().as_deref() == Some("ready") && m.role().as_deref() == Some("server")
-    });
+    let took = lan.wait_for(
+        "the promoted agent reports ready as a server",
+        WAIT,
+        |lan| {
+            let m = &lan.machines[agent];
+            m.phase().as_deref() == Some("ready") && m.role().as_deref() == Some("server")
+        },
+    );
     eprintln!(
         "the promoted agent reported ready as a server {:?} after the power-off ({took:?} of waiting)",
         off.elapsed()
@@ -164,7 +172,10 @@ fn a_dead_server_with_no_new_card_is_replaced_by_promoting_the_agent() {
         .exec("systemctl", &["is-enabled", "k3s-agent.service"])
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    assert_ne!(enabled, "enabled", "k3s-agent is still enabled after the promotion");
+    assert_ne!(
+        enabled, "enabled",
+        "k3s-agent is still enabled after the promotion"
+    );
     let yaml = promoted.config_yaml().expect("config.yaml");
     let init_addr = lan.machines[init].address();
     let live_addrs: Vec<String> = live.iter().map(|i| lan.machines[*i].address()).collect();

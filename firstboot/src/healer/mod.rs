@@ -7,7 +7,8 @@
 //!    before the object disappears (a forced deletion would skip that, so it is never used);
 //! 2. once the Node object is gone (so is the member), releases its seat in the seat book;
 //! 3. leaves a free seat to a new card that asks for one (the seat keeper grants it), else
-//!    promotes the best Ready agent (SSD first, then RAM, then the lowest id).
+//!    promotes the best Ready agent (SSD first, then RAM, then the lowest id; never one pinned
+//!    to the agent role), see [`promotion`].
 //!
 //! Safety: the seat is released only after the member is gone, and granted only from a released
 //! seat, so the voting members never exceed `servers`; nothing happens while a join is in
@@ -17,10 +18,13 @@
 //! The daemon runs this decision on every serving server in its own thread ([`round`]): the
 //! Lease holder deletes the gone server's Node (`k3s kubectl delete node NAME --wait=false`) and
 //! then releases its seat in the book; the seat keeper grants the freed seat to a new card,
-//! which waits for it meanwhile instead of becoming an agent.
+//! which waits for it meanwhile instead of becoming an agent. With no new card asking, the
+//! Lease holder grants the seat to the best agent in the book by compare-and-swap; the seat
+//! keepers tell the agent (`SeatGranted`), which records the server role durably and joins as
+//! a K3s server; a grant the agent never takes up is withdrawn ([`promotion`]).
 //!
-//! Not yet done (issue 18): promoting an agent (the decision names it, the loop only logs it);
-//! a removed server that comes back does not clear its etcd data by itself.
+//! Not yet done (issue 18): a removed server that comes back does not clear its etcd data by
+//! itself.
 
 pub mod lease;
 pub mod nodes;
