@@ -644,3 +644,21 @@ fn seed(node: u64) -> u64 {
     let base = random.map_or(nanos, u64::from_le_bytes);
     base ^ node.rotate_left(17)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_promoted_node_says_promoting_until_its_k3s_serves_as_a_server() {
+        let server = Role::Server { join: NodeId(7) };
+        let agent = Role::Agent { join: NodeId(7) };
+        assert_eq!(record_state(agent, None, true), AGENT);
+        assert_eq!(record_state(server, None, false), "server");
+        // Promoted: `promoting` (neither an agent to promote nor a server whose join ended)
+        // until K3s serves, also after a restart.
+        assert_eq!(record_state(server, Some(1_000), false), PROMOTING);
+        assert_eq!(record_state(server, Some(1_000), true), "server");
+        assert_eq!(record_state(Role::ClusterInit, None, false), "cluster-init");
+    }
+}
