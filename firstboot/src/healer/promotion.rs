@@ -20,6 +20,12 @@
 //! 5. A pending joiner that keeps its Node object (a promoted agent that died mid-way) and is
 //!    gone for `replace_after` is deleted like any gone server (non-forced: its etcd member, if
 //!    it got one, goes with it), then its seat is released.
+//!
+//! Limit: the agent cannot write the book, so its taking the grant up and the withdrawal are
+//! not one compare-and-swap. An agent that hears its grant only after [`timeout`] (at least
+//! 120 s; it is repeated every 3 s and the agent's record changes within seconds) while the
+//! healer withdraws it would join without a seat. The timeout is chosen far above that path's
+//! delays on a LAN; a node pinned to the agent role or outside book mode never acts on a grant.
 
 use super::{Action, Inputs, Ready};
 use crate::seat_book::PendingJoin;
