@@ -6,7 +6,9 @@
 //! removes its etcd member; it releases the seat in the book, then grants it to the agent by
 //! compare-and-swap; the live servers' seat keepers tell the agent (signed `SeatGranted`); the
 //! agent stops and disables `k3s-agent`, joins a live server as a K3s server (an etcd learner,
-//! promoted by the leader) and reports role server, promoted. etcd ends with 3 voting members,
+//! promoted by the leader) and reports role server, promoted; its firstboot is killed with
+//! SIGKILL the moment it takes the promotion up and goes on as a server after systemd restarts
+//! it. etcd ends with 3 voting members,
 //! all alive, and never has more than 3 voting members meanwhile (a sampler reads the member
 //! list every 500 ms throughout).
 
@@ -93,6 +95,27 @@ fn a_dead_server_with_no_new_card_is_replaced_by_promoting_the_agent() {
         removed_after >= Duration::from_secs(20),
         "removed {removed_after:?} after the power-off, before replace_after ({REPLACE_AFTER})"
     );
+
+    // The agent takes the promotion up (its state file says role server), and its firstboot is
+    // killed with SIGKILL right then, mid-way through joining as a server: systemd restarts it
+    // and it goes on as a server (the role is durable in the election's state).
+    let took = lan.wait_for_polling(
+        "the agent takes its promotion up",
+        WAIT,
+        Duration::from_millis(50),
+        |lan| {
+            lan.machines[agent]
+                .state()
+                .is_some_and(|s| s["role"] == "server")
+        },
+    );
+    let phase = lan.machines[agent].state().map(|s| s["phase"].clone());
+    let killed = kill_firstboot(&lan.machines[agent]);
+    eprintln!(
+        "the agent took its promotion up {:?} after the power-off ({took:?} after the removal);          kill -9 of its firstboot ({killed} process) in phase {phase:?}",
+        off.elapsed()
+    );
+    assert!(killed > 0, "no firstboot process to kill on the agent");
 
     // The agent is promoted: it becomes a voting etcd member.
     let mut expected: Vec<String> = live
