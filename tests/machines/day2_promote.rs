@@ -112,7 +112,8 @@ fn a_dead_server_with_no_new_card_is_replaced_by_promoting_the_agent() {
     let phase = lan.machines[agent].state().map(|s| s["phase"].clone());
     let killed = kill_firstboot(&lan.machines[agent]);
     eprintln!(
-        "the agent took its promotion up {:?} after the power-off ({took:?} after the removal);          kill -9 of its firstboot ({killed} process) in phase {phase:?}",
+        "the agent took its promotion up {:?} after the power-off ({took:?} after the removal); \
+         kill -9 of its firstboot ({killed} process) in phase {phase:?}",
         off.elapsed()
     );
     assert!(killed > 0, "no firstboot process to kill on the agent");
