@@ -162,6 +162,8 @@ fn spawn_prepared(
         ("K3S_DOUBLE_ETCD_PEER_PORT".into(), free_port().to_string()),
         ("K3S_DOUBLE_READY_DELAY".into(), "0".into()),
         ("K3S_DOUBLE_LEARNER_TICK".into(), "1".into()),
+        // Several doubles share the host's network namespace here: no kubelet port.
+        ("K3S_DOUBLE_KUBELET_PORT".into(), "0".into()),
     ];
     for (k, v) in extra_env {
         env.retain(|(e, _)| e != k);
@@ -411,6 +413,7 @@ fn restarted_init_keeps_its_ca() {
         .arg("server")
         .env("K3S_DOUBLE_ROOT", &first.root)
         .env("K3S_DOUBLE_PORT", port.to_string())
+        .env("K3S_DOUBLE_KUBELET_PORT", "0")
         .env_remove("NOTIFY_SOCKET")
         .stderr(Stdio::piped())
         .spawn()
@@ -915,6 +918,68 @@ fn a_server_with_a_duplicate_node_name_is_refused() {
         free_port(),
     ));
     assert!(err.contains("duplicate node name found"), "{err}");
+}
+
+// Rule (issue 18, an agent promoted in place): a node that ran as an agent starts as a server
+// under the same node name. K3s needs nothing cleared for it: the node password in
+// /etc/rancher/node/password is kept and matches the `<name>.node-password.k3s` secret the
+// agent registered (pkg/server/router.go:401-403, 421, 437-468), and an agent never had an etcd
+// member, so the duplicate-name check passes (pkg/etcd/etcd.go:603-617). But the agent must be
+// stopped first: a server started beside it cannot bind the kubelet's port and exits as K3s
+// does when its embedded kubelet fails (pkg/daemons/executor/embed.go:95-98).
+#[test]
+fn an_agent_promoted_in_place_joins_as_a_server_once_its_agent_is_stopped() {
+    let (init, url, ca_hash) = init_with("lab-000001");
+    let kubelet = free_port().to_string();
+    let env = [("K3S_DOUBLE_KUBELET_PORT", kubelet.as_str())];
+    let mut agent = spawn_env(
+        "agent",
+        &agent_of(&url, ca_hash, "lab-000002"),
+        free_port(),
+        &[],
+        &env,
+    );
+    wait_ready(&mut agent);
+    let password = std::fs::read(agent.root.join("etc/rancher/node/password")).unwrap();
+    // The server's config on the agent's root, the agent still running: refused.
+    write_config_yaml(&agent.root, &join_yaml(&url, ca_hash, "lab-000002")).unwrap();
+    let mut beside = Command::new(systests::bin_path("k3s-double"));
+    beside
+        .arg("server")
+        .env("K3S_DOUBLE_ROOT", &agent.root)
+        .env("K3S_DOUBLE_PORT", free_port().to_string())
+        .env_remove("NOTIFY_SOCKET");
+    for (k, v) in &agent.env {
+        beside.env(k, v);
+    }
+    let out = beside.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a server started beside the agent: {err}"
+    );
+    assert!(err.contains("kubelet exited"), "{err}");
+    // The agent stopped, the same root starts as a server: READY, a voter, the same password.
+    let port = free_port();
+    agent.restart("server", port);
+    wait_ready(&mut agent);
+    let voters: Vec<String> = members(&init)
+        .into_iter()
+        .filter(|m| !m.is_learner)
+        .map(|m| etcd::node_of_member(&m.name).to_string())
+        .collect();
+    assert!(voters.contains(&"lab-000002".to_string()), "{voters:?}");
+    assert_eq!(
+        std::fs::read(agent.root.join("etc/rancher/node/password")).unwrap(),
+        password
+    );
+    let (found, out, _) = init.kubectl(&["get", "node", "lab-000002", "-o", "json"]);
+    assert!(found, "{out}");
+    let node: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        node["metadata"]["labels"]["node-role.kubernetes.io/etcd"], "true",
+        "{node}"
+    );
 }
 
 // Rule: an agent whose node name is registered with another node password is refused and

@@ -23,6 +23,9 @@
 //! - every node registers a Node object and renews its heartbeat Lease every 10 s in etcd
 //!   (agents through their server); the etcd leader promotes learners every 15 s and removes the
 //!   etcd member of a deleted Node (the finalizer), `store.rs`;
+//! - agents and servers hold the kubelet's port (10250) once their kubelet would start; a
+//!   second K3s on the node (a server started while `k3s-agent` runs) exits "kubelet exited"
+//!   as K3s does (pkg/daemons/executor/embed.go:95-98);
 //! - READY=1 to `$NOTIFY_SOCKET` only once etcd has this member as a voter and a leader, the node
 //!   is registered and flannel found its interface, plus `$K3S_DOUBLE_READY_DELAY` seconds
 //!   (default 5); then it stays up until killed. If etcd exits, the double exits 1, as K3s
@@ -63,7 +66,8 @@
 //!   heartbeats, not by the apiserver's master leases.
 //!
 //! Test knobs: `K3S_DOUBLE_ROOT` (root prefix), `K3S_DOUBLE_PORT` (listen port, default 6443),
-//! `K3S_DOUBLE_ETCD_CLIENT_PORT`/`_PEER_PORT` (2379/2380), `K3S_DOUBLE_ETCD` (etcd program,
+//! `K3S_DOUBLE_ETCD_CLIENT_PORT`/`_PEER_PORT` (2379/2380), `K3S_DOUBLE_KUBELET_PORT` (10250;
+//! 0: not bound), `K3S_DOUBLE_ETCD` (etcd program,
 //! /usr/bin/etcd), `K3S_DOUBLE_READY_DELAY` (seconds, default 5), `K3S_DOUBLE_LEARNER_TICK`
 //! (seconds, default 15 as K3s). The token is never printed.
 
@@ -217,6 +221,26 @@ fn node_password() -> Result<String> {
     Ok(p)
 }
 
+/// The kubelet's port: K3s runs kubelet in-process on agents and servers alike (kubelet's
+/// `--port` default 10250 on 0.0.0.0). A second K3s on the same node (a server started while
+/// `k3s-agent` still runs, as when an agent is promoted) cannot bind it: kubelet fails, and K3s
+/// exits when its embedded kubelet does (pkg/daemons/executor/embed.go:95-98 "kubelet exited",
+/// os.Exit(1)). `$K3S_DOUBLE_KUBELET_PORT` (default 10250; 0 = not bound, for tests that run
+/// several doubles in one network namespace). The listener is held for the process's life.
+fn hold_kubelet_port() -> Result<Option<std::net::TcpListener>> {
+    let port: u16 = match std::env::var("K3S_DOUBLE_KUBELET_PORT") {
+        Ok(p) => p.parse().context("K3S_DOUBLE_KUBELET_PORT")?,
+        Err(_) => 10250,
+    };
+    if port == 0 {
+        return Ok(None);
+    }
+    match std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)) {
+        Ok(listener) => Ok(Some(listener)),
+        Err(e) => bail!("kubelet exited: failed to listen on 0.0.0.0:{port}: {e}"),
+    }
+}
+
 /// K3s's "Node password rejected" (pkg/agent/config/config.go:180-182).
 const NODE_PASSWORD_REJECTED: &str = "Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password' may not match server node-passwd entry, try enabling a unique node name with the --with-node-id flag";
 
@@ -278,6 +302,8 @@ async fn run_agent(config: DoubleConfig, data: &Path) -> Result<()> {
         ));
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
+    // The agent's kubelet starts once its configuration is retrieved.
+    let _kubelet = hold_kubelet_port()?;
     start_flannel(&config)?;
     write_mode(&data.join("agent/server-url"), server.as_bytes(), 0o600)?;
     refresh_apiservers(&mut lb, &ca, &password).await;
@@ -600,7 +626,12 @@ async fn run_server(mut config: DoubleConfig, data: &Path) -> Result<()> {
         tokio::spawn(manage_learners(ep.clone()));
         tokio::spawn(member_removal_controller(ep.clone()));
     }
-    // The server's own kubelet registers the Node (and its node password) like an agent's.
+    // The server's embedded kubelet starts once the apiserver is ready (embed.go:92-93) and
+    // registers the Node (and its node password) like an agent's. A former agent keeps
+    // /etc/rancher/node/password: K3s checks its own node's password against that file
+    // (pkg/server/router.go:401-403, 437-468 verifyLocalPassword) and the secret the agent
+    // registered (router.go:421 nodepassword.Ensure), so a new password would be refused.
+    let _kubelet = hold_kubelet_port()?;
     let node_pw = node_password()?;
     if !store::ensure_node_password(&ep, &config.node_name, &node_pw).await? {
         // Servers retry agent configuration like agents (config.go:57-74).

@@ -97,7 +97,9 @@ pub enum Event {
         /// Its value.
         value: Value,
     },
-    /// This node's role: act on it (released once persisted; repeated after a restart).
+    /// This node's role: act on it (released once persisted; repeated after a restart). It
+    /// changes at most once, from an agent's to a server's, when a serving server tells the
+    /// agent that the seat book holds a seat for it (a promotion, SPEC 4.4).
     Role(Role),
     /// More distinct voters than `nodes` were seen: the quorum was raised. Report it loudly.
     QuorumRaised {

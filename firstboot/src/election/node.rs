@@ -217,7 +217,11 @@ impl<R: Rules> Node<R> {
             }
             Body::SeatGranted { node } => {
                 if node == self.id() {
-                    self.take_granted_seat(now, sender);
+                    if matches!(self.state.role, Some(Role::Agent { .. })) {
+                        self.take_promotion(now, sender);
+                    } else {
+                        self.take_granted_seat(now, sender);
+                    }
                 }
             }
             Body::Removed { node, at } => {
@@ -1051,6 +1055,27 @@ impl<R: Rules> Node<R> {
         self.state.role = Some(role);
         self.roster_via = Some(sender);
         tracing::debug!(node = %self.id(), ?role, via = %sender, "grant: seat from the book");
+        self.persist();
+        self.emit_after_persist(Event::Role(role));
+        self.timers.set(Timer::Hello, now);
+    }
+
+    /// A serving server told this agent that the seat book holds a server seat for it (the
+    /// healer promotes it, SPEC 4.4): its role becomes a server's, durably, and it no longer
+    /// serves until K3s runs as a server (so no keeper ends its join early). Ignored outside
+    /// book mode, from a sender not heard serving, and on a node pinned to the agent role.
+    fn take_promotion(&mut self, now: Millis, sender: NodeId) {
+        let Some(Role::Agent { join }) = self.state.role else {
+            return;
+        };
+        if !self.book_mode || self.rank.pin == RolePin::Agent || !self.peers.is_serving(sender) {
+            return;
+        }
+        let role = Role::Server { join };
+        self.state.role = Some(role);
+        self.state.serving = false;
+        self.roster_via = Some(sender);
+        tracing::debug!(node = %self.id(), ?role, via = %sender, "grant: promoted from agent (book)");
         self.persist();
         self.emit_after_persist(Event::Role(role));
         self.timers.set(Timer::Hello, now);
@@ -1981,6 +2006,115 @@ mod tests {
         persist_all(&mut card);
         let agent = Role::Agent { join: NodeId(7) };
         assert!(std::iter::from_fn(|| card.poll_event()).any(|e| e == Event::Role(agent)));
+    }
+
+    /// An agent of init 7 (this is 9), serving as an agent, hearing server 2 serve.
+    fn serving_agent(book_mode: bool, pin: RolePin) -> Node {
+        let mut cfg = config(9, 3);
+        cfg.rank.pin = pin;
+        let mut agent = Node::new(cfg, Millis(0), None);
+        if book_mode {
+            agent.use_seat_book();
+        }
+        agent
+            .handle_datagram(Millis(10), &frame(3, 2, decided_hello(true, &[7, 2, 3])))
+            .expect("genuine frame");
+        agent
+            .handle_datagram(
+                Millis(11),
+                &frame(3, 2, Body::JoinAsAgent { node: NodeId(9) }),
+            )
+            .expect("genuine frame");
+        persist_all(&mut agent);
+        agent.report_serving(Millis(12));
+        persist_all(&mut agent);
+        let _ = std::iter::from_fn(|| agent.poll_event()).count();
+        assert_eq!(
+            agent.status(Millis(12)).role,
+            Some(Role::Agent { join: NodeId(7) })
+        );
+        agent
+    }
+
+    #[test]
+    fn a_granted_seat_promotes_a_serving_agent_durably_and_it_stops_serving_until_k3s_runs() {
+        let server = Role::Server { join: NodeId(7) };
+        let mut agent = serving_agent(true, RolePin::Auto);
+        // From a node not heard serving, or for another node: ignored.
+        for (from, to) in [(5, 9), (2, 8)] {
+            agent
+                .handle_datagram(
+                    Millis(20),
+                    &frame(3, from, Body::SeatGranted { node: NodeId(to) }),
+                )
+                .expect("genuine frame");
+        }
+        persist_all(&mut agent);
+        assert_eq!(
+            agent.status(Millis(20)).role,
+            Some(Role::Agent { join: NodeId(7) })
+        );
+        agent
+            .handle_datagram(
+                Millis(30),
+                &frame(3, 2, Body::SeatGranted { node: NodeId(9) }),
+            )
+            .expect("genuine frame");
+        // The new role is released only once it is durable, and it no longer serves.
+        assert_eq!(agent.poll_event(), None);
+        let request = agent.poll_persist().expect("the promotion is persisted");
+        assert_eq!(request.state.role, Some(server));
+        assert!(!request.state.serving);
+        agent.persisted(request.seq);
+        persist_all(&mut agent);
+        assert!(std::iter::from_fn(|| agent.poll_event()).any(|e| e == Event::Role(server)));
+        // Its next hello (due at once) says it does not serve.
+        agent.handle_timeout(Millis(30));
+        persist_all(&mut agent);
+        let hellos: Vec<Hello> = drain_transmits(&mut agent)
+            .iter()
+            .filter_map(|t| match decode(3, t).body {
+                Body::Hello(h) => Some(h),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            !hellos.is_empty() && hellos.iter().all(|h| !h.serving),
+            "{hellos:?}"
+        );
+        // A restart continues as a server; a repeated grant changes nothing.
+        let mut restarted = Node::new(config(9, 3), Millis(0), Some(request.state));
+        assert_eq!(restarted.poll_event(), Some(Event::Role(server)));
+        agent
+            .handle_datagram(
+                Millis(40),
+                &frame(3, 2, Body::SeatGranted { node: NodeId(9) }),
+            )
+            .expect("genuine frame");
+        assert_eq!(agent.poll_persist().map(|r| r.state.role), None);
+        // Serving again once K3s runs as a server.
+        agent.report_serving(Millis(50));
+        assert!(agent.poll_persist().is_some_and(|r| r.state.serving));
+    }
+
+    #[test]
+    fn no_promotion_outside_book_mode_or_for_a_node_pinned_to_the_agent_role() {
+        for (book_mode, pin) in [(false, RolePin::Auto), (true, RolePin::Agent)] {
+            let mut agent = serving_agent(book_mode, pin);
+            agent
+                .handle_datagram(
+                    Millis(30),
+                    &frame(3, 2, Body::SeatGranted { node: NodeId(9) }),
+                )
+                .expect("genuine frame");
+            persist_all(&mut agent);
+            assert_eq!(
+                agent.status(Millis(30)).role,
+                Some(Role::Agent { join: NodeId(7) }),
+                "book mode {book_mode}, pin {pin:?}"
+            );
+            assert_eq!(agent.poll_event(), None);
+        }
     }
 
     /// Persists everything asked for, then returns the bodies sent and the events released.

@@ -7,7 +7,8 @@
 //!    before the object disappears (a forced deletion would skip that, so it is never used);
 //! 2. once the Node object is gone (so is the member), releases its seat in the seat book;
 //! 3. leaves a free seat to a new card that asks for one (the seat keeper grants it), else
-//!    promotes the best Ready agent (SSD first, then RAM, then the lowest id).
+//!    promotes the best Ready agent (SSD first, then RAM, then the lowest id; never one pinned
+//!    to the agent role), see [`promotion`].
 //!
 //! Safety: the seat is released only after the member is gone, and granted only from a released
 //! seat, so the voting members never exceed `servers`; nothing happens while a join is in
@@ -17,20 +18,22 @@
 //! The daemon runs this decision on every serving server in its own thread ([`round`]): the
 //! Lease holder deletes the gone server's Node (`k3s kubectl delete node NAME --wait=false`) and
 //! then releases its seat in the book; the seat keeper grants the freed seat to a new card,
-//! which waits for it meanwhile instead of becoming an agent.
+//! which waits for it meanwhile instead of becoming an agent. With no new card asking, the
+//! Lease holder grants the seat to the best agent in the book by compare-and-swap; the seat
+//! keepers tell the agent (`SeatGranted`), which records the server role durably and joins as
+//! a K3s server; a grant the agent never takes up is withdrawn ([`promotion`]).
 //!
 //! A released seat's former holder stays listed under the book's `removed`; when it comes back
 //! (a healed partition), the seat keepers tell it, and it sets its etcd data aside and rejoins
 //! through the seat book (`lifecycle/rejoin.rs`).
-//!
-//! Not yet done (issue 18): promoting an agent (the decision names it, the loop only logs it).
 
 pub mod lease;
 pub mod nodes;
+pub mod promotion;
 pub mod round;
 
 use crate::election::Rank;
-use crate::model::NodeId;
+use crate::model::{NodeId, RolePin};
 use crate::seat_book::SeatBook;
 use std::collections::BTreeMap;
 
@@ -102,13 +105,17 @@ pub enum Action {
     },
     /// The holder's Node (and etcd member) is gone: release its seat in the book.
     Release(NodeId),
-    /// A seat is free and no new card asks: promote this agent to a server.
+    /// A seat is free and no new card asks: promote this agent to a server (grant it the seat
+    /// in the book; the seat keepers tell it, see [`promotion`]).
     Promote {
         /// The agent.
         node: NodeId,
         /// Its Node name.
         name: String,
     },
+    /// The agent granted a seat still announces itself as an agent after
+    /// [`promotion::timeout`]: it never took the promotion up, so its grant is withdrawn.
+    Withdraw(NodeId),
 }
 
 /// Why the healer does nothing.
@@ -199,6 +206,9 @@ pub fn decide(inputs: &Inputs) -> Action {
                 return Action::Release(*n);
             }
         }
+        if let Some(action) = promotion::pending(inputs, pending, replace_after) {
+            return action;
+        }
         return Action::Nothing(Why::JoinInProgress(pending.node));
     }
     // The holder gone longest first.
@@ -235,7 +245,10 @@ pub fn decide(inputs: &Inputs) -> Action {
         .agents
         .iter()
         .filter(|a| {
-            !book.holds(a.rank.node) && node(&a.name).is_some_and(|v| v.ready == Ready::True)
+            // An agent pinned by `[node] role = "agent"` is never made a server.
+            a.rank.pin != RolePin::Agent
+                && !book.holds(a.rank.node)
+                && node(&a.name).is_some_and(|v| v.ready == Ready::True)
         })
         .max_by_key(|a| a.rank)
         .map_or(Action::Nothing(Why::NoCandidate), |a| Action::Promote {

@@ -12,7 +12,8 @@
 //!   deletion in progress and wait;
 //! - once the Node object is gone (so is its member), release the holder's seat in the book by
 //!   compare-and-swap; the seat keeper grants it to a new card asking for a seat;
-//! - promoting an agent is not done yet (logged, nothing happens).
+//! - grant a free seat to the best agent in the book by compare-and-swap (its promotion, see
+//!   [`super::promotion`]); withdraw such a grant when the agent never takes it up.
 
 use super::{decide, lease, nodes, Action, AgentView, Inputs, Why};
 use crate::model::NodeId;
@@ -155,11 +156,18 @@ impl Healer {
                     "healer: released the seat of a removed server");
             }
             Action::Promote { node, name } => {
-                if self.last.as_ref() != Some(&action) {
-                    tracing::warn!(node = %name, id = %node,
-                        why = "a seat is free, no new card asks for it and this agent is the best Ready one",
-                        "healer: promoting an agent is not implemented yet (issue 18); the seat stays free for a new card");
-                }
+                let granted = self.grant_promotion(*node, name, now)?;
+                tracing::info!(node = %name, id = %node, granted,
+                    why = "a seat is free, no new card asks for it and this agent is the best Ready one",
+                    "healer: promoting an agent: its seat is granted in the book; the seat keepers tell it");
+            }
+            Action::Withdraw(node) => {
+                let withdrawn = self
+                    .store
+                    .update_existing(|book| ((), book.withdraw(*node)))?
+                    .is_some_and(|u| u.wrote);
+                tracing::warn!(id = %node, withdrawn, timeout_secs = super::promotion::timeout(self.replace_after.unwrap_or_default()),
+                    "healer: the agent granted a seat still runs as an agent: its grant is withdrawn and the seat is free again");
             }
             Action::Nothing(why) => {
                 if self.last.as_ref() != Some(&action) {
@@ -169,6 +177,20 @@ impl Healer {
         }
         self.last = Some(action.clone());
         Ok(Outcome::Decided(action))
+    }
+}
+
+impl Healer {
+    /// Grants `node` (an agent named `name`) the free seat by compare-and-swap on the book as it
+    /// is when written, with the book's own rules (never more than `servers` holders, one join
+    /// at a time): a seat a keeper granted to a new card meanwhile is not granted twice.
+    /// Whether this call wrote the grant.
+    fn grant_promotion(&self, node: NodeId, name: &str, now: i64) -> Result<bool, HealError> {
+        let servers = self.servers;
+        let updated = self
+            .store
+            .update_existing(|book| ((), book.grant(node, name, now, servers).ok()))?;
+        Ok(updated.is_some_and(|u| u.wrote))
     }
 }
 

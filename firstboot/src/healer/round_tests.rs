@@ -286,3 +286,89 @@ fn a_server_heard_on_the_lan_is_not_deleted_though_k3s_lost_it() {
         1
     );
 }
+
+/// Server 1 was removed and its seat released; agents 4 (SD) and 5 (SSD) are Ready.
+fn freed_seat() -> (Arc<FakeApi>, Healer) {
+    let (api, healer) = cluster(600);
+    {
+        let mut state = api.state.lock().unwrap();
+        state.nodes.retain(|n| n["metadata"]["name"] != "lab-1");
+        state.nodes.push(node("lab-4", NOW - 3));
+        state.nodes.push(node("lab-5", NOW - 3));
+    }
+    let book = api.book().release(NodeId(1), NOW - 10).unwrap();
+    api.put_book(&book);
+    (api, healer)
+}
+
+fn agents_view(heard: &[u64], agents: &[(u64, u8)]) -> LanView {
+    LanView {
+        agents: agents
+            .iter()
+            .map(|(n, storage)| AgentView {
+                name: format!("lab-{n}"),
+                rank: crate::election::Rank {
+                    pin: crate::model::RolePin::Auto,
+                    storage: *storage,
+                    ram_mib: 1024,
+                    node: NodeId(*n),
+                },
+            })
+            .collect(),
+        ..lan(heard, &[])
+    }
+}
+
+#[test]
+fn the_healer_promotes_the_best_agent_by_granting_it_the_seat_in_the_book_once() {
+    let (api, mut healer) = freed_seat();
+    let view = agents_view(&[3, 4, 5], &[(4, 30), (5, 90)]);
+    let outcome = healer.round(&view, NOW).unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Decided(Action::Promote {
+            node: NodeId(5),
+            name: "lab-5".into()
+        })
+    );
+    let book = api.book();
+    assert_eq!(book.holders.len(), 3, "{book:?}");
+    assert!(book.holds(NodeId(5)) && !book.holds(NodeId(4)));
+    assert_eq!(
+        book.pending.as_ref().map(|p| (p.node, p.since)),
+        Some((NodeId(5), NOW))
+    );
+    assert!(book.removed.iter().all(|r| r.node != NodeId(5)));
+    // Next rounds: the promotion is in progress, no second grant.
+    for t in [5, 10] {
+        assert_eq!(
+            healer.round(&view, NOW + t).unwrap(),
+            Outcome::Decided(Action::Nothing(Why::JoinInProgress(NodeId(5))))
+        );
+    }
+    assert_eq!(api.book(), book);
+}
+
+#[test]
+fn a_promotion_grant_loses_to_a_keeper_that_granted_the_seat_first() {
+    let (api, healer) = freed_seat();
+    // Between the healer's decision and its write, a keeper granted the seat to a new card.
+    let card = api.book().grant(NodeId(9), "lab-9", NOW, 3).unwrap();
+    api.put_book(&card);
+    assert!(!healer.grant_promotion(NodeId(5), "lab-5", NOW).unwrap());
+    assert_eq!(api.book(), card);
+}
+
+#[test]
+fn a_grant_the_agent_never_takes_up_is_withdrawn_and_the_seat_is_free_again() {
+    let (api, mut healer) = freed_seat();
+    let view = agents_view(&[3, 4, 5], &[(5, 90)]);
+    healer.round(&view, NOW).unwrap();
+    assert!(api.book().holds(NodeId(5)));
+    let timeout = super::super::promotion::timeout(AFTER);
+    let outcome = healer.round(&view, NOW + timeout).unwrap();
+    assert_eq!(outcome, Outcome::Decided(Action::Withdraw(NodeId(5))));
+    let book = api.book();
+    assert!(!book.holds(NodeId(5)) && book.pending.is_none(), "{book:?}");
+    assert!(book.removed.iter().all(|r| r.node != NodeId(5)), "{book:?}");
+}

@@ -259,3 +259,84 @@ fn a_pending_joiner_that_vanished_frees_its_seat_after_replace_after() {
         Action::Nothing(Why::JoinInProgress(NodeId(8)))
     );
 }
+
+#[test]
+fn an_agent_pinned_to_its_role_is_never_promoted() {
+    let mut freed = Case::healthy();
+    freed.book = freed.book.release(NodeId(1), NOW - 5).unwrap();
+    freed.nodes.retain(|n| n.name != "lab-1");
+    freed.agents[1].rank.pin = RolePin::Agent;
+    assert_eq!(
+        freed.decide(),
+        Action::Promote {
+            node: NodeId(4),
+            name: "lab-4".into()
+        }
+    );
+    freed.agents[0].rank.pin = RolePin::Agent;
+    assert_eq!(freed.decide(), Action::Nothing(Why::NoCandidate));
+}
+
+/// Server 1 was removed; agent 5 was granted its seat `granted_ago` seconds ago.
+fn promoting(granted_ago: i64) -> Case {
+    let mut case = Case::healthy();
+    case.book = case
+        .book
+        .release(NodeId(1), NOW - granted_ago - 5)
+        .unwrap()
+        .grant(NodeId(5), "lab-5", NOW - granted_ago, 3)
+        .unwrap();
+    case.nodes.retain(|n| n.name != "lab-1");
+    case
+}
+
+#[test]
+fn a_promotion_the_agent_never_takes_up_is_withdrawn_after_its_timeout() {
+    let timeout = promotion::timeout(AFTER);
+    assert_eq!(timeout, promotion::MIN_TIMEOUT.max(AFTER));
+    // Still announcing itself as an agent, within the timeout: its join is in progress.
+    assert_eq!(
+        promoting(timeout - 1).decide(),
+        Action::Nothing(Why::JoinInProgress(NodeId(5)))
+    );
+    // Past it: the grant is withdrawn (and nothing else happens in that round).
+    assert_eq!(promoting(timeout).decide(), Action::Withdraw(NodeId(5)));
+    let mut case = promoting(timeout);
+    case.book = case.book.withdraw(NodeId(5)).unwrap();
+    assert!(matches!(case.decide(), Action::Promote { .. }));
+    // Took it up (its record no longer says agent): never withdrawn, however long it takes.
+    let mut taken = promoting(10 * timeout);
+    taken.agents.retain(|a| a.rank.node != NodeId(5));
+    assert_eq!(
+        taken.decide(),
+        Action::Nothing(Why::JoinInProgress(NodeId(5)))
+    );
+}
+
+#[test]
+fn a_promoted_agent_that_dies_mid_way_is_deleted_then_its_seat_released() {
+    // Agent 5 took its promotion up (no longer an agent on the LAN), stopped its K3s agent
+    // (its Node went Unknown) and then vanished from the LAN too.
+    let mut case = promoting(3600);
+    case.agents.retain(|a| a.rank.node != NodeId(5));
+    case.nodes.retain(|n| n.name != "lab-5");
+    case.nodes.push(node(5, Some(NOW - 600)));
+    // Heard on the LAN recently (promoting): its join is in progress, whatever K3s says.
+    case.lan.insert(NodeId(5), NOW - 5);
+    assert_eq!(
+        case.decide(),
+        Action::Nothing(Why::JoinInProgress(NodeId(5)))
+    );
+    // Silent for replace_after: deleted non-forced (its etcd member, if any, goes with it).
+    case.lan.insert(NodeId(5), NOW - AFTER);
+    assert_eq!(
+        case.decide(),
+        Action::DeleteNode {
+            node: NodeId(5),
+            name: "lab-5".into()
+        }
+    );
+    // The Node is gone: the seat is released (then a new card or agent may have it).
+    case.nodes.retain(|n| n.name != "lab-5");
+    assert_eq!(case.decide(), Action::Release(NodeId(5)));
+}

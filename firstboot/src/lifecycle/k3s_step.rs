@@ -178,6 +178,37 @@ impl K3sProgress {
         }
     }
 
+    /// This agent was promoted (SPEC 4.4; its server role is durable in the election's state):
+    /// drop the agent's plan and any bring-up round still following `k3s-agent`, and join as a
+    /// server the way a joiner server does: ask a serving server for the cluster's
+    /// announcement, fix a server plan on it (`server:` = a live server) and bring K3s up in
+    /// the server role, which stops and disables `k3s-agent` first ([`bring_up`]). K3s needs
+    /// nothing else cleared on a former agent (K3s v1.31.4): it keeps /etc/rancher/node/password,
+    /// which its own node-password check reads (pkg/server/router.go:401-403, 437-468
+    /// verifyLocalPassword) and which matches the `<name>.node-password.k3s` secret the agent
+    /// registered (router.go:421, nodepassword.Ensure), so neither is removed; an agent never
+    /// had an etcd member, so etcd's duplicate-name check passes (pkg/etcd/etcd.go:603-617); and
+    /// the server's embedded agent reuses `agent/` (its certificates are fetched at every start,
+    /// and the load balancer's file is rewritten when its default server differs,
+    /// pkg/agent/loadbalancer/config.go:28-41).
+    pub fn promote(&mut self, role: Role, report: &mut Report) {
+        if let Some(task) = self.task.take() {
+            // Its end would report the agent's K3s as this node's role being up.
+            task.abort();
+        }
+        self.retry_at = None;
+        self.role = Some(role);
+        self.plan = None;
+        self.ca_hash = None;
+        self.ready = false;
+        self.wait = Some(AnnouncementWait::new(self.me));
+        self.next_query = Instant::now();
+        report.phase(
+            crate::status::Phase::Joining,
+            "promoted from agent to server: waiting for a serving server to announce the cluster",
+        );
+    }
+
     /// A joiner's query timer: ask the next of `servers` (the servers the election believes
     /// serve, with their frame addresses), in turn, so a dead one is skipped within seconds.
     pub async fn send_query(&mut self, servers: &[(NodeId, SocketAddr)]) -> anyhow::Result<()> {

@@ -310,9 +310,9 @@ async fn steps(
                             removed.set_aside.as_ref().map_or("none".into(), |p| p.display().to_string())
                         ));
                     }
-                    advert.state = r.word().into();
-                    publisher.update(advert.clone());
                     report.role(r, &hostname, &driver.status());
+                    advert.state = record_state(r, report.state().promoted_unix, false).into();
+                    publisher.update(advert.clone());
                     report.init_node(r.init_node(id));
                     match k3s.as_mut() {
                         None => println!("{}", role_json(r, id, &hostname, driver.role_via())),
@@ -320,6 +320,20 @@ async fn steps(
                             let peer = driver.any_peer_addr().map(|a| a.ip());
                             k3s.on_role(r, paths, config, peer, report)?;
                         }
+                    }
+                }
+                Event::Role(r @ Role::Server { .. })
+                    if matches!(role, Some(Role::Agent { .. })) =>
+                {
+                    // Promoted (SPEC 4.4): the server role is durable in the election's state.
+                    tracing::info!(via = ?driver.role_via(), "promoted from agent to server: a serving server says the seat book holds a seat for this node");
+                    role = Some(r);
+                    report.promoted(unix_now().max(0) as u64);
+                    report.role(r, &hostname, &driver.status());
+                    advert.state = record_state(r, report.state().promoted_unix, false).into();
+                    publisher.update(advert.clone());
+                    if let Some(k3s) = k3s.as_mut() {
+                        k3s.promote(r, report);
                     }
                 }
                 Event::Role(_) => {}
@@ -348,6 +362,14 @@ async fn steps(
         };
         if up && !report.serving() {
             report.set_serving();
+            if let Some(r) = role {
+                // A promoted node says `server` only now that K3s serves as one.
+                let word = record_state(r, report.state().promoted_unix, true);
+                if advert.state != word {
+                    advert.state = word.into();
+                    publisher.update(advert.clone());
+                }
+            }
             pending.extend(driver.report_serving().await?);
             continue;
         }
@@ -490,7 +512,14 @@ fn start_keeper_round(
             rank,
         })
         .collect();
-    let serving = driver.serving_peers();
+    // Serving as a server: an agent serves too (and an agent being promoted keeps saying so
+    // until its hello says otherwise), but its join ends only once it serves as a server.
+    let not_servers = records_saying(driver, &[AGENT, PROMOTING]);
+    let serving: Vec<NodeId> = driver
+        .serving_peers()
+        .into_iter()
+        .filter(|n| !not_servers.contains(n))
+        .collect();
     let now = unix_now();
     tokio::task::spawn_blocking(move || keeper.round(&askers, &serving, now))
 }
@@ -517,11 +546,18 @@ async fn finish_keeper_round(
         pending: book.pending.is_some(),
         removed: book.removed.iter().map(|r| r.node).collect(),
     };
+    // The healer granted the pending seat to an agent (a promotion): tell it every round
+    // while its record still says `agent` (it cannot read the book itself).
+    let promotion = book
+        .pending
+        .as_ref()
+        .map(|p| p.node)
+        .filter(|node| records_saying(driver, &[AGENT]).contains(node));
     let (grant, agents) = match decision {
         Decision::Grant(node) => (Some(node), Vec::new()),
-        Decision::Agents(nodes) => (None, nodes),
+        Decision::Agents(nodes) => (promotion, nodes),
         Decision::Idle | Decision::Joined(_) | Decision::Wait(_) | Decision::Replacing(_) => {
-            (None, Vec::new())
+            (promotion, Vec::new())
         }
     };
     let mut events = driver.seat_round(view, grant, &agents).await?;
@@ -598,15 +634,41 @@ fn start_api_address(
     }
 }
 
-/// What the election and discovery see now, for the healer: nodes heard serving, new cards
-/// asking for a seat, agents with their ranks (from their signed records).
+/// A node's record says its role word once it has one (`Role::word`); an agent being promoted
+/// says [`PROMOTING`] until K3s serves as a server there.
+const AGENT: &str = "agent";
+/// The record state of a promoted agent until K3s serves as a server on it (SPEC 4.4).
+const PROMOTING: &str = "promoting";
+
+/// The state word this node's record carries for `role`: a promoted node (`promoted_unix`)
+/// says [`PROMOTING`] until its K3s serves as a server (`serving`).
+fn record_state(role: Role, promoted_unix: Option<u64>, serving: bool) -> &'static str {
+    match role {
+        Role::Server { .. } if promoted_unix.is_some() && !serving => PROMOTING,
+        r => r.word(),
+    }
+}
+
+/// The verified peers whose record's state is one of `words`.
+fn records_saying(driver: &ElectionDriver, words: &[&str]) -> Vec<NodeId> {
+    driver
+        .peers()
+        .verified
+        .into_iter()
+        .filter(|p| words.contains(&p.advert.state.as_str()))
+        .map(|p| p.advert.node)
+        .collect()
+}
+
+/// What the election and discovery see now, for the healer: nodes heard serving (and agents
+/// being promoted, whose K3s is down meanwhile but whose record is heard), new cards asking for
+/// a seat, agents with their ranks (from their signed records).
 fn lan_view(driver: &ElectionDriver) -> LanView {
     let agents = driver
         .peers()
         .verified
         .into_iter()
-        // A node's record says its role word once it has one (`Role::word`).
-        .filter(|p| p.advert.state == "agent")
+        .filter(|p| p.advert.state == AGENT)
         .map(|p| AgentView {
             rank: Rank {
                 pin: p.advert.role,
@@ -617,8 +679,10 @@ fn lan_view(driver: &ElectionDriver) -> LanView {
             name: p.service,
         })
         .collect();
+    let mut heard = driver.serving_peers();
+    heard.extend(records_saying(driver, &[PROMOTING]));
     LanView {
-        heard: driver.serving_peers(),
+        heard,
         new_cards: driver.seat_askers().into_iter().map(|r| r.node).collect(),
         agents,
     }
@@ -681,4 +745,22 @@ fn seed(node: u64) -> u64 {
         .unwrap_or(0);
     let base = random.map_or(nanos, u64::from_le_bytes);
     base ^ node.rotate_left(17)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_promoted_node_says_promoting_until_its_k3s_serves_as_a_server() {
+        let server = Role::Server { join: NodeId(7) };
+        let agent = Role::Agent { join: NodeId(7) };
+        assert_eq!(record_state(agent, None, true), AGENT);
+        assert_eq!(record_state(server, None, false), "server");
+        // Promoted: `promoting` (neither an agent to promote nor a server whose join ended)
+        // until K3s serves, also after a restart.
+        assert_eq!(record_state(server, Some(1_000), false), PROMOTING);
+        assert_eq!(record_state(server, Some(1_000), true), "server");
+        assert_eq!(record_state(Role::ClusterInit, None, false), "cluster-init");
+    }
 }

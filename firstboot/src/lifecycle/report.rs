@@ -293,7 +293,13 @@ impl Report {
 
     /// The role is known.
     pub fn role(&mut self, role: Role, hostname: &str, status: &ElectionStatus) {
-        self.state.role = Some(NodeRole::from(role));
+        let role_word = NodeRole::from(role);
+        // Roles change only by promotion (agent to server): also after a restart that came
+        // between the election's durable promotion and this file (a kill -9 mid-way).
+        if self.state.role == Some(NodeRole::Agent) && role_word == NodeRole::Server {
+            self.promoted(unix_now());
+        }
+        self.state.role = Some(role_word);
         self.state.phase = Phase::Joining;
         self.state.peers_expected = status.nodes as u32;
         let line = match role {
@@ -305,6 +311,16 @@ impl Report {
         self.save();
         // Resident from here on: tell systemd the service is up (Type=notify).
         self.notifier.ready(&self.last_line);
+    }
+
+    /// This agent was promoted to a server at `at` (unix seconds): kept in status; the role
+    /// is no longer reported as up until K3s runs as a server.
+    pub fn promoted(&mut self, at: u64) {
+        if self.state.promoted_unix.is_none() {
+            self.state.promoted_unix = Some(at);
+            self.save();
+        }
+        self.serving = false;
     }
 
     /// The init node the election decided (this node's own id on the init node).
@@ -480,6 +496,14 @@ impl Report {
     }
 }
 
+/// Seconds since the epoch (when a promotion is recorded).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,6 +558,46 @@ mod tests {
         let raw = std::fs::read_to_string(NodeState::path(dir.path())).unwrap();
         assert!(!raw.contains(secret));
         assert!(!report.last_line.contains(secret));
+    }
+
+    #[test]
+    fn an_agent_becoming_a_server_is_recorded_as_promoted_also_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = Role::Agent { join: NodeId(7) };
+        let server = Role::Server { join: NodeId(7) };
+        let mut report = Report::new(
+            dir.path().to_path_buf(),
+            NodeState::new(),
+            Notifier::to_socket(None),
+        );
+        report.role(agent, "lab-9", &status(3, None));
+        report.set_serving();
+        assert_eq!(report.state().promoted_unix, None);
+        // Live: the promotion is recorded with its time, and the role is no longer up.
+        report.promoted(1_000);
+        assert!(!report.serving());
+        report.role(server, "lab-9", &status(3, None));
+        let saved = NodeState::load(dir.path()).unwrap().unwrap();
+        assert_eq!(
+            (saved.role, saved.promoted_unix),
+            (Some(NodeRole::Server), Some(1_000))
+        );
+        // Killed between the election's durable promotion and the state file: the next run
+        // reads role agent from the file and gets the server's role from the election.
+        let mut before = NodeState::new();
+        before.role = Some(NodeRole::Agent);
+        let mut restarted =
+            Report::new(dir.path().to_path_buf(), before, Notifier::to_socket(None));
+        restarted.role(server, "lab-9", &status(3, None));
+        assert!(restarted.state().promoted_unix.is_some_and(|t| t > 1_000));
+        // A server that was never an agent is not promoted.
+        let mut plain = Report::new(
+            dir.path().to_path_buf(),
+            NodeState::new(),
+            Notifier::to_socket(None),
+        );
+        plain.role(server, "lab-2", &status(3, None));
+        assert_eq!(plain.state().promoted_unix, None);
     }
 
     /// Issue 18: with 2 of 5 nodes up, the state said 2 "other nodes visible" (this node counted

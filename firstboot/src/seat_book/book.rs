@@ -130,6 +130,20 @@ impl SeatBook {
         next.removed.push(RemovedNode { node, at: now });
         Some(next)
     }
+
+    /// The book once the pending grant to `node` is taken back because `node` never acted on it
+    /// (an agent that was to be promoted but still runs as an agent, see
+    /// [`crate::healer::decide`]): its seat is free again and `node` is not recorded as
+    /// removed (it never left the cluster). `None` unless `node` is the pending joiner.
+    pub fn withdraw(&self, node: NodeId) -> Option<SeatBook> {
+        if self.pending.as_ref().map(|p| p.node) != Some(node) {
+            return None;
+        }
+        let mut next = self.clone();
+        next.holders.retain(|h| h.node != node);
+        next.pending = None;
+        Some(next)
+    }
 }
 
 #[cfg(test)]
@@ -188,6 +202,20 @@ mod tests {
         // Releasing the pending joiner (it died while joining) ends its join too.
         let gone = refilled.release(NodeId(4), 7).unwrap();
         assert_eq!(gone.pending, None);
+    }
+
+    #[test]
+    fn a_grant_never_taken_up_is_withdrawn_without_recording_a_removal() {
+        let book = SeatBook::formed(vec![holder(1), holder(2)]);
+        let granted = book.grant(NodeId(7), "lab-7", 10, 3).unwrap();
+        // Only the pending joiner's grant can be withdrawn.
+        assert_eq!(granted.withdraw(NodeId(1)), None);
+        assert_eq!(book.withdraw(NodeId(7)), None);
+        let back = granted.withdraw(NodeId(7)).unwrap();
+        assert_eq!(back, book);
+        assert!(back.removed.is_empty());
+        // The seat can be granted again, to another node.
+        assert!(back.grant(NodeId(8), "lab-8", 11, 3).is_ok());
     }
 
     #[test]

@@ -22,7 +22,9 @@
 //!
 //! A dead server's seat is released by the healer ([`crate::healer`]) once its Node and etcd
 //! member are gone; until then a keeper keeps new cards waiting for it
-//! ([`Decision::Replacing`]) rather than sending them to agent roles.
+//! ([`Decision::Replacing`]) rather than sending them to agent roles. With no card asking, the
+//! healer grants it to an agent (a promotion, [`crate::healer::promotion`]): the daemon's keeper
+//! rounds tell the pending agent with `SeatGranted` while its record still says `agent`.
 //!
 //! Not yet done (issue 18): a cluster formed by an older firstboot (no book) grants no seat
 //! after formation; a pending joiner that dies is released only by the healer, after

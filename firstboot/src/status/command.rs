@@ -70,6 +70,15 @@ pub fn table(s: &NodeState, now_unix: u64) -> String {
                 .unwrap_or_else(|| "not decided".into()),
         ),
     ];
+    if let Some(at) = s.promoted_unix {
+        rows.push((
+            "promoted",
+            format!(
+                "from agent to server {} ago (unix {at}); the healer gave it a dead server's seat",
+                span(now_unix.saturating_sub(at))
+            ),
+        ));
+    }
     if let Some(init) = &s.init_node {
         rows.push(("init node", init.clone()));
     }
@@ -264,6 +273,31 @@ mod tests {
                 assert!(text.contains("updated    5 s ago"), "{text}");
             }
         }
+    }
+
+    #[test]
+    fn a_promoted_agent_shows_role_server_and_when_it_was_promoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = NodeState::new();
+        s.phase = Phase::Ready;
+        s.role = Some(NodeRole::Server);
+        s.promoted_unix = Some(1_000);
+        s.save(dir.path(), None, 1_100).unwrap();
+        let mut out = Vec::new();
+        run(&StatusArgs { json: true }, dir.path(), &mut out, 1_130).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            (v["role"].as_str(), v["promoted_unix"].as_u64()),
+            (Some("server"), Some(1_000))
+        );
+        let mut out = Vec::new();
+        run(&StatusArgs { json: false }, dir.path(), &mut out, 1_130).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("role       server\n"), "{text}");
+        assert!(
+            text.contains("promoted   from agent to server 2m 10s ago (unix 1000)"),
+            "{text}"
+        );
     }
 
     #[test]

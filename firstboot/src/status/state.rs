@@ -136,6 +136,9 @@ pub struct NodeState {
     /// The cluster-init node (its node id), once the election decided it.
     #[serde(default)]
     pub init_node: Option<String>,
+    /// When this node, an agent until then, was promoted to a server (unix seconds; SPEC 4.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_unix: Option<u64>,
     /// URL of the server joined (joiners).
     pub server_url: Option<String>,
     /// CA hash of the cluster (hex; public).
@@ -267,6 +270,7 @@ impl NodeState {
             node_ip: None,
             role: None,
             init_node: None,
+            promoted_unix: None,
             server_url: None,
             ca_hash: None,
             datastore: None,
