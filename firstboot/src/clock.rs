@@ -101,6 +101,11 @@ pub fn image_build_time(root: &Path) -> Result<Option<u64>, ClockError> {
     Ok(crate::manifest::ImageManifest::load(root)?.map(|m| m.build_time))
 }
 
+/// The current wall clock in whole unix seconds (0 before 1970).
+pub fn unix_now() -> i64 {
+    now_usec().div_euclid(1_000_000).max(0)
+}
+
 /// The current wall clock in unix µs.
 pub fn now_usec() -> i64 {
     match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {

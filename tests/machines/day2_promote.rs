@@ -15,7 +15,7 @@
 use systests::k3s_double::etcd;
 use systests::machines::{day2::*, harness, k3s_support};
 
-use harness::{cluster_toml, random_token, Lan};
+use harness::Lan;
 use k3s_support::*;
 use std::time::{Duration, Instant};
 
@@ -29,26 +29,9 @@ fn a_dead_server_with_no_new_card_is_replaced_by_promoting_the_agent() {
     if skip("a_dead_server_with_no_new_card_is_replaced_by_promoting_the_agent") {
         return;
     }
-    let token = random_token();
-    let toml = cluster_toml("machines", &token, 3, 4).replace(
-        "nodes = 4\n",
-        &format!("nodes = 4\nreplace_after = \"{REPLACE_AFTER}\"\n"),
-    );
-    assert!(toml.contains("replace_after"), "{toml}");
+    let toml = cluster_toml_with(3, 4, &format!("replace_after = \"{REPLACE_AFTER}\""));
     let mut lan = Lan::new();
-    for _ in 0..4 {
-        lan.add_machine(&toml);
-    }
-    for i in 0..4 {
-        lan.boot(i);
-    }
-    let took = lan.wait_for("4 machines ready", WAIT, Lan::all_ready);
-    eprintln!("4 machines ready after {took:?}");
-    let roles: Vec<String> = lan
-        .machines
-        .iter()
-        .map(|m| m.role().unwrap_or_default())
-        .collect();
+    let roles = form(&mut lan, &toml, 4, WAIT);
     let count = |r: &str| roles.iter().filter(|x| x.as_str() == r).count();
     assert_eq!(
         (count("init"), count("server"), count("agent")),

@@ -22,6 +22,7 @@
 
 pub mod iface;
 
+use crate::clock::unix_now;
 use crate::healer::lease;
 use crate::seat_book::{KubectlError, Run};
 use iface::AddressOps;
@@ -177,7 +178,7 @@ pub fn spawn(
             match change {
                 Change::Took => {
                     s.holding = true;
-                    s.since_unix = Some(unix_now().max(0) as u64);
+                    s.since_unix = Some(unix_now() as u64);
                 }
                 Change::Dropped(_) => *s = Shared::default(),
                 Change::None => {}
@@ -228,14 +229,6 @@ pub fn spawn(
             }
         })?;
     Ok(shared)
-}
-
-/// Seconds since the epoch.
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

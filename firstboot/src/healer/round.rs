@@ -16,6 +16,7 @@
 //!   [`super::promotion`]); withdraw such a grant when the agent never takes it up.
 
 use super::{decide, lease, nodes, Action, AgentView, Inputs, Why};
+use crate::clock::unix_now;
 use crate::model::NodeId;
 use crate::seat_book::{KubectlError, Run, SeatStore, StoreError};
 use std::collections::BTreeMap;
@@ -224,14 +225,6 @@ pub fn spawn(
             }
             std::thread::sleep(ROUND);
         })
-}
-
-/// Seconds since the epoch.
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

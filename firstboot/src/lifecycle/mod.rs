@@ -26,6 +26,7 @@ mod k3s_step;
 mod rejoin;
 mod report;
 
+use crate::clock::unix_now;
 use crate::clock::{image_build_time, Timedate};
 use crate::config::ClusterConfig;
 use crate::discovery::{Advert, Browser, Publisher, UdpTransport, FRAME_PORT};
@@ -328,7 +329,7 @@ async fn steps(
                     // Promoted (SPEC 4.4): the server role is durable in the election's state.
                     tracing::info!(via = ?driver.role_via(), "promoted from agent to server: a serving server says the seat book holds a seat for this node");
                     role = Some(r);
-                    report.promoted(unix_now().max(0) as u64);
+                    report.promoted(unix_now() as u64);
                     report.role(r, &hostname, &driver.status());
                     advert.state = record_state(r, report.state().promoted_unix, false).into();
                     publisher.update(advert.clone());
@@ -420,7 +421,7 @@ async fn steps(
             &names,
             &hostname,
             config.replace_after,
-            unix_now().max(0) as u64,
+            unix_now() as u64,
         );
         let overdue = role.is_none() && !blocked;
         let k3s_wake = async {
@@ -686,14 +687,6 @@ fn lan_view(driver: &ElectionDriver) -> LanView {
         new_cards: driver.seat_askers().into_iter().map(|r| r.node).collect(),
         agents,
     }
-}
-
-/// Seconds since the epoch (the seat book's times).
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The storage step's settings from `[storage]`.

@@ -32,6 +32,7 @@
 //! the tombstone and no `server`, pkg/etcd/etcd.go:490-491), it asks for a seat instead.
 
 use super::report::Report;
+use crate::clock::unix_now;
 use crate::durable::write_atomic;
 use crate::election::{ElectionDriver, Event, NodeId, Role};
 use crate::k3s::{K3sPlan, DATA_DIR};
@@ -177,13 +178,6 @@ pub fn restart_daemon() -> anyhow::Error {
     tracing::info!(exe = %exe.display(), "restarting the daemon to rejoin the cluster");
     let e = std::process::Command::new(&exe).args(args).exec();
     anyhow::Error::new(e).context(format!("restarting {}", exe.display()))
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! One place that tells humans what the lifecycle is doing: state file, sd_notify STATUS, journal, LED.
 
+use crate::clock::unix_now;
 use crate::clock::InitAgreement;
 use crate::config::Token;
 use crate::discovery::table::PeerSummary;
@@ -297,7 +298,7 @@ impl Report {
         // Roles change only by promotion (agent to server): also after a restart that came
         // between the election's durable promotion and this file (a kill -9 mid-way).
         if self.state.role == Some(NodeRole::Agent) && role_word == NodeRole::Server {
-            self.promoted(unix_now());
+            self.promoted(unix_now() as u64);
         }
         self.state.role = Some(role_word);
         self.state.phase = Phase::Joining;
@@ -494,14 +495,6 @@ impl Report {
             tracing::warn!(error = %e, "writing the state file");
         }
     }
-}
-
-/// Seconds since the epoch (when a promotion is recorded).
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
