@@ -1164,7 +1164,19 @@ impl<R: Rules> Node<R> {
         // The init's roster, or a serving server's copy of it (relayed to late joiners).
         let mut roster = match self.state.role {
             Some(Role::ClusterInit) => self.state.roster.clone(),
-            Some(Role::Server { .. }) if self.state.serving => self.init_roster.clone(),
+            Some(Role::Server { .. }) if self.state.serving => {
+                // A relayed copy names only the seat holders heard serving now (and this one):
+                // a full roster naming a dead holder reads as "every seat is taken, join as an
+                // agent" to a new card, whatever this server's view of the book is (not read
+                // yet after a restart, or a join pending), while that seat is being freed.
+                // (Book mode: the seat keepers answer a card the roster no longer settles.)
+                let me = self.id();
+                let mut roster = self.init_roster.clone();
+                if self.book_mode {
+                    roster.retain(|n| *n == me || self.peers.serves_now(self.last_now, *n));
+                }
+                roster
+            }
             _ => Vec::new(),
         };
         if let Some(book) = self.book.as_ref().filter(|_| self.book_mode) {
@@ -1670,6 +1682,9 @@ mod tests {
         server
             .handle_datagram(Millis(10), &frame(3, 7, decided_hello(true, &[7, 2, 3])))
             .expect("genuine frame");
+        server
+            .handle_datagram(Millis(11), &frame(3, 3, decided_hello(true, &[7, 2, 3])))
+            .expect("genuine frame");
         persist_all(&mut server);
         server.report_serving(Millis(20));
         persist_all(&mut server);
@@ -1702,6 +1717,9 @@ mod tests {
                 removed: vec![NodeId(7)],
             },
         );
+        server
+            .handle_datagram(Millis(3_900), &frame(3, 3, decided_hello(true, &[7, 2, 3])))
+            .expect("genuine frame");
         let rosters = relayed_rosters(&mut server, 4_000);
         assert!(
             rosters.contains(&[2, 3].map(NodeId).to_vec()),
@@ -1752,8 +1770,13 @@ mod tests {
         let role = Role::Server { join: NodeId(7) };
         assert!(std::iter::from_fn(|| card.poll_event()).any(|e| e == Event::Role(role)));
         assert_eq!(card.role_via(), Some(NodeId(2)));
-        // With the book full again, the server relays the election's roster unchanged.
-        assert!(relayed_rosters(&mut server, 6_000).contains(&[7, 2, 3].map(NodeId).to_vec()));
+        // With the book full again, the relay still names only holders heard serving: the
+        // dead init stays out (a roster without it is no roster source for a card).
+        let rosters = relayed_rosters(&mut server, 6_000);
+        assert!(
+            rosters.iter().all(|r| !r.contains(&NodeId(7))),
+            "{rosters:?}"
+        );
     }
 
     #[test]
