@@ -206,4 +206,35 @@ fn a_dead_init_is_removed_after_replace_after_and_one_of_two_new_cards_takes_its
         "no live server's firstboot logged deleting {init_name}'s Node\n{}",
         lan.report()
     );
+
+    // Nothing names the dead init any more (SPEC 4.4): on every live machine the plan and
+    // config.yaml name servers serving now, renamed a minute after the init went unheard
+    // (firstboot's RETARGET_AFTER), and K3s was not restarted for it.
+    let alive: Vec<usize> = (0..lan.machines.len()).filter(|i| *i != init).collect();
+    let init_api = format!("{init_addr}:6443");
+    let names_init = |m: &harness::Machine| {
+        let yaml = m.config_yaml().unwrap_or_default();
+        let plan = m
+            .root_file(firstboot::paths::K3S_PLAN_JSON)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        yaml.contains(&init_api) || plan.contains(&init_api)
+    };
+    lan.wait_for(
+        "no live machine's config.yaml or plan names the dead init",
+        WAIT,
+        |lan| alive.iter().all(|i| !names_init(&lan.machines[*i])),
+    );
+    eprintln!(
+        "no live machine names the dead init {:.1} s after its power-off",
+        off.elapsed().as_secs_f64()
+    );
+    for i in &alive {
+        let journal = lan.machines[*i].journal(Some("firstboot.service"));
+        assert!(
+            !journal.lines().any(|l| l.contains("restarting it")),
+            "{} restarted K3s (renaming `server:` must not):\n{journal}",
+            lan.machines[*i].hostname()
+        );
+    }
 }

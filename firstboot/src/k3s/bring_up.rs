@@ -52,6 +52,49 @@ pub enum BringUpError {
     NodeIpGone(std::net::IpAddr),
 }
 
+/// The facts config.yaml is rendered from on the live system: flannel-iface is the interface
+/// holding node-ip (K3s never derives it from node-ip); node-ip is frozen in the plan, and an
+/// address that moved is refused, not followed.
+fn live_facts(facts: &NodeFacts, live: bool) -> Result<NodeFacts, BringUpError> {
+    let mut facts = facts.clone();
+    if live {
+        match super::node_ip::interface_holding(facts.node_ip).map_err(BringUpError::Interfaces)? {
+            Some(iface) => facts.flannel_iface = Some(iface),
+            None => return Err(BringUpError::NodeIpGone(facts.node_ip)),
+        }
+    }
+    Ok(facts)
+}
+
+/// Rewrites config.yaml of a node that has joined for a new `server:` (`role` names it), without
+/// restarting K3s: K3s reads `server:` only to join. A server whose etcd data exists starts as
+/// the existing member and asks nobody (pkg/etcd/etcd.go:455-476, pkg/cluster/bootstrap.go
+/// shouldBootstrapLoad; brandond in k3s-io/k3s#11333: "Etcd nodes can always start up, as they
+/// can reconcile against their local datastore"), and an agent's load balancer follows the
+/// servers K3s itself lists, rewriting its cached list when the default server differs
+/// (pkg/agent/loadbalancer/config.go:28-41). So when the unit runs with the configuration on
+/// disk before the rewrite (the record of [`super::started_config`] matches it), the record
+/// moves to the new configuration; otherwise it is left, and the next bring-up restarts K3s as
+/// it would have anyway. A crash between the write and the record costs one needless restart.
+pub fn retarget(
+    root: &Path,
+    config: &ClusterConfig,
+    role: &K3sRole,
+    facts: &NodeFacts,
+    live: bool,
+) -> Result<(), BringUpError> {
+    let facts = live_facts(facts, live)?;
+    let yaml = render(config, role, &facts);
+    let before = ConfigDigest::of_root(root).map_err(BringUpError::StartedConfig)?;
+    let started_with = started_config::load_started(root).map_err(BringUpError::StartedConfig)?;
+    write_config_yaml(root, &yaml).map_err(BringUpError::Config)?;
+    if started_with == Some(before) {
+        let after = ConfigDigest::of_root(root).map_err(BringUpError::StartedConfig)?;
+        started_config::save_started(root, after).map_err(BringUpError::StartedConfig)?;
+    }
+    Ok(())
+}
+
 /// Brings K3s up for `role`; safe to repeat after a crash at any point: config.yaml is
 /// rewritten only when it differs, the route only added when missing, the other role's unit
 /// stopped and disabled, and this role's unit started when stopped, restarted when it runs with
@@ -68,15 +111,7 @@ pub async fn bring_up(
     live: bool,
     limit: Duration,
 ) -> Result<BroughtUp, BringUpError> {
-    let mut facts = facts.clone();
-    if live {
-        // flannel-iface = the interface holding node-ip (K3s never derives it from node-ip).
-        // node-ip is frozen in the plan; an address that moved is refused, not followed.
-        match super::node_ip::interface_holding(facts.node_ip).map_err(BringUpError::Interfaces)? {
-            Some(iface) => facts.flannel_iface = Some(iface),
-            None => return Err(BringUpError::NodeIpGone(facts.node_ip)),
-        }
-    }
+    let facts = live_facts(facts, live)?;
     let yaml = render(config, role, &facts);
     let current = std::fs::read_to_string(root.join(CONFIG_YAML_PATH)).ok();
     if current.as_deref() != Some(yaml.as_str()) {
@@ -155,4 +190,76 @@ pub async fn bring_up(
         ca_hash,
         set_aside,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k3s::CaHash;
+
+    fn config() -> ClusterConfig {
+        ClusterConfig::from_toml_str(
+            "[cluster]\nname = \"lab\"\ntoken = \"unit-secret-abcdefgh\"\nservers = 3\n",
+            Path::new("/nonexistent/cluster.toml"),
+        )
+        .unwrap()
+    }
+
+    fn facts() -> NodeFacts {
+        NodeFacts {
+            node_name: "lab-a1b2c3".into(),
+            node_ip: "198.18.0.11".parse().unwrap(),
+            hostname: "lab-a1b2c3".into(),
+            etcd_args: vec![],
+            snapshot_dir: None,
+            flannel_iface: Some("eth0".into()),
+        }
+    }
+
+    fn agent(server: &str) -> K3sRole {
+        K3sRole::Agent {
+            server_url: format!("https://{server}:6443"),
+            ca_hash: CaHash::of_bundle(b"ca"),
+        }
+    }
+
+    #[test]
+    fn retargeting_a_unit_started_with_the_old_config_moves_the_record_with_it() {
+        let root = tempfile::tempdir().unwrap();
+        let (config, facts) = (config(), facts());
+        write_config_yaml(root.path(), &render(&config, &agent("198.18.0.10"), &facts)).unwrap();
+        let old = ConfigDigest::of_root(root.path()).unwrap();
+        started_config::save_started(root.path(), old).unwrap();
+
+        retarget(root.path(), &config, &agent("198.18.0.12"), &facts, false).unwrap();
+
+        let yaml = std::fs::read_to_string(root.path().join(CONFIG_YAML_PATH)).unwrap();
+        assert!(yaml.contains("https://198.18.0.12:6443"), "{yaml}");
+        assert!(!yaml.contains("198.18.0.10"), "{yaml}");
+        let now = ConfigDigest::of_root(root.path()).unwrap();
+        assert_ne!(now, old);
+        // No restart: the running unit counts as started with what is on disk now.
+        assert_eq!(
+            started_config::load_started(root.path()).unwrap(),
+            Some(now)
+        );
+    }
+
+    #[test]
+    fn retargeting_leaves_a_record_of_another_config_so_the_restart_still_comes() {
+        let root = tempfile::tempdir().unwrap();
+        let (config, facts) = (config(), facts());
+        write_config_yaml(root.path(), &render(&config, &agent("198.18.0.10"), &facts)).unwrap();
+        // The unit runs with something else than the file (e.g. a drop-in changed since).
+        let other = ConfigDigest::of_root(Path::new("/nonexistent")).unwrap();
+        started_config::save_started(root.path(), other).unwrap();
+
+        retarget(root.path(), &config, &agent("198.18.0.12"), &facts, false).unwrap();
+
+        assert_eq!(
+            started_config::load_started(root.path()).unwrap(),
+            Some(other),
+            "the record of another configuration must stay, so bring-up still restarts K3s"
+        );
+    }
 }

@@ -32,6 +32,10 @@ const ROUND: Duration = Duration::from_secs(60);
 const FAILED_RETRY: Duration = Duration::from_secs(5);
 /// Interval between a joiner's announcement queries.
 const QUERY_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the server a joined node's config.yaml names (`server:`) may go unheard serving
+/// before the plan and config.yaml name the servers serving now instead (a reboot of that
+/// server takes about a minute; renaming is harmless even if it comes back).
+pub const RETARGET_AFTER: Duration = Duration::from_secs(60);
 
 /// What step 4 decided that K3s needs (absent when the storage step was skipped).
 #[derive(Debug, Clone, Default)]
@@ -61,6 +65,8 @@ pub struct K3sProgress {
     /// This server's CA hash once K3s is active on it: from then on it answers queries.
     ca_hash: Option<CaHash>,
     ready: bool,
+    /// Since when the server `server:` names has not been heard serving (joined nodes only).
+    named_unheard_since: Option<Instant>,
 }
 
 /// What the main loop should select on next.
@@ -102,6 +108,7 @@ impl K3sProgress {
             started: Instant::now(),
             ca_hash: None,
             ready: false,
+            named_unheard_since: None,
         })
     }
 
@@ -384,6 +391,57 @@ impl K3sProgress {
         Ok(())
     }
 
+    /// The daemon's periodic look at `serving` (the servers the election hears serving now):
+    /// on a node that has joined, when the server its plan names first (config.yaml's
+    /// `server:`) has not been heard serving for [`RETARGET_AFTER`] and others serve, the plan
+    /// and config.yaml name the servers serving now (SPEC 4.4: nothing in a node's config or
+    /// plan names a server that is gone), without restarting K3s ([`k3s::bring_up::retarget`]).
+    pub fn retarget(
+        &mut self,
+        serving: &[IpAddr],
+        paths: &Paths,
+        config: &ClusterConfig,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        let Some(plan) = self.plan.as_ref() else {
+            return Ok(());
+        };
+        // Only once K3s runs with this plan, and never beside a bring-up round writing config.yaml.
+        if !self.ready || self.task.is_some() {
+            return Ok(());
+        }
+        let Some(servers) = retargeted(&plan.servers, plan.node_ip, serving, config.servers) else {
+            self.named_unheard_since = None;
+            return Ok(());
+        };
+        let since = *self.named_unheard_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < RETARGET_AFTER {
+            return Ok(());
+        }
+        let mut plan = plan.clone();
+        let gone = plan.servers.first().copied();
+        plan.servers = servers;
+        let role = plan
+            .k3s_role()
+            .context("the K3s plan lacks a server address or the CA hash")?;
+        plan.save(paths.root())?;
+        let live = paths.root() == Path::new("/");
+        k3s::bring_up::retarget(
+            paths.root(),
+            config,
+            &role,
+            &plan.facts(&self.hostname),
+            live,
+        )
+        .context("rewriting config.yaml for a live server")?;
+        tracing::info!(gone = ?gone, servers = ?plan.servers,
+            "the server config.yaml named has not served for a minute: the plan and config.yaml now name the servers serving (K3s keeps running)");
+        report.plan(&plan);
+        self.plan = Some(plan);
+        self.named_unheard_since = None;
+        Ok(())
+    }
+
     /// A bring-up round ended: ready once active (a server reads its CA hash and starts
     /// answering queries; the caller then reports serving to the election, see
     /// [`K3sProgress::is_ready`]), otherwise say so and go another round.
@@ -453,6 +511,36 @@ impl K3sProgress {
     }
 }
 
+/// The servers a joined node's plan should name instead of `plan` (its servers, the first one
+/// named by `server:`), or `None` to keep them: only when the first is not among `serving` (the
+/// servers heard serving now) and some server other than `me` serves. The new list keeps the
+/// plan's servers that still serve, in order, then the others serving, at most `seats`.
+fn retargeted(
+    plan: &[SocketAddr],
+    me: IpAddr,
+    serving: &[IpAddr],
+    seats: u8,
+) -> Option<Vec<SocketAddr>> {
+    let named = plan.first()?;
+    let others: Vec<IpAddr> = serving.iter().copied().filter(|ip| *ip != me).collect();
+    if others.is_empty() || others.contains(&named.ip()) {
+        return None;
+    }
+    let mut list: Vec<SocketAddr> = plan
+        .iter()
+        .copied()
+        .filter(|s| others.contains(&s.ip()))
+        .collect();
+    for ip in others {
+        let api = SocketAddr::new(ip, k3s::API_PORT);
+        if !list.contains(&api) {
+            list.push(api);
+        }
+    }
+    list.truncate(usize::from(seats.max(1)).min(announce::frame::MAX_ANNOUNCED_SERVERS));
+    Some(list)
+}
+
 /// The API addresses an announcement lists: this server's own first, then the other servers
 /// serving now, at most `servers` (the cluster's seat count) and never one twice.
 fn announced_servers(me: IpAddr, serving: &[IpAddr], servers: u8) -> Vec<SocketAddr> {
@@ -484,5 +572,29 @@ mod tests {
         assert_eq!(list, want);
         assert_eq!(announced_servers(me, &others, 1), want[..1]);
         assert_eq!(announced_servers(me, &[], 3), want[..1]);
+    }
+
+    #[test]
+    fn a_joined_node_names_the_servers_serving_once_its_own_is_unheard() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let api = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let me = ip("198.18.0.14");
+        let plan = [api("198.18.0.10:6443"), api("198.18.0.12:6443")];
+        // The named server serves: keep the plan.
+        let serving = [ip("198.18.0.10"), ip("198.18.0.12")];
+        assert_eq!(retargeted(&plan, me, &serving, 3), None);
+        // Nobody else serves (this node alone, or nothing heard): keep it, there is no better.
+        assert_eq!(retargeted(&plan, me, &[me], 3), None);
+        assert_eq!(retargeted(&[], me, &serving, 3), None);
+        // The named one is gone: the plan's servers still serving first, then the others, never me.
+        let serving = [ip("198.18.0.13"), me, ip("198.18.0.12")];
+        assert_eq!(
+            retargeted(&plan, me, &serving, 3),
+            Some(vec![api("198.18.0.12:6443"), api("198.18.0.13:6443")])
+        );
+        assert_eq!(
+            retargeted(&plan, me, &serving, 1),
+            Some(vec![api("198.18.0.12:6443")])
+        );
     }
 }

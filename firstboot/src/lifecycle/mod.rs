@@ -55,6 +55,9 @@ use std::time::Duration;
 
 /// How often a serving server's seat keeper reads the seat book and grants (SPEC 4.4).
 const SEAT_ROUND: Duration = Duration::from_secs(3);
+/// Interval of a joined node's look at the server its config.yaml names (see
+/// [`k3s_step::K3sProgress::retarget`]).
+const PLAN_CHECK: Duration = Duration::from_secs(5);
 /// How often the clock step polls timedated while waiting for NTP.
 const NTP_POLL: Duration = Duration::from_secs(1);
 /// The storage score a node ranks with when `--no-storage` skips the probe: the "other device"
@@ -298,6 +301,9 @@ async fn steps(
     let mut cluster_name: Option<crate::discovery::name::Published> = None;
     let mut seat_round = tokio::time::interval(SEAT_ROUND);
     seat_round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A joined node's look at whether the server its config.yaml names still serves.
+    let mut plan_check = tokio::time::interval(PLAN_CHECK);
+    plan_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         for event in pending.drain(..) {
             match event {
@@ -424,6 +430,7 @@ async fn steps(
             unix_now() as u64,
         );
         let overdue = role.is_none() && !blocked;
+        let joined = k3s.as_ref().is_some_and(|k| k.is_ready());
         let k3s_wake = async {
             match k3s.as_mut() {
                 Some(k3s) => k3s.wake().await,
@@ -456,6 +463,15 @@ async fn steps(
                         k3s.on_round_ended(ended, report)?;
                     }
                     Wake::Retry => k3s.on_retry(paths, config)?,
+                }
+            }
+            _ = plan_check.tick(), if joined => {
+                let serving: Vec<std::net::IpAddr> =
+                    driver.serving_servers().iter().map(|(_, a)| a.ip()).collect();
+                if let Some(k3s) = k3s.as_mut() {
+                    if let Err(e) = k3s.retarget(&serving, paths, config, report) {
+                        tracing::warn!(error = format!("{e:#}"), "could not rename the servers config.yaml names; trying again");
+                    }
                 }
             }
             _ = seat_round.tick(), if keeper.is_some() && keeper_task.is_none() => {
