@@ -10,6 +10,7 @@
 //!   the holder, whose etcd lost its quorum, lets the address go before the majority takes it.
 //! - The holder publishes `machines.local` (the cluster's name) over mDNS, pointing at the
 //!   address; after the last failover it still answers with the address.
+//! - The joined servers' config.yaml names the address as `server:` once it answers.
 //! - Never two MACs for the address in the same 100 ms, over the whole test.
 
 use systests::k3s_double::wire;
@@ -163,6 +164,32 @@ fn the_fixed_address_has_one_holder_moves_within_15_s_and_never_answers_from_two
         },
     );
     assert_eq!(names, vec![address], "machines.local over mDNS");
+    // The joined servers' config.yaml names the fixed address as `server:` once it answers
+    // (within seconds, not after the minute a gone server waits), and K3s was not restarted.
+    let named = format!("server: \"https://{ADDRESS}:6443\"");
+    let joined: Vec<usize> = (0..3)
+        .filter(|i| lan.machines[*i].role().as_deref() == Some("server"))
+        .collect();
+    assert_eq!(joined.len(), 2, "joined servers\n{}", lan.report());
+    lan.wait_for(
+        "the joined servers' config.yaml names the fixed address",
+        Duration::from_secs(30),
+        |lan| {
+            joined.iter().all(|i| {
+                lan.machines[*i]
+                    .config_yaml()
+                    .is_some_and(|y| y.contains(&named))
+            })
+        },
+    );
+    for i in &joined {
+        let journal = lan.machines[*i].journal(Some("firstboot.service"));
+        assert!(
+            !journal.lines().any(|l| l.contains("restarting it")),
+            "machine{} restarted K3s (naming the fixed address must not):\n{journal}",
+            i + 1
+        );
+    }
     let status = lan.machines[holder].status().expect("status");
     assert_eq!(
         status["api_address"]["held_here"], true,

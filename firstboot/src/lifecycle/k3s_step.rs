@@ -112,6 +112,18 @@ impl K3sProgress {
         })
     }
 
+    /// Whether this node's plan (joined nodes) still waits to name the fixed registration
+    /// address `fixed` first, so the caller should see whether it answers.
+    pub fn wants_fixed(&self, fixed: Option<std::net::Ipv4Addr>) -> bool {
+        match (fixed, self.plan.as_ref()) {
+            (Some(a), Some(plan)) if self.ready => plan
+                .servers
+                .first()
+                .is_some_and(|s| s.ip() != IpAddr::V4(a)),
+            _ => false,
+        }
+    }
+
     /// Whether K3s is active here and the election was told.
     pub fn is_ready(&self) -> bool {
         self.ready
@@ -396,9 +408,14 @@ impl K3sProgress {
     /// `server:`) has not been heard serving for [`RETARGET_AFTER`] and others serve, the plan
     /// and config.yaml name the servers serving now (SPEC 4.4: nothing in a node's config or
     /// plan names a server that is gone), without restarting K3s ([`k3s::bring_up::retarget`]).
+    ///
+    /// With a fixed registration address (`[cluster] api_address`, SPEC 4.5), the plan names it
+    /// first as soon as it answers (`fixed_answers`, probed by the caller), and is never renamed
+    /// away from it: whichever server holds it is live.
     pub fn retarget(
         &mut self,
         serving: &[IpAddr],
+        fixed_answers: bool,
         paths: &Paths,
         config: &ClusterConfig,
         report: &mut Report,
@@ -410,12 +427,23 @@ impl K3sProgress {
         if !self.ready || self.task.is_some() {
             return Ok(());
         }
-        let Some(servers) = retargeted(&plan.servers, plan.node_ip, serving, config.servers) else {
+        let fixed = config
+            .api_address
+            .map(|a| SocketAddr::new(IpAddr::V4(a), k3s::API_PORT));
+        let renamed = renamed_servers(
+            &plan.servers,
+            plan.node_ip,
+            serving,
+            config.servers,
+            fixed.filter(|_| fixed_answers),
+            fixed,
+        );
+        let Some((servers, now)) = renamed else {
             self.named_unheard_since = None;
             return Ok(());
         };
         let since = *self.named_unheard_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < RETARGET_AFTER {
+        if !now && since.elapsed() < RETARGET_AFTER {
             return Ok(());
         }
         let mut plan = plan.clone();
@@ -434,8 +462,13 @@ impl K3sProgress {
             live,
         )
         .context("rewriting config.yaml for a live server")?;
-        tracing::info!(gone = ?gone, servers = ?plan.servers,
-            "the server config.yaml named has not served for a minute: the plan and config.yaml now name the servers serving (K3s keeps running)");
+        if fixed.is_some() && plan.servers.first() == fixed.as_ref() {
+            tracing::info!(was = ?gone, servers = ?plan.servers,
+                "the fixed registration address answers: the plan and config.yaml now name it (K3s keeps running)");
+        } else {
+            tracing::info!(gone = ?gone, servers = ?plan.servers,
+                "the server config.yaml named has not served for a minute: the plan and config.yaml now name the servers serving (K3s keeps running)");
+        }
         report.plan(&plan);
         self.plan = Some(plan);
         self.named_unheard_since = None;
@@ -509,6 +542,29 @@ impl K3sProgress {
     pub fn on_retry(&mut self, paths: &Paths, config: &ClusterConfig) -> anyhow::Result<()> {
         self.spawn_round(paths, config)
     }
+}
+
+/// What a joined node's plan should name instead of `plan`, and whether at once (`true`) or
+/// only once the named server has been unheard for [`RETARGET_AFTER`]: the fixed registration
+/// address `fixed` first at once when it answers (`answering`), never away from it once named,
+/// else as [`retargeted`] says.
+fn renamed_servers(
+    plan: &[SocketAddr],
+    me: IpAddr,
+    serving: &[IpAddr],
+    seats: u8,
+    answering: Option<SocketAddr>,
+    fixed: Option<SocketAddr>,
+) -> Option<(Vec<SocketAddr>, bool)> {
+    if fixed.is_some() && plan.first() == fixed.as_ref() {
+        return None;
+    }
+    if let Some(f) = answering.filter(|_| !plan.is_empty()) {
+        let mut list = vec![f];
+        list.extend(plan.iter().copied().filter(|s| *s != f));
+        return Some((list, true));
+    }
+    retargeted(plan, me, serving, seats).map(|list| (list, false))
 }
 
 /// The servers a joined node's plan should name instead of `plan` (its servers, the first one
@@ -595,6 +651,42 @@ mod tests {
         assert_eq!(
             retargeted(&plan, me, &serving, 1),
             Some(vec![api("198.18.0.12:6443")])
+        );
+    }
+
+    #[test]
+    fn a_fixed_address_is_named_first_once_it_answers_and_never_renamed_away() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let api = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let me = ip("198.18.0.14");
+        let vip = api("198.18.0.240:6443");
+        let plan = [api("198.18.0.10:6443"), api("198.18.0.12:6443")];
+        let serving = [ip("198.18.0.10"), ip("198.18.0.12")];
+        // It answers: named first at once, the rest kept behind it.
+        assert_eq!(
+            renamed_servers(&plan, me, &serving, 3, Some(vip), Some(vip)),
+            Some((vec![vip, plan[0], plan[1]], true))
+        );
+        // Not answering (nobody holds it yet): the plan stays while its server serves.
+        assert_eq!(
+            renamed_servers(&plan, me, &serving, 3, None, Some(vip)),
+            None
+        );
+        // ... and is renamed the usual way, after a minute, when its server is gone.
+        assert_eq!(
+            renamed_servers(&plan, me, &[ip("198.18.0.12")], 3, None, Some(vip)),
+            Some((vec![plan[1]], false))
+        );
+        // Once named, the fixed address stays, whoever serves.
+        let named = [vip, plan[0]];
+        assert_eq!(
+            renamed_servers(&named, me, &[ip("198.18.0.13")], 3, None, Some(vip)),
+            None
+        );
+        // The init node's plan (no servers) is never given one.
+        assert_eq!(
+            renamed_servers(&[], me, &serving, 3, Some(vip), Some(vip)),
+            None
         );
     }
 }

@@ -468,8 +468,14 @@ async fn steps(
             _ = plan_check.tick(), if joined => {
                 let serving: Vec<std::net::IpAddr> =
                     driver.serving_servers().iter().map(|(_, a)| a.ip()).collect();
+                let fixed_answers = match config.api_address {
+                    Some(a) if k3s.as_ref().is_some_and(|k| k.wants_fixed(Some(a))) => {
+                        answers_on_api_port(a).await
+                    }
+                    _ => false,
+                };
                 if let Some(k3s) = k3s.as_mut() {
-                    if let Err(e) = k3s.retarget(&serving, paths, config, report) {
+                    if let Err(e) = k3s.retarget(&serving, fixed_answers, paths, config, report) {
                         tracing::warn!(error = format!("{e:#}"), "could not rename the servers config.yaml names; trying again");
                     }
                 }
@@ -500,6 +506,21 @@ async fn steps(
             }
         }
     }
+}
+
+/// Whether a server holds the fixed registration address `address` now: a TCP connection to
+/// its K3s API port is accepted within 300 ms (on the LAN an answer takes well under a
+/// millisecond; an unheld address gets no ARP reply, so this bounds the daemon loop's wait).
+async fn answers_on_api_port(address: std::net::Ipv4Addr) -> bool {
+    let to = std::net::SocketAddr::new(address.into(), crate::k3s::API_PORT);
+    matches!(
+        tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(to)
+        )
+        .await,
+        Ok(Ok(_))
+    )
 }
 
 /// What a seat keeper round returns from its blocking task.
