@@ -241,6 +241,10 @@ fn hold_kubelet_port() -> Result<Option<std::net::TcpListener>> {
     }
 }
 
+/// kubelet's heartbeat client timeout: NodeStatusUpdateFrequency's default, 10 s (see the
+/// heartbeat loop in `run_agent`).
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// K3s's "Node password rejected" (pkg/agent/config/config.go:180-182).
 const NODE_PASSWORD_REJECTED: &str = "Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password' may not match server node-passwd entry, try enabling a unique node name with the --with-node-id flag";
 
@@ -315,17 +319,25 @@ async fn run_agent(config: DoubleConfig, data: &Path) -> Result<()> {
     tokio::spawn(async move {
         loop {
             for url in lb.candidates() {
-                let beat = wire::request(
-                    &url,
-                    "POST",
-                    "/v1-k3s/double/heartbeat",
-                    Trust::Ca(ca.clone()),
-                    Some(("node", &password)),
-                    &[("k3s-Node-Name", &name), ("k3s-Node-IP", &address)],
-                    b"",
+                // kubelet's heartbeat client has a timeout: NodeStatusUpdateFrequency (10 s),
+                // at most the lease duration (kubernetes cmd/kubelet/app/server.go, "make a
+                // separate client for heartbeat with throttling disabled and a timeout
+                // attached"), so a request in flight when its server lost power (no FIN, no
+                // RST) fails after 10 s and the next server is tried.
+                let beat = tokio::time::timeout(
+                    HEARTBEAT_TIMEOUT,
+                    wire::request(
+                        &url,
+                        "POST",
+                        "/v1-k3s/double/heartbeat",
+                        Trust::Ca(ca.clone()),
+                        Some(("node", &password)),
+                        &[("k3s-Node-Name", &name), ("k3s-Node-IP", &address)],
+                        b"",
+                    ),
                 )
                 .await;
-                if matches!(beat, Ok((200, _))) {
+                if matches!(beat, Ok(Ok((200, _)))) {
                     lb.use_server(&url);
                     refresh_apiservers(&mut lb, &ca, &password).await;
                     break;
@@ -347,15 +359,18 @@ async fn run_agent(config: DoubleConfig, data: &Path) -> Result<()> {
 /// Asks the current server for the live apiservers and gives them to the load balancer; a
 /// failure keeps the list it has.
 async fn refresh_apiservers(lb: &mut agent_lb::AgentLb, ca: &[u8], password: &str) {
-    let answer = wire::get(
-        lb.current(),
-        "/v1-k3s/apiservers",
-        Trust::Ca(ca.to_vec()),
-        Some(("node", password)),
+    let answer = tokio::time::timeout(
+        HEARTBEAT_TIMEOUT,
+        wire::get(
+            lb.current(),
+            "/v1-k3s/apiservers",
+            Trust::Ca(ca.to_vec()),
+            Some(("node", password)),
+        ),
     )
     .await;
     let list = match answer {
-        Ok((200, body)) => serde_json::from_slice::<Vec<String>>(&body).unwrap_or_default(),
+        Ok(Ok((200, body))) => serde_json::from_slice::<Vec<String>>(&body).unwrap_or_default(),
         _ => return,
     };
     if let Err(e) = lb.update(list) {
