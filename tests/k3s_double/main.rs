@@ -107,6 +107,8 @@ struct DoubleConfig {
     tls_san: Vec<String>,
     /// `bind-address`, if set (K3s's default: every address).
     bind_address: Option<IpAddr>,
+    /// `write-kubeconfig-mode`, if set (octal text).
+    kubeconfig_mode: Option<String>,
     /// `etcd-arg` values.
     etcd_args: Vec<String>,
     /// K3s v1.31's critical control arguments, effective values (server only).
@@ -527,7 +529,10 @@ async fn run_server(mut config: DoubleConfig, data: &Path) -> Result<()> {
         let shared = shared.clone();
         Box::pin(async move { route(&shared, req).await })
     });
-    let server_task = tokio::spawn(wire::serve(listener, chain, key, route));
+    let client_ca = ca.cert_pem.clone().into_bytes();
+    let server_task =
+        tokio::spawn(async move { wire::serve(listener, chain, key, &client_ca, route).await });
+    write_kubeconfig(&ca, listen_ip, port, config.kubeconfig_mode.as_deref())?;
 
     // etcd, started from this (the main) thread so it dies with the process.
     let member = if etcd_cluster {
@@ -689,6 +694,41 @@ async fn run_server(mut config: DoubleConfig, data: &Path) -> Result<()> {
     server_task.await.context("server task")?
 }
 
+/// The admin kubeconfig, as K3s v1.31.4 writes it (pkg/server/server.go:401-444
+/// writeKubeConfig): `/etc/rancher/k3s/k3s.yaml` for root (datadir.GlobalConfig), server
+/// `https://<bind-address or 127.0.0.1>:<https port>`, the server CA and the `system:admin`
+/// client certificate inline under the names `default` (pkg/clientaccess/kubeconfig.go:12-46
+/// WriteClientKubeConfig, rendered by client-go's clientcmd.WriteToFile), then the mode of
+/// `write-kubeconfig-mode`, else 0600.
+fn write_kubeconfig(ca: &ClusterCa, bind: IpAddr, port: u16, mode: Option<&str>) -> Result<()> {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    let (cert, key) = ca.admin_client_cert()?;
+    let host = if bind.is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        bind.to_string()
+    };
+    let yaml = format!(
+        "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: https://{host}:{port}\n  name: default\ncontexts:\n- context:\n    cluster: default\n    user: default\n  name: default\ncurrent-context: default\nkind: Config\npreferences: {{}}\nusers:\n- name: default\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+        b64(&ca.cert_pem),
+        b64(&cert),
+        b64(&key)
+    );
+    let mode = match mode {
+        Some(m) => u32::from_str_radix(m, 8)
+            .with_context(|| format!("write-kubeconfig-mode {m} is not octal"))?,
+        None => 0o600,
+    };
+    let path = root().join("etc/rancher/k3s/k3s.yaml");
+    write_mode(&path, yaml.as_bytes(), mode)?;
+    log(&format!(
+        "level=info msg=\"Wrote kubeconfig {}\"",
+        path.display()
+    ));
+    Ok(())
+}
+
 /// K3s's systemTimeSkew (pkg/cluster/bootstrap.go:203): seconds a file on disk may be newer
 /// than the datastore's copy before it counts as newer.
 const SYSTEM_TIME_SKEW: i64 = 3;
@@ -838,6 +878,44 @@ async fn route(s: &Shared, req: Request) -> Response {
                 Err(e) => status(500, &format!("{e:#}")),
             }
         }
+        // kube-apiserver behind the same port (the double's subset: the Node list and the
+        // version), for a client certificate of the group system:masters (the admin
+        // kubeconfig's); anonymous requests are 401, other certificates 403, as RBAC says.
+        "/api/v1/nodes" | "/version" if req.method == "GET" => match &req.client_cert {
+            None => status(
+                401,
+                r#"{"kind":"Status","status":"Failure","reason":"Unauthorized","code":401}"#,
+            ),
+            Some(der) if !pki::is_system_master(der) => status(
+                403,
+                r#"{"kind":"Status","status":"Failure","reason":"Forbidden","code":403}"#,
+            ),
+            Some(_) if path == "/version" => ok(
+                json!({"major": "1", "minor": "31", "gitVersion": "v1.31.4+k3s1"})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            Some(_) => {
+                let mut items = Vec::new();
+                match store::read_all(&s.etcd, "/registry/minions/").await {
+                    Ok(nodes) => {
+                        for v in nodes {
+                            match store::node_view(&s.etcd, v, unix_now()).await {
+                                Ok(v) => items.push(v),
+                                Err(e) => return status(500, &format!("{e:#}")),
+                            }
+                        }
+                    }
+                    Err(e) => return status(500, &format!("{e:#}")),
+                }
+                ok(
+                    json!({"apiVersion": "v1", "kind": "NodeList", "items": items,
+                          "metadata": {"resourceVersion": ""}})
+                    .to_string()
+                    .into_bytes(),
+                )
+            }
+        },
         "/v1-k3s/server-bootstrap"
         | "/v1-k3s/config"
         | "/v1-k3s/apiservers"
@@ -1217,5 +1295,9 @@ fn read_config(mode: Subcommand) -> Result<DoubleConfig> {
             .map(str::to_string),
         tls_san: parsed.slice("tls-san"),
         bind_address: parsed.string("bind-address").and_then(|s| s.parse().ok()),
+        kubeconfig_mode: parsed
+            .string("write-kubeconfig-mode")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
     })
 }

@@ -116,6 +116,59 @@ impl ClusterCa {
     }
 }
 
+impl ClusterCa {
+    /// The admin client certificate of the kubeconfig K3s writes: `CN=system:admin`,
+    /// `O=system:masters`, client authentication (K3s v1.31.4 pkg/daemons/control/deps/deps.go
+    /// genClientCerts, `certGen(..., "system:admin", []string{user.SystemPrivilegedGroup}, ...)`).
+    /// K3s signs it with its client CA; the double has one CA for serving and clients.
+    /// Returns (certificate PEM, key PEM).
+    pub fn admin_client_cert(&self) -> Result<(String, String)> {
+        let ca_key = KeyPair::from_pem(&self.key_pem).context("parsing the CA key")?;
+        let ca_params = CertificateParams::from_ca_cert_pem(&self.cert_pem)
+            .context("parsing the CA certificate")?;
+        let not_before = ca_params.not_before;
+        let issuer = ca_params
+            .self_signed(&ca_key)
+            .context("rebuilding the CA as issuer")?;
+        let key = KeyPair::generate().context("generating the admin key")?;
+        let mut params = CertificateParams::default();
+        params.not_before = not_before;
+        params.not_after =
+            OffsetDateTime::from_unix_timestamp(unix_now() + YEAR).context("the clock")?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "system:admin");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "system:masters");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params
+            .signed_by(&key, &issuer, &ca_key)
+            .context("signing the admin certificate")?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+/// Whether a client certificate (DER) is in the group `system:masters` (its Organization), as
+/// kube-apiserver's x509 authenticator maps O to groups.
+pub fn is_system_master(der: &[u8]) -> bool {
+    let Ok(params) = CertificateParams::from_ca_cert_der(&der.to_vec().into()) else {
+        return false;
+    };
+    params
+        .distinguished_name
+        .iter()
+        .any(|(t, v)| *t == DnType::OrganizationName && dn_text(v) == "system:masters")
+}
+
+fn dn_text(v: &rcgen::DnValue) -> &str {
+    match v {
+        rcgen::DnValue::Utf8String(s) => s,
+        rcgen::DnValue::PrintableString(s) => s.as_ref(),
+        _ => "",
+    }
+}
+
 const YEAR: i64 = 365 * 24 * 3600;
 const TEN_YEARS: i64 = 10 * YEAR;
 

@@ -21,6 +21,8 @@ pub struct Request {
     pub password: Option<String>,
     /// Headers (names lower-cased).
     pub headers: Vec<(String, String)>,
+    /// The client certificate (DER) the TLS handshake verified against the client CA, if any.
+    pub client_cert: Option<Vec<u8>>,
 }
 
 impl Request {
@@ -46,19 +48,33 @@ pub struct Response {
 }
 
 /// Serves HTTPS on `listener` forever, answering each request with `route`.
+///
+/// Clients may present a certificate (kube-apiserver's x509 authentication, `--client-ca-file`):
+/// one verified against `client_ca` (PEM) reaches the route as [`Request::client_cert`]; a client
+/// without one is served as before (basic auth or anonymous).
 pub async fn serve<F>(
     listener: TcpListener,
     chain: Vec<Vec<u8>>,
     key: Vec<u8>,
+    client_ca: &[u8],
     route: Arc<F>,
 ) -> Result<()>
 where
     F: Fn(Request) -> RouteFuture + Send + Sync + 'static,
 {
+    use rustls::pki_types::pem::PemObject;
     let certs: Vec<CertificateDer<'static>> = chain.into_iter().map(CertificateDer::from).collect();
     let key = PrivateKeyDer::Pkcs8(key.into());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(client_ca) {
+        roots.add(c.context("decoding the client CA")?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .allow_unauthenticated()
+        .build()
+        .context("building the client certificate verifier")?;
     let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
         .context("building the TLS server config")?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
@@ -73,8 +89,17 @@ where
             let Ok((head, body)) = read_message(&mut tls).await else {
                 return;
             };
+            let client_cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.to_vec());
             let resp = match parse_request(&head, body) {
-                Some(req) => route(req).await,
+                Some(mut req) => {
+                    req.client_cert = client_cert;
+                    route(req).await
+                }
                 None => Response {
                     status: 400,
                     body: b"bad request".to_vec(),
@@ -169,6 +194,7 @@ fn parse_request(head: &str, _body: Vec<u8>) -> Option<Request> {
         user,
         password,
         headers,
+        client_cert: None,
     })
 }
 
