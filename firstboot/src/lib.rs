@@ -29,6 +29,7 @@ pub mod identity;
 pub mod intake;
 pub mod k3s;
 pub mod keys;
+pub mod kubeconfig;
 pub mod lifecycle;
 pub mod manifest;
 pub mod model;

@@ -71,6 +71,15 @@ enum Command {
     Peers(PeersArgs),
     /// Measure fdatasync latency of the data directory's device and show the tuning plan.
     ProbeStorage(firstboot::storage::cli::ProbeStorageArgs),
+    /// Print an admin kubeconfig for this cluster, to copy to a laptop (on a server, as root).
+    ///
+    /// It is K3s's own /etc/rancher/k3s/k3s.yaml with its server set to the fixed registration
+    /// address (`[cluster] api_address`), or to this server's address when none is set, and its
+    /// names set to the cluster's name. It is a cluster-admin credential: keep it private.
+    #[command(
+        after_help = "Examples:\n  sudo firstboot kubeconfig -o homelab.yaml\n  ssh pi@homelab-1a2b3c.local sudo firstboot kubeconfig > ~/.kube/homelab.yaml && chmod 600 ~/.kube/homelab.yaml"
+    )]
+    Kubeconfig(firstboot::kubeconfig::KubeconfigArgs),
 }
 
 fn main() -> ExitCode {
@@ -141,6 +150,7 @@ fn main() -> ExitCode {
         }),
         Command::Peers(args) => peers::run(&args, &paths),
         Command::ProbeStorage(args) => firstboot::storage::cli::run(&args),
+        Command::Kubeconfig(args) => firstboot::kubeconfig::run(&args, &paths),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
