@@ -11,6 +11,8 @@
 //! - The holder publishes `machines.local` (the cluster's name) over mDNS, pointing at the
 //!   address; after the last failover it still answers with the address.
 //! - The joined servers' config.yaml names the address as `server:` once it answers.
+//! - `firstboot kubeconfig` on a server prints a kubeconfig with which curl on the test host
+//!   lists the Nodes through the address (and without its client certificate gets 401).
 //! - Never two MACs for the address in the same 100 ms, over the whole test.
 
 use systests::k3s_double::wire;
@@ -54,6 +56,51 @@ fn mac_of(m: &Machine) -> Mac {
 fn holds(m: &Machine) -> bool {
     m.ip(&["-4", "-o", "addr", "show", "dev", "eth0"])
         .contains(&format!("inet {ADDRESS}/32"))
+}
+
+/// `GET /api/v1/nodes` through the fixed address with curl from the test host (the bridge's
+/// network namespace), trusting the kubeconfig's CA and, when `with_cert`, presenting its
+/// client certificate and key, as kubectl would with that kubeconfig.
+fn curl_nodes(bridge_pid: u32, kubeconfig: &str, with_cert: bool) -> serde_json::Value {
+    use base64::Engine;
+    let field = |key: &str| {
+        let b64 = kubeconfig
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{key}: ")))
+            .unwrap_or_else(|| panic!("no {key} in the kubeconfig"));
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("base64")
+    };
+    let dir = tempfile::tempdir().expect("a temp dir");
+    for (file, key) in [
+        ("ca.crt", "certificate-authority-data"),
+        ("admin.crt", "client-certificate-data"),
+        ("admin.key", "client-key-data"),
+    ] {
+        std::fs::write(dir.path().join(file), field(key)).expect("writing a credential");
+    }
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.arg(format!("--net=/proc/{bridge_pid}/ns/net"))
+        .args(["curl", "-sS", "--max-time", "10", "--cacert"])
+        .arg(dir.path().join("ca.crt"));
+    if with_cert {
+        cmd.arg("--cert")
+            .arg(dir.path().join("admin.crt"))
+            .arg("--key")
+            .arg(dir.path().join("admin.key"));
+    }
+    let out = cmd
+        .arg(format!("https://{ADDRESS}:6443/api/v1/nodes"))
+        .output()
+        .expect("running curl");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// The machines holding the address now.
@@ -190,6 +237,48 @@ fn the_fixed_address_has_one_holder_moves_within_15_s_and_never_answers_from_two
             i + 1
         );
     }
+    // `firstboot kubeconfig` on a server that does not hold the address: curl on the test
+    // host, with the kubeconfig's CA, client certificate and key, lists the Nodes through the
+    // fixed address; without the certificate the API says 401.
+    let other = (0..3).find(|i| *i != holder).unwrap();
+    let kubeconfig = lan.machines[other]
+        .exec("/usr/local/bin/firstboot", &["kubeconfig"])
+        .expect("machine is on");
+    assert!(
+        kubeconfig.status.success(),
+        "firstboot kubeconfig: {}",
+        String::from_utf8_lossy(&kubeconfig.stderr)
+    );
+    let kubeconfig = String::from_utf8(kubeconfig.stdout).expect("utf-8");
+    assert!(
+        kubeconfig.contains(&format!("server: https://{ADDRESS}:6443"))
+            && kubeconfig.contains("current-context: machines"),
+        "the kubeconfig names the fixed address and the cluster:\n{}",
+        kubeconfig
+            .lines()
+            .filter(|l| !l.contains("-data:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let nodes = curl_nodes(bridge, &kubeconfig, true);
+    let mut listed: Vec<String> = nodes["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n["metadata"]["name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    listed.sort();
+    let mut names: Vec<String> = lan.machines.iter().map(|m| m.hostname()).collect();
+    names.sort();
+    assert_eq!(listed, names, "Nodes through the fixed address: {nodes}");
+    let anonymous = curl_nodes(bridge, &kubeconfig, false);
+    assert_eq!(
+        anonymous["code"], 401,
+        "without the client certificate: {anonymous}"
+    );
+
     let status = lan.machines[holder].status().expect("status");
     assert_eq!(
         status["api_address"]["held_here"], true,
