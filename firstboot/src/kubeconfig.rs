@@ -5,17 +5,17 @@
 //! writeKubeConfig): server `https://127.0.0.1:6443`, the server CA and the `system:admin`
 //! client certificate inline, every name `default` (pkg/clientaccess/kubeconfig.go:12-46, written
 //! by client-go's clientcmd). This reads it (root only: firstboot keeps its mode 0600), names the
-//! server by the fixed registration address (`[cluster] api_address`), else by this server's
-//! own address (one server: if it dies, ask another), and names cluster, user and context after
+//! server by the fixed registration address (`[cluster] api_address`), else by `<cluster
+//! name>.local` (one live server publishes it over mDNS for its own address), and names cluster, user and context after
 //! the cluster, so it merges into a laptop's kubeconfig beside others. Nothing else changes; a
 //! file laid out otherwise is refused rather than guessed at.
 
 use crate::config::ClusterConfig;
-use crate::k3s::{K3sPlan, API_PORT};
+use crate::k3s::API_PORT;
 use crate::paths::Paths;
 use anyhow::{bail, Context};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Where K3s writes the admin kubeconfig, relative to the root prefix.
 pub const K3S_KUBECONFIG: &str = "etc/rancher/k3s/k3s.yaml";
@@ -37,25 +37,25 @@ pub struct Target {
     pub note: Option<String>,
 }
 
-/// The server URL for `config`: the fixed address when set, else this server's `node_ip`.
-pub fn target(config: &ClusterConfig, node_ip: Option<std::net::IpAddr>) -> anyhow::Result<Target> {
-    if let Some(a) = config.api_address {
-        return Ok(Target {
+/// The server URL for `config`: the fixed address when set, else `<cluster name>.local`, which
+/// one serving server publishes over mDNS for its own address.
+pub fn target(config: &ClusterConfig) -> Target {
+    match config.api_address {
+        Some(a) => Target {
             server: format!("https://{a}:{API_PORT}"),
             note: None,
-        });
+        },
+        None => Target {
+            server: format!("https://{}.local:{API_PORT}", config.name),
+            note: Some(format!(
+                "this kubeconfig names {name}.local, which one live server publishes over mDNS \
+                 for its own address (cluster.toml sets no api_address); a computer that does not \
+                 resolve .local names needs a server's address there instead. Set [cluster] \
+                 api_address to a free LAN address for one address that moves between servers",
+                name = config.name
+            )),
+        },
     }
-    let ip = node_ip.context(
-        "this node has no K3s plan yet, so its address is unknown; wait until `firstboot status` says ready",
-    )?;
-    Ok(Target {
-        server: format!("https://{ip}:{API_PORT}"),
-        note: Some(format!(
-            "this kubeconfig names this server ({ip}) only, because cluster.toml sets no \
-             api_address; if this server dies, run `firstboot kubeconfig` on another. Set \
-             [cluster] api_address to a free LAN address for one address that moves between servers"
-        )),
-    })
 }
 
 /// Rewrites K3s's kubeconfig `text`: the one `server:` line names `server`, and the names
@@ -115,11 +115,7 @@ pub fn run(args: &KubeconfigArgs, paths: &Paths) -> anyhow::Result<()> {
         ),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let node_ip = K3sPlan::path(paths.root())
-        .exists()
-        .then(|| read_node_ip(paths.root()))
-        .flatten();
-    let target = target(&config, node_ip)?;
+    let target = target(&config);
     let out = rewrite(&text, &target.server, &config.name)?;
     if let Some(note) = &target.note {
         eprintln!("note: {note}");
@@ -145,12 +141,6 @@ pub fn run(args: &KubeconfigArgs, paths: &Paths) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn read_node_ip(root: &Path) -> Option<std::net::IpAddr> {
-    let text = std::fs::read_to_string(K3sPlan::path(root)).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["node_ip"].as_str()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -186,23 +176,17 @@ mod tests {
     }
 
     #[test]
-    fn the_fixed_address_wins_else_this_server_with_a_note() {
-        let with = ClusterConfig::from_toml_str(
-            "[cluster]\nname = \"lab\"\ntoken = \"unit-secret-abcdefgh\"\nservers = 3\napi_address = \"198.18.0.240\"\n",
-            Path::new("/nonexistent/cluster.toml"),
-        )
-        .unwrap();
-        let t = target(&with, Some("198.18.0.11".parse().unwrap())).unwrap();
+    fn the_fixed_address_wins_else_the_cluster_name_with_a_note() {
+        let load = |text: &str| {
+            ClusterConfig::from_toml_str(text, std::path::Path::new("/nonexistent/cluster.toml"))
+                .unwrap()
+        };
+        let base = "[cluster]\nname = \"lab\"\ntoken = \"unit-secret-abcdefgh\"\nservers = 3\n";
+        let t = target(&load(&format!("{base}api_address = \"198.18.0.240\"\n")));
         assert_eq!(t.server, "https://198.18.0.240:6443");
         assert_eq!(t.note, None);
-        let without = ClusterConfig::from_toml_str(
-            "[cluster]\nname = \"lab\"\ntoken = \"unit-secret-abcdefgh\"\nservers = 3\n",
-            Path::new("/nonexistent/cluster.toml"),
-        )
-        .unwrap();
-        let t = target(&without, Some("198.18.0.11".parse().unwrap())).unwrap();
-        assert_eq!(t.server, "https://198.18.0.11:6443");
+        let t = target(&load(base));
+        assert_eq!(t.server, "https://lab.local:6443");
         assert!(t.note.unwrap().contains("api_address"));
-        assert!(target(&without, None).is_err());
     }
 }

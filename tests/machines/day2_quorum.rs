@@ -7,8 +7,9 @@
 //! `replace_after` nothing automatic has happened: no survivor's healer deleted a Node or
 //! promoted anyone, the agent is still an agent, and the survivor's etcd still lists all three
 //! members (removing one without a quorum could fork the cluster; etcd could not even do it).
+//! Before the power-off, `machines.local` (no `api_address`) resolves over mDNS to one server.
 
-use systests::machines::{day2::*, harness, k3s_support};
+use systests::machines::{day2::*, harness, k3s_support, mdns};
 
 use harness::Lan;
 use k3s_support::*;
@@ -71,6 +72,27 @@ fn two_of_three_servers_powered_off_no_removal_no_promotion_every_survivor_says_
         3,
         "members after formation: {:?}",
         describe(&formed)
+    );
+
+    // Without api_address, one serving server publishes the cluster's name for its own
+    // address (issue 19), found from the test host on the LAN over mDNS.
+    let bridge = lan.bridge_pid();
+    let mut named = Vec::new();
+    lan.wait_for(
+        "machines.local answers over mDNS",
+        Duration::from_secs(30),
+        |_| {
+            named = mdns::resolve_on_lan(bridge, "machines.local");
+            !named.is_empty()
+        },
+    );
+    let server_addresses: Vec<String> = [init, servers[0], servers[1]]
+        .iter()
+        .map(|i| lan.machines[*i].address())
+        .collect();
+    assert!(
+        named.len() == 1 && server_addresses.contains(&named[0].to_string()),
+        "machines.local is {named:?}, not one of the servers {server_addresses:?}"
     );
 
     lan.power_off(init);

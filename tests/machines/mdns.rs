@@ -110,3 +110,23 @@ fn answers_v4(p: &[u8]) -> Vec<Ipv4Addr> {
     }
     out
 }
+
+/// [`resolve_v4`] from the test host on the machines' LAN: the bridge's network namespace
+/// (`bridge_pid`, see `Lan::bridge_pid`), asking from the LAN's gateway address, 2 s.
+pub fn resolve_on_lan(bridge_pid: u32, name: &str) -> Vec<Ipv4Addr> {
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        let ns =
+            std::fs::File::open(format!("/proc/{bridge_pid}/ns/net")).expect("the bridge's netns");
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("entering the bridge's netns");
+        resolve_v4(
+            &name,
+            super::harness::GATEWAY.parse().unwrap(),
+            Duration::from_secs(2),
+        )
+        .expect("an mDNS query")
+    })
+    .join()
+    .expect("the mDNS thread")
+}

@@ -132,24 +132,6 @@ fn cacerts_via_address(bridge_pid: u32, ca: &[u8]) -> anyhow::Result<Vec<u8>> {
     })
 }
 
-/// `machines.local` looked up over mDNS from the test host (the bridge's namespace).
-fn resolve_cluster_name(bridge_pid: u32) -> Vec<Ipv4Addr> {
-    std::thread::spawn(move || {
-        let ns =
-            std::fs::File::open(format!("/proc/{bridge_pid}/ns/net")).expect("the bridge's netns");
-        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("entering the bridge's netns");
-        mdns::resolve_v4(
-            "machines.local",
-            GATEWAY.parse().unwrap(),
-            Duration::from_secs(2),
-        )
-        .expect("an mDNS query")
-    })
-    .join()
-    .expect("the mDNS thread")
-}
-
 /// Blackhole routes between machine `a` and every machine in `others` (both directions):
 /// unicast between them is dropped; ARP and multicast still pass, the test host reaches all.
 fn cut(lan: &Lan, a: usize, others: &[usize], add: bool) {
@@ -206,7 +188,7 @@ fn the_fixed_address_has_one_holder_moves_within_15_s_and_never_answers_from_two
         "machines.local answers over mDNS",
         Duration::from_secs(20),
         |_| {
-            names = resolve_cluster_name(bridge);
+            names = mdns::resolve_on_lan(bridge, "machines.local");
             !names.is_empty()
         },
     );
@@ -393,7 +375,7 @@ fn the_fixed_address_has_one_holder_moves_within_15_s_and_never_answers_from_two
     );
 
     assert_eq!(
-        resolve_cluster_name(bridge),
+        mdns::resolve_on_lan(bridge, "machines.local"),
         vec![address],
         "machines.local over mDNS after the failovers and the partition"
     );

@@ -17,6 +17,23 @@ pub trait AddressOps: Send + std::fmt::Debug {
     fn announce(&mut self) -> io::Result<()>;
 }
 
+/// No address to hold (`api_address` unset): the Lease then only decides which one serving
+/// server publishes `<cluster name>.local` over mDNS, pointing at its own node-ip.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NameOnly;
+
+impl AddressOps for NameOnly {
+    fn hold(&mut self, _lifetime_secs: u32) -> io::Result<()> {
+        Ok(())
+    }
+    fn release(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    fn announce(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The real interface, through `ip` (iproute2, in every Raspberry Pi OS image) and a packet
 /// socket for the ARP frames.
 #[derive(Debug, Clone)]

@@ -394,14 +394,20 @@ async fn steps(
                 healer_view = start_healer(kubectl, id, config);
             }
         }
-        if let (Some(address), Some(shared)) = (config.api_address, &api_address) {
+        if let Some(shared) = &api_address {
             let held = shared.lock().map(|s| s.clone()).unwrap_or_default();
-            report.api_address(address, &held);
-            // The holder also publishes `<name>.local` -> the address over mDNS.
-            match (held.holding, cluster_name.take()) {
-                (true, None) => {
-                    match crate::discovery::name::publish(&conn, &config.name, address.into()).await
-                    {
+            // The holder publishes `<name>.local` over mDNS: the fixed address, or without
+            // one, this server's own node-ip.
+            let address: Option<std::net::IpAddr> = match config.api_address {
+                Some(a) => {
+                    report.api_address(a, &held);
+                    Some(a.into())
+                }
+                None => k3s.as_ref().and_then(|k| k.node_ip()),
+            };
+            match (held.holding, address, cluster_name.take()) {
+                (true, Some(address), None) => {
+                    match crate::discovery::name::publish(&conn, &config.name, address).await {
                         Ok(p) => {
                             tracing::info!(name = %format!("{}.local", config.name), %address, "published the cluster's name");
                             cluster_name = Some(p);
@@ -411,8 +417,8 @@ async fn steps(
                         }
                     }
                 }
-                (false, Some(p)) => p.withdraw().await,
-                (_, kept) => cluster_name = kept,
+                (false, _, Some(p)) => p.withdraw().await,
+                (_, _, kept) => cluster_name = kept,
             }
         }
         let peers = driver.peers();
@@ -650,7 +656,23 @@ fn start_api_address(
     config: &ClusterConfig,
     node_ip: Option<std::net::IpAddr>,
 ) -> Option<Arc<Mutex<crate::api_address::Shared>>> {
-    let address = config.api_address?;
+    let Some(address) = config.api_address else {
+        // No fixed address: the Lease still picks the one server that publishes the name.
+        return match crate::api_address::spawn(
+            kubectl,
+            id.to_string(),
+            crate::api_address::iface::NameOnly,
+        ) {
+            Ok(shared) => {
+                tracing::info!(name = %format!("{}.local", config.name), "no api_address: this server competes to publish the cluster's name for its own address");
+                Some(shared)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not start the cluster name's publisher");
+                None
+            }
+        };
+    };
     let iface = node_ip.and_then(|ip| crate::k3s::node_ip::interface_holding(ip).ok().flatten());
     let Some(name) = iface else {
         tracing::error!(%address, ?node_ip, "no interface holds node-ip: this server cannot hold the fixed address");
