@@ -94,11 +94,36 @@ fn a_dead_init_is_removed_after_replace_after_and_one_of_two_new_cards_takes_its
         .map(|c| lan.machines[*c].role().unwrap_or_default())
         .collect();
     let card_reports = || {
-        cards
-            .iter()
-            .map(|c| lan.machines[*c].report())
-            .collect::<Vec<_>>()
-            .join("\n")
+        // The cards' own reports, then what the live servers' keepers, healers and elections
+        // said about seats (the decision that made a card an agent is taken there).
+        let mut out: Vec<String> = cards.iter().map(|c| lan.machines[*c].report()).collect();
+        for i in &live {
+            let m = &lan.machines[*i];
+            let lines: Vec<String> = m
+                .journal(Some("firstboot.service"))
+                .lines()
+                .filter(|l| {
+                    [
+                        "seat keeper",
+                        "healer",
+                        "grant",
+                        "roster",
+                        "promot",
+                        "Agents",
+                        "Replacing",
+                    ]
+                    .iter()
+                    .any(|k| l.contains(k))
+                })
+                .map(String::from)
+                .collect();
+            out.push(format!(
+                "=== {} seat lines:\n{}",
+                m.hostname(),
+                lines.join("\n")
+            ));
+        }
+        out.join("\n")
     };
     let winners: Vec<usize> = cards
         .into_iter()
