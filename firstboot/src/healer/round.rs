@@ -64,6 +64,10 @@ pub enum HealError {
     Store(#[from] StoreError),
 }
 
+/// How long a new card seen asking for a seat keeps the healer from promoting an agent into
+/// that seat, seconds (several hello intervals).
+pub const CARD_MEMORY: i64 = 30;
+
 /// One serving server's healer.
 #[derive(Debug)]
 pub struct Healer {
@@ -74,6 +78,8 @@ pub struct Healer {
     replace_after: Option<i64>,
     /// When each node was last heard on the LAN by this healer, unix seconds.
     lan_seen: BTreeMap<NodeId, i64>,
+    /// When each new card was last seen asking for a seat, unix seconds.
+    cards_seen: BTreeMap<NodeId, i64>,
     /// The last decision logged, so a steady state is logged once.
     last: Option<Action>,
 }
@@ -94,6 +100,7 @@ impl Healer {
             servers,
             replace_after: replace_after.map(|d| d.as_secs() as i64),
             lan_seen: BTreeMap::new(),
+            cards_seen: BTreeMap::new(),
             last: None,
         }
     }
@@ -103,6 +110,14 @@ impl Healer {
         for node in lan.heard.iter().chain([&self.me]) {
             self.lan_seen.insert(*node, now);
         }
+        // A card asking a moment ago still counts for CARD_MEMORY: one LAN view without it
+        // (a hello late under load, the view taken between two hellos) must not hand its seat
+        // to an agent, which would fill the book and send the card to an agent's role.
+        for card in &lan.new_cards {
+            self.cards_seen.insert(*card, now);
+        }
+        self.cards_seen.retain(|_, at| now - *at < CARD_MEMORY);
+        let new_cards: Vec<NodeId> = self.cards_seen.keys().copied().collect();
         if self.replace_after.is_none() {
             return Ok(Outcome::Off);
         }
@@ -123,7 +138,7 @@ impl Healer {
             nodes: &nodes,
             lan_seen: &self.lan_seen,
             book: &book,
-            new_cards: &lan.new_cards,
+            new_cards: &new_cards,
             agents: &lan.agents,
         });
         match &action {

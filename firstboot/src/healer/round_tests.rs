@@ -350,6 +350,35 @@ fn the_healer_promotes_the_best_agent_by_granting_it_the_seat_in_the_book_once()
 }
 
 #[test]
+fn a_card_seen_asking_a_moment_ago_keeps_its_seat_from_an_agent() {
+    let (api, mut healer) = freed_seat();
+    let before = api.book();
+    // A card asked in one view, then a view without it (its hello late): no promotion.
+    let asking = LanView {
+        new_cards: vec![NodeId(9)],
+        ..agents_view(&[3, 4, 5], &[(4, 30), (5, 90)])
+    };
+    assert_eq!(
+        healer.round(&asking, NOW).unwrap(),
+        Outcome::Decided(Action::Nothing(Why::NewCardWaiting(NodeId(9))))
+    );
+    let without = agents_view(&[3, 4, 5], &[(4, 30), (5, 90)]);
+    assert_eq!(
+        healer.round(&without, NOW + CARD_MEMORY - 1).unwrap(),
+        Outcome::Decided(Action::Nothing(Why::NewCardWaiting(NodeId(9))))
+    );
+    assert_eq!(api.book(), before, "the seat stays free for the card");
+    // Gone for CARD_MEMORY: the seat goes to the best agent.
+    assert!(matches!(
+        healer.round(&without, NOW + CARD_MEMORY).unwrap(),
+        Outcome::Decided(Action::Promote {
+            node: NodeId(5),
+            ..
+        })
+    ));
+}
+
+#[test]
 fn a_promotion_grant_loses_to_a_keeper_that_granted_the_seat_first() {
     let (api, healer) = freed_seat();
     // Between the healer's decision and its write, a keeper granted the seat to a new card.
