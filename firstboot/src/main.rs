@@ -80,6 +80,15 @@ enum Command {
         after_help = "Examples:\n  sudo firstboot kubeconfig -o homelab.yaml\n  ssh pi@homelab-1a2b3c.local sudo firstboot kubeconfig > ~/.kube/homelab.yaml && chmod 600 ~/.kube/homelab.yaml"
     )]
     Kubeconfig(firstboot::kubeconfig::KubeconfigArgs),
+    /// Take an etcd snapshot now (on a server with etcd, as root) and say where it went.
+    ///
+    /// Runs `k3s etcd-snapshot save`: K3s writes `<name>-<node>-<unix time>` into its snapshot
+    /// directory (`[snapshots] dir` or the one storage chose, else K3s's default). Scheduled
+    /// snapshots follow `[snapshots] schedule`; `firstboot status` shows the newest one's age.
+    #[command(
+        after_help = "Examples:\n  sudo firstboot snapshot\n  sudo firstboot snapshot --name before-upgrade --json"
+    )]
+    Snapshot(firstboot::k3s::snapshots::SnapshotArgs),
 }
 
 fn main() -> ExitCode {
@@ -151,6 +160,7 @@ fn main() -> ExitCode {
         Command::Peers(args) => peers::run(&args, &paths),
         Command::ProbeStorage(args) => firstboot::storage::cli::run(&args),
         Command::Kubeconfig(args) => firstboot::kubeconfig::run(&args, &paths),
+        Command::Snapshot(args) => firstboot::k3s::snapshots::run(&args, paths.root()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1681,3 +1681,58 @@ fn the_admin_kubeconfig_reaches_the_api_and_anonymous_requests_are_refused() {
     );
     assert_eq!(curl(false)["code"], 401);
 }
+
+// Rule: `k3s etcd-snapshot save` asks the running server (POST /db/snapshot as `server`), which
+// writes `<name>-<node>-<unix>` (mode 0600) into its snapshot directory, default
+// `${data-dir}/server/db/snapshots` (K3s v1.31.4 pkg/cli/etcdsnapshot/etcd_snapshot.go:106-140,
+// pkg/etcd/snapshot.go:193-300); firstboot's status reads it back.
+#[test]
+fn etcd_snapshot_save_writes_a_named_snapshot_the_status_finds() {
+    use std::os::unix::fs::PermissionsExt;
+    let (init, url, _) = init_with("lab-000001");
+    let port = url.rsplit(':').next().unwrap().to_string();
+    let before = pki_now();
+    let out = Command::new(systests::bin_path("k3s-double"))
+        .args(["etcd-snapshot", "save", "--name", "before-upgrade"])
+        .env("K3S_DOUBLE_ROOT", &init.root)
+        .env("K3S_DOUBLE_PORT", &port)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let dir = data(&init.root).join("server/db/snapshots");
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let unix: u64 = files[0]
+        .strip_prefix("before-upgrade-lab-000001-")
+        .unwrap_or_else(|| panic!("{files:?}"))
+        .parse()
+        .unwrap();
+    assert!(unix >= before, "{unix} < {before}");
+    assert!(
+        log.contains(&format!("Snapshot {} saved.", files[0])),
+        "{log}"
+    );
+    let meta = std::fs::metadata(dir.join(&files[0])).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    // An etcd snapshot is a bbolt file: its first page carries bbolt's magic 0xED0CDAED.
+    let bytes = std::fs::read(dir.join(&files[0])).unwrap();
+    assert!(
+        bytes.len() > 4096 && bytes[16..20] == 0xED0CDAEDu32.to_le_bytes(),
+        "{} bytes",
+        bytes.len()
+    );
+    let view = firstboot::k3s::snapshots::SnapshotView::read(&init.root).expect("a server's view");
+    assert_eq!(view.newest.as_deref(), Some(files[0].as_str()));
+    assert_eq!(view.newest_unix, Some(unix));
+}
+
+fn pki_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}

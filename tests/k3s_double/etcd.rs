@@ -250,6 +250,66 @@ pub async fn call(endpoint: &str, path: &str, body: &Value) -> Result<Value> {
     let raw = tokio::time::timeout(Duration::from_secs(20), fut)
         .await
         .map_err(|_| anyhow!("etcd at {hostport} did not answer {path} within 20 s"))??;
+    let body = http_body(&raw)?;
+    let v: Value = serde_json::from_slice(&body)
+        .with_context(|| format!("etcd {path}: {}", String::from_utf8_lossy(&body)))?;
+    if let Some(e) = v.get("error") {
+        let message = v["message"].as_str().or(e.as_str()).unwrap_or("etcd error");
+        return Err(EtcdError {
+            message: message.to_string(),
+        }
+        .into());
+    }
+    Ok(v)
+}
+
+/// A snapshot of the member's whole keyspace (`etcdctl snapshot save`, the Maintenance
+/// Snapshot stream K3s's snapshotv3.Save reads), through the gateway: newline-separated
+/// `{"result":{"blob":...}}` objects whose blobs, concatenated, are the snapshot file.
+pub async fn snapshot(endpoint: &str) -> Result<Vec<u8>> {
+    let hostport = endpoint
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("etcd endpoint {endpoint} is not http://"))?
+        .trim_end_matches('/')
+        .to_string();
+    let fut = async {
+        let mut tcp = tokio::net::TcpStream::connect(&hostport)
+            .await
+            .with_context(|| format!("connecting to etcd at {hostport}"))?;
+        let req = format!(
+            "POST /v3/maintenance/snapshot HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        );
+        tcp.write_all(req.as_bytes()).await?;
+        let mut raw = Vec::new();
+        tcp.read_to_end(&mut raw).await?;
+        Ok::<_, anyhow::Error>(raw)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(60), fut)
+        .await
+        .map_err(|_| anyhow!("etcd at {hostport} did not stream its snapshot within 60 s"))??;
+    let body = http_body(&raw)?;
+    let mut out = Vec::new();
+    for line in serde_json::Deserializer::from_slice(&body).into_iter::<Value>() {
+        let v = line.context("a snapshot stream object")?;
+        if let Some(e) = v.get("error") {
+            bail!("etcd snapshot: {e}");
+        }
+        if let Some(blob) = v["result"]["blob"].as_str() {
+            out.extend(
+                base64::engine::general_purpose::STANDARD
+                    .decode(blob)
+                    .context("a snapshot blob")?,
+            );
+        }
+    }
+    if out.is_empty() {
+        bail!("etcd streamed an empty snapshot");
+    }
+    Ok(out)
+}
+
+/// The body of a raw HTTP/1.1 response (chunked transfer decoded).
+fn http_body(raw: &[u8]) -> Result<Vec<u8>> {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -262,16 +322,7 @@ pub async fn call(endpoint: &str, path: &str, body: &Value) -> Result<Value> {
     {
         body = dechunk(&body);
     }
-    let v: Value = serde_json::from_slice(&body)
-        .with_context(|| format!("etcd {path}: {}", String::from_utf8_lossy(&body)))?;
-    if let Some(e) = v.get("error") {
-        let message = v["message"].as_str().or(e.as_str()).unwrap_or("etcd error");
-        return Err(EtcdError {
-            message: message.to_string(),
-        }
-        .into());
-    }
-    Ok(v)
+    Ok(body)
 }
 
 fn dechunk(b: &[u8]) -> Vec<u8> {

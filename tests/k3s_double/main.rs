@@ -1,6 +1,7 @@
 //! k3s-double: a TEST DOUBLE for K3s (never shipped in an image) that mimics what firstboot relies on.
 //!
-//! Invoked like K3s as `k3s-double server`, `k3s-double agent` or `k3s-double kubectl ...`. It
+//! Invoked like K3s as `k3s-double server`, `k3s-double agent`, `k3s-double kubectl ...` or
+//! `k3s-double etcd-snapshot save`. It
 //! reads `/etc/rancher/k3s/config.yaml` (under `$K3S_DOUBLE_ROOT` when set) once, at start, and:
 //! - server with no `server:`: creates the cluster CA (kept across restarts; NotBefore = this
 //!   process's clock, `pki.rs`), writes `<data>/server/tls/server-ca.crt` and `<data>/server/token`
@@ -41,6 +42,15 @@
 //! (non-forced: the finalizer removes the etcd member, kubectl waits), `get configmap|lease NAME
 //! [-n NS] -o json`, `create|replace -f FILE -o json` of a ConfigMap or Lease, where a stale
 //! `metadata.resourceVersion` is "Error from server (Conflict)". Nothing else.
+//!
+//! The admin kubeconfig `/etc/rancher/k3s/k3s.yaml` as K3s writes it (server
+//! `https://127.0.0.1:<port>`, a `system:admin`/`system:masters` client certificate; the double
+//! signs it with its one CA where K3s has a separate client CA), and on the API port `GET
+//! /api/v1/nodes` and `/version` for that certificate (401 without one, 403 for another group).
+//! `k3s etcd-snapshot save [--name N]` (`k3s-double etcd-snapshot save`): `POST /db/snapshot`
+//! to the local server as `server`, which writes `<name>-<node>-<unix>` (mode 0600, etcd's own
+//! snapshot stream) into `etcd-snapshot-dir` or `<data>/server/db/snapshots`. No scheduled
+//! snapshots, no other `etcd-snapshot` subcommand, no restore.
 //!
 //! As strict as K3s (each rule cites its source in `config.rs`, `flannel.rs`, `etcd.rs`,
 //! `store.rs`, `pki.rs` and below): config.yaml and `config.yaml.d/*.yaml` are merged and read
@@ -109,6 +119,8 @@ struct DoubleConfig {
     bind_address: Option<IpAddr>,
     /// `write-kubeconfig-mode`, if set (octal text).
     kubeconfig_mode: Option<String>,
+    /// `etcd-snapshot-dir`, if set.
+    snapshot_dir: Option<PathBuf>,
     /// `etcd-arg` values.
     etcd_args: Vec<String>,
     /// K3s v1.31's critical control arguments, effective values (server only).
@@ -133,6 +145,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if mode == "etcd-snapshot" {
+        return match rt.block_on(etcd_snapshot(&args[1..])) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                log(&format!("level=fatal msg=\"{e:#}\""));
+                ExitCode::FAILURE
+            }
+        };
+    }
     if mode == "kubectl" {
         return match rt.block_on(kubectl::run(&args[1..], unix_now)) {
             Ok(out) => {
@@ -410,6 +431,10 @@ struct Shared {
     etcd_cluster: bool,
     /// `<data>/server/tls`, whose files' mtimes are the bootstrap data's timestamps.
     tls_dir: PathBuf,
+    /// Where snapshots go: `etcd-snapshot-dir`, else `<data>/server/db/snapshots`.
+    snapshot_dir: PathBuf,
+    /// This node's name (snapshot file names carry it).
+    node_name: String,
 }
 
 async fn run_server(mut config: DoubleConfig, data: &Path) -> Result<()> {
@@ -524,6 +549,13 @@ async fn run_server(mut config: DoubleConfig, data: &Path) -> Result<()> {
         etcd: ep.clone(),
         etcd_cluster,
         tls_dir: tls_dir.clone(),
+        // pkg/etcd/snapshot.go snapshotDir: etcd-snapshot-dir, else ${data-dir}/server/db/snapshots.
+        snapshot_dir: config
+            .snapshot_dir
+            .clone()
+            .map(|d| root().join(d.strip_prefix("/").unwrap_or(&d)))
+            .unwrap_or_else(|| data.join("server/db/snapshots")),
+        node_name: config.node_name.clone(),
     });
     let route = Arc::new(move |req: Request| -> wire::RouteFuture {
         let shared = shared.clone();
@@ -692,6 +724,132 @@ async fn run_server(mut config: DoubleConfig, data: &Path) -> Result<()> {
     tokio::time::sleep(ready_delay()).await;
     notifier.ready("k3s-double server running");
     server_task.await.context("server task")?
+}
+
+/// `k3s etcd-snapshot save [--name NAME]` (K3s v1.31.4 pkg/cli/etcdsnapshot/etcd_snapshot.go:
+/// 106-140): asks the running server (`https://127.0.0.1:<https port>`, as user `server` with
+/// the token from config.yaml or `server/token`) to save a snapshot (`POST /db/snapshot`,
+/// operation "save", name default "on-demand") and logs each file it created. Other
+/// `etcd-snapshot` subcommands are not implemented.
+async fn etcd_snapshot(args: &[String]) -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut name = "on-demand".to_string();
+    let mut rest = args.iter();
+    match rest.next().map(String::as_str) {
+        Some("save") => {}
+        other => bail!(
+            "the K3s test double does not implement etcd-snapshot {}",
+            other.unwrap_or_default()
+        ),
+    }
+    while let Some(a) = rest.next() {
+        match a.as_str() {
+            "--name" => name = rest.next().context("--name needs a value")?.clone(),
+            s if s.starts_with("--name=") => name = s["--name=".len()..].to_string(),
+            s => bail!("the K3s test double does not implement etcd-snapshot save {s}"),
+        }
+    }
+    let config = read_config(Subcommand::Server)?;
+    let data = root().join("var/lib/rancher/k3s");
+    let password = match config.password {
+        Some(p) => p,
+        None => {
+            let token = std::fs::read_to_string(data.join("server/token"))
+                .context("reading the server token (is this a server?)")?;
+            parse_token(token.trim())?.0
+        }
+    };
+    let port: u16 = match std::env::var("K3S_DOUBLE_PORT") {
+        Ok(p) => p.parse().context("K3S_DOUBLE_PORT")?,
+        Err(_) => firstboot::k3s::API_PORT,
+    };
+    let ca = std::fs::read(data.join("server/tls/server-ca.crt"))
+        .context("reading the server CA (is this a server?)")?;
+    let body = json!({"operation": "save", "name": [name]}).to_string();
+    let (status, answer) = wire::request(
+        &format!("https://127.0.0.1:{port}"),
+        "POST",
+        "/db/snapshot",
+        Trust::Ca(ca),
+        Some(("server", &password)),
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .await
+    .context("asking the server for a snapshot")?;
+    if status != 200 {
+        bail!(
+            "see server log for details: {status} {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    let v: Value = serde_json::from_slice(&answer).context("the snapshot result")?;
+    for created in v["created"].as_array().into_iter().flatten() {
+        log(&format!(
+            "level=info msg=\"Snapshot {} saved.\"",
+            created.as_str().unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
+/// The server's side of `/db/snapshot` "save" (pkg/etcd/snapshot.go:193-300 Snapshot): none
+/// on a learner; the file `<name>-<node name>-<unix seconds>` in the snapshot directory, mode
+/// 0600, the keyspace as etcd's Maintenance Snapshot streams it.
+async fn save_snapshot(s: &Shared, body: &[u8]) -> Response {
+    let status = |status: u16, body: &str| Response {
+        status,
+        body: body.as_bytes().to_vec(),
+    };
+    let Ok(req) = serde_json::from_slice::<Value>(body) else {
+        return status(400, "bad snapshot request");
+    };
+    if req["operation"] != "save" {
+        return status(
+            400,
+            &format!(
+                "the K3s test double does not implement snapshot operation {}",
+                req["operation"]
+            ),
+        );
+    }
+    if !s.etcd_cluster {
+        return status(500, "etcd datastore disabled");
+    }
+    match etcd::call(&s.etcd, "/v3/maintenance/status", &json!({})).await {
+        Ok(v) if v["isLearner"] == true => {
+            log("level=warning msg=\"Unable to take snapshot: not supported for learner\"");
+            return Response {
+                status: 200,
+                body: b"null".to_vec(),
+            };
+        }
+        Ok(_) => {}
+        Err(e) => {
+            return status(
+                500,
+                &format!("failed to check etcd status for snapshot: {e:#}"),
+            )
+        }
+    }
+    let name = req["name"][0].as_str().unwrap_or("on-demand");
+    let file = format!("{name}-{}-{}", s.node_name, unix_now());
+    let path = s.snapshot_dir.join(&file);
+    log(&format!(
+        "level=info msg=\"Saving etcd snapshot to {}\"",
+        path.display()
+    ));
+    let bytes = match etcd::snapshot(&s.etcd).await {
+        Ok(b) => b,
+        Err(e) => return status(500, &format!("failed to save snapshot: {e:#}")),
+    };
+    if let Err(e) = write_mode(&path, &bytes, 0o600) {
+        return status(500, &format!("{e:#}"));
+    }
+    Response {
+        status: 200,
+        body: json!({"created": [file]}).to_string().into_bytes(),
+    }
 }
 
 /// The admin kubeconfig, as K3s v1.31.4 writes it (pkg/server/server.go:401-444
@@ -916,8 +1074,10 @@ async fn route(s: &Shared, req: Request) -> Response {
                 )
             }
         },
+        "/db/snapshot" if server && req.method == "POST" => save_snapshot(s, &req.body).await,
         "/v1-k3s/server-bootstrap"
         | "/v1-k3s/config"
+        | "/db/snapshot"
         | "/v1-k3s/apiservers"
         | "/db/info"
         | "/v1-k3s/serving-kubelet.crt"
@@ -1295,6 +1455,10 @@ fn read_config(mode: Subcommand) -> Result<DoubleConfig> {
             .map(str::to_string),
         tls_san: parsed.slice("tls-san"),
         bind_address: parsed.string("bind-address").and_then(|s| s.parse().ok()),
+        snapshot_dir: parsed
+            .string("etcd-snapshot-dir")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from),
         kubeconfig_mode: parsed
             .string("write-kubeconfig-mode")
             .filter(|s| !s.is_empty())

@@ -23,6 +23,8 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// The client certificate (DER) the TLS handshake verified against the client CA, if any.
     pub client_cert: Option<Vec<u8>>,
+    /// The request body.
+    pub body: Vec<u8>,
 }
 
 impl Request {
@@ -164,7 +166,7 @@ async fn read_message<S: AsyncReadExt + Unpin>(s: &mut S) -> Result<(String, Vec
     Ok((head, body))
 }
 
-fn parse_request(head: &str, _body: Vec<u8>) -> Option<Request> {
+fn parse_request(head: &str, body: Vec<u8>) -> Option<Request> {
     use base64::Engine;
     let mut lines = head.split("\r\n");
     let mut first = lines.next()?.split(' ');
@@ -195,6 +197,7 @@ fn parse_request(head: &str, _body: Vec<u8>) -> Option<Request> {
         password,
         headers,
         client_cert: None,
+        body,
     })
 }
 

@@ -13,6 +13,7 @@
 //! - The joined servers' config.yaml names the address as `server:` once it answers.
 //! - `firstboot kubeconfig` on a server prints a kubeconfig with which curl on the test host
 //!   lists the Nodes through the address (and without its client certificate gets 401).
+//! - `firstboot snapshot` on a server saves an etcd snapshot that `firstboot status` shows.
 //! - Never two MACs for the address in the same 100 ms, over the whole test.
 
 use systests::k3s_double::wire;
@@ -260,6 +261,25 @@ fn the_fixed_address_has_one_holder_moves_within_15_s_and_never_answers_from_two
         anonymous["code"], 401,
         "without the client certificate: {anonymous}"
     );
+
+    // `firstboot snapshot` on a server: K3s (the double) writes the snapshot and status shows
+    // it as the newest, not stale.
+    let saved = lan.machines[other]
+        .exec("/usr/local/bin/firstboot", &["snapshot", "--json"])
+        .expect("machine is on");
+    assert!(
+        saved.status.success(),
+        "firstboot snapshot: {}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
+    let saved: serde_json::Value = serde_json::from_slice(&saved.stdout).expect("JSON");
+    assert!(
+        saved["bytes"].as_u64().unwrap_or_default() > 4096,
+        "{saved}"
+    );
+    let snaps = lan.machines[other].status().expect("status")["snapshots"].clone();
+    assert_eq!(snaps["newest"], saved["file"], "status: {snaps}");
+    assert_eq!(snaps["stale"], false, "status: {snaps}");
 
     let status = lan.machines[holder].status().expect("status");
     assert_eq!(

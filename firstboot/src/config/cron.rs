@@ -134,6 +134,73 @@ pub fn validate_cron_in(spec: &str, zoneinfo: &Path) -> Result<(), CronError> {
     }
 }
 
+/// The longest time between two runs of a valid schedule, in seconds (`None` for a schedule
+/// [`validate_cron`] refuses): a descriptor's period (a month counts 31 days, a year 366),
+/// `@every`'s duration, and for five fields the longest gap between consecutive fire times over
+/// eight years of days (leap days included), time zones ignored. `firstboot status` warns when
+/// the newest snapshot is older than two of these.
+pub fn longest_gap_secs(spec: &str) -> Option<u64> {
+    validate_cron(spec).ok()?;
+    match parse(spec, Path::new("/usr/share/zoneinfo")).ok()? {
+        Schedule::Every(nanos) => Some((nanos / 1_000_000_000).max(1) as u64),
+        Schedule::Descriptor => {
+            let word = spec.split_whitespace().find(|w| w.starts_with('@'))?;
+            Some(match word {
+                "@yearly" | "@annually" => 366 * 86_400,
+                "@monthly" => 31 * 86_400,
+                "@weekly" => 7 * 86_400,
+                "@daily" | "@midnight" => 86_400,
+                _ => 3_600,
+            })
+        }
+        Schedule::Spec(bits) => spec_gap(&bits),
+    }
+}
+
+/// The longest gap between fire times of five-field `bits`, over eight years from a Monday
+/// 1 January (2029), in seconds.
+fn spec_gap(bits: &[u64; 5]) -> Option<u64> {
+    let [minute, hour, dom, month, dow] = *bits;
+    let and_mode = dom & STAR_BIT != 0 || dow & STAR_BIT != 0;
+    let times: Vec<u64> = (0..60).filter(|m| minute & (1 << m) != 0).collect();
+    let hours: Vec<u64> = (0..24).filter(|h| hour & (1 << h) != 0).collect();
+    let (mut last, mut gap) = (None::<u64>, 0u64);
+    let mut day_index = 0u64;
+    for year in 2029u64..2037 {
+        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+        for m in 1..=12u64 {
+            let days = match m {
+                2 if leap => 29,
+                2 => 28,
+                4 | 6 | 9 | 11 => 30,
+                _ => 31,
+            };
+            for d in 1..=days {
+                // 2029-01-01 is a Monday (weekday 1, Sunday 0).
+                let weekday = (day_index + 1) % 7;
+                let day_ok = if and_mode {
+                    dom & (1 << d) != 0 && dow & (1 << weekday) != 0
+                } else {
+                    dom & (1 << d) != 0 || dow & (1 << weekday) != 0
+                };
+                if month & (1 << m) != 0 && day_ok {
+                    for h in &hours {
+                        for mi in &times {
+                            let at = day_index * 86_400 + h * 3_600 + mi * 60;
+                            if let Some(prev) = last {
+                                gap = gap.max(at - prev);
+                            }
+                            last = Some(at);
+                        }
+                    }
+                }
+                day_index += 1;
+            }
+        }
+    }
+    last.map(|_| gap.max(60))
+}
+
 /// What robfig/cron made of a schedule.
 enum Schedule {
     /// `@yearly` ... `@hourly`.
@@ -613,6 +680,26 @@ mod tests {
         ("TZ=../etc/passwd 0 3 * * *", false),
         ("TZ=UTC", false),
     ];
+
+    #[test]
+    fn the_longest_gap_of_a_schedule() {
+        assert_eq!(longest_gap_secs("0 */12 * * *"), Some(12 * 3600));
+        assert_eq!(
+            longest_gap_secs("0 9,17 * * *"),
+            Some(16 * 3600),
+            "17:00 to 09:00"
+        );
+        assert_eq!(longest_gap_secs("30 2 * * 1"), Some(7 * 86_400));
+        assert_eq!(longest_gap_secs("0 0 1 * *"), Some(31 * 86_400));
+        assert_eq!(
+            longest_gap_secs("0 0 29 2 *"),
+            Some(4 * 365 * 86_400 + 86_400)
+        );
+        assert_eq!(longest_gap_secs("@every 90m"), Some(5400));
+        assert_eq!(longest_gap_secs("@daily"), Some(86_400));
+        assert_eq!(longest_gap_secs("CRON_TZ=UTC 0 */6 * * *"), Some(6 * 3600));
+        assert_eq!(longest_gap_secs("0 0 31 2 *"), None, "never fires");
+    }
 
     #[test]
     fn agrees_with_k3s_cron_on_every_row() {

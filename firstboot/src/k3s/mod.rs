@@ -6,6 +6,7 @@ pub mod flags;
 pub mod node_ip;
 pub mod plan;
 pub mod secure_token;
+pub mod snapshots;
 pub mod stale_data;
 pub mod started_config;
 

@@ -1,6 +1,7 @@
 //! `firstboot status [--json]`: the persisted state for humans (or scripts); never the token.
 
 use super::state::{Member, MembershipState, NodeState, Phase, QUORUM_LOST};
+use crate::k3s::snapshots::SnapshotView;
 use anyhow::Context;
 use std::io::Write;
 use std::path::Path;
@@ -33,9 +34,25 @@ pub fn run(
             "firstboot has not started on this node yet (no {})\n",
             NodeState::path(root).display()
         ),
-        // Plain data with string keys: serializing cannot fail.
-        (Some(s), true) => serde_json::to_string_pretty(&s).unwrap_or_default() + "\n",
-        (Some(s), false) => table(&s, now_unix),
+        // Plain data with string keys: serializing cannot fail. A server's etcd snapshots are
+        // read from its disk now (`snapshots`, with `stale`), not from the state file.
+        (Some(s), true) => {
+            let mut v = serde_json::to_value(&s).unwrap_or_default();
+            if let (Some(view), Some(map)) = (SnapshotView::read(root), v.as_object_mut()) {
+                let stale = view.is_stale(now_unix);
+                let mut snaps = serde_json::to_value(&view).unwrap_or_default();
+                snaps["stale"] = stale.into();
+                map.insert("snapshots".into(), snaps);
+            }
+            serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+        }
+        (Some(s), false) => {
+            let mut text = table(&s, now_unix);
+            if let Some(view) = SnapshotView::read(root) {
+                text.push_str(&snapshot_row(&view, now_unix));
+            }
+            text
+        }
     };
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
@@ -48,6 +65,34 @@ pub fn run(
         ),
         None => Ok(()),
     }
+}
+
+/// The snapshots row of a server's table: the newest snapshot's age, and a warning when it is
+/// older than two schedule periods.
+pub fn snapshot_row(v: &SnapshotView, now_unix: u64) -> String {
+    let text = match (&v.newest, v.newest_unix) {
+        (Some(name), Some(at)) => {
+            let mut t = format!(
+                "newest {} ago ({name}, {} in {}), schedule \"{}\"",
+                span(now_unix.saturating_sub(at)),
+                v.count,
+                v.dir,
+                v.schedule
+            );
+            if v.is_stale(now_unix) {
+                t.push_str(
+                    "; WARNING: older than two schedule periods: check `journalctl -u k3s` for \
+                     snapshot errors, take one now with `sudo firstboot snapshot`",
+                );
+            }
+            t
+        }
+        _ => format!(
+            "none yet in {} (schedule \"{}\"; `sudo firstboot snapshot` takes one now)",
+            v.dir, v.schedule
+        ),
+    };
+    format!("{:<10} {text}\n", "snapshots")
 }
 
 /// The human-readable view.
