@@ -278,6 +278,36 @@ mod tests {
     use crate::status::state::{NodeRole, Phase};
 
     #[test]
+    fn the_snapshot_row_gives_the_age_and_warns_past_two_periods() {
+        let view = SnapshotView {
+            dir: "/var/lib/rancher/k3s/server/db/snapshots".into(),
+            schedule: "0 */6 * * *".into(),
+            period_secs: Some(6 * 3600),
+            newest: Some("etcd-snapshot-lab-1-1796000000".into()),
+            newest_unix: Some(1_796_000_000),
+            count: 3,
+        };
+        let fresh = snapshot_row(&view, 1_796_000_000 + 3600);
+        assert!(
+            fresh.starts_with("snapshots  newest 1h 0m ago (etcd-snapshot-lab-1-1796000000, 3 in "),
+            "{fresh}"
+        );
+        assert!(!fresh.contains("WARNING"), "{fresh}");
+        let stale = snapshot_row(&view, 1_796_000_000 + 12 * 3600 + 1);
+        assert!(
+            stale.contains("WARNING: older than two schedule periods"),
+            "{stale}"
+        );
+        let none = SnapshotView {
+            newest: None,
+            newest_unix: None,
+            count: 0,
+            ..view
+        };
+        assert!(snapshot_row(&none, 0).contains("none yet"));
+    }
+
+    #[test]
     fn shows_state_and_never_the_token() {
         let dir = tempfile::tempdir().unwrap();
         let token = Token::new("status-secret-qq88ww".into()).unwrap();
