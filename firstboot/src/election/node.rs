@@ -858,7 +858,15 @@ impl<R: Rules> Node<R> {
                 .copied()
                 .filter(|node| !self.rejoining || *node != me)
                 .collect();
-            seats::role_for(self.rank.pin, me, init, &roster, self.servers)
+            match seats::role_for(self.rank.pin, me, init, &roster, self.servers) {
+                // In book mode a full roster does not make a card an agent: a seat keeper says
+                // so (`JoinAsAgent`) once it knows the card is not re-flashed (K3s would refuse
+                // it under its old name while its old Node is there, see `healer::reflash`).
+                Some(Role::Agent { .. }) if self.book_mode && self.rank.pin != RolePin::Agent => {
+                    None
+                }
+                role => role,
+            }
         };
         if let Some(role) = role {
             self.state.role = Some(role);
@@ -890,9 +898,12 @@ impl<R: Rules> Node<R> {
         }
         let held = if self.book_mode {
             // Unknown until the daemon has read the book: tell nobody anything yet. Nor while
-            // a holder is gone: its seat may be freed, the seat keepers decide.
+            // a holder is gone: its seat may be freed, the seat keepers decide. Nor once every
+            // seat is held: an asker then may be a re-flashed card whose old Node must go
+            // first, which only the seat keepers know (they read the Nodes).
             match &self.book {
                 Some(book) if self.gone_holders(book).is_some() => return false,
+                Some(book) if book.holders.len() >= self.servers => return false,
                 Some(book) => book.holders.len(),
                 None => return false,
             }
@@ -969,11 +980,17 @@ impl<R: Rules> Node<R> {
     }
 
     /// Ranks of the nodes asking for a server seat now (for the daemon's seat keeper): decided
-    /// for this cluster's init, no role yet, not pinned to agent, not told to join as an agent.
+    /// for this cluster's init, no role yet, not pinned to agent, and (outside book mode) not
+    /// told to join as an agent.
     pub fn seat_askers(&self, now: Millis) -> Vec<Rank> {
+        // In book mode a card told to join as an agent that asks again lost that frame or its
+        // state (a re-flashed card): it is asked about again (the seat keepers tell it again).
         self.peers
             .seat_askers(now, self.state.epoch, self.final_value())
-            .filter(|rank| rank.pin != RolePin::Agent && !self.state.agents.contains(&rank.node))
+            .filter(|rank| {
+                rank.pin != RolePin::Agent
+                    && (self.book_mode || !self.state.agents.contains(&rank.node))
+            })
             .collect()
     }
 
@@ -1917,17 +1934,88 @@ mod tests {
             x.status(Millis(2_200)).role,
             Some(Role::Server { join: NodeId(7) })
         );
-        // Had the seat been refilled (a full roster without it): an agent.
+        // Had the seat been refilled (a full roster without it): an agent once a seat keeper
+        // says so (in book mode a full roster alone makes no agent: the keepers first check
+        // that no old Node of its name is left, see `healer::reflash`).
         let mut y = Node::new(config(3, 3), Millis(0), Some(request.state));
         y.use_seat_book();
         y.rejoin_after_removal();
         y.handle_datagram(Millis(10), &frame(3, 7, decided_hello(true, &[7, 2, 9, 3])))
             .expect("genuine frame");
         persist_all(&mut y);
+        assert_eq!(y.status(Millis(10)).role, None);
+        y.handle_datagram(
+            Millis(20),
+            &frame(3, 7, Body::JoinAsAgent { node: NodeId(3) }),
+        )
+        .expect("genuine frame");
+        persist_all(&mut y);
         assert_eq!(
-            y.status(Millis(10)).role,
+            y.status(Millis(20)).role,
             Some(Role::Agent { join: NodeId(7) })
         );
+    }
+
+    #[test]
+    fn in_book_mode_a_full_roster_makes_no_agent_until_a_seat_keeper_says_so() {
+        // A card (9) hears a serving server relay a full roster: outside book mode it is an
+        // agent at once; in book mode it keeps asking (it may be a re-flashed card whose old
+        // Node must go first), and the init, whose book is full, does not tell it either.
+        for book_mode in [false, true] {
+            let mut card = Node::new(config(9, 3), Millis(0), None);
+            if book_mode {
+                card.use_seat_book();
+            }
+            card.handle_datagram(Millis(10), &frame(3, 7, decided_hello(true, &[7, 2, 3])))
+                .expect("genuine frame");
+            persist_all(&mut card);
+            let role = card.status(Millis(10)).role;
+            if book_mode {
+                assert_eq!(role, None);
+                card.handle_timeout(Millis(2_000));
+                persist_all(&mut card);
+                assert!(drain_transmits(&mut card)
+                    .iter()
+                    .any(|t| matches!(decode(3, t).body, Body::Hello(h) if h.wants_seat)));
+            } else {
+                assert_eq!(role, Some(Role::Agent { join: NodeId(7) }));
+            }
+        }
+        // The init (7, alone at first so it inits), serving, its book full.
+        let mut init = Node::new(config(7, 1), Millis(0), None);
+        init.use_seat_book();
+        init.handle_timeout(Millis(1500));
+        persist_all(&mut init);
+        init.report_serving(Millis(1600));
+        persist_all(&mut init);
+        init.set_seat_book(
+            Millis(1650),
+            BookView {
+                holders: [7, 2, 3].map(NodeId).to_vec(),
+                pending: false,
+                removed: Vec::new(),
+            },
+        );
+        for node in [2, 3] {
+            init.handle_datagram(
+                Millis(1_660),
+                &frame(1, node, decided_hello(true, &[7, 2, 3])),
+            )
+            .expect("genuine frame");
+        }
+        persist_all(&mut init);
+        drain_transmits(&mut init);
+        init.handle_datagram(Millis(1_700), &frame(1, 9, asking_hello(90)))
+            .expect("genuine frame");
+        persist_all(&mut init);
+        assert!(
+            !drain_transmits(&mut init)
+                .iter()
+                .any(|t| matches!(decode(1, t).body, Body::JoinAsAgent { .. })),
+            "the init told a card asking with a full book to be an agent"
+        );
+        // The seat keepers see it asking (and tell it once no old Node of its name is left).
+        assert_eq!(init.seat_askers(Millis(1_700)).len(), 1);
     }
 
     #[test]
