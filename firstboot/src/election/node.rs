@@ -77,6 +77,7 @@ impl<R: Rules> Node<R> {
         rules: R,
     ) -> Node<R> {
         let state = restored.unwrap_or_default();
+        let rejoining = state.rejoining;
         let me = config.rank.node;
         let mut outbox = Outbox::new(rules.release_after_persist());
         if let Some(role) = state.role {
@@ -113,7 +114,7 @@ impl<R: Rules> Node<R> {
             roster_via: None,
             book_mode: false,
             book: None,
-            rejoining: false,
+            rejoining,
             rules,
         }
     }
@@ -379,6 +380,21 @@ impl<R: Rules> Node<R> {
 
     fn on_hello(&mut self, now: Millis, sender: NodeId, hello: Hello) {
         self.peers.heard(now, sender, self.state.epoch, &hello);
+        let me = self.id();
+        if hello.serving
+            && hello.decided == Some(Value::Init(me))
+            && self.state.role.is_none()
+            && !self.rejoining
+        {
+            // The cluster whose init this node is runs (nothing serves before the init took
+            // its role, durably), yet this node has no role: its card was re-flashed (or its
+            // state lost). Initializing again would start a second cluster: it asks the seat
+            // book for a seat instead, durably (re-flashed cards, SPEC 4.4).
+            tracing::warn!(node = %me, via = %sender, "this node is the cluster-init node of a cluster that serves without it, and has no role (a re-flashed card?): it never initializes again, it asks for a seat");
+            self.rejoining = true;
+            self.state.rejoining = true;
+            self.persist();
+        }
         match hello.decided {
             None => {
                 self.note_voter(sender);
@@ -1953,6 +1969,58 @@ mod tests {
         assert_eq!(
             y.status(Millis(20)).role,
             Some(Role::Agent { join: NodeId(7) })
+        );
+    }
+
+    #[test]
+    fn a_reflashed_init_never_initializes_again_and_asks_the_seat_book_durably() {
+        // Node 7 was the cluster-init node; its card was re-flashed: no state. Servers 2 and 3
+        // serve and say 7 was decided. Without the guard it would take `ClusterInit` (a second
+        // cluster, `cluster-init` on empty data).
+        let hear = |x: &mut Node, at: u64| {
+            for from in [2, 3] {
+                x.handle_datagram(Millis(at), &frame(3, from, decided_hello(true, &[2, 3])))
+                    .expect("genuine frame");
+            }
+            persist_all(x);
+        };
+        let mut x = Node::new(config(7, 3), Millis(0), None);
+        x.use_seat_book();
+        x.handle_datagram(Millis(10), &frame(3, 2, decided_hello(true, &[2, 3])))
+            .expect("genuine frame");
+        let request = x.poll_persist().expect("state to persist");
+        assert!(request.state.rejoining, "the guard is durable");
+        x.persisted(request.seq);
+        hear(&mut x, 11);
+        assert_eq!(x.status(Millis(11)).role, None);
+        x.handle_timeout(Millis(2_000));
+        persist_all(&mut x);
+        assert!(drain_transmits(&mut x)
+            .iter()
+            .any(|t| matches!(decode(3, t).body, Body::Hello(h) if h.wants_seat)));
+        // Restarted from its state (before it heard anybody again): still never the init.
+        let mut y = Node::new(config(7, 3), Millis(0), Some(request.state.clone()));
+        y.use_seat_book();
+        y.handle_timeout(Millis(1_000));
+        persist_all(&mut y);
+        assert_eq!(y.status(Millis(1_000)).role, None);
+        hear(&mut y, 1_010);
+        y.handle_datagram(
+            Millis(1_020),
+            &frame(3, 2, Body::SeatGranted { node: NodeId(7) }),
+        )
+        .expect("genuine frame");
+        persist_all(&mut y);
+        assert_eq!(
+            y.status(Millis(1_020)).role,
+            Some(Role::Server { join: NodeId(7) })
+        );
+        // The state file carries the flag, and reads back.
+        let text = serde_json::to_string(&request.state).unwrap();
+        assert!(text.contains("\"rejoining\":true"), "{text}");
+        assert_eq!(
+            serde_json::from_str::<PersistedState>(&text).unwrap(),
+            request.state
         );
     }
 
