@@ -23,6 +23,10 @@
 //! keepers tell the agent (`SeatGranted`), which records the server role durably and joins as
 //! a K3s server; a grant the agent never takes up is withdrawn ([`promotion`]).
 //!
+//! A card re-flashed in the same machine asks for its role again under the name of a Node K3s
+//! still has: the Lease holder deletes that Node (never a Ready one) before the seat keepers
+//! tell the card anything, also with `replace_after = "off"` ([`reflash`]).
+//!
 //! A released seat's former holder stays listed under the book's `removed`; when it comes back
 //! (a healed partition), the seat keepers tell it, and it sets its etcd data aside and rejoins
 //! through the seat book (`lifecycle/rejoin.rs`).
