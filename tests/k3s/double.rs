@@ -1042,7 +1042,7 @@ fn a_reflashed_agent_is_accepted_once_its_old_node_is_deleted() {
     }
     drop(stop_and_log(old));
     // The same name with a fresh root (a new node password): refused while the Node is there.
-    let mut fresh = spawn("agent", &agent_of(&url, ca_hash, "lab-000002"), free_port());
+    let fresh = spawn("agent", &agent_of(&url, ca_hash, "lab-000002"), free_port());
     fresh
         .notify
         .set_read_timeout(Some(Duration::from_secs(7)))

@@ -875,12 +875,12 @@ impl<R: Rules> Node<R> {
                 .filter(|node| !self.rejoining || *node != me)
                 .collect();
             match seats::role_for(self.rank.pin, me, init, &roster, self.servers) {
-                // In book mode a full roster does not make a card an agent: a seat keeper says
-                // so (`JoinAsAgent`) once it knows the card is not re-flashed (K3s would refuse
-                // it under its old name while its old Node is there, see `healer::reflash`).
-                Some(Role::Agent { .. }) if self.book_mode && self.rank.pin != RolePin::Agent => {
-                    None
-                }
+                // In book mode a roster gives no role but a pinned agent's: the seat keepers
+                // tell every other card (`SeatGranted`, `JoinAsAgent`), once they know it is no
+                // re-flashed card whose old Node must go first (K3s would refuse it under its old
+                // name, see `healer::reflash`). A roster naming this card may be its old seat,
+                // relayed while its old self still counted as serving.
+                Some(_) if self.book_mode && self.rank.pin != RolePin::Agent => None,
                 role => role,
             }
         };
@@ -1086,6 +1086,9 @@ impl<R: Rules> Node<R> {
         }
         let role = Role::Server { join: init };
         self.state.role = Some(role);
+        // Kept durably, so this server relays the roster after a restart (as a role taken from
+        // the roster keeps it).
+        self.state.roster = self.init_roster.clone();
         self.roster_via = Some(sender);
         tracing::debug!(node = %self.id(), ?role, via = %sender, "grant: seat from the book");
         self.persist();
@@ -1718,6 +1721,13 @@ mod tests {
         server
             .handle_datagram(Millis(11), &frame(3, 3, decided_hello(true, &[7, 2, 3])))
             .expect("genuine frame");
+        // In book mode its role comes from the book (a seat keeper's frame), not the roster.
+        server
+            .handle_datagram(
+                Millis(12),
+                &frame(3, 7, Body::SeatGranted { node: NodeId(2) }),
+            )
+            .expect("genuine frame");
         persist_all(&mut server);
         server.report_serving(Millis(20));
         persist_all(&mut server);
@@ -1858,6 +1868,11 @@ mod tests {
         x.use_seat_book();
         x.handle_datagram(Millis(10), &frame(3, 7, decided_hello(true, &[7, 2, 3])))
             .expect("genuine frame");
+        x.handle_datagram(
+            Millis(11),
+            &frame(3, 7, Body::SeatGranted { node: NodeId(3) }),
+        )
+        .expect("genuine frame");
         persist_all(&mut x);
         x.report_serving(Millis(20));
         persist_all(&mut x);
@@ -1927,11 +1942,8 @@ mod tests {
         };
         let mut x = restart(true);
         assert_eq!(x.status(Millis(10)).role, None, "it must ask the seat book");
-        // (without the rejoin flag the stale roster would have made it a server again)
-        assert_eq!(
-            restart(false).status(Millis(10)).role,
-            Some(Role::Server { join: NodeId(7) })
-        );
+        // (in book mode a roster gives no role without the rejoin flag either)
+        assert_eq!(restart(false).status(Millis(10)).role, None);
         // ...it asks for a seat, and takes the one the book grants.
         x.handle_timeout(Millis(2_000));
         persist_all(&mut x);
@@ -2025,7 +2037,7 @@ mod tests {
     }
 
     #[test]
-    fn in_book_mode_a_full_roster_makes_no_agent_until_a_seat_keeper_says_so() {
+    fn in_book_mode_a_roster_gives_no_role_the_seat_keepers_tell_the_card() {
         // A card (9) hears a serving server relay a full roster: outside book mode it is an
         // agent at once; in book mode it keeps asking (it may be a re-flashed card whose old
         // Node must go first), and the init, whose book is full, does not tell it either.
@@ -2048,6 +2060,23 @@ mod tests {
             } else {
                 assert_eq!(role, Some(Role::Agent { join: NodeId(7) }));
             }
+        }
+        // A roster naming the card (its old seat, relayed while its old self still counted as
+        // serving): a server outside book mode, nothing in book mode (the keepers grant).
+        for book_mode in [false, true] {
+            let mut card = Node::new(config(9, 3), Millis(0), None);
+            if book_mode {
+                card.use_seat_book();
+            }
+            card.handle_datagram(Millis(10), &frame(3, 7, decided_hello(true, &[7, 9, 3])))
+                .expect("genuine frame");
+            persist_all(&mut card);
+            let expected = (!book_mode).then_some(Role::Server { join: NodeId(7) });
+            assert_eq!(
+                card.status(Millis(10)).role,
+                expected,
+                "book mode {book_mode}"
+            );
         }
         // The init (7, alone at first so it inits), serving, its book full.
         let mut init = Node::new(config(7, 1), Millis(0), None);
