@@ -14,6 +14,9 @@
 //! as an agent under its old name. Neither card's K3s was refused (no "Node password rejected",
 //! no "duplicate node name found"): neither started before its old Node was gone.
 //!
+//! The second test re-flashes the cluster-init node's card (three servers, no agent): it must
+//! never run `cluster-init` again (a second cluster); it rejoins as a server the same way.
+//!
 //! The case of a card asking under the name of a Ready Node (a duplicate, nothing deleted) is
 //! proven by unit tests (`healer::reflash`, `healer::round`, `seat_book::keeper`).
 
@@ -154,11 +157,15 @@ fn reflash_and_rejoin(
     (booted, gone, ready)
 }
 
+/// The two tests run one after the other (each boots its machines).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_reflashed_server_and_a_reflashed_agent_rejoin_under_their_old_names() {
     if skip("a_reflashed_server_and_a_reflashed_agent_rejoin_under_their_old_names") {
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let toml = cluster_toml_with(3, 4, "replace_after = \"10m\"");
     let mut lan = Lan::new();
     let start = Instant::now();
@@ -310,5 +317,85 @@ fn a_reflashed_server_and_a_reflashed_agent_rejoin_under_their_old_names() {
     eprintln!(
         "done at +{:.0}s. re-flashed server {server_name}: old Node gone {server_gone:?}, Ready {server_ready:?}, voter {voter_at:?} after its boot; re-flashed agent {agent_name}: old Node gone {agent_gone:?}, Ready {agent_ready:?} after its boot",
         start.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn a_reflashed_init_rejoins_as_a_server_and_never_inits_again() {
+    if skip("a_reflashed_init_rejoins_as_a_server_and_never_inits_again") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let toml = cluster_toml_with(3, 3, "replace_after = \"10m\"");
+    let mut lan = Lan::new();
+    let roles = form(&mut lan, &toml, 3, WAIT);
+    let init = roles
+        .iter()
+        .position(|r| r == "init")
+        .unwrap_or_else(|| panic!("no init: {roles:?}\n{}", lan.report()));
+    let live: Vec<usize> = (0..3).filter(|i| *i != init).collect();
+    let init_name = lan.machines[init].hostname();
+    lan.wait_for("the book holds the 3 formation seats", WAIT, |lan| {
+        book(&lan.machines[live[0]])
+            .is_some_and(|b| b["holders"].as_array().map(Vec::len) == Some(3))
+    });
+    let pids: Vec<u32> = live
+        .iter()
+        .map(|i| lan.machines[*i].pid1().expect("a live server runs"))
+        .collect();
+    let script = format!(
+        "printf '%s' '{CANARY}' > /tmp/canary.json && /usr/bin/timeout 20 /usr/local/bin/k3s kubectl create -f /tmp/canary.json -o json"
+    );
+    let out = lan.machines[live[0]]
+        .exec("/bin/sh", &["-c", &script])
+        .expect("a server runs");
+    assert!(
+        out.status.success(),
+        "creating the canary: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sampler = Sampler::start(pids.clone());
+    let (booted, gone, ready) = reflash_and_rejoin(&mut lan, &toml, init, live[0], "server");
+    lan.wait_for(&format!("{init_name} a voter again"), WAIT, |_| {
+        members(pids[0]).is_ok_and(|l| {
+            l.len() == 3
+                && l.iter().all(|m| !m.is_learner)
+                && l.iter().any(|m| etcd::node_of_member(&m.name) == init_name)
+        })
+    });
+    let voter_at = booted.elapsed();
+    let (most_voters, history) = sampler.finish();
+    eprintln!("member lists seen:\n{history}");
+    assert!(
+        most_voters <= 3,
+        "{most_voters} voting members at once (at most servers = 3); lists seen:\n{history}"
+    );
+    // It never ran cluster-init again: its config joins a live server, and its election
+    // recorded why.
+    let yaml = lan.machines[init].config_yaml().expect("config.yaml");
+    assert!(
+        !yaml.contains("cluster-init") && yaml.lines().any(|l| l.starts_with("server:")),
+        "the re-flashed init's config.yaml:\n{yaml}"
+    );
+    let election = lan.machines[init]
+        .root_file("var/lib/firstboot/election.json")
+        .expect("election.json");
+    assert!(
+        String::from_utf8_lossy(&election).contains("\"rejoining\": true"),
+        "{}",
+        String::from_utf8_lossy(&election)
+    );
+    let canary = kubectl_json(
+        &lan.machines[init],
+        &["get", "configmap", "reflash-canary", "-n", "default"],
+    )
+    .expect("the canary on the re-flashed init");
+    assert_eq!(
+        canary["data"]["written"].as_str(),
+        Some("before the re-flash"),
+        "{canary}"
+    );
+    eprintln!(
+        "re-flashed init {init_name}: old Node gone {gone:?}, Ready {ready:?}, voter {voter_at:?} after its boot"
     );
 }
