@@ -1026,6 +1026,48 @@ fn an_agent_with_a_duplicate_node_name_is_rejected() {
     }
 }
 
+// Rule: deleting a Node drops its node-password secret, an agent's too (K3s's node controller
+// puts its finalizer on every Node, pkg/node/controller.go:31, and its onRemove deletes the
+// secret, :49-51, :71-75, :191-192): a re-flashed agent (same name, new node password) retrying
+// "Node password rejected" is accepted once its old Node is deleted.
+#[test]
+fn a_reflashed_agent_is_accepted_once_its_old_node_is_deleted() {
+    let (init, url, ca_hash) = init_with("lab-000001");
+    let mut old = spawn("agent", &agent_of(&url, ca_hash, "lab-000002"), free_port());
+    wait_ready(&mut old);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !init.kubectl(&["get", "node", "lab-000002", "-o", "json"]).0 {
+        assert!(std::time::Instant::now() < deadline, "no Node lab-000002");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(stop_and_log(old));
+    // The same name with a fresh root (a new node password): refused while the Node is there.
+    let fresh = spawn("agent", &agent_of(&url, ca_hash, "lab-000002"), free_port());
+    fresh
+        .notify
+        .set_read_timeout(Some(Duration::from_secs(7)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        fresh.notify.recv(&mut buf).is_err(),
+        "READY under the name of a Node registered with another password"
+    );
+    let (deleted, out, err) = init.kubectl(&["delete", "node", "lab-000002", "--wait=false"]);
+    assert!(deleted, "{out}{err}");
+    // It retries every 5 s and is accepted now.
+    fresh
+        .notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let ready = fresh.notify.recv(&mut buf);
+    let log = stop_and_log(fresh);
+    assert!(
+        ready.is_ok(),
+        "not READY 30 s after its old Node was deleted:\n{log}"
+    );
+    assert!(log.contains("Node password rejected"), "{log}");
+}
+
 // Rule: servers compare K3s v1.31's critical arguments (pkg/daemons/config/types.go:169-189,
 // pkg/cluster/bootstrap.go:477-528) and refuse a mismatch.
 #[test]

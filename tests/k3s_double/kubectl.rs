@@ -173,6 +173,12 @@ pub async fn run(args: &[String], now: impl Fn() -> i64) -> Result<String, Kubec
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0);
                 etcd::delete_if(&ep, &k, rv).await.map_err(internal)?;
+                // K3s puts its node controller's finalizer on every Node (wrangler
+                // `nodes.OnRemove(ctx, "node", ...)`, pkg/node/controller.go:31), whose onRemove
+                // deletes the node-password secret (:49-51, :71-75, :191-192): an agent's too.
+                // The double has no such finalizer on a Node without an etcd member and does it
+                // here, with the Lease the node lifecycle controller drops.
+                store::forget_node(&ep, name).await.map_err(internal)?;
                 let _ = crate::store::finalize_deleted_nodes(&ep).await;
             }
             // kubectl delete waits for the object to be gone (--wait defaults to true).

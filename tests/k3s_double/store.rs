@@ -328,16 +328,22 @@ pub async fn finalize_deleted_nodes(ep: &str) -> Result<Vec<String>> {
             }
         }
         if etcd::delete_if(ep, &kv.key, kv.mod_revision).await? {
-            let _ = etcd_delete(ep, &key("leases", Some("kube-node-lease"), &name)).await;
-            let _ = etcd_delete(
-                ep,
-                &key("secrets", Some("kube-system"), &node_password_secret(&name)),
-            )
-            .await;
+            let _ = forget_node(ep, &name).await;
             done.push(format!("level=info msg=\"node {name} deleted\""));
         }
     }
     Ok(done)
+}
+
+/// What goes with a deleted Node: its heartbeat Lease and its node-password secret (K3s's node
+/// controller's onRemove, pkg/node/controller.go:49-51, :71-75, :191-192 nodepassword.Delete).
+pub async fn forget_node(ep: &str, name: &str) -> Result<()> {
+    etcd_delete(ep, &key("leases", Some("kube-node-lease"), name)).await?;
+    etcd_delete(
+        ep,
+        &key("secrets", Some("kube-system"), &node_password_secret(name)),
+    )
+    .await
 }
 
 async fn etcd_delete(ep: &str, k: &str) -> Result<()> {

@@ -985,6 +985,55 @@ impl Lan {
         self.cable(i, false);
     }
 
+    /// Re-flashes machine `i`'s card: powers it off, writes the node image over its disk image
+    /// again and stamps `cluster_toml` into it (as [`Lan::add_machine`] did), leaving it powered
+    /// off. The machine keeps its name, its network namespace and its `eth0` (so its MAC, which
+    /// is its node id on these boards, and its address): the same Pi with a fresh card.
+    pub fn reflash(&mut self, i: usize, cluster_toml: &str) {
+        self.power_off(i);
+        let m = &mut self.machines[i];
+        for attempt in 0..50 {
+            let ok = Command::new("umount")
+                .arg(&m.root)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok || !is_mounted(&m.root) {
+                break;
+            }
+            assert!(
+                attempt < 49,
+                "{}: the old card's root stays mounted",
+                m.name
+            );
+            sleep(Duration::from_millis(100));
+        }
+        fs::remove_file(&m.image).expect("removing the old card's image");
+        check(
+            Command::new("cp")
+                .args(["--sparse=always", "--reflink=auto"])
+                .arg(&self.node_image)
+                .arg(&m.image),
+            "copying the node image onto the re-flashed card",
+        );
+        let toml_path = m.dir.join("cluster.toml");
+        fs::write(&toml_path, cluster_toml).expect("writing cluster.toml");
+        imagebuild::stamp::stamp(&m.image, &toml_path, &Default::default())
+            .expect("stamping cluster.toml into the re-flashed card");
+        fs::remove_file(&toml_path).expect("removing the host copy of cluster.toml");
+        let [_, (root_offset, root_size)] = self.partitions;
+        check(
+            Command::new("mount")
+                .arg("-o")
+                .arg(format!(
+                    "loop,offset={root_offset},sizelimit={root_size},noatime"
+                ))
+                .arg(&m.image)
+                .arg(&m.root),
+            "loop-mounting the re-flashed card's root partition",
+        );
+    }
+
     /// Machine `i`'s link on the bridge (the switch port) up or down.
     fn cable(&self, i: usize, up: bool) {
         let number = self.machines[i].number;

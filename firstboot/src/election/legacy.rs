@@ -46,6 +46,7 @@ impl StateV1 {
             agents: self.agents,
             role: self.role,
             serving: self.serving,
+            rejoining: false,
         })
     }
 }

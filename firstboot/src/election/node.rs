@@ -77,6 +77,7 @@ impl<R: Rules> Node<R> {
         rules: R,
     ) -> Node<R> {
         let state = restored.unwrap_or_default();
+        let rejoining = state.rejoining;
         let me = config.rank.node;
         let mut outbox = Outbox::new(rules.release_after_persist());
         if let Some(role) = state.role {
@@ -113,7 +114,7 @@ impl<R: Rules> Node<R> {
             roster_via: None,
             book_mode: false,
             book: None,
-            rejoining: false,
+            rejoining,
             rules,
         }
     }
@@ -379,6 +380,21 @@ impl<R: Rules> Node<R> {
 
     fn on_hello(&mut self, now: Millis, sender: NodeId, hello: Hello) {
         self.peers.heard(now, sender, self.state.epoch, &hello);
+        let me = self.id();
+        if hello.serving
+            && hello.decided == Some(Value::Init(me))
+            && self.state.role.is_none()
+            && !self.rejoining
+        {
+            // The cluster whose init this node is runs (nothing serves before the init took
+            // its role, durably), yet this node has no role: its card was re-flashed (or its
+            // state lost). Initializing again would start a second cluster: it asks the seat
+            // book for a seat instead, durably (re-flashed cards, SPEC 4.4).
+            tracing::warn!(node = %me, via = %sender, "this node is the cluster-init node of a cluster that serves without it, and has no role (a re-flashed card?): it never initializes again, it asks for a seat");
+            self.rejoining = true;
+            self.state.rejoining = true;
+            self.persist();
+        }
         match hello.decided {
             None => {
                 self.note_voter(sender);
@@ -858,7 +874,15 @@ impl<R: Rules> Node<R> {
                 .copied()
                 .filter(|node| !self.rejoining || *node != me)
                 .collect();
-            seats::role_for(self.rank.pin, me, init, &roster, self.servers)
+            match seats::role_for(self.rank.pin, me, init, &roster, self.servers) {
+                // In book mode a roster gives no role but a pinned agent's: the seat keepers
+                // tell every other card (`SeatGranted`, `JoinAsAgent`), once they know it is no
+                // re-flashed card whose old Node must go first (K3s would refuse it under its old
+                // name, see `healer::reflash`). A roster naming this card may be its old seat,
+                // relayed while its old self still counted as serving.
+                Some(_) if self.book_mode && self.rank.pin != RolePin::Agent => None,
+                role => role,
+            }
         };
         if let Some(role) = role {
             self.state.role = Some(role);
@@ -890,9 +914,12 @@ impl<R: Rules> Node<R> {
         }
         let held = if self.book_mode {
             // Unknown until the daemon has read the book: tell nobody anything yet. Nor while
-            // a holder is gone: its seat may be freed, the seat keepers decide.
+            // a holder is gone: its seat may be freed, the seat keepers decide. Nor once every
+            // seat is held: an asker then may be a re-flashed card whose old Node must go
+            // first, which only the seat keepers know (they read the Nodes).
             match &self.book {
                 Some(book) if self.gone_holders(book).is_some() => return false,
+                Some(book) if book.holders.len() >= self.servers => return false,
                 Some(book) => book.holders.len(),
                 None => return false,
             }
@@ -969,11 +996,17 @@ impl<R: Rules> Node<R> {
     }
 
     /// Ranks of the nodes asking for a server seat now (for the daemon's seat keeper): decided
-    /// for this cluster's init, no role yet, not pinned to agent, not told to join as an agent.
+    /// for this cluster's init, no role yet, not pinned to agent, and (outside book mode) not
+    /// told to join as an agent.
     pub fn seat_askers(&self, now: Millis) -> Vec<Rank> {
+        // In book mode a card told to join as an agent that asks again lost that frame or its
+        // state (a re-flashed card): it is asked about again (the seat keepers tell it again).
         self.peers
             .seat_askers(now, self.state.epoch, self.final_value())
-            .filter(|rank| rank.pin != RolePin::Agent && !self.state.agents.contains(&rank.node))
+            .filter(|rank| {
+                rank.pin != RolePin::Agent
+                    && (self.book_mode || !self.state.agents.contains(&rank.node))
+            })
             .collect()
     }
 
@@ -1053,6 +1086,9 @@ impl<R: Rules> Node<R> {
         }
         let role = Role::Server { join: init };
         self.state.role = Some(role);
+        // Kept durably, so this server relays the roster after a restart (as a role taken from
+        // the roster keeps it).
+        self.state.roster = self.init_roster.clone();
         self.roster_via = Some(sender);
         tracing::debug!(node = %self.id(), ?role, via = %sender, "grant: seat from the book");
         self.persist();
@@ -1685,6 +1721,13 @@ mod tests {
         server
             .handle_datagram(Millis(11), &frame(3, 3, decided_hello(true, &[7, 2, 3])))
             .expect("genuine frame");
+        // In book mode its role comes from the book (a seat keeper's frame), not the roster.
+        server
+            .handle_datagram(
+                Millis(12),
+                &frame(3, 7, Body::SeatGranted { node: NodeId(2) }),
+            )
+            .expect("genuine frame");
         persist_all(&mut server);
         server.report_serving(Millis(20));
         persist_all(&mut server);
@@ -1825,6 +1868,11 @@ mod tests {
         x.use_seat_book();
         x.handle_datagram(Millis(10), &frame(3, 7, decided_hello(true, &[7, 2, 3])))
             .expect("genuine frame");
+        x.handle_datagram(
+            Millis(11),
+            &frame(3, 7, Body::SeatGranted { node: NodeId(3) }),
+        )
+        .expect("genuine frame");
         persist_all(&mut x);
         x.report_serving(Millis(20));
         persist_all(&mut x);
@@ -1894,11 +1942,8 @@ mod tests {
         };
         let mut x = restart(true);
         assert_eq!(x.status(Millis(10)).role, None, "it must ask the seat book");
-        // (without the rejoin flag the stale roster would have made it a server again)
-        assert_eq!(
-            restart(false).status(Millis(10)).role,
-            Some(Role::Server { join: NodeId(7) })
-        );
+        // (in book mode a roster gives no role without the rejoin flag either)
+        assert_eq!(restart(false).status(Millis(10)).role, None);
         // ...it asks for a seat, and takes the one the book grants.
         x.handle_timeout(Millis(2_000));
         persist_all(&mut x);
@@ -1917,17 +1962,157 @@ mod tests {
             x.status(Millis(2_200)).role,
             Some(Role::Server { join: NodeId(7) })
         );
-        // Had the seat been refilled (a full roster without it): an agent.
+        // Had the seat been refilled (a full roster without it): an agent once a seat keeper
+        // says so (in book mode a full roster alone makes no agent: the keepers first check
+        // that no old Node of its name is left, see `healer::reflash`).
         let mut y = Node::new(config(3, 3), Millis(0), Some(request.state));
         y.use_seat_book();
         y.rejoin_after_removal();
         y.handle_datagram(Millis(10), &frame(3, 7, decided_hello(true, &[7, 2, 9, 3])))
             .expect("genuine frame");
         persist_all(&mut y);
+        assert_eq!(y.status(Millis(10)).role, None);
+        y.handle_datagram(
+            Millis(20),
+            &frame(3, 7, Body::JoinAsAgent { node: NodeId(3) }),
+        )
+        .expect("genuine frame");
+        persist_all(&mut y);
         assert_eq!(
-            y.status(Millis(10)).role,
+            y.status(Millis(20)).role,
             Some(Role::Agent { join: NodeId(7) })
         );
+    }
+
+    #[test]
+    fn a_reflashed_init_never_initializes_again_and_asks_the_seat_book_durably() {
+        // Node 7 was the cluster-init node; its card was re-flashed: no state. Servers 2 and 3
+        // serve and say 7 was decided. Without the guard it would take `ClusterInit` (a second
+        // cluster, `cluster-init` on empty data).
+        let hear = |x: &mut Node, at: u64| {
+            for from in [2, 3] {
+                x.handle_datagram(Millis(at), &frame(3, from, decided_hello(true, &[2, 3])))
+                    .expect("genuine frame");
+            }
+            persist_all(x);
+        };
+        let mut x = Node::new(config(7, 3), Millis(0), None);
+        x.use_seat_book();
+        x.handle_datagram(Millis(10), &frame(3, 2, decided_hello(true, &[2, 3])))
+            .expect("genuine frame");
+        let request = x.poll_persist().expect("state to persist");
+        assert!(request.state.rejoining, "the guard is durable");
+        x.persisted(request.seq);
+        hear(&mut x, 11);
+        assert_eq!(x.status(Millis(11)).role, None);
+        x.handle_timeout(Millis(2_000));
+        persist_all(&mut x);
+        assert!(drain_transmits(&mut x)
+            .iter()
+            .any(|t| matches!(decode(3, t).body, Body::Hello(h) if h.wants_seat)));
+        // Restarted from its state (before it heard anybody again): still never the init.
+        let mut y = Node::new(config(7, 3), Millis(0), Some(request.state.clone()));
+        y.use_seat_book();
+        y.handle_timeout(Millis(1_000));
+        persist_all(&mut y);
+        assert_eq!(y.status(Millis(1_000)).role, None);
+        hear(&mut y, 1_010);
+        y.handle_datagram(
+            Millis(1_020),
+            &frame(3, 2, Body::SeatGranted { node: NodeId(7) }),
+        )
+        .expect("genuine frame");
+        persist_all(&mut y);
+        assert_eq!(
+            y.status(Millis(1_020)).role,
+            Some(Role::Server { join: NodeId(7) })
+        );
+        // The state file carries the flag, and reads back.
+        let text = serde_json::to_string(&request.state).unwrap();
+        assert!(text.contains("\"rejoining\":true"), "{text}");
+        assert_eq!(
+            serde_json::from_str::<PersistedState>(&text).unwrap(),
+            request.state
+        );
+    }
+
+    #[test]
+    fn in_book_mode_a_roster_gives_no_role_the_seat_keepers_tell_the_card() {
+        // A card (9) hears a serving server relay a full roster: outside book mode it is an
+        // agent at once; in book mode it keeps asking (it may be a re-flashed card whose old
+        // Node must go first), and the init, whose book is full, does not tell it either.
+        for book_mode in [false, true] {
+            let mut card = Node::new(config(9, 3), Millis(0), None);
+            if book_mode {
+                card.use_seat_book();
+            }
+            card.handle_datagram(Millis(10), &frame(3, 7, decided_hello(true, &[7, 2, 3])))
+                .expect("genuine frame");
+            persist_all(&mut card);
+            let role = card.status(Millis(10)).role;
+            if book_mode {
+                assert_eq!(role, None);
+                card.handle_timeout(Millis(2_000));
+                persist_all(&mut card);
+                assert!(drain_transmits(&mut card)
+                    .iter()
+                    .any(|t| matches!(decode(3, t).body, Body::Hello(h) if h.wants_seat)));
+            } else {
+                assert_eq!(role, Some(Role::Agent { join: NodeId(7) }));
+            }
+        }
+        // A roster naming the card (its old seat, relayed while its old self still counted as
+        // serving): a server outside book mode, nothing in book mode (the keepers grant).
+        for book_mode in [false, true] {
+            let mut card = Node::new(config(9, 3), Millis(0), None);
+            if book_mode {
+                card.use_seat_book();
+            }
+            card.handle_datagram(Millis(10), &frame(3, 7, decided_hello(true, &[7, 9, 3])))
+                .expect("genuine frame");
+            persist_all(&mut card);
+            let expected = (!book_mode).then_some(Role::Server { join: NodeId(7) });
+            assert_eq!(
+                card.status(Millis(10)).role,
+                expected,
+                "book mode {book_mode}"
+            );
+        }
+        // The init (7, alone at first so it inits), serving, its book full.
+        let mut init = Node::new(config(7, 1), Millis(0), None);
+        init.use_seat_book();
+        init.handle_timeout(Millis(1500));
+        persist_all(&mut init);
+        init.report_serving(Millis(1600));
+        persist_all(&mut init);
+        init.set_seat_book(
+            Millis(1650),
+            BookView {
+                holders: [7, 2, 3].map(NodeId).to_vec(),
+                pending: false,
+                removed: Vec::new(),
+            },
+        );
+        for node in [2, 3] {
+            init.handle_datagram(
+                Millis(1_660),
+                &frame(1, node, decided_hello(true, &[7, 2, 3])),
+            )
+            .expect("genuine frame");
+        }
+        persist_all(&mut init);
+        drain_transmits(&mut init);
+        init.handle_datagram(Millis(1_700), &frame(1, 9, asking_hello(90)))
+            .expect("genuine frame");
+        persist_all(&mut init);
+        assert!(
+            !drain_transmits(&mut init)
+                .iter()
+                .any(|t| matches!(decode(1, t).body, Body::JoinAsAgent { .. })),
+            "the init told a card asking with a full book to be an agent"
+        );
+        // The seat keepers see it asking (and tell it once no old Node of its name is left).
+        assert_eq!(init.seat_askers(Millis(1_700)).len(), 1);
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub struct PersistedState {
     pub role: Option<Role>,
     /// The driver reported that the role's K3s service is up.
     pub serving: bool,
+    /// This node is the decided cluster-init node, has no role, and heard the cluster serve
+    /// without it (its card was re-flashed, or its state lost): it never initializes, it asks
+    /// the seat book for a seat (see `Node::on_hello`).
+    pub rejoining: bool,
 }
 
 /// `election.json` as written since protocol 2: the epoch's state as the leader value
@@ -49,6 +53,9 @@ pub(super) struct StateFile {
     pub(super) agents: Vec<NodeId>,
     pub(super) role: Option<Role>,
     pub(super) serving: bool,
+    /// Written only when set, so the file of every other node stays as protocol 2 wrote it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) rejoining: bool,
 }
 
 impl TryFrom<StateFile> for PersistedState {
@@ -73,6 +80,7 @@ impl TryFrom<StateFile> for PersistedState {
             agents: file.agents,
             role: file.role,
             serving: file.serving,
+            rejoining: file.rejoining,
         })
     }
 }
@@ -89,6 +97,7 @@ impl From<PersistedState> for StateFile {
             agents: state.agents,
             role: state.role,
             serving: state.serving,
+            rejoining: state.rejoining,
         }
     }
 }

@@ -23,6 +23,10 @@
 //! keepers tell the agent (`SeatGranted`), which records the server role durably and joins as
 //! a K3s server; a grant the agent never takes up is withdrawn ([`promotion`]).
 //!
+//! A card re-flashed in the same machine asks for its role again under the name of a Node K3s
+//! still has: the Lease holder deletes that Node (never a Ready one) before the seat keepers
+//! tell the card anything, also with `replace_after = "off"` ([`reflash`]).
+//!
 //! A released seat's former holder stays listed under the book's `removed`; when it comes back
 //! (a healed partition), the seat keepers tell it, and it sets its etcd data aside and rejoins
 //! through the seat book (`lifecycle/rejoin.rs`).
@@ -30,6 +34,7 @@
 pub mod lease;
 pub mod nodes;
 pub mod promotion;
+pub mod reflash;
 pub mod round;
 
 use crate::election::Rank;
@@ -113,6 +118,14 @@ pub enum Action {
         /// Its Node name.
         name: String,
     },
+    /// `k3s kubectl delete node NAME` (non-forced) for the old Node of a re-flashed card (see
+    /// [`reflash`]); decided by [`reflash::decide`], not by [`decide`].
+    DeleteReflashed {
+        /// The card.
+        node: NodeId,
+        /// Its old Node's name.
+        name: String,
+    },
     /// The agent granted a seat still announces itself as an agent after
     /// [`promotion::timeout`]: it never took the promotion up, so its grant is withdrawn.
     Withdraw(NodeId),
@@ -156,6 +169,42 @@ fn unseen_since(view: Option<&NodeView>, lan: Option<i64>, created: i64) -> Opti
     Some(heartbeat.max(lan.unwrap_or(created)))
 }
 
+/// Each seat holder: its id, its Node name, and since when it is unseen (`None`: alive).
+fn unseen_holders<'a>(inputs: &Inputs<'a>) -> Vec<(NodeId, &'a str, Option<i64>)> {
+    inputs
+        .book
+        .holders
+        .iter()
+        .map(|h| {
+            let since = unseen_since(
+                inputs.nodes.iter().find(|n| n.name == h.name),
+                inputs.lan_seen.get(&h.node).copied(),
+                h.granted_at,
+            );
+            // The later of the two sightings counts: a server K3s lost but the LAN still
+            // sees (a broken K3s, a partition of the API only) is not gone.
+            (h.node, h.name.as_str(), since)
+        })
+        .collect()
+}
+
+/// The seat holders alive for the quorum check, and all of them: alive is Ready in K3s, or
+/// heard on the LAN just now (a conservative count: a server rebooting counts as down, so
+/// nothing is removed while another one is).
+fn alive_holders(inputs: &Inputs) -> (usize, usize) {
+    let alive = unseen_holders(inputs)
+        .iter()
+        .filter(|(n, _, since)| {
+            since.is_none()
+                || inputs
+                    .lan_seen
+                    .get(n)
+                    .is_some_and(|at| inputs.now - at < LAN_FRESH)
+        })
+        .count();
+    (alive, inputs.book.holders.len())
+}
+
 /// The healer's one step (see the module docs for the rules).
 pub fn decide(inputs: &Inputs) -> Action {
     let Some(replace_after) = inputs.replace_after else {
@@ -166,34 +215,8 @@ pub fn decide(inputs: &Inputs) -> Action {
     if let Some(deleting) = inputs.nodes.iter().find(|n| n.deleting) {
         return Action::Nothing(Why::Deleting(deleting.name.clone()));
     }
-    // Each holder: alive, or unseen since when.
-    let unseen: Vec<(NodeId, &str, Option<i64>)> = book
-        .holders
-        .iter()
-        .map(|h| {
-            let since = unseen_since(
-                node(&h.name),
-                inputs.lan_seen.get(&h.node).copied(),
-                h.granted_at,
-            );
-            // The later of the two sightings counts: a server K3s lost but the LAN still
-            // sees (a broken K3s, a partition of the API only) is not gone.
-            (h.node, h.name.as_str(), since)
-        })
-        .collect();
-    // Alive for quorum: Ready in K3s, or heard on the LAN just now (a conservative count: a
-    // server rebooting counts as down, so nothing is removed while another one is).
-    let alive = unseen
-        .iter()
-        .filter(|(n, _, since)| {
-            since.is_none()
-                || inputs
-                    .lan_seen
-                    .get(n)
-                    .is_some_and(|at| inputs.now - at < LAN_FRESH)
-        })
-        .count();
-    let holders = book.holders.len();
+    let unseen = unseen_holders(inputs);
+    let (alive, holders) = alive_holders(inputs);
     if alive < holders / 2 + 1 {
         return Action::Nothing(Why::QuorumLost { alive, holders });
     }

@@ -15,6 +15,7 @@
 //! - grant a free seat to the best agent in the book by compare-and-swap (its promotion, see
 //!   [`super::promotion`]); withdraw such a grant when the agent never takes it up.
 
+use super::reflash::{self, Reflash};
 use super::{decide, lease, nodes, Action, AgentView, Inputs, Why};
 use crate::clock::unix_now;
 use crate::model::NodeId;
@@ -36,6 +37,9 @@ pub struct LanView {
     pub heard: Vec<NodeId>,
     /// New cards asking for a server seat now.
     pub new_cards: Vec<NodeId>,
+    /// The names (hostnames) of the cards asking, as discovery knows them: a card asking under
+    /// the name of a Node that is not Ready is a re-flashed card ([`super::reflash`]).
+    pub card_names: Vec<(NodeId, String)>,
     /// Agents seen on the LAN, with their ranks.
     pub agents: Vec<AgentView>,
 }
@@ -43,7 +47,8 @@ pub struct LanView {
 /// What one round did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// `replace_after = "off"`: no round at all (no kubectl call).
+    /// `replace_after = "off"` and no re-flashed card asks: no round at all (no kubectl call
+    /// while no card asks).
     Off,
     /// Another server holds the Lease: it heals, this one does nothing.
     NotLeader,
@@ -82,6 +87,8 @@ pub struct Healer {
     cards_seen: BTreeMap<NodeId, i64>,
     /// The last decision logged, so a steady state is logged once.
     last: Option<Action>,
+    /// The Ready Node a card last asked under (logged once).
+    name_in_use: Option<String>,
 }
 
 impl Healer {
@@ -102,12 +109,14 @@ impl Healer {
             lan_seen: BTreeMap::new(),
             cards_seen: BTreeMap::new(),
             last: None,
+            name_in_use: None,
         }
     }
 
     /// One round at `now` (unix seconds) on what the LAN shows.
     pub fn round(&mut self, lan: &LanView, now: i64) -> Result<Outcome, HealError> {
-        for node in lan.heard.iter().chain([&self.me]) {
+        // A card asking is on the LAN too (a re-flashed server is not gone while it asks).
+        for node in lan.heard.iter().chain(&lan.new_cards).chain([&self.me]) {
             self.lan_seen.insert(*node, now);
         }
         // A card asking a moment ago still counts for CARD_MEMORY: one LAN view without it
@@ -118,7 +127,9 @@ impl Healer {
         }
         self.cards_seen.retain(|_, at| now - *at < CARD_MEMORY);
         let new_cards: Vec<NodeId> = self.cards_seen.keys().copied().collect();
-        if self.replace_after.is_none() {
+        // With replace_after "off" the healer replaces no server, but still handles re-flashed
+        // cards (no kubectl call while no card asks).
+        if self.replace_after.is_none() && lan.new_cards.is_empty() {
             return Ok(Outcome::Off);
         }
         let me = self.me.to_string();
@@ -131,7 +142,7 @@ impl Healer {
         let Some((book, _)) = self.store.read()? else {
             return Ok(Outcome::NoBook);
         };
-        let action = decide(&Inputs {
+        let inputs = Inputs {
             servers: self.servers,
             replace_after: self.replace_after,
             now,
@@ -140,7 +151,40 @@ impl Healer {
             book: &book,
             new_cards: &new_cards,
             agents: &lan.agents,
-        });
+        };
+        let reflash = reflash::decide(&inputs, &lan.card_names);
+        if let Some(Reflash::DeleteOldNode { node, name }) = &reflash {
+            tracing::info!(node = %name, id = %node,
+                why = "a card asks for its role again (its frames are signed with the cluster's token) under the name of a Node that is not Ready: the same machine with a re-flashed card",
+                "healer: deleting the old Node of a re-flashed card (not forced: K3s's finalizer removes its etcd member, K3s its node-password secret); the card is told its role once the Node is gone");
+            match self
+                .kubectl
+                .output(&["delete", "node", name, "--wait=false"], None)
+            {
+                Ok(_) | Err(KubectlError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let action = Action::DeleteReflashed {
+                node: *node,
+                name: name.clone(),
+            };
+            self.last = Some(action.clone());
+            return Ok(Outcome::Decided(action));
+        }
+        if let Some(Reflash::NameInUse { node, name }) = &reflash {
+            if self.name_in_use.as_ref() != Some(name) {
+                tracing::warn!(node = %name, id = %node,
+                    "healer: a card asks for a role under the name of a Ready Node: a duplicate name, not a re-flashed card (or one back within K3s's 40 s node-monitor grace period); nothing is deleted while that Node is Ready, and the card is told nothing");
+            }
+        }
+        self.name_in_use = match reflash {
+            Some(Reflash::NameInUse { name, .. }) => Some(name),
+            _ => None,
+        };
+        if self.replace_after.is_none() {
+            return Ok(Outcome::Off);
+        }
+        let action = decide(&inputs);
         match &action {
             Action::DeleteNode { node, name } => {
                 let after = self.replace_after.unwrap_or_default();
@@ -185,6 +229,7 @@ impl Healer {
                 tracing::warn!(id = %node, withdrawn, timeout_secs = super::promotion::timeout(self.replace_after.unwrap_or_default()),
                     "healer: the agent granted a seat still runs as an agent: its grant is withdrawn and the seat is free again");
             }
+            Action::DeleteReflashed { .. } => {}
             Action::Nothing(why) => {
                 if self.last.as_ref() != Some(&action) {
                     log_nothing(why);

@@ -149,6 +149,10 @@ fn lan(heard: &[u64], cards: &[u64]) -> LanView {
     LanView {
         heard: heard.iter().map(|n| NodeId(*n)).collect(),
         new_cards: cards.iter().map(|n| NodeId(*n)).collect(),
+        card_names: cards
+            .iter()
+            .map(|n| (NodeId(*n), format!("lab-{n}")))
+            .collect(),
         agents: Vec::new(),
     }
 }
@@ -400,4 +404,51 @@ fn a_grant_the_agent_never_takes_up_is_withdrawn_and_the_seat_is_free_again() {
     let book = api.book();
     assert!(!book.holds(NodeId(5)) && book.pending.is_none(), "{book:?}");
     assert!(book.removed.iter().all(|r| r.node != NodeId(5)), "{book:?}");
+}
+
+#[test]
+fn a_reflashed_cards_old_node_is_deleted_unforced_even_with_replace_after_off_but_never_a_ready_one(
+) {
+    for after in [None, Some(Duration::from_secs(AFTER as u64))] {
+        // Servers 1-3 Ready; agent 4's Node Ready: its card asks again (a duplicate name, or a
+        // card back within the grace period): nothing is deleted.
+        let (api, _) = cluster(3);
+        api.state.lock().unwrap().nodes.push(node("lab-4", NOW - 3));
+        let mut healer = Healer::new(api.clone(), NodeId(2), 3, after);
+        let outcome = healer.round(&lan(&[1, 3], &[4]), NOW).unwrap();
+        assert!(
+            !matches!(outcome, Outcome::Decided(Action::DeleteReflashed { .. })),
+            "{outcome:?}"
+        );
+        assert!(
+            api.calls().iter().all(|c| !c.starts_with("delete")),
+            "{:?}",
+            api.calls()
+        );
+        // Its old Node NotReady (no heartbeat for a minute): deleted, not forced.
+        api.state.lock().unwrap().nodes[3] = node("lab-4", NOW - 60);
+        let outcome = healer.round(&lan(&[1, 3], &[4]), NOW + 5).unwrap();
+        assert_eq!(
+            outcome,
+            Outcome::Decided(Action::DeleteReflashed {
+                node: NodeId(4),
+                name: "lab-4".into()
+            })
+        );
+        let deletes: Vec<String> = api
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("delete"))
+            .collect();
+        assert_eq!(deletes, ["delete node lab-4 --wait=false"]);
+        // The book is not touched (an agent holds no seat).
+        assert_eq!(api.book().holders.len(), 3);
+        // Once K3s's finalizer ran the Node is gone: nothing more for that card.
+        api.finalize();
+        let outcome = healer.round(&lan(&[1, 3], &[4]), NOW + 10).unwrap();
+        assert!(
+            !matches!(outcome, Outcome::Decided(Action::DeleteReflashed { .. })),
+            "{outcome:?}"
+        );
+    }
 }

@@ -490,7 +490,7 @@ async fn steps(
                 let Some(keeper) = keeper.clone() else { continue };
                 keeper_task = Some(start_keeper_round(keeper, &driver, config));
                 if let Some(view) = &healer_view {
-                    let lan = lan_view(&driver);
+                    let lan = lan_view(&driver, config);
                     if let Ok(mut shared) = view.lock() {
                         *shared = lan;
                     }
@@ -499,7 +499,7 @@ async fn steps(
             round = async { keeper_task.as_mut().expect("guarded").await }, if keeper_task.is_some() => {
                 keeper_task = None;
                 let round = round.context("joining the seat keeper")?;
-                pending.extend(finish_keeper_round(round, &mut driver).await?);
+                pending.extend(finish_keeper_round(round, &mut driver, config).await?);
             }
             () = tokio::time::sleep_until(blocked_at), if overdue => {
                 blocked = true;
@@ -573,6 +573,7 @@ fn start_keeper_round(
 async fn finish_keeper_round(
     round: KeeperRound,
     driver: &mut ElectionDriver,
+    config: &ClusterConfig,
 ) -> anyhow::Result<Vec<Event>> {
     let (decision, book) = match round {
         Ok(Some(done)) => done,
@@ -600,13 +601,15 @@ async fn finish_keeper_round(
     let (grant, agents) = match decision {
         Decision::Grant(node) => (Some(node), Vec::new()),
         Decision::Agents(nodes) => (promotion, nodes),
-        Decision::Idle | Decision::Joined(_) | Decision::Wait(_) | Decision::Replacing(_) => {
-            (promotion, Vec::new())
-        }
+        Decision::Idle
+        | Decision::Joined(_)
+        | Decision::Wait(_)
+        | Decision::Replacing(_)
+        | Decision::OldNode(_) => (promotion, Vec::new()),
     };
     let mut events = driver.seat_round(view, grant, &agents).await?;
     // Removed nodes heard claiming a server role are told (they rejoin, see `rejoin`).
-    let agents: Vec<NodeId> = lan_view(driver)
+    let agents: Vec<NodeId> = lan_view(driver, config)
         .agents
         .iter()
         .map(|a| a.rank.node)
@@ -623,22 +626,24 @@ async fn finish_keeper_round(
     Ok(events)
 }
 
-/// Starts this server's healer thread (SPEC 4.4) unless `replace_after = "off"`; the LAN view
-/// it reads, which the loop refreshes every seat round.
+/// Starts this server's healer thread (SPEC 4.4; with `replace_after = "off"` it replaces no
+/// server but still handles re-flashed cards); the LAN view it reads, which the loop refreshes
+/// every seat round.
 fn start_healer(
     kubectl: Arc<dyn Run>,
     id: NodeId,
     config: &ClusterConfig,
 ) -> Option<Arc<Mutex<LanView>>> {
-    let Some(after) = config.replace_after else {
-        tracing::info!("healer off (replace_after = \"off\"): gone servers are never replaced");
-        return None;
-    };
-    let healer = Healer::new(kubectl, id, config.servers.into(), Some(after));
+    match config.replace_after {
+        Some(after) => tracing::info!(replace_after_secs = after.as_secs(), "healer starting"),
+        // Re-flashed cards are still handled (their old Node deleted, never a Ready one).
+        None => tracing::info!("healer starting with replace_after = \"off\": gone servers are never replaced; re-flashed cards are handled"),
+    }
+    let healer = Healer::new(kubectl, id, config.servers.into(), config.replace_after);
     let view = Arc::new(Mutex::new(LanView::default()));
     match crate::healer::round::spawn(healer, view.clone()) {
         Ok(_) => {
-            tracing::info!(replace_after_secs = after.as_secs(), "healer started");
+            tracing::info!("healer started");
             Some(view)
         }
         Err(e) => {
@@ -723,10 +728,21 @@ fn records_saying(driver: &ElectionDriver, words: &[&str]) -> Vec<NodeId> {
 /// What the election and discovery see now, for the healer: nodes heard serving (and agents
 /// being promoted, whose K3s is down meanwhile but whose record is heard), new cards asking for
 /// a seat, agents with their ranks (from their signed records).
-fn lan_view(driver: &ElectionDriver) -> LanView {
-    let agents = driver
-        .peers()
-        .verified
+fn lan_view(driver: &ElectionDriver, config: &ClusterConfig) -> LanView {
+    let verified = driver.peers().verified;
+    let new_cards: Vec<NodeId> = driver.seat_askers().into_iter().map(|r| r.node).collect();
+    let card_names = new_cards
+        .iter()
+        .map(|card| {
+            let name = verified
+                .iter()
+                .find(|p| p.advert.node == *card)
+                .map(|p| p.service.clone())
+                .unwrap_or_else(|| hostname_for(&config.name, *card, None));
+            (*card, name)
+        })
+        .collect();
+    let agents = verified
         .into_iter()
         .filter(|p| p.advert.state == AGENT)
         .map(|p| AgentView {
@@ -743,7 +759,8 @@ fn lan_view(driver: &ElectionDriver) -> LanView {
     heard.extend(records_saying(driver, &[PROMOTING]));
     LanView {
         heard,
-        new_cards: driver.seat_askers().into_iter().map(|r| r.node).collect(),
+        new_cards,
+        card_names,
         agents,
     }
 }

@@ -105,6 +105,27 @@ impl SeatBook {
         Ok(next)
     }
 
+    /// The book with `node`'s seat (held, its join ended) granted again as a new join at `now`:
+    /// a re-flashed server whose old Node and etcd member are gone joins again as a new member,
+    /// one join at a time. A pending `node` is left as it is; a node holding no seat is refused
+    /// like a grant on a full book.
+    pub fn rejoin(&self, node: NodeId, now: i64) -> Result<SeatBook, GrantRefused> {
+        match &self.pending {
+            Some(p) if p.node == node => return Ok(self.clone()),
+            Some(p) => return Err(GrantRefused::JoinInProgress(p.node)),
+            None => {}
+        }
+        let mut next = self.clone();
+        let Some(holder) = next.holders.iter_mut().find(|h| h.node == node) else {
+            return Err(GrantRefused::Full {
+                servers: self.holders.len(),
+            });
+        };
+        holder.granted_at = now;
+        next.pending = Some(PendingJoin { node, since: now });
+        Ok(next)
+    }
+
     /// The book once `node`'s join completed (it serves as a voting member): the next join may
     /// begin. `None` when nothing changes.
     pub fn joined(&self, node: NodeId) -> Option<SeatBook> {

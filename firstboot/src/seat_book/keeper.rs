@@ -13,6 +13,7 @@
 use super::book::{GrantRefused, SeatBook, SeatHolder};
 use super::store::{SeatStore, StoreError};
 use crate::election::Rank;
+use crate::healer::{nodes::parse_nodes, NodeView};
 use crate::model::NodeId;
 
 /// A node asking for a server seat (its signed hello said so).
@@ -40,6 +41,12 @@ pub enum Decision {
     /// Every seat is held but this holder is not heard serving: the askers wait (they are not
     /// sent to agent roles) until the healer frees its seat (`replace_after`) or it comes back.
     Replacing(NodeId),
+    /// These askers ask under the name of a Node K3s still has, and nothing else was decided:
+    /// a re-flashed card (same machine, same name, no state) whose old Node the healer deletes
+    /// first when it is not Ready, or a duplicate name (a Ready Node: nothing is deleted). They
+    /// are told nothing meanwhile (an agent would be refused by K3s's node-password check, a
+    /// server by its duplicate-name check).
+    OldNode(Vec<NodeId>),
 }
 
 /// The keeper's decision on `book`: the outcome and the book to write (`None`: unchanged).
@@ -54,17 +61,52 @@ pub fn decide(
     now: i64,
     replacing: bool,
 ) -> (Decision, Option<SeatBook>) {
-    if let Some(pending) = &book.pending {
-        if serving.contains(&pending.node) {
-            return (Decision::Joined(pending.node), book.joined(pending.node));
+    decide_on(book, askers, serving, &[], servers, now, replacing)
+}
+
+/// [`decide`] knowing the Node objects K3s has (`nodes`, read while anybody asks): an asker
+/// whose name is a Node's is a re-flashed card or a duplicate name and is told nothing until that
+/// Node is gone ([`Decision::OldNode`]); a seat holder that asks again once its join had ended
+/// (a re-flashed server whose old Node the healer deleted, so its etcd member is gone too) gets
+/// its seat again as a new join, one join at a time.
+pub fn decide_on(
+    book: &SeatBook,
+    askers: &[Asker],
+    serving: &[NodeId],
+    nodes: &[NodeView],
+    servers: usize,
+    now: i64,
+    replacing: bool,
+) -> (Decision, Option<SeatBook>) {
+    let pending = book.pending.as_ref().map(|p| p.node);
+    if let Some(node) = pending {
+        if serving.contains(&node) {
+            return (Decision::Joined(node), book.joined(node));
         }
     }
-    // A holder still asking did not hear its grant: repeat it (no write).
+    let (old_node, askers): (Vec<&Asker>, Vec<&Asker>) = askers
+        .iter()
+        .partition(|a| Some(a.rank.node) != pending && nodes.iter().any(|n| n.name == a.name));
+    let old_node: Vec<NodeId> = old_node.iter().map(|a| a.rank.node).collect();
     if let Some(asker) = askers.iter().find(|a| book.holds(a.rank.node)) {
-        return (Decision::Grant(asker.rank.node), None);
+        let node = asker.rank.node;
+        // The pending joiner still asking did not hear its grant: repeat it (no write).
+        if pending == Some(node) {
+            return (Decision::Grant(node), None);
+        }
+        // A holder whose join had ended asks again with no Node left: re-flashed, its old Node
+        // (and with it its etcd member) deleted. Its seat again, as a new join.
+        return match book.rejoin(node, now) {
+            Ok(next) => (Decision::Grant(node), Some(next)),
+            Err(GrantRefused::JoinInProgress(other)) => (Decision::Wait(other), None),
+            Err(GrantRefused::Full { .. }) => (Decision::OldNode(vec![node]), None),
+        };
     }
     let Some(best) = askers.iter().max_by_key(|a| a.rank) else {
-        return (Decision::Idle, None);
+        if old_node.is_empty() {
+            return (Decision::Idle, None);
+        }
+        return (Decision::OldNode(old_node), None);
     };
     match book.grant(best.rank.node, &best.name, now, servers) {
         Ok(next) => (Decision::Grant(best.rank.node), Some(next)),
@@ -127,8 +169,29 @@ impl SeatKeeper {
     ) -> Result<Option<(Decision, SeatBook)>, StoreError> {
         // This server serves too (it runs the keeper only while it does).
         let serving: Vec<NodeId> = serving.iter().copied().chain([self.me.node]).collect();
-        let decide =
-            |book: &SeatBook| decide(book, askers, &serving, self.servers, now, self.replacing);
+        // The Nodes K3s has, read only while somebody asks: an asker named like one of them is
+        // a re-flashed card (or a duplicate name), told nothing until that Node is gone.
+        let nodes = if askers.is_empty() {
+            Vec::new()
+        } else {
+            parse_nodes(
+                &self
+                    .store
+                    .runner()
+                    .json(&["get", "nodes", "-o", "json"], None)?,
+            )
+        };
+        let decide = |book: &SeatBook| {
+            decide_on(
+                book,
+                askers,
+                &serving,
+                &nodes,
+                self.servers,
+                now,
+                self.replacing,
+            )
+        };
         let updated = if self.init {
             let me = SeatHolder {
                 granted_at: now,
@@ -149,6 +212,7 @@ impl SeatKeeper {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::healer::Ready;
     use crate::model::RolePin;
 
     fn asker(node: u64, storage: u8) -> Asker {
@@ -264,6 +328,87 @@ mod tests {
         assert_eq!(
             decide(&next, &[asker(9, 90)], &serving, 3, 21, true),
             (Decision::Wait(NodeId(8)), None)
+        );
+    }
+
+    fn node_view(n: u64, ready: Ready) -> NodeView {
+        NodeView {
+            name: format!("lab-{n}"),
+            ready,
+            last_heartbeat: 1,
+            deleting: false,
+        }
+    }
+
+    #[test]
+    fn a_card_named_like_a_node_k3s_has_is_told_nothing_ready_or_not() {
+        // Agent 4's card was re-flashed: it asks again while its old Node is still there.
+        // Every seat is held and serving: without the Nodes it would be sent to an agent role
+        // (and K3s would refuse its new node password forever).
+        let book = holders(&[1, 2, 3]);
+        let serving = [1, 2, 3].map(NodeId);
+        for ready in [Ready::Unknown, Ready::True] {
+            let nodes = [1, 2, 3, 4].map(|n| node_view(n, ready));
+            assert_eq!(
+                decide_on(&book, &[asker(4, 90)], &serving, &nodes, 3, 9, true),
+                (Decision::OldNode(vec![NodeId(4)]), None),
+                "{ready:?}"
+            );
+            // Another new card is not held up by it.
+            assert_eq!(
+                decide_on(
+                    &book,
+                    &[asker(4, 90), asker(5, 90)],
+                    &serving,
+                    &nodes,
+                    3,
+                    9,
+                    true
+                ),
+                (Decision::Agents(vec![NodeId(5)]), None)
+            );
+        }
+        // Its old Node is gone: it is an agent like any card.
+        let nodes = [1, 2, 3].map(|n| node_view(n, Ready::True));
+        assert_eq!(
+            decide_on(&book, &[asker(4, 90)], &serving, &nodes, 3, 9, true),
+            (Decision::Agents(vec![NodeId(4)]), None)
+        );
+    }
+
+    #[test]
+    fn a_reflashed_server_gets_its_seat_again_only_once_its_old_node_is_gone() {
+        // Server 2 (a holder whose join ended) asks again: its card was re-flashed.
+        let book = holders(&[1, 2, 3]);
+        let serving = [1, 3].map(NodeId);
+        let with_old = [1, 2, 3].map(|n| node_view(n, Ready::Unknown));
+        assert_eq!(
+            decide_on(&book, &[asker(2, 90)], &serving, &with_old, 3, 9, true),
+            (Decision::OldNode(vec![NodeId(2)]), None)
+        );
+        // The healer deleted its Node (and K3s's finalizer its etcd member): a new join.
+        let nodes = [1, 3].map(|n| node_view(n, Ready::True));
+        let (decision, next) = decide_on(&book, &[asker(2, 90)], &serving, &nodes, 3, 20, true);
+        assert_eq!(decision, Decision::Grant(NodeId(2)));
+        let next = next.expect("the new join is written");
+        assert_eq!(next.holders.len(), 3);
+        assert_eq!(
+            next.pending.as_ref().map(|p| (p.node, p.since)),
+            Some((NodeId(2), 20))
+        );
+        // Repeated while it still asks, without another write; it serves: the join ends.
+        assert_eq!(
+            decide_on(&next, &[asker(2, 90)], &serving, &nodes, 3, 21, true),
+            (Decision::Grant(NodeId(2)), None)
+        );
+        let (decision, done) = decide_on(&next, &[], &[1, 2, 3].map(NodeId), &nodes, 3, 30, true);
+        assert_eq!(decision, Decision::Joined(NodeId(2)));
+        assert_eq!(done.unwrap().pending, None);
+        // One join at a time: another join pending, it waits.
+        let other = holders(&[1, 2]).grant(NodeId(5), "lab-5", 15, 3).unwrap();
+        assert_eq!(
+            decide_on(&other, &[asker(2, 90)], &serving, &nodes, 3, 20, true),
+            (Decision::Wait(NodeId(5)), None)
         );
     }
 }

@@ -26,6 +26,10 @@
 //! healer grants it to an agent (a promotion, [`crate::healer::promotion`]): the daemon's keeper
 //! rounds tell the pending agent with `SeatGranted` while its record still says `agent`.
 //!
+//! A card asking under the name of a Node K3s still has (a re-flashed card) is told nothing
+//! until the healer deleted that Node ([`crate::healer::reflash`]); a former server then gets
+//! its seat again as a new join ([`SeatBook::rejoin`]).
+//!
 //! Not yet done (issue 18): a cluster formed by an older firstboot (no book) grants no seat
 //! after formation; a pending joiner that dies is released only by the healer, after
 //! `replace_after`.

@@ -58,6 +58,11 @@ impl SeatStore {
         SeatStore { kubectl }
     }
 
+    /// The kubectl runner this store uses (for the other reads of a round, e.g. the Nodes).
+    pub fn runner(&self) -> &dyn Run {
+        &*self.kubectl
+    }
+
     /// The book and its resourceVersion; `None` before the first write.
     pub fn read(&self) -> Result<Option<(SeatBook, String)>, StoreError> {
         let map = match self.kubectl.json(
