@@ -117,6 +117,7 @@ struct Run {
 
 fn child_flash(exe: &Path, work: &Path, img: &Path, len: u64, mode: &str) -> Result<Run> {
     let (dev, _loop) = target(work, &format!("target-{mode}.img"), len)?;
+    settle()?;
     let out = Command::new(exe)
         .arg("--flash-child")
         .arg(img)
@@ -196,8 +197,9 @@ fn main() -> Result<()> {
     let tlen = report.size + (64 << 20);
     // Every flash of both builds, on a fresh target each.
     let mut runs: Vec<(&str, &str, Run)> = Vec::new();
-    for (profile, exe) in &builds {
-        for mode in MODES {
+    // Mode by mode, the two builds in a row, so both meet the machine in the same state.
+    for mode in MODES {
+        for (profile, exe) in &builds {
             if mode == "cached" && *profile != "release" {
                 continue;
             }
@@ -215,6 +217,7 @@ fn main() -> Result<()> {
 
     // The floors, on the same kind of target.
     let (dev, _l) = target(&work, "target-bmaptool.img", tlen)?;
+    settle()?;
     let bmaptool = timed(
         Command::new("bmaptool")
             .arg("-q")
@@ -227,6 +230,7 @@ fn main() -> Result<()> {
     let dd_ranges = dd_read_ranges(&dev, &map);
     drop(_l);
     let (dev, _l) = target(&work, "target-dd.img", tlen)?;
+    settle()?;
     let dd_write = timed(
         Command::new("dd")
             .arg(format!("if={}", img.display()))
@@ -369,6 +373,14 @@ fn main() -> Result<()> {
         times.len()
     );
     four_cards(&work, &img, report.size)?;
+    Ok(())
+}
+
+/// Let the disk finish what earlier steps left dirty (the build's image, a previous target), so
+/// a timed step does not pay for it: `sync`, and a pause for the device to drain.
+fn settle() -> Result<()> {
+    timed(&mut Command::new("sync"))?;
+    std::thread::sleep(Duration::from_secs(1));
     Ok(())
 }
 
