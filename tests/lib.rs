@@ -150,3 +150,6 @@ pub mod storage {
     pub mod delayed_disk;
     pub mod devices;
 }
+
+/// The benchmarks' release-against-debug comparison in one run.
+pub mod profiles;

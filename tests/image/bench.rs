@@ -15,7 +15,9 @@
 //!   4. warm against loop-mount-and-copy from the same raw file: cp --sparse, sfdisk grow,
 //!      losetup, e2fsck -f, resize2fs, mount, copy + chown/chmod, umount, boot edits (mtools),
 //!      sync, sha256sum;
-//!   5. zstd levels 3, 10 and 19 (size and time, `zstd -T0`) on a compressible sample: 128 MiB of
+//!   5. the release build against the debug build (the program builds its other profile and runs
+//!      both as the child, on the same inputs): warm, warm with zstd, cold from the `.xz`;
+//!   6. zstd levels 3, 10 and 19 (size and time, `zstd -T0`) on a compressible sample: 128 MiB of
 //!      the machine tests' debootstrap node image (real packages; `COMPRESSIBLE=PATH` picks
 //!      another file), else of the built image.
 
@@ -288,14 +290,14 @@ fn baseline(i: &Inputs, work: &Path) -> Result<()> {
 /// The zstd level imagebuild compresses with (the floor runs `zstd -T0` at the same level).
 const ZSTD_LEVEL: i32 = imagebuild::output::DEFAULT_ZSTD_LEVEL;
 
-/// One `imagebuild` build of `recipe` as `nobody`, timed.
-fn timed_build(work: &Path, recipe: &Path, cache: &Path) -> Result<f64> {
+/// One `imagebuild` build of `recipe` as `nobody` by `exe` (a build of this program), timed.
+fn timed_build(exe: &Path, work: &Path, recipe: &Path, cache: &Path) -> Result<f64> {
     let _ = std::fs::remove_file(work.join("out/imagebuild.img"));
     sh(&mut Command::new("sync"))?;
     let t = Instant::now();
     let st = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(std::env::current_exe()?)
+        .arg(exe)
         .arg("--imagebuild-child")
         .arg(work)
         .arg(recipe)
@@ -389,14 +391,22 @@ fn main() -> Result<()> {
     );
     std::fs::create_dir_all(&work)?;
     let inputs = prepare(&work)?;
+    let builds = systests::profiles::both()?;
+    let this = systests::profiles::this_profile();
+    let exe = std::env::current_exe()?;
+    let (other, other_exe) = builds
+        .iter()
+        .find(|(p, _)| *p != this)
+        .cloned()
+        .context("no build of the other profile")?;
     let base_len = std::fs::metadata(&inputs.base)?.len();
     let cache = work.join("cache");
     let floor_img = work.join("out/floor.img");
 
     // 1. Warm, uncompressed: one untimed build first (it may hash the base and fill caches).
     eprintln!("warm-up build (untimed)...");
-    timed_build(&work, &inputs.recipe, &cache)?;
-    let warm = timed_build(&work, &inputs.recipe, &cache)?;
+    timed_build(&exe, &work, &inputs.recipe, &cache)?;
+    let warm = timed_build(&exe, &work, &inputs.recipe, &cache)?;
     let out_len = std::fs::metadata(work.join("out/imagebuild.img"))?.len();
     let floor = floor_copy(&inputs.base, &floor_img)?;
 
@@ -408,7 +418,7 @@ fn main() -> Result<()> {
         "zstd",
         &inputs.overlay,
     )?;
-    let warm_zstd = timed_build(&work, &zrecipe, &cache)?;
+    let warm_zstd = timed_build(&exe, &work, &zrecipe, &cache)?;
     let zst_len = std::fs::metadata(work.join("out/imagebuild.img.zst"))?.len();
     let _ = std::fs::remove_file(work.join("out/imagebuild.img.zst"));
     let floor2 = floor_copy(&inputs.base, &floor_img)?;
@@ -423,11 +433,15 @@ fn main() -> Result<()> {
         &inputs.overlay,
     )?;
     let cold_cache = work.join("cache-cold");
-    let _ = std::fs::remove_dir_all(&cold_cache);
-    std::fs::create_dir_all(&cold_cache)?;
-    sh(Command::new("chmod").arg("777").arg(&cold_cache))?;
-    let cold = timed_build(&work, &xrecipe, &cold_cache)?;
-    let _ = std::fs::remove_dir_all(&cold_cache);
+    let cold_build = |exe: &Path| -> Result<f64> {
+        let _ = std::fs::remove_dir_all(&cold_cache);
+        std::fs::create_dir_all(&cold_cache)?;
+        sh(Command::new("chmod").arg("777").arg(&cold_cache))?;
+        let t = timed_build(exe, &work, &xrecipe, &cold_cache)?;
+        let _ = std::fs::remove_dir_all(&cold_cache);
+        Ok(t)
+    };
+    let cold = cold_build(&exe)?;
     let unxz_dir = work.join("out/unxz");
     let _ = std::fs::remove_dir_all(&unxz_dir);
     std::fs::create_dir_all(&unxz_dir)?;
@@ -440,6 +454,14 @@ fn main() -> Result<()> {
     let unxz = t.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&unxz_dir);
 
+    // The other profile's build on the same three builds (its warm-up first), for item 5.
+    eprintln!("the {other} build: warm-up, warm, warm zstd, cold ...");
+    timed_build(&other_exe, &work, &inputs.recipe, &cache)?;
+    let other_warm = timed_build(&other_exe, &work, &inputs.recipe, &cache)?;
+    let other_zstd = timed_build(&other_exe, &work, &zrecipe, &cache)?;
+    let _ = std::fs::remove_file(work.join("out/imagebuild.img.zst"));
+    let other_cold = cold_build(&other_exe)?;
+
     // 4. Loop-mount-and-copy from the same raw file.
     let t = Instant::now();
     baseline(&inputs, &work)?;
@@ -448,7 +470,7 @@ fn main() -> Result<()> {
         let _ = std::fs::remove_file(work.join(f));
     }
 
-    // 5. Compression levels on a compressible sample.
+    // 6. Compression levels on a compressible sample.
     let sample_src = compressible(&work).unwrap_or_else(|| work.join("out/imagebuild.img"));
     let sample = work.join("out/sample.img");
     const SAMPLE: u64 = 128 << 20;
@@ -502,6 +524,22 @@ fn main() -> Result<()> {
         "warm vs loop-mount: imagebuild {warm:7.2} s | loop-mount-and-copy (root) {theirs:7.2} s | ratio {:.2}",
         ratio(warm, theirs)
     );
+    println!("release build against debug build, same inputs:");
+    for (what, mine, theirs) in [
+        ("warm, uncompressed:", warm, other_warm),
+        ("warm, zstd:", warm_zstd, other_zstd),
+        ("cold from .xz:", cold, other_cold),
+    ] {
+        let (r, d) = if this == "release" {
+            (mine, theirs)
+        } else {
+            (theirs, mine)
+        };
+        println!(
+            "  {what:20} release {r:7.2} s | debug {d:7.2} s | release/debug {:.2}",
+            ratio(r, d)
+        );
+    }
     println!(
         "zstd -T0 levels on {} MiB of {} (compressible: real packages):",
         SAMPLE >> 20,

@@ -7,6 +7,7 @@
 //! unchanged local base is not hashed again.
 
 pub mod identity;
+pub mod xz;
 
 use crate::boards::{BaseImage, Catalog, OsFamily};
 use crate::io::sha256_file;
@@ -392,7 +393,7 @@ pub fn packed_image_sha256(path: &Path) -> Option<String> {
 /// A streaming reader of the decompressed bytes of `input`.
 pub fn unpacked<'a>(packing: Packing, input: impl BufRead + 'a) -> Result<Box<dyn Read + 'a>> {
     Ok(match packing {
-        Packing::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(input)),
+        Packing::Xz => xz::decoder(input),
         Packing::Zstd => {
             Box::new(zstd::stream::read::Decoder::with_buffer(input).context("starting zstd")?)
         }
