@@ -1095,7 +1095,20 @@ impl World<'_> {
             }
             Action::Restart(i) => self.start_node(i),
             Action::Serving { node, life } => {
-                if self.nodes[node].life == life && self.nodes[node].role.is_some() {
+                // As on a real LAN, a joiner's K3s comes up only through a serving server (it
+                // needs that server's announcement of the cluster CA): until one serves, it
+                // waits and tries again a second later. Only the init serves on its own.
+                let joiner = !matches!(self.nodes[node].role, Some(Role::ClusterInit) | None);
+                let a_server_serves = self.nodes.iter().enumerate().any(|(j, n)| {
+                    j != node
+                        && !n.dead
+                        && n.serving
+                        && matches!(n.role, Some(Role::ClusterInit) | Some(Role::Server { .. }))
+                });
+                if self.nodes[node].life == life && joiner && !a_server_serves {
+                    let at = self.now + 1_000;
+                    self.schedule(at, Action::Serving { node, life });
+                } else if self.nodes[node].life == life && self.nodes[node].role.is_some() {
                     self.log(format_args!("node {node} serves its role"));
                     self.nodes[node].serving = true;
                     let now = self.node_now(node);
