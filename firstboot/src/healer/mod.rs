@@ -206,10 +206,11 @@ fn alive_holders(inputs: &Inputs) -> (usize, usize) {
 }
 
 /// The healer's one step (see the module docs for the rules).
+/// With `replace_after = "off"`, how long a pending join whose node has no Node and is not heard
+/// keeps its seat, seconds (the default `replace_after`).
+pub const PENDING_JOIN_EXPIRY: i64 = 30 * 60;
+
 pub fn decide(inputs: &Inputs) -> Action {
-    let Some(replace_after) = inputs.replace_after else {
-        return Action::Nothing(Why::Off);
-    };
     let book = inputs.book;
     let node = |name: &str| inputs.nodes.iter().find(|n| n.name == name);
     if let Some(deleting) = inputs.nodes.iter().find(|n| n.deleting) {
@@ -222,18 +223,26 @@ pub fn decide(inputs: &Inputs) -> Action {
     }
     if let Some(pending) = &book.pending {
         // A joiner that never got a Node and vanished for replace_after frees its seat (a
-        // learner it may have left is removed by K3s after 5 min; it never voted).
+        // learner it may have left is removed by K3s after 5 min; it never voted). With
+        // replace_after "off" too, after PENDING_JOIN_EXPIRY: one join at a time, so a dead
+        // join would otherwise block every later server seat for good.
+        let expiry = inputs.replace_after.unwrap_or(PENDING_JOIN_EXPIRY);
         let joiner = unseen.iter().find(|(n, _, _)| *n == pending.node);
         if let Some((n, name, Some(since))) = joiner {
-            if node(name).is_none() && inputs.now - since.max(&pending.since) >= replace_after {
+            if node(name).is_none() && inputs.now - since.max(&pending.since) >= expiry {
                 return Action::Release(*n);
             }
         }
-        if let Some(action) = promotion::pending(inputs, pending, replace_after) {
-            return action;
+        if let Some(replace_after) = inputs.replace_after {
+            if let Some(action) = promotion::pending(inputs, pending, replace_after) {
+                return action;
+            }
         }
         return Action::Nothing(Why::JoinInProgress(pending.node));
     }
+    let Some(replace_after) = inputs.replace_after else {
+        return Action::Nothing(Why::Off);
+    };
     // The holder gone longest first.
     let mut gone: Vec<&(NodeId, &str, Option<i64>)> =
         unseen.iter().filter(|(_, _, s)| s.is_some()).collect();

@@ -181,10 +181,11 @@ impl Healer {
             Some(Reflash::NameInUse { name, .. }) => Some(name),
             _ => None,
         };
-        if self.replace_after.is_none() {
+        let action = decide(&inputs);
+        // "off": nothing but the release of a dead join (see healer::PENDING_JOIN_EXPIRY).
+        if self.replace_after.is_none() && !matches!(action, Action::Release(_)) {
             return Ok(Outcome::Off);
         }
-        let action = decide(&inputs);
         match &action {
             Action::DeleteNode { node, name } => {
                 let after = self.replace_after.unwrap_or_default();

@@ -261,6 +261,28 @@ fn a_pending_joiner_that_vanished_frees_its_seat_after_replace_after() {
 }
 
 #[test]
+fn with_replace_after_off_a_dead_join_still_frees_its_seat_after_the_expiry() {
+    let mut case = Case::healthy();
+    case.after = None;
+    case.book = book(&[1, 2])
+        .grant(NodeId(8), "lab-8", NOW - PENDING_JOIN_EXPIRY, 3)
+        .unwrap();
+    case.lan.insert(NodeId(8), NOW - PENDING_JOIN_EXPIRY + 1);
+    assert_eq!(
+        case.decide(),
+        Action::Nothing(Why::JoinInProgress(NodeId(8)))
+    );
+    case.lan.insert(NodeId(8), NOW - PENDING_JOIN_EXPIRY);
+    assert_eq!(case.decide(), Action::Release(NodeId(8)));
+    // A joiner with a Node (K3s registered it) is never released this way.
+    case.nodes.push(node(8, Some(NOW - PENDING_JOIN_EXPIRY)));
+    assert_eq!(
+        case.decide(),
+        Action::Nothing(Why::JoinInProgress(NodeId(8)))
+    );
+}
+
+#[test]
 fn an_agent_pinned_to_its_role_is_never_promoted() {
     let mut freed = Case::healthy();
     freed.book = freed.book.release(NodeId(1), NOW - 5).unwrap();
