@@ -101,6 +101,7 @@ pub mod raspios_disk;
 /// The K3s test double's parts that its tests drive directly (the `k3s-double` program uses them
 /// from here).
 pub mod k3s_double {
+    pub mod admin;
     pub mod config;
     pub mod etcd;
     pub mod wire;

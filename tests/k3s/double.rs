@@ -1665,7 +1665,6 @@ fn an_agent_moves_to_a_live_server_when_its_server_dies() {
 // certificate (system:masters), refusing anonymous requests with 401.
 #[test]
 fn the_admin_kubeconfig_reaches_the_api_and_anonymous_requests_are_refused() {
-    use base64::Engine;
     use std::os::unix::fs::PermissionsExt;
     let (init, url, _) = init_with("lab-000001");
     let path = init.root.join("etc/rancher/k3s/k3s.yaml");
@@ -1682,38 +1681,8 @@ fn the_admin_kubeconfig_reaches_the_api_and_anonymous_requests_are_refused() {
     let out = firstboot::kubeconfig::rewrite(&text, "https://198.18.0.240:6443", "lab").unwrap();
     assert!(out.contains("server: https://198.18.0.240:6443") && out.contains("name: lab"));
 
-    let dir = tempfile::tempdir().unwrap();
-    for (file, key) in [
-        ("ca.crt", "certificate-authority-data"),
-        ("admin.crt", "client-certificate-data"),
-        ("admin.key", "client-key-data"),
-    ] {
-        let b64 = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(&format!("{key}: ")))
-            .unwrap();
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .unwrap();
-        std::fs::write(dir.path().join(file), bytes).unwrap();
-    }
-    let curl = |with_cert: bool| -> serde_json::Value {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--max-time", "10", "--cacert"])
-            .arg(dir.path().join("ca.crt"));
-        if with_cert {
-            cmd.arg("--cert")
-                .arg(dir.path().join("admin.crt"))
-                .arg("--key")
-                .arg(dir.path().join("admin.key"));
-        }
-        let out = cmd.arg(format!("{url}/api/v1/nodes")).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+    let curl = |with_cert: bool| {
+        systests::k3s_double::admin::curl_nodes(Command::new("curl"), &text, &url, with_cert)
     };
     let nodes = curl(true);
     assert_eq!(nodes["kind"], "NodeList", "{nodes}");

@@ -63,45 +63,15 @@ fn holds(m: &Machine) -> bool {
 /// network namespace), trusting the kubeconfig's CA and, when `with_cert`, presenting its
 /// client certificate and key, as kubectl would with that kubeconfig.
 fn curl_nodes(bridge_pid: u32, kubeconfig: &str, with_cert: bool) -> serde_json::Value {
-    use base64::Engine;
-    let field = |key: &str| {
-        let b64 = kubeconfig
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(&format!("{key}: ")))
-            .unwrap_or_else(|| panic!("no {key} in the kubeconfig"));
-        base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .expect("base64")
-    };
-    let dir = tempfile::tempdir().expect("a temp dir");
-    for (file, key) in [
-        ("ca.crt", "certificate-authority-data"),
-        ("admin.crt", "client-certificate-data"),
-        ("admin.key", "client-key-data"),
-    ] {
-        std::fs::write(dir.path().join(file), field(key)).expect("writing a credential");
-    }
-    let mut cmd = std::process::Command::new("nsenter");
-    cmd.arg(format!("--net=/proc/{bridge_pid}/ns/net"))
-        .args(["curl", "-sS", "--max-time", "10", "--cacert"])
-        .arg(dir.path().join("ca.crt"));
-    if with_cert {
-        cmd.arg("--cert")
-            .arg(dir.path().join("admin.crt"))
-            .arg("--key")
-            .arg(dir.path().join("admin.key"));
-    }
-    let out = cmd
-        .arg(format!("https://{ADDRESS}:6443/api/v1/nodes"))
-        .output()
-        .expect("running curl");
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    let mut curl = std::process::Command::new("nsenter");
+    curl.arg(format!("--net=/proc/{bridge_pid}/ns/net"))
+        .arg("curl");
+    systests::k3s_double::admin::curl_nodes(
+        curl,
+        kubeconfig,
+        &format!("https://{ADDRESS}:6443"),
+        with_cert,
+    )
 }
 
 /// The machines holding the address now.
